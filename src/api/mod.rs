@@ -1,0 +1,121 @@
+//! The REST API: `GET /logs` (the audit API, scoped to the caller's user), `/healthz`, `/readyz`.
+
+mod cursor;
+mod error;
+mod params;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+pub use cursor::Cursor;
+pub use error::ApiError;
+pub use params::{DEFAULT_LIMIT, LogsRequest, MAX_LIMIT, parse as parse_logs_params};
+
+use crate::auth::{KeyStore, Scope};
+use crate::store::Store;
+
+/// What the REST handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub keys: KeyStore,
+    pub store: Store,
+    /// Set once the server can serve reads and accept writes.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The REST routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/logs", get(logs))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct LogsBody<'a> {
+    success: bool,
+    message: &'static str,
+    data: LogsData<'a>,
+}
+
+#[derive(Serialize)]
+struct LogsData<'a> {
+    logs: Vec<&'a RawValue>,
+    total: u64,
+    page: u64,
+    limit: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+async fn logs(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
+) -> Result<Response, ApiError> {
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let principal = state.keys.authorize(authorization, Scope::Read)?;
+    let user_id = principal.user_id.ok_or_else(|| {
+        ApiError::Internal(format!("read key {} has no user", principal.key_name))
+    })?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw_query.as_deref().unwrap_or(""))
+            .map_err(|_| ApiError::BadRequest("the query string is malformed".to_owned()))?;
+    let LogsRequest { query, page } = params::parse(&pairs, &user_id)?;
+
+    let store = state.store.clone();
+    let search_query = query.clone();
+    let result = tokio::task::spawn_blocking(move || store.search(&search_query))
+        .await
+        .map_err(|e| ApiError::Internal(format!("search task failed: {e}")))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+
+    let logs = result
+        .logs
+        .iter()
+        .map(|(_, json)| {
+            serde_json::from_slice::<&RawValue>(json)
+                .map_err(|e| ApiError::Internal(format!("stored log is not JSON: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = match result.logs.last() {
+        Some((last, _)) if result.has_more => {
+            Some(Cursor::next(&query, *last, page.saturating_add(1)).encode())
+        }
+        _ => None,
+    };
+    let body = LogsBody {
+        success: true,
+        message: "Activity logs fetched successfully",
+        data: LogsData {
+            logs,
+            total: result.total,
+            page,
+            limit: query.limit,
+            next_cursor,
+        },
+    };
+    Ok(axum::Json(body).into_response())
+}

@@ -1,0 +1,336 @@
+//! The query parameters of `GET /logs`, validated into a [`LogQuery`]: pure, no I/O.
+
+use chrono::DateTime;
+
+use super::cursor::Cursor;
+use super::error::ApiError;
+use crate::mapping::{LogStatus, LogType};
+use crate::store::{LogQuery, MAX_WORD_BYTES, message_terms};
+
+/// Page size when `limit` is absent.
+pub const DEFAULT_LIMIT: usize = 50;
+/// Largest page size; larger limits are clamped to it.
+pub const MAX_LIMIT: usize = 100;
+/// Longest accepted `q`, in bytes.
+pub const MAX_Q_BYTES: usize = 1024;
+
+/// A validated `GET /logs` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsRequest {
+    pub query: LogQuery,
+    /// The page number shown in the response.
+    pub page: u64,
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(message.into())
+}
+
+/// Validates the decoded query-string pairs of a request by `user_id`. The first occurrence of a
+/// parameter counts; an empty value is the same as none; unknown parameters are ignored.
+pub fn parse(pairs: &[(String, String)], user_id: &str) -> Result<LogsRequest, ApiError> {
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+
+    let log_type = get("log_type")
+        .map(|v| {
+            v.parse::<LogType>().map_err(|()| {
+                bad("log_type must be one of tool_call, end_call_webhook, inbound_context_lookup")
+            })
+        })
+        .transpose()?;
+    let status = get("status")
+        .map(|v| {
+            v.parse::<LogStatus>()
+                .map_err(|()| bad("status must be success or error"))
+        })
+        .transpose()?;
+    let page = get("page")
+        .map(|v| positive_integer(v).ok_or_else(|| bad("page must be an integer >= 1")))
+        .transpose()?;
+    let limit = get("limit")
+        .map(|v| positive_integer(v).ok_or_else(|| bad("limit must be an integer >= 1")))
+        .transpose()?
+        .map_or(DEFAULT_LIMIT, |l| {
+            usize::try_from(l).unwrap_or(usize::MAX).min(MAX_LIMIT)
+        });
+    let text = get("q").map(parse_text).transpose()?.unwrap_or_default();
+    let start = get("start_time")
+        .map(|v| timestamp("start_time", v))
+        .transpose()?;
+    let end = get("end_time")
+        .map(|v| timestamp("end_time", v))
+        .transpose()?;
+    if let (Some(s), Some(e)) = (start, end)
+        && s >= e
+    {
+        return Err(bad("start_time must be before end_time"));
+    }
+
+    let mut query = LogQuery {
+        user_id: user_id.to_owned(),
+        log_type,
+        status,
+        assistant_id: get("assistant_id").map(str::to_owned),
+        room_name: get("room_name").map(str::to_owned),
+        text,
+        start,
+        end,
+        before: None,
+        offset: 0,
+        limit,
+    };
+    let page = match get("cursor") {
+        Some(token) => {
+            if page.is_some_and(|p| p > 1) {
+                return Err(bad("cursor cannot be combined with page > 1"));
+            }
+            let cursor = Cursor::decode(token)
+                .ok_or_else(|| bad("cursor is not a valid cursor from this server"))?;
+            if !cursor.matches(&query) {
+                return Err(bad("cursor was made for different filters"));
+            }
+            query.before = Some(cursor.after);
+            cursor.page
+        }
+        None => {
+            let page = page.unwrap_or(1);
+            let skipped = usize::try_from(page - 1).unwrap_or(usize::MAX);
+            query.offset = skipped.saturating_mul(limit);
+            page
+        }
+    };
+    Ok(LogsRequest { query, page })
+}
+
+/// A decimal integer >= 1; one too large for u64 saturates (it is still an integer).
+fn positive_integer(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value = text.parse::<u64>().unwrap_or(u64::MAX);
+    (value >= 1).then_some(value)
+}
+
+/// An RFC 3339 time as nanoseconds since the epoch, clamped to what a log can carry.
+fn timestamp(name: &str, text: &str) -> Result<u64, ApiError> {
+    let time = DateTime::parse_from_rfc3339(text).map_err(|_| {
+        bad(format!(
+            "{name} must be an RFC 3339 time such as 2026-03-10T09:15:42Z"
+        ))
+    })?;
+    let nanos =
+        i128::from(time.timestamp()) * 1_000_000_000 + i128::from(time.timestamp_subsec_nanos());
+    Ok(u64::try_from(nanos.max(0)).unwrap_or(u64::MAX))
+}
+
+/// `q`: words that must all match, and `"quoted phrases"`; no operators, punctuation ignored.
+fn parse_text(q: &str) -> Result<Vec<Vec<String>>, ApiError> {
+    if q.len() > MAX_Q_BYTES {
+        return Err(bad(format!("q must be at most {MAX_Q_BYTES} bytes")));
+    }
+    if q.matches('"').count() % 2 == 1 {
+        return Err(bad("q has an unbalanced double quote"));
+    }
+    let mut clauses = Vec::new();
+    for (i, part) in q.split('"').enumerate() {
+        let terms = message_terms(part);
+        if terms.iter().any(|t| t.len() > MAX_WORD_BYTES) {
+            return Err(bad(format!(
+                "q has a word longer than {MAX_WORD_BYTES} bytes"
+            )));
+        }
+        let quoted = i % 2 == 1;
+        if quoted && !terms.is_empty() {
+            clauses.push(terms);
+        } else {
+            clauses.extend(terms.into_iter().map(|t| vec![t]));
+        }
+    }
+    if clauses.is_empty() {
+        return Err(bad("q must contain at least one word"));
+    }
+    Ok(clauses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SortKey;
+
+    fn parse_str(query: &str) -> Result<LogsRequest, String> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap();
+        parse(&pairs, "user-a").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let req = parse_str("").unwrap();
+        assert_eq!(req.page, 1);
+        assert_eq!(
+            req.query,
+            LogQuery {
+                user_id: "user-a".into(),
+                limit: 50,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn filters_and_paging() {
+        let req = parse_str(
+            "log_type=end_call_webhook&status=error&assistant_id=a%201&room_name=r&page=3&limit=20&other=x",
+        )
+        .unwrap();
+        assert_eq!(req.page, 3);
+        assert_eq!(req.query.log_type, Some(LogType::EndCallWebhook));
+        assert_eq!(req.query.status, Some(LogStatus::Error));
+        assert_eq!(req.query.assistant_id.as_deref(), Some("a 1"));
+        assert_eq!(req.query.room_name.as_deref(), Some("r"));
+        assert_eq!(req.query.offset, 40);
+        assert_eq!(req.query.limit, 20);
+    }
+
+    #[test]
+    fn empty_values_are_absent_and_limits_clamp() {
+        let req = parse_str("limit=&log_type=&page=&q=&cursor=").unwrap();
+        assert_eq!(req.query.limit, 50);
+        assert_eq!(req.query.log_type, None);
+        assert_eq!(parse_str("limit=101").unwrap().query.limit, 100);
+        assert_eq!(
+            parse_str("limit=99999999999999999999999")
+                .unwrap()
+                .query
+                .limit,
+            100
+        );
+        let far = parse_str("page=99999999999999999999999").unwrap();
+        assert_eq!(far.page, u64::MAX);
+        assert_eq!(far.query.offset, usize::MAX);
+    }
+
+    #[test]
+    fn bad_values_name_the_parameter() {
+        let cases = [
+            (
+                "log_type=TOOL_CALL",
+                "log_type must be one of tool_call, end_call_webhook, inbound_context_lookup",
+            ),
+            ("status=ok", "status must be success or error"),
+            ("page=0", "page must be an integer >= 1"),
+            ("page=-1", "page must be an integer >= 1"),
+            ("page=1.5", "page must be an integer >= 1"),
+            ("limit=0", "limit must be an integer >= 1"),
+            ("limit=-5", "limit must be an integer >= 1"),
+            ("limit=ten", "limit must be an integer >= 1"),
+            ("limit=%2B5", "limit must be an integer >= 1"),
+            (
+                "start_time=yesterday",
+                "start_time must be an RFC 3339 time such as 2026-03-10T09:15:42Z",
+            ),
+            (
+                "end_time=2026-03-10",
+                "end_time must be an RFC 3339 time such as 2026-03-10T09:15:42Z",
+            ),
+            (
+                "start_time=2026-03-10T10:00:00Z&end_time=2026-03-10T10:00:00Z",
+                "start_time must be before end_time",
+            ),
+            ("q=%22unbalanced", "q has an unbalanced double quote"),
+            ("q=%2A%20%3A%20-", "q must contain at least one word"),
+            (
+                "cursor=abc",
+                "cursor is not a valid cursor from this server",
+            ),
+        ];
+        for (query, message) in cases {
+            assert_eq!(parse_str(query).unwrap_err(), message, "{query}");
+        }
+        let long = format!("q={}", "a".repeat(MAX_WORD_BYTES + 1));
+        assert_eq!(
+            parse_str(&long).unwrap_err(),
+            "q has a word longer than 100 bytes"
+        );
+        let huge = format!("q={}", "a ".repeat(MAX_Q_BYTES));
+        assert_eq!(
+            parse_str(&huge).unwrap_err(),
+            "q must be at most 1024 bytes"
+        );
+    }
+
+    #[test]
+    fn q_words_phrases_and_field_syntax_as_plain_words() {
+        let req =
+            parse_str("q=Timeout%20%22HTTP%20500%20error%22%20user_id%3Ax%20OR%20NOT%20*").unwrap();
+        assert_eq!(
+            req.query.text,
+            vec![
+                vec!["timeout".to_owned()],
+                vec!["http".to_owned(), "500".to_owned(), "error".to_owned()],
+                vec!["user".to_owned()],
+                vec!["id".to_owned()],
+                vec!["x".to_owned()],
+                vec!["or".to_owned()],
+                vec!["not".to_owned()],
+            ]
+        );
+    }
+
+    #[test]
+    fn times_are_inclusive_start_exclusive_end_in_nanos() {
+        let req =
+            parse_str("start_time=2026-03-10T09:15:42.5%2B01:00&end_time=2026-03-10T09:15:43Z")
+                .unwrap();
+        assert_eq!(req.query.start, Some(1_773_130_542_500_000_000));
+        assert_eq!(req.query.end, Some(1_773_134_143_000_000_000));
+        let before_epoch = parse_str("start_time=1960-01-01T00:00:00Z").unwrap();
+        assert_eq!(before_epoch.query.start, Some(0));
+    }
+
+    #[test]
+    fn cursors_continue_with_the_same_filters_only() {
+        let first = parse_str("room_name=r&limit=10").unwrap();
+        let token = Cursor::next(
+            &first.query,
+            SortKey {
+                timestamp: 9,
+                seq: 3,
+            },
+            2,
+        )
+        .encode();
+
+        let next = parse_str(&format!("room_name=r&limit=10&cursor={token}")).unwrap();
+        assert_eq!(next.page, 2);
+        assert_eq!(
+            next.query.before,
+            Some(SortKey {
+                timestamp: 9,
+                seq: 3
+            })
+        );
+        assert_eq!(next.query.offset, 0);
+        assert!(parse_str(&format!("room_name=r&page=1&cursor={token}")).is_ok());
+
+        assert_eq!(
+            parse_str(&format!("room_name=r&page=2&cursor={token}")).unwrap_err(),
+            "cursor cannot be combined with page > 1"
+        );
+        assert_eq!(
+            parse_str(&format!("room_name=other&cursor={token}")).unwrap_err(),
+            "cursor was made for different filters"
+        );
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(&format!("room_name=r&cursor={token}")).unwrap();
+        assert_eq!(
+            parse(&pairs, "user-b").unwrap_err().to_string(),
+            "cursor was made for different filters"
+        );
+    }
+}

@@ -1,0 +1,421 @@
+//! Configuration: `config/logbridge.toml`, its defaults and `LOGBRIDGE_<SECTION>_<KEY>` overrides.
+//!
+//! The file is read into a raw serde structure (unknown keys are errors), environment overrides are
+//! applied to it, and the result is validated into the typed [`Config`] the server runs on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mapping::{FieldSources, MappingConfig};
+
+/// The config file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "config/logbridge.toml";
+
+const ENV_PREFIX: &str = "LOGBRIDGE_";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid environment override {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("invalid setting {setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+/// The validated configuration of a logbridge process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub otlp: OtlpConfig,
+    pub api: ApiConfig,
+    pub index: IndexConfig,
+    pub auth: AuthConfig,
+    pub mapping: MappingConfig,
+    pub log: LogConfig,
+}
+
+/// The OTLP receivers.
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// Address of the OTLP/gRPC listener.
+    pub grpc_listen: String,
+    /// Address of the OTLP/HTTP listener.
+    pub http_listen: String,
+    /// Largest export accepted, in bytes, after decompression.
+    pub max_message_bytes: usize,
+}
+
+/// The REST API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Address of the REST listener (`/logs`, `/healthz`, `/readyz`).
+    pub listen: String,
+}
+
+/// The embedded index and the writer in front of it.
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    /// Folder of the tantivy index, created on first start.
+    pub path: PathBuf,
+    /// Longest time an accepted record waits before it is committed and visible.
+    pub commit_interval: Duration,
+    /// Export batches that may wait for the writer before exports are refused as overload.
+    pub queue_capacity: usize,
+    /// Indexing memory budget of the writer, in bytes.
+    pub writer_memory_bytes: usize,
+}
+
+/// API keys.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The keys file: one `[[keys]]` table per key, secrets stored as SHA-256 only.
+    pub keys_file: PathBuf,
+}
+
+/// Diagnostics of the process itself.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `logbridge=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    otlp: RawOtlp,
+    api: RawApi,
+    index: RawIndex,
+    auth: RawAuth,
+    mapping: FieldSources,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOtlp {
+    grpc_listen: String,
+    http_listen: String,
+    max_message_bytes: u64,
+}
+
+impl Default for RawOtlp {
+    fn default() -> Self {
+        Self {
+            grpc_listen: "127.0.0.1:4317".to_owned(),
+            http_listen: "127.0.0.1:4318".to_owned(),
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawApi {
+    listen: String,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawIndex {
+    path: PathBuf,
+    commit_interval_ms: u64,
+    queue_capacity: u64,
+    writer_memory_mb: u64,
+}
+
+impl Default for RawIndex {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("index"),
+            commit_interval_ms: 1000,
+            queue_capacity: 64,
+            writer_memory_mb: 128,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    keys_file: PathBuf,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            keys_file: PathBuf::from("config/keys.toml"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the config file (`path`, else [`DEFAULT_CONFIG_PATH`] when it exists, else the
+    /// embedded defaults) and applies the `LOGBRIDGE_*` entries of `env`.
+    pub fn load(path: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        let (mut table, origin) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let table = text
+                    .parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.clone(),
+                        message: e.message().to_owned(),
+                    })?;
+                (table, path)
+            }
+            None => (toml::Table::new(), PathBuf::from("<defaults>")),
+        };
+        apply_env_overrides(&mut table, env)?;
+        let raw: RawConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: origin,
+                message: e.message().to_owned(),
+            })?;
+        raw.validate()
+    }
+
+    /// The embedded defaults, as `cargo run` uses them on a fresh clone.
+    pub fn defaults() -> Self {
+        RawConfig::default()
+            .validate()
+            .expect("the embedded defaults are valid")
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let positive = |setting: &'static str, value: u64| {
+            if value == 0 {
+                Err(ConfigError::Invalid {
+                    setting,
+                    message: "must be at least 1".to_owned(),
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        let max_message_bytes = positive("otlp.max_message_bytes", self.otlp.max_message_bytes)?;
+        let commit_interval_ms =
+            positive("index.commit_interval_ms", self.index.commit_interval_ms)?;
+        let queue_capacity = positive("index.queue_capacity", self.index.queue_capacity)?;
+        let writer_memory_mb = self.index.writer_memory_mb;
+        if !(16..=4096).contains(&writer_memory_mb) {
+            return Err(ConfigError::Invalid {
+                setting: "index.writer_memory_mb",
+                message: "must be between 16 and 4096".to_owned(),
+            });
+        }
+        let mapping = self
+            .mapping
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                setting: "mapping",
+                message,
+            })?;
+        Ok(Config {
+            otlp: OtlpConfig {
+                grpc_listen: self.otlp.grpc_listen,
+                http_listen: self.otlp.http_listen,
+                max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(usize::MAX),
+            },
+            api: ApiConfig {
+                listen: self.api.listen,
+            },
+            index: IndexConfig {
+                path: self.index.path,
+                commit_interval: Duration::from_millis(commit_interval_ms),
+                queue_capacity: usize::try_from(queue_capacity).unwrap_or(usize::MAX),
+                writer_memory_bytes: usize::try_from(writer_memory_mb * 1024 * 1024)
+                    .unwrap_or(usize::MAX),
+            },
+            auth: AuthConfig {
+                keys_file: self.auth.keys_file,
+            },
+            mapping,
+            log: LogConfig {
+                level: self.log.level,
+            },
+        })
+    }
+}
+
+/// Applies `LOGBRIDGE_<SECTION>_<KEY>=value` entries to the parsed file. The value is read as the
+/// type of the setting's default: a string as is, a number or a list as TOML.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: &HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(RawConfig::default())
+        .expect("the default config serializes to a table");
+    let mut names: Vec<&String> = env.keys().filter(|k| k.starts_with(ENV_PREFIX)).collect();
+    names.sort();
+    for name in names {
+        let value = &env[name];
+        let setting = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let env_error = |message: String| ConfigError::Env {
+            name: name.clone(),
+            message,
+        };
+        let Some((section, key, default)) = defaults.iter().find_map(|(section, keys)| {
+            let key = setting.strip_prefix(section.as_str())?.strip_prefix('_')?;
+            let default = keys.as_table()?.get(key)?;
+            Some((section, key, default))
+        }) else {
+            return Err(env_error("no such setting".to_owned()));
+        };
+        let parsed = match default {
+            toml::Value::String(_) => toml::Value::String(value.clone()),
+            _ => format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .filter(|v| v.same_type(default))
+                .ok_or_else(|| env_error(format!("expected a value like {default}")))?,
+        };
+        let section_table = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section_table) = section_table else {
+            return Err(env_error(format!(
+                "[{section}] in the config file is not a table"
+            )));
+        };
+        section_table.insert(key.to_owned(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn documented_example_config_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/logbridge.toml");
+        let config = Config::load(Some(&path), &HashMap::new()).unwrap();
+        let defaults = Config::defaults();
+        assert_eq!(config.otlp.grpc_listen, defaults.otlp.grpc_listen);
+        assert_eq!(config.otlp.http_listen, defaults.otlp.http_listen);
+        assert_eq!(config.otlp.max_message_bytes, 16 * 1024 * 1024);
+        assert_eq!(config.api.listen, "127.0.0.1:8080");
+        assert_eq!(config.index.path, PathBuf::from("index"));
+        assert_eq!(config.index.commit_interval, Duration::from_millis(1000));
+        assert_eq!(config.auth.keys_file, PathBuf::from("config/keys.toml"));
+        assert_eq!(config.mapping, defaults.mapping);
+        assert_eq!(config.log.level, "info");
+    }
+
+    #[test]
+    fn env_overrides_follow_section_and_key() {
+        let config = Config::load(Some(Path::new("/nonexistent/but/unused")), &HashMap::new());
+        assert!(matches!(config, Err(ConfigError::Read { .. })));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[api]\nlisten = \"0.0.0.0:9000\"\n").unwrap();
+        let config = Config::load(
+            Some(&path),
+            &env(&[
+                ("LOGBRIDGE_OTLP_GRPC_LISTEN", "127.0.0.1:0"),
+                ("LOGBRIDGE_INDEX_COMMIT_INTERVAL_MS", "250"),
+                ("LOGBRIDGE_MAPPING_ASSISTANT_ID", r#"["attr:agent.id"]"#),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.otlp.grpc_listen, "127.0.0.1:0");
+        assert_eq!(config.api.listen, "0.0.0.0:9000");
+        assert_eq!(config.index.commit_interval, Duration::from_millis(250));
+        assert_eq!(
+            config.mapping.assistant_id,
+            vec![crate::mapping::Source::Attr("agent.id".to_owned())]
+        );
+    }
+
+    #[test]
+    fn bad_env_override_names_the_variable() {
+        let err = Config::load(
+            Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/logbridge.toml")),
+            &env(&[("LOGBRIDGE_INDEX_COMMIT_INTERVAL_MS", "soon")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid environment override LOGBRIDGE_INDEX_COMMIT_INTERVAL_MS: expected a value like 1000"
+        );
+        let err = Config::load(
+            Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/logbridge.toml")),
+            &env(&[("LOGBRIDGE_API_PORT", "1")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid environment override LOGBRIDGE_API_PORT: no such setting"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_zero_values_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[index]\npaht = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("unknown field `paht`"), "{err}");
+
+        std::fs::write(&path, "[index]\ncommit_interval_ms = 0\n").unwrap();
+        let err = Config::load(Some(&path), &HashMap::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting index.commit_interval_ms: must be at least 1"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The one export path behind both OTLP transports: authorize, map, queue for the writer, and
+//! answer with the outcome (full or partial success) or an error.
+
+mod writer;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+
+pub use writer::{IngestQueue, WriteError, WriterThread, spawn_writer};
+
+use crate::auth::{AuthError, KeyStore, Scope};
+use crate::mapping::{MappingConfig, RecordContext, map_record};
+
+/// How many rejection reasons an error message names.
+const REASONS_SHOWN: usize = 3;
+
+/// How long a client should wait before retrying an export refused for overload.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A successful export: every record accepted, or some rejected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportOutcome {
+    /// Records that could not be mapped; 0 on full success.
+    pub rejected: u64,
+    /// The first reasons, in English; empty on full success.
+    pub error_message: String,
+}
+
+/// Why an export failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("logbridge is overloaded, retry later")]
+    Overloaded,
+    #[error("logbridge is shutting down or its index failed, retry later")]
+    Unavailable,
+}
+
+/// Exports logs; shared by the gRPC and HTTP receivers.
+#[derive(Clone)]
+pub struct ExportService {
+    keys: KeyStore,
+    mapping: Arc<MappingConfig>,
+    queue: IngestQueue,
+}
+
+impl ExportService {
+    /// An export service writing to `queue`.
+    pub fn new(keys: KeyStore, mapping: MappingConfig, queue: IngestQueue) -> Self {
+        Self {
+            keys,
+            mapping: Arc::new(mapping),
+            queue,
+        }
+    }
+
+    /// Checks the caller's `Authorization` header for the ingest scope.
+    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<Option<String>, ExportError> {
+        Ok(self.keys.authorize(authorization, Scope::Ingest)?.user_id)
+    }
+
+    /// Maps and writes the records of an export from a caller whose key is bound to `key_user`.
+    pub async fn export(
+        &self,
+        key_user: Option<&str>,
+        request: &ExportLogsServiceRequest,
+    ) -> Result<ExportOutcome, ExportError> {
+        let received_nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let mut logs = Vec::new();
+        let mut rejected = 0u64;
+        let mut reasons = Vec::new();
+        let mut index = 0usize;
+        for resource_logs in &request.resource_logs {
+            let resource = resource_logs
+                .resource
+                .as_ref()
+                .map_or(&[][..], |r| &r.attributes[..]);
+            let ctx = RecordContext {
+                resource,
+                key_user,
+                received_nanos,
+            };
+            for record in resource_logs
+                .scope_logs
+                .iter()
+                .flat_map(|scope| &scope.log_records)
+            {
+                match map_record(&self.mapping, &ctx, record) {
+                    Ok(log) => logs.push(log),
+                    Err(reason) => {
+                        rejected += 1;
+                        if reasons.len() < REASONS_SHOWN {
+                            reasons.push(format!("record {index}: {reason}"));
+                        }
+                    }
+                }
+                index += 1;
+            }
+        }
+        if !logs.is_empty() {
+            self.queue.write(logs).await.map_err(|e| match e {
+                WriteError::QueueFull => ExportError::Overloaded,
+                WriteError::Closed | WriteError::Store(_) => ExportError::Unavailable,
+            })?;
+        }
+        if rejected == 0 {
+            return Ok(ExportOutcome::default());
+        }
+        tracing::debug!(rejected, total = index, "records rejected");
+        let more = if rejected > reasons.len() as u64 {
+            "; ..."
+        } else {
+            ""
+        };
+        Ok(ExportOutcome {
+            rejected,
+            error_message: format!(
+                "{rejected} of {index} log records rejected: {}{more}",
+                reasons.join("; ")
+            ),
+        })
+    }
+}

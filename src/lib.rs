@@ -1,0 +1,23 @@
+//! logbridge: an OpenTelemetry-native collector and audit API for voice-agent activity logs.
+//!
+//! Data flows through the modules in this order:
+//!
+//! - [`otlp`]: receive OTLP/gRPC and OTLP/HTTP (protobuf, JSON, gzip) exports.
+//! - [`mapping`]: turn each OTLP LogRecord into an [`mapping::ActivityLog`] (pure).
+//! - [`ingest`]: the one export path: authorize, map, queue for the writer, answer.
+//! - [`store`]: the embedded tantivy index: schema, the single writer, newest-first queries.
+//! - [`api`]: `GET /logs`, the audit API scoped to the caller's user, and health checks.
+//!
+//! Around them: [`auth`] (API keys and scopes), [`config`] (the config file and overrides),
+//! [`server`] (wiring and shutdown), [`emit`] and [`workload`] (the worker simulator).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod emit;
+pub mod ingest;
+pub mod mapping;
+pub mod otlp;
+pub mod server;
+pub mod store;
+pub mod workload;

@@ -1,0 +1,205 @@
+//! The `logbridge` binary: parse the command line, load the config, run.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use logbridge::auth::{NewKey, Scope, add_key, ensure_keys_file};
+use logbridge::config::Config;
+use logbridge::emit::{EmitOptions, emit};
+use logbridge::server::{self, Listeners};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "logbridge",
+    version,
+    about = "OpenTelemetry-native activity-log collector and audit API"
+)]
+struct Cli {
+    /// Config file (default: config/logbridge.toml when it exists, else built-in defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Send simulated activity logs over OTLP with the OpenTelemetry SDK.
+    Emit(EmitArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key, append its hash to the keys file and print the secret once.
+    Add {
+        /// The user the key reads (and ingests) for.
+        #[arg(long)]
+        user: String,
+        /// Comma-separated scopes: read, ingest.
+        #[arg(long, value_delimiter = ',', default_value = "read")]
+        scope: Vec<String>,
+        /// A name for operators (default: the user and scopes).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Grpc,
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+    #[value(name = "http/json")]
+    HttpJson,
+}
+
+#[derive(clap::Args)]
+struct EmitArgs {
+    /// OTLP protocol (default: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc).
+    #[arg(long, value_enum, env = "OTEL_EXPORTER_OTLP_PROTOCOL")]
+    protocol: Option<ProtocolArg>,
+    /// Base URL of the receiver, e.g. http://127.0.0.1:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// API key with the ingest scope (default: from OTEL_EXPORTER_OTLP_HEADERS).
+    #[arg(long, env = "LOGBRIDGE_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Number of activity logs to send.
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Set the user.id attribute (for platform keys without a user).
+    #[arg(long)]
+    user: Option<String>,
+    /// Seed of the simulated traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Compress exports with gzip.
+    #[arg(long)]
+    gzip: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let config = load_config(cli.config)?;
+            init_tracing(&config.log.level);
+            runtime.block_on(serve(config))
+        }
+        Command::Keys {
+            command: KeysCommand::Add { user, scope, name },
+        } => {
+            let config = load_config(cli.config)?;
+            let scopes = scope
+                .iter()
+                .map(|s| {
+                    Scope::parse(s.trim())
+                        .with_context(|| format!("unknown scope {s:?} (expected read, ingest)"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let name = name.unwrap_or_else(|| format!("{user} ({})", scope.join(",")));
+            let secret = add_key(
+                &config.auth.keys_file,
+                &NewKey {
+                    name,
+                    user_id: user,
+                    scopes,
+                },
+            )?;
+            eprintln!(
+                "added a key to {}; its secret is shown only once:",
+                config.auth.keys_file.display()
+            );
+            println!("{}", secret.expose());
+            Ok(())
+        }
+        Command::Emit(args) => {
+            init_tracing("warn");
+            let options = EmitOptions {
+                protocol: match args.protocol.unwrap_or(ProtocolArg::Grpc) {
+                    ProtocolArg::Grpc => opentelemetry_otlp::Protocol::Grpc,
+                    ProtocolArg::HttpProtobuf => opentelemetry_otlp::Protocol::HttpBinary,
+                    ProtocolArg::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+                },
+                endpoint: args.endpoint,
+                key: args.key,
+                count: args.count,
+                user: args.user,
+                seed: args.seed,
+                gzip: args.gzip,
+            };
+            runtime.block_on(emit(&options))?;
+            eprintln!("sent {} activity logs", options.count);
+            Ok(())
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Ok(Config::load(path.as_deref(), &env)?)
+}
+
+fn init_tracing(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if let Some(secret) = ensure_keys_file(&config.auth.keys_file)? {
+        eprintln!(
+            "\nNo keys file was found, so {} was created with one key for user \"default\"\n\
+             (scopes read and ingest). Its secret is shown only this once:\n\n    {}\n",
+            config.auth.keys_file.display(),
+            secret.expose()
+        );
+    }
+    let listeners = Listeners::bind(&config).await?;
+    let running = server::start(&config, listeners).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

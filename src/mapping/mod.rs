@@ -1,0 +1,318 @@
+//! OTLP LogRecord to activity log: a pure function, no I/O.
+//!
+//! Each field is read from the first of its configured [`Source`]s that is present (SPEC section 3).
+//! A record that cannot be mapped is rejected with a [`RejectReason`], never dropped silently.
+
+mod sources;
+mod value;
+
+use std::fmt;
+use std::str::FromStr;
+
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use serde_json::value::RawValue;
+
+pub use sources::{FieldSources, Found, MappingConfig, Source};
+pub use value::to_json;
+
+/// What an activity log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogType {
+    ToolCall,
+    EndCallWebhook,
+    InboundContextLookup,
+}
+
+impl LogType {
+    /// Every log type, in documentation order.
+    pub const ALL: [LogType; 3] = [
+        LogType::ToolCall,
+        LogType::EndCallWebhook,
+        LogType::InboundContextLookup,
+    ];
+
+    /// The wire name, as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogType::ToolCall => "tool_call",
+            LogType::EndCallWebhook => "end_call_webhook",
+            LogType::InboundContextLookup => "inbound_context_lookup",
+        }
+    }
+}
+
+impl FromStr for LogType {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        LogType::ALL.into_iter().find(|t| t.as_str() == s).ok_or(())
+    }
+}
+
+/// Whether the audited action succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogStatus {
+    Success,
+    Error,
+}
+
+impl LogStatus {
+    /// The wire name, as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStatus::Success => "success",
+            LogStatus::Error => "error",
+        }
+    }
+}
+
+impl FromStr for LogStatus {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "success" => Ok(LogStatus::Success),
+            "error" => Ok(LogStatus::Error),
+            _ => Err(()),
+        }
+    }
+}
+
+/// OTLP `SEVERITY_NUMBER_ERROR`: this and above derive `status = error`.
+const SEVERITY_ERROR: i32 = 17;
+
+/// One activity log, as stored and served.
+#[derive(Debug, Clone)]
+pub struct ActivityLog {
+    /// The tenant: reads are always scoped to it.
+    pub user_id: String,
+    pub log_type: LogType,
+    pub status: LogStatus,
+    pub assistant_id: String,
+    pub room_name: String,
+    /// Nanoseconds since the Unix epoch.
+    pub timestamp_nanos: u64,
+    pub message: String,
+    /// A JSON object, as text.
+    pub request_data: Box<RawValue>,
+    /// A JSON object, as text.
+    pub response_data: Box<RawValue>,
+    pub latency_ms: u64,
+    /// Lower-case hex, when the record carried a valid trace id.
+    pub trace_id: Option<String>,
+    /// Lower-case hex, when the record carried a valid span id.
+    pub span_id: Option<String>,
+    pub severity_text: Option<String>,
+}
+
+/// Why a record could not be mapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectReason {
+    MissingLogType,
+    UnknownLogType(String),
+    InvalidStatus(String),
+    MissingUser,
+    UserMismatch,
+    InvalidField {
+        field: &'static str,
+        source: String,
+        expected: &'static str,
+    },
+}
+
+impl RejectReason {
+    /// A short, stable label for counting rejections by reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::MissingLogType => "missing_log_type",
+            RejectReason::UnknownLogType(_) => "unknown_log_type",
+            RejectReason::InvalidStatus(_) => "invalid_status",
+            RejectReason::MissingUser => "missing_user",
+            RejectReason::UserMismatch => "user_mismatch",
+            RejectReason::InvalidField { .. } => "invalid_field",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RejectReason::MissingLogType => f.write_str("no log_type"),
+            RejectReason::UnknownLogType(found) => write!(
+                f,
+                "unknown log_type {found:?} (expected tool_call, end_call_webhook or inbound_context_lookup)"
+            ),
+            RejectReason::InvalidStatus(found) => {
+                write!(f, "invalid status {found:?} (expected success or error)")
+            }
+            RejectReason::MissingUser => {
+                f.write_str("no user: the key has no user_id and the record no user.id")
+            }
+            RejectReason::UserMismatch => {
+                f.write_str("user.id does not match the user of the ingest key")
+            }
+            RejectReason::InvalidField {
+                field,
+                source,
+                expected,
+            } => write!(f, "{field} from {source} is not {expected}"),
+        }
+    }
+}
+
+/// What a record is mapped in the context of, besides the record itself.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordContext<'a> {
+    /// The attributes of the record's Resource.
+    pub resource: &'a [KeyValue],
+    /// The user the ingest key is bound to, if any.
+    pub key_user: Option<&'a str>,
+    /// When the export arrived, for records with neither time set.
+    pub received_nanos: u64,
+}
+
+/// Maps one OTLP LogRecord to an activity log.
+pub fn map_record<'c>(
+    config: &'c MappingConfig,
+    ctx: &RecordContext<'_>,
+    record: &LogRecord,
+) -> Result<ActivityLog, RejectReason> {
+    let first = |sources: &'c [Source]| first_present(sources, record, ctx.resource);
+    let text =
+        |field: &'static str, sources: &'c [Source]| -> Result<Option<String>, RejectReason> {
+            first(sources)
+                .map(|(source, found)| {
+                    scalar_text(found).ok_or_else(|| RejectReason::InvalidField {
+                        field,
+                        source: source.to_string(),
+                        expected: "a string",
+                    })
+                })
+                .transpose()
+        };
+
+    let log_type = match text("log_type", &config.log_type)? {
+        None => return Err(RejectReason::MissingLogType),
+        Some(name) => name
+            .parse::<LogType>()
+            .map_err(|()| RejectReason::UnknownLogType(name))?,
+    };
+    let status = match text("status", &config.status)? {
+        Some(name) => name
+            .parse::<LogStatus>()
+            .map_err(|()| RejectReason::InvalidStatus(name))?,
+        None if record.severity_number >= SEVERITY_ERROR => LogStatus::Error,
+        None => LogStatus::Success,
+    };
+    let record_user = text("user_id", &config.user_id)?;
+    let user_id = match (ctx.key_user, record_user) {
+        (Some(key_user), Some(record_user)) if record_user != key_user => {
+            return Err(RejectReason::UserMismatch);
+        }
+        (Some(key_user), _) => key_user.to_owned(),
+        (None, Some(record_user)) if !record_user.is_empty() => record_user,
+        (None, _) => return Err(RejectReason::MissingUser),
+    };
+    let message = match first(&config.message).map(|(_, found)| found) {
+        None => String::new(),
+        Some(Found::Any(value)) if !matches!(value, Value::StringValue(_)) => {
+            to_json(value).to_string()
+        }
+        Some(found) => found.as_str().unwrap_or_default().to_owned(),
+    };
+    let object = |field: &'static str, sources: &'c [Source]| match first(sources) {
+        None => Ok(empty_object()),
+        Some((source, found)) => json_object(found).ok_or_else(|| RejectReason::InvalidField {
+            field,
+            source: source.to_string(),
+            expected: "a kvlist or a string holding a JSON object",
+        }),
+    };
+    let latency_ms = match first(&config.latency_ms) {
+        None => 0,
+        Some((source, found)) => latency(found).ok_or_else(|| RejectReason::InvalidField {
+            field: "latency_ms",
+            source: source.to_string(),
+            expected: "a non-negative number",
+        })?,
+    };
+
+    Ok(ActivityLog {
+        user_id,
+        log_type,
+        status,
+        assistant_id: text("assistant_id", &config.assistant_id)?.unwrap_or_default(),
+        room_name: text("room_name", &config.room_name)?.unwrap_or_default(),
+        timestamp_nanos: [record.time_unix_nano, record.observed_time_unix_nano]
+            .into_iter()
+            .find(|&t| t != 0)
+            .unwrap_or(ctx.received_nanos),
+        message,
+        request_data: object("request_data", &config.request_data)?,
+        response_data: object("response_data", &config.response_data)?,
+        latency_ms,
+        trace_id: hex_id(&record.trace_id, 16),
+        span_id: hex_id(&record.span_id, 8),
+        severity_text: Some(record.severity_text.clone()).filter(|s| !s.is_empty()),
+    })
+}
+
+/// The first source that has a value, and the value.
+fn first_present<'s, 'a>(
+    sources: &'s [Source],
+    record: &'a LogRecord,
+    resource: &'a [KeyValue],
+) -> Option<(&'s Source, Found<'a>)> {
+    sources
+        .iter()
+        .find_map(|s| s.find(record, resource).map(|found| (s, found)))
+}
+
+/// A scalar as text: strings as they are, numbers and booleans printed.
+fn scalar_text(found: Found<'_>) -> Option<String> {
+    match found {
+        Found::Any(Value::IntValue(i)) => Some(i.to_string()),
+        Found::Any(Value::BoolValue(b)) => Some(b.to_string()),
+        Found::Any(Value::DoubleValue(d)) => Some(d.to_string()),
+        _ => found.as_str().map(str::to_owned),
+    }
+}
+
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).expect("{} is valid JSON")
+}
+
+/// A kvlist as a JSON object, or a string that holds one (kept as sent, nulls included).
+fn json_object(found: Found<'_>) -> Option<Box<RawValue>> {
+    if let Found::Any(value @ Value::KvlistValue(_)) = found {
+        return RawValue::from_string(to_json(value).to_string()).ok();
+    }
+    let text = found.as_str()?.trim();
+    if !text.starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<Box<RawValue>>(text).ok()
+}
+
+fn latency(found: Found<'_>) -> Option<u64> {
+    let from_f64 = |d: f64| (d.is_finite() && d >= 0.0).then(|| d.round() as u64);
+    match found {
+        Found::Any(Value::IntValue(i)) => u64::try_from(*i).ok(),
+        Found::Any(Value::DoubleValue(d)) => from_f64(*d),
+        _ => {
+            let s = found.as_str()?.trim();
+            s.parse::<u64>()
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().and_then(from_f64))
+        }
+    }
+}
+
+/// Lower-case hex of a trace or span id of the right length that is not all zeros.
+fn hex_id(bytes: &[u8], len: usize) -> Option<String> {
+    (bytes.len() == len && bytes.iter().any(|&b| b != 0)).then(|| hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,348 @@
+//! The mapping table of SPEC section 3, row by row.
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, KeyValueList};
+
+use super::*;
+
+fn any(value: Value) -> AnyValue {
+    AnyValue { value: Some(value) }
+}
+
+fn s(text: &str) -> Value {
+    Value::StringValue(text.to_owned())
+}
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(any(value)),
+        ..Default::default()
+    }
+}
+
+/// A record that maps: a tool call with every activity attribute.
+fn record() -> LogRecord {
+    LogRecord {
+        time_unix_nano: 1_773_134_142_123_456_789,
+        observed_time_unix_nano: 1_773_134_143_000_000_000,
+        severity_number: 9,
+        severity_text: "INFO".to_owned(),
+        body: Some(any(s("tool get_weather returned 200"))),
+        attributes: vec![
+            kv("activity.log_type", s("tool_call")),
+            kv("activity.status", s("success")),
+            kv("activity.assistant_id", s("asst-1")),
+            kv("activity.room_name", s("room-1")),
+            kv("activity.latency_ms", Value::IntValue(312)),
+            kv("user.id", s("user-a")),
+        ],
+        trace_id: vec![0xAB; 16],
+        span_id: vec![0xCD; 8],
+        ..Default::default()
+    }
+}
+
+fn map(record: &LogRecord) -> Result<ActivityLog, RejectReason> {
+    map_with(record, &[], None)
+}
+
+fn map_with(
+    record: &LogRecord,
+    resource: &[KeyValue],
+    key_user: Option<&str>,
+) -> Result<ActivityLog, RejectReason> {
+    let ctx = RecordContext {
+        resource,
+        key_user,
+        received_nanos: 42,
+    };
+    map_record(&MappingConfig::default(), &ctx, record)
+}
+
+fn without(mut record: LogRecord, key: &str) -> LogRecord {
+    record.attributes.retain(|kv| kv.key != key);
+    record
+}
+
+fn with(mut record: LogRecord, key: &str, value: Value) -> LogRecord {
+    record.attributes.retain(|kv| kv.key != key);
+    record.attributes.push(kv(key, value));
+    record
+}
+
+#[test]
+fn a_complete_record_maps_every_field() {
+    let log = map(&record()).unwrap();
+    assert_eq!(log.user_id, "user-a");
+    assert_eq!(log.log_type, LogType::ToolCall);
+    assert_eq!(log.status, LogStatus::Success);
+    assert_eq!(log.assistant_id, "asst-1");
+    assert_eq!(log.room_name, "room-1");
+    assert_eq!(log.timestamp_nanos, 1_773_134_142_123_456_789);
+    assert_eq!(log.message, "tool get_weather returned 200");
+    assert_eq!(log.request_data.get(), "{}");
+    assert_eq!(log.response_data.get(), "{}");
+    assert_eq!(log.latency_ms, 312);
+    assert_eq!(
+        log.trace_id.as_deref(),
+        Some("abababababababababababababababab")
+    );
+    assert_eq!(log.span_id.as_deref(), Some("cdcdcdcdcdcdcdcd"));
+    assert_eq!(log.severity_text.as_deref(), Some("INFO"));
+}
+
+#[test]
+fn log_type_comes_from_the_attribute_then_event_name() {
+    let mut rec = without(record(), "activity.log_type");
+    rec.event_name = "end_call_webhook".to_owned();
+    assert_eq!(map(&rec).unwrap().log_type, LogType::EndCallWebhook);
+
+    // the attribute wins over event_name
+    let mut rec = record();
+    rec.event_name = "end_call_webhook".to_owned();
+    assert_eq!(map(&rec).unwrap().log_type, LogType::ToolCall);
+
+    // the legacy event.name attribute stands in for an empty event_name
+    let rec = with(
+        without(record(), "activity.log_type"),
+        "event.name",
+        s("inbound_context_lookup"),
+    );
+    assert_eq!(map(&rec).unwrap().log_type, LogType::InboundContextLookup);
+
+    // a resource attribute counts when the record has none
+    let rec = without(record(), "activity.log_type");
+    let resource = [kv("activity.log_type", s("tool_call"))];
+    assert_eq!(
+        map_with(&rec, &resource, None).unwrap().log_type,
+        LogType::ToolCall
+    );
+}
+
+#[test]
+fn missing_or_unknown_log_type_is_rejected() {
+    let rec = without(record(), "activity.log_type");
+    assert_eq!(map(&rec).unwrap_err(), RejectReason::MissingLogType);
+    let rec = with(record(), "activity.log_type", s("TOOL_CALL"));
+    assert_eq!(
+        map(&rec).unwrap_err(),
+        RejectReason::UnknownLogType("TOOL_CALL".to_owned())
+    );
+    let rec = with(
+        record(),
+        "activity.log_type",
+        Value::ArrayValue(ArrayValue::default()),
+    );
+    assert_eq!(
+        map(&rec).unwrap_err().to_string(),
+        "log_type from attr:activity.log_type is not a string"
+    );
+}
+
+#[test]
+fn status_comes_from_the_attribute_or_the_severity() {
+    let rec = with(record(), "activity.status", s("error"));
+    assert_eq!(map(&rec).unwrap().status, LogStatus::Error);
+
+    let mut rec = without(record(), "activity.status");
+    rec.severity_number = 17;
+    assert_eq!(map(&rec).unwrap().status, LogStatus::Error);
+    rec.severity_number = 21;
+    assert_eq!(map(&rec).unwrap().status, LogStatus::Error);
+    rec.severity_number = 16;
+    assert_eq!(map(&rec).unwrap().status, LogStatus::Success);
+
+    // an explicit status wins over the severity
+    let mut rec = record();
+    rec.severity_number = 17;
+    assert_eq!(map(&rec).unwrap().status, LogStatus::Success);
+
+    let rec = with(record(), "activity.status", s("failed"));
+    assert_eq!(
+        map(&rec).unwrap_err().to_string(),
+        "invalid status \"failed\" (expected success or error)"
+    );
+}
+
+#[test]
+fn assistant_and_room_default_to_empty() {
+    let rec = without(
+        without(record(), "activity.assistant_id"),
+        "activity.room_name",
+    );
+    let log = map(&rec).unwrap();
+    assert_eq!(log.assistant_id, "");
+    assert_eq!(log.room_name, "");
+
+    let rec = with(record(), "activity.assistant_id", Value::IntValue(7));
+    assert_eq!(map(&rec).unwrap().assistant_id, "7");
+}
+
+#[test]
+fn timestamp_falls_back_to_observed_then_received() {
+    let mut rec = record();
+    rec.time_unix_nano = 0;
+    assert_eq!(
+        map(&rec).unwrap().timestamp_nanos,
+        1_773_134_143_000_000_000
+    );
+    rec.observed_time_unix_nano = 0;
+    assert_eq!(map(&rec).unwrap().timestamp_nanos, 42);
+}
+
+#[test]
+fn message_is_the_body_as_text_or_compact_json() {
+    let mut rec = record();
+    rec.body = None;
+    assert_eq!(map(&rec).unwrap().message, "");
+    rec.body = Some(AnyValue { value: None });
+    assert_eq!(map(&rec).unwrap().message, "");
+    rec.body = Some(any(Value::IntValue(5)));
+    assert_eq!(map(&rec).unwrap().message, "5");
+    rec.body = Some(any(Value::KvlistValue(KeyValueList {
+        values: vec![kv("event", s("done")), kv("n", Value::BoolValue(false))],
+    })));
+    assert_eq!(map(&rec).unwrap().message, r#"{"event":"done","n":false}"#);
+}
+
+#[test]
+fn request_and_response_data_take_kvlists_and_json_strings() {
+    let rec = with(
+        record(),
+        "activity.request_data",
+        Value::KvlistValue(KeyValueList {
+            values: vec![
+                kv("url", s("https://example.com/ctx")),
+                kv(
+                    "payload",
+                    Value::KvlistValue(KeyValueList {
+                        values: vec![kv("caller_number", s("+919876543210"))],
+                    }),
+                ),
+            ],
+        }),
+    );
+    let rec = with(
+        rec,
+        "activity.response_data",
+        s(r#" {"context_keys": ["customer_name"], "missing": null} "#),
+    );
+    let log = map(&rec).unwrap();
+    assert_eq!(
+        log.request_data.get(),
+        r#"{"url":"https://example.com/ctx","payload":{"caller_number":"+919876543210"}}"#
+    );
+    assert_eq!(
+        log.response_data.get(),
+        r#"{"context_keys": ["customer_name"], "missing": null}"#
+    );
+}
+
+#[test]
+fn request_data_that_is_not_an_object_is_rejected() {
+    for bad in [s("[1,2]"), s("{not json"), s("42"), Value::IntValue(1)] {
+        let rec = with(record(), "activity.request_data", bad.clone());
+        assert_eq!(
+            map(&rec).unwrap_err().to_string(),
+            "request_data from attr:activity.request_data is not a kvlist or a string holding a JSON object",
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn latency_takes_ints_doubles_and_numeric_strings() {
+    let cases = [
+        (Value::IntValue(0), 0),
+        (Value::DoubleValue(311.5), 312),
+        (s("87"), 87),
+        (s(" 12.4 "), 12),
+    ];
+    for (value, expected) in cases {
+        let rec = with(record(), "activity.latency_ms", value);
+        assert_eq!(map(&rec).unwrap().latency_ms, expected);
+    }
+    assert_eq!(
+        map(&without(record(), "activity.latency_ms"))
+            .unwrap()
+            .latency_ms,
+        0
+    );
+    for bad in [
+        Value::IntValue(-1),
+        s("fast"),
+        Value::DoubleValue(f64::INFINITY),
+        Value::BoolValue(true),
+    ] {
+        let rec = with(record(), "activity.latency_ms", bad);
+        assert_eq!(
+            map(&rec).unwrap_err().to_string(),
+            "latency_ms from attr:activity.latency_ms is not a non-negative number"
+        );
+    }
+}
+
+#[test]
+fn user_comes_from_the_key_or_the_user_id_attribute() {
+    // a platform key: the record's user.id
+    assert_eq!(map(&record()).unwrap().user_id, "user-a");
+    // a user-bound key: its user, and a matching user.id is fine
+    assert_eq!(
+        map_with(&record(), &[], Some("user-a")).unwrap().user_id,
+        "user-a"
+    );
+    let rec = without(record(), "user.id");
+    assert_eq!(
+        map_with(&rec, &[], Some("user-b")).unwrap().user_id,
+        "user-b"
+    );
+    // a contradicting user.id is rejected
+    assert_eq!(
+        map_with(&record(), &[], Some("user-b")).unwrap_err(),
+        RejectReason::UserMismatch
+    );
+    // a platform key and no user.id (or an empty one)
+    assert_eq!(map(&rec).unwrap_err(), RejectReason::MissingUser);
+    assert_eq!(
+        map(&with(record(), "user.id", s(""))).unwrap_err(),
+        RejectReason::MissingUser
+    );
+    // user.id on the resource
+    let resource = [kv("user.id", s("user-r"))];
+    assert_eq!(map_with(&rec, &resource, None).unwrap().user_id, "user-r");
+}
+
+#[test]
+fn trace_context_is_kept_only_when_valid() {
+    let mut rec = record();
+    rec.trace_id = vec![0; 16];
+    rec.span_id = vec![1, 2, 3];
+    let log = map(&rec).unwrap();
+    assert_eq!(log.trace_id, None);
+    assert_eq!(log.span_id, None);
+    rec.severity_text = String::new();
+    assert_eq!(map(&rec).unwrap().severity_text, None);
+}
+
+#[test]
+fn configured_sources_replace_the_defaults() {
+    let mut config = MappingConfig::default();
+    config.assistant_id = vec![
+        Source::RecordAttr("agent.id".to_owned()),
+        Source::ResourceAttr("service.name".to_owned()),
+    ];
+    config.message = vec![Source::Attr("summary".to_owned()), Source::Body];
+    let ctx = RecordContext {
+        resource: &[kv("service.name", s("voice-worker"))],
+        key_user: None,
+        received_nanos: 0,
+    };
+    let log = map_record(&config, &ctx, &record()).unwrap();
+    assert_eq!(log.assistant_id, "voice-worker");
+    assert_eq!(log.message, "tool get_weather returned 200");
+
+    let rec = with(with(record(), "agent.id", s("a-9")), "summary", s("short"));
+    let log = map_record(&config, &ctx, &rec).unwrap();
+    assert_eq!(log.assistant_id, "a-9");
+    assert_eq!(log.message, "short");
+}

@@ -1,0 +1,191 @@
+//! The tantivy schema of an activity log and the stored document it serves.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tantivy::TantivyDocument;
+use tantivy::schema::{
+    FAST, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
+};
+use tantivy::tokenizer::{
+    LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, TokenStream,
+};
+
+use crate::mapping::ActivityLog;
+
+/// Name of the analyzer of `message`: words split on non-alphanumerics, lower-cased.
+pub const MESSAGE_TOKENIZER: &str = "message";
+
+/// Longest word of a message that is indexed, in bytes; longer words are not searchable.
+pub const MAX_WORD_BYTES: usize = 100;
+
+/// Name of the fast field of timestamps.
+pub const TIMESTAMP_FIELD: &str = "timestamp";
+
+/// Name of the fast field of ingest sequence numbers.
+pub const SEQ_FIELD: &str = "seq";
+
+/// The fields of the index.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields {
+    /// The tenant, exact match; every query is restricted to one.
+    pub user: Field,
+    pub log_type: Field,
+    pub status: Field,
+    pub assistant_id: Field,
+    pub room_name: Field,
+    /// Full text, with positions for phrases.
+    pub message: Field,
+    /// Nanoseconds since the epoch, fast, full precision: the primary sort key.
+    pub timestamp: Field,
+    /// Ingest sequence number, fast: the tie-breaker of equal timestamps, and what replay
+    /// compares with the last commit.
+    pub seq: Field,
+    /// The log as served by the API, JSON.
+    pub doc: Field,
+}
+
+impl Fields {
+    /// The schema and its fields.
+    pub fn schema() -> (Schema, Fields) {
+        let mut builder = Schema::builder();
+        let message_options = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(MESSAGE_TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        );
+        let fields = Fields {
+            user: builder.add_text_field("user", STRING),
+            log_type: builder.add_text_field("log_type", STRING),
+            status: builder.add_text_field("status", STRING),
+            assistant_id: builder.add_text_field("assistant_id", STRING),
+            room_name: builder.add_text_field("room_name", STRING),
+            message: builder.add_text_field("message", message_options),
+            timestamp: builder.add_u64_field(TIMESTAMP_FIELD, FAST),
+            seq: builder.add_u64_field(SEQ_FIELD, FAST),
+            doc: builder.add_bytes_field("doc", STORED),
+        };
+        (builder.build(), fields)
+    }
+
+    /// The tantivy document of an activity log with its sequence number.
+    pub fn document(&self, log: &ActivityLog, seq: u64) -> TantivyDocument {
+        let mut doc = TantivyDocument::new();
+        doc.add_text(self.user, &log.user_id);
+        doc.add_text(self.log_type, log.log_type.as_str());
+        doc.add_text(self.status, log.status.as_str());
+        doc.add_text(self.assistant_id, &log.assistant_id);
+        doc.add_text(self.room_name, &log.room_name);
+        doc.add_text(self.message, &log.message);
+        doc.add_u64(self.timestamp, log.timestamp_nanos);
+        doc.add_u64(self.seq, seq);
+        doc.add_bytes(self.doc, &served_json(log));
+        doc
+    }
+}
+
+/// The analyzer of `message` at indexing time.
+pub fn message_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(MAX_WORD_BYTES + 1))
+        .filter(LowerCaser)
+        .build()
+}
+
+/// The words of a text as `message` indexes them, long ones included (which the index drops):
+/// a query checks their length itself.
+pub fn message_terms(text: &str) -> Vec<String> {
+    let mut analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(LowerCaser)
+        .build();
+    let mut stream = analyzer.token_stream(text);
+    let mut terms = Vec::new();
+    while let Some(token) = stream.next() {
+        terms.push(token.text.clone());
+    }
+    terms
+}
+
+/// A timestamp as the API shows it: UTC, RFC 3339, milliseconds, `Z`.
+pub fn format_timestamp(nanos: u64) -> String {
+    let secs = i64::try_from(nanos / 1_000_000_000).expect("u64 seconds fit in i64");
+    let subsec = u32::try_from(nanos % 1_000_000_000).expect("below one billion");
+    DateTime::<Utc>::from_timestamp(secs, subsec)
+        .expect("every u64 nanosecond timestamp is a valid date")
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[derive(Serialize)]
+struct ServedLog<'a> {
+    log_type: &'static str,
+    status: &'static str,
+    assistant_id: &'a str,
+    room_name: &'a str,
+    timestamp: String,
+    message: &'a str,
+    request_data: &'a RawValue,
+    response_data: &'a RawValue,
+    latency_ms: u64,
+    trace_id: Option<&'a str>,
+    span_id: Option<&'a str>,
+    severity_text: Option<&'a str>,
+}
+
+/// The JSON of a log as `GET /logs` returns it.
+fn served_json(log: &ActivityLog) -> Vec<u8> {
+    serde_json::to_vec(&ServedLog {
+        log_type: log.log_type.as_str(),
+        status: log.status.as_str(),
+        assistant_id: &log.assistant_id,
+        room_name: &log.room_name,
+        timestamp: format_timestamp(log.timestamp_nanos),
+        message: &log.message,
+        request_data: &log.request_data,
+        response_data: &log.response_data,
+        latency_ms: log.latency_ms,
+        trace_id: log.trace_id.as_deref(),
+        span_id: log.span_id.as_deref(),
+        severity_text: log.severity_text.as_deref(),
+    })
+    .expect("a log of strings, numbers and valid JSON serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_three_fraction_digits_and_z() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_timestamp(1_773_134_142_999_999_999),
+            "2026-03-10T09:15:42.999Z"
+        );
+        assert_eq!(format_timestamp(u64::MAX), "2554-07-21T23:34:33.709Z");
+    }
+
+    #[test]
+    fn message_terms_split_on_punctuation_and_lowercase() {
+        assert_eq!(
+            message_terms("Tool get_weather: HTTP 200 (OK) user_id:x"),
+            [
+                "tool", "get", "weather", "http", "200", "ok", "user", "id", "x"
+            ]
+        );
+    }
+
+    #[test]
+    fn words_up_to_the_limit_are_indexed() {
+        let mut analyzer = message_analyzer();
+        let mut count = |text: &str| {
+            let mut stream = analyzer.token_stream(text);
+            let mut n = 0;
+            while stream.advance() {
+                n += 1;
+            }
+            n
+        };
+        assert_eq!(count(&"a".repeat(MAX_WORD_BYTES)), 1);
+        assert_eq!(count(&format!("{} b", "a".repeat(MAX_WORD_BYTES + 1))), 1);
+    }
+}
