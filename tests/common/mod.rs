@@ -1,0 +1,309 @@
+//! A real logbridge on ephemeral ports with a temporary index, and clients to talk to it.
+#![allow(dead_code)] // each test binary uses its own part of the helpers
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use logbridge::auth::{KeyRecord, Scope, Secret};
+use logbridge::config::Config;
+use logbridge::server::{self, Listeners, RunningServer};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use serde_json::Value as Json;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+/// The keys every test app knows.
+pub struct Keys {
+    /// Ingest only, no user: records must carry user.id.
+    pub platform: Secret,
+    /// Read and ingest for user-alice.
+    pub alice: Secret,
+    /// Read and ingest for user-bob.
+    pub bob: Secret,
+    /// Read only, for user-alice.
+    pub alice_reader: Secret,
+    /// Ingest only, for user-carol.
+    pub carol_ingest: Secret,
+}
+
+impl Keys {
+    fn new() -> Self {
+        Self {
+            platform: Secret::generate(),
+            alice: Secret::generate(),
+            bob: Secret::generate(),
+            alice_reader: Secret::generate(),
+            carol_ingest: Secret::generate(),
+        }
+    }
+
+    fn records(&self) -> Vec<KeyRecord> {
+        let key = |name: &str, secret: &Secret, scopes: &[Scope], user: Option<&str>| KeyRecord {
+            name: name.to_owned(),
+            sha256: secret.sha256(),
+            scopes: scopes.to_vec(),
+            user_id: user.map(str::to_owned),
+        };
+        vec![
+            key("platform", &self.platform, &[Scope::Ingest], None),
+            key("alice", &self.alice, &[Scope::Read, Scope::Ingest], Some("user-alice")),
+            key("bob", &self.bob, &[Scope::Read, Scope::Ingest], Some("user-bob")),
+            key("alice-reader", &self.alice_reader, &[Scope::Read], Some("user-alice")),
+            key("carol-ingest", &self.carol_ingest, &[Scope::Ingest], Some("user-carol")),
+        ]
+    }
+}
+
+/// A running logbridge and what a test needs to talk to it.
+pub struct TestApp {
+    pub server: Option<RunningServer>,
+    pub dir: TempDir,
+    pub keys: Keys,
+    pub grpc_url: String,
+    pub http_url: String,
+    pub api_url: String,
+    pub client: reqwest::Client,
+}
+
+/// Options of a test app.
+pub struct AppOptions {
+    pub commit_interval_ms: u64,
+    pub max_message_bytes: usize,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            commit_interval_ms: 60_000,
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Starts logbridge with default test options.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+/// Starts logbridge on port 0 everywhere, with a temporary index and keys file.
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    init_test_logging();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = Keys::new();
+    write_keys_file(&dir.path().join("keys.toml"), &keys.records());
+    let mut app = TestApp {
+        server: None,
+        dir,
+        keys,
+        grpc_url: String::new(),
+        http_url: String::new(),
+        api_url: String::new(),
+        client: reqwest::Client::new(),
+    };
+    app.start(&options).await;
+    app
+}
+
+fn init_test_logging() {
+    // LOGBRIDGE_TEST_LOG=debug shows the server's logs while tests run.
+    if let Ok(level) = std::env::var("LOGBRIDGE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+fn write_keys_file(path: &Path, keys: &[KeyRecord]) {
+    let mut text = String::new();
+    for key in keys {
+        let scopes: Vec<String> = key.scopes.iter().map(|s| format!("\"{}\"", s.as_str())).collect();
+        text.push_str(&format!(
+            "[[keys]]\nname = \"{}\"\nsha256 = \"{}\"\nscopes = [{}]\n",
+            key.name,
+            hex::encode(key.sha256),
+            scopes.join(", ")
+        ));
+        if let Some(user) = &key.user_id {
+            text.push_str(&format!("user_id = \"{user}\"\n"));
+        }
+    }
+    std::fs::write(path, text).expect("write keys file");
+}
+
+impl TestApp {
+    /// The config of this app: everything on 127.0.0.1:0, data in the temp dir.
+    pub fn config(&self, options: &AppOptions) -> Config {
+        let env: HashMap<String, String> = [
+            ("LOGBRIDGE_OTLP_GRPC_LISTEN", "127.0.0.1:0".to_owned()),
+            ("LOGBRIDGE_OTLP_HTTP_LISTEN", "127.0.0.1:0".to_owned()),
+            ("LOGBRIDGE_OTLP_MAX_MESSAGE_BYTES", options.max_message_bytes.to_string()),
+            ("LOGBRIDGE_API_LISTEN", "127.0.0.1:0".to_owned()),
+            ("LOGBRIDGE_INDEX_PATH", self.index_path().display().to_string()),
+            ("LOGBRIDGE_INDEX_COMMIT_INTERVAL_MS", options.commit_interval_ms.to_string()),
+            ("LOGBRIDGE_INDEX_WRITER_MEMORY_MB", "32".to_owned()),
+            (
+                "LOGBRIDGE_AUTH_KEYS_FILE",
+                self.dir.path().join("keys.toml").display().to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Config::load(Some(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/logbridge.toml"))), &env)
+            .expect("test config")
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.dir.path().join("index")
+    }
+
+    async fn start(&mut self, options: &AppOptions) {
+        let config = self.config(options);
+        let listeners = Listeners {
+            grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            api: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let server = server::start(&config, listeners).await.expect("server starts");
+        let addresses = server.addresses;
+        self.grpc_url = format!("http://{}", addresses.grpc);
+        self.http_url = format!("http://{}", addresses.http);
+        self.api_url = format!("http://{}", addresses.api);
+        self.server = Some(server);
+    }
+
+    /// Shuts the server down cleanly and starts it again on the same index.
+    pub async fn restart(&mut self) {
+        self.server.take().expect("running").shutdown().await;
+        self.start(&AppOptions::default()).await;
+    }
+
+    /// Commits what was accepted so far, so `/logs` shows it.
+    pub async fn flush(&self) {
+        self.server.as_ref().expect("running").flush().await.expect("flush");
+    }
+
+    /// A gRPC client of the OTLP logs service.
+    pub async fn grpc_client(&self) -> LogsServiceClient<tonic::transport::Channel> {
+        LogsServiceClient::connect(self.grpc_url.clone()).await.expect("grpc connect")
+    }
+
+    /// Exports records over gRPC with `key`.
+    pub async fn export(
+        &self,
+        key: &Secret,
+        records: Vec<LogRecord>,
+    ) -> Result<ExportLogsServiceResponse, tonic::Status> {
+        let mut request = tonic::Request::new(request_of(records));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", key.expose()).parse().unwrap(),
+        );
+        self.grpc_client().await.export(request).await.map(|r| r.into_inner())
+    }
+
+    /// Exports records with `key` and commits them; panics unless all are accepted.
+    pub async fn ingest(&self, key: &Secret, records: Vec<LogRecord>) {
+        let response = self.export(key, records).await.expect("export");
+        assert_eq!(response.partial_success, None, "every record is accepted");
+        self.flush().await;
+    }
+
+    /// `GET /logs?{query}` with `key`: status and JSON body.
+    pub async fn get_logs(&self, key: Option<&Secret>, query: &str) -> (u16, Json) {
+        let mut request = self.client.get(format!("{}/logs?{query}", self.api_url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key.expose());
+        }
+        let response = request.send().await.expect("GET /logs");
+        let status = response.status().as_u16();
+        let body = response.json::<Json>().await.expect("JSON body");
+        (status, body)
+    }
+
+    /// `GET /logs` that must succeed: the `data` object.
+    pub async fn logs(&self, key: &Secret, query: &str) -> Json {
+        let (status, body) = self.get_logs(Some(key), query).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"].clone()
+    }
+}
+
+/// One export request holding `records` under one resource and scope.
+pub fn request_of(records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: None,
+            scope_logs: vec![ScopeLogs {
+                scope: None,
+                log_records: records,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+pub fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+pub fn text(s: &str) -> Value {
+    Value::StringValue(s.to_owned())
+}
+
+/// An activity log record: `log_type` at `time_unix_nano` with `message`, assistant `asst-1`
+/// and room `room-1`; add attributes with [`with_attr`].
+pub fn activity(log_type: &str, time_unix_nano: u64, message: &str) -> LogRecord {
+    LogRecord {
+        time_unix_nano,
+        severity_number: 9,
+        severity_text: "INFO".to_owned(),
+        body: Some(AnyValue {
+            value: Some(text(message)),
+        }),
+        attributes: vec![
+            kv("activity.log_type", text(log_type)),
+            kv("activity.assistant_id", text("asst-1")),
+            kv("activity.room_name", text("room-1")),
+            kv("activity.latency_ms", Value::IntValue(100)),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The record with one more attribute (replacing one of the same key).
+pub fn with_attr(mut record: LogRecord, key: &str, value: Value) -> LogRecord {
+    record.attributes.retain(|kv| kv.key != key);
+    record.attributes.push(kv(key, value));
+    record
+}
+
+/// 2026-03-10T09:15:42.000Z plus `offset_ms` milliseconds, in nanoseconds.
+pub fn at_ms(offset_ms: u64) -> u64 {
+    1_773_134_142_000_000_000 + offset_ms * 1_000_000
+}
+
+/// The `message` of every log of a `/logs` page, in order.
+pub fn messages(data: &Json) -> Vec<String> {
+    data["logs"]
+        .as_array()
+        .expect("logs array")
+        .iter()
+        .map(|log| log["message"].as_str().expect("message").to_owned())
+        .collect()
+}
+
+/// How long a test waits for something that should take far less.
+pub const PATIENCE: Duration = Duration::from_secs(20);
