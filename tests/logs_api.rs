@@ -20,7 +20,9 @@ async fn the_response_has_the_reference_shape() {
                 "Inbound context lookup completed successfully",
             ),
             "activity.request_data",
-            text(r#"{"strategy_id":"f0f6","payload":{"caller_number":"+919876543210","note":null}}"#),
+            text(
+                r#"{"strategy_id":"f0f6","payload":{"caller_number":"+919876543210","note":null}}"#,
+            ),
         ),
         "activity.response_data",
         Value::KvlistValue(KeyValueList {
@@ -119,12 +121,28 @@ async fn timestamps_order_within_the_same_second() {
 async fn every_filter_applies_and_they_combine() {
     let app = spawn_app().await;
     let records = vec![
-        with_attr(activity("tool_call", at_ms(1), "m1"), "activity.status", text("error")),
-        with_attr(activity("tool_call", at_ms(2), "m2"), "activity.assistant_id", text("asst-2")),
-        with_attr(activity("end_call_webhook", at_ms(3), "m3"), "activity.room_name", text("room-2")),
+        with_attr(
+            activity("tool_call", at_ms(1), "m1"),
+            "activity.status",
+            text("error"),
+        ),
+        with_attr(
+            activity("tool_call", at_ms(2), "m2"),
+            "activity.assistant_id",
+            text("asst-2"),
+        ),
+        with_attr(
+            activity("end_call_webhook", at_ms(3), "m3"),
+            "activity.room_name",
+            text("room-2"),
+        ),
         activity("inbound_context_lookup", at_ms(4), "m4"),
         with_attr(
-            with_attr(activity("tool_call", at_ms(5), "m5"), "activity.status", text("error")),
+            with_attr(
+                activity("tool_call", at_ms(5), "m5"),
+                "activity.status",
+                text("error"),
+            ),
             "activity.room_name",
             text("room-2"),
         ),
@@ -163,7 +181,9 @@ async fn time_range_is_inclusive_start_exclusive_end() {
         .await;
     assert_eq!(messages(&data), ["s2", "s1"]);
     assert_eq!(data["total"], 2);
-    let data = app.logs(&app.keys.alice, "start_time=2026-03-10T09:15:45.000Z").await;
+    let data = app
+        .logs(&app.keys.alice, "start_time=2026-03-10T09:15:45.000Z")
+        .await;
     assert_eq!(messages(&data), ["s4", "s3"]);
     let data = app
         .logs(&app.keys.alice, "end_time=2026-03-10T10:15:43%2B01:00")
@@ -176,16 +196,43 @@ async fn full_text_search_matches_words_and_phrases() {
     let app = spawn_app().await;
     let records = vec![
         activity("tool_call", at_ms(1), "Tool get_weather returned HTTP 200"),
-        activity("tool_call", at_ms(2), "Tool book_appointment failed: HTTP 500 error"),
-        activity("end_call_webhook", at_ms(3), "Webhook delivery failed with error 500 HTTP"),
-        activity("inbound_context_lookup", at_ms(4), "user_id:x OR NOT lookup *"),
+        activity(
+            "tool_call",
+            at_ms(2),
+            "Tool book_appointment failed: HTTP 500 error",
+        ),
+        activity(
+            "end_call_webhook",
+            at_ms(3),
+            "Webhook delivery failed with error 500 HTTP",
+        ),
+        activity(
+            "inbound_context_lookup",
+            at_ms(4),
+            "user_id:x OR NOT lookup *",
+        ),
     ];
     app.ingest(&app.keys.alice, records).await;
     let cases: [(&str, &[&str]); 8] = [
-        ("q=failed", &["Webhook delivery failed with error 500 HTTP", "Tool book_appointment failed: HTTP 500 error"]),
-        ("q=FAILED%20webhook", &["Webhook delivery failed with error 500 HTTP"]),
-        ("q=%22http%20500%22", &["Tool book_appointment failed: HTTP 500 error"]),
-        ("q=%22500%20http%22%20error", &["Webhook delivery failed with error 500 HTTP"]),
+        (
+            "q=failed",
+            &[
+                "Webhook delivery failed with error 500 HTTP",
+                "Tool book_appointment failed: HTTP 500 error",
+            ],
+        ),
+        (
+            "q=FAILED%20webhook",
+            &["Webhook delivery failed with error 500 HTTP"],
+        ),
+        (
+            "q=%22http%20500%22",
+            &["Tool book_appointment failed: HTTP 500 error"],
+        ),
+        (
+            "q=%22500%20http%22%20error",
+            &["Webhook delivery failed with error 500 HTTP"],
+        ),
         ("q=get_weather", &["Tool get_weather returned HTTP 200"]),
         ("q=user_id%3Ax", &["user_id:x OR NOT lookup *"]),
         ("q=NOT%20lookup", &["user_id:x OR NOT lookup *"]),
@@ -196,8 +243,13 @@ async fn full_text_search_matches_words_and_phrases() {
         assert_eq!(messages(&data), expected, "{query}");
         assert_eq!(data["total"], expected.len(), "{query}");
     }
-    let data = app.logs(&app.keys.alice, "q=http&log_type=tool_call&limit=1").await;
-    assert_eq!(messages(&data), ["Tool book_appointment failed: HTTP 500 error"]);
+    let data = app
+        .logs(&app.keys.alice, "q=http&log_type=tool_call&limit=1")
+        .await;
+    assert_eq!(
+        messages(&data),
+        ["Tool book_appointment failed: HTTP 500 error"]
+    );
     assert_eq!(data["total"], 2);
 }
 
@@ -206,7 +258,11 @@ async fn users_never_see_each_others_logs() {
     let app = spawn_app().await;
     app.ingest(
         &app.keys.alice,
-        vec![activity("tool_call", at_ms(1), "alice secret user_id:user-bob")],
+        vec![activity(
+            "tool_call",
+            at_ms(1),
+            "alice secret user_id:user-bob",
+        )],
     )
     .await;
     app.ingest(
@@ -229,9 +285,15 @@ async fn users_never_see_each_others_logs() {
     .await;
 
     let alice = app.logs(&app.keys.alice, "").await;
-    assert_eq!(messages(&alice), ["platform for alice", "alice secret user_id:user-bob"]);
+    assert_eq!(
+        messages(&alice),
+        ["platform for alice", "alice secret user_id:user-bob"]
+    );
     let bob = app.logs(&app.keys.bob, "").await;
-    assert_eq!(messages(&bob), ["bob second", "bob secret user_id:user-alice"]);
+    assert_eq!(
+        messages(&bob),
+        ["bob second", "bob secret user_id:user-alice"]
+    );
     let reader = app.logs(&app.keys.alice_reader, "").await;
     assert_eq!(reader["total"], 2);
 
@@ -321,7 +383,11 @@ async fn cursor_walk_is_stable_across_new_ingest_and_restart() {
     let cursor = page1["next_cursor"].as_str().unwrap().to_owned();
 
     // newer logs arrive and the server restarts between pages
-    app.ingest(&app.keys.alice, vec![activity("tool_call", at_ms(100), "newer")]).await;
+    app.ingest(
+        &app.keys.alice,
+        vec![activity("tool_call", at_ms(100), "newer")],
+    )
+    .await;
     app.restart().await;
 
     let page2 = app
@@ -349,7 +415,10 @@ async fn limits_clamp_and_empty_values_count_as_absent() {
     assert_eq!(data["limit"], 100);
     assert_eq!(messages(&data).len(), 100);
     let data = app
-        .logs(&app.keys.alice, "limit=&log_type=&page=&status=&q=&unknown=1")
+        .logs(
+            &app.keys.alice,
+            "limit=&log_type=&page=&status=&q=&unknown=1",
+        )
         .await;
     assert_eq!(data["limit"], 50);
     assert_eq!(data["total"], 120);
@@ -360,27 +429,46 @@ async fn limits_clamp_and_empty_values_count_as_absent() {
 #[tokio::test]
 async fn bad_parameters_are_400_naming_the_parameter() {
     let app = spawn_app().await;
-    app.ingest(&app.keys.alice, vec![activity("tool_call", at_ms(1), "x")]).await;
+    app.ingest(&app.keys.alice, vec![activity("tool_call", at_ms(1), "x")])
+        .await;
     let first = app.logs(&app.keys.alice, "limit=1&room_name=room-1").await;
     let other = app.logs(&app.keys.alice, "limit=1").await;
     assert_eq!(first["next_cursor"], serde_json::Value::Null);
     assert_eq!(other["next_cursor"], serde_json::Value::Null);
 
     let cases = [
-        ("log_type=TOOL_CALL", "log_type must be one of tool_call, end_call_webhook, inbound_context_lookup"),
-        ("log_type=other", "log_type must be one of tool_call, end_call_webhook, inbound_context_lookup"),
+        (
+            "log_type=TOOL_CALL",
+            "log_type must be one of tool_call, end_call_webhook, inbound_context_lookup",
+        ),
+        (
+            "log_type=other",
+            "log_type must be one of tool_call, end_call_webhook, inbound_context_lookup",
+        ),
         ("status=failed", "status must be success or error"),
         ("page=0", "page must be an integer >= 1"),
         ("page=abc", "page must be an integer >= 1"),
         ("limit=0", "limit must be an integer >= 1"),
         ("limit=-1", "limit must be an integer >= 1"),
         ("limit=2.5", "limit must be an integer >= 1"),
-        ("start_time=2026-13-01T00:00:00Z", "start_time must be an RFC 3339 time such as 2026-03-10T09:15:42Z"),
-        ("end_time=now", "end_time must be an RFC 3339 time such as 2026-03-10T09:15:42Z"),
-        ("start_time=2026-03-10T00:00:01Z&end_time=2026-03-10T00:00:00Z", "start_time must be before end_time"),
+        (
+            "start_time=2026-13-01T00:00:00Z",
+            "start_time must be an RFC 3339 time such as 2026-03-10T09:15:42Z",
+        ),
+        (
+            "end_time=now",
+            "end_time must be an RFC 3339 time such as 2026-03-10T09:15:42Z",
+        ),
+        (
+            "start_time=2026-03-10T00:00:01Z&end_time=2026-03-10T00:00:00Z",
+            "start_time must be before end_time",
+        ),
         ("q=%22open", "q has an unbalanced double quote"),
         ("q=%3A%3A%20*", "q must contain at least one word"),
-        ("cursor=AAAA", "cursor is not a valid cursor from this server"),
+        (
+            "cursor=AAAA",
+            "cursor is not a valid cursor from this server",
+        ),
     ];
     for (query, message) in cases {
         let (status, body) = app.get_logs(Some(&app.keys.alice), query).await;
@@ -400,8 +488,11 @@ async fn cursors_refuse_other_filters_pages_and_tampering() {
         .map(|i| activity("tool_call", at_ms(i), &format!("k{i}")))
         .collect();
     app.ingest(&app.keys.alice, records).await;
-    app.ingest(&app.keys.bob, vec![activity("tool_call", at_ms(1), "b")]).await;
-    let data = app.logs(&app.keys.alice, "limit=1&log_type=tool_call").await;
+    app.ingest(&app.keys.bob, vec![activity("tool_call", at_ms(1), "b")])
+        .await;
+    let data = app
+        .logs(&app.keys.alice, "limit=1&log_type=tool_call")
+        .await;
     let cursor = data["next_cursor"].as_str().unwrap().to_owned();
 
     let mut tampered = cursor.clone().into_bytes();
@@ -441,7 +532,10 @@ async fn cursors_refuse_other_filters_pages_and_tampering() {
     }
     // the right filters continue, with a different page size too
     let data = app
-        .logs(&app.keys.alice, &format!("limit=5&log_type=tool_call&cursor={cursor}"))
+        .logs(
+            &app.keys.alice,
+            &format!("limit=5&log_type=tool_call&cursor={cursor}"),
+        )
         .await;
     assert_eq!(messages(&data), ["k1", "k0"]);
 }
@@ -471,7 +565,10 @@ async fn keys_are_required_and_scoped() {
     let response = app
         .client
         .get(format!("{}/logs", app.api_url))
-        .header("authorization", format!("Basic {}", app.keys.alice.expose()))
+        .header(
+            "authorization",
+            format!("Basic {}", app.keys.alice.expose()),
+        )
         .send()
         .await
         .unwrap();
@@ -508,7 +605,10 @@ async fn health_and_readiness_need_no_key() {
         .unwrap();
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body, json!({"success": false, "message": "no such endpoint", "data": null}));
+    assert_eq!(
+        body,
+        json!({"success": false, "message": "no such endpoint", "data": null})
+    );
 }
 
 #[tokio::test]
@@ -525,7 +625,11 @@ async fn logs_survive_a_restart() {
     assert_eq!(unique.len(), 25);
 
     // new records after the restart sort among the old ones, with fresh sequence numbers
-    app.ingest(&app.keys.alice, vec![activity("tool_call", at_ms(24), "d24-again")]).await;
+    app.ingest(
+        &app.keys.alice,
+        vec![activity("tool_call", at_ms(24), "d24-again")],
+    )
+    .await;
     let data = app.logs(&app.keys.alice, "limit=2").await;
     assert_eq!(messages(&data), ["d24-again", "d24"]);
 }
@@ -538,7 +642,10 @@ async fn accepted_records_become_visible_without_a_flush() {
     })
     .await;
     let response = app
-        .export(&app.keys.alice, vec![activity("tool_call", at_ms(1), "soon")])
+        .export(
+            &app.keys.alice,
+            vec![activity("tool_call", at_ms(1), "soon")],
+        )
         .await
         .unwrap();
     assert_eq!(response.partial_success, None);
@@ -550,7 +657,10 @@ async fn accepted_records_become_visible_without_a_flush() {
             assert_eq!(messages(&data), ["soon"]);
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never became visible");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never became visible"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -32,7 +32,9 @@ fn sdk_options(app: &TestApp, key: &logbridge::auth::Secret, count: usize) -> Em
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_exporter_delivers_over_grpc() {
     let app = spawn_app().await;
-    emit(&sdk_options(&app, &app.keys.alice, 2500)).await.unwrap();
+    emit(&sdk_options(&app, &app.keys.alice, 2500))
+        .await
+        .unwrap();
     app.flush().await;
 
     let data = app.logs(&app.keys.alice, "limit=100").await;
@@ -77,10 +79,13 @@ async fn a_gzip_export_from_a_plain_grpc_client_is_accepted() {
     let mut client = LogsServiceClient::new(channel)
         .send_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Gzip);
-    let mut request = tonic::Request::new(request_of(vec![activity("tool_call", at_ms(1), "zipped")]));
+    let mut request =
+        tonic::Request::new(request_of(vec![activity("tool_call", at_ms(1), "zipped")]));
     request.metadata_mut().insert(
         "authorization",
-        format!("Bearer {}", app.keys.alice.expose()).parse().unwrap(),
+        format!("Bearer {}", app.keys.alice.expose())
+            .parse()
+            .unwrap(),
     );
     let response = client.export(request).await.unwrap().into_inner();
     assert_eq!(response.partial_success, None);
@@ -97,20 +102,36 @@ async fn an_empty_export_succeeds_without_partial_success() {
     let mut request = tonic::Request::new(ExportLogsServiceRequest::default());
     request.metadata_mut().insert(
         "authorization",
-        format!("Bearer {}", app.keys.alice.expose()).parse().unwrap(),
+        format!("Bearer {}", app.keys.alice.expose())
+            .parse()
+            .unwrap(),
     );
-    assert_eq!(client.export(request).await.unwrap().into_inner().partial_success, None);
+    assert_eq!(
+        client
+            .export(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .partial_success,
+        None
+    );
 }
 
 #[tokio::test]
 async fn unmappable_records_are_counted_in_partial_success() {
     let app = spawn_app().await;
     let mut no_type = activity("tool_call", at_ms(1), "no type");
-    no_type.attributes.retain(|kv| kv.key != "activity.log_type");
+    no_type
+        .attributes
+        .retain(|kv| kv.key != "activity.log_type");
     let records = vec![
         no_type,
         activity("tool_call", at_ms(2), "good"),
-        with_attr(activity("tool_call", at_ms(3), "bad status"), "activity.status", text("bad")),
+        with_attr(
+            activity("tool_call", at_ms(3), "bad status"),
+            "activity.status",
+            text("bad"),
+        ),
         activity("TOOL_CALL", at_ms(4), "bad type"),
         with_attr(
             activity("tool_call", at_ms(5), "bad data"),
@@ -141,9 +162,16 @@ async fn unmappable_records_are_counted_in_partial_success() {
 #[tokio::test]
 async fn users_are_taken_from_the_key_or_user_id() {
     let app = spawn_app().await;
-    let for_bob = with_attr(activity("tool_call", at_ms(1), "x"), "user.id", text("user-bob"));
+    let for_bob = with_attr(
+        activity("tool_call", at_ms(1), "x"),
+        "user.id",
+        text("user-bob"),
+    );
     // a user-bound key refuses a record naming another user
-    let response = app.export(&app.keys.alice, vec![for_bob.clone()]).await.unwrap();
+    let response = app
+        .export(&app.keys.alice, vec![for_bob.clone()])
+        .await
+        .unwrap();
     let partial = response.partial_success.unwrap();
     assert_eq!(partial.rejected_log_records, 1);
     assert_eq!(
@@ -152,7 +180,10 @@ async fn users_are_taken_from_the_key_or_user_id() {
     );
     // a platform key needs user.id
     let response = app
-        .export(&app.keys.platform, vec![activity("tool_call", at_ms(2), "y")])
+        .export(
+            &app.keys.platform,
+            vec![activity("tool_call", at_ms(2), "y")],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -160,8 +191,11 @@ async fn users_are_taken_from_the_key_or_user_id() {
         "1 of 1 log records rejected: record 0: no user: the key has no user_id and the record no user.id"
     );
     app.ingest(&app.keys.platform, vec![for_bob]).await;
-    app.ingest(&app.keys.carol_ingest, vec![activity("tool_call", at_ms(3), "carol")])
-        .await;
+    app.ingest(
+        &app.keys.carol_ingest,
+        vec![activity("tool_call", at_ms(3), "carol")],
+    )
+    .await;
     assert_eq!(app.logs(&app.keys.bob, "").await["total"], 1);
     assert_eq!(app.logs(&app.keys.alice, "").await["total"], 0);
 }
@@ -177,7 +211,10 @@ async fn keys_are_checked() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(status.message(), "missing API key: send Authorization: Bearer <key>");
+    assert_eq!(
+        status.message(),
+        "missing API key: send Authorization: Bearer <key>"
+    );
 
     let status = app
         .export(&logbridge::auth::Secret::generate(), records())
@@ -186,7 +223,10 @@ async fn keys_are_checked() {
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(status.message(), "unknown API key");
 
-    let status = app.export(&app.keys.alice_reader, records()).await.unwrap_err();
+    let status = app
+        .export(&app.keys.alice_reader, records())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(status.message(), "this API key lacks the ingest scope");
     app.flush().await;
@@ -244,11 +284,17 @@ async fn export_raw(app: &TestApp, body: Vec<u8>) -> Result<Vec<u8>, tonic::Stat
     let mut request = tonic::Request::new(body);
     request.metadata_mut().insert(
         "authorization",
-        format!("Bearer {}", app.keys.alice.expose()).parse().unwrap(),
+        format!("Bearer {}", app.keys.alice.expose())
+            .parse()
+            .unwrap(),
     );
-    grpc.unary(request, http::uri::PathAndQuery::from_static(EXPORT_PATH), RawCodec)
-        .await
-        .map(|r| r.into_inner())
+    grpc.unary(
+        request,
+        http::uri::PathAndQuery::from_static(EXPORT_PATH),
+        RawCodec,
+    )
+    .await
+    .map(|r| r.into_inner())
 }
 
 #[tokio::test]
@@ -259,7 +305,9 @@ async fn malformed_protobuf_is_invalid_argument() {
         let status = export_raw(&app, body).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(
-            status.message().starts_with("failed to decode Protobuf message"),
+            status
+                .message()
+                .starts_with("failed to decode Protobuf message"),
             "{status:?}"
         );
     }
@@ -293,7 +341,9 @@ async fn an_oversized_export_is_resource_exhausted() {
     )]));
     request.metadata_mut().insert(
         "authorization",
-        format!("Bearer {}", app.keys.alice.expose()).parse().unwrap(),
+        format!("Bearer {}", app.keys.alice.expose())
+            .parse()
+            .unwrap(),
     );
     let status = client.export(request).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");

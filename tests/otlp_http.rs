@@ -31,7 +31,9 @@ fn sdk_options(app: &TestApp, protocol: Protocol, count: usize, gzip: bool) -> E
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_exporter_delivers_over_http_protobuf_and_json() {
     let app = spawn_app().await;
-    emit(&sdk_options(&app, Protocol::HttpBinary, 2100, false)).await.unwrap();
+    emit(&sdk_options(&app, Protocol::HttpBinary, 2100, false))
+        .await
+        .unwrap();
     app.flush().await;
     let data = app.logs(&app.keys.alice, "limit=5").await;
     assert_eq!(data["total"], 2100);
@@ -39,8 +41,12 @@ async fn the_sdk_exporter_delivers_over_http_protobuf_and_json() {
     let newest: Vec<String> = sent.iter().rev().take(5).cloned().collect();
     assert_eq!(messages(&data), newest);
 
-    emit(&sdk_options(&app, Protocol::HttpJson, 150, false)).await.unwrap();
-    emit(&sdk_options(&app, Protocol::HttpBinary, 150, true)).await.unwrap();
+    emit(&sdk_options(&app, Protocol::HttpJson, 150, false))
+        .await
+        .unwrap();
+    emit(&sdk_options(&app, Protocol::HttpBinary, 150, true))
+        .await
+        .unwrap();
     app.flush().await;
     assert_eq!(app.logs(&app.keys.alice, "").await["total"], 2400);
 }
@@ -59,7 +65,10 @@ async fn post(
     encoding: Option<&str>,
     body: Vec<u8>,
 ) -> Post {
-    let mut request = app.client.post(format!("{}/v1/logs", app.http_url)).body(body);
+    let mut request = app
+        .client
+        .post(format!("{}/v1/logs", app.http_url))
+        .body(body);
     if let Some(key) = key {
         request = request.bearer_auth(key.expose());
     }
@@ -83,6 +92,14 @@ async fn post(
         body: response.bytes().await.unwrap().to_vec(),
     }
 }
+
+/// Key, Content-Type, Content-Encoding and body of a request.
+struct Request<'a>(
+    Option<&'a Secret>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Vec<u8>,
+);
 
 fn json_body(post: &Post) -> serde_json::Value {
     serde_json::from_slice(&post.body).unwrap()
@@ -124,7 +141,14 @@ fn json_export(time: serde_json::Value, message: &str) -> Vec<u8> {
 #[tokio::test]
 async fn the_published_otlp_json_example_decodes_and_is_rejected_by_mapping() {
     let app = spawn_app().await;
-    let post = post(&app, Some(&app.keys.alice), Some("application/json"), None, FIXTURE.to_vec()).await;
+    let post = post(
+        &app,
+        Some(&app.keys.alice),
+        Some("application/json"),
+        None,
+        FIXTURE.to_vec(),
+    )
+    .await;
     assert_eq!(post.status, 200);
     assert_eq!(post.content_type, "application/json");
     assert_eq!(
@@ -142,7 +166,14 @@ async fn otlp_json_takes_numbers_strings_and_snake_case() {
     let number = json_export(json!(1_773_134_142_000_000_000u64), "as number");
     let string = json_export(json!("1773134142001000000"), "as string");
     for body in [number, string] {
-        let post = post(&app, Some(&app.keys.alice), Some("application/json"), None, body).await;
+        let post = post(
+            &app,
+            Some(&app.keys.alice),
+            Some("application/json"),
+            None,
+            body,
+        )
+        .await;
         assert_eq!(post.status, 200);
         assert_eq!(json_body(&post), json!({}));
     }
@@ -184,7 +215,14 @@ async fn otlp_json_takes_numbers_strings_and_snake_case() {
 async fn protobuf_and_gzip_bodies_answer_in_kind() {
     let app = spawn_app().await;
     let body = request_of(vec![activity("tool_call", at_ms(1), "proto")]).encode_to_vec();
-    let post1 = post(&app, Some(&app.keys.alice), Some("application/x-protobuf"), None, body.clone()).await;
+    let post1 = post(
+        &app,
+        Some(&app.keys.alice),
+        Some("application/x-protobuf"),
+        None,
+        body.clone(),
+    )
+    .await;
     assert_eq!(post1.status, 200);
     assert_eq!(post1.content_type, "application/x-protobuf");
     let response = ExportLogsServiceResponse::decode(&post1.body[..]).unwrap();
@@ -214,7 +252,14 @@ async fn protobuf_and_gzip_bodies_answer_in_kind() {
 
     // partial success in protobuf
     let bad = request_of(vec![activity("bogus", at_ms(3), "x")]).encode_to_vec();
-    let post4 = post(&app, Some(&app.keys.alice), Some("application/x-protobuf"), None, bad).await;
+    let post4 = post(
+        &app,
+        Some(&app.keys.alice),
+        Some("application/x-protobuf"),
+        None,
+        bad,
+    )
+    .await;
     let response = ExportLogsServiceResponse::decode(&post4.body[..]).unwrap();
     assert_eq!(response.partial_success.unwrap().rejected_log_records, 1);
 
@@ -232,25 +277,74 @@ async fn errors_carry_a_status_in_the_request_encoding() {
     let valid_proto = request_of(vec![activity("tool_call", at_ms(1), "x")]).encode_to_vec();
 
     // JSON errors
-    let cases: Vec<(Option<&Secret>, Option<&str>, Option<&str>, Vec<u8>, u16, i32, &str)> = vec![
-        (None, Some("application/json"), None, valid_json.clone(), 401, 16,
-         "missing API key: send Authorization: Bearer <key>"),
-        (Some(&app.keys.alice_reader), Some("application/json"), None, valid_json.clone(), 403, 7,
-         "this API key lacks the ingest scope"),
-        (Some(&app.keys.alice), Some("application/json"), None, b"{\"resourceLogs\": [".to_vec(), 400, 3,
-         "invalid OTLP/JSON: EOF while parsing a list at line 1 column 18"),
-        (Some(&app.keys.alice), Some("application/json"), None, b"{\"resourceLogs\": [{\"scopeLogs\": 5}]}".to_vec(), 400, 3,
-         "invalid OTLP/JSON: resourceLogs[0].scopeLogs must be an array"),
-        (Some(&app.keys.alice), Some("application/json"), Some("gzip"), b"this is certainly not gzip data".to_vec(), 400, 3,
-         "invalid gzip body: invalid gzip header"),
-        (Some(&app.keys.alice), Some("application/json"), Some("br"), valid_json.clone(), 400, 3,
-         "unsupported Content-Encoding \"br\" (expected gzip or none)"),
-        (Some(&app.keys.alice), Some("text/plain"), None, valid_json.clone(), 415, 3,
-         "Content-Type must be application/x-protobuf or application/json"),
-        (Some(&app.keys.alice), None, None, valid_json.clone(), 415, 3,
-         "Content-Type must be application/x-protobuf or application/json"),
+    let alice = Some(&app.keys.alice);
+    let json_type = Some("application/json");
+    let cases = [
+        (
+            Request(None, json_type, None, valid_json.clone()),
+            401,
+            16,
+            "missing API key: send Authorization: Bearer <key>",
+        ),
+        (
+            Request(
+                Some(&app.keys.alice_reader),
+                json_type,
+                None,
+                valid_json.clone(),
+            ),
+            403,
+            7,
+            "this API key lacks the ingest scope",
+        ),
+        (
+            Request(alice, json_type, None, b"{\"resourceLogs\": [".to_vec()),
+            400,
+            3,
+            "invalid OTLP/JSON: EOF while parsing a list at line 1 column 18",
+        ),
+        (
+            Request(
+                alice,
+                json_type,
+                None,
+                b"{\"resourceLogs\": [{\"scopeLogs\": 5}]}".to_vec(),
+            ),
+            400,
+            3,
+            "invalid OTLP/JSON: resourceLogs[0].scopeLogs must be an array",
+        ),
+        (
+            Request(
+                alice,
+                json_type,
+                Some("gzip"),
+                b"this is certainly not gzip data".to_vec(),
+            ),
+            400,
+            3,
+            "invalid gzip body: invalid gzip header",
+        ),
+        (
+            Request(alice, json_type, Some("br"), valid_json.clone()),
+            400,
+            3,
+            "unsupported Content-Encoding \"br\" (expected gzip or none)",
+        ),
+        (
+            Request(alice, Some("text/plain"), None, valid_json.clone()),
+            415,
+            3,
+            "Content-Type must be application/x-protobuf or application/json",
+        ),
+        (
+            Request(alice, None, None, valid_json.clone()),
+            415,
+            3,
+            "Content-Type must be application/x-protobuf or application/json",
+        ),
     ];
-    for (key, content_type, encoding, body, status, code, message) in cases {
+    for (Request(key, content_type, encoding, body), status, code, message) in cases {
         let post = post(&app, key, content_type, encoding, body).await;
         assert_eq!(post.status, status, "{message}");
         assert_eq!(post.content_type, "application/json", "{message}");
@@ -260,7 +354,12 @@ async fn errors_carry_a_status_in_the_request_encoding() {
     // protobuf errors
     let cases: Vec<(Option<&Secret>, Vec<u8>, u16, i32)> = vec![
         (None, valid_proto.clone(), 401, 16),
-        (Some(&app.keys.platform), valid_proto[..valid_proto.len() - 2].to_vec(), 400, 3),
+        (
+            Some(&app.keys.platform),
+            valid_proto[..valid_proto.len() - 2].to_vec(),
+            400,
+            3,
+        ),
     ];
     for (key, body, status, code) in cases {
         let post = post(&app, key, Some("application/x-protobuf"), None, body).await;
@@ -291,16 +390,37 @@ async fn bodies_over_the_limit_are_413_even_when_compressed() {
     })
     .await;
     let big = request_of(vec![activity("tool_call", at_ms(1), &"x".repeat(5000))]).encode_to_vec();
-    let post1 = post(&app, Some(&app.keys.alice), Some("application/x-protobuf"), None, big).await;
+    let post1 = post(
+        &app,
+        Some(&app.keys.alice),
+        Some("application/x-protobuf"),
+        None,
+        big,
+    )
+    .await;
     assert_eq!(post1.status, 413);
     let status = tonic_types::Status::decode(&post1.body[..]).unwrap();
     assert_eq!(status.code, 8);
-    assert_eq!(status.message, "the request body exceeds the limit of 4096 bytes");
+    assert_eq!(
+        status.message,
+        "the request body exceeds the limit of 4096 bytes"
+    );
 
     // a gzip bomb: within the limit on the wire, 3 MiB inflated
     let bomb = gzip(&vec![b' '; 3 * 1024 * 1024]);
-    assert!(bomb.len() <= 4096, "the bomb fits the limit: {}", bomb.len());
-    let post2 = post(&app, Some(&app.keys.alice), Some("application/json"), Some("gzip"), bomb).await;
+    assert!(
+        bomb.len() <= 4096,
+        "the bomb fits the limit: {}",
+        bomb.len()
+    );
+    let post2 = post(
+        &app,
+        Some(&app.keys.alice),
+        Some("application/json"),
+        Some("gzip"),
+        bomb,
+    )
+    .await;
     assert_eq!(post2.status, 413);
     assert_eq!(
         json_body(&post2),
@@ -310,6 +430,13 @@ async fn bodies_over_the_limit_are_413_even_when_compressed() {
 
     // still serving
     let small = request_of(vec![activity("tool_call", at_ms(1), "fits")]).encode_to_vec();
-    let post3 = post(&app, Some(&app.keys.alice), Some("application/x-protobuf"), None, small).await;
+    let post3 = post(
+        &app,
+        Some(&app.keys.alice),
+        Some("application/x-protobuf"),
+        None,
+        small,
+    )
+    .await;
     assert_eq!(post3.status, 200);
 }

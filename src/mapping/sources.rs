@@ -210,14 +210,18 @@ mod tests {
 
     #[test]
     fn bad_sources_name_the_field() {
-        let mut raw = FieldSources::default();
-        raw.room_name = vec!["attr:".to_owned()];
+        let raw = FieldSources {
+            room_name: vec!["attr:".to_owned()],
+            ..Default::default()
+        };
         assert_eq!(
             raw.validate().unwrap_err(),
             "room_name: source \"attr:\" names no attribute"
         );
-        let mut raw = FieldSources::default();
-        raw.status = vec!["severity".to_owned()];
+        let raw = FieldSources {
+            status: vec!["severity".to_owned()],
+            ..Default::default()
+        };
         assert!(
             raw.validate()
                 .unwrap_err()

@@ -326,12 +326,14 @@ fn trace_context_is_kept_only_when_valid() {
 
 #[test]
 fn configured_sources_replace_the_defaults() {
-    let mut config = MappingConfig::default();
-    config.assistant_id = vec![
-        Source::RecordAttr("agent.id".to_owned()),
-        Source::ResourceAttr("service.name".to_owned()),
-    ];
-    config.message = vec![Source::Attr("summary".to_owned()), Source::Body];
+    let config = MappingConfig {
+        assistant_id: vec![
+            Source::RecordAttr("agent.id".to_owned()),
+            Source::ResourceAttr("service.name".to_owned()),
+        ],
+        message: vec![Source::Attr("summary".to_owned()), Source::Body],
+        ..Default::default()
+    };
     let ctx = RecordContext {
         resource: &[kv("service.name", s("voice-worker"))],
         key_user: None,

@@ -77,7 +77,7 @@ impl Collector for TopLogs {
             merged.eligible += fruit.eligible;
             merged.top.extend(fruit.top);
         }
-        merged.top.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        merged.top.sort_unstable_by_key(|&(key, _)| Reverse(key));
         merged.top.truncate(self.k);
         Ok(merged)
     }
@@ -134,7 +134,7 @@ impl SegmentCollector for TopLogsSegment {
             .into_iter()
             .map(|Reverse((key, doc))| (key, DocAddress::new(segment_ord, doc)))
             .collect();
-        top.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        top.sort_unstable_by_key(|&(key, _)| Reverse(key));
         TopLogsFruit {
             total: self.total,
             eligible: self.eligible,

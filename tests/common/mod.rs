@@ -52,10 +52,30 @@ impl Keys {
         };
         vec![
             key("platform", &self.platform, &[Scope::Ingest], None),
-            key("alice", &self.alice, &[Scope::Read, Scope::Ingest], Some("user-alice")),
-            key("bob", &self.bob, &[Scope::Read, Scope::Ingest], Some("user-bob")),
-            key("alice-reader", &self.alice_reader, &[Scope::Read], Some("user-alice")),
-            key("carol-ingest", &self.carol_ingest, &[Scope::Ingest], Some("user-carol")),
+            key(
+                "alice",
+                &self.alice,
+                &[Scope::Read, Scope::Ingest],
+                Some("user-alice"),
+            ),
+            key(
+                "bob",
+                &self.bob,
+                &[Scope::Read, Scope::Ingest],
+                Some("user-bob"),
+            ),
+            key(
+                "alice-reader",
+                &self.alice_reader,
+                &[Scope::Read],
+                Some("user-alice"),
+            ),
+            key(
+                "carol-ingest",
+                &self.carol_ingest,
+                &[Scope::Ingest],
+                Some("user-carol"),
+            ),
         ]
     }
 }
@@ -123,7 +143,11 @@ fn init_test_logging() {
 fn write_keys_file(path: &Path, keys: &[KeyRecord]) {
     let mut text = String::new();
     for key in keys {
-        let scopes: Vec<String> = key.scopes.iter().map(|s| format!("\"{}\"", s.as_str())).collect();
+        let scopes: Vec<String> = key
+            .scopes
+            .iter()
+            .map(|s| format!("\"{}\"", s.as_str()))
+            .collect();
         text.push_str(&format!(
             "[[keys]]\nname = \"{}\"\nsha256 = \"{}\"\nscopes = [{}]\n",
             key.name,
@@ -143,10 +167,19 @@ impl TestApp {
         let env: HashMap<String, String> = [
             ("LOGBRIDGE_OTLP_GRPC_LISTEN", "127.0.0.1:0".to_owned()),
             ("LOGBRIDGE_OTLP_HTTP_LISTEN", "127.0.0.1:0".to_owned()),
-            ("LOGBRIDGE_OTLP_MAX_MESSAGE_BYTES", options.max_message_bytes.to_string()),
+            (
+                "LOGBRIDGE_OTLP_MAX_MESSAGE_BYTES",
+                options.max_message_bytes.to_string(),
+            ),
             ("LOGBRIDGE_API_LISTEN", "127.0.0.1:0".to_owned()),
-            ("LOGBRIDGE_INDEX_PATH", self.index_path().display().to_string()),
-            ("LOGBRIDGE_INDEX_COMMIT_INTERVAL_MS", options.commit_interval_ms.to_string()),
+            (
+                "LOGBRIDGE_INDEX_PATH",
+                self.index_path().display().to_string(),
+            ),
+            (
+                "LOGBRIDGE_INDEX_COMMIT_INTERVAL_MS",
+                options.commit_interval_ms.to_string(),
+            ),
             ("LOGBRIDGE_INDEX_WRITER_MEMORY_MB", "32".to_owned()),
             (
                 "LOGBRIDGE_AUTH_KEYS_FILE",
@@ -156,8 +189,14 @@ impl TestApp {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        Config::load(Some(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/logbridge.toml"))), &env)
-            .expect("test config")
+        Config::load(
+            Some(Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/config/logbridge.toml"
+            ))),
+            &env,
+        )
+        .expect("test config")
     }
 
     pub fn index_path(&self) -> PathBuf {
@@ -171,7 +210,9 @@ impl TestApp {
             http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             api: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
-        let server = server::start(&config, listeners).await.expect("server starts");
+        let server = server::start(&config, listeners)
+            .await
+            .expect("server starts");
         let addresses = server.addresses;
         self.grpc_url = format!("http://{}", addresses.grpc);
         self.http_url = format!("http://{}", addresses.http);
@@ -187,12 +228,19 @@ impl TestApp {
 
     /// Commits what was accepted so far, so `/logs` shows it.
     pub async fn flush(&self) {
-        self.server.as_ref().expect("running").flush().await.expect("flush");
+        self.server
+            .as_ref()
+            .expect("running")
+            .flush()
+            .await
+            .expect("flush");
     }
 
     /// A gRPC client of the OTLP logs service.
     pub async fn grpc_client(&self) -> LogsServiceClient<tonic::transport::Channel> {
-        LogsServiceClient::connect(self.grpc_url.clone()).await.expect("grpc connect")
+        LogsServiceClient::connect(self.grpc_url.clone())
+            .await
+            .expect("grpc connect")
     }
 
     /// Exports records over gRPC with `key`.
@@ -206,7 +254,11 @@ impl TestApp {
             "authorization",
             format!("Bearer {}", key.expose()).parse().unwrap(),
         );
-        self.grpc_client().await.export(request).await.map(|r| r.into_inner())
+        self.grpc_client()
+            .await
+            .export(request)
+            .await
+            .map(|r| r.into_inner())
     }
 
     /// Exports records with `key` and commits them; panics unless all are accepted.
