@@ -2,19 +2,20 @@
 //! already-bound listeners, and shut all of it down in order.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::auth::{KeyStore, load_keys};
 use crate::config::Config;
-use crate::ingest::{ExportService, IngestQueue, WriteError, WriterThread, spawn_writer};
+use crate::ingest::{
+    ExportService, IngestQueue, WriteError, WriterOptions, WriterThread, spawn_writer,
+};
 use crate::otlp;
 use crate::store;
 
@@ -56,6 +57,7 @@ pub struct RunningServer {
     servers: Vec<JoinHandle<()>>,
     writer: WriterThread,
     queue: IngestQueue,
+    ready: watch::Receiver<bool>,
 }
 
 /// Starts logbridge on the given listeners.
@@ -75,13 +77,17 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Runn
         logs = store.num_logs(),
         "index open"
     );
+    let (ready, ready_rx) = watch::channel(false);
     let (queue, writer) = spawn_writer(
         log_writer,
-        config.index.commit_interval,
-        config.index.queue_capacity,
+        WriterOptions {
+            wal_dir: config.index.path.join("wal"),
+            commit_interval: config.index.commit_interval,
+            capacity: config.index.queue_capacity,
+            ready,
+        },
     )?;
     let export = ExportService::new(keys.clone(), config.mapping.clone(), queue.clone());
-    let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
 
     let grpc = tokio::spawn(log_exit(
@@ -107,7 +113,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Runn
     let api_state = ApiState {
         keys,
         store,
-        ready: ready.clone(),
+        ready: ready_rx.clone(),
     };
     let api = tokio::spawn(log_exit(
         "rest api",
@@ -120,7 +126,6 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Runn
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future(),
     ));
-    ready.store(true, Ordering::Release);
     tracing::info!(
         otlp_grpc = %addresses.grpc,
         otlp_http = %addresses.http,
@@ -133,6 +138,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Runn
         servers: vec![grpc, http, api],
         writer,
         queue,
+        ready: ready_rx,
     })
 }
 
@@ -146,6 +152,13 @@ async fn log_exit<E: std::fmt::Display>(
 }
 
 impl RunningServer {
+    /// Waits until the write-ahead log is replayed and `/readyz` answers 200; false if the writer
+    /// failed to start.
+    pub async fn ready(&self) -> bool {
+        let mut ready = self.ready.clone();
+        ready.wait_for(|r| *r).await.is_ok()
+    }
+
     /// Commits everything accepted so far and makes it visible to `/logs`.
     pub async fn flush(&self) -> Result<(), WriteError> {
         self.queue.flush().await

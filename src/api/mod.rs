@@ -4,9 +4,6 @@ mod cursor;
 mod error;
 mod params;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -14,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tokio::sync::watch;
 
 pub use cursor::Cursor;
 pub use error::ApiError;
@@ -27,8 +25,8 @@ use crate::store::Store;
 pub struct ApiState {
     pub keys: KeyStore,
     pub store: Store,
-    /// Set once the server can serve reads and accept writes.
-    pub ready: Arc<AtomicBool>,
+    /// True once the server can serve reads and accept writes.
+    pub ready: watch::Receiver<bool>,
 }
 
 /// The REST routes.
@@ -46,7 +44,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
+    if *state.ready.borrow() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()

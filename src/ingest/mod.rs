@@ -1,6 +1,7 @@
 //! The one export path behind both OTLP transports: authorize, map, queue for the writer, and
 //! answer with the outcome (full or partial success) or an error.
 
+mod wal;
 mod writer;
 
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 
-pub use writer::{IngestQueue, WriteError, WriterThread, spawn_writer};
+pub use writer::{IngestQueue, WriteError, WriterOptions, WriterThread, spawn_writer};
 
 use crate::auth::{AuthError, KeyStore, Scope};
 use crate::mapping::{MappingConfig, RecordContext, map_record};
@@ -105,7 +106,9 @@ impl ExportService {
         if !logs.is_empty() {
             self.queue.write(logs).await.map_err(|e| match e {
                 WriteError::QueueFull => ExportError::Overloaded,
-                WriteError::Closed | WriteError::Store(_) => ExportError::Unavailable,
+                WriteError::Closed | WriteError::Store(_) | WriteError::Wal(_) => {
+                    ExportError::Unavailable
+                }
             })?;
         }
         if rejected == 0 {

@@ -1,17 +1,25 @@
-//! The bounded queue in front of the index writer, and the thread that owns the writer.
+//! The bounded queue in front of the index writer, and the thread that owns the writer and the
+//! write-ahead log.
 //!
 //! Receivers submit batches without blocking: a full queue is overload, answered to the client so
-//! it backs off. The writer thread gives each log its sequence number, adds it to the index,
-//! answers the batch, and commits at most every `commit_interval`.
+//! it backs off. The writer thread takes every batch waiting (group commit), gives each log its
+//! sequence number, appends them all to the write-ahead log with one fsync, adds them to the index,
+//! and only then answers the batches. It commits the index at most every `commit_interval`, and
+//! each commit empties the write-ahead log.
 
+use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
+use super::wal::Wal;
 use crate::mapping::ActivityLog;
 use crate::store::{LogWriter, StoreError};
+
+/// Most batches written with one fsync.
+const MAX_GROUP: usize = 256;
 
 /// Why a batch was not written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,6 +30,8 @@ pub enum WriteError {
     Closed,
     #[error("the index failed: {0}")]
     Store(String),
+    #[error("the write-ahead log failed: {0}")]
+    Wal(String),
 }
 
 impl From<StoreError> for WriteError {
@@ -50,21 +60,40 @@ pub struct WriterThread {
     handle: JoinHandle<()>,
 }
 
-/// Starts the writer thread with a queue of `capacity` batches.
+/// What the writer thread needs besides the index writer.
+pub struct WriterOptions {
+    /// Folder of the write-ahead log.
+    pub wal_dir: PathBuf,
+    /// Longest time between accepting a log and committing it.
+    pub commit_interval: Duration,
+    /// Batches the queue holds.
+    pub capacity: usize,
+    /// Set to true once the write-ahead log is replayed and the writer takes batches.
+    pub ready: watch::Sender<bool>,
+}
+
+/// Starts the writer thread: it first replays the write-ahead log, then takes batches.
 pub fn spawn_writer(
     writer: LogWriter,
-    commit_interval: Duration,
-    capacity: usize,
+    options: WriterOptions,
 ) -> std::io::Result<(IngestQueue, WriterThread)> {
-    let (tx, rx) = mpsc::sync_channel(capacity);
+    let (tx, rx) = mpsc::sync_channel(options.capacity);
     let handle = std::thread::Builder::new()
         .name("index-writer".to_owned())
-        .spawn(move || run(writer, rx, commit_interval))?;
+        .spawn(move || match recover(writer, &options.wal_dir) {
+            Ok(state) => {
+                options.ready.send_replace(true);
+                state.run(rx, options.commit_interval);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot recover the write-ahead log; not ingesting")
+            }
+        })?;
     Ok((IngestQueue { tx: tx.clone() }, WriterThread { tx, handle }))
 }
 
 impl IngestQueue {
-    /// Queues a batch and waits until the writer has taken it in.
+    /// Queues a batch and waits until it is durable and in the index.
     pub async fn write(&self, logs: Vec<ActivityLog>) -> Result<(), WriteError> {
         let (done, answer) = oneshot::channel();
         self.tx
@@ -99,57 +128,145 @@ impl WriterThread {
     }
 }
 
-fn run(mut writer: LogWriter, rx: mpsc::Receiver<WriterMessage>, commit_interval: Duration) {
-    let mut next_seq = writer.committed_seq() + 1;
-    // When the oldest uncommitted log must be committed by.
-    let mut deadline: Option<Instant> = None;
-    let commit = |writer: &mut LogWriter, next_seq: u64| -> Result<(), WriteError> {
+/// The writer thread's state.
+struct Writer {
+    index: LogWriter,
+    wal: Wal,
+    next_seq: u64,
+}
+
+/// Adds to the index what the write-ahead log holds beyond the last commit, commits it, and
+/// opens the log for writing.
+fn recover(mut index: LogWriter, wal_dir: &std::path::Path) -> Result<Writer, WriteError> {
+    let committed = index.committed_seq();
+    let mut last_seq = committed;
+    let mut replayed = 0u64;
+    let started = Instant::now();
+    Wal::recover(wal_dir, |batch| {
+        for (seq, log) in (batch.first_seq..).zip(&batch.logs) {
+            // what an earlier commit holds is not added twice
+            if seq > committed {
+                index.add(log, seq).map_err(std::io::Error::other)?;
+                replayed += 1;
+            }
+            last_seq = last_seq.max(seq);
+        }
+        Ok(())
+    })
+    .map_err(|e| WriteError::Wal(e.to_string()))?;
+    if replayed > 0 {
+        index.commit(last_seq)?;
+        tracing::info!(
+            replayed,
+            last_seq,
+            took_ms = started.elapsed().as_millis() as u64,
+            "write-ahead log replayed"
+        );
+    }
+    let wal = Wal::start(wal_dir, last_seq + 1).map_err(|e| WriteError::Wal(e.to_string()))?;
+    Ok(Writer {
+        index,
+        wal,
+        next_seq: last_seq + 1,
+    })
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<WriterMessage>, commit_interval: Duration) {
+        // When the oldest uncommitted log must be committed by.
+        let mut deadline: Option<Instant> = None;
+        // A message taken while gathering a group, handled next.
+        let mut held: Option<WriterMessage> = None;
+        loop {
+            let message = match (held.take(), deadline) {
+                (Some(message), _) => Ok(message),
+                (None, None) => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                (None, Some(at)) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            };
+            match message {
+                Ok(WriterMessage::Batch { logs, done }) => {
+                    let mut group = vec![(logs, done)];
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(WriterMessage::Batch { logs, done }) => group.push((logs, done)),
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if self.write_group(group) {
+                        deadline.get_or_insert_with(|| Instant::now() + commit_interval);
+                    }
+                }
+                Ok(WriterMessage::Flush(done)) => {
+                    let _ = done.send(self.commit());
+                    deadline = None;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.commit() {
+                        tracing::error!(error = %e, "commit failed");
+                    }
+                    deadline = None;
+                }
+                Ok(WriterMessage::Close) | Err(RecvTimeoutError::Disconnected) => {
+                    if let Err(e) = self.commit() {
+                        tracing::error!(error = %e, "final commit failed");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Logs, fsyncs and indexes a group of batches, then answers each; true if any log was added.
+    fn write_group(&mut self, group: Vec<(Vec<ActivityLog>, Done)>) -> bool {
+        let first_seq = self.next_seq;
+        let mut seq = first_seq;
+        for (logs, _) in &group {
+            self.wal.push(seq, logs);
+            seq += logs.len() as u64;
+        }
+        let result = self
+            .wal
+            .sync()
+            .map_err(|e| WriteError::Wal(e.to_string()))
+            .and_then(|()| {
+                let logs = group.iter().flat_map(|(logs, _)| logs);
+                for (seq, log) in (first_seq..).zip(logs) {
+                    self.index.add(log, seq)?;
+                }
+                Ok(())
+            });
+        let added = result.is_ok() && seq > first_seq;
+        if result.is_ok() {
+            self.next_seq = seq;
+        } else if let Err(e) = &result {
+            tracing::error!(error = %e, "writing logs failed");
+        }
+        for (_, done) in group {
+            let _ = done.send(result.clone());
+        }
+        added
+    }
+
+    /// Commits the index up to the last sequence number given out, then empties the log.
+    fn commit(&mut self) -> Result<(), WriteError> {
         let started = Instant::now();
-        writer.commit(next_seq - 1)?;
+        let last_seq = self.next_seq - 1;
+        let wal_bytes = self.wal.bytes();
+        self.index.commit(last_seq)?;
+        if let Err(e) = self.wal.rotate(self.next_seq) {
+            // the log only grows; replay stays correct, as it skips what the commit holds
+            tracing::error!(error = %e, "cannot truncate the write-ahead log");
+        }
         tracing::debug!(
-            last_seq = next_seq - 1,
+            last_seq,
+            wal_bytes,
             took_ms = started.elapsed().as_millis() as u64,
             "committed"
         );
         Ok(())
-    };
-    loop {
-        let message = match deadline {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-        };
-        match message {
-            Ok(WriterMessage::Batch { logs, done }) => {
-                let result = logs.iter().try_for_each(|log| {
-                    writer.add(log, next_seq)?;
-                    next_seq += 1;
-                    Ok::<_, WriteError>(())
-                });
-                if !logs.is_empty() {
-                    deadline.get_or_insert_with(|| Instant::now() + commit_interval);
-                }
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "adding logs to the index failed");
-                }
-                let _ = done.send(result);
-            }
-            Ok(WriterMessage::Flush(done)) => {
-                let result = commit(&mut writer, next_seq);
-                deadline = None;
-                let _ = done.send(result);
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = commit(&mut writer, next_seq) {
-                    tracing::error!(error = %e, "commit failed");
-                }
-                deadline = None;
-            }
-            Ok(WriterMessage::Close) | Err(RecvTimeoutError::Disconnected) => {
-                if let Err(e) = commit(&mut writer, next_seq) {
-                    tracing::error!(error = %e, "final commit failed");
-                }
-                return;
-            }
-        }
     }
 }

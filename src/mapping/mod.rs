@@ -11,13 +11,15 @@ use std::str::FromStr;
 
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use sources::{FieldSources, Found, MappingConfig, Source};
 pub use value::to_json;
 
 /// What an activity log records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LogType {
     ToolCall,
     EndCallWebhook,
@@ -51,7 +53,8 @@ impl FromStr for LogType {
 }
 
 /// Whether the audited action succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LogStatus {
     Success,
     Error,
@@ -83,7 +86,7 @@ impl FromStr for LogStatus {
 const SEVERITY_ERROR: i32 = 17;
 
 /// One activity log, as stored and served.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActivityLog {
     /// The tenant: reads are always scoped to it.
     pub user_id: String,

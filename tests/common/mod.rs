@@ -213,6 +213,7 @@ impl TestApp {
         let server = server::start(&config, listeners)
             .await
             .expect("server starts");
+        assert!(server.ready().await, "the writer starts");
         let addresses = server.addresses;
         self.grpc_url = format!("http://{}", addresses.grpc);
         self.http_url = format!("http://{}", addresses.http);
