@@ -194,26 +194,7 @@ fn read_frame(data: &[u8]) -> Option<(WalBatch, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mapping::{LogStatus, LogType};
-    use serde_json::value::RawValue;
-
-    fn log(message: &str) -> ActivityLog {
-        ActivityLog {
-            user_id: "u".into(),
-            log_type: LogType::ToolCall,
-            status: LogStatus::Success,
-            assistant_id: "a".into(),
-            room_name: "r".into(),
-            timestamp_nanos: 1,
-            message: message.into(),
-            request_data: RawValue::from_string(r#"{"k": null}"#.into()).unwrap(),
-            response_data: RawValue::from_string("{}".into()).unwrap(),
-            latency_ms: 5,
-            trace_id: None,
-            span_id: None,
-            severity_text: Some("INFO".into()),
-        }
-    }
+    use crate::mapping::example_log as log;
 
     fn replayed(dir: &Path) -> Vec<(u64, Vec<String>)> {
         let mut seen = Vec::new();

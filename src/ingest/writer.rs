@@ -270,3 +270,32 @@ impl Writer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::example_log as log;
+    use crate::store;
+
+    #[test]
+    fn replay_skips_what_the_index_already_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut index) = store::open(&dir.path().join("index"), 16 << 20).unwrap();
+        let wal_dir = dir.path().join("wal");
+        let mut wal = Wal::start(&wal_dir, 1).unwrap();
+        wal.push(1, &[log("a"), log("b")]);
+        wal.push(3, &[log("c")]);
+        wal.sync().unwrap();
+        // a crash after the index committed seq 1 and 2, before the log was emptied
+        index.add(&log("a"), 1).unwrap();
+        index.add(&log("b"), 2).unwrap();
+        index.commit(2).unwrap();
+        drop(wal);
+
+        let writer = recover(index, &wal_dir).unwrap();
+        assert_eq!(writer.next_seq, 4);
+        assert_eq!(writer.index.committed_seq(), 3);
+        assert_eq!(store.num_logs(), 3);
+        assert_eq!(writer.wal.bytes(), 0);
+    }
+}

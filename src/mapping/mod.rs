@@ -317,5 +317,25 @@ fn hex_id(bytes: &[u8], len: usize) -> Option<String> {
     (bytes.len() == len && bytes.iter().any(|&b| b != 0)).then(|| hex::encode(bytes))
 }
 
+/// A tool-call log with `message`, for tests of later stages.
+#[cfg(test)]
+pub(crate) fn example_log(message: &str) -> ActivityLog {
+    ActivityLog {
+        user_id: "u".into(),
+        log_type: LogType::ToolCall,
+        status: LogStatus::Success,
+        assistant_id: "a".into(),
+        room_name: "r".into(),
+        timestamp_nanos: 1,
+        message: message.into(),
+        request_data: RawValue::from_string(r#"{"k": null}"#.into()).expect("valid JSON"),
+        response_data: empty_object(),
+        latency_ms: 5,
+        trace_id: None,
+        span_id: None,
+        severity_text: Some("INFO".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests;

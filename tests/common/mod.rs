@@ -1,6 +1,8 @@
 //! A real logbridge on ephemeral ports with a temporary index, and clients to talk to it.
 #![allow(dead_code)] // each test binary uses its own part of the helpers
 
+pub mod process;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

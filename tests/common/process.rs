@@ -1,0 +1,114 @@
+//! The `logbridge` binary as a child process, as an operator runs it.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::PATIENCE;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
+
+/// A config file in `dir` that listens on port 0 everywhere.
+pub fn write_config(dir: &Path) -> PathBuf {
+    let path = dir.join("logbridge.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n\
+             [index]\npath = \"{}\"\ncommit_interval_ms = 100\n\
+             [auth]\nkeys_file = \"{}\"\n",
+            dir.join("index").display(),
+            dir.join("keys.toml").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A running `logbridge serve` and what it printed at start.
+pub struct Served {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+    pub grpc: String,
+    pub http: String,
+    pub api: String,
+    pub printed: Vec<String>,
+}
+
+pub fn field(line: &str, name: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+pub fn serve(config: &Path) -> Served {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take();
+    let (tx, lines) = mpsc::channel();
+    // from here on, dropping `served` stops the child
+    let mut served = Served {
+        child,
+        lines,
+        grpc: String::new(),
+        http: String::new(),
+        api: String::new(),
+        printed: Vec::new(),
+    };
+    let stderr = stderr.expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let line = served
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no listening line; printed: {:#?}", served.printed));
+        served.printed.push(line.clone());
+        if line.contains("logbridge listening") {
+            served.grpc = field(&line, "otlp_grpc").unwrap();
+            served.http = field(&line, "otlp_http").unwrap();
+            served.api = field(&line, "api").unwrap();
+            return served;
+        }
+    }
+}
+
+impl Drop for Served {
+    /// A failing test leaves no server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn terminate(served: &mut Served) -> Vec<String> {
+    let status = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + PATIENCE;
+    let exit = loop {
+        if let Some(exit) = served.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    served.lines.try_iter().collect()
+}
