@@ -9,6 +9,7 @@
 //! - [`api`]: `GET /logs`, the audit API scoped to the caller's user, and health checks.
 //!
 //! Around them: [`auth`] (API keys and scopes), [`config`] (the config file and overrides),
+//! [`metrics`] (what `GET /metrics` serves),
 //! [`server`] (wiring and shutdown), [`emit`] and [`workload`] (the worker simulator).
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod emit;
 pub mod ingest;
 pub mod mapping;
+pub mod metrics;
 pub mod otlp;
 pub mod server;
 pub mod store;

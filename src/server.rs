@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
@@ -16,6 +18,7 @@ use crate::config::Config;
 use crate::ingest::{
     ExportService, IngestQueue, WriteError, WriterOptions, WriterThread, spawn_writer,
 };
+use crate::metrics::Metrics;
 use crate::otlp;
 use crate::store;
 
@@ -78,6 +81,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Runn
         "index open"
     );
     let (ready, ready_rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
     let (queue, writer) = spawn_writer(
         log_writer,
         WriterOptions {
@@ -85,9 +89,15 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Runn
             commit_interval: config.index.commit_interval,
             capacity: config.index.queue_capacity,
             ready,
+            metrics: metrics.clone(),
         },
     )?;
-    let export = ExportService::new(keys.clone(), config.mapping.clone(), queue.clone());
+    let export = ExportService::new(
+        keys.clone(),
+        config.mapping.clone(),
+        queue.clone(),
+        metrics.clone(),
+    );
     let shutdown = CancellationToken::new();
 
     let grpc = tokio::spawn(log_exit(
@@ -96,6 +106,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Runn
             listeners.grpc,
             export.clone(),
             config.otlp.max_message_bytes,
+            metrics.clone(),
             shutdown.clone().cancelled_owned(),
         ),
     ));
@@ -105,7 +116,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Runn
             listeners.http.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             }),
-            otlp::http::router(export, config.otlp.max_message_bytes),
+            otlp::http::router(export, config.otlp.max_message_bytes, metrics.clone()),
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future(),
@@ -114,6 +125,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Runn
         keys,
         store,
         ready: ready_rx.clone(),
+        metrics,
     };
     let api = tokio::spawn(log_exit(
         "rest api",

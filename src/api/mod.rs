@@ -1,12 +1,17 @@
-//! The REST API: `GET /logs` (the audit API, scoped to the caller's user), `/healthz`, `/readyz`.
+//! The REST API: `GET /logs` (the audit API, scoped to the caller's user), `/healthz`, `/readyz`
+//! and `/metrics`.
 
 mod cursor;
 mod error;
 mod params;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -18,6 +23,7 @@ pub use error::ApiError;
 pub use params::{DEFAULT_LIMIT, LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 
 use crate::auth::{KeyStore, Scope};
+use crate::metrics::{Metrics, RequestLabels};
 use crate::store::Store;
 
 /// What the REST handlers share.
@@ -27,16 +33,50 @@ pub struct ApiState {
     pub store: Store,
     /// True once the server can serve reads and accept writes.
     pub ready: watch::Receiver<bool>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The REST routes.
 pub fn router(state: ApiState) -> Router {
+    let timed_logs = get(logs).layer(middleware::from_fn_with_state(
+        state.metrics.clone(),
+        time_logs_request,
+    ));
     Router::new()
-        .route("/logs", get(logs))
+        .route("/logs", timed_logs)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
+}
+
+/// Records the latency of a `/logs` request by its status.
+async fn time_logs_request(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics
+        .logs_request_seconds
+        .get_or_create(&RequestLabels {
+            status: response.status().as_u16(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

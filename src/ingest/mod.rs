@@ -13,6 +13,7 @@ pub use writer::{IngestQueue, WriteError, WriterOptions, WriterThread, spawn_wri
 
 use crate::auth::{AuthError, KeyStore, Scope};
 use crate::mapping::{MappingConfig, RecordContext, map_record};
+use crate::metrics::{Metrics, RejectLabels};
 
 /// How many rejection reasons an error message names.
 const REASONS_SHOWN: usize = 3;
@@ -46,15 +47,22 @@ pub struct ExportService {
     keys: KeyStore,
     mapping: Arc<MappingConfig>,
     queue: IngestQueue,
+    metrics: Arc<Metrics>,
 }
 
 impl ExportService {
     /// An export service writing to `queue`.
-    pub fn new(keys: KeyStore, mapping: MappingConfig, queue: IngestQueue) -> Self {
+    pub fn new(
+        keys: KeyStore,
+        mapping: MappingConfig,
+        queue: IngestQueue,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             keys,
             mapping: Arc::new(mapping),
             queue,
+            metrics,
         }
     }
 
@@ -95,6 +103,12 @@ impl ExportService {
                     Ok(log) => logs.push(log),
                     Err(reason) => {
                         rejected += 1;
+                        self.metrics
+                            .records_rejected
+                            .get_or_create(&RejectLabels {
+                                reason: reason.label(),
+                            })
+                            .inc();
                         if reasons.len() < REASONS_SHOWN {
                             reasons.push(format!("record {index}: {reason}"));
                         }
@@ -103,13 +117,16 @@ impl ExportService {
                 index += 1;
             }
         }
+        self.metrics.records_received.inc_by(index as u64);
         if !logs.is_empty() {
+            let accepted = logs.len() as u64;
             self.queue.write(logs).await.map_err(|e| match e {
                 WriteError::QueueFull => ExportError::Overloaded,
                 WriteError::Closed | WriteError::Store(_) | WriteError::Wal(_) => {
                     ExportError::Unavailable
                 }
             })?;
+            self.metrics.records_accepted.inc_by(accepted);
         }
         if rejected == 0 {
             return Ok(ExportOutcome::default());

@@ -8,6 +8,7 @@
 //! each commit empties the write-ahead log.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::wal::Wal;
 use crate::mapping::ActivityLog;
+use crate::metrics::Metrics;
 use crate::store::{LogWriter, StoreError};
 
 /// Most batches written with one fsync.
@@ -52,6 +54,7 @@ enum WriterMessage {
 #[derive(Clone)]
 pub struct IngestQueue {
     tx: SyncSender<WriterMessage>,
+    metrics: Arc<Metrics>,
 }
 
 /// The writer thread; [`WriterThread::shutdown`] commits and stops it.
@@ -70,6 +73,7 @@ pub struct WriterOptions {
     pub capacity: usize,
     /// Set to true once the write-ahead log is replayed and the writer takes batches.
     pub ready: watch::Sender<bool>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the writer thread: it first replays the write-ahead log, then takes batches.
@@ -78,18 +82,25 @@ pub fn spawn_writer(
     options: WriterOptions,
 ) -> std::io::Result<(IngestQueue, WriterThread)> {
     let (tx, rx) = mpsc::sync_channel(options.capacity);
+    let metrics = options.metrics.clone();
     let handle = std::thread::Builder::new()
         .name("index-writer".to_owned())
-        .spawn(move || match recover(writer, &options.wal_dir) {
-            Ok(state) => {
-                options.ready.send_replace(true);
-                state.run(rx, options.commit_interval);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot recover the write-ahead log; not ingesting")
-            }
-        })?;
-    Ok((IngestQueue { tx: tx.clone() }, WriterThread { tx, handle }))
+        .spawn(
+            move || match recover(writer, &options.wal_dir, options.metrics) {
+                Ok(state) => {
+                    options.ready.send_replace(true);
+                    state.run(rx, options.commit_interval);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot recover the write-ahead log; not ingesting")
+                }
+            },
+        )?;
+    let queue = IngestQueue {
+        tx: tx.clone(),
+        metrics,
+    };
+    Ok((queue, WriterThread { tx, handle }))
 }
 
 impl IngestQueue {
@@ -102,6 +113,7 @@ impl IngestQueue {
                 TrySendError::Full(_) => WriteError::QueueFull,
                 TrySendError::Disconnected(_) => WriteError::Closed,
             })?;
+        self.metrics.queue_depth.inc();
         answer.await.map_err(|_| WriteError::Closed)?
     }
 
@@ -133,11 +145,16 @@ struct Writer {
     index: LogWriter,
     wal: Wal,
     next_seq: u64,
+    metrics: Arc<Metrics>,
 }
 
 /// Adds to the index what the write-ahead log holds beyond the last commit, commits it, and
 /// opens the log for writing.
-fn recover(mut index: LogWriter, wal_dir: &std::path::Path) -> Result<Writer, WriteError> {
+fn recover(
+    mut index: LogWriter,
+    wal_dir: &std::path::Path,
+    metrics: Arc<Metrics>,
+) -> Result<Writer, WriteError> {
     let committed = index.committed_seq();
     let mut last_seq = committed;
     let mut replayed = 0u64;
@@ -164,10 +181,12 @@ fn recover(mut index: LogWriter, wal_dir: &std::path::Path) -> Result<Writer, Wr
         );
     }
     let wal = Wal::start(wal_dir, last_seq + 1).map_err(|e| WriteError::Wal(e.to_string()))?;
+    metrics.index_logs.set(gauge(index.num_logs()));
     Ok(Writer {
         index,
         wal,
         next_seq: last_seq + 1,
+        metrics,
     })
 }
 
@@ -222,6 +241,7 @@ impl Writer {
 
     /// Logs, fsyncs and indexes a group of batches, then answers each; true if any log was added.
     fn write_group(&mut self, group: Vec<(Vec<ActivityLog>, Done)>) -> bool {
+        self.metrics.queue_depth.dec_by(group.len() as i64);
         let first_seq = self.next_seq;
         let mut seq = first_seq;
         for (logs, _) in &group {
@@ -239,6 +259,7 @@ impl Writer {
                 }
                 Ok(())
             });
+        self.metrics.wal_bytes.set(gauge(self.wal.bytes()));
         let added = result.is_ok() && seq > first_seq;
         if result.is_ok() {
             self.next_seq = seq;
@@ -261,6 +282,12 @@ impl Writer {
             // the log only grows; replay stays correct, as it skips what the commit holds
             tracing::error!(error = %e, "cannot truncate the write-ahead log");
         }
+        self.metrics.commits.inc();
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.wal_bytes.set(gauge(self.wal.bytes()));
+        self.metrics.index_logs.set(gauge(self.index.num_logs()));
         tracing::debug!(
             last_seq,
             wal_bytes,
@@ -269,6 +296,11 @@ impl Writer {
         );
         Ok(())
     }
+}
+
+/// A count as a gauge value.
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -292,10 +324,12 @@ mod tests {
         index.commit(2).unwrap();
         drop(wal);
 
-        let writer = recover(index, &wal_dir).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let writer = recover(index, &wal_dir, metrics.clone()).unwrap();
         assert_eq!(writer.next_seq, 4);
         assert_eq!(writer.index.committed_seq(), 3);
         assert_eq!(store.num_logs(), 3);
         assert_eq!(writer.wal.bytes(), 0);
+        assert_eq!(metrics.index_logs.get(), 3);
     }
 }

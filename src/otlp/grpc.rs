@@ -1,6 +1,7 @@
 //! OTLP/gRPC: `opentelemetry.proto.collector.logs.v1.LogsService/Export`.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use http::header::HeaderValue;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
@@ -21,6 +22,7 @@ use tower::util::MapResponseLayer;
 use super::export_response;
 use crate::auth::AuthError;
 use crate::ingest::{ExportError, ExportService, RETRY_AFTER};
+use crate::metrics::{ExportLabels, Metrics};
 
 /// The gRPC face of the export service.
 struct GrpcReceiver {
@@ -52,6 +54,7 @@ pub async fn serve(
     listener: TcpListener,
     service: ExportService,
     max_message_bytes: usize,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let logs = LogsServiceServer::new(GrpcReceiver { service })
@@ -61,7 +64,9 @@ pub async fn serve(
     // Small responses must not wait for Nagle's algorithm.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .layer(MapResponseLayer::new(conform_status))
+        .layer(MapResponseLayer::new(move |response| {
+            conform_status(response, &metrics)
+        }))
         .add_service(logs)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -100,9 +105,20 @@ fn retryable(message: String) -> Status {
 
 /// Rewrites tonic's own errors into the codes OTLP clients act on: an oversized message is
 /// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE, which clients retry forever), and a body that does
-/// not decode is INVALID_ARGUMENT (tonic says INTERNAL).
-fn conform_status<B>(mut response: http::Response<B>) -> http::Response<B> {
+/// not decode is INVALID_ARGUMENT (tonic says INTERNAL). Counts every answer by its code.
+fn conform_status<B>(mut response: http::Response<B>, metrics: &Metrics) -> http::Response<B> {
+    let count = |code: Code| {
+        metrics
+            .exports
+            .get_or_create(&ExportLabels {
+                transport: "grpc",
+                status: code_name(code).to_owned(),
+            })
+            .inc();
+    };
+    // An error is answered in the headers; a success carries its status in the trailers.
     let Some(status) = Status::from_header_map(response.headers()) else {
+        count(Code::Ok);
         return response;
     };
     let replacement = match status.code() {
@@ -115,7 +131,31 @@ fn conform_status<B>(mut response: http::Response<B>) -> http::Response<B> {
             .headers_mut()
             .insert("grpc-status", HeaderValue::from(code as i32));
     }
+    count(replacement.unwrap_or(status.code()));
     response
+}
+
+/// The canonical name of a gRPC code, as in the gRPC specification.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 /// Whether a message is tonic's report of a request it could not decode.

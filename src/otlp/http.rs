@@ -4,11 +4,13 @@
 //! errors (a `google.rpc.Status`) come back in the request's encoding.
 
 use std::io::Read as _;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -19,6 +21,7 @@ use prost::Message as _;
 use super::{export_response, json};
 use crate::auth::AuthError;
 use crate::ingest::{ExportError, ExportService, RETRY_AFTER};
+use crate::metrics::{ExportLabels, Metrics};
 
 /// The path OTLP exporters send logs to.
 pub const LOGS_PATH: &str = "/v1/logs";
@@ -129,13 +132,26 @@ impl IntoResponse for OtlpError {
 }
 
 /// The OTLP/HTTP routes.
-pub fn router(service: ExportService, max_message_bytes: usize) -> Router {
+pub fn router(service: ExportService, max_message_bytes: usize, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route(LOGS_PATH, post(export))
         .with_state(HttpReceiver {
             service,
             max_message_bytes,
         })
+        .layer(middleware::map_response_with_state(metrics, count_export))
+}
+
+/// Counts every answer by its status.
+async fn count_export(State(metrics): State<Arc<Metrics>>, response: Response) -> Response {
+    metrics
+        .exports
+        .get_or_create(&ExportLabels {
+            transport: "http",
+            status: response.status().as_u16().to_string(),
+        })
+        .inc();
+    response
 }
 
 async fn export(

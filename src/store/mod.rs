@@ -140,6 +140,11 @@ impl LogWriter {
         self.committed_seq
     }
 
+    /// Number of logs committed and visible.
+    pub fn num_logs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
     /// Adds a log; it becomes visible with the next commit.
     pub fn add(&mut self, log: &ActivityLog, seq: u64) -> Result<(), StoreError> {
         self.writer.add_document(self.fields.document(log, seq))?;

@@ -97,6 +97,7 @@ pub struct TestApp {
 pub struct AppOptions {
     pub commit_interval_ms: u64,
     pub max_message_bytes: usize,
+    pub queue_capacity: usize,
 }
 
 impl Default for AppOptions {
@@ -104,6 +105,7 @@ impl Default for AppOptions {
         Self {
             commit_interval_ms: 60_000,
             max_message_bytes: 16 * 1024 * 1024,
+            queue_capacity: 64,
         }
     }
 }
@@ -183,6 +185,10 @@ impl TestApp {
                 options.commit_interval_ms.to_string(),
             ),
             ("LOGBRIDGE_INDEX_WRITER_MEMORY_MB", "32".to_owned()),
+            (
+                "LOGBRIDGE_INDEX_QUEUE_CAPACITY",
+                options.queue_capacity.to_string(),
+            ),
             (
                 "LOGBRIDGE_AUTH_KEYS_FILE",
                 self.dir.path().join("keys.toml").display().to_string(),

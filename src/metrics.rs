@@ -1,0 +1,130 @@
+//! Self-observability: the counters, gauges and histograms served at `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of an OTLP export answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportLabels {
+    /// `grpc` or `http`.
+    pub transport: &'static str,
+    /// The gRPC code name (`OK`, `UNAVAILABLE`, ...) or the HTTP status (`200`, `503`, ...).
+    pub status: String,
+}
+
+/// Labels of a rejected record.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub reason: &'static str,
+}
+
+/// Labels of a `/logs` request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub status: u16,
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    pub records_received: Counter,
+    pub records_accepted: Counter,
+    pub records_rejected: Family<RejectLabels, Counter>,
+    pub exports: Family<ExportLabels, Counter>,
+    pub queue_depth: Gauge,
+    pub wal_bytes: Gauge,
+    pub commits: Counter,
+    pub commit_seconds: Histogram,
+    pub index_logs: Gauge,
+    pub logs_request_seconds: Family<RequestLabels, Histogram>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.1 ms to ~3.3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all zero.
+    pub fn new() -> Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("logbridge"),
+            records_received: Counter::default(),
+            records_accepted: Counter::default(),
+            records_rejected: Family::default(),
+            exports: Family::default(),
+            queue_depth: Gauge::default(),
+            wal_bytes: Gauge::default(),
+            commits: Counter::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            index_logs: Gauge::default(),
+            logs_request_seconds: Family::new_with_constructor(latency_histogram),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "records_received",
+            "Log records received in OTLP exports",
+            m.records_received.clone(),
+        );
+        r.register(
+            "records_accepted",
+            "Log records accepted: durable and indexed",
+            m.records_accepted.clone(),
+        );
+        r.register(
+            "records_rejected",
+            "Log records rejected by the mapping, by reason",
+            m.records_rejected.clone(),
+        );
+        r.register(
+            "otlp_exports",
+            "OTLP export requests answered, by transport and status",
+            m.exports.clone(),
+        );
+        r.register(
+            "ingest_queue_depth",
+            "Export batches waiting for the index writer",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "wal_bytes",
+            "Bytes in the write-ahead log",
+            m.wal_bytes.clone(),
+        );
+        r.register("index_commits", "Index commits", m.commits.clone());
+        r.register(
+            "index_commit_duration_seconds",
+            "Time an index commit takes",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "index_logs",
+            "Logs in the index, visible to /logs",
+            m.index_logs.clone(),
+        );
+        r.register(
+            "logs_request_duration_seconds",
+            "GET /logs latency, by HTTP status",
+            m.logs_request_seconds.clone(),
+        );
+        m
+    }
+
+    /// The metrics in the OpenMetrics text format, which Prometheus scrapes.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
