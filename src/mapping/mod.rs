@@ -85,6 +85,16 @@ impl FromStr for LogStatus {
 /// OTLP `SEVERITY_NUMBER_ERROR`: this and above derive `status = error`.
 const SEVERITY_ERROR: i32 = 17;
 
+/// Longest message kept, in bytes: a longer one is cut here and marked as truncated.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+/// Largest `request_data` or `response_data`, in bytes of JSON: a larger one rejects the record.
+pub const MAX_DATA_BYTES: usize = 64 * 1024;
+/// Deepest nesting of `request_data` or `response_data`: a deeper one rejects the record.
+pub const MAX_DATA_DEPTH: usize = 32;
+/// Longest `assistant_id`, `room_name` or user, in bytes: a longer one rejects the record.
+/// `severity_text` is cut to it.
+pub const MAX_NAME_BYTES: usize = 256;
+
 /// One activity log, as stored and served.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActivityLog {
@@ -122,6 +132,14 @@ pub enum RejectReason {
         source: String,
         expected: &'static str,
     },
+    TooLong {
+        field: &'static str,
+        limit: usize,
+    },
+    TooDeep {
+        field: &'static str,
+        limit: usize,
+    },
 }
 
 impl RejectReason {
@@ -134,6 +152,8 @@ impl RejectReason {
             RejectReason::MissingUser => "missing_user",
             RejectReason::UserMismatch => "user_mismatch",
             RejectReason::InvalidField { .. } => "invalid_field",
+            RejectReason::TooLong { .. } => "too_long",
+            RejectReason::TooDeep { .. } => "too_deep",
         }
     }
 }
@@ -160,6 +180,12 @@ impl fmt::Display for RejectReason {
                 source,
                 expected,
             } => write!(f, "{field} from {source} is not {expected}"),
+            RejectReason::TooLong { field, limit } => {
+                write!(f, "{field} is longer than {limit} bytes")
+            }
+            RejectReason::TooDeep { field, limit } => {
+                write!(f, "{field} nests deeper than {limit} levels")
+            }
         }
     }
 }
@@ -184,15 +210,21 @@ pub fn map_record<'c>(
     let first = |sources: &'c [Source]| first_present(sources, record, ctx.resource);
     let text =
         |field: &'static str, sources: &'c [Source]| -> Result<Option<String>, RejectReason> {
-            first(sources)
-                .map(|(source, found)| {
-                    scalar_text(found).ok_or_else(|| RejectReason::InvalidField {
-                        field,
-                        source: source.to_string(),
-                        expected: "a string",
-                    })
-                })
-                .transpose()
+            let Some((source, found)) = first(sources) else {
+                return Ok(None);
+            };
+            let text = scalar_text(found).ok_or_else(|| RejectReason::InvalidField {
+                field,
+                source: source.to_string(),
+                expected: "a string",
+            })?;
+            if text.len() > MAX_NAME_BYTES {
+                return Err(RejectReason::TooLong {
+                    field,
+                    limit: MAX_NAME_BYTES,
+                });
+            }
+            Ok(Some(text))
         };
 
     let log_type = match text("log_type", &config.log_type)? {
@@ -220,17 +252,32 @@ pub fn map_record<'c>(
     let message = match first(&config.message).map(|(_, found)| found) {
         None => String::new(),
         Some(Found::Any(value)) if !matches!(value, Value::StringValue(_)) => {
-            to_json(value).to_string()
+            truncated_message(&to_json(value).to_string())
         }
-        Some(found) => found.as_str().unwrap_or_default().to_owned(),
+        Some(found) => truncated_message(found.as_str().unwrap_or_default()),
     };
     let object = |field: &'static str, sources: &'c [Source]| match first(sources) {
         None => Ok(empty_object()),
-        Some((source, found)) => json_object(found).ok_or_else(|| RejectReason::InvalidField {
-            field,
-            source: source.to_string(),
-            expected: "a kvlist or a string holding a JSON object",
-        }),
+        Some((source, found)) => {
+            let object = json_object(found).ok_or_else(|| RejectReason::InvalidField {
+                field,
+                source: source.to_string(),
+                expected: "a kvlist or a string holding a JSON object",
+            })?;
+            if object.get().len() > MAX_DATA_BYTES {
+                return Err(RejectReason::TooLong {
+                    field,
+                    limit: MAX_DATA_BYTES,
+                });
+            }
+            if json_depth(object.get()) > MAX_DATA_DEPTH {
+                return Err(RejectReason::TooDeep {
+                    field,
+                    limit: MAX_DATA_DEPTH,
+                });
+            }
+            Ok(object)
+        }
     };
     let latency_ms = match first(&config.latency_ms) {
         None => 0,
@@ -257,7 +304,9 @@ pub fn map_record<'c>(
         latency_ms,
         trace_id: hex_id(&record.trace_id, 16),
         span_id: hex_id(&record.span_id, 8),
-        severity_text: Some(record.severity_text.clone()).filter(|s| !s.is_empty()),
+        severity_text: Some(record.severity_text.as_str())
+            .filter(|s| !s.is_empty())
+            .map(|s| truncate_utf8(s, MAX_NAME_BYTES).to_owned()),
     })
 }
 
@@ -270,6 +319,57 @@ fn first_present<'s, 'a>(
     sources
         .iter()
         .find_map(|s| s.find(record, resource).map(|found| (s, found)))
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let end = (0..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[..end]
+}
+
+/// A message within [`MAX_MESSAGE_BYTES`], marked when cut.
+fn truncated_message(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text.to_owned();
+    }
+    format!(
+        "{}... [truncated from {} bytes]",
+        truncate_utf8(text, MAX_MESSAGE_BYTES),
+        text.len()
+    )
+}
+
+/// How deeply the objects and arrays of a valid JSON text nest.
+fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// A scalar as text: strings as they are, numbers and booleans printed.

@@ -348,3 +348,72 @@ fn configured_sources_replace_the_defaults() {
     assert_eq!(log.assistant_id, "a-9");
     assert_eq!(log.message, "short");
 }
+
+#[test]
+fn long_messages_are_cut_and_marked() {
+    // a multi-byte character straddles the limit
+    let text = format!("{}é{}", "a".repeat(MAX_MESSAGE_BYTES - 1), "b".repeat(10));
+    let mut rec = record();
+    rec.body = Some(any(s(&text)));
+    let message = map(&rec).unwrap().message;
+    assert_eq!(
+        message,
+        format!(
+            "{}... [truncated from {} bytes]",
+            "a".repeat(MAX_MESSAGE_BYTES - 1),
+            MAX_MESSAGE_BYTES + 11
+        )
+    );
+    rec.body = Some(any(s(&"c".repeat(MAX_MESSAGE_BYTES))));
+    assert_eq!(map(&rec).unwrap().message.len(), MAX_MESSAGE_BYTES);
+}
+
+#[test]
+fn oversized_or_deep_data_and_long_names_are_rejected() {
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(MAX_DATA_BYTES));
+    let rec = with(record(), "activity.request_data", s(&big));
+    assert_eq!(
+        map(&rec).unwrap_err().to_string(),
+        "request_data is longer than 65536 bytes"
+    );
+
+    let nested = |depth: usize| {
+        format!(
+            r#"{{"a":{}{}}}"#,
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    };
+    let rec = with(record(), "activity.response_data", s(&nested(MAX_DATA_DEPTH)));
+    assert!(map(&rec).is_ok());
+    let rec = with(record(), "activity.response_data", s(&nested(MAX_DATA_DEPTH + 1)));
+    assert_eq!(
+        map(&rec).unwrap_err(),
+        RejectReason::TooDeep {
+            field: "response_data",
+            limit: MAX_DATA_DEPTH
+        }
+    );
+    // brackets inside strings are not nesting
+    let rec = with(
+        record(),
+        "activity.response_data",
+        s(&format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(40), "{".repeat(40))),
+    );
+    assert!(map(&rec).is_ok());
+
+    let rec = with(record(), "activity.assistant_id", s(&"a".repeat(MAX_NAME_BYTES)));
+    assert!(map(&rec).is_ok());
+    let rec = with(record(), "activity.room_name", s(&"r".repeat(MAX_NAME_BYTES + 1)));
+    assert_eq!(
+        map(&rec).unwrap_err().to_string(),
+        "room_name is longer than 256 bytes"
+    );
+
+    let mut rec = record();
+    rec.severity_text = "E".repeat(1000);
+    assert_eq!(
+        map(&rec).unwrap().severity_text.unwrap().len(),
+        MAX_NAME_BYTES
+    );
+}

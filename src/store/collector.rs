@@ -24,9 +24,10 @@ pub struct SortKey {
 pub struct TopLogs {
     /// How many of the newest eligible matches to keep.
     pub k: usize,
-    /// Only matches with `start <= timestamp < end` count.
+    /// Only matches with `start <= timestamp` count...
     pub start: u64,
-    pub end: u64,
+    /// ...and, when set, `timestamp < end`.
+    pub end: Option<u64>,
     /// Only matches strictly older than this key are eligible for the page.
     pub before: Option<SortKey>,
 }
@@ -90,7 +91,7 @@ pub struct TopLogsSegment {
     seqs: Column<u64>,
     k: usize,
     start: u64,
-    end: u64,
+    end: Option<u64>,
     before: Option<SortKey>,
     total: u64,
     eligible: u64,
@@ -106,7 +107,7 @@ impl SegmentCollector for TopLogsSegment {
         else {
             return;
         };
-        if timestamp < self.start || timestamp >= self.end {
+        if timestamp < self.start || self.end.is_some_and(|end| timestamp >= end) {
             return;
         }
         self.total += 1;

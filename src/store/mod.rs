@@ -183,7 +183,7 @@ impl Store {
         let collector = TopLogs {
             k,
             start: query.start.unwrap_or(0),
-            end: query.end.unwrap_or(u64::MAX),
+            end: query.end,
             before: query.before,
         };
         let fruit = searcher.search(&self.tantivy_query(query), &collector)?;
