@@ -4,6 +4,10 @@
 //! and inbound caller-context lookups (about 70/15/15), about 8% of them errors, a few hundred
 //! assistants, rooms of about 20 records, and 100 users of whom one owns about 30% of the records.
 
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, KeyValue, KeyValueList, any_value,
+};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -26,6 +30,77 @@ pub struct Activity {
     pub request_data: Value,
     pub response_data: Value,
     pub latency_ms: u64,
+}
+
+impl Activity {
+    /// The OTLP LogRecord a worker sends for this activity at `time_unix_nano`, with `user.id`
+    /// set for a platform key.
+    pub fn to_log_record(&self, time_unix_nano: u64) -> LogRecord {
+        let attribute = |key: &str, value: any_value::Value| KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        };
+        let text = |s: &str| any_value::Value::StringValue(s.to_owned());
+        let (severity_number, severity_text) = match self.status {
+            LogStatus::Success => (9, "INFO"),
+            LogStatus::Error => (17, "ERROR"),
+        };
+        LogRecord {
+            time_unix_nano,
+            observed_time_unix_nano: time_unix_nano,
+            severity_number,
+            severity_text: severity_text.to_owned(),
+            body: Some(AnyValue {
+                value: Some(text(&self.message)),
+            }),
+            attributes: vec![
+                attribute("activity.log_type", text(self.log_type.as_str())),
+                attribute("activity.status", text(self.status.as_str())),
+                attribute("activity.assistant_id", text(&self.assistant_id)),
+                attribute("activity.room_name", text(&self.room_name)),
+                attribute(
+                    "activity.latency_ms",
+                    any_value::Value::IntValue(i64::try_from(self.latency_ms).unwrap_or(i64::MAX)),
+                ),
+                attribute("activity.request_data", to_any(&self.request_data)),
+                attribute("activity.response_data", to_any(&self.response_data)),
+                attribute("user.id", text(&self.user_id)),
+            ],
+            event_name: self.log_type.as_str().to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
+/// JSON as an OTLP value: objects become kvlists.
+fn to_any(value: &Value) -> any_value::Value {
+    use any_value::Value as V;
+    let wrap = |v: &Value| AnyValue {
+        value: Some(to_any(v)),
+    };
+    match value {
+        Value::Null => V::StringValue(String::new()),
+        Value::Bool(b) => V::BoolValue(*b),
+        Value::Number(n) => n
+            .as_i64()
+            .map(V::IntValue)
+            .unwrap_or_else(|| V::DoubleValue(n.as_f64().unwrap_or_default())),
+        Value::String(s) => V::StringValue(s.clone()),
+        Value::Array(items) => V::ArrayValue(ArrayValue {
+            values: items.iter().map(wrap).collect(),
+        }),
+        Value::Object(map) => V::KvlistValue(KeyValueList {
+            values: map
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.clone(),
+                    value: Some(wrap(v)),
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+    }
 }
 
 /// The generator; the same seed gives the same activities.
@@ -297,6 +372,32 @@ mod tests {
         assert_eq!(a, b);
         let c: Vec<Activity> = Workload::new(8).take(50).collect();
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn records_map_back_to_their_activity_at_the_documented_size() {
+        use prost::Message as _;
+        let config = crate::mapping::MappingConfig::default();
+        let ctx = crate::mapping::RecordContext {
+            resource: &[],
+            key_user: None,
+            received_nanos: 0,
+        };
+        let mut bytes = 0;
+        for (i, activity) in Workload::new(3).take(1000).enumerate() {
+            let record = activity.to_log_record(1_000 + i as u64);
+            bytes += record.encoded_len();
+            let log = crate::mapping::map_record(&config, &ctx, &record).unwrap();
+            assert_eq!(log.user_id, activity.user_id);
+            assert_eq!(log.log_type, activity.log_type);
+            assert_eq!(log.status, activity.status);
+            assert_eq!(log.message, activity.message);
+            assert_eq!(log.latency_ms, activity.latency_ms);
+            let request: Value = serde_json::from_str(log.request_data.get()).unwrap();
+            assert_eq!(request, activity.request_data);
+        }
+        let average = bytes / 1000;
+        assert!((500..=700).contains(&average), "{average} bytes per record");
     }
 
     #[test]

@@ -195,8 +195,9 @@ fn otlp_like_json() -> impl Strategy<Value = Json> {
     leaf.prop_recursive(8, 64, 5, move |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(Json::Array),
-            proptest::collection::vec((names.clone(), inner), 0..5)
-                .prop_map(|pairs| Json::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+            proptest::collection::vec((names.clone(), inner), 0..5).prop_map(|pairs| Json::Object(
+                pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+            )),
         ]
     })
 }

@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, KeyValueList};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, KeyValueList};
 use prost::Message as _;
 use serde_json::json;
 use tonic::Code;
@@ -44,13 +44,19 @@ async fn post_protobuf(app: &TestApp, body: Vec<u8>) -> (u16, tonic_types::Statu
         .unwrap();
     let status = response.status().as_u16();
     let body = response.bytes().await.unwrap();
-    (status, tonic_types::Status::decode(body).unwrap_or_default())
+    (
+        status,
+        tonic_types::Status::decode(body).unwrap_or_default(),
+    )
 }
 
 /// The server still takes and serves a normal record; `message` is one word.
 async fn still_serving(app: &TestApp, message: &str) {
-    app.ingest(&app.keys.alice, vec![activity("tool_call", at_ms(999), message)])
-        .await;
+    app.ingest(
+        &app.keys.alice,
+        vec![activity("tool_call", at_ms(999), message)],
+    )
+    .await;
     let data = app.logs(&app.keys.alice, &format!("q={message}")).await;
     assert_eq!(messages(&data), [message]);
 }
@@ -63,7 +69,10 @@ async fn absurdly_nested_values_are_refused_at_decoding() {
         "activity.request_data",
         nested(300),
     );
-    let status = app.export(&app.keys.alice, vec![record.clone()]).await.unwrap_err();
+    let status = app
+        .export(&app.keys.alice, vec![record.clone()])
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("recursion limit"), "{status:?}");
 
@@ -79,7 +88,10 @@ async fn absurdly_nested_values_are_refused_at_decoding() {
         text(&format!(r#"{{"k":{}{}}}"#, "[".repeat(40), "]".repeat(40))),
     );
     let response = app
-        .export(&app.keys.alice, vec![deep, activity("tool_call", at_ms(3), "fine")])
+        .export(
+            &app.keys.alice,
+            vec![deep, activity("tool_call", at_ms(3), "fine")],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -97,9 +109,17 @@ async fn invalid_utf8_is_a_decoding_error() {
     body[at..at + 4].copy_from_slice(&[0xff, 0xfe, 0xfd, 0xfc]);
     let (status, status_body) = post_protobuf(&app, body.clone()).await;
     assert_eq!(status, 400);
-    assert!(status_body.message.contains("invalid string value: data is not UTF-8 encoded"), "{}", status_body.message);
+    assert!(
+        status_body
+            .message
+            .contains("invalid string value: data is not UTF-8 encoded"),
+        "{}",
+        status_body.message
+    );
 
-    let mut json = br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"ZZZZ"}}]}]}]}"#.to_vec();
+    let mut json =
+        br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"ZZZZ"}}]}]}]}"#
+            .to_vec();
     let at = json.windows(4).position(|w| w == b"ZZZZ").unwrap();
     json[at..at + 2].copy_from_slice(&[0xc3, 0x28]);
     let response = app
@@ -116,7 +136,10 @@ async fn invalid_utf8_is_a_decoding_error() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(message.starts_with("invalid OTLP/JSON: invalid unicode code point"), "{message}");
+    assert!(
+        message.starts_with("invalid OTLP/JSON: invalid unicode code point"),
+        "{message}"
+    );
     still_serving(&app, "afterutf8").await;
 }
 
@@ -147,7 +170,10 @@ async fn huge_values_are_cut_or_rejected_per_record() {
     app.flush().await;
     let data = app.logs(&app.keys.alice, "").await;
     let message = data["logs"][0]["message"].as_str().unwrap();
-    assert_eq!(message.len(), 32 * 1024 + "... [truncated from 1048576 bytes]".len());
+    assert_eq!(
+        message.len(),
+        32 * 1024 + "... [truncated from 1048576 bytes]".len()
+    );
     assert!(message.ends_with("mmm... [truncated from 1048576 bytes]"));
     still_serving(&app, "afterhuge").await;
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use bytes::{Buf as _, BufMut as _};
 use common::*;
 use logbridge::emit::{EmitOptions, emit};
 use logbridge::workload::Workload;
@@ -13,9 +12,10 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message as _;
 use tonic::Code;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::CompressionEncoding;
 
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+#[path = "../benches/harness/raw_grpc.rs"]
+mod raw_grpc;
 
 fn sdk_options(app: &TestApp, key: &logbridge::auth::Secret, count: usize) -> EmitOptions {
     EmitOptions {
@@ -233,68 +233,14 @@ async fn keys_are_checked() {
     assert_eq!(app.logs(&app.keys.alice, "").await["total"], 0);
 }
 
-/// Sends raw bytes as the Export request, as a broken client would.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let bytes = src.chunk().to_vec();
-        src.advance(bytes.len());
-        Ok(Some(bytes))
-    }
-}
-
 async fn export_raw(app: &TestApp, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
     let channel = tonic::transport::Channel::from_shared(app.grpc_url.clone())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let mut request = tonic::Request::new(body);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", app.keys.alice.expose())
-            .parse()
-            .unwrap(),
-    );
-    grpc.unary(
-        request,
-        http::uri::PathAndQuery::from_static(EXPORT_PATH),
-        RawCodec,
-    )
-    .await
-    .map(|r| r.into_inner())
+    let authorization = format!("Bearer {}", app.keys.alice.expose());
+    raw_grpc::export(channel, &authorization, body.into()).await
 }
 
 #[tokio::test]

@@ -384,9 +384,17 @@ fn oversized_or_deep_data_and_long_names_are_rejected() {
             "]".repeat(depth - 1)
         )
     };
-    let rec = with(record(), "activity.response_data", s(&nested(MAX_DATA_DEPTH)));
+    let rec = with(
+        record(),
+        "activity.response_data",
+        s(&nested(MAX_DATA_DEPTH)),
+    );
     assert!(map(&rec).is_ok());
-    let rec = with(record(), "activity.response_data", s(&nested(MAX_DATA_DEPTH + 1)));
+    let rec = with(
+        record(),
+        "activity.response_data",
+        s(&nested(MAX_DATA_DEPTH + 1)),
+    );
     assert_eq!(
         map(&rec).unwrap_err(),
         RejectReason::TooDeep {
@@ -398,13 +406,25 @@ fn oversized_or_deep_data_and_long_names_are_rejected() {
     let rec = with(
         record(),
         "activity.response_data",
-        s(&format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(40), "{".repeat(40))),
+        s(&format!(
+            r#"{{"a":"{}\"{}"}}"#,
+            "[".repeat(40),
+            "{".repeat(40)
+        )),
     );
     assert!(map(&rec).is_ok());
 
-    let rec = with(record(), "activity.assistant_id", s(&"a".repeat(MAX_NAME_BYTES)));
+    let rec = with(
+        record(),
+        "activity.assistant_id",
+        s(&"a".repeat(MAX_NAME_BYTES)),
+    );
     assert!(map(&rec).is_ok());
-    let rec = with(record(), "activity.room_name", s(&"r".repeat(MAX_NAME_BYTES + 1)));
+    let rec = with(
+        record(),
+        "activity.room_name",
+        s(&"r".repeat(MAX_NAME_BYTES + 1)),
+    );
     assert_eq!(
         map(&rec).unwrap_err().to_string(),
         "room_name is longer than 256 bytes"

@@ -1,0 +1,568 @@
+//! The benchmark harness: a logbridge server as a child process, pre-encoded OTLP traffic from the
+//! deterministic workload, and timed ingest and query runs. `benches/ingest.rs` and
+//! `benches/query.rs` drive it at full size; `tests/bench_smoke.rs` at a tiny one.
+#![allow(dead_code)] // each driver uses its own part
+
+pub mod raw_grpc;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use logbridge::auth::Secret;
+use logbridge::workload::Workload;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+use prost::Message as _;
+
+/// 2026-03-10T00:00:00Z: the generated traffic starts here, one record per millisecond.
+pub const BASE_NANOS: u64 = 1_773_100_800_000_000_000;
+/// The user who owns about 30% of the records, and a small one.
+pub const LARGE_USER: &str = "user-000";
+pub const SMALL_USER: &str = "user-090";
+/// Records per export, as SDK batch processors send them.
+pub const BATCH: usize = 512;
+
+/// A logbridge child process with its keys.
+pub struct Server {
+    child: Child,
+    pub dir: PathBuf,
+    pub grpc: String,
+    pub http: String,
+    pub api: String,
+    /// Bearer header of the platform ingest key.
+    pub ingest: String,
+    /// Read keys of [`LARGE_USER`], [`SMALL_USER`] and `probe`.
+    pub large_reader: String,
+    pub small_reader: String,
+    pub probe: String,
+    /// Time from spawn to `/readyz` answering 200.
+    pub startup: Duration,
+}
+
+fn bearer(secret: &Secret) -> String {
+    format!("Bearer {}", secret.expose())
+}
+
+impl Server {
+    /// Starts `bin` on `dir` (created if needed; an index there is reused) on ephemeral ports.
+    pub async fn start(bin: &str, dir: &Path, commit_interval_ms: u64) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
+        let secrets: Vec<Secret> = (0..4).map(|_| Secret::generate()).collect();
+        let key = |name: &str, secret: &Secret, scopes: &str, user: Option<&str>| {
+            let user = user.map_or(String::new(), |u| format!("user_id = \"{u}\"\n"));
+            format!(
+                "[[keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [{scopes}]\n{user}",
+                hex::encode(secret.sha256())
+            )
+        };
+        let keys = [
+            key("ingest", &secrets[0], "\"ingest\"", None),
+            key(
+                "large",
+                &secrets[1],
+                "\"read\", \"ingest\"",
+                Some(LARGE_USER),
+            ),
+            key("small", &secrets[2], "\"read\"", Some(SMALL_USER)),
+            key("probe", &secrets[3], "\"read\", \"ingest\"", Some("probe")),
+        ]
+        .join("\n");
+        std::fs::write(dir.join("keys.toml"), keys).unwrap();
+        let config = dir.join("logbridge.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+                 [api]\nlisten = \"127.0.0.1:0\"\n\
+                 [index]\npath = \"{}\"\ncommit_interval_ms = {commit_interval_ms}\n\
+                 [auth]\nkeys_file = \"{}\"\n[log]\nlevel = \"warn,logbridge::server=info\"\n",
+                dir.join("index").display(),
+                dir.join("keys.toml").display()
+            ),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let mut child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn logbridge");
+        let stderr = BufReader::new(child.stderr.take().expect("piped"));
+        let mut lines = stderr.lines();
+        let listening = loop {
+            let line = lines
+                .next()
+                .expect("logbridge exited before listening")
+                .unwrap();
+            if line.contains("logbridge listening") {
+                break line;
+            }
+        };
+        // keep draining stderr so the server never blocks on it
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        let field = |name: &str| {
+            listening
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .expect("address in the listening line")
+                .to_owned()
+        };
+        let mut server = Server {
+            child,
+            dir: dir.to_owned(),
+            grpc: format!("http://{}", field("otlp_grpc")),
+            http: format!("http://{}/v1/logs", field("otlp_http")),
+            api: format!("http://{}", field("api")),
+            ingest: bearer(&secrets[0]),
+            large_reader: bearer(&secrets[1]),
+            small_reader: bearer(&secrets[2]),
+            probe: bearer(&secrets[3]),
+            startup: Duration::ZERO,
+        };
+        let client = reqwest::Client::new();
+        loop {
+            let ready = client
+                .get(format!("{}/readyz", server.api))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(600), "never ready");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.startup = started.elapsed();
+        server
+    }
+
+    /// Peak resident memory of the server so far, in bytes (Linux `VmHWM`).
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// Stops the server with SIGTERM and waits for it.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Bytes of the files under `dir`.
+pub fn disk_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Encodes the workload into export requests of [`BATCH`] records, continuing where it stopped;
+/// record n is stamped [`BASE_NANOS`] + n ms.
+pub struct RequestEncoder {
+    workload: Workload,
+    encoded: u64,
+}
+
+impl RequestEncoder {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            workload: Workload::new(seed),
+            encoded: 0,
+        }
+    }
+
+    /// The next `count` records (the last request may be shorter than a batch).
+    pub fn encode(&mut self, count: usize) -> Vec<Bytes> {
+        let mut requests = Vec::with_capacity(count.div_ceil(BATCH));
+        let mut left = count;
+        while left > 0 {
+            let size = left.min(BATCH);
+            let records = (0..size)
+                .map(|_| {
+                    self.encoded += 1;
+                    self.workload
+                        .next_activity()
+                        .to_log_record(BASE_NANOS + self.encoded * 1_000_000)
+                })
+                .collect();
+            let request = ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    scope_logs: vec![ScopeLogs {
+                        log_records: records,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            requests.push(Bytes::from(request.encode_to_vec()));
+            left -= size;
+        }
+        requests
+    }
+}
+
+/// How exports travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// The figures of one ingest run.
+#[derive(Debug, Clone)]
+pub struct IngestReport {
+    pub records: usize,
+    pub bytes: usize,
+    pub seconds: f64,
+    pub export_p50: Duration,
+    pub export_p99: Duration,
+    pub visible_p50: Duration,
+    pub visible_p99: Duration,
+    pub refused: usize,
+}
+
+impl IngestReport {
+    pub fn records_per_second(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+
+    pub fn mb_per_second(&self) -> f64 {
+        self.bytes as f64 / self.seconds / 1e6
+    }
+}
+
+/// Records in an encoded export request.
+fn record_count(body: &Bytes) -> usize {
+    ExportLogsServiceRequest::decode(body.clone())
+        .map(|r| {
+            r.resource_logs
+                .iter()
+                .flat_map(|rl| &rl.scope_logs)
+                .map(|sl| sl.log_records.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The `p`-th percentile (0..=100) of `samples`, sorted in place.
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+/// Sends every request with `exporters` concurrent clients, each waiting for its answer before
+/// the next (as SDK exporters do), while a probe measures how long an acknowledged record takes
+/// to show in `/logs`. Refused exports (overload) are retried after the advertised second.
+pub async fn ingest(
+    server: &Server,
+    requests: Vec<Bytes>,
+    exporters: usize,
+    transport: Transport,
+) -> IngestReport {
+    let records: usize = requests.iter().map(record_count).sum();
+    let bytes: usize = requests.iter().map(Bytes::len).sum();
+    let requests = Arc::new(requests);
+    let next = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+
+    let probe = tokio::spawn(probe_visibility(
+        channel.clone(),
+        server.probe.clone(),
+        server.api.clone(),
+        done.clone(),
+    ));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..exporters {
+        let (requests, next, refused) = (requests.clone(), next.clone(), refused.clone());
+        let channel = channel.clone();
+        let http = http.clone();
+        let (url, key) = (server.http.clone(), server.ingest.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = requests.get(i) else {
+                    return latencies;
+                };
+                loop {
+                    let sent = Instant::now();
+                    let accepted = match transport {
+                        Transport::Grpc => {
+                            match raw_grpc::export(channel.clone(), &key, body.clone()).await {
+                                Ok(_) => true,
+                                Err(s) if s.code() == tonic::Code::Unavailable => false,
+                                Err(s) => panic!("export failed: {s:?}"),
+                            }
+                        }
+                        Transport::HttpProtobuf => {
+                            let response = http
+                                .post(&url)
+                                .header("authorization", &key)
+                                .header("content-type", "application/x-protobuf")
+                                .body(body.clone())
+                                .send()
+                                .await
+                                .expect("HTTP export");
+                            match response.status().as_u16() {
+                                200 => true,
+                                429 | 503 => false,
+                                other => panic!("export failed with HTTP {other}"),
+                            }
+                        }
+                    };
+                    if accepted {
+                        latencies.push(sent.elapsed());
+                        break;
+                    }
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let mut visible = probe.await.unwrap();
+    IngestReport {
+        records,
+        bytes,
+        seconds,
+        export_p50: percentile(&mut latencies, 50.0),
+        export_p99: percentile(&mut latencies, 99.0),
+        visible_p50: percentile(&mut visible, 50.0),
+        visible_p99: percentile(&mut visible, 99.0),
+        refused: refused.load(Ordering::Relaxed),
+    }
+}
+
+/// Every 100 ms, exports one record for user `probe` and polls `/logs` until it shows; returns
+/// the times from acknowledgement to visibility. Its last probe starts after `done`, so when it
+/// returns everything acknowledged before is visible too.
+async fn probe_visibility(
+    channel: tonic::transport::Channel,
+    key: String,
+    api: String,
+    done: Arc<AtomicBool>,
+) -> Vec<Duration> {
+    let client = reqwest::Client::new();
+    let mut samples = Vec::new();
+    let mut workload = Workload::new(u64::MAX);
+    for n in 0.. {
+        let finishing = done.load(Ordering::Relaxed);
+        let mut record = workload.next_activity().to_log_record(BASE_NANOS);
+        record.body = Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+            value: Some(
+                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(format!(
+                    "probe{n}"
+                )),
+            ),
+        });
+        record.attributes.retain(|kv| kv.key != "user.id");
+        let body = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![record],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        if raw_grpc::export(channel.clone(), &key, body.into())
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let acked = Instant::now();
+        loop {
+            let body: serde_json::Value = client
+                .get(format!("{api}/logs?q=probe{n}&limit=1"))
+                .header("authorization", &key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if body["data"]["total"] == 1 {
+                samples.push(acked.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if finishing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    samples
+}
+
+/// The figures of one query type.
+#[derive(Debug, Clone)]
+pub struct QueryReport {
+    pub name: String,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub per_second: f64,
+    pub total: u64,
+}
+
+/// Runs `GET /logs?{query}` `requests` times from `clients` concurrent clients (after a warm-up
+/// of `clients` requests).
+pub async fn query(
+    server: &Server,
+    name: &str,
+    key: &str,
+    query: &str,
+    clients: usize,
+    requests: usize,
+) -> QueryReport {
+    let url = format!("{}/logs?{query}", server.api);
+    let client = reqwest::Client::new();
+    let get = |client: reqwest::Client, url: String, key: String| async move {
+        let response = client
+            .get(&url)
+            .header("authorization", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["data"]["total"].as_u64().unwrap()
+    };
+    let mut total = 0;
+    for _ in 0..clients {
+        total = get(client.clone(), url.clone(), key.to_owned()).await;
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url, key, next) = (client.clone(), url.clone(), key.to_owned(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                let sent = Instant::now();
+                get(client.clone(), url.clone(), key.clone()).await;
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    QueryReport {
+        name: name.to_owned(),
+        p50: percentile(&mut latencies, 50.0),
+        p99: percentile(&mut latencies, 99.0),
+        per_second: requests as f64 / seconds,
+        total,
+    }
+}
+
+/// The query types of the query benchmark: name, which reader, and the query string. `newest`
+/// is the timestamp of the newest record, for a one-hour range ending there.
+pub fn query_types(newest_nanos: u64) -> Vec<(&'static str, bool, String)> {
+    let hour_ago = newest_nanos.saturating_sub(3_600_000_000_000);
+    let rfc3339 = |nanos: u64| {
+        chrono::DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let assistant = Workload::new(1).next_activity().assistant_id;
+    let room = Workload::new(1).next_activity().room_name;
+    vec![
+        ("no filter, large user", true, "limit=50".to_owned()),
+        ("no filter, small user", false, "limit=50".to_owned()),
+        (
+            "log_type",
+            true,
+            "log_type=end_call_webhook&limit=50".to_owned(),
+        ),
+        ("status", true, "status=error&limit=50".to_owned()),
+        (
+            "assistant_id",
+            true,
+            format!("assistant_id={assistant}&limit=50"),
+        ),
+        ("room_name", true, format!("room_name={room}&limit=50")),
+        (
+            "log_type + status",
+            true,
+            "log_type=tool_call&status=error&limit=50".to_owned(),
+        ),
+        ("q one word", true, "q=timeout&limit=50".to_owned()),
+        (
+            "q two words",
+            true,
+            "q=webhook%20delivered&limit=50".to_owned(),
+        ),
+        (
+            "time range (1 h)",
+            true,
+            format!(
+                "start_time={}&end_time={}&limit=50",
+                rfc3339(hour_ago),
+                rfc3339(newest_nanos + 1)
+            ),
+        ),
+        (
+            "deep page (offset 50,000)",
+            true,
+            "limit=50&page=1001".to_owned(),
+        ),
+    ]
+}

@@ -1,0 +1,130 @@
+//! Query benchmark: `GET /logs` latency and throughput over HTTP on a large index, with warm
+//! caches and several concurrent clients; plus the index footprint and start-up time.
+//!
+//!     cargo bench --bench query -- [--records 10000000] [--dir PATH] [--clients 4] [--requests 400] [--runs 3]
+//!
+//! The index is built in `--dir` (default `target/bench-index`) on first use and reused after.
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use harness::{
+    BASE_NANOS, BATCH, RequestEncoder, Server, Transport, disk_bytes, ingest, query, query_types,
+};
+
+struct Args {
+    records: usize,
+    dir: PathBuf,
+    clients: usize,
+    requests: usize,
+    runs: usize,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        records: 10_000_000,
+        dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-index")),
+        clients: 4,
+        requests: 400,
+        runs: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().expect("a value after the flag");
+        match flag.as_str() {
+            "--records" => args.records = value().parse().expect("--records N"),
+            "--dir" => args.dir = PathBuf::from(value()),
+            "--clients" => args.clients = value().parse().expect("--clients N"),
+            "--requests" => args.requests = value().parse().expect("--requests N"),
+            "--runs" => args.runs = value().parse().expect("--runs N"),
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    args
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
+
+/// Fills the index in chunks, a thread encoding the next chunk while the server ingests one.
+async fn build(args: &Args) {
+    let marker = args.dir.join(format!("built-{}", args.records));
+    if marker.exists() {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let server = Server::start(BIN, &args.dir, 1000).await;
+    let (chunks, ready) = std::sync::mpsc::sync_channel(1);
+    let total = args.records;
+    std::thread::spawn(move || {
+        let mut encoder = RequestEncoder::new(42);
+        let mut left = total;
+        while left > 0 {
+            let size = left.min(1_000 * BATCH);
+            if chunks.send(encoder.encode(size)).is_err() {
+                return;
+            }
+            left -= size;
+        }
+    });
+    let started = Instant::now();
+    let mut done = 0;
+    while let Ok(requests) = ready.recv() {
+        done += ingest(&server, requests, 4, Transport::Grpc).await.records;
+        eprintln!(
+            "built {done} records, {:.0} records/s",
+            done as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    server.stop();
+    std::fs::write(&marker, "").unwrap();
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    build(&args).await;
+    let index_bytes = disk_bytes(&args.dir.join("index"));
+    let server = Server::start(BIN, &args.dir, 1000).await;
+    println!(
+        "index: {} records, {:.0} bytes/record on disk, start-up {:.0} ms, peak RSS after start {} MiB",
+        args.records,
+        index_bytes as f64 / args.records as f64,
+        ms(server.startup),
+        server.peak_rss_bytes() >> 20
+    );
+    let newest = BASE_NANOS + args.records as u64 * 1_000_000;
+    println!("\n| query | matches | p50 | p99 | requests/s |");
+    println!("|---|---|---|---|---|");
+    for (name, large, q) in query_types(newest) {
+        let key = if large {
+            &server.large_reader
+        } else {
+            &server.small_reader
+        };
+        let mut reports = Vec::new();
+        for _ in 0..args.runs {
+            reports.push(query(&server, name, key, &q, args.clients, args.requests).await);
+        }
+        let median = |f: &dyn Fn(&harness::QueryReport) -> f64| {
+            let mut values: Vec<f64> = reports.iter().map(f).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        println!(
+            "| {name} | {} | {:.2} ms | {:.2} ms | {:.0} |",
+            reports[0].total,
+            median(&|r| ms(r.p50)),
+            median(&|r| ms(r.p99)),
+            median(&|r| r.per_second),
+        );
+    }
+    server.stop();
+}
