@@ -229,9 +229,8 @@ fn params() -> impl Strategy<Value = Vec<(String, String)>> {
     proptest::collection::vec((names.prop_map(str::to_owned), values), 0..8)
 }
 
+// 256 cases each unless PROPTEST_CASES says otherwise
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
     #[test]
     fn json_decoding_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode_json(&bytes);
