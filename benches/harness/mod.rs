@@ -383,69 +383,80 @@ pub async fn ingest(
     }
 }
 
-/// Every 100 ms, exports one record for user `probe` and polls `/logs` until it shows; returns
-/// the times from acknowledgement to visibility. Its last probe starts after `done`, so when it
-/// returns everything acknowledged before is visible too.
+/// Every 100 ms, independently of the ingest load and of earlier probes, exports one record for
+/// user `probe` and polls `/logs` until it shows; returns the times from acknowledgement to
+/// visibility. Its last probe starts after `done`, so when it returns everything acknowledged
+/// before is visible too.
 async fn probe_visibility(
     channel: tonic::transport::Channel,
     key: String,
     api: String,
     done: Arc<AtomicBool>,
 ) -> Vec<Duration> {
-    let client = reqwest::Client::new();
-    let mut samples = Vec::new();
-    let mut workload = Workload::new(u64::MAX);
+    let mut probes = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     for n in 0.. {
+        tick.tick().await;
         let finishing = done.load(Ordering::Relaxed);
-        let mut record = workload.next_activity().to_log_record(BASE_NANOS);
-        record.body = Some(opentelemetry_proto::tonic::common::v1::AnyValue {
-            value: Some(
-                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(format!(
-                    "probe{n}"
-                )),
-            ),
-        });
-        record.attributes.retain(|kv| kv.key != "user.id");
-        let body = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs {
-                    log_records: vec![record],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-        .encode_to_vec();
-        if raw_grpc::export(channel.clone(), &key, body.into())
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        let acked = Instant::now();
-        loop {
-            let body: serde_json::Value = client
-                .get(format!("{api}/logs?q=probe{n}&limit=1"))
-                .header("authorization", &key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if body["data"]["total"] == 1 {
-                samples.push(acked.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        probes.push(tokio::spawn(probe_once(
+            n,
+            channel.clone(),
+            key.clone(),
+            api.clone(),
+        )));
         if finishing {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut samples = Vec::new();
+    for probe in probes {
+        samples.extend(probe.await.unwrap());
     }
     samples
+}
+
+/// One probe: export record `probe{n}`, then poll until `/logs` shows it.
+async fn probe_once(
+    n: u64,
+    channel: tonic::transport::Channel,
+    key: String,
+    api: String,
+) -> Option<Duration> {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
+    let mut record = Workload::new(n).next_activity().to_log_record(BASE_NANOS);
+    record.body = Some(AnyValue {
+        value: Some(Value::StringValue(format!("probe{n}"))),
+    });
+    record.attributes.retain(|kv| kv.key != "user.id");
+    let body = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![record],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec();
+    // a probe refused for overload measures nothing
+    raw_grpc::export(channel, &key, body.into()).await.ok()?;
+    let acked = Instant::now();
+    let client = reqwest::Client::new();
+    loop {
+        let body: serde_json::Value = client
+            .get(format!("{api}/logs?q=probe{n}&limit=1"))
+            .header("authorization", &key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["data"]["total"] == 1 {
+            return Some(acked.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The figures of one query type.
