@@ -9,7 +9,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -395,8 +395,9 @@ async fn probe_visibility(
 ) -> Vec<Duration> {
     let mut probes = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    for n in 0.. {
+    loop {
         tick.tick().await;
+        let n = PROBES.fetch_add(1, Ordering::Relaxed);
         let finishing = done.load(Ordering::Relaxed);
         probes.push(tokio::spawn(probe_once(
             n,
@@ -414,6 +415,9 @@ async fn probe_visibility(
     }
     samples
 }
+
+/// Probes sent by this process: each probe's message is unique.
+static PROBES: AtomicU64 = AtomicU64::new(0);
 
 /// One probe: export record `probe{n}`, then poll until `/logs` shows it.
 async fn probe_once(
