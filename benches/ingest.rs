@@ -8,7 +8,7 @@ mod harness;
 
 use std::time::Instant;
 
-use harness::{BATCH, IngestReport, RequestEncoder, Server, Transport, ingest};
+use harness::{BATCH, IngestReport, RequestEncoder, SEED, Server, Transport, ingest};
 
 struct Args {
     records: usize,
@@ -54,7 +54,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 async fn main() {
     let args = args();
     let started = Instant::now();
-    let requests = RequestEncoder::new(42).encode(args.records);
+    let requests = RequestEncoder::new(SEED).encode(args.records);
     let encode_seconds = started.elapsed().as_secs_f64();
     let bytes: usize = requests.iter().map(|r| r.len()).sum();
     println!(

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use harness::{
-    BASE_NANOS, BATCH, RequestEncoder, Server, Transport, disk_bytes, ingest, query, query_types,
+    BASE_NANOS, BATCH, RequestEncoder, SEED, Server, Transport, disk_bytes, ingest, query,
+    query_types,
 };
 
 struct Args {
@@ -60,7 +61,7 @@ async fn build(args: &Args) {
     let (chunks, ready) = std::sync::mpsc::sync_channel(1);
     let total = args.records;
     std::thread::spawn(move || {
-        let mut encoder = RequestEncoder::new(42);
+        let mut encoder = RequestEncoder::new(SEED);
         let mut left = total;
         while left > 0 {
             let size = left.min(1_000 * BATCH);

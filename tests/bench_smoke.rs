@@ -5,7 +5,7 @@
 mod harness;
 
 use harness::{
-    BASE_NANOS, BATCH, LARGE_USER, RequestEncoder, SMALL_USER, Server, Transport, disk_bytes,
+    BASE_NANOS, BATCH, LARGE_USER, RequestEncoder, SEED, SMALL_USER, Server, Transport, disk_bytes,
     ingest, query, query_types,
 };
 use logbridge::workload::Workload;
@@ -14,7 +14,7 @@ use logbridge::workload::Workload;
 async fn the_benchmark_harness_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(env!("CARGO_BIN_EXE_logbridge"), dir.path(), 50).await;
-    let mut encoder = RequestEncoder::new(42);
+    let mut encoder = RequestEncoder::new(SEED);
     let grpc = ingest(&server, encoder.encode(6 * BATCH), 3, Transport::Grpc).await;
     assert_eq!(grpc.records, 6 * BATCH);
     assert!(grpc.bytes > 6 * BATCH * 400);
@@ -32,7 +32,7 @@ async fn the_benchmark_harness_runs_end_to_end() {
 
     let records = 7 * BATCH + 10;
     let owned = |user: &str| {
-        Workload::new(42)
+        Workload::new(SEED)
             .take(records)
             .filter(|a| a.user_id == user)
             .count() as u64

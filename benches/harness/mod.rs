@@ -24,6 +24,8 @@ pub const BASE_NANOS: u64 = 1_773_100_800_000_000_000;
 /// The user who owns about 30% of the records, and a small one.
 pub const LARGE_USER: &str = "user-000";
 pub const SMALL_USER: &str = "user-090";
+/// Seed of the benchmark traffic.
+pub const SEED: u64 = 42;
 /// Records per export, as SDK batch processors send them.
 pub const BATCH: usize = 512;
 
@@ -537,8 +539,11 @@ pub fn query_types(newest_nanos: u64) -> Vec<(&'static str, bool, String)> {
         chrono::DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     };
-    let assistant = Workload::new(1).next_activity().assistant_id;
-    let room = Workload::new(1).next_activity().room_name;
+    // an assistant and a room of the large user, from the traffic the encoder sends
+    let activity = Workload::new(SEED)
+        .find(|a| a.user_id == LARGE_USER)
+        .expect("the large user has records");
+    let (assistant, room) = (activity.assistant_id, activity.room_name);
     vec![
         ("no filter, large user", true, "limit=50".to_owned()),
         ("no filter, small user", false, "limit=50".to_owned()),

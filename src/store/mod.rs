@@ -3,8 +3,9 @@
 //! One [`LogWriter`] owns the `IndexWriter`; one [`Store`] (cheap to clone) holds the reader and
 //! takes a fresh searcher per query. Both are blocking: call them off the async runtime.
 
-mod collector;
+mod blocks;
 mod schema;
+mod search;
 
 use std::path::Path;
 
@@ -15,12 +16,13 @@ use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value as _};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
-pub use collector::SortKey;
 pub use schema::{MAX_WORD_BYTES, format_timestamp, message_terms};
+pub use search::SortKey;
 
 use crate::mapping::{ActivityLog, LogStatus, LogType};
-use collector::TopLogs;
-use schema::{Fields, MESSAGE_TOKENIZER, message_analyzer};
+use blocks::BlockCache;
+use schema::{Fields, MESSAGE_TOKENIZER, Scoped, message_analyzer};
+use search::Window;
 
 /// A failure of the index.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,7 @@ pub struct LogPage {
 pub struct Store {
     reader: IndexReader,
     fields: Fields,
+    blocks: BlockCache,
 }
 
 /// The one writer of the index.
@@ -124,6 +127,7 @@ pub fn open(path: &Path, writer_memory_bytes: usize) -> Result<(Store, LogWriter
         Store {
             reader: reader.clone(),
             fields,
+            blocks: BlockCache::default(),
         },
         LogWriter {
             writer,
@@ -174,21 +178,29 @@ impl Store {
     pub fn search(&self, query: &LogQuery) -> Result<LogPage, StoreError> {
         let searcher = self.reader.searcher();
         let offset = query.offset;
-        // An offset past every log in the index can only yield an empty page: count only.
+        // One more than the page, to know whether more follow. An offset past every log in the
+        // index can only yield an empty page: count only.
         let k = if offset as u64 >= searcher.num_docs() {
             0
         } else {
-            offset.saturating_add(query.limit)
+            offset.saturating_add(query.limit).saturating_add(1)
         };
-        let collector = TopLogs {
-            k,
+        let window = Window {
             start: query.start.unwrap_or(0),
             end: query.end,
             before: query.before,
+            k,
         };
-        let fruit = searcher.search(&self.tantivy_query(query), &collector)?;
-        let mut logs = Vec::with_capacity(fruit.top.len().saturating_sub(offset));
-        for (key, address) in fruit.top.into_iter().skip(offset) {
+        let found = search::search(
+            &searcher,
+            self.tantivy_query(query).as_ref(),
+            &window,
+            &self.blocks,
+        )?;
+        let shown = offset.saturating_add(query.limit);
+        let has_more = found.top.len() > shown;
+        let mut logs = Vec::with_capacity(query.limit.min(found.top.len()));
+        for (key, address) in found.top.into_iter().skip(offset).take(query.limit) {
             let doc: TantivyDocument = searcher.doc(address)?;
             let json = doc
                 .get_first(self.fields.doc)
@@ -197,35 +209,39 @@ impl Store {
                 .to_vec();
             logs.push((key, json));
         }
-        let shown = offset.saturating_add(logs.len()) as u64;
         Ok(LogPage {
-            total: fruit.total,
-            has_more: fruit.eligible > shown,
+            total: found.total,
+            has_more,
             logs,
         })
     }
 
-    fn tantivy_query(&self, query: &LogQuery) -> BooleanQuery {
+    /// The tantivy query of the filters: the fewest terms that say them, all required.
+    fn tantivy_query(&self, query: &LogQuery) -> Box<dyn Query> {
         let f = &self.fields;
-        let term = |field, value: &str| -> (Occur, Box<dyn Query>) {
-            let term = Term::from_field_text(field, value);
-            (
-                Occur::Must,
-                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
-            )
+        let user = &query.user_id;
+        let term = |field, text: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, text),
+                IndexRecordOption::Basic,
+            ))
         };
-        let mut clauses = vec![term(f.user, &query.user_id)];
-        if let Some(log_type) = query.log_type {
-            clauses.push(term(f.log_type, log_type.as_str()));
-        }
-        if let Some(status) = query.status {
-            clauses.push(term(f.status, status.as_str()));
+        let scoped = |value: Scoped<'_>| term(f.scoped, &value.term_text(user));
+        let mut clauses: Vec<Box<dyn Query>> = Vec::new();
+        match (query.log_type, query.status) {
+            (Some(t), Some(s)) => clauses.push(scoped(Scoped::LogTypeAndStatus(t, s))),
+            (Some(t), None) => clauses.push(scoped(Scoped::LogType(t))),
+            (None, Some(s)) => clauses.push(scoped(Scoped::Status(s))),
+            (None, None) => {}
         }
         if let Some(assistant_id) = &query.assistant_id {
-            clauses.push(term(f.assistant_id, assistant_id));
+            clauses.push(scoped(Scoped::AssistantId(assistant_id)));
         }
         if let Some(room_name) = &query.room_name {
-            clauses.push(term(f.room_name, room_name));
+            clauses.push(scoped(Scoped::RoomName(room_name)));
+        }
+        if clauses.is_empty() {
+            clauses.push(term(f.user, user));
         }
         for words in &query.text {
             match words.as_slice() {
@@ -236,10 +252,149 @@ impl Store {
                         .iter()
                         .map(|w| Term::from_field_text(f.message, w))
                         .collect();
-                    clauses.push((Occur::Must, Box::new(PhraseQuery::new(terms))));
+                    clauses.push(Box::new(PhraseQuery::new(terms)));
                 }
             }
         }
-        BooleanQuery::new(clauses)
+        if clauses.len() == 1 {
+            return clauses.remove(0);
+        }
+        Box::new(BooleanQuery::new(
+            clauses.into_iter().map(|q| (Occur::Must, q)).collect(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::mapping::example_log;
+
+    /// The same query answered by brute force over the logs as written.
+    fn reference(logs: &[(ActivityLog, u64)], q: &LogQuery) -> (u64, Vec<SortKey>, bool) {
+        let mut matching: Vec<SortKey> = logs
+            .iter()
+            .filter(|(log, _)| {
+                log.user_id == q.user_id
+                    && q.log_type.is_none_or(|t| t == log.log_type)
+                    && q.status.is_none_or(|s| s == log.status)
+                    && q.room_name.as_ref().is_none_or(|r| *r == log.room_name)
+                    && q.text
+                        .iter()
+                        .all(|words| log.message.split(' ').any(|w| w == words[0]))
+                    && log.timestamp_nanos >= q.start.unwrap_or(0)
+                    && q.end.is_none_or(|e| log.timestamp_nanos < e)
+            })
+            .map(|(log, seq)| SortKey {
+                timestamp: log.timestamp_nanos,
+                seq: *seq,
+            })
+            .collect();
+        let total = matching.len() as u64;
+        matching.sort_unstable_by(|a, b| b.cmp(a));
+        let eligible: Vec<SortKey> = matching
+            .into_iter()
+            .filter(|k| q.before.is_none_or(|b| *k < b))
+            .collect();
+        let page: Vec<SortKey> = eligible
+            .iter()
+            .skip(q.offset)
+            .take(q.limit)
+            .copied()
+            .collect();
+        let has_more = eligible.len() > q.offset + q.limit;
+        (total, page, has_more)
+    }
+
+    #[test]
+    fn block_skipping_search_matches_brute_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut writer) = open(dir.path(), 16 << 20).unwrap();
+        let mut rng = StdRng::seed_from_u64(7);
+        let words = ["alpha", "beta", "gamma", "delta"];
+        let mut logs = Vec::new();
+        let mut clock = 1_000_000_000u64;
+        for seq in 1..=12_000u64 {
+            // ascending in runs of equal timestamps that cross block boundaries, with
+            // stragglers from the past and a few far ahead
+            clock += u64::from(rng.random_bool(0.01));
+            let timestamp = match rng.random_range(0..100) {
+                0..=4 => clock.saturating_sub(rng.random_range(0..50)),
+                5 => clock + 100_000,
+                _ => clock,
+            };
+            let mut log = example_log(&format!(
+                "{} {}",
+                words[rng.random_range(0..4)],
+                words[rng.random_range(0..4)]
+            ));
+            log.user_id = format!("u{}", rng.random_range(0..3));
+            log.log_type = LogType::ALL[rng.random_range(0..3)];
+            log.status = if rng.random_bool(0.2) {
+                LogStatus::Error
+            } else {
+                LogStatus::Success
+            };
+            log.room_name = format!("r{}", rng.random_range(0..5));
+            log.timestamp_nanos = timestamp;
+            writer.add(&log, seq).unwrap();
+            logs.push((log, seq));
+            if seq % 700 == 0 {
+                writer.commit(seq).unwrap();
+            }
+        }
+        writer.commit(12_000).unwrap();
+        assert!(store.reader.searcher().segment_readers().len() > 1);
+
+        for round in 0..400 {
+            let pick = |rng: &mut StdRng| logs[rng.random_range(0..logs.len())].0.timestamp_nanos;
+            let mut q = LogQuery {
+                user_id: format!("u{}", rng.random_range(0..3)),
+                limit: rng.random_range(1..60),
+                offset: if rng.random_bool(0.3) {
+                    rng.random_range(0..3_000)
+                } else {
+                    0
+                },
+                ..Default::default()
+            };
+            if rng.random_bool(0.3) {
+                q.log_type = Some(LogType::ALL[rng.random_range(0..3)]);
+            }
+            if rng.random_bool(0.3) {
+                q.status = Some(if rng.random_bool(0.5) {
+                    LogStatus::Error
+                } else {
+                    LogStatus::Success
+                });
+            }
+            if rng.random_bool(0.2) {
+                q.room_name = Some(format!("r{}", rng.random_range(0..5)));
+            }
+            if rng.random_bool(0.2) {
+                q.text = vec![vec![words[rng.random_range(0..4)].to_owned()]];
+            }
+            if rng.random_bool(0.3) {
+                let (a, b) = (pick(&mut rng), pick(&mut rng));
+                q.start = Some(a.min(b));
+                q.end = Some(a.max(b) + 1);
+            }
+            if rng.random_bool(0.3) {
+                let (log, seq) = &logs[rng.random_range(0..logs.len())];
+                q.before = Some(SortKey {
+                    timestamp: log.timestamp_nanos,
+                    seq: *seq,
+                });
+            }
+            let page = store.search(&q).unwrap();
+            let (total, keys, has_more) = reference(&logs, &q);
+            assert_eq!(page.total, total, "round {round}: {q:?}");
+            let got: Vec<SortKey> = page.logs.iter().map(|(k, _)| *k).collect();
+            assert_eq!(got, keys, "round {round}: {q:?}");
+            assert_eq!(page.has_more, has_more, "round {round}: {q:?}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use tantivy::tokenizer::{
     LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, TokenStream,
 };
 
-use crate::mapping::ActivityLog;
+use crate::mapping::{ActivityLog, LogStatus, LogType};
 
 /// Name of the analyzer of `message`: words split on non-alphanumerics, lower-cased.
 pub const MESSAGE_TOKENIZER: &str = "message";
@@ -25,15 +25,39 @@ pub const TIMESTAMP_FIELD: &str = "timestamp";
 /// Name of the fast field of ingest sequence numbers.
 pub const SEQ_FIELD: &str = "seq";
 
+/// A filter value, always within one user: indexed as one term of the `scoped` field, so that a
+/// query by user and filter is a single term, counted from its document frequency.
+#[derive(Debug, Clone, Copy)]
+pub enum Scoped<'a> {
+    LogType(LogType),
+    Status(LogStatus),
+    LogTypeAndStatus(LogType, LogStatus),
+    AssistantId(&'a str),
+    RoomName(&'a str),
+}
+
+impl Scoped<'_> {
+    /// The term text: the user, length-prefixed so no value can pose as another user's, then a
+    /// tag and the value.
+    pub fn term_text(&self, user: &str) -> String {
+        let (tag, value) = match *self {
+            Scoped::LogType(t) => ('t', t.as_str().to_owned()),
+            Scoped::Status(s) => ('s', s.as_str().to_owned()),
+            Scoped::LogTypeAndStatus(t, s) => ('x', format!("{}/{}", t.as_str(), s.as_str())),
+            Scoped::AssistantId(a) => ('a', a.to_owned()),
+            Scoped::RoomName(r) => ('r', r.to_owned()),
+        };
+        format!("{}:{user}{tag}{value}", user.len())
+    }
+}
+
 /// The fields of the index.
 #[derive(Debug, Clone, Copy)]
 pub struct Fields {
     /// The tenant, exact match; every query is restricted to one.
     pub user: Field,
-    pub log_type: Field,
-    pub status: Field,
-    pub assistant_id: Field,
-    pub room_name: Field,
+    /// The user's filter values, one [`Scoped`] term each.
+    pub scoped: Field,
     /// Full text, with positions for phrases.
     pub message: Field,
     /// Nanoseconds since the epoch, fast, full precision: the primary sort key.
@@ -56,10 +80,7 @@ impl Fields {
         );
         let fields = Fields {
             user: builder.add_text_field("user", STRING),
-            log_type: builder.add_text_field("log_type", STRING),
-            status: builder.add_text_field("status", STRING),
-            assistant_id: builder.add_text_field("assistant_id", STRING),
-            room_name: builder.add_text_field("room_name", STRING),
+            scoped: builder.add_text_field("scoped", STRING),
             message: builder.add_text_field("message", message_options),
             timestamp: builder.add_u64_field(TIMESTAMP_FIELD, FAST),
             seq: builder.add_u64_field(SEQ_FIELD, FAST),
@@ -71,11 +92,17 @@ impl Fields {
     /// The tantivy document of an activity log with its sequence number.
     pub fn document(&self, log: &ActivityLog, seq: u64) -> TantivyDocument {
         let mut doc = TantivyDocument::new();
-        doc.add_text(self.user, &log.user_id);
-        doc.add_text(self.log_type, log.log_type.as_str());
-        doc.add_text(self.status, log.status.as_str());
-        doc.add_text(self.assistant_id, &log.assistant_id);
-        doc.add_text(self.room_name, &log.room_name);
+        let user = &log.user_id;
+        doc.add_text(self.user, user);
+        for scoped in [
+            Scoped::LogType(log.log_type),
+            Scoped::Status(log.status),
+            Scoped::LogTypeAndStatus(log.log_type, log.status),
+            Scoped::AssistantId(&log.assistant_id),
+            Scoped::RoomName(&log.room_name),
+        ] {
+            doc.add_text(self.scoped, scoped.term_text(user));
+        }
         doc.add_text(self.message, &log.message);
         doc.add_u64(self.timestamp, log.timestamp_nanos);
         doc.add_u64(self.seq, seq);
@@ -153,6 +180,21 @@ fn served_json(log: &ActivityLog) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scoped_terms_cannot_collide_across_users() {
+        let a = Scoped::AssistantId("x").term_text("u1");
+        assert_eq!(a, "2:u1ax");
+        // a user whose id looks like another's prefix and tag
+        assert_ne!(
+            Scoped::AssistantId("x").term_text("u1a"),
+            Scoped::AssistantId("ax").term_text("u1")
+        );
+        assert_ne!(
+            Scoped::RoomName("r").term_text("u"),
+            Scoped::AssistantId("r").term_text("u")
+        );
+    }
 
     #[test]
     fn timestamps_have_three_fraction_digits_and_z() {

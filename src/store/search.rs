@@ -1,0 +1,216 @@
+//! Newest-first pages with exact totals, without visiting every match.
+//!
+//! The page: blocks of documents are visited newest first (by their largest timestamp, across all
+//! segments), and the visit stops as soon as the next block cannot beat the oldest log kept.
+//! The total: a single-term query is counted from the term's document frequency, without
+//! iterating; a time range is counted over the blocks it overlaps only.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use tantivy::columnar::Column;
+use tantivy::query::{EnableScoring, Query, Weight};
+use tantivy::{DocAddress, DocId, DocSet, Searcher, TERMINATED};
+
+use super::blocks::{BlockCache, SegmentBlocks};
+use super::schema::{SEQ_FIELD, TIMESTAMP_FIELD};
+
+/// The order of logs: newest timestamp first, then newest ingested first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SortKey {
+    /// Nanoseconds since the epoch.
+    pub timestamp: u64,
+    /// Ingest sequence number.
+    pub seq: u64,
+}
+
+/// Which matches a search keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Inclusive lower bound of the timestamp.
+    pub start: u64,
+    /// Exclusive upper bound of the timestamp, if any.
+    pub end: Option<u64>,
+    /// Only matches strictly older than this key go on the page.
+    pub before: Option<SortKey>,
+    /// How many of the newest eligible matches to find.
+    pub k: usize,
+}
+
+impl Window {
+    fn in_range(&self, timestamp: u64) -> bool {
+        timestamp >= self.start && self.end.is_none_or(|end| timestamp < end)
+    }
+
+    /// Whether a block with these timestamp bounds holds no match in the range.
+    fn misses(&self, (min, max): (u64, u64)) -> bool {
+        max < self.start || self.end.is_some_and(|end| min >= end)
+    }
+
+    /// Whether every timestamp of a block with these bounds is in the range.
+    fn covers(&self, (min, max): (u64, u64)) -> bool {
+        min >= self.start && self.end.is_none_or(|end| max < end)
+    }
+}
+
+/// The result: every match in the range, and the newest `k` eligible ones, newest first.
+pub struct Found {
+    pub total: u64,
+    pub top: Vec<(SortKey, DocAddress)>,
+}
+
+struct Segment<'a> {
+    reader: &'a tantivy::SegmentReader,
+    blocks: &'a SegmentBlocks,
+    timestamps: Column<u64>,
+    seqs: Column<u64>,
+}
+
+/// Runs `query` over `searcher` for `window`.
+pub fn search(
+    searcher: &Searcher,
+    query: &dyn Query,
+    window: &Window,
+    cache: &BlockCache,
+) -> tantivy::Result<Found> {
+    let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
+    let readers = searcher.segment_readers();
+    let blocks = cache.for_segments(readers)?;
+    let segments = readers
+        .iter()
+        .zip(&blocks)
+        .map(|(reader, blocks)| {
+            let fast = reader.fast_fields();
+            Ok(Segment {
+                reader,
+                blocks,
+                timestamps: fast.u64(TIMESTAMP_FIELD)?,
+                seqs: fast.u64(SEQ_FIELD)?,
+            })
+        })
+        .collect::<tantivy::Result<Vec<_>>>()?;
+    let total = count(weight.as_ref(), &segments, window)?;
+    let top = if window.k == 0 || total == 0 {
+        Vec::new()
+    } else {
+        top_k(weight.as_ref(), &segments, window)?
+    };
+    Ok(Found { total, top })
+}
+
+/// Calls `visit` for every live match among the documents `start..end` of a segment, moving
+/// `scorer` forward to them.
+fn for_each_match(
+    scorer: &mut dyn DocSet,
+    segment: &Segment<'_>,
+    (start, end): (DocId, DocId),
+    mut visit: impl FnMut(DocId),
+) {
+    let alive = segment.reader.alive_bitset();
+    let mut doc = scorer.doc();
+    if doc < start {
+        doc = scorer.seek(start);
+    }
+    while doc < end {
+        if alive.is_none_or(|a| a.is_alive(doc)) {
+            visit(doc);
+        }
+        doc = scorer.advance();
+    }
+    debug_assert!(doc == TERMINATED || doc >= end);
+}
+
+fn count(weight: &dyn Weight, segments: &[Segment<'_>], window: &Window) -> tantivy::Result<u64> {
+    let mut total = 0u64;
+    for segment in segments {
+        if window.covers(all_bounds(segment.blocks)) {
+            // a term query counts from its document frequency, without iterating
+            total += u64::from(weight.count(segment.reader)?);
+            continue;
+        }
+        // blocks in ascending order: one scorer moves forward through them
+        let mut scorer = weight.scorer(segment.reader, 1.0)?;
+        for (i, &bounds) in segment.blocks.bounds.iter().enumerate() {
+            if window.misses(bounds) {
+                continue;
+            }
+            let covered = window.covers(bounds);
+            for_each_match(scorer.as_mut(), segment, segment.blocks.docs(i), |doc| {
+                if covered
+                    || segment
+                        .timestamps
+                        .first(doc)
+                        .is_some_and(|t| window.in_range(t))
+                {
+                    total += 1;
+                }
+            });
+        }
+    }
+    Ok(total)
+}
+
+fn all_bounds(blocks: &SegmentBlocks) -> (u64, u64) {
+    blocks
+        .bounds
+        .iter()
+        .fold((u64::MAX, 0), |(lo, hi), &(min, max)| {
+            (lo.min(min), hi.max(max))
+        })
+}
+
+fn top_k(
+    weight: &dyn Weight,
+    segments: &[Segment<'_>],
+    window: &Window,
+) -> tantivy::Result<Vec<(SortKey, DocAddress)>> {
+    // every block that may hold an eligible match, newest first
+    let mut order: Vec<(u64, u32, usize)> = Vec::new();
+    for (ord, segment) in segments.iter().enumerate() {
+        for (i, &(min, max)) in segment.blocks.bounds.iter().enumerate() {
+            let newer_than_cursor = window.before.is_some_and(|b| min > b.timestamp);
+            if !window.misses((min, max)) && !newer_than_cursor {
+                order.push((max, ord as u32, i));
+            }
+        }
+    }
+    order.sort_unstable_by_key(|&(max, ord, i)| Reverse((max, ord, i)));
+
+    let mut heap: BinaryHeap<Reverse<(SortKey, u32, DocId)>> = BinaryHeap::new();
+    for (max, ord, i) in order {
+        if heap.len() == window.k
+            && heap
+                .peek()
+                .is_some_and(|Reverse((oldest, _, _))| max < oldest.timestamp)
+        {
+            break;
+        }
+        let segment = &segments[ord as usize];
+        // blocks come newest first, not in document order: a scorer per block
+        let mut scorer = weight.scorer(segment.reader, 1.0)?;
+        for_each_match(scorer.as_mut(), segment, segment.blocks.docs(i), |doc| {
+            let (Some(timestamp), Some(seq)) =
+                (segment.timestamps.first(doc), segment.seqs.first(doc))
+            else {
+                return;
+            };
+            let key = SortKey { timestamp, seq };
+            if !window.in_range(timestamp) || window.before.is_some_and(|b| key >= b) {
+                return;
+            }
+            if heap.len() < window.k {
+                heap.push(Reverse((key, ord, doc)));
+            } else if let Some(mut oldest) = heap.peek_mut()
+                && key > oldest.0.0
+            {
+                *oldest = Reverse((key, ord, doc));
+            }
+        });
+    }
+    let mut top: Vec<(SortKey, DocAddress)> = heap
+        .into_iter()
+        .map(|Reverse((key, ord, doc))| (key, DocAddress::new(ord, doc)))
+        .collect();
+    top.sort_unstable_by_key(|&(key, _)| Reverse(key));
+    Ok(top)
+}
