@@ -102,8 +102,8 @@ async fn main() {
         server.peak_rss_bytes() >> 20
     );
     let newest = BASE_NANOS + args.records as u64 * 1_000_000;
-    println!("\n| query | matches | p50 | p99 | requests/s |");
-    println!("|---|---|---|---|---|");
+    println!("\n| query | matches | first (cold) | p50 | p99 | requests/s |");
+    println!("|---|---|---|---|---|---|");
     for (name, large, q) in query_types(newest) {
         let key = if large {
             &server.large_reader
@@ -120,8 +120,9 @@ async fn main() {
             values[values.len() / 2]
         };
         println!(
-            "| {name} | {} | {:.2} ms | {:.2} ms | {:.0} |",
+            "| {name} | {} | {:.1} ms | {:.2} ms | {:.2} ms | {:.0} |",
             reports[0].total,
+            ms(reports[0].cold),
             median(&|r| ms(r.p50)),
             median(&|r| ms(r.p99)),
             median(&|r| r.per_second),

@@ -86,15 +86,10 @@ fn checksum(body: &[u8]) -> [u8; CHECK_LEN] {
 /// A digest of everything that selects logs (user, filters, text, time range), not of the page.
 fn filters_digest(query: &LogQuery) -> [u8; 8] {
     let canonical = format!(
-        "{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}",
-        query.user_id,
-        query.log_type,
-        query.status,
-        query.assistant_id,
-        query.room_name,
-        query.text,
+        "{}\0{:?}\0{:?}",
+        query.selection_key(),
         query.start,
-        query.end,
+        query.end
     );
     let digest = Sha256::digest(canonical.as_bytes());
     digest[..8]

@@ -1,11 +1,12 @@
-//! Timestamp bounds of fixed-size blocks of documents, per segment: what lets a newest-first query
-//! visit only the blocks that can still reach its page.
+//! Timestamp bounds of fixed-size blocks of documents, per segment, and per-block match counts of
+//! recent queries: what lets a newest-first query visit only the blocks that can still reach its
+//! page, and count a total without iterating every match.
 //!
-//! Documents of a segment sit in ingest order, so a block's timestamps span a short range. The
-//! bounds are read from the timestamp fast field once per segment (segments never change) and
-//! kept until the segment is merged away.
+//! Documents of a segment sit in ingest order, so a block's timestamps span a short range.
+//! Segments never change, so both are computed once per segment and kept until the segment is
+//! merged away (counts: for the most recent queries only).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tantivy::index::SegmentId;
@@ -52,34 +53,37 @@ impl SegmentBlocks {
     }
 }
 
-/// Block bounds of every segment seen, by segment id.
+/// Most per-block match counts kept: about 5,000 blocks of 4 bytes each for a 10-million-log
+/// segment, so at most some tens of MiB.
+const MAX_COUNTS: usize = 2048;
+
+/// Per-segment facts that never change while the segment lives: block bounds, and the number of
+/// matches of recent queries in each block.
 #[derive(Clone, Default)]
 pub struct BlockCache {
-    segments: Arc<Mutex<HashMap<SegmentId, Arc<SegmentBlocks>>>>,
+    inner: Arc<Mutex<Cached>>,
+}
+
+#[derive(Default)]
+struct Cached {
+    bounds: HashMap<SegmentId, Arc<SegmentBlocks>>,
+    counts: HashMap<(SegmentId, String), Arc<Vec<u32>>>,
+    /// Keys of `counts`, oldest first, for eviction.
+    count_order: VecDeque<(SegmentId, String)>,
 }
 
 impl BlockCache {
-    /// The bounds of each of `segments`, reading those not seen before; forgets the others.
+    /// The bounds of each of `segments`, reading those not seen before; forgets other segments.
     pub fn for_segments(
         &self,
         segments: &[SegmentReader],
     ) -> tantivy::Result<Vec<Arc<SegmentBlocks>>> {
-        let known: HashMap<SegmentId, Arc<SegmentBlocks>> = {
-            let cache = self.segments.lock().expect("block cache lock");
-            segments
-                .iter()
-                .filter_map(|s| {
-                    cache
-                        .get(&s.segment_id())
-                        .map(|b| (s.segment_id(), b.clone()))
-                })
-                .collect()
-        };
         let mut result = Vec::with_capacity(segments.len());
         let mut fresh = Vec::new();
         for segment in segments {
-            let blocks = match known.get(&segment.segment_id()) {
-                Some(blocks) => blocks.clone(),
+            let known = self.lock().bounds.get(&segment.segment_id()).cloned();
+            let blocks = match known {
+                Some(blocks) => blocks,
                 None => {
                     let blocks = Arc::new(SegmentBlocks::read(segment)?);
                     fresh.push((segment.segment_id(), blocks.clone()));
@@ -88,9 +92,42 @@ impl BlockCache {
             };
             result.push(blocks);
         }
-        let mut cache = self.segments.lock().expect("block cache lock");
-        cache.retain(|id, _| segments.iter().any(|s| s.segment_id() == *id));
-        cache.extend(fresh);
+        let mut cached = self.lock();
+        let live = |id: &SegmentId| segments.iter().any(|s| s.segment_id() == *id);
+        cached.bounds.retain(|id, _| live(id));
+        cached.counts.retain(|(id, _), _| live(id));
+        cached.count_order.retain(|(id, _)| live(id));
+        cached.bounds.extend(fresh);
         Ok(result)
+    }
+
+    /// The matches of the query `key` in each block of `segment`, from `compute` the first time.
+    pub fn counts(
+        &self,
+        segment: &SegmentReader,
+        key: &str,
+        compute: impl FnOnce() -> tantivy::Result<Vec<u32>>,
+    ) -> tantivy::Result<Arc<Vec<u32>>> {
+        let id = (segment.segment_id(), key.to_owned());
+        if let Some(counts) = self.lock().counts.get(&id) {
+            return Ok(counts.clone());
+        }
+        let counts = Arc::new(compute()?);
+        let mut cached = self.lock();
+        if cached.counts.insert(id.clone(), counts.clone()).is_none() {
+            cached.count_order.push_back(id);
+        }
+        while cached.count_order.len() > MAX_COUNTS {
+            if let Some(oldest) = cached.count_order.pop_front() {
+                cached.counts.remove(&oldest);
+            }
+        }
+        Ok(counts)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

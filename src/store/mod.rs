@@ -64,6 +64,16 @@ pub struct LogQuery {
     pub limit: usize,
 }
 
+impl LogQuery {
+    /// A canonical text of what selects logs regardless of time: user, filters and text.
+    pub fn selection_key(&self) -> String {
+        format!(
+            "{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}",
+            self.user_id, self.log_type, self.status, self.assistant_id, self.room_name, self.text,
+        )
+    }
+}
+
 /// One page of logs.
 #[derive(Debug)]
 pub struct LogPage {
@@ -194,6 +204,7 @@ impl Store {
         let found = search::search(
             &searcher,
             self.tantivy_query(query).as_ref(),
+            &query.selection_key(),
             &window,
             &self.blocks,
         )?;

@@ -1,18 +1,20 @@
 //! Newest-first pages with exact totals, without visiting every match.
 //!
-//! The page: blocks of documents are visited newest first (by their largest timestamp, across all
-//! segments), and the visit stops as soon as the next block cannot beat the oldest log kept.
-//! The total: a single-term query is counted from the term's document frequency, without
-//! iterating; a time range is counted over the blocks it overlaps only.
+//! The page: blocks of documents that hold matches are visited newest first (by their largest
+//! timestamp, across all segments), and the visit stops as soon as the next block cannot beat
+//! the oldest log kept. The total: the sum of the query's per-block match counts (counted once
+//! per segment and cached), iterating only the blocks a time range cuts through.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use std::sync::Arc;
 use tantivy::columnar::Column;
-use tantivy::query::{EnableScoring, Query, Weight};
-use tantivy::{DocAddress, DocId, DocSet, Searcher, TERMINATED};
 
-use super::blocks::{BlockCache, SegmentBlocks};
+use tantivy::query::{EnableScoring, Query, Scorer, Weight};
+use tantivy::{DocAddress, DocId, DocSet, Searcher, SegmentReader, TERMINATED};
+
+use super::blocks::{BLOCK_DOCS, BlockCache, SegmentBlocks};
 use super::schema::{SEQ_FIELD, TIMESTAMP_FIELD};
 
 /// The order of logs: newest timestamp first, then newest ingested first.
@@ -60,16 +62,20 @@ pub struct Found {
 }
 
 struct Segment<'a> {
-    reader: &'a tantivy::SegmentReader,
+    reader: &'a SegmentReader,
     blocks: &'a SegmentBlocks,
+    /// Matches of the query in each block.
+    counts: Arc<Vec<u32>>,
     timestamps: Column<u64>,
     seqs: Column<u64>,
 }
 
-/// Runs `query` over `searcher` for `window`.
+/// Runs `query` over `searcher` for `window`. `key` names the query (not its window) for the
+/// per-block counts cache.
 pub fn search(
     searcher: &Searcher,
     query: &dyn Query,
+    key: &str,
     window: &Window,
     cache: &BlockCache,
 ) -> tantivy::Result<Found> {
@@ -81,9 +87,11 @@ pub fn search(
         .zip(&blocks)
         .map(|(reader, blocks)| {
             let fast = reader.fast_fields();
+            let counts = cache.counts(reader, key, || block_counts(weight.as_ref(), reader))?;
             Ok(Segment {
                 reader,
                 blocks,
+                counts,
                 timestamps: fast.u64(TIMESTAMP_FIELD)?,
                 seqs: fast.u64(SEQ_FIELD)?,
             })
@@ -96,6 +104,20 @@ pub fn search(
         top_k(weight.as_ref(), &segments, window)?
     };
     Ok(Found { total, top })
+}
+
+/// The live matches of the query in each block of a segment.
+fn block_counts(weight: &dyn Weight, reader: &SegmentReader) -> tantivy::Result<Vec<u32>> {
+    let mut counts = vec![0u32; reader.max_doc().div_ceil(BLOCK_DOCS) as usize];
+    let alive = reader.alive_bitset();
+    weight.for_each_no_score(reader, &mut |docs| {
+        for &doc in docs {
+            if alive.is_none_or(|a| a.is_alive(doc)) {
+                counts[(doc / BLOCK_DOCS) as usize] += 1;
+            }
+        }
+    })?;
+    Ok(counts)
 }
 
 /// Calls `visit` for every live match among the documents `start..end` of a segment, moving
@@ -123,24 +145,26 @@ fn for_each_match(
 fn count(weight: &dyn Weight, segments: &[Segment<'_>], window: &Window) -> tantivy::Result<u64> {
     let mut total = 0u64;
     for segment in segments {
-        if window.covers(all_bounds(segment.blocks)) {
-            // a term query counts from its document frequency, without iterating
-            total += u64::from(weight.count(segment.reader)?);
-            continue;
-        }
-        // blocks in ascending order: one scorer moves forward through them
-        let mut scorer = weight.scorer(segment.reader, 1.0)?;
+        // blocks in ascending order: one scorer moves forward through the partial ones
+        let mut scorer: Option<Box<dyn Scorer>> = None;
         for (i, &bounds) in segment.blocks.bounds.iter().enumerate() {
-            if window.misses(bounds) {
+            let matches = segment.counts[i];
+            if matches == 0 || window.misses(bounds) {
                 continue;
             }
-            let covered = window.covers(bounds);
+            if window.covers(bounds) {
+                total += u64::from(matches);
+                continue;
+            }
+            let scorer = match &mut scorer {
+                Some(scorer) => scorer,
+                None => scorer.insert(weight.scorer(segment.reader, 1.0)?),
+            };
             for_each_match(scorer.as_mut(), segment, segment.blocks.docs(i), |doc| {
-                if covered
-                    || segment
-                        .timestamps
-                        .first(doc)
-                        .is_some_and(|t| window.in_range(t))
+                if segment
+                    .timestamps
+                    .first(doc)
+                    .is_some_and(|t| window.in_range(t))
                 {
                     total += 1;
                 }
@@ -148,15 +172,6 @@ fn count(weight: &dyn Weight, segments: &[Segment<'_>], window: &Window) -> tant
         }
     }
     Ok(total)
-}
-
-fn all_bounds(blocks: &SegmentBlocks) -> (u64, u64) {
-    blocks
-        .bounds
-        .iter()
-        .fold((u64::MAX, 0), |(lo, hi), &(min, max)| {
-            (lo.min(min), hi.max(max))
-        })
 }
 
 fn top_k(
@@ -169,7 +184,7 @@ fn top_k(
     for (ord, segment) in segments.iter().enumerate() {
         for (i, &(min, max)) in segment.blocks.bounds.iter().enumerate() {
             let newer_than_cursor = window.before.is_some_and(|b| min > b.timestamp);
-            if !window.misses((min, max)) && !newer_than_cursor {
+            if segment.counts[i] > 0 && !window.misses((min, max)) && !newer_than_cursor {
                 order.push((max, ord as u32, i));
             }
         }
