@@ -1,15 +1,17 @@
-//! Timestamp bounds of fixed-size blocks of documents, per segment, and per-block match counts of
-//! recent queries: what lets a newest-first query visit only the blocks that can still reach its
-//! page, and count a total without iterating every match.
+//! Per-segment, per-query block statistics: for each fixed-size block of documents, how many
+//! match the query and the timestamp bounds of those matches. They let a newest-first query visit
+//! only the blocks that can still reach its page, and count a total without iterating every match.
 //!
-//! Documents of a segment sit in ingest order, so a block's timestamps span a short range.
-//! Segments never change, so both are computed once per segment and kept until the segment is
-//! merged away (counts: for the most recent queries only).
+//! Documents of a segment sit in ingest order, so the matches of a block span a short time range,
+//! whatever other users' stragglers share the block. Segments never change: the statistics of a
+//! query are computed once per segment (the first time the query runs after the segment appears)
+//! and kept, for the most recent queries, until the segment is merged away.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tantivy::index::SegmentId;
+use tantivy::query::Weight;
 use tantivy::{DocId, SegmentReader};
 
 use super::schema::TIMESTAMP_FIELD;
@@ -17,33 +19,53 @@ use super::schema::TIMESTAMP_FIELD;
 /// Documents per block. Unit tests use small blocks, so that a small index has many.
 pub const BLOCK_DOCS: u32 = if cfg!(test) { 64 } else { 2048 };
 
-/// The timestamp bounds of each block of a segment.
+/// Most blocks whose statistics are kept, over all segments and queries: 24 bytes each, so
+/// about 48 MiB.
+const MAX_CACHED_BLOCKS: usize = 2 << 20;
+
+/// The matches of a query in one block.
+#[derive(Debug, Clone, Copy)]
+pub struct Block {
+    pub matches: u32,
+    /// Smallest and largest timestamp of the matches (meaningless when there are none).
+    pub min: u64,
+    pub max: u64,
+}
+
+/// The statistics of one query over the blocks of one segment.
 #[derive(Debug)]
 pub struct SegmentBlocks {
-    /// Smallest and largest timestamp of block i (documents i * BLOCK_DOCS ..).
-    pub bounds: Vec<(u64, u64)>,
-    pub max_doc: DocId,
+    pub blocks: Vec<Block>,
+    max_doc: DocId,
 }
 
 impl SegmentBlocks {
-    fn read(segment: &SegmentReader) -> tantivy::Result<Self> {
-        let column = segment.fast_fields().u64(TIMESTAMP_FIELD)?;
+    /// Visits every match of `weight` in `segment` once.
+    fn compute(weight: &dyn Weight, segment: &SegmentReader) -> tantivy::Result<Self> {
+        let timestamps = segment.fast_fields().u64(TIMESTAMP_FIELD)?;
         let max_doc = segment.max_doc();
-        let mut bounds = Vec::with_capacity(max_doc.div_ceil(BLOCK_DOCS) as usize);
-        let mut start = 0;
-        while start < max_doc {
-            let end = (start + BLOCK_DOCS).min(max_doc);
-            let (mut min, mut max) = (u64::MAX, 0);
-            for doc in start..end {
-                if let Some(ts) = column.first(doc) {
-                    min = min.min(ts);
-                    max = max.max(ts);
+        let empty = Block {
+            matches: 0,
+            min: u64::MAX,
+            max: 0,
+        };
+        let mut blocks = vec![empty; max_doc.div_ceil(BLOCK_DOCS) as usize];
+        let alive = segment.alive_bitset();
+        weight.for_each_no_score(segment, &mut |docs| {
+            for &doc in docs {
+                if !alive.is_none_or(|a| a.is_alive(doc)) {
+                    continue;
                 }
+                let Some(ts) = timestamps.first(doc) else {
+                    continue;
+                };
+                let block = &mut blocks[(doc / BLOCK_DOCS) as usize];
+                block.matches += 1;
+                block.min = block.min.min(ts);
+                block.max = block.max.max(ts);
             }
-            bounds.push((min, max));
-            start = end;
-        }
-        Ok(Self { bounds, max_doc })
+        })?;
+        Ok(Self { blocks, max_doc })
     }
 
     /// The documents of block `i`.
@@ -53,12 +75,9 @@ impl SegmentBlocks {
     }
 }
 
-/// Most per-block match counts kept: about 5,000 blocks of 4 bytes each for a 10-million-log
-/// segment, so at most some tens of MiB.
-const MAX_COUNTS: usize = 2048;
+type Key = (SegmentId, String);
 
-/// Per-segment facts that never change while the segment lives: block bounds, and the number of
-/// matches of recent queries in each block.
+/// The statistics of recent queries, by segment and query.
 #[derive(Clone, Default)]
 pub struct BlockCache {
     inner: Arc<Mutex<Cached>>,
@@ -66,66 +85,63 @@ pub struct BlockCache {
 
 #[derive(Default)]
 struct Cached {
-    bounds: HashMap<SegmentId, Arc<SegmentBlocks>>,
-    counts: HashMap<(SegmentId, String), Arc<Vec<u32>>>,
-    /// Keys of `counts`, oldest first, for eviction.
-    count_order: VecDeque<(SegmentId, String)>,
+    stats: HashMap<Key, Arc<SegmentBlocks>>,
+    /// Keys of `stats`, oldest first, for eviction.
+    order: VecDeque<Key>,
+    blocks: usize,
 }
 
 impl BlockCache {
-    /// The bounds of each of `segments`, reading those not seen before; forgets other segments.
-    pub fn for_segments(
+    /// The statistics of the query `key` (whose weight is `weight`) in each of `segments`,
+    /// computing the missing ones; forgets segments no longer searched.
+    pub fn for_query(
         &self,
         segments: &[SegmentReader],
+        key: &str,
+        weight: &dyn Weight,
     ) -> tantivy::Result<Vec<Arc<SegmentBlocks>>> {
         let mut result = Vec::with_capacity(segments.len());
         let mut fresh = Vec::new();
         for segment in segments {
-            let known = self.lock().bounds.get(&segment.segment_id()).cloned();
-            let blocks = match known {
-                Some(blocks) => blocks,
+            let id = (segment.segment_id(), key.to_owned());
+            let known = self.lock().stats.get(&id).cloned();
+            let stats = match known {
+                Some(stats) => stats,
                 None => {
-                    let blocks = Arc::new(SegmentBlocks::read(segment)?);
-                    fresh.push((segment.segment_id(), blocks.clone()));
-                    blocks
+                    let stats = Arc::new(SegmentBlocks::compute(weight, segment)?);
+                    fresh.push((id, stats.clone()));
+                    stats
                 }
             };
-            result.push(blocks);
+            result.push(stats);
         }
         let mut cached = self.lock();
         let live = |id: &SegmentId| segments.iter().any(|s| s.segment_id() == *id);
-        cached.bounds.retain(|id, _| live(id));
-        cached.counts.retain(|(id, _), _| live(id));
-        cached.count_order.retain(|(id, _)| live(id));
-        cached.bounds.extend(fresh);
+        if cached.order.iter().any(|(id, _)| !live(id)) {
+            cached.stats.retain(|(id, _), _| live(id));
+            cached.order.retain(|(id, _)| live(id));
+            cached.blocks = cached.stats.values().map(|s| s.blocks.len()).sum();
+        }
+        for (id, stats) in fresh {
+            cached.blocks += stats.blocks.len();
+            if let Some(replaced) = cached.stats.insert(id.clone(), stats) {
+                cached.blocks -= replaced.blocks.len();
+            } else {
+                cached.order.push_back(id);
+            }
+        }
+        while cached.blocks > MAX_CACHED_BLOCKS {
+            let Some(oldest) = cached.order.pop_front() else {
+                break;
+            };
+            if let Some(evicted) = cached.stats.remove(&oldest) {
+                cached.blocks -= evicted.blocks.len();
+            }
+        }
         Ok(result)
     }
 
-    /// The matches of the query `key` in each block of `segment`, from `compute` the first time.
-    pub fn counts(
-        &self,
-        segment: &SegmentReader,
-        key: &str,
-        compute: impl FnOnce() -> tantivy::Result<Vec<u32>>,
-    ) -> tantivy::Result<Arc<Vec<u32>>> {
-        let id = (segment.segment_id(), key.to_owned());
-        if let Some(counts) = self.lock().counts.get(&id) {
-            return Ok(counts.clone());
-        }
-        let counts = Arc::new(compute()?);
-        let mut cached = self.lock();
-        if cached.counts.insert(id.clone(), counts.clone()).is_none() {
-            cached.count_order.push_back(id);
-        }
-        while cached.count_order.len() > MAX_COUNTS {
-            if let Some(oldest) = cached.count_order.pop_front() {
-                cached.counts.remove(&oldest);
-            }
-        }
-        Ok(counts)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+    fn lock(&self) -> MutexGuard<'_, Cached> {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -1,9 +1,9 @@
 //! Newest-first pages with exact totals, without visiting every match.
 //!
-//! The page: blocks of documents that hold matches are visited newest first (by their largest
-//! timestamp, across all segments), and the visit stops as soon as the next block cannot beat
-//! the oldest log kept. The total: the sum of the query's per-block match counts (counted once
-//! per segment and cached), iterating only the blocks a time range cuts through.
+//! The page: blocks of documents that hold matches are visited newest first (by the largest
+//! timestamp of their matches, across all segments), and the visit stops as soon as the next
+//! block cannot beat the oldest log kept. The total: the sum of the query's per-block match
+//! counts, iterating only the blocks a time range cuts through.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -14,7 +14,7 @@ use tantivy::columnar::Column;
 use tantivy::query::{EnableScoring, Query, Scorer, Weight};
 use tantivy::{DocAddress, DocId, DocSet, Searcher, SegmentReader, TERMINATED};
 
-use super::blocks::{BLOCK_DOCS, BlockCache, SegmentBlocks};
+use super::blocks::{BlockCache, SegmentBlocks};
 use super::schema::{SEQ_FIELD, TIMESTAMP_FIELD};
 
 /// The order of logs: newest timestamp first, then newest ingested first.
@@ -63,15 +63,14 @@ pub struct Found {
 
 struct Segment<'a> {
     reader: &'a SegmentReader,
-    blocks: &'a SegmentBlocks,
-    /// Matches of the query in each block.
-    counts: Arc<Vec<u32>>,
+    /// The query's matches in each block.
+    stats: Arc<SegmentBlocks>,
     timestamps: Column<u64>,
     seqs: Column<u64>,
 }
 
 /// Runs `query` over `searcher` for `window`. `key` names the query (not its window) for the
-/// per-block counts cache.
+/// cache of block statistics.
 pub fn search(
     searcher: &Searcher,
     query: &dyn Query,
@@ -81,17 +80,15 @@ pub fn search(
 ) -> tantivy::Result<Found> {
     let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
     let readers = searcher.segment_readers();
-    let blocks = cache.for_segments(readers)?;
+    let stats = cache.for_query(readers, key, weight.as_ref())?;
     let segments = readers
         .iter()
-        .zip(&blocks)
-        .map(|(reader, blocks)| {
+        .zip(stats)
+        .map(|(reader, stats)| {
             let fast = reader.fast_fields();
-            let counts = cache.counts(reader, key, || block_counts(weight.as_ref(), reader))?;
             Ok(Segment {
                 reader,
-                blocks,
-                counts,
+                stats,
                 timestamps: fast.u64(TIMESTAMP_FIELD)?,
                 seqs: fast.u64(SEQ_FIELD)?,
             })
@@ -104,20 +101,6 @@ pub fn search(
         top_k(weight.as_ref(), &segments, window)?
     };
     Ok(Found { total, top })
-}
-
-/// The live matches of the query in each block of a segment.
-fn block_counts(weight: &dyn Weight, reader: &SegmentReader) -> tantivy::Result<Vec<u32>> {
-    let mut counts = vec![0u32; reader.max_doc().div_ceil(BLOCK_DOCS) as usize];
-    let alive = reader.alive_bitset();
-    weight.for_each_no_score(reader, &mut |docs| {
-        for &doc in docs {
-            if alive.is_none_or(|a| a.is_alive(doc)) {
-                counts[(doc / BLOCK_DOCS) as usize] += 1;
-            }
-        }
-    })?;
-    Ok(counts)
 }
 
 /// Calls `visit` for every live match among the documents `start..end` of a segment, moving
@@ -147,20 +130,20 @@ fn count(weight: &dyn Weight, segments: &[Segment<'_>], window: &Window) -> tant
     for segment in segments {
         // blocks in ascending order: one scorer moves forward through the partial ones
         let mut scorer: Option<Box<dyn Scorer>> = None;
-        for (i, &bounds) in segment.blocks.bounds.iter().enumerate() {
-            let matches = segment.counts[i];
-            if matches == 0 || window.misses(bounds) {
+        for (i, block) in segment.stats.blocks.iter().enumerate() {
+            let bounds = (block.min, block.max);
+            if block.matches == 0 || window.misses(bounds) {
                 continue;
             }
             if window.covers(bounds) {
-                total += u64::from(matches);
+                total += u64::from(block.matches);
                 continue;
             }
             let scorer = match &mut scorer {
                 Some(scorer) => scorer,
                 None => scorer.insert(weight.scorer(segment.reader, 1.0)?),
             };
-            for_each_match(scorer.as_mut(), segment, segment.blocks.docs(i), |doc| {
+            for_each_match(scorer.as_mut(), segment, segment.stats.docs(i), |doc| {
                 if segment
                     .timestamps
                     .first(doc)
@@ -182,10 +165,10 @@ fn top_k(
     // every block that may hold an eligible match, newest first
     let mut order: Vec<(u64, u32, usize)> = Vec::new();
     for (ord, segment) in segments.iter().enumerate() {
-        for (i, &(min, max)) in segment.blocks.bounds.iter().enumerate() {
-            let newer_than_cursor = window.before.is_some_and(|b| min > b.timestamp);
-            if segment.counts[i] > 0 && !window.misses((min, max)) && !newer_than_cursor {
-                order.push((max, ord as u32, i));
+        for (i, block) in segment.stats.blocks.iter().enumerate() {
+            let newer_than_cursor = window.before.is_some_and(|b| block.min > b.timestamp);
+            if block.matches > 0 && !window.misses((block.min, block.max)) && !newer_than_cursor {
+                order.push((block.max, ord as u32, i));
             }
         }
     }
@@ -203,7 +186,7 @@ fn top_k(
         let segment = &segments[ord as usize];
         // blocks come newest first, not in document order: a scorer per block
         let mut scorer = weight.scorer(segment.reader, 1.0)?;
-        for_each_match(scorer.as_mut(), segment, segment.blocks.docs(i), |doc| {
+        for_each_match(scorer.as_mut(), segment, segment.stats.docs(i), |doc| {
             let (Some(timestamp), Some(seq)) =
                 (segment.timestamps.first(doc), segment.seqs.first(doc))
             else {
