@@ -389,7 +389,7 @@ fn empty_object() -> Box<RawValue> {
 /// A kvlist as a JSON object, or a string that holds one (kept as sent, nulls included).
 fn json_object(found: Found<'_>) -> Option<Box<RawValue>> {
     if let Found::Any(value @ Value::KvlistValue(_)) = found {
-        return RawValue::from_string(to_json(value).to_string()).ok();
+        return serde_json::value::to_raw_value(&to_json(value)).ok();
     }
     let text = found.as_str()?.trim();
     if !text.starts_with('{') {
