@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{Served, serve, write_config};
-use common::{PATIENCE, activity, request_of};
+use common::process::{Served, serve, stored_messages, wait_ready, write_config};
+use common::{PATIENCE, activity, authorized, request_of};
 use logbridge::auth::Secret;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 
@@ -54,12 +54,10 @@ async fn stream_until_killed(
                     .enumerate()
                     .map(|(i, m)| activity("tool_call", 1 + (batch * BATCH + i) as u64, m))
                     .collect();
-                let mut request = tonic::Request::new(request_of(records));
-                request.metadata_mut().insert(
-                    "authorization",
-                    format!("Bearer {}", secret.expose()).parse().unwrap(),
-                );
-                match client.export(request).await {
+                match client
+                    .export(authorized(request_of(records), &secret))
+                    .await
+                {
                     Ok(response) => {
                         assert_eq!(response.into_inner().partial_success, None);
                         acked.lock().unwrap().extend(messages);
@@ -85,47 +83,6 @@ async fn stream_until_killed(
         .expect("every exporter has stopped")
         .into_inner()
         .unwrap()
-}
-
-async fn wait_ready(api: &str) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Ok(response) = client.get(format!("http://{api}/readyz")).send().await
-            && response.status() == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Every message stored, by walking all pages with cursors.
-async fn stored_messages(api: &str, secret: &Secret) -> Vec<String> {
-    let client = reqwest::Client::new();
-    let mut all = Vec::new();
-    let mut query = "limit=100".to_owned();
-    loop {
-        let body: serde_json::Value = client
-            .get(format!("http://{api}/logs?{query}"))
-            .bearer_auth(secret.expose())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let data = &body["data"];
-        all.extend(common::messages(data));
-        match data["next_cursor"].as_str() {
-            Some(cursor) => query = format!("limit=100&cursor={cursor}"),
-            None => {
-                assert_eq!(data["total"].as_u64().unwrap() as usize, all.len());
-                return all;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

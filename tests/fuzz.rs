@@ -7,8 +7,7 @@
 
 use logbridge::api::{ApiError, MAX_LIMIT, parse_logs_params};
 use logbridge::mapping::{
-    ActivityLog, MAX_DATA_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MappingConfig, RecordContext,
-    map_record,
+    ActivityLog, MAX_DATA_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MappingConfig, map_request,
 };
 use logbridge::otlp::decode_json;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -107,23 +106,9 @@ fn log_record() -> impl Strategy<Value = LogRecord> {
 
 /// Maps every record of a request; checks what the mapping promises of its output.
 fn map_all(request: &ExportLogsServiceRequest, key_user: Option<&str>) {
-    let config = MappingConfig::default();
-    for resource_logs in &request.resource_logs {
-        let resource = resource_logs
-            .resource
-            .as_ref()
-            .map_or(&[][..], |r| &r.attributes[..]);
-        let ctx = RecordContext {
-            resource,
-            key_user,
-            received_nanos: 1,
-        };
-        for record in resource_logs.scope_logs.iter().flat_map(|s| &s.log_records) {
-            if let Ok(log) = map_record(&config, &ctx, record) {
-                check_log(&log);
-            }
-        }
-    }
+    let mapped = map_request(&MappingConfig::default(), key_user, 1, request);
+    assert_eq!(mapped.logs.len() + mapped.rejected.len(), mapped.records);
+    mapped.logs.iter().for_each(check_log);
 }
 
 fn check_log(log: &ActivityLog) {

@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::process::{serve, terminate, write_config};
+use common::process::{serve, stored_messages, terminate, write_config};
 use common::*;
 use logbridge::auth::Secret;
 use logbridge::emit::{EmitOptions, emit};
@@ -14,22 +14,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use prost::Message as _;
 use tonic::Code;
 use tonic_types::StatusExt as _;
-
-/// The value of one sample line of `/metrics`, e.g. `logbridge_index_logs`.
-async fn metric(app: &TestApp, sample: &str) -> f64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.api_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test]
 async fn metrics_count_what_happened() {
@@ -115,7 +99,7 @@ async fn metrics_count_what_happened() {
         ),
     ];
     for (sample, expected) in expectations {
-        assert_eq!(metric(&app, sample).await, expected, "{sample}");
+        assert_eq!(metric(&app.api_url, sample).await, expected, "{sample}");
     }
 }
 
@@ -140,12 +124,10 @@ async fn a_flood_is_refused_with_retry_information_not_buffered() {
         let records = batch(exporter);
         tasks.push(tokio::spawn(async move {
             let mut client = LogsServiceClient::connect(url).await.unwrap();
-            let mut request = tonic::Request::new(request_of(records));
-            request.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {}", key.expose()).parse().unwrap(),
-            );
-            (exporter, client.export(request).await)
+            (
+                exporter,
+                client.export(authorized(request_of(records), &key)).await,
+            )
         }));
     }
     let mut accepted = HashSet::new();
@@ -230,7 +212,10 @@ async fn a_flood_is_refused_with_retry_information_not_buffered() {
     app.flush().await;
     let data = app.logs(&app.keys.alice, "limit=1").await;
     assert_eq!(data["total"], accepted.len() * 3000);
-    assert_eq!(metric(&app, "logbridge_ingest_queue_depth").await, 0.0);
+    assert_eq!(
+        metric(&app.api_url, "logbridge_ingest_queue_depth").await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,32 +254,16 @@ async fn sdk_exporters_retry_through_overload_and_lose_nothing() {
     assert_eq!(app.logs(&app.keys.alice, "limit=1").await["total"], 15_000);
     // the queue of one did overflow, and the refused batches came back
     let refused = metric(
-        &app,
+        &app.api_url,
         "logbridge_otlp_exports_total{transport=\"grpc\",status=\"UNAVAILABLE\"}",
     )
     .await
         + metric(
-            &app,
+            &app.api_url,
             "logbridge_otlp_exports_total{transport=\"http\",status=\"503\"}",
         )
         .await;
     assert!(refused > 0.0, "the flood never filled the queue");
-}
-
-/// `logbridge_records_accepted_total` of the server at `api`.
-async fn accepted(api: &str) -> f64 {
-    let text = reqwest::Client::new()
-        .get(format!("http://{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("logbridge_records_accepted_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,12 +300,10 @@ async fn sigterm_drains_in_flight_exports_and_exits_zero() {
                     .iter()
                     .map(|m| activity("tool_call", at_ms(1), m))
                     .collect();
-                let mut request = tonic::Request::new(request_of(records));
-                request.metadata_mut().insert(
-                    "authorization",
-                    format!("Bearer {}", secret.expose()).parse().unwrap(),
-                );
-                match client.export(request).await {
+                match client
+                    .export(authorized(request_of(records), &secret))
+                    .await
+                {
                     Ok(_) => acked.extend(messages),
                     Err(_) => return acked,
                 }
@@ -346,7 +313,8 @@ async fn sigterm_drains_in_flight_exports_and_exits_zero() {
     }
     // let some records through, then ask it to stop mid-stream
     let deadline = Instant::now() + PATIENCE;
-    while accepted(&served.api).await < 2000.0 {
+    let api_url = format!("http://{}", served.api);
+    while metric(&api_url, "logbridge_records_accepted_total").await < 2000.0 {
         assert!(Instant::now() < deadline, "exports stalled");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -369,24 +337,8 @@ async fn sigterm_drains_in_flight_exports_and_exits_zero() {
 
     let restarted = serve(&config);
     let mut stored = HashSet::new();
-    let mut query = "limit=100".to_owned();
-    loop {
-        let body: serde_json::Value = reqwest::Client::new()
-            .get(format!("http://{}/logs?{query}", restarted.api))
-            .bearer_auth(secret.expose())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for message in messages(&body["data"]) {
-            assert!(stored.insert(message.clone()), "{message} stored twice");
-        }
-        match body["data"]["next_cursor"].as_str() {
-            Some(cursor) => query = format!("limit=100&cursor={cursor}"),
-            None => break,
-        }
+    for message in stored_messages(&restarted.api, &secret).await {
+        assert!(stored.insert(message.clone()), "{message} stored twice");
     }
     for message in &acked {
         assert!(stored.contains(message), "acknowledged {message} lost");

@@ -79,13 +79,9 @@ async fn a_gzip_export_from_a_plain_grpc_client_is_accepted() {
     let mut client = LogsServiceClient::new(channel)
         .send_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Gzip);
-    let mut request =
-        tonic::Request::new(request_of(vec![activity("tool_call", at_ms(1), "zipped")]));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", app.keys.alice.expose())
-            .parse()
-            .unwrap(),
+    let request = authorized(
+        request_of(vec![activity("tool_call", at_ms(1), "zipped")]),
+        &app.keys.alice,
     );
     let response = client.export(request).await.unwrap().into_inner();
     assert_eq!(response.partial_success, None);
@@ -99,13 +95,7 @@ async fn an_empty_export_succeeds_without_partial_success() {
     let response = app.export(&app.keys.alice, vec![]).await.unwrap();
     assert_eq!(response.partial_success, None);
     let mut client = app.grpc_client().await;
-    let mut request = tonic::Request::new(ExportLogsServiceRequest::default());
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", app.keys.alice.expose())
-            .parse()
-            .unwrap(),
-    );
+    let request = authorized(ExportLogsServiceRequest::default(), &app.keys.alice);
     assert_eq!(
         client
             .export(request)
@@ -280,17 +270,8 @@ async fn an_oversized_export_is_resource_exhausted() {
         .await
         .unwrap();
     let mut client = LogsServiceClient::new(channel).send_compressed(CompressionEncoding::Gzip);
-    let mut request = tonic::Request::new(request_of(vec![activity(
-        "tool_call",
-        at_ms(1),
-        &"y".repeat(100_000),
-    )]));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", app.keys.alice.expose())
-            .parse()
-            .unwrap(),
-    );
+    let big = request_of(vec![activity("tool_call", at_ms(1), &"y".repeat(100_000))]);
+    let request = authorized(big, &app.keys.alice);
     let status = client.export(request).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 pub use writer::{IngestQueue, WriteError, WriterOptions, WriterThread, spawn_writer};
 
 use crate::auth::{AuthError, KeyStore, Scope};
-use crate::mapping::{MappingConfig, RecordContext, map_record};
+use crate::mapping::{MappedRequest, MappingConfig, map_request};
 use crate::metrics::{Metrics, RejectLabels};
 
 /// How many rejection reasons an error message names.
@@ -80,44 +80,20 @@ impl ExportService {
         let received_nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let mut logs = Vec::new();
-        let mut rejected = 0u64;
-        let mut reasons = Vec::new();
-        let mut index = 0usize;
-        for resource_logs in &request.resource_logs {
-            let resource = resource_logs
-                .resource
-                .as_ref()
-                .map_or(&[][..], |r| &r.attributes[..]);
-            let ctx = RecordContext {
-                resource,
-                key_user,
-                received_nanos,
-            };
-            for record in resource_logs
-                .scope_logs
-                .iter()
-                .flat_map(|scope| &scope.log_records)
-            {
-                match map_record(&self.mapping, &ctx, record) {
-                    Ok(log) => logs.push(log),
-                    Err(reason) => {
-                        rejected += 1;
-                        self.metrics
-                            .records_rejected
-                            .get_or_create(&RejectLabels {
-                                reason: reason.label(),
-                            })
-                            .inc();
-                        if reasons.len() < REASONS_SHOWN {
-                            reasons.push(format!("record {index}: {reason}"));
-                        }
-                    }
-                }
-                index += 1;
-            }
+        let MappedRequest {
+            logs,
+            rejected,
+            records,
+        } = map_request(&self.mapping, key_user, received_nanos, request);
+        self.metrics.records_received.inc_by(records as u64);
+        for (_, reason) in &rejected {
+            self.metrics
+                .records_rejected
+                .get_or_create(&RejectLabels {
+                    reason: reason.label(),
+                })
+                .inc();
         }
-        self.metrics.records_received.inc_by(index as u64);
         if !logs.is_empty() {
             let accepted = logs.len() as u64;
             self.queue.write(logs).await.map_err(|e| match e {
@@ -128,19 +104,25 @@ impl ExportService {
             })?;
             self.metrics.records_accepted.inc_by(accepted);
         }
-        if rejected == 0 {
+        if rejected.is_empty() {
             return Ok(ExportOutcome::default());
         }
-        tracing::debug!(rejected, total = index, "records rejected");
-        let more = if rejected > reasons.len() as u64 {
+        let reasons: Vec<String> = rejected
+            .iter()
+            .take(REASONS_SHOWN)
+            .map(|(index, reason)| format!("record {index}: {reason}"))
+            .collect();
+        let num_rejected = rejected.len() as u64;
+        tracing::debug!(rejected = num_rejected, total = records, "records rejected");
+        let more = if rejected.len() > REASONS_SHOWN {
             "; ..."
         } else {
             ""
         };
         Ok(ExportOutcome {
-            rejected,
+            rejected: num_rejected,
             error_message: format!(
-                "{rejected} of {index} log records rejected: {}{more}",
+                "{num_rejected} of {records} log records rejected: {}{more}",
                 reasons.join("; ")
             ),
         })

@@ -9,6 +9,7 @@ mod value;
 use std::fmt;
 use std::str::FromStr;
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde::{Deserialize, Serialize};
@@ -199,6 +200,54 @@ pub struct RecordContext<'a> {
     pub key_user: Option<&'a str>,
     /// When the export arrived, for records with neither time set.
     pub received_nanos: u64,
+}
+
+/// The activity logs of an export request, and what could not be mapped.
+#[derive(Debug)]
+pub struct MappedRequest {
+    pub logs: Vec<ActivityLog>,
+    /// Each rejected record's position in the request (counting across resources and scopes)
+    /// and why it was rejected.
+    pub rejected: Vec<(usize, RejectReason)>,
+    /// Records in the request.
+    pub records: usize,
+}
+
+/// Maps every record of an export request from a key bound to `key_user`, received at
+/// `received_nanos`.
+pub fn map_request(
+    config: &MappingConfig,
+    key_user: Option<&str>,
+    received_nanos: u64,
+    request: &ExportLogsServiceRequest,
+) -> MappedRequest {
+    let mut mapped = MappedRequest {
+        logs: Vec::new(),
+        rejected: Vec::new(),
+        records: 0,
+    };
+    for resource_logs in &request.resource_logs {
+        let ctx = RecordContext {
+            resource: resource_logs
+                .resource
+                .as_ref()
+                .map_or(&[][..], |r| &r.attributes[..]),
+            key_user,
+            received_nanos,
+        };
+        for record in resource_logs
+            .scope_logs
+            .iter()
+            .flat_map(|scope| &scope.log_records)
+        {
+            match map_record(config, &ctx, record) {
+                Ok(log) => mapped.logs.push(log),
+                Err(reason) => mapped.rejected.push((mapped.records, reason)),
+            }
+            mapped.records += 1;
+        }
+    }
+    mapped
 }
 
 /// Maps one OTLP LogRecord to an activity log.

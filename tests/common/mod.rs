@@ -258,11 +258,7 @@ impl TestApp {
         key: &Secret,
         records: Vec<LogRecord>,
     ) -> Result<ExportLogsServiceResponse, tonic::Status> {
-        let mut request = tonic::Request::new(request_of(records));
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", key.expose()).parse().unwrap(),
-        );
+        let request = authorized(request_of(records), key);
         self.grpc_client()
             .await
             .export(request)
@@ -295,6 +291,30 @@ impl TestApp {
         assert_eq!(status, 200, "{body}");
         body["data"].clone()
     }
+}
+
+/// A gRPC request carrying `key` as its bearer token.
+pub fn authorized<T>(message: T, key: &Secret) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", key.expose()).parse().unwrap(),
+    );
+    request
+}
+
+/// The value of one sample line of `/metrics` at `api_url`, e.g. `logbridge_index_logs`
+/// (0 when absent).
+pub async fn metric(api_url: &str, sample: &str) -> f64 {
+    let text = reqwest::get(format!("{api_url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// One export request holding `records` under one resource and scope.

@@ -6,7 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::PATIENCE;
+use logbridge::auth::Secret;
+
+use super::{PATIENCE, messages};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
 
@@ -111,4 +113,46 @@ pub fn terminate(served: &mut Served) -> Vec<String> {
     };
     assert!(exit.success(), "exit status {exit:?}");
     served.lines.try_iter().collect()
+}
+
+/// Polls `/readyz` until it answers 200.
+pub async fn wait_ready(api: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(response) = client.get(format!("http://{api}/readyz")).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every message stored for `secret`'s user, newest first, by walking all pages with cursors.
+pub async fn stored_messages(api: &str, secret: &Secret) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut all = Vec::new();
+    let mut query = "limit=100".to_owned();
+    loop {
+        let body: serde_json::Value = client
+            .get(format!("http://{api}/logs?{query}"))
+            .bearer_auth(secret.expose())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let data = &body["data"];
+        all.extend(messages(data));
+        match data["next_cursor"].as_str() {
+            Some(cursor) => query = format!("limit=100&cursor={cursor}"),
+            None => {
+                assert_eq!(data["total"].as_u64().unwrap() as usize, all.len());
+                return all;
+            }
+        }
+    }
 }
