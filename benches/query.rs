@@ -3,12 +3,13 @@
 //!
 //!     cargo bench --bench query -- [--records 10000000] [--dir PATH] [--clients 4] [--requests 400] [--runs 3]
 //!
-//! The index is built in `--dir` (default `target/bench-index`) on first use and reused after.
+//! The index is built in `--dir` (default `target/bench-index`) on first use, merged into one
+//! segment (the footprint is measured after that final merge), and reused after.
 
 #[path = "harness/mod.rs"]
 mod harness;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use harness::{
@@ -84,6 +85,29 @@ async fn build(args: &Args) {
     std::fs::write(&marker, "").unwrap();
 }
 
+/// Merges every segment of the index into one, as a final merge would, and deletes the files
+/// merged away; nothing to do when the index is one segment already.
+fn final_merge(index_dir: &Path) {
+    let index = tantivy::Index::open_in_dir(index_dir).expect("open the index");
+    let segments = index.searchable_segment_ids().expect("segment ids");
+    if segments.len() <= 1 {
+        return;
+    }
+    let started = Instant::now();
+    let mut writer: tantivy::IndexWriter = index.writer(256 << 20).expect("index writer");
+    writer.merge(&segments).wait().expect("merge");
+    writer
+        .garbage_collect_files()
+        .wait()
+        .expect("garbage collection");
+    writer.wait_merging_threads().expect("merge threads");
+    eprintln!(
+        "merged {} segments into one in {:.0} s",
+        segments.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -92,6 +116,7 @@ fn ms(d: Duration) -> f64 {
 async fn main() {
     let args = args();
     build(&args).await;
+    final_merge(&args.dir.join("index"));
     let index_bytes = disk_bytes(&args.dir.join("index"));
     let server = Server::start(BIN, &args.dir, 1000).await;
     println!(

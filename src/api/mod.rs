@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 pub use cursor::Cursor;
 pub use error::ApiError;
-pub use params::{DEFAULT_LIMIT, LogsRequest, MAX_LIMIT, parse as parse_logs_params};
+pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 
 use crate::auth::{KeyStore, Scope};
 use crate::metrics::{Metrics, RequestLabels};

@@ -16,7 +16,7 @@ use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value as _};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
-pub use schema::{MAX_WORD_BYTES, format_timestamp, message_terms};
+pub use schema::{MAX_WORD_BYTES, message_terms};
 pub use search::SortKey;
 
 use crate::mapping::{ActivityLog, LogStatus, LogType};

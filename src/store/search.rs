@@ -162,48 +162,64 @@ fn top_k(
     segments: &[Segment<'_>],
     window: &Window,
 ) -> tantivy::Result<Vec<(SortKey, DocAddress)>> {
-    // every block that may hold an eligible match, newest first
-    let mut order: Vec<(u64, u32, usize)> = Vec::new();
+    // every block that may hold an eligible match, newest first: (max, segment, block, matches)
+    let mut order: Vec<(u64, u32, usize, u32)> = Vec::new();
     for (ord, segment) in segments.iter().enumerate() {
         for (i, block) in segment.stats.blocks.iter().enumerate() {
             let newer_than_cursor = window.before.is_some_and(|b| block.min > b.timestamp);
             if block.matches > 0 && !window.misses((block.min, block.max)) && !newer_than_cursor {
-                order.push((block.max, ord as u32, i));
+                order.push((block.max, ord as u32, i, block.matches));
             }
         }
     }
-    order.sort_unstable_by_key(|&(max, ord, i)| Reverse((max, ord, i)));
+    order.sort_unstable_by_key(|&(max, ord, i, _)| Reverse((max, ord, i)));
 
     let mut heap: BinaryHeap<Reverse<(SortKey, u32, DocId)>> = BinaryHeap::new();
-    for (max, ord, i) in order {
-        if heap.len() == window.k
-            && heap
-                .peek()
-                .is_some_and(|Reverse((oldest, _, _))| max < oldest.timestamp)
-        {
+    let mut next = 0;
+    while next < order.len() {
+        let oldest = heap.peek().map(|Reverse((key, _, _))| key.timestamp);
+        if heap.len() == window.k && oldest.is_some_and(|oldest| order[next].0 < oldest) {
             break;
         }
-        let segment = &segments[ord as usize];
-        // blocks come newest first, not in document order: a scorer per block
-        let mut scorer = weight.scorer(segment.reader, 1.0)?;
-        for_each_match(scorer.as_mut(), segment, segment.stats.docs(i), |doc| {
-            let (Some(timestamp), Some(seq)) =
-                (segment.timestamps.first(doc), segment.seqs.first(doc))
-            else {
-                return;
+        // A round: the next blocks until they hold enough matches to fill the heap (one block
+        // once it is full), visited in document order so that one scorer per segment only
+        // moves forward, however deep the page.
+        let wanted = (window.k - heap.len()).max(1) as u64;
+        let mut round = Vec::new();
+        let mut matches = 0u64;
+        while next < order.len() && matches < wanted {
+            let (_, ord, i, count) = order[next];
+            round.push((ord, i));
+            matches += u64::from(count);
+            next += 1;
+        }
+        round.sort_unstable();
+        let mut scorer: Option<(u32, Box<dyn Scorer>)> = None;
+        for (ord, i) in round {
+            let segment = &segments[ord as usize];
+            let scorer = match &mut scorer {
+                Some((current, scorer)) if *current == ord => scorer,
+                _ => &mut scorer.insert((ord, weight.scorer(segment.reader, 1.0)?)).1,
             };
-            let key = SortKey { timestamp, seq };
-            if !window.in_range(timestamp) || window.before.is_some_and(|b| key >= b) {
-                return;
-            }
-            if heap.len() < window.k {
-                heap.push(Reverse((key, ord, doc)));
-            } else if let Some(mut oldest) = heap.peek_mut()
-                && key > oldest.0.0
-            {
-                *oldest = Reverse((key, ord, doc));
-            }
-        });
+            for_each_match(scorer.as_mut(), segment, segment.stats.docs(i), |doc| {
+                let (Some(timestamp), Some(seq)) =
+                    (segment.timestamps.first(doc), segment.seqs.first(doc))
+                else {
+                    return;
+                };
+                let key = SortKey { timestamp, seq };
+                if !window.in_range(timestamp) || window.before.is_some_and(|b| key >= b) {
+                    return;
+                }
+                if heap.len() < window.k {
+                    heap.push(Reverse((key, ord, doc)));
+                } else if let Some(mut oldest) = heap.peek_mut()
+                    && key > oldest.0.0
+                {
+                    *oldest = Reverse((key, ord, doc));
+                }
+            });
+        }
     }
     let mut top: Vec<(SortKey, DocAddress)> = heap
         .into_iter()
