@@ -6,20 +6,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::PATIENCE;
-use common::process::{BIN, serve, terminate, write_config};
-
-async fn total(api: &str, key: &str) -> u64 {
-    let body: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{api}/logs?limit=1"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["data"]["total"].as_u64().unwrap()
-}
+use common::process::{BIN, serve, stored_messages, terminate, write_config};
+use logbridge::auth::Secret;
 
 #[tokio::test]
 async fn first_start_emit_read_and_sigterm() {
@@ -66,7 +54,8 @@ async fn first_start_emit_read_and_sigterm() {
     }
     // visible within the commit interval, without any flush
     let deadline = Instant::now() + PATIENCE;
-    while total(&served.api, &secret).await != 80 {
+    let key = Secret::new(secret.clone());
+    while stored_messages(&served.api, &key).await.len() != 80 {
         assert!(Instant::now() < deadline, "records never became visible");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -85,7 +74,7 @@ async fn first_start_emit_read_and_sigterm() {
             .iter()
             .any(|l| l.contains("shown only this once"))
     );
-    assert_eq!(total(&served.api, &secret).await, 80);
+    assert_eq!(stored_messages(&served.api, &key).await.len(), 80);
     terminate(&mut served);
 }
 
