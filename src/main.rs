@@ -77,7 +77,7 @@ struct EmitArgs {
     #[arg(long)]
     endpoint: Option<String>,
     /// API key with the ingest scope (default: from OTEL_EXPORTER_OTLP_HEADERS).
-    #[arg(long, env = "LOGBRIDGE_KEY", hide_env_values = true)]
+    #[arg(long)]
     key: Option<String>,
     /// Number of activity logs to send.
     #[arg(long, default_value_t = 100)]
