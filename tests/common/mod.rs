@@ -135,8 +135,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 }
 
 fn init_test_logging() {
-    // LOGBRIDGE_TEST_LOG=debug shows the server's logs while tests run.
-    if let Ok(level) = std::env::var("LOGBRIDGE_TEST_LOG") {
+    // TEST_LOG=debug shows the server's logs while tests run.
+    if let Ok(level) = std::env::var("TEST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(level))
             .with_test_writer()
