@@ -7,12 +7,11 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-
 use std::sync::Arc;
-use tantivy::columnar::Column;
 
+use tantivy::columnar::Column;
 use tantivy::query::{EnableScoring, Query, Scorer, Weight};
-use tantivy::{DocAddress, DocId, DocSet, Searcher, SegmentReader, TERMINATED};
+use tantivy::{DocAddress, DocId, DocSet, Searcher, SegmentReader};
 
 use super::blocks::{BlockCache, SegmentBlocks};
 use super::schema::{SEQ_FIELD, TIMESTAMP_FIELD};
@@ -122,7 +121,6 @@ fn for_each_match(
         }
         doc = scorer.advance();
     }
-    debug_assert!(doc == TERMINATED || doc >= end);
 }
 
 fn count(weight: &dyn Weight, segments: &[Segment<'_>], window: &Window) -> tantivy::Result<u64> {
