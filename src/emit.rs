@@ -2,7 +2,7 @@
 //! OpenTelemetry SDK, exactly as an instrumented worker does.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use opentelemetry::logs::{AnyValue, Logger as _, LoggerProvider as _, Severity};
@@ -11,6 +11,7 @@ use opentelemetry_otlp::{
     WithTonicConfig as _,
 };
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use serde_json::Value;
 
@@ -20,6 +21,9 @@ use crate::workload::{Activity, Workload};
 /// Records handed to the SDK between two flushes; below the batch processor's queue size (2048),
 /// so none is dropped.
 const CHUNK: usize = 2000;
+
+/// Longest wait for the SDK to export one chunk, retries included.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(60);
 
 /// How the simulator sends.
 #[derive(Debug, Clone)]
@@ -109,15 +113,37 @@ pub async fn emit(options: &EmitOptions) -> anyhow::Result<()> {
             fill_record(&mut record, &activity, options.user.as_deref());
             logger.emit(record);
         }
-        let flushing = provider.clone();
-        tokio::task::spawn_blocking(move || flushing.force_flush())
-            .await?
-            .context("exporting to logbridge failed")?;
+        flush(&provider).await?;
     }
     tokio::task::spawn_blocking(move || provider.shutdown())
         .await?
         .context("shutting down the exporter failed")?;
     Ok(())
+}
+
+/// Waits until the SDK has exported everything handed to it. The SDK gives up waiting on a flush
+/// after 5 s while its exports go on (retrying an overloaded server takes longer): such a flush
+/// is asked again, for up to [`FLUSH_PATIENCE`] in all.
+async fn flush(provider: &SdkLoggerProvider) -> anyhow::Result<()> {
+    let deadline = Instant::now() + FLUSH_PATIENCE;
+    loop {
+        let flushing = provider.clone();
+        match tokio::task::spawn_blocking(move || flushing.force_flush()).await? {
+            Ok(()) => return Ok(()),
+            Err(e) if is_timeout(&e) && Instant::now() < deadline => {}
+            Err(e) => return Err(e).context("exporting to logbridge failed"),
+        }
+    }
+}
+
+/// Whether a flush only gave up waiting. The provider reports its processor's `Timeout` inside
+/// the text of an `InternalFailure`.
+fn is_timeout(error: &OTelSdkError) -> bool {
+    match error {
+        OTelSdkError::Timeout(_) => true,
+        OTelSdkError::InternalFailure(message) => message.contains("Timeout("),
+        _ => false,
+    }
 }
 
 /// Fills an SDK log record the way an instrumented worker does.
@@ -169,5 +195,23 @@ fn to_any(value: &Value) -> AnyValue {
                 .map(|(k, v)| (k.clone().into(), to_any(v)))
                 .collect(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_timeouts_are_recognized_however_reported() {
+        assert!(is_timeout(&OTelSdkError::Timeout(Duration::from_secs(5))));
+        // what SdkLoggerProvider::force_flush reports for a processor that timed out
+        assert!(is_timeout(&OTelSdkError::InternalFailure(
+            "errs: [Err(Timeout(5s))]".to_owned()
+        )));
+        assert!(!is_timeout(&OTelSdkError::InternalFailure(
+            "errs: [Err(InternalFailure(\"connection refused\"))]".to_owned()
+        )));
+        assert!(!is_timeout(&OTelSdkError::AlreadyShutdown));
     }
 }
