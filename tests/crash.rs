@@ -8,24 +8,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{Served, serve, stored_messages, wait_ready, write_config};
+use common::process::{Served, serve, stored_messages, wait_ready, write_config, write_key};
 use common::{PATIENCE, activity, authorized, request_of};
 use logbridge::auth::Secret;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 
 const EXPORTERS: usize = 3;
 const BATCH: usize = 50;
-
-fn write_keys(dir: &std::path::Path, secret: &Secret) {
-    std::fs::write(
-        dir.join("keys.toml"),
-        format!(
-            "[[keys]]\nname = \"crash\"\nsha256 = \"{}\"\nscopes = [\"read\", \"ingest\"]\nuser_id = \"u\"\n",
-            hex::encode(secret.sha256())
-        ),
-    )
-    .unwrap();
-}
 
 /// Streams batches from several exporters until `stop`; returns the acknowledged messages.
 async fn stream_until_killed(
@@ -90,7 +79,7 @@ async fn every_acknowledged_record_survives_sigkill_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let secret = Secret::generate();
-    write_keys(dir.path(), &secret);
+    write_key(dir.path(), &secret);
 
     let mut all_acked: Vec<String> = Vec::new();
     // kill early (before the first commit), later (after several), and again on a replayed index

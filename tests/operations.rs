@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::process::{serve, stored_messages, terminate, write_config};
+use common::process::{serve, stored_messages, terminate, write_config, write_key};
 use common::*;
 use logbridge::auth::Secret;
 use logbridge::emit::{EmitOptions, emit};
@@ -273,14 +273,7 @@ async fn sigterm_drains_in_flight_exports_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let secret = Secret::generate();
-    std::fs::write(
-        dir.path().join("keys.toml"),
-        format!(
-            "[[keys]]\nname = \"t\"\nsha256 = \"{}\"\nscopes = [\"read\", \"ingest\"]\nuser_id = \"u\"\n",
-            hex::encode(secret.sha256())
-        ),
-    )
-    .unwrap();
+    write_key(dir.path(), &secret);
     let mut served = serve(&config);
     let grpc = format!("http://{}", served.grpc);
 

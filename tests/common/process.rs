@@ -6,11 +6,24 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use logbridge::auth::Secret;
+use logbridge::auth::{KeyRecord, Scope, Secret};
 
 use super::{PATIENCE, messages};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
+
+/// A keys file in `dir` with one key, `secret`, that reads and ingests for user `u`.
+pub fn write_key(dir: &Path, secret: &Secret) {
+    super::write_keys_file(
+        &dir.join("keys.toml"),
+        &[KeyRecord {
+            name: "u".to_owned(),
+            sha256: secret.sha256(),
+            scopes: vec![Scope::Read, Scope::Ingest],
+            user_id: Some("u".to_owned()),
+        }],
+    );
+}
 
 /// A config file in `dir` that listens on port 0 everywhere.
 pub fn write_config(dir: &Path) -> PathBuf {
