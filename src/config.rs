@@ -16,6 +16,14 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/logbridge.toml";
 
 const ENV_PREFIX: &str = "LOGBRIDGE_";
 
+/// Variables with the config's prefix that are not settings: `logbridge emit` reads its key
+/// from `LOGBRIDGE_KEY`, so that a shell can hold it for both commands.
+const CLIENT_VARIABLES: [&str; 1] = ["LOGBRIDGE_KEY"];
+
+/// What the in-flight budget must hold at least, per byte of the largest export: its body, its
+/// decompressed bytes and its decoded form (see `otlp` for the expansion).
+const MIN_INFLIGHT_PER_MESSAGE_BYTE: u64 = crate::otlp::MAX_BYTES_HELD_PER_BYTE as u64;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -40,6 +48,7 @@ pub enum ConfigError {
 pub struct Config {
     pub otlp: OtlpConfig,
     pub api: ApiConfig,
+    pub server: ServerConfig,
     pub index: IndexConfig,
     pub auth: AuthConfig,
     pub mapping: MappingConfig,
@@ -55,6 +64,9 @@ pub struct OtlpConfig {
     pub http_listen: String,
     /// Largest export accepted, in bytes, after decompression.
     pub max_message_bytes: usize,
+    /// Memory that exports in flight may hold (bodies, decoded records, queued logs); past it,
+    /// exports are refused as overload.
+    pub max_inflight_bytes: usize,
 }
 
 /// The REST API.
@@ -62,6 +74,30 @@ pub struct OtlpConfig {
 pub struct ApiConfig {
     /// Address of the REST listener (`/logs`, `/healthz`, `/readyz`).
     pub listen: String,
+    /// Searches that may run at once; more are answered 503 with `Retry-After`.
+    pub max_concurrent_searches: usize,
+}
+
+/// Timeouts and limits of every listener, and the shutdown drain.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// A request head (HTTP/1.1) or a connection's first request (HTTP/2) must arrive within
+    /// this; an HTTP/1.1 connection waiting for its next request is closed after it too.
+    pub header_read_timeout: Duration,
+    /// A request body must arrive within this.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections per listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per gRPC connection.
+    pub max_concurrent_streams: u32,
+    /// How often an HTTP/2 connection is pinged.
+    pub http2_keepalive_interval: Duration,
+    /// A ping not answered within this closes the connection.
+    pub http2_keepalive_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take before their connections are dropped.
+    pub drain_timeout: Duration,
 }
 
 /// The embedded index and the writer in front of it.
@@ -71,8 +107,6 @@ pub struct IndexConfig {
     pub path: PathBuf,
     /// Longest time an accepted record waits before it is committed and visible.
     pub commit_interval: Duration,
-    /// Export batches that may wait for the writer before exports are refused as overload.
-    pub queue_capacity: usize,
     /// Indexing memory budget of the writer, in bytes.
     pub writer_memory_bytes: usize,
 }
@@ -96,6 +130,7 @@ pub struct LogConfig {
 struct RawConfig {
     otlp: RawOtlp,
     api: RawApi,
+    server: RawServer,
     index: RawIndex,
     auth: RawAuth,
     mapping: FieldSources,
@@ -108,6 +143,7 @@ struct RawOtlp {
     grpc_listen: String,
     http_listen: String,
     max_message_bytes: u64,
+    max_inflight_bytes: u64,
 }
 
 impl Default for RawOtlp {
@@ -116,6 +152,7 @@ impl Default for RawOtlp {
             grpc_listen: "127.0.0.1:4317".to_owned(),
             http_listen: "127.0.0.1:4318".to_owned(),
             max_message_bytes: 16 * 1024 * 1024,
+            max_inflight_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -124,12 +161,42 @@ impl Default for RawOtlp {
 #[serde(deny_unknown_fields, default)]
 struct RawApi {
     listen: String,
+    max_concurrent_searches: u64,
 }
 
 impl Default for RawApi {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
+            max_concurrent_searches: 8,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    header_read_timeout_ms: u64,
+    body_read_timeout_ms: u64,
+    idle_timeout_ms: u64,
+    max_connections: u64,
+    max_concurrent_streams: u64,
+    http2_keepalive_interval_ms: u64,
+    http2_keepalive_timeout_ms: u64,
+    drain_timeout_ms: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 120_000,
+            max_connections: 1024,
+            max_concurrent_streams: 100,
+            http2_keepalive_interval_ms: 30_000,
+            http2_keepalive_timeout_ms: 10_000,
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -139,7 +206,6 @@ impl Default for RawApi {
 struct RawIndex {
     path: PathBuf,
     commit_interval_ms: u64,
-    queue_capacity: u64,
     writer_memory_mb: u64,
 }
 
@@ -148,7 +214,6 @@ impl Default for RawIndex {
         Self {
             path: PathBuf::from("index"),
             commit_interval_ms: 1000,
-            queue_capacity: 64,
             writer_memory_mb: 128,
         }
     }
@@ -236,10 +301,57 @@ impl RawConfig {
                 Ok(value)
             }
         };
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        let millis =
+            |setting: &'static str, value: u64| positive(setting, value).map(Duration::from_millis);
         let max_message_bytes = positive("otlp.max_message_bytes", self.otlp.max_message_bytes)?;
+        let max_inflight_bytes = self.otlp.max_inflight_bytes;
+        if max_inflight_bytes / MIN_INFLIGHT_PER_MESSAGE_BYTE < max_message_bytes {
+            return Err(ConfigError::Invalid {
+                setting: "otlp.max_inflight_bytes",
+                message: format!(
+                    "must be at least {MIN_INFLIGHT_PER_MESSAGE_BYTE} times otlp.max_message_bytes \
+                     ({}), so that the largest export fits",
+                    max_message_bytes.saturating_mul(MIN_INFLIGHT_PER_MESSAGE_BYTE)
+                ),
+            });
+        }
         let commit_interval_ms =
             positive("index.commit_interval_ms", self.index.commit_interval_ms)?;
-        let queue_capacity = positive("index.queue_capacity", self.index.queue_capacity)?;
+        let raw_server = &self.server;
+        let max_concurrent_streams = positive(
+            "server.max_concurrent_streams",
+            raw_server.max_concurrent_streams,
+        )?;
+        let server = ServerConfig {
+            header_read_timeout: millis(
+                "server.header_read_timeout_ms",
+                raw_server.header_read_timeout_ms,
+            )?,
+            body_read_timeout: millis(
+                "server.body_read_timeout_ms",
+                raw_server.body_read_timeout_ms,
+            )?,
+            idle_timeout: millis("server.idle_timeout_ms", raw_server.idle_timeout_ms)?,
+            max_connections: size(positive(
+                "server.max_connections",
+                raw_server.max_connections,
+            )?),
+            max_concurrent_streams: u32::try_from(max_concurrent_streams).unwrap_or(u32::MAX),
+            http2_keepalive_interval: millis(
+                "server.http2_keepalive_interval_ms",
+                raw_server.http2_keepalive_interval_ms,
+            )?,
+            http2_keepalive_timeout: millis(
+                "server.http2_keepalive_timeout_ms",
+                raw_server.http2_keepalive_timeout_ms,
+            )?,
+            drain_timeout: millis("server.drain_timeout_ms", raw_server.drain_timeout_ms)?,
+        };
+        let max_concurrent_searches = positive(
+            "api.max_concurrent_searches",
+            self.api.max_concurrent_searches,
+        )?;
         let writer_memory_mb = self.index.writer_memory_mb;
         if !(16..=4096).contains(&writer_memory_mb) {
             return Err(ConfigError::Invalid {
@@ -258,15 +370,17 @@ impl RawConfig {
             otlp: OtlpConfig {
                 grpc_listen: self.otlp.grpc_listen,
                 http_listen: self.otlp.http_listen,
-                max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(usize::MAX),
+                max_message_bytes: size(max_message_bytes),
+                max_inflight_bytes: size(max_inflight_bytes),
             },
             api: ApiConfig {
                 listen: self.api.listen,
+                max_concurrent_searches: size(max_concurrent_searches),
             },
+            server,
             index: IndexConfig {
                 path: self.index.path,
                 commit_interval: Duration::from_millis(commit_interval_ms),
-                queue_capacity: usize::try_from(queue_capacity).unwrap_or(usize::MAX),
                 writer_memory_bytes: usize::try_from(writer_memory_mb * 1024 * 1024)
                     .unwrap_or(usize::MAX),
             },
@@ -289,7 +403,10 @@ fn apply_env_overrides(
 ) -> Result<(), ConfigError> {
     let defaults = toml::Table::try_from(RawConfig::default())
         .expect("the default config serializes to a table");
-    let mut names: Vec<&String> = env.keys().filter(|k| k.starts_with(ENV_PREFIX)).collect();
+    let mut names: Vec<&String> = env
+        .keys()
+        .filter(|k| k.starts_with(ENV_PREFIX) && !CLIENT_VARIABLES.contains(&k.as_str()))
+        .collect();
     names.sort();
     for name in names {
         let value = &env[name];
@@ -349,6 +466,22 @@ mod tests {
         assert_eq!(config.api.listen, "127.0.0.1:8080");
         assert_eq!(config.index.path, PathBuf::from("index"));
         assert_eq!(config.index.commit_interval, Duration::from_millis(1000));
+        assert_eq!(config.otlp.max_inflight_bytes, 256 * 1024 * 1024);
+        assert_eq!(config.api.max_concurrent_searches, 8);
+        assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(120));
+        assert_eq!(config.server.max_connections, 1024);
+        assert_eq!(config.server.max_concurrent_streams, 100);
+        assert_eq!(
+            config.server.http2_keepalive_interval,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            config.server.http2_keepalive_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(config.server.drain_timeout, Duration::from_secs(10));
         assert_eq!(config.auth.keys_file, PathBuf::from("config/keys.toml"));
         assert_eq!(config.mapping, defaults.mapping);
         assert_eq!(config.log.level, "info");
@@ -368,6 +501,9 @@ mod tests {
                 ("LOGBRIDGE_OTLP_GRPC_LISTEN", "127.0.0.1:0"),
                 ("LOGBRIDGE_INDEX_COMMIT_INTERVAL_MS", "250"),
                 ("LOGBRIDGE_MAPPING_ASSISTANT_ID", r#"["attr:agent.id"]"#),
+                ("LOGBRIDGE_SERVER_DRAIN_TIMEOUT_MS", "2500"),
+                // emit's key, not a setting
+                ("LOGBRIDGE_KEY", "lb_secret"),
                 ("PATH", "/usr/bin"),
             ]),
         )
@@ -375,6 +511,7 @@ mod tests {
         assert_eq!(config.otlp.grpc_listen, "127.0.0.1:0");
         assert_eq!(config.api.listen, "0.0.0.0:9000");
         assert_eq!(config.index.commit_interval, Duration::from_millis(250));
+        assert_eq!(config.server.drain_timeout, Duration::from_millis(2500));
         assert_eq!(
             config.mapping.assistant_id,
             vec![crate::mapping::Source::Attr("agent.id".to_owned())]
@@ -416,6 +553,19 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid setting index.commit_interval_ms: must be at least 1"
+        );
+        std::fs::write(&path, "[server]\ndrain_timeout_ms = 0\n").unwrap();
+        let err = Config::load(Some(&path), &HashMap::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting server.drain_timeout_ms: must be at least 1"
+        );
+        std::fs::write(&path, "[otlp]\nmax_inflight_bytes = 100000000\n").unwrap();
+        let err = Config::load(Some(&path), &HashMap::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting otlp.max_inflight_bytes: must be at least 10 times \
+             otlp.max_message_bytes (167772160), so that the largest export fits"
         );
     }
 }

@@ -9,13 +9,15 @@
 //! - [`api`]: `GET /logs`, the audit API scoped to the caller's user, and health checks.
 //!
 //! Around them: [`auth`] (API keys and scopes), [`config`] (the config file and overrides),
-//! [`metrics`] (what `GET /metrics` serves),
-//! [`server`] (wiring and shutdown), [`emit`] and [`workload`] (the worker simulator).
+//! [`metrics`] (what `GET /metrics` serves), [`server`] (wiring, listeners with their timeouts
+//! and limits, shutdown), [`faults`] (storage faults on command, for tests), [`emit`] and
+//! [`workload`] (the worker simulator).
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod emit;
+pub mod faults;
 pub mod ingest;
 pub mod mapping;
 pub mod metrics;

@@ -76,9 +76,19 @@ struct EmitArgs {
     /// Base URL of the receiver, e.g. http://127.0.0.1:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT).
     #[arg(long)]
     endpoint: Option<String>,
-    /// API key with the ingest scope (default: from OTEL_EXPORTER_OTLP_HEADERS).
-    #[arg(long)]
+    /// API key with the ingest scope (default: LOGBRIDGE_KEY, else OTEL_EXPORTER_OTLP_HEADERS).
+    /// A key given here shows in `ps`: prefer LOGBRIDGE_KEY or --key-file.
+    #[arg(
+        long,
+        env = "LOGBRIDGE_KEY",
+        hide_env_values = true,
+        conflicts_with = "key_file"
+    )]
     key: Option<String>,
+    /// Read the API key from this file (its first line), so it shows neither in `ps` nor in
+    /// the environment.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
     /// Number of activity logs to send.
     #[arg(long, default_value_t = 100)]
     count: usize,
@@ -131,6 +141,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Emit(args) => {
             init_tracing("warn");
+            let key = match &args.key_file {
+                Some(path) => Some(read_key_file(path)?),
+                None => args.key,
+            };
             let options = EmitOptions {
                 protocol: match args.protocol.unwrap_or(ProtocolArg::Grpc) {
                     ProtocolArg::Grpc => opentelemetry_otlp::Protocol::Grpc,
@@ -138,7 +152,7 @@ fn main() -> anyhow::Result<()> {
                     ProtocolArg::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
                 },
                 endpoint: args.endpoint,
-                key: args.key,
+                key,
                 count: args.count,
                 user: args.user,
                 seed: args.seed,
@@ -149,6 +163,15 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The key in the first line of a key file.
+fn read_key_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the key file {}", path.display()))?;
+    let key = text.lines().next().unwrap_or_default().trim();
+    anyhow::ensure!(!key.is_empty(), "the key file {} is empty", path.display());
+    Ok(key.to_owned())
 }
 
 fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -176,11 +199,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let listeners = Listeners::bind(&config).await?;
-    let running = server::start(&config, listeners).await?;
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let mut running = server::start(&config, listeners).await?;
+    let writer_died = tokio::select! {
+        () = shutdown_signal() => None,
+        reason = running.writer_died() => Some(reason),
+    };
+    match &writer_died {
+        None => tracing::info!("shutting down"),
+        Some(reason) => tracing::error!(
+            reason = %reason,
+            "logbridge cannot ingest any more; stopping so that a supervisor restarts it"
+        ),
+    }
     running.shutdown().await;
-    Ok(())
+    match writer_died {
+        None => Ok(()),
+        Some(reason) => anyhow::bail!("the index writer stopped: {reason}"),
+    }
 }
 
 async fn shutdown_signal() {

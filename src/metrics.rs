@@ -22,6 +22,13 @@ pub struct RejectLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a storage failure: where it happened.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageLabels {
+    /// `wal_write`, `wal_rotate`, `index_write`, `index_commit`, `recovery` or `merge`.
+    pub stage: &'static str,
+}
+
 /// Labels of a `/logs` request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -40,6 +47,9 @@ pub struct Metrics {
     pub commits: Counter,
     pub commit_seconds: Histogram,
     pub index_logs: Gauge,
+    pub storage_failures: Family<StorageLabels, Counter>,
+    pub storage_failing: Gauge,
+    pub storage_recoveries: Counter,
     pub logs_request_seconds: Family<RequestLabels, Histogram>,
 }
 
@@ -62,6 +72,9 @@ impl Metrics {
             commits: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             index_logs: Gauge::default(),
+            storage_failures: Family::default(),
+            storage_failing: Gauge::default(),
+            storage_recoveries: Counter::default(),
             logs_request_seconds: Family::new_with_constructor(latency_histogram),
         };
         let r = &mut m.registry;
@@ -105,6 +118,21 @@ impl Metrics {
             "index_logs",
             "Logs in the index, visible to /logs",
             m.index_logs.clone(),
+        );
+        r.register(
+            "storage_failures",
+            "Storage operations that failed (full disk, I/O error), by stage",
+            m.storage_failures.clone(),
+        );
+        r.register(
+            "storage_failing",
+            "1 while storage fails and exports are refused, else 0",
+            m.storage_failing.clone(),
+        );
+        r.register(
+            "storage_recoveries",
+            "Times ingest resumed after storage failed",
+            m.storage_recoveries.clone(),
         );
         r.register(
             "logs_request_duration_seconds",

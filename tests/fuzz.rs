@@ -5,7 +5,7 @@
 //! The suite runs a short smoke pass; a longer one: `PROPTEST_CASES=100000 cargo test --release
 //! --test fuzz`.
 
-use logbridge::api::{ApiError, MAX_LIMIT, parse_logs_params};
+use logbridge::api::{ApiError, CursorKey, MAX_LIMIT, parse_logs_params};
 use logbridge::mapping::{
     ActivityLog, MAX_DATA_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MappingConfig, map_request,
 };
@@ -249,14 +249,14 @@ proptest! {
 
     #[test]
     fn logs_parameters_parse_or_name_the_problem(pairs in params()) {
-        match parse_logs_params(&pairs, "user-a") {
+        match parse_logs_params(&pairs, "user-a", &CursorKey::from_bytes([7; 32])) {
             Ok(request) => {
                 prop_assert!((1..=MAX_LIMIT).contains(&request.query.limit));
                 prop_assert!(request.page >= 1);
                 prop_assert_eq!(request.query.user_id.as_str(), "user-a");
             }
             Err(ApiError::BadRequest(message)) => {
-                let named = ["log_type", "status", "page", "limit", "q ", "start_time", "end_time", "cursor"]
+                let named = ["log_type", "status", "assistant_id", "room_name", "page", "limit", "q ", "start_time", "end_time", "cursor"]
                     .iter()
                     .any(|name| message.starts_with(name));
                 prop_assert!(named, "{}", message);

@@ -243,7 +243,7 @@ async fn malformed_protobuf_is_invalid_argument() {
         assert!(
             status
                 .message()
-                .starts_with("failed to decode Protobuf message"),
+                .starts_with("invalid OTLP protobuf: failed to decode Protobuf message"),
             "{status:?}"
         );
     }

@@ -1,14 +1,87 @@
 //! Keyset cursors: an opaque token for "the page after this one", bound to the filters it was
-//! made for and checksummed against tampering.
+//! made for and signed with an HMAC under a per-install secret, so that a client can neither
+//! forge one nor move one to another position.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::store::{LogQuery, SortKey};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const BODY_LEN: usize = 1 + 8 + 8 + 8 + 8;
-const CHECK_LEN: usize = 8;
+const SIGNATURE_LEN: usize = 16;
+/// The file beside the index that holds the secret cursors are signed with.
+pub const CURSOR_KEY_FILE: &str = "cursor.key";
+
+/// The secret cursors are signed with; never printed.
+#[derive(Clone)]
+pub struct CursorKey([u8; 32]);
+
+impl std::fmt::Debug for CursorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CursorKey([redacted])")
+    }
+}
+
+/// Why the cursor secret could not be read or created.
+#[derive(Debug, thiserror::Error)]
+#[error("cursor secret {path}: {message}")]
+pub struct CursorKeyError {
+    path: PathBuf,
+    message: String,
+}
+
+impl CursorKey {
+    /// Reads the secret in `dir`, creating it (readable by its owner only) on first start.
+    pub fn load_or_create(dir: &Path) -> Result<Self, CursorKeyError> {
+        let path = dir.join(CURSOR_KEY_FILE);
+        let fail = |message: String| CursorKeyError {
+            path: path.clone(),
+            message,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let mut key = [0u8; 32];
+                hex::decode_to_slice(text.trim(), &mut key)
+                    .map_err(|_| fail("must hold 64 hexadecimal characters".to_owned()))?;
+                return Ok(Self(key));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(e.to_string())),
+        }
+        let key: [u8; 32] = rand::random();
+        // written whole under a temporary name, then renamed: never a half-written secret
+        let temporary = dir.join(format!("{CURSOR_KEY_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut options = std::fs::OpenOptions::new();
+            options.create(true).write(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&temporary)?;
+            file.write_all(hex::encode(key).as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| fail(format!("cannot create it: {e}")))?;
+        Ok(Self(key))
+    }
+
+    /// A key of the given bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    fn mac(&self, body: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(body);
+        mac
+    }
+}
 
 /// Where the next page starts and which page number it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,31 +109,34 @@ impl Cursor {
         self.filters == filters_digest(query)
     }
 
-    /// The opaque token.
-    pub fn encode(&self) -> String {
-        let mut bytes = Vec::with_capacity(BODY_LEN + CHECK_LEN);
+    /// The opaque token, signed with `key`.
+    pub fn encode(&self, key: &CursorKey) -> String {
+        let mut bytes = Vec::with_capacity(BODY_LEN + SIGNATURE_LEN);
         bytes.push(VERSION);
         bytes.extend_from_slice(&self.after.timestamp.to_be_bytes());
         bytes.extend_from_slice(&self.after.seq.to_be_bytes());
         bytes.extend_from_slice(&self.page.to_be_bytes());
         bytes.extend_from_slice(&self.filters);
-        let check = checksum(&bytes);
-        bytes.extend_from_slice(&check);
+        let tag = key.mac(&bytes).finalize().into_bytes();
+        bytes.extend_from_slice(&tag[..SIGNATURE_LEN]);
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    /// Reads a token; `None` when it is not one this server made.
-    pub fn decode(token: &str) -> Option<Self> {
+    /// Reads a token; `None` when it is not one signed with `key`.
+    pub fn decode(token: &str, key: &CursorKey) -> Option<Self> {
+        // longer than any token: not worth decoding
+        if token.len() > 2 * (BODY_LEN + SIGNATURE_LEN) {
+            return None;
+        }
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token)
             .ok()?;
-        if bytes.len() != BODY_LEN + CHECK_LEN || bytes[0] != VERSION {
+        if bytes.len() != BODY_LEN + SIGNATURE_LEN || bytes[0] != VERSION {
             return None;
         }
-        let (body, check) = bytes.split_at(BODY_LEN);
-        if checksum(body) != check {
-            return None;
-        }
+        let (body, signature) = bytes.split_at(BODY_LEN);
+        // constant time, so the answer's timing does not guide a forger
+        key.mac(body).verify_truncated_left(signature).ok()?;
         let u64_at = |at: usize| u64::from_be_bytes(body[at..at + 8].try_into().expect("8 bytes"));
         Some(Self {
             after: SortKey {
@@ -71,16 +147,6 @@ impl Cursor {
             filters: body[25..33].try_into().expect("8 bytes"),
         })
     }
-}
-
-fn checksum(body: &[u8]) -> [u8; CHECK_LEN] {
-    let digest = Sha256::new()
-        .chain_update(b"logbridge cursor\0")
-        .chain_update(body)
-        .finalize();
-    digest[..CHECK_LEN]
-        .try_into()
-        .expect("a digest is longer than 8 bytes")
 }
 
 /// A digest of everything that selects logs (user, filters, text, time range), not of the page.
@@ -110,14 +176,19 @@ mod tests {
         }
     }
 
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
     #[test]
     fn round_trips_and_binds_to_filters() {
+        let key = CursorKey::from_bytes([1; 32]);
         let after = SortKey {
             timestamp: 1_773_134_142_000_000_000,
             seq: 77,
         };
         let cursor = Cursor::next(&query(), after, 3);
-        let decoded = Cursor::decode(&cursor.encode()).unwrap();
+        let decoded = Cursor::decode(&cursor.encode(&key), &key).unwrap();
         assert_eq!(decoded, cursor);
         assert!(decoded.matches(&query()));
 
@@ -135,24 +206,75 @@ mod tests {
     }
 
     #[test]
-    fn tampered_tokens_are_refused() {
-        let token = Cursor::next(
+    fn tampered_and_forged_tokens_are_refused() {
+        let key = CursorKey::from_bytes([1; 32]);
+        let cursor = Cursor::next(
             &query(),
             SortKey {
                 timestamp: 5,
                 seq: 6,
             },
             2,
-        )
-        .encode();
-        let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        );
+        let token = cursor.encode(&key);
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(&token)
             .unwrap();
-        bytes[3] ^= 1;
-        let tampered = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        assert_eq!(Cursor::decode(&tampered), None);
-        assert_eq!(Cursor::decode(&token[1..]), None);
-        assert_eq!(Cursor::decode("not a cursor!"), None);
-        assert_eq!(Cursor::decode(""), None);
+        // every single flipped bit is caught
+        for at in 0..bytes.len() {
+            let mut tampered = bytes.clone();
+            tampered[at] ^= 1;
+            assert_eq!(Cursor::decode(&b64(&tampered), &key), None, "byte {at}");
+        }
+        // a token signed under another install's secret
+        assert_eq!(
+            Cursor::decode(&cursor.encode(&CursorKey::from_bytes([2; 32])), &key),
+            None
+        );
+        // a forger who knows the format but not the secret: an unkeyed SHA-256 in place of the HMAC
+        let mut forged = bytes[..BODY_LEN].to_vec();
+        forged[1..9].copy_from_slice(&u64::MAX.to_be_bytes());
+        let digest = Sha256::digest(&forged);
+        forged.extend_from_slice(&digest[..SIGNATURE_LEN]);
+        assert_eq!(Cursor::decode(&b64(&forged), &key), None);
+        assert_eq!(Cursor::decode(&token[1..], &key), None);
+        assert_eq!(Cursor::decode("not a cursor!", &key), None);
+        assert_eq!(Cursor::decode("", &key), None);
+        assert_eq!(Cursor::decode(&"A".repeat(100_000), &key), None);
+    }
+
+    #[test]
+    fn the_secret_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = CursorKey::load_or_create(dir.path()).unwrap();
+        let again = CursorKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(key.0, again.0);
+        let path = dir.path().join(CURSOR_KEY_FILE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let token = Cursor::next(
+            &query(),
+            SortKey {
+                timestamp: 1,
+                seq: 1,
+            },
+            2,
+        )
+        .encode(&key);
+        assert!(Cursor::decode(&token, &again).is_some());
+
+        std::fs::write(&path, "short").unwrap();
+        let err = CursorKey::load_or_create(dir.path()).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cursor secret {}: must hold 64 hexadecimal characters",
+                path.display()
+            )
+        );
     }
 }

@@ -16,32 +16,39 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
-pub use cursor::Cursor;
+pub use cursor::{Cursor, CursorKey, CursorKeyError};
 pub use error::ApiError;
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 
 use crate::auth::{KeyStore, Scope};
+use crate::ingest::Health;
 use crate::metrics::{Metrics, RequestLabels};
-use crate::store::Store;
+use crate::store::{MAX_OFFSET, SearchError, Store};
 
 /// What the REST handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     pub keys: KeyStore,
     pub store: Store,
-    /// True once the server can serve reads and accept writes.
-    pub ready: watch::Receiver<bool>,
+    /// What the writer can do: `/readyz` reports it.
+    pub health: watch::Receiver<Health>,
     pub metrics: Arc<Metrics>,
+    /// The secret cursors are signed with.
+    pub cursor_key: CursorKey,
+    /// Searches allowed to run at once; more are answered 503 rather than queued.
+    pub searches: Arc<Semaphore>,
 }
 
 /// The REST routes.
 pub fn router(state: ApiState) -> Router {
-    let timed_logs = get(logs).layer(middleware::from_fn_with_state(
-        state.metrics.clone(),
-        time_logs_request,
-    ));
+    let timed_logs = get(logs)
+        .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, HEAD" } })
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            time_logs_request,
+        ));
     Router::new()
         .route("/logs", timed_logs)
         .route("/healthz", get(healthz))
@@ -84,11 +91,13 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
-    if *state.ready.borrow() {
-        (StatusCode::OK, "ready\n").into_response()
+    let health = state.health.borrow().clone();
+    let status = if health == Health::Ready {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, format!("{health}\n")).into_response()
 }
 
 #[derive(Serialize)]
@@ -121,14 +130,29 @@ async fn logs(
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(raw_query.as_deref().unwrap_or(""))
             .map_err(|_| ApiError::BadRequest("the query string is malformed".to_owned()))?;
-    let LogsRequest { query, page } = params::parse(&pairs, &user_id)?;
+    let LogsRequest { query, page } = params::parse(&pairs, &user_id, &state.cursor_key)?;
 
+    let permit = state
+        .searches
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Unavailable("too many searches in progress, retry later"))?;
     let store = state.store.clone();
     let search_query = query.clone();
-    let result = tokio::task::spawn_blocking(move || store.search(&search_query))
-        .await
-        .map_err(|e| ApiError::Internal(format!("search task failed: {e}")))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        store.search(&search_query)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("search task failed: {e}")))?
+    .map_err(|e| match e {
+        SearchError::TooDeep => ApiError::BadRequest(format!(
+            "page {page} with limit {} starts past the first {MAX_OFFSET} logs; \
+             follow data.next_cursor to read further",
+            query.limit
+        )),
+        SearchError::Store(e) => ApiError::Internal(e.to_string()),
+    })?;
 
     let logs = result
         .logs
@@ -140,7 +164,7 @@ async fn logs(
         .collect::<Result<Vec<_>, _>>()?;
     let next_cursor = match result.logs.last() {
         Some((last, _)) if result.has_more => {
-            Some(Cursor::next(&query, *last, page.saturating_add(1)).encode())
+            Some(Cursor::next(&query, *last, page.saturating_add(1)).encode(&state.cursor_key))
         }
         _ => None,
     };

@@ -2,9 +2,9 @@
 
 use chrono::DateTime;
 
-use super::cursor::Cursor;
+use super::cursor::{Cursor, CursorKey};
 use super::error::ApiError;
-use crate::mapping::{LogStatus, LogType};
+use crate::mapping::{LogStatus, LogType, MAX_NAME_BYTES};
 use crate::store::{LogQuery, MAX_WORD_BYTES, message_terms};
 
 /// Page size when `limit` is absent.
@@ -26,9 +26,14 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
 }
 
-/// Validates the decoded query-string pairs of a request by `user_id`. The first occurrence of a
-/// parameter counts; an empty value is the same as none; unknown parameters are ignored.
-pub fn parse(pairs: &[(String, String)], user_id: &str) -> Result<LogsRequest, ApiError> {
+/// Validates the decoded query-string pairs of a request by `user_id`, whose cursor must be signed
+/// with `cursor_key`. The first occurrence of a parameter counts; an empty value is the same as
+/// none; unknown parameters are ignored.
+pub fn parse(
+    pairs: &[(String, String)],
+    user_id: &str,
+    cursor_key: &CursorKey,
+) -> Result<LogsRequest, ApiError> {
     let get = |name: &str| {
         pairs
             .iter()
@@ -71,13 +76,16 @@ pub fn parse(pairs: &[(String, String)], user_id: &str) -> Result<LogsRequest, A
     {
         return Err(bad("start_time must be before end_time"));
     }
+    let (start, end) = time_window(start, end);
 
     let mut query = LogQuery {
         user_id: user_id.to_owned(),
         log_type,
         status,
-        assistant_id: get("assistant_id").map(str::to_owned),
-        room_name: get("room_name").map(str::to_owned),
+        assistant_id: get("assistant_id")
+            .map(|v| name("assistant_id", v))
+            .transpose()?,
+        room_name: get("room_name").map(|v| name("room_name", v)).transpose()?,
         text,
         start,
         end,
@@ -90,7 +98,7 @@ pub fn parse(pairs: &[(String, String)], user_id: &str) -> Result<LogsRequest, A
             if page.is_some_and(|p| p > 1) {
                 return Err(bad("cursor cannot be combined with page > 1"));
             }
-            let cursor = Cursor::decode(token)
+            let cursor = Cursor::decode(token, cursor_key)
                 .ok_or_else(|| bad("cursor is not a valid cursor from this server"))?;
             if !cursor.matches(&query) {
                 return Err(bad("cursor was made for different filters"));
@@ -108,6 +116,16 @@ pub fn parse(pairs: &[(String, String)], user_id: &str) -> Result<LogsRequest, A
     Ok(LogsRequest { query, page })
 }
 
+/// An exact-match value: no stored log has one longer than the ingest limit.
+fn name(param: &str, value: &str) -> Result<String, ApiError> {
+    if value.len() > MAX_NAME_BYTES {
+        return Err(bad(format!(
+            "{param} must be at most {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
 /// A decimal integer >= 1; one too large for u64 saturates (it is still an integer).
 fn positive_integer(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -117,16 +135,32 @@ fn positive_integer(text: &str) -> Option<u64> {
     (value >= 1).then_some(value)
 }
 
-/// An RFC 3339 time as nanoseconds since the epoch, clamped to what a log can carry.
-fn timestamp(name: &str, text: &str) -> Result<u64, ApiError> {
+/// An RFC 3339 time as nanoseconds since the epoch (negative before 1970).
+fn timestamp(name: &str, text: &str) -> Result<i128, ApiError> {
     let time = DateTime::parse_from_rfc3339(text).map_err(|_| {
         bad(format!(
             "{name} must be an RFC 3339 time such as 2026-03-10T09:15:42Z"
         ))
     })?;
-    let nanos =
-        i128::from(time.timestamp()) * 1_000_000_000 + i128::from(time.timestamp_subsec_nanos());
-    Ok(u64::try_from(nanos.max(0)).unwrap_or(u64::MAX))
+    Ok(i128::from(time.timestamp()) * 1_000_000_000 + i128::from(time.timestamp_subsec_nanos()))
+}
+
+/// The range `[start, end)` in the nanoseconds a log can carry (`0..=u64::MAX`): a bound that
+/// excludes no log is dropped, and a range that holds no log becomes the empty `[MAX, MAX)`.
+fn time_window(start: Option<i128>, end: Option<i128>) -> (Option<u64>, Option<u64>) {
+    let max = i128::from(u64::MAX);
+    let empty = (Some(u64::MAX), Some(u64::MAX));
+    let start = match start {
+        Some(s) if s > max => return empty,
+        Some(s) if s > 0 => Some(s as u64),
+        _ => None,
+    };
+    let end = match end {
+        Some(e) if e <= 0 => return empty,
+        Some(e) if e <= max => Some(e as u64),
+        _ => None,
+    };
+    (start, end)
 }
 
 /// `q`: words that must all match, and `"quoted phrases"`; no operators, punctuation ignored.
@@ -165,7 +199,7 @@ mod tests {
 
     fn parse_str(query: &str) -> Result<LogsRequest, String> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap();
-        parse(&pairs, "user-a").map_err(|e| e.to_string())
+        parse(&pairs, "user-a", &CursorKey::from_bytes([7; 32])).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -252,6 +286,18 @@ mod tests {
         for (query, message) in cases {
             assert_eq!(parse_str(query).unwrap_err(), message, "{query}");
         }
+        let room = format!("room_name={}", "r".repeat(MAX_NAME_BYTES + 1));
+        assert_eq!(
+            parse_str(&room).unwrap_err(),
+            "room_name must be at most 256 bytes"
+        );
+        let assistant = format!("assistant_id={}", "é".repeat(129));
+        assert_eq!(
+            parse_str(&assistant).unwrap_err(),
+            "assistant_id must be at most 256 bytes"
+        );
+        let at_limit = format!("room_name={}", "r".repeat(MAX_NAME_BYTES));
+        assert!(parse_str(&at_limit).is_ok());
         let long = format!("q={}", "a".repeat(MAX_WORD_BYTES + 1));
         assert_eq!(
             parse_str(&long).unwrap_err(),
@@ -290,7 +336,40 @@ mod tests {
         assert_eq!(req.query.start, Some(1_773_130_542_500_000_000));
         assert_eq!(req.query.end, Some(1_773_134_143_000_000_000));
         let before_epoch = parse_str("start_time=1960-01-01T00:00:00Z").unwrap();
-        assert_eq!(before_epoch.query.start, Some(0));
+        assert_eq!(before_epoch.query.start, None);
+    }
+
+    #[test]
+    fn times_outside_what_a_log_can_carry_keep_their_meaning() {
+        let window = |query: &str| {
+            let q = parse_str(query).unwrap().query;
+            (q.start, q.end)
+        };
+        let empty = (Some(u64::MAX), Some(u64::MAX));
+        // both before 1970: a valid range that holds no log
+        assert_eq!(
+            window("start_time=1960-01-01T00:00:00Z&end_time=1965-01-01T00:00:00Z"),
+            empty
+        );
+        assert_eq!(window("end_time=1970-01-01T00:00:00Z"), empty);
+        // both after 2554: the same
+        assert_eq!(
+            window("start_time=2600-01-01T00:00:00Z&end_time=2700-01-01T00:00:00Z"),
+            empty
+        );
+        // an end after 2554 excludes nothing; a start before 1970 neither
+        assert_eq!(
+            window("start_time=1969-01-01T00:00:00Z&end_time=2600-01-01T00:00:00Z"),
+            (None, None)
+        );
+        assert_eq!(
+            window("start_time=2554-07-21T23:34:33.709551615Z"),
+            (Some(u64::MAX), None)
+        );
+        assert_eq!(
+            parse_str("start_time=2700-01-01T00:00:00Z&end_time=2600-01-01T00:00:00Z").unwrap_err(),
+            "start_time must be before end_time"
+        );
     }
 
     #[test]
@@ -304,7 +383,7 @@ mod tests {
             },
             2,
         )
-        .encode();
+        .encode(&CursorKey::from_bytes([7; 32]));
 
         let next = parse_str(&format!("room_name=r&limit=10&cursor={token}")).unwrap();
         assert_eq!(next.page, 2);
@@ -329,7 +408,9 @@ mod tests {
         let pairs: Vec<(String, String)> =
             serde_urlencoded::from_str(&format!("room_name=r&cursor={token}")).unwrap();
         assert_eq!(
-            parse(&pairs, "user-b").unwrap_err().to_string(),
+            parse(&pairs, "user-b", &CursorKey::from_bytes([7; 32]))
+                .unwrap_err()
+                .to_string(),
             "cursor was made for different filters"
         );
     }

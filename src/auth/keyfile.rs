@@ -45,6 +45,8 @@ pub enum KeyFileError {
         name: String,
         message: String,
     },
+    #[error("cannot add the key: {0}")]
+    InvalidNewKey(&'static str),
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +145,13 @@ pub fn add_key(path: &Path, key: &NewKey) -> Result<Secret, KeyFileError> {
         path: path.to_owned(),
         source,
     };
+    // what the server would refuse to start with is refused here
+    if key.user_id.is_empty() {
+        return Err(KeyFileError::InvalidNewKey("the user must not be empty"));
+    }
+    if key.scopes.is_empty() {
+        return Err(KeyFileError::InvalidNewKey("name at least one scope"));
+    }
     if path.exists() {
         // refuse to append to a file that is already broken
         load_keys(path)?;
@@ -216,6 +225,28 @@ mod tests {
                 .unwrap()
                 .starts_with("# operators' notes\n")
         );
+    }
+
+    #[test]
+    fn add_refuses_what_the_server_would_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let key = |user: &str, scopes: Vec<Scope>| NewKey {
+            name: "k".into(),
+            user_id: user.into(),
+            scopes,
+        };
+        let err = add_key(&path, &key("", vec![Scope::Read])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot add the key: the user must not be empty"
+        );
+        let err = add_key(&path, &key("u", vec![])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot add the key: name at least one scope"
+        );
+        assert!(!path.exists());
     }
 
     #[test]

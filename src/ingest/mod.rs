@@ -1,6 +1,7 @@
-//! The one export path behind both OTLP transports: authorize, map, queue for the writer, and
-//! answer with the outcome (full or partial success) or an error.
+//! The one export path behind both OTLP transports: authorize, map, hand the logs to the writer,
+//! and answer with the outcome (full or partial success) or an error.
 
+mod budget;
 mod wal;
 mod writer;
 
@@ -9,7 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 
-pub use writer::{IngestQueue, WriteError, WriterOptions, WriterThread, spawn_writer};
+pub use budget::{BudgetSpent, MemoryBudget, Reservation};
+pub use writer::{
+    Health, IngestQueue, RETRY_INTERVAL, WriteError, WriterOptions, WriterThread, spawn_writer,
+};
 
 use crate::auth::{AuthError, KeyStore, Scope};
 use crate::mapping::{MappedRequest, MappingConfig, map_request};
@@ -30,15 +34,13 @@ pub struct ExportOutcome {
     pub error_message: String,
 }
 
-/// Why an export failed as a whole.
-#[derive(Debug, thiserror::Error)]
+/// Why the writer did not take an export's logs; both are worth a retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExportError {
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-    #[error("logbridge is overloaded, retry later")]
-    Overloaded,
-    #[error("logbridge is shutting down or its index failed, retry later")]
-    Unavailable,
+    #[error("logbridge is shutting down, retry later")]
+    ShuttingDown,
+    #[error("logbridge cannot store logs now ({0}), retry later")]
+    Storage(String),
 }
 
 /// Exports logs; shared by the gRPC and HTTP receivers.
@@ -47,46 +49,48 @@ pub struct ExportService {
     keys: KeyStore,
     mapping: Arc<MappingConfig>,
     queue: IngestQueue,
+    budget: MemoryBudget,
     metrics: Arc<Metrics>,
 }
 
 impl ExportService {
-    /// An export service writing to `queue`.
+    /// An export service writing to `queue`, whose exports in flight hold at most what `budget`
+    /// allows.
     pub fn new(
         keys: KeyStore,
         mapping: MappingConfig,
         queue: IngestQueue,
+        budget: MemoryBudget,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             keys,
             mapping: Arc::new(mapping),
             queue,
+            budget,
             metrics,
         }
     }
 
-    /// Checks the caller's `Authorization` header for the ingest scope.
-    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<Option<String>, ExportError> {
+    /// Checks the caller's `Authorization` header for the ingest scope; returns the key's user.
+    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<Option<String>, AuthError> {
         Ok(self.keys.authorize(authorization, Scope::Ingest)?.user_id)
     }
 
-    /// Maps and writes the records of an export from a caller whose key is bound to `key_user`.
-    pub async fn export(
-        &self,
-        key_user: Option<&str>,
-        request: &ExportLogsServiceRequest,
-    ) -> Result<ExportOutcome, ExportError> {
+    /// A reservation against the budget of exports in flight, to grow as the export is read.
+    pub fn reservation(&self) -> Reservation {
+        self.budget.reservation()
+    }
+
+    /// Maps the records of an export from a caller whose key is bound to `key_user`, counting
+    /// them. Pure CPU work: call it off the async runtime.
+    pub fn map(&self, key_user: Option<&str>, request: &ExportLogsServiceRequest) -> MappedRequest {
         let received_nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let MappedRequest {
-            logs,
-            rejected,
-            records,
-        } = map_request(&self.mapping, key_user, received_nanos, request);
-        self.metrics.records_received.inc_by(records as u64);
-        for (_, reason) in &rejected {
+        let mapped = map_request(&self.mapping, key_user, received_nanos, request);
+        self.metrics.records_received.inc_by(mapped.records as u64);
+        for (_, reason) in &mapped.rejected {
             self.metrics
                 .records_rejected
                 .get_or_create(&RejectLabels {
@@ -94,14 +98,30 @@ impl ExportService {
                 })
                 .inc();
         }
+        mapped
+    }
+
+    /// Writes the mapped logs (durable and indexed when this returns) and tells what was
+    /// rejected. `reservation` covers their memory until the writer is done with them.
+    pub async fn submit(
+        &self,
+        mapped: MappedRequest,
+        reservation: Reservation,
+    ) -> Result<ExportOutcome, ExportError> {
+        let MappedRequest {
+            logs,
+            rejected,
+            records,
+        } = mapped;
         if !logs.is_empty() {
             let accepted = logs.len() as u64;
-            self.queue.write(logs).await.map_err(|e| match e {
-                WriteError::QueueFull => ExportError::Overloaded,
-                WriteError::Closed | WriteError::Store(_) | WriteError::Wal(_) => {
-                    ExportError::Unavailable
-                }
-            })?;
+            self.queue
+                .write(logs, reservation)
+                .await
+                .map_err(|e| match e {
+                    WriteError::Closed => ExportError::ShuttingDown,
+                    WriteError::Storage(reason) => ExportError::Storage(reason),
+                })?;
             self.metrics.records_accepted.inc_by(accepted);
         }
         if rejected.is_empty() {

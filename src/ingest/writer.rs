@@ -1,65 +1,103 @@
-//! The bounded queue in front of the index writer, and the thread that owns the writer and the
-//! write-ahead log.
+//! The thread that owns the index writer and the write-ahead log, and the queue in front of it.
 //!
-//! Receivers submit batches without blocking: a full queue is overload, answered to the client so
-//! it backs off. The writer thread takes every batch waiting (group commit), gives each log its
-//! sequence number, appends them all to the write-ahead log with one fsync, adds them to the index,
-//! and only then answers the batches. It commits the index at most every `commit_interval`, and
-//! each commit empties the write-ahead log.
+//! The writer takes every batch waiting (group commit), gives each log its sequence number,
+//! appends them all to the write-ahead log with one fsync, adds them to the index, and only then
+//! answers the batches. It commits the index at most every `commit_interval`, and each commit
+//! empties the write-ahead log.
+//!
+//! Storage faults: a batch whose append or fsync fails is cut off the log again and refused; an
+//! index that fails (a segment write, a commit, `meta.json`) is rolled back and rebuilt from the
+//! write-ahead log, which keeps every acknowledged log until a commit holds it. While storage
+//! fails every batch is refused (retryable) and [`Health::Failing`] says why; every
+//! [`RETRY_INTERVAL`] the writer tries to recover, and takes batches again once it has.
 
+use std::fmt;
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
+use super::budget::Reservation;
 use super::wal::Wal;
+use crate::faults::Faults;
 use crate::mapping::ActivityLog;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StorageLabels};
 use crate::store::{LogWriter, StoreError};
 
 /// Most batches written with one fsync.
 const MAX_GROUP: usize = 256;
 
+/// How often a writer whose storage fails tries to recover.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Why a batch was not written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
-    #[error("the ingest queue is full")]
-    QueueFull,
     #[error("the writer is shut down")]
     Closed,
-    #[error("the index failed: {0}")]
-    Store(String),
-    #[error("the write-ahead log failed: {0}")]
-    Wal(String),
+    /// Storage fails; the batch is not stored and may be sent again.
+    #[error("storage is failing: {0}")]
+    Storage(String),
 }
 
-impl From<StoreError> for WriteError {
-    fn from(e: StoreError) -> Self {
-        WriteError::Store(e.to_string())
+/// What the writer can do, as `/readyz` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Replaying the write-ahead log.
+    Starting,
+    /// Taking batches.
+    Ready,
+    /// Storage fails: batches are refused until it recovers.
+    Failing(String),
+    /// Shut down, or stopped for good.
+    Stopped,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Health::Starting => f.write_str("starting: replaying the write-ahead log"),
+            Health::Ready => f.write_str("ready"),
+            Health::Failing(reason) => write!(
+                f,
+                "storage failing: {reason}; exports are refused until it recovers"
+            ),
+            Health::Stopped => f.write_str("stopped"),
+        }
     }
 }
 
 type Done = oneshot::Sender<Result<(), WriteError>>;
 
+/// A batch of logs and the memory it holds.
+struct Batch {
+    logs: Vec<ActivityLog>,
+    /// Released when the writer is done with the logs.
+    _reservation: Reservation,
+    done: Done,
+}
+
 enum WriterMessage {
-    Batch { logs: Vec<ActivityLog>, done: Done },
+    Batch(Batch),
     Flush(Done),
     Close,
 }
 
-/// The sending side of the ingest queue; cheap to clone.
+/// The sending side of the ingest queue; cheap to clone. What waits in it is bounded by the
+/// memory budget its batches reserved, not by a count.
 #[derive(Clone)]
 pub struct IngestQueue {
-    tx: SyncSender<WriterMessage>,
+    tx: Sender<WriterMessage>,
     metrics: Arc<Metrics>,
 }
 
 /// The writer thread; [`WriterThread::shutdown`] commits and stops it.
 pub struct WriterThread {
-    tx: SyncSender<WriterMessage>,
+    tx: Sender<WriterMessage>,
     handle: JoinHandle<()>,
 }
 
@@ -69,33 +107,34 @@ pub struct WriterOptions {
     pub wal_dir: PathBuf,
     /// Longest time between accepting a log and committing it.
     pub commit_interval: Duration,
-    /// Batches the queue holds.
-    pub capacity: usize,
-    /// Set to true once the write-ahead log is replayed and the writer takes batches.
-    pub ready: watch::Sender<bool>,
+    /// What the writer can do, published for `/readyz` and the receivers.
+    pub health: watch::Sender<Health>,
     pub metrics: Arc<Metrics>,
+    /// Failures to inject into the write-ahead log (tests).
+    pub faults: Faults,
 }
 
-/// Starts the writer thread: it first replays the write-ahead log, then takes batches.
+/// Starts the writer thread: it first replays the write-ahead log, then takes batches. `died`
+/// receives why the writer stopped for good, if it ever does without being shut down.
 pub fn spawn_writer(
     writer: LogWriter,
     options: WriterOptions,
-) -> std::io::Result<(IngestQueue, WriterThread)> {
-    let (tx, rx) = mpsc::sync_channel(options.capacity);
+    died: oneshot::Sender<String>,
+) -> io::Result<(IngestQueue, WriterThread)> {
+    let (tx, rx) = mpsc::channel();
     let metrics = options.metrics.clone();
     let handle = std::thread::Builder::new()
         .name("index-writer".to_owned())
-        .spawn(
-            move || match recover(writer, &options.wal_dir, options.metrics) {
+        .spawn(move || {
+            let mut death = DeathNotice::new(died, options.health.clone());
+            match recover(writer, &options) {
                 Ok(state) => {
-                    options.ready.send_replace(true);
                     state.run(rx, options.commit_interval);
+                    death.disarm();
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot recover the write-ahead log; not ingesting")
-                }
-            },
-        )?;
+                Err(e) => death.set_reason(format!("cannot replay the write-ahead log: {e}")),
+            }
+        })?;
     let queue = IngestQueue {
         tx: tx.clone(),
         metrics,
@@ -103,27 +142,66 @@ pub fn spawn_writer(
     Ok((queue, WriterThread { tx, handle }))
 }
 
+/// Tells the server why the writer thread ended, unless it ended because it was shut down; a
+/// panic unwinding the thread counts too.
+struct DeathNotice {
+    died: Option<oneshot::Sender<String>>,
+    health: watch::Sender<Health>,
+    reason: String,
+}
+
+impl DeathNotice {
+    fn new(died: oneshot::Sender<String>, health: watch::Sender<Health>) -> Self {
+        Self {
+            died: Some(died),
+            health,
+            reason: "the index writer thread panicked".to_owned(),
+        }
+    }
+
+    fn set_reason(&mut self, reason: String) {
+        self.reason = reason;
+    }
+
+    fn disarm(&mut self) {
+        self.died = None;
+    }
+}
+
+impl Drop for DeathNotice {
+    fn drop(&mut self) {
+        self.health.send_replace(Health::Stopped);
+        if let Some(died) = self.died.take() {
+            let _ = died.send(std::mem::take(&mut self.reason));
+        }
+    }
+}
+
 impl IngestQueue {
-    /// Queues a batch and waits until it is durable and in the index.
-    pub async fn write(&self, logs: Vec<ActivityLog>) -> Result<(), WriteError> {
+    /// Queues a batch and waits until it is durable and in the index. `reservation` covers the
+    /// memory the logs hold until the writer is done with them.
+    pub async fn write(
+        &self,
+        logs: Vec<ActivityLog>,
+        reservation: Reservation,
+    ) -> Result<(), WriteError> {
         let (done, answer) = oneshot::channel();
         self.tx
-            .try_send(WriterMessage::Batch { logs, done })
-            .map_err(|e| match e {
-                TrySendError::Full(_) => WriteError::QueueFull,
-                TrySendError::Disconnected(_) => WriteError::Closed,
-            })?;
+            .send(WriterMessage::Batch(Batch {
+                logs,
+                _reservation: reservation,
+                done,
+            }))
+            .map_err(|_| WriteError::Closed)?;
         self.metrics.queue_depth.inc();
         answer.await.map_err(|_| WriteError::Closed)?
     }
 
-    /// Commits everything written so far and makes it visible; waits for a place in the queue.
+    /// Commits everything written so far and makes it visible.
     pub async fn flush(&self) -> Result<(), WriteError> {
         let (done, answer) = oneshot::channel();
-        let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || tx.send(WriterMessage::Flush(done)))
-            .await
-            .map_err(|_| WriteError::Closed)?
+        self.tx
+            .send(WriterMessage::Flush(done))
             .map_err(|_| WriteError::Closed)?;
         answer.await.map_err(|_| WriteError::Closed)?
     }
@@ -140,54 +218,117 @@ impl WriterThread {
     }
 }
 
+/// Where storage failed, for the log, `/metrics` and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Appending to or fsyncing the write-ahead log.
+    WalWrite,
+    /// Starting a fresh log segment after a commit.
+    WalRotate,
+    /// Adding documents to the index.
+    IndexWrite,
+    /// Committing the index (segment files, `meta.json`).
+    IndexCommit,
+    /// Rolling the index back and rebuilding it from the write-ahead log.
+    Recovery,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::WalWrite => "wal_write",
+            Stage::WalRotate => "wal_rotate",
+            Stage::IndexWrite => "index_write",
+            Stage::IndexCommit => "index_commit",
+            Stage::Recovery => "recovery",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Stage::WalWrite => "writing the write-ahead log",
+            Stage::WalRotate => "starting a fresh write-ahead log segment",
+            Stage::IndexWrite => "writing the index",
+            Stage::IndexCommit => "committing the index",
+            Stage::Recovery => "recovering the index from the write-ahead log",
+        }
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
     index: LogWriter,
     wal: Wal,
+    /// The next sequence number to hand out; one given to a refused batch is never reused.
     next_seq: u64,
+    /// Whether logs were added since the last commit.
+    uncommitted: bool,
+    /// Why the writer refuses batches, while storage fails.
+    failure: Option<String>,
+    /// Whether the index writer failed: it must be rolled back and rebuilt from the log.
+    index_broken: bool,
+    /// When to try to recover next, while failing.
+    retry_at: Instant,
+    health: watch::Sender<Health>,
     metrics: Arc<Metrics>,
 }
 
-/// Adds to the index what the write-ahead log holds beyond the last commit, commits it, and
-/// opens the log for writing.
-fn recover(
-    mut index: LogWriter,
-    wal_dir: &std::path::Path,
-    metrics: Arc<Metrics>,
-) -> Result<Writer, WriteError> {
+/// Adds to the index what the write-ahead log holds beyond the last commit, and opens the log
+/// for writing. Only an unreadable log is an error; a failing index makes a failing writer.
+fn recover(mut index: LogWriter, options: &WriterOptions) -> Result<Writer, io::Error> {
     let committed = index.committed_seq();
     let mut last_seq = committed;
     let mut replayed = 0u64;
+    let mut add_error: Option<StoreError> = None;
     let started = Instant::now();
-    Wal::recover(wal_dir, |batch| {
+    Wal::recover(&options.wal_dir, |batch| {
         for (seq, log) in (batch.first_seq..).zip(&batch.logs) {
             // what an earlier commit holds is not added twice
-            if seq > committed {
-                index.add(log, seq).map_err(std::io::Error::other)?;
-                replayed += 1;
+            if seq > committed && add_error.is_none() {
+                match index.add(log, seq) {
+                    Ok(()) => replayed += 1,
+                    Err(e) => add_error = Some(e),
+                }
             }
             last_seq = last_seq.max(seq);
         }
         Ok(())
-    })
-    .map_err(|e| WriteError::Wal(e.to_string()))?;
-    if replayed > 0 {
-        index.commit(last_seq)?;
+    })?;
+    // the replayed segments stay until a commit holds what they carry
+    let wal = Wal::start(&options.wal_dir, last_seq + 1, &options.faults)?;
+    let mut writer = Writer {
+        index,
+        wal,
+        next_seq: last_seq + 1,
+        uncommitted: replayed > 0,
+        failure: None,
+        index_broken: false,
+        retry_at: Instant::now(),
+        health: options.health.clone(),
+        metrics: options.metrics.clone(),
+    };
+    if let Some(e) = add_error {
+        writer.fail(Stage::IndexWrite, &e);
+    } else if replayed > 0 {
+        let _ = writer.commit();
         tracing::info!(
             replayed,
             last_seq,
             took_ms = started.elapsed().as_millis() as u64,
             "write-ahead log replayed"
         );
+    } else {
+        // a clean start: nothing to keep from older segments
+        writer.rotate_wal();
     }
-    let wal = Wal::start(wal_dir, last_seq + 1).map_err(|e| WriteError::Wal(e.to_string()))?;
-    metrics.index_logs.set(gauge(index.num_logs()));
-    Ok(Writer {
-        index,
-        wal,
-        next_seq: last_seq + 1,
-        metrics,
-    })
+    writer
+        .metrics
+        .index_logs
+        .set(gauge(writer.index.num_logs()));
+    if writer.failure.is_none() {
+        writer.health.send_replace(Health::Ready);
+    }
+    Ok(writer)
 }
 
 impl Writer {
@@ -197,17 +338,22 @@ impl Writer {
         // A message taken while gathering a group, handled next.
         let mut held: Option<WriterMessage> = None;
         loop {
-            let message = match (held.take(), deadline) {
+            let wake = match (&self.failure, deadline) {
+                (Some(_), Some(at)) => Some(at.min(self.retry_at)),
+                (Some(_), None) => Some(self.retry_at),
+                (None, at) => at,
+            };
+            let message = match (held.take(), wake) {
                 (Some(message), _) => Ok(message),
                 (None, None) => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 (None, Some(at)) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
             };
             match message {
-                Ok(WriterMessage::Batch { logs, done }) => {
-                    let mut group = vec![(logs, done)];
+                Ok(WriterMessage::Batch(batch)) => {
+                    let mut group = vec![batch];
                     while group.len() < MAX_GROUP {
                         match rx.try_recv() {
-                            Ok(WriterMessage::Batch { logs, done }) => group.push((logs, done)),
+                            Ok(WriterMessage::Batch(batch)) => group.push(batch),
                             Ok(other) => {
                                 held = Some(other);
                                 break;
@@ -215,78 +361,101 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    if self.write_group(group) {
+                    self.write_group(group);
+                    if self.uncommitted {
                         deadline.get_or_insert_with(|| Instant::now() + commit_interval);
                     }
                 }
                 Ok(WriterMessage::Flush(done)) => {
+                    if self.failure.is_some() {
+                        self.try_recover();
+                    }
                     let _ = done.send(self.commit());
                     deadline = None;
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = self.commit() {
-                        tracing::error!(error = %e, "commit failed");
+                    let now = Instant::now();
+                    if self.failure.is_some() && now >= self.retry_at {
+                        self.try_recover();
                     }
-                    deadline = None;
+                    if deadline.is_some_and(|at| now >= at) {
+                        let _ = self.commit();
+                        deadline = None;
+                    }
                 }
                 Ok(WriterMessage::Close) | Err(RecvTimeoutError::Disconnected) => {
-                    if let Err(e) = self.commit() {
-                        tracing::error!(error = %e, "final commit failed");
+                    if self.failure.is_some() {
+                        self.try_recover();
                     }
+                    if let Err(e) = self.commit() {
+                        tracing::error!(
+                            error = %e,
+                            "final commit failed; the write-ahead log keeps every acknowledged log for the next start"
+                        );
+                    }
+                    self.health.send_replace(Health::Stopped);
                     return;
                 }
             }
         }
     }
 
-    /// Logs, fsyncs and indexes a group of batches, then answers each; true if any log was added.
-    fn write_group(&mut self, group: Vec<(Vec<ActivityLog>, Done)>) -> bool {
+    /// Logs, fsyncs and indexes a group of batches, then answers each.
+    fn write_group(&mut self, group: Vec<Batch>) {
         self.metrics.queue_depth.dec_by(group.len() as i64);
         let first_seq = self.next_seq;
+        let num_logs: u64 = group.iter().map(|b| b.logs.len() as u64).sum();
+        // handed out whatever happens next, so a refused batch's numbers are never reused
+        self.next_seq += num_logs;
+        if let Some(reason) = &self.failure {
+            let refusal = WriteError::Storage(reason.clone());
+            answer(group, &Err(refusal));
+            return;
+        }
         let mut seq = first_seq;
-        for (logs, _) in &group {
-            self.wal.push(seq, logs);
-            seq += logs.len() as u64;
+        for batch in &group {
+            self.wal.push(seq, &batch.logs);
+            seq += batch.logs.len() as u64;
         }
-        let result = self
-            .wal
-            .sync()
-            .map_err(|e| WriteError::Wal(e.to_string()))
-            .and_then(|()| {
-                let logs = group.iter().flat_map(|(logs, _)| logs);
-                for (seq, log) in (first_seq..).zip(logs) {
-                    self.index.add(log, seq)?;
-                }
-                Ok(())
-            });
+        let synced = self.wal.sync();
         self.metrics.wal_bytes.set(gauge(self.wal.bytes()));
-        let added = result.is_ok() && seq > first_seq;
-        if result.is_ok() {
-            self.next_seq = seq;
-        } else if let Err(e) = &result {
-            tracing::error!(error = %e, "writing logs failed");
+        if let Err(e) = synced {
+            // cut off the log again (or poisoned): the batches are refused, not stored
+            let reason = self.fail(Stage::WalWrite, &e);
+            answer(group, &Err(WriteError::Storage(reason)));
+            return;
         }
-        for (_, done) in group {
-            let _ = done.send(result.clone());
+        let logs = group.iter().flat_map(|batch| &batch.logs);
+        for (seq, log) in (first_seq..).zip(logs) {
+            if let Err(e) = self.index.add(log, seq) {
+                // durable in the log: acknowledged, and indexed again once the index recovers
+                self.fail(Stage::IndexWrite, &e);
+                break;
+            }
         }
-        added
+        self.uncommitted |= num_logs > 0;
+        answer(group, &Ok(()));
     }
 
     /// Commits the index up to the last sequence number given out, then empties the log.
     fn commit(&mut self) -> Result<(), WriteError> {
+        if self.index_broken {
+            return Err(WriteError::Storage(
+                self.failure.clone().unwrap_or_default(),
+            ));
+        }
         let started = Instant::now();
         let last_seq = self.next_seq - 1;
         let wal_bytes = self.wal.bytes();
-        self.index.commit(last_seq)?;
-        if let Err(e) = self.wal.rotate(self.next_seq) {
-            // the log only grows; replay stays correct, as it skips what the commit holds
-            tracing::error!(error = %e, "cannot truncate the write-ahead log");
+        if let Err(e) = self.index.commit(last_seq) {
+            return Err(WriteError::Storage(self.fail(Stage::IndexCommit, &e)));
         }
+        self.uncommitted = false;
+        self.rotate_wal();
         self.metrics.commits.inc();
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.wal_bytes.set(gauge(self.wal.bytes()));
         self.metrics.index_logs.set(gauge(self.index.num_logs()));
         tracing::debug!(
             last_seq,
@@ -294,7 +463,114 @@ impl Writer {
             took_ms = started.elapsed().as_millis() as u64,
             "committed"
         );
+        match &self.failure {
+            // committed, but new batches wait for the log to recover
+            Some(reason) => Err(WriteError::Storage(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// After a commit: a fresh log segment. On failure the current one goes on growing, which
+    /// keeps replay correct (it skips what the commit holds); the next commit tries again.
+    fn rotate_wal(&mut self) {
+        if let Err(e) = self.wal.rotate(self.next_seq) {
+            self.count_failure(Stage::WalRotate);
+            tracing::warn!(error = %e, "cannot start a fresh write-ahead log segment; the current one keeps growing");
+        }
+        self.metrics.wal_bytes.set(gauge(self.wal.bytes()));
+    }
+
+    /// Records a storage failure: batches are refused from now on until recovery. Returns the
+    /// reason given to clients and `/readyz`.
+    fn fail(&mut self, stage: Stage, error: &dyn fmt::Display) -> String {
+        self.count_failure(stage);
+        if matches!(stage, Stage::IndexWrite | Stage::IndexCommit) {
+            self.index_broken = true;
+        }
+        let reason = format!("{}: {error}", stage.describe());
+        if self.failure.is_none() {
+            tracing::error!(stage = stage.label(), error = %error, "storage failed; refusing exports until it recovers");
+            self.metrics.storage_failing.set(1);
+        }
+        self.failure = Some(reason.clone());
+        self.retry_at = Instant::now() + RETRY_INTERVAL;
+        self.health.send_replace(Health::Failing(reason.clone()));
+        reason
+    }
+
+    fn count_failure(&self, stage: Stage) {
+        self.metrics
+            .storage_failures
+            .get_or_create(&StorageLabels {
+                stage: stage.label(),
+            })
+            .inc();
+    }
+
+    /// Tries to get back to a working log and index; on success batches are taken again.
+    fn try_recover(&mut self) {
+        self.retry_at = Instant::now() + RETRY_INTERVAL;
+        if let Err(e) = self.wal.repair() {
+            self.fail(Stage::WalWrite, &e);
+            return;
+        }
+        if self.index_broken {
+            if let Err(e) = self.rebuild_index() {
+                self.fail(Stage::Recovery, &e);
+                return;
+            }
+            self.index_broken = false;
+            self.uncommitted = false;
+            self.rotate_wal();
+            self.metrics.index_logs.set(gauge(self.index.num_logs()));
+        }
+        tracing::info!("storage recovered; taking exports again");
+        self.failure = None;
+        self.metrics.storage_failing.set(0);
+        self.metrics.storage_recoveries.inc();
+        self.health.send_replace(Health::Ready);
+    }
+
+    /// Rolls the index back to its last commit and adds again, from the write-ahead log, every
+    /// log that commit does not hold; then commits.
+    fn rebuild_index(&mut self) -> Result<(), RebuildError> {
+        self.index.rollback()?;
+        let committed = self.index.committed_seq();
+        let mut readded = 0u64;
+        let index = &mut self.index;
+        self.wal
+            .replay(|batch| {
+                for (seq, log) in (batch.first_seq..).zip(&batch.logs) {
+                    if seq > committed {
+                        index.add(log, seq).map_err(io::Error::other)?;
+                        readded += 1;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(RebuildError::Wal)?;
+        self.index.commit(self.next_seq - 1)?;
+        tracing::info!(
+            readded,
+            committed,
+            "index rolled back and rebuilt from the write-ahead log"
+        );
         Ok(())
+    }
+}
+
+/// Why the index could not be rebuilt from the write-ahead log.
+#[derive(Debug, thiserror::Error)]
+enum RebuildError {
+    #[error(transparent)]
+    Index(#[from] StoreError),
+    #[error("cannot read the write-ahead log: {0}")]
+    Wal(io::Error),
+}
+
+fn answer(group: Vec<Batch>, result: &Result<(), WriteError>) {
+    for batch in group {
+        let _ = batch.done.send(result.clone());
     }
 }
 
@@ -312,9 +588,13 @@ mod tests {
     #[test]
     fn replay_skips_what_the_index_already_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, mut index) = store::open(&dir.path().join("index"), 16 << 20).unwrap();
+        let (store, mut index) = store::open(
+            &dir.path().join("index"),
+            &store::StoreOptions::new(16 << 20),
+        )
+        .unwrap();
         let wal_dir = dir.path().join("wal");
-        let mut wal = Wal::start(&wal_dir, 1).unwrap();
+        let mut wal = Wal::start(&wal_dir, 1, &Faults::none()).unwrap();
         wal.push(1, &[log("a"), log("b")]);
         wal.push(3, &[log("c")]);
         wal.sync().unwrap();
@@ -325,11 +605,20 @@ mod tests {
         drop(wal);
 
         let metrics = Arc::new(Metrics::new());
-        let writer = recover(index, &wal_dir, metrics.clone()).unwrap();
+        let (health, health_rx) = watch::channel(Health::Starting);
+        let options = WriterOptions {
+            wal_dir,
+            commit_interval: Duration::from_secs(1),
+            health,
+            metrics: metrics.clone(),
+            faults: Faults::none(),
+        };
+        let writer = recover(index, &options).unwrap();
         assert_eq!(writer.next_seq, 4);
         assert_eq!(writer.index.committed_seq(), 3);
         assert_eq!(store.num_logs(), 3);
         assert_eq!(writer.wal.bytes(), 0);
         assert_eq!(metrics.index_logs.get(), 3);
+        assert_eq!(*health_rx.borrow(), Health::Ready);
     }
 }

@@ -1,85 +1,177 @@
 //! OTLP/gRPC: `opentelemetry.proto.collector.logs.v1.LogsService/Export`.
+//!
+//! A unary gRPC call is served here directly on HTTP/2 rather than through tonic's generated
+//! server, whose key check could only run after tonic has read, decompressed and decoded the
+//! whole message on the async runtime. Here the key is checked from the headers before a byte of
+//! the body is read; the body is read under the limits and the memory budget; the one message is
+//! unframed and handed to the shared export path, which decompresses and decodes it off the
+//! runtime. Answers are standard gRPC: a data frame and `grpc-status` trailers on success, a
+//! trailers-only response on error (tonic's `Status`).
 
-use std::future::Future;
+use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::header::HeaderValue;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use axum::routing::post;
+use http_body_util::{BodyExt as _, Full};
 use prost::Message as _;
-use tokio::net::TcpListener;
-use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataValue;
-use tonic::transport::server::TcpIncoming;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
-use tower::util::MapResponseLayer;
 
-use super::export_response;
+use super::decode::{Compression, Format};
+use super::{Encoded, ReceiveLimits, Refusal, export_response, read_body, receive};
 use crate::auth::AuthError;
-use crate::ingest::{ExportError, ExportService, RETRY_AFTER};
+use crate::ingest::{ExportService, RETRY_AFTER};
 use crate::metrics::{ExportLabels, Metrics};
 
-/// The gRPC face of the export service.
+/// The path of the Export method.
+pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+/// The gRPC message prefix: a compressed flag and a 32-bit big-endian length.
+const PREFIX: usize = 5;
+
+#[derive(Clone)]
 struct GrpcReceiver {
     service: ExportService,
+    limits: ReceiveLimits,
+    metrics: Arc<Metrics>,
 }
 
-#[tonic::async_trait]
-impl LogsService for GrpcReceiver {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|value| value.as_bytes());
-        let key_user = self.service.authorize(authorization).map_err(to_status)?;
-        let outcome = self
-            .service
-            .export(key_user.as_deref(), request.get_ref())
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(export_response(outcome)))
+/// The OTLP/gRPC routes; anything but Export is UNIMPLEMENTED.
+pub fn router(service: ExportService, limits: ReceiveLimits, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(EXPORT_PATH, post(export))
+        .fallback(|| async { trailers_only(Status::unimplemented("unknown gRPC method")) })
+        .with_state(GrpcReceiver {
+            service,
+            limits,
+            metrics,
+        })
+}
+
+async fn export(State(receiver): State<GrpcReceiver>, headers: HeaderMap, body: Body) -> Response {
+    let result = handle(&receiver, &headers, body).await;
+    let code = match &result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    receiver
+        .metrics
+        .exports
+        .get_or_create(&ExportLabels {
+            transport: "grpc",
+            status: code_name(code).to_owned(),
+        })
+        .inc();
+    match result {
+        Ok(response) => response,
+        Err(status) => trailers_only(status),
     }
 }
 
-/// Serves OTLP/gRPC on `listener` until `shutdown` completes, then finishes in-flight exports.
-pub async fn serve(
-    listener: TcpListener,
-    service: ExportService,
-    max_message_bytes: usize,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    let logs = LogsServiceServer::new(GrpcReceiver { service })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message_bytes);
-    // Small responses must not wait for Nagle's algorithm.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .layer(MapResponseLayer::new(move |response| {
-            conform_status(response, &metrics)
-        }))
-        .add_service(logs)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+async fn handle(
+    receiver: &GrpcReceiver,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Status> {
+    let is_grpc = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !is_grpc {
+        return Err(Status::invalid_argument(
+            "content-type must be application/grpc",
+        ));
+    }
+    // the key first: a stranger's body is never read
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let key_user = receiver
+        .service
+        .authorize(authorization)
+        .map_err(|e| to_status(Refusal::Auth(e)))?;
+    let compression = match headers.get("grpc-encoding").map(HeaderValue::as_bytes) {
+        None | Some(b"identity") => Compression::Identity,
+        Some(b"gzip") => Compression::Gzip,
+        Some(other) => {
+            let mut status = Status::unimplemented(format!(
+                "grpc-encoding {:?} is not supported (gzip or identity)",
+                String::from_utf8_lossy(other)
+            ));
+            status.metadata_mut().insert(
+                "grpc-accept-encoding",
+                MetadataValue::from_static("gzip,identity"),
+            );
+            return Err(status);
+        }
+    };
+    let limits = receiver.limits;
+    let mut reservation = receiver.service.reservation();
+    // a compressed message is at most as long as the limit (gzip does not pay off otherwise)
+    let framed = read_body(
+        body,
+        PREFIX + limits.max_message_bytes,
+        limits.body_read_timeout,
+        &mut reservation,
+    )
+    .await
+    .map_err(to_status)?;
+    let (message, compression) =
+        unframe(framed, compression, limits.max_message_bytes).map_err(to_status)?;
+    let encoded = Encoded {
+        body: message,
+        format: Format::Protobuf,
+        compression,
+    };
+    let outcome = receive(&receiver.service, key_user, encoded, reservation, limits)
         .await
+        .map_err(to_status)?;
+    Ok(ok_response(export_response(outcome).encode_to_vec()))
 }
 
-fn to_status(error: ExportError) -> Status {
-    let message = error.to_string();
-    match error {
-        ExportError::Auth(AuthError::Missing | AuthError::Unknown) => {
-            Status::unauthenticated(message)
+/// The one message of a unary call, and how it is compressed: a call that announced gzip may
+/// still send a message uncompressed (its flag says which).
+fn unframe(
+    mut framed: Bytes,
+    encoding: Compression,
+    limit: usize,
+) -> Result<(Bytes, Compression), Refusal> {
+    let malformed = |what: &str| Refusal::Malformed(format!("invalid gRPC request: {what}"));
+    if framed.len() < PREFIX {
+        return Err(malformed("no message"));
+    }
+    let flag = framed[0];
+    let len = u32::from_be_bytes(framed[1..PREFIX].try_into().expect("4 bytes")) as usize;
+    if len > limit {
+        return Err(Refusal::TooLarge { limit });
+    }
+    let compression = match (flag, encoding) {
+        (0, _) => Compression::Identity,
+        (1, Compression::Gzip) => Compression::Gzip,
+        (1, Compression::Identity) => {
+            return Err(malformed("a compressed message without grpc-encoding"));
         }
-        ExportError::Auth(AuthError::Forbidden(_)) => Status::permission_denied(message),
-        ExportError::Overloaded | ExportError::Unavailable => retryable(message),
+        _ => return Err(malformed("unknown compressed flag")),
+    };
+    if framed.len() != PREFIX + len {
+        return Err(malformed("the body is not exactly one message"));
+    }
+    Ok((framed.split_off(PREFIX), compression))
+}
+
+fn to_status(refusal: Refusal) -> Status {
+    let message = refusal.to_string();
+    match refusal {
+        Refusal::Auth(AuthError::Missing | AuthError::Unknown) => Status::unauthenticated(message),
+        Refusal::Auth(AuthError::Forbidden(_)) => Status::permission_denied(message),
+        Refusal::TooLarge { .. } => Status::resource_exhausted(message),
+        Refusal::Malformed(_) => Status::invalid_argument(message),
+        Refusal::BodyTimeout(_) => Status::deadline_exceeded(message),
+        Refusal::Overloaded | Refusal::Unavailable(_) => retryable(message),
     }
 }
 
@@ -103,36 +195,32 @@ fn retryable(message: String) -> Status {
     status
 }
 
-/// Rewrites tonic's own errors into the codes OTLP clients act on: an oversized message is
-/// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE, which clients retry forever), and a body that does
-/// not decode is INVALID_ARGUMENT (tonic says INTERNAL). Counts every answer by its code.
-fn conform_status<B>(mut response: http::Response<B>, metrics: &Metrics) -> http::Response<B> {
-    let count = |code: Code| {
-        metrics
-            .exports
-            .get_or_create(&ExportLabels {
-                transport: "grpc",
-                status: code_name(code).to_owned(),
-            })
-            .inc();
-    };
-    // An error is answered in the headers; a success carries its status in the trailers.
-    let Some(status) = Status::from_header_map(response.headers()) else {
-        count(Code::Ok);
-        return response;
-    };
-    let replacement = match status.code() {
-        Code::OutOfRange => Some(Code::ResourceExhausted),
-        Code::Internal if is_decode_failure(status.message()) => Some(Code::InvalidArgument),
-        _ => None,
-    };
-    if let Some(code) = replacement {
-        response
-            .headers_mut()
-            .insert("grpc-status", HeaderValue::from(code as i32));
-    }
-    count(replacement.unwrap_or(status.code()));
+/// A successful unary answer: the message in one uncompressed frame, then `grpc-status: 0`.
+fn ok_response(message: Vec<u8>) -> Response {
+    let mut frame = Vec::with_capacity(PREFIX + message.len());
+    frame.push(0);
+    frame.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    frame.extend_from_slice(&message);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let body =
+        Full::new(Bytes::from(frame))
+            .with_trailers(std::future::ready(Some(Ok::<_, Infallible>(trailers))));
+    let mut response = Response::new(Body::new(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     response
+}
+
+/// An error answer: the status in the headers, no body.
+fn trailers_only(status: Status) -> Response {
+    status.into_http::<Body>()
 }
 
 /// The canonical name of a gRPC code, as in the gRPC specification.
@@ -156,16 +244,4 @@ fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
-}
-
-/// Whether a message is tonic's report of a request it could not decode.
-fn is_decode_failure(message: &str) -> bool {
-    [
-        "failed to decode Protobuf message",
-        "Error decompressing",
-        "protocol error",
-        "Unexpected EOF",
-    ]
-    .iter()
-    .any(|prefix| message.starts_with(prefix))
 }

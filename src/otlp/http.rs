@@ -3,24 +3,22 @@
 //! The body is decoded here and handed to the same [`ExportService`] as gRPC. Responses and
 //! errors (a `google.rpc.Status`) come back in the request's encoding.
 
-use std::io::Read as _;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use prost::Message as _;
 
-use super::{export_response, json};
+use super::decode::{Compression, Format};
+use super::{Encoded, ReceiveLimits, Refusal, export_response, read_body, receive};
 use crate::auth::AuthError;
-use crate::ingest::{ExportError, ExportService, RETRY_AFTER};
+use crate::ingest::{ExportService, RETRY_AFTER};
 use crate::metrics::{ExportLabels, Metrics};
 
 /// The path OTLP exporters send logs to.
@@ -29,35 +27,26 @@ pub const LOGS_PATH: &str = "/v1/logs";
 #[derive(Clone)]
 struct HttpReceiver {
     service: ExportService,
-    max_message_bytes: usize,
+    limits: ReceiveLimits,
 }
 
-/// The encoding of a request, which its response and errors use too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
-    Protobuf,
-    Json,
-}
-
-impl Encoding {
-    fn content_type(self) -> &'static str {
-        match self {
-            Encoding::Protobuf => "application/x-protobuf",
-            Encoding::Json => "application/json",
-        }
+fn content_type(format: Format) -> &'static str {
+    match format {
+        Format::Protobuf => "application/x-protobuf",
+        Format::Json => "application/json",
     }
+}
 
-    /// From a Content-Type header: case-insensitive, parameters allowed.
-    fn from_content_type(headers: &HeaderMap) -> Option<Self> {
-        let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-        let essence = value.split(';').next()?.trim();
-        if essence.eq_ignore_ascii_case("application/x-protobuf") {
-            Some(Encoding::Protobuf)
-        } else if essence.eq_ignore_ascii_case("application/json") {
-            Some(Encoding::Json)
-        } else {
-            None
-        }
+/// The format of a request from its Content-Type: case-insensitive, parameters allowed.
+fn format_of(headers: &HeaderMap) -> Option<Format> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next()?.trim();
+    if essence.eq_ignore_ascii_case("application/x-protobuf") {
+        Some(Format::Protobuf)
+    } else if essence.eq_ignore_ascii_case("application/json") {
+        Some(Format::Json)
+    } else {
+        None
     }
 }
 
@@ -65,16 +54,29 @@ impl Encoding {
 struct OtlpError {
     status: StatusCode,
     message: String,
-    encoding: Encoding,
+    format: Format,
 }
 
 impl OtlpError {
-    fn new(status: StatusCode, message: impl Into<String>, encoding: Encoding) -> Self {
+    fn new(status: StatusCode, message: impl Into<String>, format: Format) -> Self {
         Self {
             status,
             message: message.into(),
-            encoding,
+            format,
         }
+    }
+
+    /// The answer to a refusal, in the request's format.
+    fn refused(refusal: Refusal, format: Format) -> Self {
+        let status = match &refusal {
+            Refusal::Auth(AuthError::Missing | AuthError::Unknown) => StatusCode::UNAUTHORIZED,
+            Refusal::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+            Refusal::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Overloaded | Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, refusal.to_string(), format)
     }
 
     /// The gRPC code a `google.rpc.Status` carries for this HTTP status.
@@ -86,6 +88,7 @@ impl OtlpError {
             StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
             StatusCode::FORBIDDEN => tonic::Code::PermissionDenied,
             StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
+            StatusCode::REQUEST_TIMEOUT => tonic::Code::DeadlineExceeded,
             StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
             _ => tonic::Code::Internal,
         }
@@ -95,14 +98,14 @@ impl OtlpError {
 impl IntoResponse for OtlpError {
     fn into_response(self) -> Response {
         let code = self.grpc_code() as i32;
-        let body = match self.encoding {
-            Encoding::Protobuf => tonic_types::Status {
+        let body = match self.format {
+            Format::Protobuf => tonic_types::Status {
                 code,
                 message: self.message,
                 details: Vec::new(),
             }
             .encode_to_vec(),
-            Encoding::Json => serde_json::to_vec(&serde_json::json!({
+            Format::Json => serde_json::to_vec(&serde_json::json!({
                 "code": code,
                 "message": self.message,
             }))
@@ -110,7 +113,7 @@ impl IntoResponse for OtlpError {
         };
         let mut response = (
             self.status,
-            [(header::CONTENT_TYPE, self.encoding.content_type())],
+            [(header::CONTENT_TYPE, content_type(self.format))],
             body,
         )
             .into_response();
@@ -132,13 +135,10 @@ impl IntoResponse for OtlpError {
 }
 
 /// The OTLP/HTTP routes.
-pub fn router(service: ExportService, max_message_bytes: usize, metrics: Arc<Metrics>) -> Router {
+pub fn router(service: ExportService, limits: ReceiveLimits, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route(LOGS_PATH, post(export))
-        .with_state(HttpReceiver {
-            service,
-            max_message_bytes,
-        })
+        .with_state(HttpReceiver { service, limits })
         .layer(middleware::map_response_with_state(metrics, count_export))
 }
 
@@ -159,73 +159,65 @@ async fn export(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OtlpError> {
-    let Some(encoding) = Encoding::from_content_type(&headers) else {
+    let Some(format) = format_of(&headers) else {
         return Err(OtlpError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/x-protobuf or application/json",
-            Encoding::Json,
+            Format::Json,
         ));
     };
-    let fail = |status, message: String| OtlpError::new(status, message, encoding);
+    let refused = |refusal: Refusal| OtlpError::refused(refusal, format);
+    // the key first: a stranger's body is never read
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let key_user = receiver
         .service
         .authorize(authorization)
-        .map_err(|e| export_error(e, encoding))?;
-    let limit = receiver.max_message_bytes;
-    let too_large = || {
-        fail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body exceeds the limit of {limit} bytes"),
-        )
-    };
-    let raw = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
-    let bytes = match headers
+        .map_err(|e| refused(e.into()))?;
+    let compression = match headers
         .get(header::CONTENT_ENCODING)
         .map(HeaderValue::as_bytes)
     {
-        None | Some(b"identity") => raw,
-        Some(v) if v.eq_ignore_ascii_case(b"gzip") => gunzip(&raw, limit).map_err(|e| match e {
-            GunzipError::TooLarge => too_large(),
-            GunzipError::Invalid(e) => {
-                fail(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}"))
-            }
-        })?,
+        None | Some(b"identity") => Compression::Identity,
+        Some(v) if v.eq_ignore_ascii_case(b"gzip") => Compression::Gzip,
         Some(other) => {
-            return Err(fail(
+            return Err(OtlpError::new(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "unsupported Content-Encoding {:?} (expected gzip or none)",
                     String::from_utf8_lossy(other)
                 ),
+                format,
             ));
         }
     };
-    let request = match encoding {
-        Encoding::Protobuf => ExportLogsServiceRequest::decode(bytes).map_err(|e| {
-            fail(
-                StatusCode::BAD_REQUEST,
-                format!("invalid OTLP protobuf: {e}"),
-            )
-        })?,
-        Encoding::Json => {
-            json::decode(&bytes).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?
-        }
-    };
-    let outcome = receiver
-        .service
-        .export(key_user.as_deref(), &request)
+    let limits = receiver.limits;
+    let limit = limits.max_message_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(refused(Refusal::TooLarge { limit }));
+    }
+    let mut reservation = receiver.service.reservation();
+    let body = read_body(body, limit, limits.body_read_timeout, &mut reservation)
         .await
-        .map_err(|e| export_error(e, encoding))?;
-    Ok(success(export_response(outcome), encoding))
+        .map_err(refused)?;
+    let encoded = Encoded {
+        body,
+        format,
+        compression,
+    };
+    let outcome = receive(&receiver.service, key_user, encoded, reservation, limits)
+        .await
+        .map_err(refused)?;
+    Ok(success(export_response(outcome), format))
 }
 
-fn success(response: ExportLogsServiceResponse, encoding: Encoding) -> Response {
-    let body = match encoding {
-        Encoding::Protobuf => response.encode_to_vec(),
-        Encoding::Json => {
+fn success(response: ExportLogsServiceResponse, format: Format) -> Response {
+    let body = match format {
+        Format::Protobuf => response.encode_to_vec(),
+        Format::Json => {
             let json = match response.partial_success {
                 None => serde_json::json!({}),
                 Some(partial) => serde_json::json!({
@@ -241,36 +233,8 @@ fn success(response: ExportLogsServiceResponse, encoding: Encoding) -> Response 
     };
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, encoding.content_type())],
+        [(header::CONTENT_TYPE, content_type(format))],
         body,
     )
         .into_response()
-}
-
-fn export_error(error: ExportError, encoding: Encoding) -> OtlpError {
-    let status = match &error {
-        ExportError::Auth(AuthError::Missing | AuthError::Unknown) => StatusCode::UNAUTHORIZED,
-        ExportError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
-        ExportError::Overloaded | ExportError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    OtlpError::new(status, error.to_string(), encoding)
-}
-
-enum GunzipError {
-    TooLarge,
-    Invalid(std::io::Error),
-}
-
-/// Decompresses a gzip body, refusing to produce more than `limit` bytes.
-fn gunzip(compressed: &[u8], limit: usize) -> Result<Bytes, GunzipError> {
-    let mut out = Vec::new();
-    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    flate2::read::MultiGzDecoder::new(compressed)
-        .take(cap)
-        .read_to_end(&mut out)
-        .map_err(GunzipError::Invalid)?;
-    if out.len() > limit {
-        return Err(GunzipError::TooLarge);
-    }
-    Ok(out.into())
 }

@@ -4,23 +4,27 @@
 //! takes a fresh searcher per query. Both are blocking: call them off the async runtime.
 
 mod blocks;
+mod directory;
 mod schema;
 mod search;
 
 use std::path::Path;
 
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
-use tantivy::directory::MmapDirectory;
 use tantivy::indexer::IndexWriterOptions;
 use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value as _};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
+use schema::SEQ_FIELD;
 pub use schema::{MAX_WORD_BYTES, message_terms};
 pub use search::SortKey;
 
+use crate::faults::Faults;
 use crate::mapping::{ActivityLog, LogStatus, LogType};
 use blocks::BlockCache;
+use directory::IndexDirectory;
 use schema::{Fields, MESSAGE_TOKENIZER, Scoped, message_analyzer};
 use search::Window;
 
@@ -33,6 +37,20 @@ pub enum StoreError {
     Tantivy(#[from] tantivy::TantivyError),
     #[error("corrupt commit payload {0:?}")]
     Payload(String),
+}
+
+/// Most logs a page may skip by offset (`page`): the work and memory of a page grow with its
+/// offset, so deeper pages are read with a keyset cursor, which costs what the first page does.
+pub const MAX_OFFSET: usize = 100_000;
+
+/// Why a search was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// The page starts past [`MAX_OFFSET`] matches.
+    #[error("the page starts past the first {MAX_OFFSET} logs")]
+    TooDeep,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What a commit records beside the documents.
@@ -95,44 +113,65 @@ pub struct Store {
 
 /// The one writer of the index.
 pub struct LogWriter {
+    index: Index,
+    options: IndexWriterOptions,
     writer: IndexWriter,
+    /// Set when a rollback failed: the writer is unusable and must be made anew.
+    writer_lost: bool,
     reader: IndexReader,
     fields: Fields,
     committed_seq: u64,
 }
 
+/// How the index is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Indexing memory of the writer.
+    pub writer_memory_bytes: usize,
+    /// Failures to inject into the index's writes (tests).
+    pub faults: Faults,
+    /// Counts writes that failed during merges.
+    pub merge_failures: Counter,
+}
+
+impl StoreOptions {
+    /// A writer with `writer_memory_bytes`, no injected faults and a counter of its own.
+    pub fn new(writer_memory_bytes: usize) -> Self {
+        Self {
+            writer_memory_bytes,
+            faults: Faults::none(),
+            merge_failures: Counter::default(),
+        }
+    }
+}
+
 /// Opens the index in `path`, creating the folder and the index on first use.
-pub fn open(path: &Path, writer_memory_bytes: usize) -> Result<(Store, LogWriter), StoreError> {
+pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), StoreError> {
     let open_error = |message: String| StoreError::Open {
         path: path.display().to_string(),
         message,
     };
     std::fs::create_dir_all(path).map_err(|e| open_error(e.to_string()))?;
-    let directory = MmapDirectory::open(path).map_err(|e| open_error(e.to_string()))?;
+    let directory =
+        IndexDirectory::open(path, options.faults.clone(), options.merge_failures.clone())
+            .map_err(|e| open_error(e.to_string()))?;
     let (schema, fields) = Fields::schema();
     let index = Index::open_or_create(directory, schema).map_err(|e| open_error(e.to_string()))?;
     index
         .tokenizers()
         .register(MESSAGE_TOKENIZER, message_analyzer());
-    let committed_seq = match index.load_metas()?.payload {
-        None => 0,
-        Some(payload) => {
-            serde_json::from_str::<CommitPayload>(&payload)
-                .map_err(|_| StoreError::Payload(payload.clone()))?
-                .last_seq
-        }
-    };
     // Merges on a second thread would fight indexing on small machines: one of each.
-    let options = IndexWriterOptions::builder()
-        .memory_budget_per_thread(writer_memory_bytes)
+    let writer_options = IndexWriterOptions::builder()
+        .memory_budget_per_thread(options.writer_memory_bytes)
         .num_worker_threads(1)
         .num_merge_threads(1)
         .build();
-    let writer = index.writer_with_options(options)?;
-    let reader = index
+    let writer = index.writer_with_options(writer_options.clone())?;
+    let reader: IndexReader = index
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
         .try_into()?;
+    let committed_seq = durable_seq(&index, &reader)?;
     Ok((
         Store {
             reader: reader.clone(),
@@ -140,7 +179,10 @@ pub fn open(path: &Path, writer_memory_bytes: usize) -> Result<(Store, LogWriter
             blocks: BlockCache::default(),
         },
         LogWriter {
+            index,
+            options: writer_options,
             writer,
+            writer_lost: false,
             reader,
             fields,
             committed_seq,
@@ -148,10 +190,48 @@ pub fn open(path: &Path, writer_memory_bytes: usize) -> Result<(Store, LogWriter
     ))
 }
 
+/// The highest sequence number the index holds on disk: that of its last commit's payload, or
+/// higher when tantivy published segments of a commit that failed (a merge that ends after a
+/// failed `meta.json` write saves the new segments under the old payload). Logs are added in
+/// sequence order and segments flushed in that order, so every log up to it is there.
+fn durable_seq(index: &Index, reader: &IndexReader) -> Result<u64, StoreError> {
+    let mut highest = match index.load_metas()?.payload {
+        None => 0,
+        Some(payload) => {
+            serde_json::from_str::<CommitPayload>(&payload)
+                .map_err(|_| StoreError::Payload(payload.clone()))?
+                .last_seq
+        }
+    };
+    for segment in reader.searcher().segment_readers() {
+        if segment.max_doc() > 0 {
+            highest = highest.max(segment.fast_fields().u64(SEQ_FIELD)?.max_value());
+        }
+    }
+    Ok(highest)
+}
+
 impl LogWriter {
-    /// The highest sequence number of the last commit (0 for a new index).
+    /// The highest sequence number the index holds durably (0 for a new index).
     pub fn committed_seq(&self) -> u64 {
         self.committed_seq
+    }
+
+    /// Drops everything added since the last commit and makes the writer work again after a
+    /// failure (a failed writer keeps taking documents into a channel nobody reads). Then
+    /// [`LogWriter::committed_seq`] tells from where to add again.
+    pub fn rollback(&mut self) -> Result<(), StoreError> {
+        if !self.writer_lost && self.writer.rollback().is_err() {
+            // a failed rollback leaves the writer without its lock: only a new writer works
+            self.writer_lost = true;
+        }
+        if self.writer_lost {
+            self.writer = self.index.writer_with_options(self.options.clone())?;
+            self.writer_lost = false;
+        }
+        self.reader.reload()?;
+        self.committed_seq = durable_seq(&self.index, &self.reader)?;
+        Ok(())
     }
 
     /// Number of logs committed and visible.
@@ -185,34 +265,40 @@ impl Store {
     }
 
     /// Runs a query: the exact total and one page, newest first.
-    pub fn search(&self, query: &LogQuery) -> Result<LogPage, StoreError> {
+    pub fn search(&self, query: &LogQuery) -> Result<LogPage, SearchError> {
         let searcher = self.reader.searcher();
-        let offset = query.offset;
-        // One more than the page, to know whether more follow. An offset past every log in the
-        // index can only yield an empty page: count only.
-        let k = if offset as u64 >= searcher.num_docs() {
-            0
-        } else {
-            offset.saturating_add(query.limit).saturating_add(1)
-        };
         let window = Window {
             start: query.start.unwrap_or(0),
             end: query.end,
             before: query.before,
-            k,
         };
-        let found = search::search(
+        let prepared = search::prepare(
             &searcher,
             self.tantivy_query(query).as_ref(),
             &query.selection_key(),
-            &window,
             &self.blocks,
-        )?;
-        let shown = offset.saturating_add(query.limit);
-        let has_more = found.top.len() > shown;
-        let mut logs = Vec::with_capacity(query.limit.min(found.top.len()));
-        for (key, address) in found.top.into_iter().skip(offset).take(query.limit) {
-            let doc: TantivyDocument = searcher.doc(address)?;
+        )
+        .map_err(StoreError::from)?;
+        let total = prepared.count(&window).map_err(StoreError::from)?;
+        let offset = query.offset;
+        if offset as u64 >= total {
+            // a page past the end: the total only
+            return Ok(LogPage {
+                total,
+                has_more: false,
+                logs: Vec::new(),
+            });
+        }
+        if offset > MAX_OFFSET {
+            return Err(SearchError::TooDeep);
+        }
+        // one more than the page, to know whether more follow
+        let k = offset + query.limit + 1;
+        let top = prepared.top_k(&window, k).map_err(StoreError::from)?;
+        let has_more = top.len() > offset + query.limit;
+        let mut logs = Vec::with_capacity(query.limit.min(top.len()));
+        for (key, address) in top.into_iter().skip(offset).take(query.limit) {
+            let doc: TantivyDocument = searcher.doc(address).map_err(StoreError::from)?;
             let json = doc
                 .get_first(self.fields.doc)
                 .and_then(|value| value.as_bytes())
@@ -221,7 +307,7 @@ impl Store {
             logs.push((key, json));
         }
         Ok(LogPage {
-            total: found.total,
+            total,
             has_more,
             logs,
         })
@@ -323,7 +409,7 @@ mod tests {
     #[test]
     fn block_skipping_search_matches_brute_force() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, mut writer) = open(dir.path(), 16 << 20).unwrap();
+        let (store, mut writer) = open(dir.path(), &StoreOptions::new(16 << 20)).unwrap();
         let mut rng = StdRng::seed_from_u64(7);
         let words = ["alpha", "beta", "gamma", "delta"];
         let mut logs = Vec::new();

@@ -25,7 +25,7 @@ pub struct SortKey {
     pub seq: u64,
 }
 
-/// Which matches a search keeps.
+/// Which matches a search counts and keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
     /// Inclusive lower bound of the timestamp.
@@ -34,8 +34,6 @@ pub struct Window {
     pub end: Option<u64>,
     /// Only matches strictly older than this key go on the page.
     pub before: Option<SortKey>,
-    /// How many of the newest eligible matches to find.
-    pub k: usize,
 }
 
 impl Window {
@@ -54,12 +52,6 @@ impl Window {
     }
 }
 
-/// The result: every match in the range, and the newest `k` eligible ones, newest first.
-pub struct Found {
-    pub total: u64,
-    pub top: Vec<(SortKey, DocAddress)>,
-}
-
 struct Segment<'a> {
     reader: &'a SegmentReader,
     /// The query's matches in each block.
@@ -68,15 +60,20 @@ struct Segment<'a> {
     seqs: Column<u64>,
 }
 
-/// Runs `query` over `searcher` for `window`. `key` names the query (not its window) for the
-/// cache of block statistics.
-pub fn search(
-    searcher: &Searcher,
+/// A query ready to run over one searcher: its weight and the block statistics of every segment.
+pub struct Prepared<'a> {
+    weight: Box<dyn Weight>,
+    segments: Vec<Segment<'a>>,
+}
+
+/// Prepares `query` over `searcher`. `key` names the query (not its window) for the cache of
+/// block statistics.
+pub fn prepare<'a>(
+    searcher: &'a Searcher,
     query: &dyn Query,
     key: &str,
-    window: &Window,
     cache: &BlockCache,
-) -> tantivy::Result<Found> {
+) -> tantivy::Result<Prepared<'a>> {
     let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
     let readers = searcher.segment_readers();
     let stats = cache.for_query(readers, key, weight.as_ref())?;
@@ -93,13 +90,22 @@ pub fn search(
             })
         })
         .collect::<tantivy::Result<Vec<_>>>()?;
-    let total = count(weight.as_ref(), &segments, window)?;
-    let top = if window.k == 0 || total == 0 {
-        Vec::new()
-    } else {
-        top_k(weight.as_ref(), &segments, window)?
-    };
-    Ok(Found { total, top })
+    Ok(Prepared { weight, segments })
+}
+
+impl Prepared<'_> {
+    /// Every match in the window's time range (the keyset position aside).
+    pub fn count(&self, window: &Window) -> tantivy::Result<u64> {
+        count(self.weight.as_ref(), &self.segments, window)
+    }
+
+    /// The newest `k` eligible matches, newest first.
+    pub fn top_k(&self, window: &Window, k: usize) -> tantivy::Result<Vec<(SortKey, DocAddress)>> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        top_k(self.weight.as_ref(), &self.segments, window, k)
+    }
 }
 
 /// Calls `visit` for every live match among the documents `start..end` of a segment, moving
@@ -159,6 +165,7 @@ fn top_k(
     weight: &dyn Weight,
     segments: &[Segment<'_>],
     window: &Window,
+    k: usize,
 ) -> tantivy::Result<Vec<(SortKey, DocAddress)>> {
     // every block that may hold an eligible match, newest first: (max, segment, block, matches)
     let mut order: Vec<(u64, u32, usize, u32)> = Vec::new();
@@ -176,13 +183,13 @@ fn top_k(
     let mut next = 0;
     while next < order.len() {
         let oldest = heap.peek().map(|Reverse((key, _, _))| key.timestamp);
-        if heap.len() == window.k && oldest.is_some_and(|oldest| order[next].0 < oldest) {
+        if heap.len() == k && oldest.is_some_and(|oldest| order[next].0 < oldest) {
             break;
         }
         // A round: the next blocks until they hold enough matches to fill the heap (one block
         // once it is full), visited in document order so that one scorer per segment only
         // moves forward, however deep the page.
-        let wanted = (window.k - heap.len()).max(1) as u64;
+        let wanted = (k - heap.len()).max(1) as u64;
         let mut round = Vec::new();
         let mut matches = 0u64;
         while next < order.len() && matches < wanted {
@@ -209,7 +216,7 @@ fn top_k(
                 if !window.in_range(timestamp) || window.before.is_some_and(|b| key >= b) {
                     return;
                 }
-                if heap.len() < window.k {
+                if heap.len() < k {
                     heap.push(Reverse((key, ord, doc)));
                 } else if let Some(mut oldest) = heap.peek_mut()
                     && key > oldest.0.0

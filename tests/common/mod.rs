@@ -97,7 +97,7 @@ pub struct TestApp {
 pub struct AppOptions {
     pub commit_interval_ms: u64,
     pub max_message_bytes: usize,
-    pub queue_capacity: usize,
+    pub max_inflight_bytes: usize,
 }
 
 impl Default for AppOptions {
@@ -105,7 +105,7 @@ impl Default for AppOptions {
         Self {
             commit_interval_ms: 60_000,
             max_message_bytes: 16 * 1024 * 1024,
-            queue_capacity: 64,
+            max_inflight_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -186,8 +186,8 @@ impl TestApp {
             ),
             ("LOGBRIDGE_INDEX_WRITER_MEMORY_MB", "32".to_owned()),
             (
-                "LOGBRIDGE_INDEX_QUEUE_CAPACITY",
-                options.queue_capacity.to_string(),
+                "LOGBRIDGE_OTLP_MAX_INFLIGHT_BYTES",
+                options.max_inflight_bytes.to_string(),
             ),
             (
                 "LOGBRIDGE_AUTH_KEYS_FILE",

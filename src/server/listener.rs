@@ -1,0 +1,213 @@
+//! Serving one listener: accept connections up to a cap, serve each with hyper under timeouts,
+//! and on shutdown let in-flight requests finish up to a deadline, then drop what is left.
+//!
+//! The same code serves all three listeners; they differ in protocol (HTTP/1.1 for the REST API
+//! and OTLP/HTTP, HTTP/2 for OTLP/gRPC) and in the router they serve.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+use crate::config::ServerConfig;
+
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1: the REST API and OTLP/HTTP.
+    Http1,
+    /// HTTP/2 with prior knowledge: OTLP/gRPC.
+    Http2,
+}
+
+/// How long to wait before accepting again after `accept` failed (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `router` on `listener` until `shutdown` is cancelled; returns once every connection
+/// has ended, at most `drain_timeout` after that.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    protocol: Protocol,
+    limits: ServerConfig,
+    shutdown: CancellationToken,
+) {
+    let builder = Arc::new(builder(protocol, &limits));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        // at the cap, new connections wait in the kernel's backlog
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        // small responses must not wait for Nagle's algorithm
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve_connection(
+            stream,
+            builder.clone(),
+            router.clone(),
+            protocol,
+            limits.clone(),
+            shutdown.clone(),
+            permit,
+        ));
+    }
+    // new connections are refused from here on
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+fn builder(protocol: Protocol, limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(limits.http2_keepalive_interval)
+        .keep_alive_timeout(limits.http2_keepalive_timeout);
+    match protocol {
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+    }
+}
+
+/// When a connection last did something, and how much it is doing.
+struct Activity {
+    started: Instant,
+    /// Requests received so far.
+    requests: AtomicU64,
+    /// Requests whose response is not complete yet.
+    in_flight: AtomicUsize,
+    /// When the last request ended, in milliseconds since `started`.
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection became idle, if it is.
+    fn idle_since(&self) -> Option<Instant> {
+        (self.in_flight.load(Ordering::Relaxed) == 0)
+            .then(|| self.started + Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Marks a request in flight until dropped.
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let elapsed = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_end_ms.store(elapsed, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one connection: until it ends, it idles past the idle timeout, an HTTP/2 connection
+/// brings no request within the header timeout, or shutdown's drain deadline passes.
+async fn serve_connection(
+    stream: TcpStream,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    router: Router,
+    protocol: Protocol,
+    limits: ServerConfig,
+    shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    let activity = Arc::new(Activity::new());
+    let tracked = activity.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let guard = tracked.begin();
+        let response = router.clone().oneshot(request.map(axum::body::Body::new));
+        async move {
+            let response = response.await;
+            drop(guard);
+            response
+        }
+    });
+    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    // hyper has no timer for an HTTP/2 handshake: a connection must bring its first request in time
+    let first_request_by = activity.started + limits.header_read_timeout;
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        let check_at = match drain_deadline {
+            Some(deadline) => deadline,
+            None if protocol == Protocol::Http2
+                && activity.requests.load(Ordering::Relaxed) == 0 =>
+            {
+                first_request_by
+            }
+            None => activity
+                .idle_since()
+                .map_or(Instant::now() + limits.idle_timeout, |since| {
+                    since + limits.idle_timeout
+                }),
+        };
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            () = shutdown.cancelled(), if drain_deadline.is_none() => {
+                connection.as_mut().graceful_shutdown();
+                drain_deadline = Some(Instant::now() + limits.drain_timeout);
+            }
+            () = tokio::time::sleep_until(check_at.into()) => {
+                if drain_deadline.is_some() {
+                    // the drain is over: drop what is left
+                    return;
+                }
+                if protocol == Protocol::Http2 && activity.requests.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                if activity
+                    .idle_since()
+                    .is_some_and(|since| since.elapsed() >= limits.idle_timeout)
+                {
+                    connection.as_mut().graceful_shutdown();
+                    drain_deadline = Some(Instant::now() + limits.drain_timeout);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Wiring: open the index, start the writer, serve OTLP/gRPC, OTLP/HTTP and the REST API on
+//! already-bound listeners, and shut all of it down in order.
+
+mod listener;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState, CursorKey};
+use crate::auth::{KeyStore, load_keys};
+use crate::config::Config;
+use crate::faults::Faults;
+use crate::ingest::{
+    ExportService, Health, IngestQueue, MemoryBudget, WriteError, WriterOptions, WriterThread,
+    spawn_writer,
+};
+use crate::metrics::{Metrics, StorageLabels};
+use crate::otlp::{self, ReceiveLimits};
+use crate::store::{self, StoreOptions};
+use listener::Protocol;
+
+/// The three listeners, bound before the server starts (port 0 picks a free port).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    pub api: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of the config.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let bind = |setting: &'static str, addr: String| async move {
+            TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} ({setting})"))
+        };
+        Ok(Self {
+            grpc: bind("otlp.grpc_listen", config.otlp.grpc_listen.clone()).await?,
+            http: bind("otlp.http_listen", config.otlp.http_listen.clone()).await?,
+            api: bind("api.listen", config.api.listen.clone()).await?,
+        })
+    }
+}
+
+/// Where a running server listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub api: SocketAddr,
+}
+
+/// A running logbridge.
+pub struct RunningServer {
+    pub addresses: Addresses,
+    shutdown: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+    writer: WriterThread,
+    queue: IngestQueue,
+    health: watch::Receiver<Health>,
+    died: Option<oneshot::Receiver<String>>,
+}
+
+/// Starts logbridge on the given listeners.
+pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<RunningServer> {
+    start_with_faults(config, listeners, Faults::none()).await
+}
+
+/// Starts logbridge with storage faults that a test arms on command.
+pub async fn start_with_faults(
+    config: &Config,
+    listeners: Listeners,
+    faults: Faults,
+) -> anyhow::Result<RunningServer> {
+    let addresses = Addresses {
+        grpc: listeners.grpc.local_addr()?,
+        http: listeners.http.local_addr()?,
+        api: listeners.api.local_addr()?,
+    };
+    let keys = KeyStore::new(load_keys(&config.auth.keys_file)?);
+    let metrics = Arc::new(Metrics::new());
+    let index_path = config.index.path.clone();
+    let store_options = StoreOptions {
+        writer_memory_bytes: config.index.writer_memory_bytes,
+        faults: faults.clone(),
+        merge_failures: metrics
+            .storage_failures
+            .get_or_create(&StorageLabels { stage: "merge" })
+            .clone(),
+    };
+    let (store, log_writer) =
+        tokio::task::spawn_blocking(move || store::open(&index_path, &store_options)).await??;
+    let cursor_key = CursorKey::load_or_create(&config.index.path)?;
+    tracing::info!(
+        path = %config.index.path.display(),
+        logs = store.num_logs(),
+        "index open"
+    );
+    let (health, health_rx) = watch::channel(Health::Starting);
+    let (died, died_rx) = oneshot::channel();
+    let (queue, writer) = spawn_writer(
+        log_writer,
+        WriterOptions {
+            wal_dir: config.index.path.join("wal"),
+            commit_interval: config.index.commit_interval,
+            health,
+            metrics: metrics.clone(),
+            faults,
+        },
+        died,
+    )?;
+    let export = ExportService::new(
+        keys.clone(),
+        config.mapping.clone(),
+        queue.clone(),
+        MemoryBudget::new(config.otlp.max_inflight_bytes),
+        metrics.clone(),
+    );
+    let limits = ReceiveLimits {
+        max_message_bytes: config.otlp.max_message_bytes,
+        body_read_timeout: config.server.body_read_timeout,
+    };
+    let api_state = ApiState {
+        keys,
+        store,
+        health: health_rx.clone(),
+        metrics: metrics.clone(),
+        cursor_key,
+        searches: Arc::new(Semaphore::new(config.api.max_concurrent_searches)),
+    };
+    let shutdown = CancellationToken::new();
+    let serve = |listener, router, protocol| {
+        tokio::spawn(listener::serve(
+            listener,
+            router,
+            protocol,
+            config.server.clone(),
+            shutdown.clone(),
+        ))
+    };
+    let servers = vec![
+        serve(
+            listeners.grpc,
+            otlp::grpc::router(export.clone(), limits, metrics.clone()),
+            Protocol::Http2,
+        ),
+        serve(
+            listeners.http,
+            otlp::http::router(export, limits, metrics),
+            Protocol::Http1,
+        ),
+        serve(listeners.api, api::router(api_state), Protocol::Http1),
+    ];
+    tracing::info!(
+        otlp_grpc = %addresses.grpc,
+        otlp_http = %addresses.http,
+        api = %addresses.api,
+        "logbridge listening"
+    );
+    Ok(RunningServer {
+        addresses,
+        shutdown,
+        servers,
+        writer,
+        queue,
+        health: health_rx,
+        died: Some(died_rx),
+    })
+}
+
+impl RunningServer {
+    /// Waits until the write-ahead log is replayed; true if the server then takes exports
+    /// (`/readyz` answers 200).
+    pub async fn ready(&self) -> bool {
+        let mut health = self.health.clone();
+        match health.wait_for(|h| *h != Health::Starting).await {
+            Ok(health) => *health == Health::Ready,
+            Err(_) => false,
+        }
+    }
+
+    /// What the writer can do now.
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    /// Resolves if the writer stops for good without being shut down (its thread died, or the
+    /// write-ahead log cannot be replayed), with the reason; never resolves otherwise.
+    pub async fn writer_died(&mut self) -> String {
+        match self.died.take() {
+            Some(died) => match died.await {
+                Ok(reason) => reason,
+                // shut down normally: nothing to report, ever
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Commits everything accepted so far and makes it visible to `/logs`.
+    pub async fn flush(&self) -> Result<(), WriteError> {
+        self.queue.flush().await
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), commits, and
+    /// returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for server in self.servers {
+            let _ = server.await;
+        }
+        let writer = self.writer;
+        if tokio::task::spawn_blocking(move || writer.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!("writer shutdown task failed");
+        }
+        tracing::info!("logbridge stopped");
+    }
+}
