@@ -378,8 +378,9 @@ mod tests {
     fn records_map_back_to_their_activity_at_the_documented_size() {
         use prost::Message as _;
         let config = crate::mapping::MappingConfig::default();
+        let resource = crate::mapping::ResourceAttributes::default();
         let ctx = crate::mapping::RecordContext {
-            resource: &[],
+            resource: &resource,
             key_user: None,
             received_nanos: 0,
         };

@@ -10,12 +10,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-pub use sources::{FieldSources, Found, MappingConfig, Source};
+pub use sources::{FieldSources, Found, MappingConfig, ResourceAttributes, Source};
 pub use value::to_json;
 
 /// What an activity log records.
@@ -194,8 +194,8 @@ impl fmt::Display for RejectReason {
 /// What a record is mapped in the context of, besides the record itself.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordContext<'a> {
-    /// The attributes of the record's Resource.
-    pub resource: &'a [KeyValue],
+    /// The attributes of the record's Resource that the mapping reads.
+    pub resource: &'a ResourceAttributes<'a>,
     /// The user the ingest key is bound to, if any.
     pub key_user: Option<&'a str>,
     /// When the export arrived, for records with neither time set.
@@ -227,11 +227,13 @@ pub fn map_request(
         records: 0,
     };
     for resource_logs in &request.resource_logs {
+        let attributes = resource_logs
+            .resource
+            .as_ref()
+            .map_or(&[][..], |r| &r.attributes[..]);
+        let resource = ResourceAttributes::new(config, attributes);
         let ctx = RecordContext {
-            resource: resource_logs
-                .resource
-                .as_ref()
-                .map_or(&[][..], |r| &r.attributes[..]),
+            resource: &resource,
             key_user,
             received_nanos,
         };
@@ -363,7 +365,7 @@ pub fn map_record<'c>(
 fn first_present<'s, 'a>(
     sources: &'s [Source],
     record: &'a LogRecord,
-    resource: &'a [KeyValue],
+    resource: &ResourceAttributes<'a>,
 ) -> Option<(&'s Source, Found<'a>)> {
     sources
         .iter()

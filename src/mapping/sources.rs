@@ -65,13 +65,15 @@ impl Source {
     }
 
     /// The value at this source, if present and non-empty.
-    pub fn find<'a>(&self, record: &'a LogRecord, resource: &'a [KeyValue]) -> Option<Found<'a>> {
+    pub fn find<'a>(
+        &self,
+        record: &'a LogRecord,
+        resource: &ResourceAttributes<'a>,
+    ) -> Option<Found<'a>> {
         match self {
-            Source::Attr(key) => {
-                attribute(&record.attributes, key).or_else(|| attribute(resource, key))
-            }
+            Source::Attr(key) => attribute(&record.attributes, key).or_else(|| resource.get(key)),
             Source::RecordAttr(key) => attribute(&record.attributes, key),
-            Source::ResourceAttr(key) => attribute(resource, key),
+            Source::ResourceAttr(key) => resource.get(key),
             Source::EventName => {
                 if record.event_name.is_empty() {
                     attribute(&record.attributes, "event.name")
@@ -108,9 +110,47 @@ fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<Found<'a>> {
     attributes
         .iter()
         .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v: &AnyValue| v.value.as_ref())
+        .and_then(value_of)
         .map(Found::Any)
+}
+
+fn value_of(kv: &KeyValue) -> Option<&any_value::Value> {
+    kv.value.as_ref().and_then(|v: &AnyValue| v.value.as_ref())
+}
+
+/// The attributes of one Resource that the mapping reads, found in one pass over them: a
+/// Resource is shared by all its records, so looking them up per field and record would cost
+/// its size times theirs.
+#[derive(Debug, Default)]
+pub struct ResourceAttributes<'a> {
+    /// The first attribute of each key the mapping reads, in the order found.
+    found: Vec<(&'a str, Option<&'a any_value::Value>)>,
+}
+
+impl<'a> ResourceAttributes<'a> {
+    /// Finds in `attributes` every key some source of `config` reads.
+    pub fn new(config: &MappingConfig, attributes: &'a [KeyValue]) -> Self {
+        let wanted = config.attribute_keys();
+        let mut found: Vec<(&'a str, Option<&'a any_value::Value>)> = Vec::new();
+        for kv in attributes {
+            if found.len() == wanted.len() {
+                break;
+            }
+            let key = kv.key.as_str();
+            if wanted.contains(&key) && !found.iter().any(|(k, _)| *k == key) {
+                found.push((key, value_of(kv)));
+            }
+        }
+        Self { found }
+    }
+
+    fn get(&self, key: &str) -> Option<Found<'a>> {
+        self.found
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, value)| *value)
+            .map(Found::Any)
+    }
 }
 
 /// The ordered sources of every configurable field, as validated from the config file.
@@ -125,6 +165,32 @@ pub struct MappingConfig {
     pub response_data: Vec<Source>,
     pub latency_ms: Vec<Source>,
     pub user_id: Vec<Source>,
+}
+
+impl MappingConfig {
+    /// Every attribute key a source reads, once each.
+    fn attribute_keys(&self) -> Vec<&str> {
+        let all = [
+            &self.log_type,
+            &self.status,
+            &self.assistant_id,
+            &self.room_name,
+            &self.message,
+            &self.request_data,
+            &self.response_data,
+            &self.latency_ms,
+            &self.user_id,
+        ];
+        let mut keys: Vec<&str> = Vec::new();
+        for source in all.into_iter().flatten() {
+            if let Source::Attr(key) | Source::ResourceAttr(key) = source
+                && !keys.contains(&key.as_str())
+            {
+                keys.push(key);
+            }
+        }
+        keys
+    }
 }
 
 impl Default for MappingConfig {

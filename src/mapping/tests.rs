@@ -51,12 +51,14 @@ fn map_with(
     resource: &[KeyValue],
     key_user: Option<&str>,
 ) -> Result<ActivityLog, RejectReason> {
+    let config = MappingConfig::default();
+    let resource = ResourceAttributes::new(&config, resource);
     let ctx = RecordContext {
-        resource,
+        resource: &resource,
         key_user,
         received_nanos: 42,
     };
-    map_record(&MappingConfig::default(), &ctx, record)
+    map_record(&config, &ctx, record)
 }
 
 fn without(mut record: LogRecord, key: &str) -> LogRecord {
@@ -334,8 +336,10 @@ fn configured_sources_replace_the_defaults() {
         message: vec![Source::Attr("summary".to_owned()), Source::Body],
         ..Default::default()
     };
+    let attributes = [kv("service.name", s("voice-worker"))];
+    let resource = ResourceAttributes::new(&config, &attributes);
     let ctx = RecordContext {
-        resource: &[kv("service.name", s("voice-worker"))],
+        resource: &resource,
         key_user: None,
         received_nanos: 0,
     };
@@ -436,4 +440,51 @@ fn oversized_or_deep_data_and_long_names_are_rejected() {
         map(&rec).unwrap().severity_text.unwrap().len(),
         MAX_NAME_BYTES
     );
+}
+
+#[test]
+fn resource_attributes_apply_to_every_record_first_one_winning() {
+    use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    // the shape `benches/mapping.rs` times: 20,000 resource attributes, those the mapping reads
+    // at the very end, and 20,000 records without attributes of their own for those fields
+    let mut attributes: Vec<KeyValue> = (0..20_000)
+        .map(|i| kv(&format!("resource.noise.{i}"), s("x")))
+        .collect();
+    attributes.push(kv("activity.assistant_id", s("from-resource")));
+    attributes.push(kv("activity.assistant_id", s("a later duplicate")));
+    attributes.push(kv("user.id", s("user-r")));
+    let records: Vec<LogRecord> = (0..20_000)
+        .map(|_| without(without(record(), "activity.assistant_id"), "user.id"))
+        .collect();
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes,
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            schema_url: String::new(),
+        }],
+    };
+    let mapped = map_request(&MappingConfig::default(), None, 0, &request);
+    assert_eq!(mapped.logs.len(), 20_000);
+    assert!(mapped.rejected.is_empty());
+    assert!(
+        mapped
+            .logs
+            .iter()
+            .all(|log| log.assistant_id == "from-resource")
+    );
+    assert!(mapped.logs.iter().all(|log| log.user_id == "user-r"));
+    // a record's own attribute still wins over the resource's
+    let mut own = request.clone();
+    own.resource_logs[0].scope_logs[0].log_records[7] = without(record(), "user.id");
+    let mapped = map_request(&MappingConfig::default(), None, 0, &own);
+    assert_eq!(mapped.logs[7].assistant_id, "asst-1");
+    assert_eq!(mapped.logs[8].assistant_id, "from-resource");
 }
