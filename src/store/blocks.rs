@@ -19,9 +19,12 @@ use super::schema::TIMESTAMP_FIELD;
 /// Documents per block. Unit tests use small blocks, so that a small index has many.
 pub const BLOCK_DOCS: u32 = if cfg!(test) { 64 } else { 2048 };
 
-/// Most blocks whose statistics are kept, over all segments and queries: 24 bytes each, so
-/// about 48 MiB.
-const MAX_CACHED_BLOCKS: usize = 2 << 20;
+/// Most bytes the statistics of all segments and queries may take, keys included.
+const MAX_CACHED_BYTES: usize = 48 << 20;
+
+/// What an entry costs besides its blocks and its key: the map's and the queue's slots, the
+/// `Arc` and the vector's header.
+const ENTRY_OVERHEAD: usize = 128;
 
 /// The matches of a query in one block.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +40,11 @@ pub struct Block {
 pub struct SegmentBlocks {
     pub blocks: Vec<Block>,
     max_doc: DocId,
+}
+
+/// What one entry of the cache costs, in bytes.
+fn entry_bytes(key: &str, stats: &SegmentBlocks) -> usize {
+    ENTRY_OVERHEAD + key.len() + stats.blocks.len() * std::mem::size_of::<Block>()
 }
 
 impl SegmentBlocks {
@@ -77,10 +85,17 @@ impl SegmentBlocks {
 
 type Key = (SegmentId, String);
 
-/// The statistics of recent queries, by segment and query.
-#[derive(Clone, Default)]
+/// The statistics of recent queries, by segment and query, within a byte bound.
+#[derive(Clone)]
 pub struct BlockCache {
     inner: Arc<Mutex<Cached>>,
+    max_bytes: usize,
+}
+
+impl Default for BlockCache {
+    fn default() -> Self {
+        Self::with_max_bytes(MAX_CACHED_BYTES)
+    }
 }
 
 #[derive(Default)]
@@ -88,10 +103,25 @@ struct Cached {
     stats: HashMap<Key, Arc<SegmentBlocks>>,
     /// Keys of `stats`, oldest first, for eviction.
     order: VecDeque<Key>,
-    blocks: usize,
+    /// What the entries cost, keys included.
+    bytes: usize,
 }
 
 impl BlockCache {
+    /// A cache that keeps at most `max_bytes` of statistics and keys.
+    pub fn with_max_bytes(max_bytes: usize) -> Self {
+        Self {
+            inner: Arc::default(),
+            max_bytes,
+        }
+    }
+
+    /// What the cached entries cost now, in bytes.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// The statistics of the query `key` (whose weight is `weight`) in each of `segments`,
     /// computing the missing ones; forgets segments no longer searched.
     pub fn for_query(
@@ -120,22 +150,31 @@ impl BlockCache {
         if cached.order.iter().any(|(id, _)| !live(id)) {
             cached.stats.retain(|(id, _), _| live(id));
             cached.order.retain(|(id, _)| live(id));
-            cached.blocks = cached.stats.values().map(|s| s.blocks.len()).sum();
+            cached.bytes = cached
+                .stats
+                .iter()
+                .map(|((_, key), stats)| entry_bytes(key, stats))
+                .sum();
         }
         for (id, stats) in fresh {
-            cached.blocks += stats.blocks.len();
+            let bytes = entry_bytes(&id.1, &stats);
+            // one that alone exceeds the bound is used for this query only
+            if bytes > self.max_bytes {
+                continue;
+            }
+            cached.bytes += bytes;
             if let Some(replaced) = cached.stats.insert(id.clone(), stats) {
-                cached.blocks -= replaced.blocks.len();
+                cached.bytes -= entry_bytes(&id.1, &replaced);
             } else {
                 cached.order.push_back(id);
             }
         }
-        while cached.blocks > MAX_CACHED_BLOCKS {
+        while cached.bytes > self.max_bytes {
             let Some(oldest) = cached.order.pop_front() else {
                 break;
             };
             if let Some(evicted) = cached.stats.remove(&oldest) {
-                cached.blocks -= evicted.blocks.len();
+                cached.bytes -= entry_bytes(&oldest.1, &evicted);
             }
         }
         Ok(result)

@@ -2,6 +2,8 @@
 //!
 //! - `meta.json` is renamed into place without an fsync of the folder, so a commit that returned
 //!   could be undone by a power loss; this directory fsyncs the folder after it.
+//! - Tantivy reports a failed segment write as "an index writer was killed"; this directory keeps
+//!   the I/O error itself (a full disk, a failing device) for the operator.
 //! - A merge that fails is only logged by tantivy; this directory counts write failures on merge
 //!   threads, for `/metrics`.
 //! - Tests make its write points fail on command ([`Faults`]): segment files, `meta.json`, and the
@@ -9,7 +11,7 @@
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 use tantivy::directory::error::{DeleteError, LockError, OpenReadError, OpenWriteError};
@@ -26,12 +28,57 @@ const META_FILE: &str = "meta.json";
 /// Tantivy names the threads of its merge pool `merge_thread_<n>`.
 const MERGE_THREAD_PREFIX: &str = "merge_thread_";
 
-/// An `MmapDirectory` that fsyncs after `meta.json`, counts merge failures and injects faults.
+/// What every write of the directory goes through.
+#[derive(Debug)]
+struct Watch {
+    faults: Faults,
+    merge_failures: Counter,
+    /// The last error of a write outside merges.
+    last_error: Mutex<Option<io::Error>>,
+}
+
+impl Watch {
+    /// Runs a write at `point`: fails if a fault is armed there, and notes the error if any.
+    fn run<T>(&self, point: WritePoint, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let result = self.faults.check(point).and_then(|()| op());
+        if let Err(e) = &result {
+            self.note(point, e);
+        }
+        result
+    }
+
+    fn note(&self, point: WritePoint, error: &io::Error) {
+        if point == WritePoint::Merge {
+            self.merge_failures.inc();
+        } else {
+            *self.lock() = Some(io::Error::new(error.kind(), error.to_string()));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<io::Error>> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// An `MmapDirectory` that fsyncs after `meta.json`, keeps write errors, counts merge failures
+/// and injects faults.
 #[derive(Debug, Clone)]
 pub struct IndexDirectory {
     inner: MmapDirectory,
-    faults: Faults,
-    merge_failures: Counter,
+    watch: Arc<Watch>,
+}
+
+/// The handle that reads what the directory saw go wrong.
+#[derive(Debug, Clone)]
+pub struct WriteErrors(Arc<Watch>);
+
+impl WriteErrors {
+    /// The last error of a write outside merges, forgetting it.
+    pub fn take(&self) -> Option<io::Error> {
+        self.0.lock().take()
+    }
 }
 
 impl IndexDirectory {
@@ -40,16 +87,21 @@ impl IndexDirectory {
         path: &Path,
         faults: Faults,
         merge_failures: Counter,
-    ) -> Result<Self, tantivy::directory::error::OpenDirectoryError> {
-        Ok(Self {
-            inner: MmapDirectory::open(path)?,
+    ) -> Result<(Self, WriteErrors), tantivy::directory::error::OpenDirectoryError> {
+        let watch = Arc::new(Watch {
             faults,
             merge_failures,
-        })
+            last_error: Mutex::new(None),
+        });
+        let directory = Self {
+            inner: MmapDirectory::open(path)?,
+            watch: watch.clone(),
+        };
+        Ok((directory, WriteErrors(watch)))
     }
 }
 
-/// The write point of a file opened by the current thread.
+/// The write point of a file written by the current thread.
 fn write_point() -> WritePoint {
     let on_merge_thread = std::thread::current()
         .name()
@@ -61,37 +113,29 @@ fn write_point() -> WritePoint {
     }
 }
 
-/// A file being written: fails where its write point is armed, and counts merge failures.
+/// A file being written, through the directory's [`Watch`].
 struct WatchedFile {
     inner: Box<dyn TerminatingWrite + Send + Sync>,
     point: WritePoint,
-    faults: Faults,
-    merge_failures: Counter,
-}
-
-impl WatchedFile {
-    fn run<T>(&mut self, op: impl FnOnce(&mut Self) -> io::Result<T>) -> io::Result<T> {
-        let result = self.faults.check(self.point).and_then(|()| op(self));
-        if result.is_err() && self.point == WritePoint::Merge {
-            self.merge_failures.inc();
-        }
-        result
-    }
+    watch: Arc<Watch>,
 }
 
 impl Write for WatchedFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.run(|file| file.inner.write(buf))
+        let inner = &mut self.inner;
+        self.watch.run(self.point, || inner.write(buf))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.run(|file| file.inner.flush())
+        let inner = &mut self.inner;
+        self.watch.run(self.point, || inner.flush())
     }
 }
 
 impl TerminatingWrite for WatchedFile {
     fn terminate_ref(&mut self, token: AntiCallToken) -> io::Result<()> {
-        self.run(|file| file.inner.terminate_ref(token))
+        let inner = &mut self.inner;
+        self.watch.run(self.point, || inner.terminate_ref(token))
     }
 }
 
@@ -110,23 +154,18 @@ impl Directory for IndexDirectory {
 
     fn open_write(&self, path: &Path) -> Result<WritePtr, OpenWriteError> {
         let point = write_point();
-        let open_error = |e: io::Error| OpenWriteError::wrap_io_error(e, path.to_path_buf());
-        if let Err(e) = self.faults.check(point) {
-            if point == WritePoint::Merge {
-                self.merge_failures.inc();
-            }
-            return Err(open_error(e));
+        let io_error = |e: io::Error| OpenWriteError::wrap_io_error(e, path.to_path_buf());
+        self.watch.run(point, || Ok(())).map_err(io_error)?;
+        let opened = self.inner.open_write(path);
+        if let Err(OpenWriteError::IoError { io_error, .. }) = &opened {
+            self.watch.note(point, io_error);
         }
-        let inner = self
-            .inner
-            .open_write(path)?
-            .into_inner()
-            .map_err(|e| open_error(e.into_error()))?;
+        // the inner writer comes in a buffer of its own, still empty: unwrap it
+        let inner = opened?.into_inner().map_err(|e| io_error(e.into_error()))?;
         Ok(BufWriter::new(Box::new(WatchedFile {
             inner,
             point,
-            faults: self.faults.clone(),
-            merge_failures: self.merge_failures.clone(),
+            watch: self.watch.clone(),
         })))
     }
 
@@ -141,18 +180,19 @@ impl Directory for IndexDirectory {
         } else {
             write_point()
         };
-        self.faults.check(point)?;
-        self.inner.atomic_write(path, data)?;
-        if is_meta {
-            // the rename of the commit point is durable only once the folder is
-            self.inner.sync_directory()?;
-        }
-        Ok(())
+        self.watch.run(point, || {
+            self.inner.atomic_write(path, data)?;
+            if is_meta {
+                // the rename of the commit point is durable only once the folder is
+                self.inner.sync_directory()?;
+            }
+            Ok(())
+        })
     }
 
     fn sync_directory(&self) -> io::Result<()> {
-        self.faults.check(write_point())?;
-        self.inner.sync_directory()
+        self.watch
+            .run(write_point(), || self.inner.sync_directory())
     }
 
     fn acquire_lock(&self, lock: &Lock) -> Result<DirectoryLock, LockError> {

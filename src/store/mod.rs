@@ -24,7 +24,7 @@ pub use search::SortKey;
 use crate::faults::Faults;
 use crate::mapping::{ActivityLog, LogStatus, LogType};
 use blocks::BlockCache;
-use directory::IndexDirectory;
+use directory::{IndexDirectory, WriteErrors};
 use schema::{Fields, MESSAGE_TOKENIZER, Scoped, message_analyzer};
 use search::Window;
 
@@ -35,6 +35,9 @@ pub enum StoreError {
     Open { path: String, message: String },
     #[error("index error: {0}")]
     Tantivy(#[from] tantivy::TantivyError),
+    /// A write of the index failed: a full disk, a failing device.
+    #[error("{0}")]
+    Write(std::io::Error),
     #[error("corrupt commit payload {0:?}")]
     Payload(String),
 }
@@ -118,6 +121,8 @@ pub struct LogWriter {
     writer: IndexWriter,
     /// Set when a rollback failed: the writer is unusable and must be made anew.
     writer_lost: bool,
+    /// What the directory saw go wrong, behind tantivy's own errors.
+    write_errors: WriteErrors,
     reader: IndexReader,
     fields: Fields,
     committed_seq: u64,
@@ -152,7 +157,7 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
         message,
     };
     std::fs::create_dir_all(path).map_err(|e| open_error(e.to_string()))?;
-    let directory =
+    let (directory, write_errors) =
         IndexDirectory::open(path, options.faults.clone(), options.merge_failures.clone())
             .map_err(|e| open_error(e.to_string()))?;
     let (schema, fields) = Fields::schema();
@@ -183,6 +188,7 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
             options: writer_options,
             writer,
             writer_lost: false,
+            write_errors,
             reader,
             fields,
             committed_seq,
@@ -211,6 +217,14 @@ fn durable_seq(index: &Index, reader: &IndexReader) -> Result<u64, StoreError> {
     Ok(highest)
 }
 
+/// Tantivy's error, or the I/O error behind it when the directory saw one.
+fn explain(write_errors: &WriteErrors, error: tantivy::TantivyError) -> StoreError {
+    match write_errors.take() {
+        Some(io) => StoreError::Write(io),
+        None => StoreError::Tantivy(error),
+    }
+}
+
 impl LogWriter {
     /// The highest sequence number the index holds durably (0 for a new index).
     pub fn committed_seq(&self) -> u64 {
@@ -231,6 +245,8 @@ impl LogWriter {
         }
         self.reader.reload()?;
         self.committed_seq = durable_seq(&self.index, &self.reader)?;
+        // what went wrong before the rollback explains nothing after it
+        self.write_errors.take();
         Ok(())
     }
 
@@ -241,7 +257,8 @@ impl LogWriter {
 
     /// Adds a log; it becomes visible with the next commit.
     pub fn add(&mut self, log: &ActivityLog, seq: u64) -> Result<(), StoreError> {
-        self.writer.add_document(self.fields.document(log, seq))?;
+        let added = self.writer.add_document(self.fields.document(log, seq));
+        added.map_err(|e| explain(&self.write_errors, e))?;
         Ok(())
     }
 
@@ -249,9 +266,13 @@ impl LogWriter {
     pub fn commit(&mut self, last_seq: u64) -> Result<(), StoreError> {
         let payload = serde_json::to_string(&CommitPayload { last_seq })
             .expect("a payload of one integer serializes");
-        let mut prepared = self.writer.prepare_commit()?;
+        let errors = &self.write_errors;
+        let mut prepared = self
+            .writer
+            .prepare_commit()
+            .map_err(|e| explain(errors, e))?;
         prepared.set_payload(&payload);
-        prepared.commit()?;
+        prepared.commit().map_err(|e| explain(errors, e))?;
         self.committed_seq = last_seq;
         self.reader.reload()?;
         Ok(())
@@ -493,5 +514,48 @@ mod tests {
             assert_eq!(got, keys, "round {round}: {q:?}");
             assert_eq!(page.has_more, has_more, "round {round}: {q:?}");
         }
+    }
+
+    #[test]
+    fn the_statistics_cache_stays_within_its_bytes_keys_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut writer) = open(dir.path(), &StoreOptions::new(16 << 20)).unwrap();
+        for seq in 1..=3_000u64 {
+            let mut log = example_log("cached");
+            log.room_name = format!("r{}", seq % 7);
+            log.timestamp_nanos = seq;
+            writer.add(&log, seq).unwrap();
+            if seq % 1_000 == 0 {
+                writer.commit(seq).unwrap();
+            }
+        }
+        let bound = 16 * 1024;
+        store.blocks = BlockCache::with_max_bytes(bound);
+        for round in 0..300 {
+            // long, distinct keys: a room name of 256 bytes each
+            let room = format!("r{}{}", round % 7, "x".repeat(250));
+            let query = LogQuery {
+                user_id: "u".into(),
+                room_name: Some(room),
+                text: vec![vec!["cached".into()]],
+                limit: 10,
+                ..Default::default()
+            };
+            assert_eq!(store.search(&query).unwrap().total, 0);
+            assert!(
+                store.blocks.bytes() <= bound,
+                "round {round}: {}",
+                store.blocks.bytes()
+            );
+        }
+        // answers stay right whatever was evicted
+        let query = LogQuery {
+            user_id: "u".into(),
+            room_name: Some("r3".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(store.search(&query).unwrap().total, 429);
+        assert!(store.blocks.bytes() > 0);
     }
 }

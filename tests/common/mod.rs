@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use logbridge::auth::{KeyRecord, Scope, Secret};
 use logbridge::config::Config;
+use logbridge::faults::Faults;
 use logbridge::server::{self, Listeners, RunningServer};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -98,6 +99,8 @@ pub struct AppOptions {
     pub commit_interval_ms: u64,
     pub max_message_bytes: usize,
     pub max_inflight_bytes: usize,
+    /// Storage faults the test arms on command.
+    pub faults: Faults,
 }
 
 impl Default for AppOptions {
@@ -106,6 +109,7 @@ impl Default for AppOptions {
             commit_interval_ms: 60_000,
             max_message_bytes: 16 * 1024 * 1024,
             max_inflight_bytes: 256 * 1024 * 1024,
+            faults: Faults::none(),
         }
     }
 }
@@ -218,7 +222,7 @@ impl TestApp {
             http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             api: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
-        let server = server::start(&config, listeners)
+        let server = server::start_with_faults(&config, listeners, options.faults.clone())
             .await
             .expect("server starts");
         assert!(server.ready().await, "the writer starts");
@@ -290,6 +294,29 @@ impl TestApp {
         let (status, body) = self.get_logs(Some(key), query).await;
         assert_eq!(status, 200, "{body}");
         body["data"].clone()
+    }
+}
+
+/// `GET /readyz`: status and body.
+pub async fn readyz(api_url: &str) -> (u16, String) {
+    let response = reqwest::get(format!("{api_url}/readyz")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// Polls `/readyz` until it answers `status`; panics after [`PATIENCE`].
+pub async fn wait_for_readyz(api_url: &str, status: u16) -> (u16, String) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let answer = readyz(api_url).await;
+        if answer.0 == status {
+            return answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never answered {status}; last: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

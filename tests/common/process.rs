@@ -130,17 +130,7 @@ pub fn terminate(served: &mut Served) -> Vec<String> {
 
 /// Polls `/readyz` until it answers 200.
 pub async fn wait_ready(api: &str) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Ok(response) = client.get(format!("http://{api}/readyz")).send().await
-            && response.status() == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    super::wait_for_readyz(&format!("http://{api}"), 200).await;
 }
 
 /// Every message stored for `secret`'s user, newest first, by walking all pages with cursors.
