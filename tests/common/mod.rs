@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the helpers
 
 pub mod process;
+pub mod tmpfs;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -25,17 +25,28 @@ pub fn write_key(dir: &Path, secret: &Secret) {
     );
 }
 
-/// A config file in `dir` that listens on port 0 everywhere.
+/// A config file in `dir` that listens on port 0 everywhere, with the index in `dir/index`.
 pub fn write_config(dir: &Path) -> PathBuf {
+    write_config_with(dir, &dir.join("index"), 100, "")
+}
+
+/// A config file in `dir` that listens on port 0 everywhere, with the index at `index`, the
+/// commit interval, and `extra` TOML (other sections) at the end.
+pub fn write_config_with(
+    dir: &Path,
+    index: &Path,
+    commit_interval_ms: u64,
+    extra: &str,
+) -> PathBuf {
     let path = dir.join("logbridge.toml");
     std::fs::write(
         &path,
         format!(
             "[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
              [api]\nlisten = \"127.0.0.1:0\"\n\
-             [index]\npath = \"{}\"\ncommit_interval_ms = 100\n\
-             [auth]\nkeys_file = \"{}\"\n",
-            dir.join("index").display(),
+             [index]\npath = \"{}\"\ncommit_interval_ms = {commit_interval_ms}\n\
+             [auth]\nkeys_file = \"{}\"\n{extra}",
+            index.display(),
             dir.join("keys.toml").display()
         ),
     )
@@ -131,6 +142,20 @@ pub fn terminate(served: &mut Served) -> Vec<String> {
 /// Polls `/readyz` until it answers 200.
 pub async fn wait_ready(api: &str) {
     super::wait_for_readyz(&format!("http://{api}"), 200).await;
+}
+
+/// How many logs `secret`'s user has.
+pub async fn total(api: &str, secret: &Secret) -> u64 {
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{api}/logs?limit=1"))
+        .bearer_auth(secret.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["data"]["total"].as_u64().expect("a total")
 }
 
 /// Every message stored for `secret`'s user, newest first, by walking all pages with cursors.
