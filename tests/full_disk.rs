@@ -189,7 +189,12 @@ async fn assert_failing_visibly(served: &Served, secret: &Secret, reason: &str) 
 async fn index_and_log_on_one_disk_that_fills_then_frees() {
     let dir = tempfile::tempdir().unwrap();
     let data = Tmpfs::mount(&dir.path().join("data"), 3 * MIB);
-    let config = write_config_with(dir.path(), &dir.path().join("data/index"), 100, "");
+    let config = write_config_with(
+        dir.path(),
+        &dir.path().join("data/index"),
+        "commit_interval_ms = 100",
+        "",
+    );
     let secret = Secret::generate();
     write_key(dir.path(), &secret);
     let served = serve(&config);
@@ -225,7 +230,7 @@ async fn the_index_disk_fills_while_the_log_has_room() {
     let index_path = dir.path().join("index");
     let index = Tmpfs::mount(&index_path, 2 * MIB);
     let _log = Tmpfs::mount(&index_path.join("wal"), 256 * MIB);
-    let config = write_config_with(dir.path(), &index_path, 100, "");
+    let config = write_config_with(dir.path(), &index_path, "commit_interval_ms = 100", "");
     let secret = Secret::generate();
     write_key(dir.path(), &secret);
     let served = serve(&config);
@@ -261,7 +266,7 @@ async fn the_log_disk_fills_while_the_index_has_room() {
     std::fs::create_dir_all(&index_path).unwrap();
     // smaller than one batch in the log: every append fails until it grows
     let log = Tmpfs::mount(&index_path.join("wal"), 16 * 1024);
-    let config = write_config_with(dir.path(), &index_path, 100, "");
+    let config = write_config_with(dir.path(), &index_path, "commit_interval_ms = 100", "");
     let secret = Secret::generate();
     write_key(dir.path(), &secret);
     let served = serve(&config);

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each driver uses its own part
 
 pub mod raw_grpc;
+pub mod rss;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -148,13 +149,7 @@ impl Server {
 
     /// Peak resident memory of the server so far, in bytes (Linux `VmHWM`).
     pub fn peak_rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        rss::peak_rss(self.child.id())
     }
 
     /// Stops the server with SIGTERM and waits for it.

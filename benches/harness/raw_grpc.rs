@@ -53,15 +53,30 @@ pub async fn export(
     authorization: &str,
     body: bytes::Bytes,
 ) -> Result<Vec<u8>, tonic::Status> {
+    export_with(channel, Some(authorization), body, false).await
+}
+
+/// Exports `body` with `authorization` if any, gzip-compressed if `gzip`.
+pub async fn export_with(
+    channel: tonic::transport::Channel,
+    authorization: Option<&str>,
+    body: bytes::Bytes,
+    gzip: bool,
+) -> Result<Vec<u8>, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
+    if gzip {
+        grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    }
     grpc.ready()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut request = tonic::Request::new(body);
-    request.metadata_mut().insert(
-        "authorization",
-        authorization.parse().expect("an ASCII header value"),
-    );
+    if let Some(authorization) = authorization {
+        request.metadata_mut().insert(
+            "authorization",
+            authorization.parse().expect("an ASCII header value"),
+        );
+    }
     grpc.unary(
         request,
         http::uri::PathAndQuery::from_static(EXPORT_PATH),

@@ -117,6 +117,7 @@ async fn handle(
         PREFIX + limits.max_message_bytes,
         limits.body_read_timeout,
         &mut reservation,
+        |first| Some(PREFIX + message_len(first)?),
     )
     .await
     .map_err(to_status)?;
@@ -133,6 +134,12 @@ async fn handle(
     Ok(ok_response(export_response(outcome).encode_to_vec()))
 }
 
+/// The length of the message a body starts with, once its prefix has arrived.
+fn message_len(body: &[u8]) -> Option<usize> {
+    let prefix = body.get(1..PREFIX)?;
+    Some(u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize)
+}
+
 /// The one message of a unary call, and how it is compressed: a call that announced gzip may
 /// still send a message uncompressed (its flag says which).
 fn unframe(
@@ -145,7 +152,7 @@ fn unframe(
         return Err(malformed("no message"));
     }
     let flag = framed[0];
-    let len = u32::from_be_bytes(framed[1..PREFIX].try_into().expect("4 bytes")) as usize;
+    let len = message_len(&framed).expect("a whole prefix");
     if len > limit {
         return Err(Refusal::TooLarge { limit });
     }

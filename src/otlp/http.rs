@@ -191,18 +191,16 @@ async fn export(
         }
     };
     let limits = receiver.limits;
-    let limit = limits.max_message_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(refused(Refusal::TooLarge { limit }));
-    }
     let mut reservation = receiver.service.reservation();
-    let body = read_body(body, limit, limits.body_read_timeout, &mut reservation)
-        .await
-        .map_err(refused)?;
+    let body = read_body(
+        body,
+        limits.max_message_bytes,
+        limits.body_read_timeout,
+        &mut reservation,
+        |_| None,
+    )
+    .await
+    .map_err(refused)?;
     let encoded = Encoded {
         body,
         format,

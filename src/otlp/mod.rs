@@ -12,7 +12,7 @@ mod json;
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody as _};
 use bytes::BytesMut;
 use http_body_util::BodyExt as _;
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -86,36 +86,98 @@ async fn receive(
     Ok(service.submit(mapped, reservation).await?)
 }
 
-/// Reads a request body of at most `limit` bytes within `timeout`, reserving what it holds.
+/// Reads a request body of at most `limit` bytes within `timeout`, reserving what it holds. A
+/// body whose length is known up front (its `Content-Length`, or what `declared` reads from its
+/// first bytes) reserves all of it at once, so that under a flood an export is refused before
+/// its body is read rather than halfway through.
 async fn read_body(
     body: Body,
     limit: usize,
     timeout: Duration,
     reservation: &mut Reservation,
+    declared: impl Fn(&[u8]) -> Option<usize>,
 ) -> Result<Bytes, Refusal> {
-    let read = async {
-        let mut body = body;
-        let mut bytes = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            // a body that breaks off is one that did not arrive
-            let frame =
-                frame.map_err(|e| Refusal::Malformed(format!("cannot read the body: {e}")))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if bytes.len() + data.len() > limit {
-                return Err(Refusal::TooLarge { limit });
-            }
-            reservation
-                .grow(data.len())
-                .map_err(|_| Refusal::Overloaded)?;
-            bytes.extend_from_slice(&data);
-        }
-        Ok(bytes.freeze())
+    let mut body = body;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let read = collect_body(&mut body, limit, reservation, declared);
+    let result = match tokio::time::timeout_at(deadline, read).await {
+        Ok(result) => result,
+        Err(_) => Err(Refusal::BodyTimeout(timeout)),
     };
-    tokio::time::timeout(timeout, read)
-        .await
-        .map_err(|_| Refusal::BodyTimeout(timeout))?
+    if let Err(Refusal::Overloaded | Refusal::TooLarge { .. }) = &result {
+        // let a client that is still sending finish, keeping nothing, so that it reads the
+        // answer: one that is cut off mid-body sees a broken pipe instead of the retry advice
+        let _ = tokio::time::timeout_at(deadline, discard_body(&mut body, limit)).await;
+    }
+    result
+}
+
+async fn collect_body(
+    body: &mut Body,
+    limit: usize,
+    reservation: &mut Reservation,
+    declared: impl Fn(&[u8]) -> Option<usize>,
+) -> Result<Bytes, Refusal> {
+    let mut bytes = BytesMut::new();
+    let mut known = body.size_hint().exact();
+    if let Some(len) = known {
+        make_room(
+            &mut bytes,
+            usize::try_from(len).unwrap_or(usize::MAX),
+            limit,
+            reservation,
+        )?;
+    }
+    while let Some(frame) = body.frame().await {
+        // a body that breaks off is one that did not arrive
+        let frame = frame.map_err(|e| Refusal::Malformed(format!("cannot read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = bytes.len() + data.len();
+        make_room(&mut bytes, len, limit, reservation)?;
+        bytes.extend_from_slice(&data);
+        if known.is_none()
+            && let Some(len) = declared(&bytes)
+        {
+            known = Some(len as u64);
+            make_room(&mut bytes, len, limit, reservation)?;
+        }
+    }
+    Ok(bytes.freeze())
+}
+
+/// Reads and drops up to `limit` more bytes of a body.
+async fn discard_body(body: &mut Body, limit: usize) {
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit {
+                return;
+            }
+        }
+    }
+}
+
+/// Makes room for `len` bytes in `bytes`, reserving the memory that takes.
+fn make_room(
+    bytes: &mut BytesMut,
+    len: usize,
+    limit: usize,
+    reservation: &mut Reservation,
+) -> Result<(), Refusal> {
+    if len > limit {
+        return Err(Refusal::TooLarge { limit });
+    }
+    if len > bytes.capacity() {
+        let before = bytes.capacity();
+        bytes.reserve(len - bytes.len());
+        reservation
+            .grow(bytes.capacity() - before)
+            .map_err(|_| Refusal::Overloaded)?;
+    }
+    Ok(())
 }
 
 /// The OTLP response for an outcome: `partial_success` set only when records were rejected.

@@ -10,6 +10,9 @@ use logbridge::auth::{KeyRecord, Scope, Secret};
 
 use super::{PATIENCE, messages};
 
+#[path = "../../benches/harness/rss.rs"]
+mod rss;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
 
 /// A keys file in `dir` with one key, `secret`, that reads and ingests for user `u`.
@@ -27,24 +30,19 @@ pub fn write_key(dir: &Path, secret: &Secret) {
 
 /// A config file in `dir` that listens on port 0 everywhere, with the index in `dir/index`.
 pub fn write_config(dir: &Path) -> PathBuf {
-    write_config_with(dir, &dir.join("index"), 100, "")
+    write_config_with(dir, &dir.join("index"), "commit_interval_ms = 100", "")
 }
 
-/// A config file in `dir` that listens on port 0 everywhere, with the index at `index`, the
-/// commit interval, and `extra` TOML (other sections) at the end.
-pub fn write_config_with(
-    dir: &Path,
-    index: &Path,
-    commit_interval_ms: u64,
-    extra: &str,
-) -> PathBuf {
+/// A config file in `dir` that listens on port 0 everywhere, with the index at `index` and
+/// `index_settings` in its section, and `extra` TOML (other sections) at the end.
+pub fn write_config_with(dir: &Path, index: &Path, index_settings: &str, extra: &str) -> PathBuf {
     let path = dir.join("logbridge.toml");
     std::fs::write(
         &path,
         format!(
             "[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
              [api]\nlisten = \"127.0.0.1:0\"\n\
-             [index]\npath = \"{}\"\ncommit_interval_ms = {commit_interval_ms}\n\
+             [index]\npath = \"{}\"\n{index_settings}\n\
              [auth]\nkeys_file = \"{}\"\n{extra}",
             index.display(),
             dir.join("keys.toml").display()
@@ -121,12 +119,31 @@ impl Drop for Served {
     }
 }
 
+impl Served {
+    /// The peak resident memory of the server so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let peak = rss::peak_rss(self.child.id());
+        assert!(peak > 0, "cannot read the server's VmHWM");
+        peak
+    }
+}
+
+/// Sends SIGTERM and waits for a clean exit; what the server printed since start-up.
 pub fn terminate(served: &mut Served) -> Vec<String> {
+    sigterm(served);
+    wait_for_clean_exit(served)
+}
+
+pub fn sigterm(served: &Served) {
     let status = Command::new("kill")
         .args(["-TERM", &served.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Waits for the server to exit with status 0; what it printed since start-up.
+pub fn wait_for_clean_exit(served: &mut Served) -> Vec<String> {
     let deadline = Instant::now() + PATIENCE;
     let exit = loop {
         if let Some(exit) = served.child.try_wait().unwrap() {
