@@ -134,6 +134,118 @@ fn keys_add_appends_a_key_and_prints_its_secret_once() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+
+    // an empty user is refused here, not when the server next starts
+    let output = Command::new(BIN)
+        .args(["keys", "add", "--user", "", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).lines().next(),
+        Some("Error: cannot add the key: the user must not be empty")
+    );
+    assert_eq!(
+        logbridge::auth::load_keys(&dir.path().join("keys.toml"))
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn emit_reads_its_key_from_the_environment_or_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let secret = Secret::generate();
+    common::process::write_key(dir.path(), &secret);
+    let served = serve(&config);
+    common::process::wait_ready(&served.api).await;
+    let endpoint = format!("http://{}", served.grpc);
+
+    let from_env = Command::new(BIN)
+        .args(["emit", "--count", "5", "--endpoint", &endpoint])
+        .env("LOGBRIDGE_KEY", secret.expose())
+        .output()
+        .unwrap();
+    assert!(
+        from_env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_env.stderr)
+    );
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{}\n", secret.expose())).unwrap();
+    let from_file = Command::new(BIN)
+        .args([
+            "emit",
+            "--count",
+            "7",
+            "--endpoint",
+            &endpoint,
+            "--key-file",
+        ])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(
+        from_file.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_file.stderr)
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while common::process::total(&served.api, &secret).await != 12 {
+        assert!(Instant::now() < deadline, "emitted records never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // a key file that is missing says so
+    let missing = Command::new(BIN)
+        .args(["emit", "--endpoint", &endpoint, "--key-file"])
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("cannot read the key file"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}
+
+#[test]
+fn a_write_ahead_log_that_cannot_be_replayed_stops_the_process_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let secret = Secret::generate();
+    common::process::write_key(dir.path(), &secret);
+    // a segment that cannot be read: a folder where a file should be
+    std::fs::create_dir_all(dir.path().join("index/wal/wal-00000000000000000001.log")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a server that cannot ingest kept running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "Error: the index writer stopped: cannot replay the write-ahead log: Is a directory"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -524,6 +524,11 @@ async fn cursors_refuse_other_filters_pages_and_tampering() {
             format!("limit=1&log_type=tool_call&cursor={tampered}"),
             "cursor is not a valid cursor from this server",
         ),
+        (
+            app.keys.alice.clone(),
+            format!("limit=1&log_type=tool_call&cursor={}", forged_cursor()),
+            "cursor is not a valid cursor from this server",
+        ),
     ];
     for (key, query, message) in cases {
         let (status, body) = app.get_logs(Some(&key), &query).await;
@@ -538,6 +543,183 @@ async fn cursors_refuse_other_filters_pages_and_tampering() {
         )
         .await;
     assert_eq!(messages(&data), ["k1", "k0"]);
+}
+
+/// A well-formed cursor for alice's `log_type=tool_call` query, signed under another secret.
+fn forged_cursor() -> String {
+    use logbridge::api::{Cursor, CursorKey, parse_logs_params};
+    let forger = CursorKey::from_bytes([42; 32]);
+    let pairs = vec![("log_type".to_owned(), "tool_call".to_owned())];
+    let query = parse_logs_params(&pairs, "user-alice", &forger)
+        .unwrap()
+        .query;
+    let after = logbridge::store::SortKey {
+        timestamp: u64::MAX,
+        seq: u64::MAX,
+    };
+    Cursor::next(&query, after, 2).encode(&forger)
+}
+
+#[tokio::test]
+async fn filter_values_no_log_can_have_are_a_400() {
+    let app = spawn_app().await;
+    for name in ["assistant_id", "room_name"] {
+        let (status, body) = app
+            .get_logs(
+                Some(&app.keys.alice),
+                &format!("{name}={}", "x".repeat(257)),
+            )
+            .await;
+        assert_eq!(status, 400);
+        assert_eq!(body["message"], format!("{name} must be at most 256 bytes"));
+    }
+    let (status, _) = app
+        .get_logs(
+            Some(&app.keys.alice),
+            &format!("room_name={}", "x".repeat(256)),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn times_before_1970_or_after_2554_keep_their_meaning() {
+    let app = spawn_app().await;
+    app.ingest(
+        &app.keys.alice,
+        vec![activity("tool_call", at_ms(1), "now")],
+    )
+    .await;
+    let total = |query: &'static str| {
+        let app = &app;
+        async move { app.logs(&app.keys.alice, query).await["total"].clone() }
+    };
+    assert_eq!(
+        total("start_time=1960-01-01T00:00:00Z&end_time=1965-01-01T00:00:00Z").await,
+        0
+    );
+    assert_eq!(
+        total("start_time=2600-01-01T00:00:00Z&end_time=2700-01-01T00:00:00Z").await,
+        0
+    );
+    assert_eq!(
+        total("start_time=1960-01-01T00:00:00Z&end_time=2600-01-01T00:00:00Z").await,
+        1
+    );
+    assert_eq!(total("end_time=1969-12-31T23:59:59Z").await, 0);
+}
+
+#[tokio::test]
+async fn a_wrong_method_gets_the_error_envelope() {
+    let app = spawn_app().await;
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), format!("{}/logs", app.api_url))
+            .bearer_auth(app.keys.alice.expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method}");
+        assert_eq!(response.headers()["allow"], "GET, HEAD");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"success": false, "message": "method not allowed: this endpoint takes GET, HEAD", "data": null})
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_stop_at_a_hundred_thousand_and_point_to_the_cursor() {
+    let app = spawn_app().await;
+    let records = 100_150u64;
+    for chunk in (0..records).collect::<Vec<_>>().chunks(10_000) {
+        let batch = chunk
+            .iter()
+            .map(|&i| activity("tool_call", at_ms(i), "deep"))
+            .collect();
+        let response = app.export(&app.keys.alice, batch).await.unwrap();
+        assert_eq!(response.partial_success, None);
+    }
+    app.flush().await;
+    // the last page an offset reaches
+    let data = app.logs(&app.keys.alice, "page=1001&limit=100").await;
+    assert_eq!(data["total"], records);
+    assert_eq!(data["logs"].as_array().unwrap().len(), 100);
+    // its cursor goes on
+    let cursor = data["next_cursor"].as_str().unwrap();
+    let data = app
+        .logs(&app.keys.alice, &format!("limit=100&cursor={cursor}"))
+        .await;
+    assert_eq!(data["logs"].as_array().unwrap().len(), 50);
+    assert_eq!(data["page"], 1002);
+    // one past it
+    let (status, body) = app
+        .get_logs(Some(&app.keys.alice), "page=1002&limit=100")
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["message"],
+        "page 1002 with limit 100 starts past the first 100000 logs; follow data.next_cursor to \
+         read further"
+    );
+    // past the end is still an empty page with the true total
+    let data = app.logs(&app.keys.alice, "page=100000&limit=100").await;
+    assert_eq!(data["total"], records);
+    assert_eq!(data["logs"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_past_the_pool_are_answered_503_not_queued() {
+    let app = spawn_app_with(AppOptions {
+        max_concurrent_searches: 1,
+        ..Default::default()
+    })
+    .await;
+    let records = (0..5_000)
+        .map(|i| activity("tool_call", at_ms(i), &format!("pool word{}", i % 50)))
+        .collect();
+    app.ingest(&app.keys.alice, records).await;
+    let searches: Vec<_> = (0..32)
+        .map(|i| {
+            let request = app
+                .client
+                .get(format!(
+                    "{}/logs?q=pool&page={}&limit=100",
+                    app.api_url,
+                    1 + i
+                ))
+                .bearer_auth(app.keys.alice.expose())
+                .send();
+            tokio::spawn(request)
+        })
+        .collect();
+    let (mut served, mut refused) = (0, 0);
+    for search in searches {
+        let response = search.await.unwrap().unwrap();
+        match response.status().as_u16() {
+            200 => served += 1,
+            503 => {
+                refused += 1;
+                assert_eq!(response.headers()["retry-after"], "1");
+                let body: serde_json::Value = response.json().await.unwrap();
+                assert_eq!(
+                    body,
+                    json!({"success": false, "message": "too many searches in progress, retry later", "data": null})
+                );
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        served > 0 && refused > 0,
+        "{served} served, {refused} refused"
+    );
 }
 
 #[tokio::test]

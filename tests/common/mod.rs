@@ -102,6 +102,7 @@ pub struct AppOptions {
     pub max_inflight_bytes: usize,
     /// Storage faults the test arms on command.
     pub faults: Faults,
+    pub max_concurrent_searches: usize,
 }
 
 impl Default for AppOptions {
@@ -111,6 +112,7 @@ impl Default for AppOptions {
             max_message_bytes: 16 * 1024 * 1024,
             max_inflight_bytes: 256 * 1024 * 1024,
             faults: Faults::none(),
+            max_concurrent_searches: 8,
         }
     }
 }
@@ -181,6 +183,10 @@ impl TestApp {
                 options.max_message_bytes.to_string(),
             ),
             ("LOGBRIDGE_API_LISTEN", "127.0.0.1:0".to_owned()),
+            (
+                "LOGBRIDGE_API_MAX_CONCURRENT_SEARCHES",
+                options.max_concurrent_searches.to_string(),
+            ),
             (
                 "LOGBRIDGE_INDEX_PATH",
                 self.index_path().display().to_string(),
