@@ -75,7 +75,7 @@ fn main() {
         .map(|_| {
             let started = Instant::now();
             for export in &exports {
-                let mapped = map_request(&config, None, 0, export);
+                let mapped = map_request(&config, None, 0, export, |_| true).unwrap();
                 assert_eq!(mapped.logs.len(), 512);
             }
             started.elapsed()
@@ -109,7 +109,7 @@ fn main() {
     let samples: Vec<Duration> = (0..runs)
         .map(|_| {
             let started = Instant::now();
-            let mapped = map_request(&config, None, 0, &huge);
+            let mapped = map_request(&config, None, 0, &huge, |_| true).unwrap();
             assert_eq!(mapped.logs.len(), 20_000);
             started.elapsed()
         })

@@ -16,13 +16,20 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/logbridge.toml";
 
 const ENV_PREFIX: &str = "LOGBRIDGE_";
 
+/// Longest timeout or interval: a day, in milliseconds.
+const MAX_MILLIS: u64 = 24 * 60 * 60 * 1000;
+/// Largest count of connections, streams or searches.
+const MAX_COUNT: u64 = 1_000_000;
+/// Largest export: 1 GiB.
+const MAX_MESSAGE_BYTES: u64 = 1 << 30;
+
 /// Variables with the config's prefix that are not settings: `logbridge emit` reads its key
 /// from `LOGBRIDGE_KEY`, so that a shell can hold it for both commands.
 const CLIENT_VARIABLES: [&str; 1] = ["LOGBRIDGE_KEY"];
 
-/// What the in-flight budget must hold at least, per byte of the largest export: its body, its
-/// decompressed bytes and its decoded form (see `otlp` for the expansion).
-const MIN_INFLIGHT_PER_MESSAGE_BYTE: u64 = crate::otlp::MAX_BYTES_HELD_PER_BYTE as u64;
+/// What the in-flight budget must hold at least, per byte of the largest export: twice what an
+/// export of real records holds at its peak (see `otlp::ADMISSION_PER_BYTE`).
+const MIN_INFLIGHT_PER_MESSAGE_BYTE: u64 = 2 * crate::otlp::ADMISSION_PER_BYTE as u64;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -291,20 +298,25 @@ impl Config {
 
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
-        let positive = |setting: &'static str, value: u64| {
-            if value == 0 {
-                Err(ConfigError::Invalid {
-                    setting,
-                    message: "must be at least 1".to_owned(),
-                })
-            } else {
-                Ok(value)
-            }
+        // upper bounds keep deadlines and pools within what the clock and the runtime take
+        let within = |setting: &'static str, value: u64, max: u64| {
+            let message = match value {
+                0 => "must be at least 1".to_owned(),
+                v if v > max => format!("must be at most {max}"),
+                v => return Ok(v),
+            };
+            Err(ConfigError::Invalid { setting, message })
         };
+        let positive = |setting: &'static str, value: u64| within(setting, value, MAX_COUNT);
         let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
-        let millis =
-            |setting: &'static str, value: u64| positive(setting, value).map(Duration::from_millis);
-        let max_message_bytes = positive("otlp.max_message_bytes", self.otlp.max_message_bytes)?;
+        let millis = |setting: &'static str, value: u64| {
+            within(setting, value, MAX_MILLIS).map(Duration::from_millis)
+        };
+        let max_message_bytes = within(
+            "otlp.max_message_bytes",
+            self.otlp.max_message_bytes,
+            MAX_MESSAGE_BYTES,
+        )?;
         let max_inflight_bytes = self.otlp.max_inflight_bytes;
         if max_inflight_bytes / MIN_INFLIGHT_PER_MESSAGE_BYTE < max_message_bytes {
             return Err(ConfigError::Invalid {
@@ -316,8 +328,11 @@ impl RawConfig {
                 ),
             });
         }
-        let commit_interval_ms =
-            positive("index.commit_interval_ms", self.index.commit_interval_ms)?;
+        let commit_interval_ms = within(
+            "index.commit_interval_ms",
+            self.index.commit_interval_ms,
+            MAX_MILLIS,
+        )?;
         let raw_server = &self.server;
         let max_concurrent_streams = positive(
             "server.max_concurrent_streams",
@@ -554,18 +569,24 @@ mod tests {
             err.to_string(),
             "invalid setting index.commit_interval_ms: must be at least 1"
         );
+        std::fs::write(&path, "[server]\nidle_timeout_ms = 99999999999\n").unwrap();
+        let err = Config::load(Some(&path), &HashMap::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting server.idle_timeout_ms: must be at most 86400000"
+        );
         std::fs::write(&path, "[server]\ndrain_timeout_ms = 0\n").unwrap();
         let err = Config::load(Some(&path), &HashMap::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid setting server.drain_timeout_ms: must be at least 1"
         );
-        std::fs::write(&path, "[otlp]\nmax_inflight_bytes = 100000000\n").unwrap();
+        std::fs::write(&path, "[otlp]\nmax_inflight_bytes = 200000000\n").unwrap();
         let err = Config::load(Some(&path), &HashMap::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "invalid setting otlp.max_inflight_bytes: must be at least 10 times \
-             otlp.max_message_bytes (167772160), so that the largest export fits"
+            "invalid setting otlp.max_inflight_bytes: must be at least 12 times \
+             otlp.max_message_bytes (201326592), so that the largest export fits"
         );
     }
 }

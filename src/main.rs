@@ -78,15 +78,10 @@ struct EmitArgs {
     endpoint: Option<String>,
     /// API key with the ingest scope (default: LOGBRIDGE_KEY, else OTEL_EXPORTER_OTLP_HEADERS).
     /// A key given here shows in `ps`: prefer LOGBRIDGE_KEY or --key-file.
-    #[arg(
-        long,
-        env = "LOGBRIDGE_KEY",
-        hide_env_values = true,
-        conflicts_with = "key_file"
-    )]
+    #[arg(long, env = "LOGBRIDGE_KEY", hide_env_values = true)]
     key: Option<String>,
     /// Read the API key from this file (its first line), so it shows neither in `ps` nor in
-    /// the environment.
+    /// the environment; takes precedence over --key and LOGBRIDGE_KEY.
     #[arg(long, value_name = "PATH")]
     key_file: Option<PathBuf>,
     /// Number of activity logs to send.

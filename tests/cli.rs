@@ -176,6 +176,7 @@ async fn emit_reads_its_key_from_the_environment_or_a_file() {
     );
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, format!("{}\n", secret.expose())).unwrap();
+    // the file wins over the environment
     let from_file = Command::new(BIN)
         .args([
             "emit",
@@ -186,6 +187,7 @@ async fn emit_reads_its_key_from_the_environment_or_a_file() {
             "--key-file",
         ])
         .arg(&key_file)
+        .env("LOGBRIDGE_KEY", "lb_not-this-one")
         .output()
         .unwrap();
     assert!(

@@ -214,3 +214,67 @@ async fn absurd_timestamps_are_kept_as_sent_or_refused_when_not_numbers() {
     );
     still_serving(&app, "aftertime").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_built_to_expand_are_refused_before_they_do() {
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    let app = spawn_app().await;
+    let export = |resource: Vec<KeyValue>, records: usize| {
+        opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: resource,
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord::default(); records],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    };
+    let grpc = |request| {
+        let app = &app;
+        async move {
+            app.grpc_client()
+                .await
+                .export(authorized(request, &app.keys.alice))
+                .await
+                .unwrap_err()
+        }
+    };
+
+    // a million empty records: 2 MB on the wire, hundreds of MB decoded
+    let status = grpc(export(vec![], 1_000_000)).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "the export decodes to more than 134217728 bytes"
+    );
+
+    // a 60 KB value in the Resource, read by every one of a thousand empty records
+    let data = format!("{{\"blob\":\"{}\"}}", "x".repeat(60_000));
+    let resource = vec![
+        kv("activity.log_type", text("tool_call")),
+        kv("activity.request_data", text(&data)),
+        kv("activity.response_data", text(&data)),
+    ];
+    let request = export(resource, 1_000);
+    assert!(request.encode_to_vec().len() < 200_000);
+    let status = grpc(request.clone()).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "the export maps to more than 134217728 bytes"
+    );
+    let (code, body) = post_protobuf(&app, request.encode_to_vec()).await;
+    assert_eq!(code, 413);
+    assert_eq!(body.message, "the export maps to more than 134217728 bytes");
+
+    // nothing of them was stored, and the server keeps serving
+    app.flush().await;
+    assert_eq!(app.logs(&app.keys.alice, "limit=1").await["total"], 0);
+    still_serving(&app, "afterwards").await;
+}

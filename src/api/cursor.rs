@@ -48,6 +48,7 @@ impl CursorKey {
                 let mut key = [0u8; 32];
                 hex::decode_to_slice(text.trim(), &mut key)
                     .map_err(|_| fail("must hold 64 hexadecimal characters".to_owned()))?;
+                owner_only(&path).map_err(|e| fail(e.to_string()))?;
                 return Ok(Self(key));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -57,8 +58,13 @@ impl CursorKey {
         // written whole under a temporary name, then renamed: never a half-written secret
         let temporary = dir.join(format!("{CURSOR_KEY_FILE}.tmp"));
         let write = || -> std::io::Result<()> {
+            // what a crash left behind may be readable by others: start afresh
+            match std::fs::remove_file(&temporary) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut options = std::fs::OpenOptions::new();
-            options.create(true).write(true).truncate(true);
+            options.create_new(true).write(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
             let mut file = options.open(&temporary)?;
@@ -81,6 +87,22 @@ impl CursorKey {
         mac.update(body);
         mac
     }
+}
+
+/// Makes the secret's file readable by its owner only, if it was more open than that.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "cursor secret was readable by others; made it owner-only");
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Where the next page starts and which page number it is.
@@ -266,6 +288,16 @@ mod tests {
         )
         .encode(&key);
         assert!(Cursor::decode(&token, &again).is_some());
+
+        // a secret others could read is made owner-only
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            CursorKey::load_or_create(dir.path()).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
 
         std::fs::write(&path, "short").unwrap();
         let err = CursorKey::load_or_create(dir.path()).err().unwrap();

@@ -14,6 +14,7 @@ const UNIT: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct MemoryBudget {
     units: Arc<Semaphore>,
+    total_units: usize,
 }
 
 /// Bytes reserved by one export; returned to the budget when dropped.
@@ -33,7 +34,16 @@ impl MemoryBudget {
         let total_units = units(bytes).clamp(1, Semaphore::MAX_PERMITS);
         Self {
             units: Arc::new(Semaphore::new(total_units)),
+            total_units,
         }
+    }
+
+    /// The most one stage of one export may hold: its decoded form, or its mapped logs with
+    /// their write-ahead log frames. Half the budget each, so that one export at its peak (the
+    /// decoded form while the logs are made) fits the whole budget; an export that needs more
+    /// could never fit, and is refused as too large rather than as overload.
+    pub fn stage_cap(&self) -> usize {
+        self.total_units * UNIT / 2
     }
 
     /// An empty reservation to grow.
@@ -51,18 +61,18 @@ impl MemoryBudget {
 pub struct BudgetSpent;
 
 impl Reservation {
-    /// Reserves `bytes` more, at once or not at all.
-    pub fn grow(&mut self, bytes: usize) -> Result<(), BudgetSpent> {
-        let wanted = units(bytes);
-        if wanted == 0 {
+    /// Holds at least `bytes`: reserves what is missing, at once or not at all.
+    pub fn reserve_to(&mut self, bytes: usize) -> Result<(), BudgetSpent> {
+        let missing = units(bytes).saturating_sub(self.units());
+        if missing == 0 {
             return Ok(());
         }
-        let wanted = u32::try_from(wanted).map_err(|_| BudgetSpent)?;
+        let missing = u32::try_from(missing).map_err(|_| BudgetSpent)?;
         let more = self
             .budget
             .units
             .clone()
-            .try_acquire_many_owned(wanted)
+            .try_acquire_many_owned(missing)
             .map_err(|_| BudgetSpent)?;
         match &mut self.permit {
             Some(permit) => permit.merge(more),
@@ -71,9 +81,26 @@ impl Reservation {
         Ok(())
     }
 
+    /// Holds at most `bytes`: gives the rest back to the budget.
+    pub fn release_to(&mut self, bytes: usize) {
+        let extra = self.units().saturating_sub(units(bytes));
+        if let Some(permit) = &mut self.permit {
+            drop(permit.split(extra));
+        }
+    }
+
+    /// The most one stage of an export may hold (see [`MemoryBudget::stage_cap`]).
+    pub fn stage_cap(&self) -> usize {
+        self.budget.stage_cap()
+    }
+
     /// Bytes reserved.
     pub fn bytes(&self) -> usize {
-        self.permit.as_ref().map_or(0, |p| p.num_permits()) * UNIT
+        self.units() * UNIT
+    }
+
+    fn units(&self) -> usize {
+        self.permit.as_ref().map_or(0, |p| p.num_permits())
     }
 }
 
@@ -82,26 +109,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reservations_grow_until_the_budget_is_spent_and_return_when_dropped() {
+    fn reservations_hold_what_they_are_told_within_the_budget() {
         let budget = MemoryBudget::new(10 * UNIT);
         let mut first = budget.reservation();
-        first.grow(4 * UNIT).unwrap();
-        first.grow(1).unwrap();
+        first.reserve_to(4 * UNIT).unwrap();
+        // already held: nothing more
+        first.reserve_to(3 * UNIT).unwrap();
+        assert_eq!(first.bytes(), 4 * UNIT);
+        first.reserve_to(4 * UNIT + 1).unwrap();
         assert_eq!(first.bytes(), 5 * UNIT);
         let mut second = budget.reservation();
-        assert_eq!(second.grow(6 * UNIT), Err(BudgetSpent));
+        assert_eq!(second.reserve_to(6 * UNIT), Err(BudgetSpent));
         assert_eq!(second.bytes(), 0);
-        second.grow(5 * UNIT).unwrap();
-        assert_eq!(budget.reservation().grow(1), Err(BudgetSpent));
-        drop(second);
+        second.reserve_to(5 * UNIT).unwrap();
+        assert_eq!(budget.reservation().reserve_to(1), Err(BudgetSpent));
+
+        second.release_to(2 * UNIT);
+        assert_eq!(second.bytes(), 2 * UNIT);
+        // released: another reservation takes it
         let mut third = budget.reservation();
-        third.grow(5 * UNIT).unwrap();
-        assert_eq!(third.grow(1), Err(BudgetSpent));
+        third.reserve_to(3 * UNIT).unwrap();
+        assert_eq!(third.reserve_to(3 * UNIT + 1), Err(BudgetSpent));
+        second.release_to(0);
+        assert_eq!(second.bytes(), 0);
         drop(first);
         drop(third);
         let mut all = budget.reservation();
-        all.grow(10 * UNIT).unwrap();
+        all.reserve_to(10 * UNIT).unwrap();
         drop(all);
-        assert_eq!(budget.reservation().grow(usize::MAX), Err(BudgetSpent));
+        assert_eq!(
+            budget.reservation().reserve_to(usize::MAX),
+            Err(BudgetSpent)
+        );
+        assert_eq!(budget.reservation().stage_cap(), 5 * UNIT);
     }
 }

@@ -25,6 +25,15 @@ const REASONS_SHOWN: usize = 3;
 /// How long a client should wait before retrying an export refused for overload.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Why an export's records were not mapped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    #[error("the export maps to more than {limit} bytes of logs")]
+    TooLarge { limit: usize },
+    #[error(transparent)]
+    Budget(#[from] BudgetSpent),
+}
+
 /// A successful export: every record accepted, or some rejected.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportOutcome {
@@ -77,18 +86,45 @@ impl ExportService {
         Ok(self.keys.authorize(authorization, Scope::Ingest)?.user_id)
     }
 
-    /// A reservation against the budget of exports in flight, to grow as the export is read.
+    /// A reservation against the budget of exports in flight, held as the export is read.
     pub fn reservation(&self) -> Reservation {
         self.budget.reservation()
     }
 
     /// Maps the records of an export from a caller whose key is bound to `key_user`, counting
-    /// them. Pure CPU work: call it off the async runtime.
-    pub fn map(&self, key_user: Option<&str>, request: &ExportLogsServiceRequest) -> MappedRequest {
+    /// them. `reservation` holds the decoded request (`decoded` bytes) and, as they are made,
+    /// the logs with their write-ahead log frames; returns the logs and the bytes they hold.
+    /// Logs that would hold more than a stage of the budget may refuse an export built to
+    /// expand (a Resource attribute read by every record). Pure CPU work: call it off the async
+    /// runtime.
+    pub fn map(
+        &self,
+        key_user: Option<&str>,
+        request: &ExportLogsServiceRequest,
+        reservation: &mut Reservation,
+        decoded: usize,
+    ) -> Result<(MappedRequest, usize), MapError> {
         let received_nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let mapped = map_request(&self.mapping, key_user, received_nanos, request);
+        let limit = reservation.stage_cap();
+        let mut held = 0usize;
+        let mut refusal = None;
+        let mapped = map_request(&self.mapping, key_user, received_nanos, request, |log| {
+            let bytes = 2 * log.memory_bytes();
+            held += bytes;
+            let admitted = if held > limit {
+                Err(MapError::TooLarge { limit })
+            } else {
+                reservation
+                    .reserve_to(decoded + held)
+                    .map_err(MapError::from)
+            };
+            admitted.map_err(|e| refusal = Some(e)).is_ok()
+        });
+        let Some(mapped) = mapped else {
+            return Err(refusal.unwrap_or(MapError::TooLarge { limit }));
+        };
         self.metrics.records_received.inc_by(mapped.records as u64);
         for (_, reason) in &mapped.rejected {
             self.metrics
@@ -98,7 +134,7 @@ impl ExportService {
                 })
                 .inc();
         }
-        mapped
+        Ok((mapped, held))
     }
 
     /// Writes the mapped logs (durable and indexed when this returns) and tells what was

@@ -21,8 +21,13 @@ use crate::faults::{Faults, WritePoint};
 use crate::mapping::ActivityLog;
 
 const FRAME_HEADER: usize = 8;
-/// Frames larger than this are corrupt: no batch of an export under the message limit gets here.
+/// Logs per frame: a batch is split into frames of at most this many, so that a frame stays far
+/// below [`MAX_FRAME`] whatever the batch (a log is at most about 200 KB of JSON).
+const LOGS_PER_FRAME: usize = 1024;
+/// Frames larger than this are corrupt.
 const MAX_FRAME: usize = 1 << 30;
+/// The encoding buffer is given back after a sync when it grew past this.
+const KEPT_BUFFER: usize = 4 << 20;
 
 /// One batch as logged: consecutive sequence numbers from `first_seq`.
 #[derive(Debug, Deserialize)]
@@ -191,9 +196,19 @@ impl Wal {
     }
 
     /// Calls `replay` for every batch in the log, oldest first, while it is open for writing.
+    /// Every segment must be intact: a damaged one is an error, never a silent stop.
     pub fn replay(&self, mut replay: impl FnMut(WalBatch) -> io::Result<()>) -> io::Result<()> {
         for path in segments(&self.dir)? {
-            read_segment(&path, &mut replay)?;
+            let (intact, len) = read_segment(&path, &mut replay)?;
+            if intact < len {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "write-ahead log segment {} is damaged at byte {intact}",
+                        path.display()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -201,15 +216,25 @@ impl Wal {
     /// Encodes a batch whose logs get sequence numbers from `first_seq` on; [`Wal::sync`] writes
     /// and fsyncs everything encoded so far.
     pub fn push(&mut self, first_seq: u64, logs: &[ActivityLog]) {
-        let start = self.pending.len();
-        self.pending.extend_from_slice(&[0; FRAME_HEADER]);
-        serde_json::to_writer(&mut self.pending, &WalBatchRef { first_seq, logs })
+        for (n, chunk) in logs.chunks(LOGS_PER_FRAME).enumerate() {
+            let first_seq = first_seq + (n * LOGS_PER_FRAME) as u64;
+            let start = self.pending.len();
+            self.pending.extend_from_slice(&[0; FRAME_HEADER]);
+            serde_json::to_writer(
+                &mut self.pending,
+                &WalBatchRef {
+                    first_seq,
+                    logs: chunk,
+                },
+            )
             .expect("an activity log serializes to JSON");
-        let payload = &self.pending[start + FRAME_HEADER..];
-        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        let crc = crc32fast::hash(payload);
-        self.pending[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        self.pending[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+            let payload = &self.pending[start + FRAME_HEADER..];
+            let len =
+                u32::try_from(payload.len()).expect("a frame of 1024 logs is far below 4 GiB");
+            let crc = crc32fast::hash(payload);
+            self.pending[start..start + 4].copy_from_slice(&len.to_le_bytes());
+            self.pending[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        }
     }
 
     /// Writes the pushed batches and waits until they are on disk (group commit: one fsync).
@@ -235,8 +260,10 @@ impl Wal {
                 }
             }
         }
-        self.pending = pending;
-        self.pending.clear();
+        if pending.capacity() <= KEPT_BUFFER {
+            self.pending = pending;
+            self.pending.clear();
+        }
         result
     }
 
@@ -324,6 +351,45 @@ mod tests {
         assert_eq!(wal.bytes(), 0);
         assert_eq!(replayed(dir.path()), vec![]);
         assert_eq!(segments(dir.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn big_batches_are_split_into_frames_and_replay_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::start(dir.path(), 1, &Faults::none()).unwrap();
+        let logs: Vec<ActivityLog> = (0..2500).map(|i| log(&format!("m{i}"))).collect();
+        wal.push(10, &logs);
+        wal.sync().unwrap();
+        let seen = replayed(dir.path());
+        let firsts: Vec<u64> = seen.iter().map(|(first, _)| *first).collect();
+        assert_eq!(firsts, [10, 1034, 2058]);
+        let messages: Vec<String> = seen.into_iter().flat_map(|(_, m)| m).collect();
+        assert_eq!(messages.len(), 2500);
+        assert_eq!(messages[2499], "m2499");
+    }
+
+    #[test]
+    fn a_damaged_segment_is_an_error_for_a_running_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::start(dir.path(), 1, &Faults::none()).unwrap();
+        wal.push(1, &[log("a")]);
+        wal.push(2, &[log("b")]);
+        wal.sync().unwrap();
+        let segment = segments(dir.path()).unwrap().remove(0);
+        let mut data = fs::read(&segment).unwrap();
+        let last = data.len() - 2;
+        data[last] ^= 0x40;
+        fs::write(&segment, &data).unwrap();
+        let mut seen = 0;
+        let err = wal
+            .replay(|_| {
+                seen += 1;
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("is damaged at byte"), "{err}");
+        assert_eq!(seen, 1);
     }
 
     #[test]

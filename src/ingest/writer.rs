@@ -338,6 +338,15 @@ impl Writer {
         // A message taken while gathering a group, handled next.
         let mut held: Option<WriterMessage> = None;
         loop {
+            // what is due runs first: a queue that never empties must not put it off
+            let now = Instant::now();
+            if self.failure.is_some() && now >= self.retry_at {
+                self.try_recover();
+            }
+            if deadline.is_some_and(|at| now >= at) {
+                let _ = self.commit();
+                deadline = None;
+            }
             let wake = match (&self.failure, deadline) {
                 (Some(_), Some(at)) => Some(at.min(self.retry_at)),
                 (Some(_), None) => Some(self.retry_at),
@@ -373,16 +382,8 @@ impl Writer {
                     let _ = done.send(self.commit());
                     deadline = None;
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    let now = Instant::now();
-                    if self.failure.is_some() && now >= self.retry_at {
-                        self.try_recover();
-                    }
-                    if deadline.is_some_and(|at| now >= at) {
-                        let _ = self.commit();
-                        deadline = None;
-                    }
-                }
+                // done at the top of the loop
+                Err(RecvTimeoutError::Timeout) => {}
                 Ok(WriterMessage::Close) | Err(RecvTimeoutError::Disconnected) => {
                     if self.failure.is_some() {
                         self.try_recover();
@@ -420,8 +421,10 @@ impl Writer {
         let synced = self.wal.sync();
         self.metrics.wal_bytes.set(gauge(self.wal.bytes()));
         if let Err(e) = synced {
-            // cut off the log again (or poisoned): the batches are refused, not stored
+            // The batches are cut off the log again and refused. Should the cut have failed too,
+            // a commit through their sequence numbers makes replay skip them all the same.
             let reason = self.fail(Stage::WalWrite, &e);
+            let _ = self.commit();
             answer(group, &Err(WriteError::Storage(reason)));
             return;
         }
@@ -486,6 +489,12 @@ impl Writer {
         self.count_failure(stage);
         if matches!(stage, Stage::IndexWrite | Stage::IndexCommit) {
             self.index_broken = true;
+            // Stop the failed writer now: until it is rolled back, its merges may still publish
+            // the segments of a failed commit. Recovery rolls back again, long after they
+            // stopped, and starts from what is then on disk.
+            if let Err(e) = self.index.rollback() {
+                tracing::warn!(error = %e, "cannot roll the index writer back yet");
+            }
         }
         let reason = format!("{}: {error}", stage.describe());
         if self.failure.is_none() {

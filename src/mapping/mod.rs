@@ -120,6 +120,23 @@ pub struct ActivityLog {
     pub severity_text: Option<String>,
 }
 
+impl ActivityLog {
+    /// The memory the log holds, in bytes: the structure and the text it owns.
+    pub fn memory_bytes(&self) -> usize {
+        let optional = |text: &Option<String>| text.as_ref().map_or(0, String::len);
+        std::mem::size_of::<Self>()
+            + self.user_id.len()
+            + self.assistant_id.len()
+            + self.room_name.len()
+            + self.message.len()
+            + self.request_data.get().len()
+            + self.response_data.get().len()
+            + optional(&self.trace_id)
+            + optional(&self.span_id)
+            + optional(&self.severity_text)
+    }
+}
+
 /// Why a record could not be mapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RejectReason {
@@ -214,13 +231,15 @@ pub struct MappedRequest {
 }
 
 /// Maps every record of an export request from a key bound to `key_user`, received at
-/// `received_nanos`.
+/// `received_nanos`. `admit` is asked before each mapped log is kept (to account for the memory
+/// it holds); when it says no, mapping stops and the answer is `None`.
 pub fn map_request(
     config: &MappingConfig,
     key_user: Option<&str>,
     received_nanos: u64,
     request: &ExportLogsServiceRequest,
-) -> MappedRequest {
+    mut admit: impl FnMut(&ActivityLog) -> bool,
+) -> Option<MappedRequest> {
     let mut mapped = MappedRequest {
         logs: Vec::new(),
         rejected: Vec::new(),
@@ -243,13 +262,14 @@ pub fn map_request(
             .flat_map(|scope| &scope.log_records)
         {
             match map_record(config, &ctx, record) {
-                Ok(log) => mapped.logs.push(log),
+                Ok(log) if admit(&log) => mapped.logs.push(log),
+                Ok(_) => return None,
                 Err(reason) => mapped.rejected.push((mapped.records, reason)),
             }
             mapped.records += 1;
         }
     }
-    mapped
+    Some(mapped)
 }
 
 /// Maps one OTLP LogRecord to an activity log.

@@ -471,7 +471,7 @@ fn resource_attributes_apply_to_every_record_first_one_winning() {
             schema_url: String::new(),
         }],
     };
-    let mapped = map_request(&MappingConfig::default(), None, 0, &request);
+    let mapped = map_request(&MappingConfig::default(), None, 0, &request, |_| true).unwrap();
     assert_eq!(mapped.logs.len(), 20_000);
     assert!(mapped.rejected.is_empty());
     assert!(
@@ -484,7 +484,32 @@ fn resource_attributes_apply_to_every_record_first_one_winning() {
     // a record's own attribute still wins over the resource's
     let mut own = request.clone();
     own.resource_logs[0].scope_logs[0].log_records[7] = without(record(), "user.id");
-    let mapped = map_request(&MappingConfig::default(), None, 0, &own);
+    let mapped = map_request(&MappingConfig::default(), None, 0, &own, |_| true).unwrap();
     assert_eq!(mapped.logs[7].assistant_id, "asst-1");
     assert_eq!(mapped.logs[8].assistant_id, "from-resource");
+}
+
+#[test]
+fn mapping_stops_when_a_log_is_not_admitted() {
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![opentelemetry_proto::tonic::logs::v1::ResourceLogs {
+            scope_logs: vec![opentelemetry_proto::tonic::logs::v1::ScopeLogs {
+                log_records: vec![record(); 10],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let mut admitted = 0;
+    let mut held = 0;
+    let mapped = map_request(&MappingConfig::default(), None, 0, &request, |log| {
+        held += log.memory_bytes();
+        admitted += 1;
+        admitted <= 3
+    });
+    assert!(mapped.is_none());
+    assert_eq!(admitted, 4);
+    let log = map(&record()).unwrap();
+    assert!(log.memory_bytes() > std::mem::size_of::<ActivityLog>() + log.message.len());
+    assert_eq!(held, 4 * log.memory_bytes());
 }

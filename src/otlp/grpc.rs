@@ -79,10 +79,11 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Status> {
+    // protobuf only: not gRPC-Web, not `+json`
     let is_grpc = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
+        .is_some_and(|v| v == "application/grpc" || v == "application/grpc+proto");
     if !is_grpc {
         return Err(Status::invalid_argument(
             "content-type must be application/grpc",
@@ -175,7 +176,7 @@ fn to_status(refusal: Refusal) -> Status {
     match refusal {
         Refusal::Auth(AuthError::Missing | AuthError::Unknown) => Status::unauthenticated(message),
         Refusal::Auth(AuthError::Forbidden(_)) => Status::permission_denied(message),
-        Refusal::TooLarge { .. } => Status::resource_exhausted(message),
+        Refusal::TooLarge { .. } | Refusal::Expands { .. } => Status::resource_exhausted(message),
         Refusal::Malformed(_) => Status::invalid_argument(message),
         Refusal::BodyTimeout(_) => Status::deadline_exceeded(message),
         Refusal::Overloaded | Refusal::Unavailable(_) => retryable(message),

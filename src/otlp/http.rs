@@ -71,7 +71,7 @@ impl OtlpError {
         let status = match &refusal {
             Refusal::Auth(AuthError::Missing | AuthError::Unknown) => StatusCode::UNAUTHORIZED,
             Refusal::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
-            Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::TooLarge { .. } | Refusal::Expands { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
             Refusal::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Refusal::Overloaded | Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

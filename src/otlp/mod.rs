@@ -19,11 +19,15 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceResponse,
 };
 
-pub use decode::MAX_BYTES_HELD_PER_BYTE;
+/// What an export whose length is known reserves before its body is read, per byte: about what
+/// real traffic holds at its peak (decoding and mapping take it to about 5.7 times its size).
+/// Under a flood, exports are thereby admitted or refused whole, up front, instead of all
+/// starting and then starving each other halfway; one that needs more reserves it as it goes.
+pub const ADMISSION_PER_BYTE: usize = 6;
 pub use json::{JsonError, decode as decode_json};
 
 use crate::auth::AuthError;
-use crate::ingest::{ExportError, ExportOutcome, ExportService, Reservation};
+use crate::ingest::{ExportError, ExportOutcome, ExportService, MapError, Reservation};
 use decode::{Compression, Format};
 
 /// Why an export was refused, as both receivers answer it (each in its own terms, in one place).
@@ -33,6 +37,9 @@ pub enum Refusal {
     Auth(#[from] AuthError),
     #[error("the request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// A body within the limit whose decoded or mapped form would take more than `limit`.
+    #[error("the export {what} to more than {limit} bytes")]
+    Expands { what: &'static str, limit: usize },
     /// The body does not decode; the message says where.
     #[error("{0}")]
     Malformed(String),
@@ -70,14 +77,26 @@ async fn receive(
 ) -> Result<ExportOutcome, Refusal> {
     let worker = service.clone();
     let (mapped, reservation) = tokio::task::spawn_blocking(move || {
-        let request = decode::decode(
+        let (request, decoded) = decode::decode(
             encoded.body,
             encoded.format,
             encoded.compression,
             limits.max_message_bytes,
             &mut reservation,
         )?;
-        Ok::<_, Refusal>((worker.map(key_user.as_deref(), &request), reservation))
+        let (mapped, held) = worker
+            .map(key_user.as_deref(), &request, &mut reservation, decoded)
+            .map_err(|e| match e {
+                MapError::TooLarge { limit } => Refusal::Expands {
+                    what: "maps",
+                    limit,
+                },
+                MapError::Budget(_) => Refusal::Overloaded,
+            })?;
+        // the decoded request is gone: what is held now is the logs, until they are written
+        drop(request);
+        reservation.release_to(held);
+        Ok::<_, Refusal>((mapped, reservation))
     })
     .await
     .map_err(|e| {
@@ -86,10 +105,9 @@ async fn receive(
     Ok(service.submit(mapped, reservation).await?)
 }
 
-/// Reads a request body of at most `limit` bytes within `timeout`, reserving what it holds. A
-/// body whose length is known up front (its `Content-Length`, or what `declared` reads from its
-/// first bytes) reserves all of it at once, so that under a flood an export is refused before
-/// its body is read rather than halfway through.
+/// Reads a request body of at most `limit` bytes within `timeout`, holding what it takes in
+/// `reservation`. A body whose length is known up front (its `Content-Length`, or what
+/// `declared` reads from its first bytes) is admitted or refused whole, before it is read.
 async fn read_body(
     body: Body,
     limit: usize,
@@ -107,6 +125,7 @@ async fn read_body(
     if let Err(Refusal::Overloaded | Refusal::TooLarge { .. }) = &result {
         // let a client that is still sending finish, keeping nothing, so that it reads the
         // answer: one that is cut off mid-body sees a broken pipe instead of the retry advice
+        reservation.release_to(0);
         let _ = tokio::time::timeout_at(deadline, discard_body(&mut body, limit)).await;
     }
     result
@@ -121,12 +140,8 @@ async fn collect_body(
     let mut bytes = BytesMut::new();
     let mut known = body.size_hint().exact();
     if let Some(len) = known {
-        make_room(
-            &mut bytes,
-            usize::try_from(len).unwrap_or(usize::MAX),
-            limit,
-            reservation,
-        )?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        admit(&mut bytes, len, limit, reservation)?;
     }
     while let Some(frame) = body.frame().await {
         // a body that breaks off is one that did not arrive
@@ -141,7 +156,7 @@ async fn collect_body(
             && let Some(len) = declared(&bytes)
         {
             known = Some(len as u64);
-            make_room(&mut bytes, len, limit, reservation)?;
+            admit(&mut bytes, len, limit, reservation)?;
         }
     }
     Ok(bytes.freeze())
@@ -160,7 +175,24 @@ async fn discard_body(body: &mut Body, limit: usize) {
     }
 }
 
-/// Makes room for `len` bytes in `bytes`, reserving the memory that takes.
+/// Admits a body of `len` bytes: holds what an export of that size holds at its peak, and makes
+/// room for the whole body.
+fn admit(
+    bytes: &mut BytesMut,
+    len: usize,
+    limit: usize,
+    reservation: &mut Reservation,
+) -> Result<(), Refusal> {
+    if len > limit {
+        return Err(Refusal::TooLarge { limit });
+    }
+    reservation
+        .reserve_to(len.saturating_mul(ADMISSION_PER_BYTE))
+        .map_err(|_| Refusal::Overloaded)?;
+    make_room(bytes, len, limit, reservation)
+}
+
+/// Makes room for `len` bytes in `bytes`, holding the memory that takes.
 fn make_room(
     bytes: &mut BytesMut,
     len: usize,
@@ -171,10 +203,9 @@ fn make_room(
         return Err(Refusal::TooLarge { limit });
     }
     if len > bytes.capacity() {
-        let before = bytes.capacity();
         bytes.reserve(len - bytes.len());
         reservation
-            .grow(bytes.capacity() - before)
+            .reserve_to(bytes.capacity())
             .map_err(|_| Refusal::Overloaded)?;
     }
     Ok(())

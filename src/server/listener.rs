@@ -4,6 +4,7 @@
 //! The same code serves all three listeners; they differ in protocol (HTTP/1.1 for the REST API
 //! and OTLP/HTTP, HTTP/2 for OTLP/gRPC) and in the router they serve.
 
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -34,8 +35,32 @@ pub enum Protocol {
 /// How long to wait before accepting again after `accept` failed (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Runs the tasks hyper spawns (one per HTTP/2 stream) among the listener's own, so that
+/// shutdown waits for them and stops them at the drain deadline, like their connections.
+#[derive(Clone)]
+struct TrackedExecutor {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = future => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` is cancelled; returns once every connection
-/// has ended, at most `drain_timeout` after that.
+/// and every request has ended, at most `drain_timeout` after that.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -43,9 +68,15 @@ pub async fn serve(
     limits: ServerConfig,
     shutdown: CancellationToken,
 ) {
-    let builder = Arc::new(builder(protocol, &limits));
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
+    // cancelled when the drain is over: what is left is dropped
+    let stop = CancellationToken::new();
+    let executor = TrackedExecutor {
+        tasks: connections.clone(),
+        stop: stop.clone(),
+    };
+    let builder = Arc::new(builder(protocol, &limits, executor));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         // at the cap, new connections wait in the kernel's backlog
         let permit = tokio::select! {
@@ -72,18 +103,31 @@ pub async fn serve(
             router.clone(),
             protocol,
             limits.clone(),
-            shutdown.clone(),
+            Signals {
+                shutdown: shutdown.clone(),
+                stop: stop.clone(),
+            },
             permit,
         ));
     }
     // new connections are refused from here on
     drop(listener);
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(limits.drain_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        stop.cancel();
+        connections.wait().await;
+    }
 }
 
-fn builder(protocol: Protocol, limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn builder(
+    protocol: Protocol,
+    limits: &ServerConfig,
+    executor: TrackedExecutor,
+) -> auto::Builder<TrackedExecutor> {
+    let mut builder = auto::Builder::new(executor);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -146,15 +190,22 @@ impl Drop for RequestGuard {
     }
 }
 
+/// What a connection listens to: shutdown begins (finish what is in flight), and the drain is
+/// over (drop it all).
+struct Signals {
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+}
+
 /// Serves one connection: until it ends, it idles past the idle timeout, an HTTP/2 connection
-/// brings no request within the header timeout, or shutdown's drain deadline passes.
+/// brings no request within the header timeout, or shutdown's drain is over.
 async fn serve_connection(
     stream: TcpStream,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<TrackedExecutor>>,
     router: Router,
     protocol: Protocol,
     limits: ServerConfig,
-    shutdown: CancellationToken,
+    signals: Signals,
     _slot: OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity::new());
@@ -171,6 +222,7 @@ async fn serve_connection(
     let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
     // hyper has no timer for an HTTP/2 handshake: a connection must bring its first request in time
     let first_request_by = activity.started + limits.header_read_timeout;
+    // set once the connection is asked to close: it is dropped if still open by then
     let mut drain_deadline: Option<Instant> = None;
     loop {
         let check_at = match drain_deadline {
@@ -188,7 +240,8 @@ async fn serve_connection(
         };
         tokio::select! {
             _ = connection.as_mut() => return,
-            () = shutdown.cancelled(), if drain_deadline.is_none() => {
+            () = signals.stop.cancelled() => return,
+            () = signals.shutdown.cancelled(), if drain_deadline.is_none() => {
                 connection.as_mut().graceful_shutdown();
                 drain_deadline = Some(Instant::now() + limits.drain_timeout);
             }
