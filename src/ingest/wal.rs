@@ -26,8 +26,9 @@ const FRAME_HEADER: usize = 8;
 const LOGS_PER_FRAME: usize = 1024;
 /// Frames larger than this are corrupt.
 const MAX_FRAME: usize = 1 << 30;
-/// The encoding buffer is given back after a sync when it grew past this.
-const KEPT_BUFFER: usize = 4 << 20;
+/// The encoding buffer is given back after a sync when it grew past this (a group that large is
+/// rare; one under it is the common case, and reusing its buffer saves an allocation per group).
+const KEPT_BUFFER: usize = 32 << 20;
 
 /// One batch as logged: consecutive sequence numbers from `first_seq`.
 #[derive(Debug, Deserialize)]

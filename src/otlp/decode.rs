@@ -17,7 +17,6 @@ use opentelemetry_proto::tonic::common::v1::{
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
-use prost::encoding::{WireType, decode_key, decode_varint};
 
 use super::{Refusal, json};
 use crate::ingest::Reservation;
@@ -134,7 +133,7 @@ impl Kind {
     }
 
     /// The length-delimited field `number` of this message; `None` for one decoding skips.
-    fn field(self, number: u32) -> Option<Field> {
+    fn field(self, number: u64) -> Option<Field> {
         use Field::{Bytes, Repeated, RepeatedString, Single};
         Some(match (self, number) {
             (Kind::Request, 1) => Repeated(Kind::ResourceLogs),
@@ -187,49 +186,66 @@ fn walk(mut buf: &[u8], kind: Kind, depth: u32, total: &mut usize) -> Result<(),
     if depth > MAX_DEPTH {
         return Err(());
     }
-    // elements of each repeated field of this message, by field number (all below 16)
-    let mut repeated = [(0usize, 0usize); 16];
+    // this message's repeated fields: (number, elements, element size); none has more than two
+    let mut repeated: [(u64, usize, usize); 2] = [(0, 0, 0); 2];
     while !buf.is_empty() {
-        let (number, wire) = decode_key(&mut buf).map_err(|_| ())?;
-        let skip = match wire {
-            WireType::Varint => {
-                decode_varint(&mut buf).map_err(|_| ())?;
+        let key = varint(&mut buf)?;
+        let number = key >> 3;
+        let skip = match key & 7 {
+            0 => {
+                varint(&mut buf)?;
                 0
             }
-            WireType::SixtyFourBit => 8,
-            WireType::ThirtyTwoBit => 4,
-            WireType::LengthDelimited => {
-                let len =
-                    usize::try_from(decode_varint(&mut buf).map_err(|_| ())?).map_err(|_| ())?;
+            1 => 8,
+            5 => 4,
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).map_err(|_| ())?;
                 let inner = buf.get(..len).ok_or(())?;
                 let mut count = |size: usize| {
-                    let slot = &mut repeated[number as usize % 16];
-                    *slot = (slot.0 + 1, size);
+                    let slot = repeated
+                        .iter_mut()
+                        .find(|(n, elements, _)| *n == number || *elements == 0)
+                        .ok_or(())?;
+                    *slot = (number, slot.1 + 1, size);
+                    Ok::<_, ()>(())
                 };
                 match kind.field(number) {
                     Some(Field::Repeated(child)) => {
-                        count(child.size());
+                        count(child.size())?;
                         walk(inner, child, depth + 1, total)?;
                     }
                     Some(Field::Single(child)) => walk(inner, child, depth + 1, total)?,
                     Some(Field::Bytes) => *total = total.saturating_add(len),
                     Some(Field::RepeatedString) => {
-                        count(size_of::<String>());
+                        count(size_of::<String>())?;
                         *total = total.saturating_add(len);
                     }
                     None => {}
                 }
                 len
             }
-            // groups: not in OTLP, and decoding refuses what it cannot skip
-            WireType::StartGroup | WireType::EndGroup => return Err(()),
+            // groups are not in OTLP, and decoding refuses what it cannot skip
+            _ => return Err(()),
         };
         buf = buf.get(skip..).ok_or(())?;
     }
-    for (elements, size) in repeated {
+    for (_, elements, size) in repeated {
         *total = total.saturating_add(pushed_capacity(elements).saturating_mul(size));
     }
     Ok(())
+}
+
+/// A base-128 varint, as protobuf writes it.
+fn varint(buf: &mut &[u8]) -> Result<u64, ()> {
+    let mut value = 0u64;
+    for (i, &byte) in buf.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            *buf = &buf[i + 1..];
+            return Ok(value);
+        }
+    }
+    Err(())
 }
 
 /// What decoding `bytes` as OTLP/JSON allocates, at most: the text, and for each value (each
