@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::process::{Served, serve, stored_messages, wait_ready, write_config, write_key};
-use common::{PATIENCE, activity, authorized, request_of};
+use common::{PATIENCE, activity, assert_each_acknowledged_once, authorized, request_of};
 use logbridge::auth::Secret;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 
@@ -100,26 +99,7 @@ async fn every_acknowledged_record_survives_sigkill_exactly_once() {
         let restarted = serve(&config);
         wait_ready(&restarted.api).await;
         let stored = stored_messages(&restarted.api, &secret).await;
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for message in &stored {
-            *counts.entry(message.as_str()).or_default() += 1;
-        }
-        let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(
-            duplicated.is_empty(),
-            "round {round}: stored twice: {duplicated:?}"
-        );
-        let lost: Vec<_> = all_acked
-            .iter()
-            .filter(|m| !counts.contains_key(m.as_str()))
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "round {round}: {} of {} acknowledged records lost, e.g. {:?}",
-            lost.len(),
-            all_acked.len(),
-            lost.first()
-        );
+        assert_each_acknowledged_once(&stored, &all_acked, &format!("round {round}"));
         // in-flight exports may or may not have landed; nothing else may appear
         assert!(stored.len() >= all_acked.len());
         assert!(stored.len() <= all_acked.len() + (round + 1) * EXPORTERS * BATCH);

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,7 +15,8 @@ use common::process::{
 };
 use common::tmpfs::Tmpfs;
 use common::{
-    PATIENCE, activity, authorized, metric, readyz, request_of, text, wait_for_readyz, with_attr,
+    PATIENCE, activity, assert_each_acknowledged_once, authorized, metric, readyz, request_of,
+    text, wait_for_readyz, with_attr,
 };
 use logbridge::auth::Secret;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
@@ -127,23 +127,7 @@ impl Stream {
 /// Every acknowledged message is stored exactly once, and nothing else is.
 async fn assert_exactly_once(api: &str, secret: &Secret, acked: &[String]) {
     let stored = stored_messages(api, secret).await;
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for message in &stored {
-        *counts.entry(message).or_default() += 1;
-    }
-    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(3).collect();
-    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
-    let lost: Vec<_> = acked
-        .iter()
-        .filter(|m| !counts.contains_key(m.as_str()))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged records lost, e.g. {:?}",
-        lost.len(),
-        acked.len(),
-        lost.first()
-    );
+    assert_each_acknowledged_once(&stored, acked, "after the disk filled");
     // a batch is stored only when acknowledged
     assert_eq!(stored.len(), acked.len());
 }

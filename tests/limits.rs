@@ -15,14 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::PATIENCE;
 use common::process::{
     Served, serve, sigterm, total, wait_for_clean_exit, wait_ready, write_config_with, write_key,
 };
+use common::{PATIENCE, request_of};
 use logbridge::auth::Secret;
 use logbridge::workload::Workload;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
 use prost::Message as _;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -149,16 +147,7 @@ fn max_size_export(bytes: usize) -> (Bytes, usize) {
         records.push(record);
     }
     let count = records.len();
-    let request = ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: records,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    let encoded = request.encode_to_vec();
+    let encoded = request_of(records).encode_to_vec();
     assert!(encoded.len() <= bytes);
     (encoded.into(), count)
 }

@@ -136,18 +136,7 @@ async fn an_index_that_cannot_commit_refuses_until_it_can_and_sdk_exporters_lose
     );
     // refusals reach the clients, who keep retrying
     let deadline = Instant::now() + PATIENCE;
-    while metric(
-        &app.api_url,
-        "logbridge_otlp_exports_total{transport=\"grpc\",status=\"UNAVAILABLE\"}",
-    )
-    .await
-        + metric(
-            &app.api_url,
-            "logbridge_otlp_exports_total{transport=\"http\",status=\"503\"}",
-        )
-        .await
-        == 0.0
-    {
+    while refused_exports(&app.api_url).await == 0.0 {
         assert!(Instant::now() < deadline, "no export was refused");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use sources::{FieldSources, Found, MappingConfig, ResourceAttributes, Source};
-pub use value::to_json;
+pub use value::{for_each_structural_byte, to_json};
 
 /// What an activity log records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -419,27 +419,14 @@ fn truncated_message(text: &str) -> String {
 /// How deeply the objects and arrays of a valid JSON text nest.
 fn json_depth(json: &str) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for byte in json.bytes() {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
+    for_each_structural_byte(json.as_bytes(), |byte| match byte {
+        b'{' | b'[' => {
+            depth += 1;
+            deepest = deepest.max(depth);
         }
-        match byte {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
+        b'}' | b']' => depth = depth.saturating_sub(1),
+        _ => {}
+    });
     deepest
 }
 

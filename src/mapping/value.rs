@@ -4,6 +4,25 @@ use base64::Engine as _;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
 use serde_json::Value as Json;
 
+/// Calls `visit` for every byte of a JSON text that is outside its strings: its structure.
+pub fn for_each_structural_byte(json: &[u8], mut visit: impl FnMut(u8)) {
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in json {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else {
+            visit(byte);
+        }
+    }
+}
+
 /// Converts an OTLP value to JSON: a kvlist becomes an object (a repeated key keeps its last
 /// value), bytes become base64, a non-finite double and an empty value become `null`.
 pub fn to_json(value: &Value) -> Json {

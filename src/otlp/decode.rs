@@ -20,6 +20,7 @@ use prost::Message as _;
 
 use super::{Refusal, json};
 use crate::ingest::Reservation;
+use crate::mapping::for_each_structural_byte;
 
 /// How an export body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,23 +252,12 @@ fn varint(buf: &mut &[u8]) -> Result<u64, ()> {
 /// What decoding `bytes` as OTLP/JSON allocates, at most: the text, and for each value (each
 /// object, array, member and element) a JSON value and its share of what it converts to.
 fn json_decoded_size(bytes: &[u8]) -> usize {
-    let (mut values, mut in_string, mut escaped) = (1usize, false, false);
-    for &byte in bytes {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
+    let mut values = 1usize;
+    for_each_structural_byte(bytes, |byte| {
+        if matches!(byte, b'{' | b'[' | b',' | b':') {
+            values += 1;
         }
-        match byte {
-            b'"' => in_string = true,
-            b'{' | b'[' | b',' | b':' => values += 1,
-            _ => {}
-        }
-    }
+    });
     bytes
         .len()
         .saturating_add(values.saturating_mul(JSON_VALUE_BYTES))

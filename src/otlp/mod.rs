@@ -183,13 +183,10 @@ fn admit(
     limit: usize,
     reservation: &mut Reservation,
 ) -> Result<(), Refusal> {
-    if len > limit {
-        return Err(Refusal::TooLarge { limit });
-    }
+    make_room(bytes, len, limit, reservation)?;
     reservation
         .reserve_to(len.saturating_mul(ADMISSION_PER_BYTE))
-        .map_err(|_| Refusal::Overloaded)?;
-    make_room(bytes, len, limit, reservation)
+        .map_err(|_| Refusal::Overloaded)
 }
 
 /// Makes room for `len` bytes in `bytes`, holding the memory that takes.

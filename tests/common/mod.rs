@@ -410,6 +410,42 @@ pub fn at_ms(offset_ms: u64) -> u64 {
     1_773_134_142_000_000_000 + offset_ms * 1_000_000
 }
 
+/// Panics unless every message of `acked` is in `stored` and none of `stored` is there twice;
+/// `when` says at which point of the test.
+pub fn assert_each_acknowledged_once(stored: &[String], acked: &[String], when: &str) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for message in stored {
+        *counts.entry(message).or_default() += 1;
+    }
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(3).collect();
+    assert!(doubled.is_empty(), "{when}: stored twice: {doubled:?}");
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|m| !counts.contains_key(m.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{when}: {} of {} acknowledged records lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        lost.first()
+    );
+}
+
+/// Exports refused for overload or failing storage so far: gRPC `UNAVAILABLE` and HTTP 503.
+pub async fn refused_exports(api_url: &str) -> f64 {
+    metric(
+        api_url,
+        "logbridge_otlp_exports_total{transport=\"grpc\",status=\"UNAVAILABLE\"}",
+    )
+    .await
+        + metric(
+            api_url,
+            "logbridge_otlp_exports_total{transport=\"http\",status=\"503\"}",
+        )
+        .await
+}
+
 /// The `message` of every log of a `/logs` page, in order.
 pub fn messages(data: &Json) -> Vec<String> {
     data["logs"]

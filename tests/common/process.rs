@@ -161,35 +161,32 @@ pub async fn wait_ready(api: &str) {
     super::wait_for_readyz(&format!("http://{api}"), 200).await;
 }
 
-/// How many logs `secret`'s user has.
-pub async fn total(api: &str, secret: &Secret) -> u64 {
-    let body: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{api}/logs?limit=1"))
+/// `GET /logs?{query}` with `secret`: the JSON body.
+async fn get_logs(api: &str, secret: &Secret, query: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("http://{api}/logs?{query}"))
         .bearer_auth(secret.expose())
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    body["data"]["total"].as_u64().expect("a total")
+        .unwrap()
+}
+
+/// How many logs `secret`'s user has.
+pub async fn total(api: &str, secret: &Secret) -> u64 {
+    get_logs(api, secret, "limit=1").await["data"]["total"]
+        .as_u64()
+        .expect("a total")
 }
 
 /// Every message stored for `secret`'s user, newest first, by walking all pages with cursors.
 pub async fn stored_messages(api: &str, secret: &Secret) -> Vec<String> {
-    let client = reqwest::Client::new();
     let mut all = Vec::new();
     let mut query = "limit=100".to_owned();
     loop {
-        let body: serde_json::Value = client
-            .get(format!("http://{api}/logs?{query}"))
-            .bearer_auth(secret.expose())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = get_logs(api, secret, &query).await;
         let data = &body["data"];
         all.extend(messages(data));
         match data["next_cursor"].as_str() {
