@@ -11,9 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 
 pub use budget::{BudgetSpent, MemoryBudget, Reservation};
-pub use writer::{
-    Health, IngestQueue, RETRY_INTERVAL, WriteError, WriterOptions, WriterThread, spawn_writer,
-};
+pub use writer::{Health, IngestQueue, WriteError, WriterOptions, WriterThread, spawn_writer};
 
 use crate::auth::{AuthError, KeyStore, Scope};
 use crate::mapping::{MappedRequest, MappingConfig, map_request};

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use super::budget::Reservation;
-use super::wal::Wal;
+use super::wal::{Wal, WalBatch};
 use crate::faults::Faults;
 use crate::mapping::ActivityLog;
 use crate::metrics::{Metrics, StorageLabels};
@@ -32,7 +32,7 @@ use crate::store::{LogWriter, StoreError};
 const MAX_GROUP: usize = 256;
 
 /// How often a writer whose storage fails tries to recover.
-pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a batch was not written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -282,16 +282,13 @@ fn recover(mut index: LogWriter, options: &WriterOptions) -> Result<Writer, io::
     let mut add_error: Option<StoreError> = None;
     let started = Instant::now();
     Wal::recover(&options.wal_dir, |batch| {
-        for (seq, log) in (batch.first_seq..).zip(&batch.logs) {
-            // what an earlier commit holds is not added twice
-            if seq > committed && add_error.is_none() {
-                match index.add(log, seq) {
-                    Ok(()) => replayed += 1,
-                    Err(e) => add_error = Some(e),
-                }
+        if add_error.is_none() {
+            match add_missing(&mut index, committed, &batch) {
+                Ok(added) => replayed += added,
+                Err(e) => add_error = Some(e),
             }
-            last_seq = last_seq.max(seq);
         }
+        last_seq = last_seq.max((batch.first_seq + batch.logs.len() as u64).saturating_sub(1));
         Ok(())
     })?;
     // the replayed segments stay until a commit holds what they carry
@@ -394,7 +391,6 @@ impl Writer {
                             "final commit failed; the write-ahead log keeps every acknowledged log for the next start"
                         );
                     }
-                    self.health.send_replace(Health::Stopped);
                     return;
                 }
             }
@@ -524,14 +520,16 @@ impl Writer {
             return;
         }
         if self.index_broken {
-            if let Err(e) = self.rebuild_index() {
+            if let Err(e) = self.readd_from_wal() {
                 self.fail(Stage::Recovery, &e);
                 return;
             }
             self.index_broken = false;
-            self.uncommitted = false;
-            self.rotate_wal();
-            self.metrics.index_logs.set(gauge(self.index.num_logs()));
+            let _ = self.commit();
+            if self.index_broken {
+                // the commit failed again, and said so
+                return;
+            }
         }
         tracing::info!("storage recovered; taking exports again");
         self.failure = None;
@@ -540,32 +538,38 @@ impl Writer {
         self.health.send_replace(Health::Ready);
     }
 
-    /// Rolls the index back to its last commit and adds again, from the write-ahead log, every
-    /// log that commit does not hold; then commits.
-    fn rebuild_index(&mut self) -> Result<(), RebuildError> {
+    /// Rolls the index back to what is on disk and adds again, from the write-ahead log, every
+    /// log it does not hold; the next commit makes them durable in the index.
+    fn readd_from_wal(&mut self) -> Result<(), RebuildError> {
         self.index.rollback()?;
         let committed = self.index.committed_seq();
         let mut readded = 0u64;
         let index = &mut self.index;
         self.wal
             .replay(|batch| {
-                for (seq, log) in (batch.first_seq..).zip(&batch.logs) {
-                    if seq > committed {
-                        index.add(log, seq).map_err(io::Error::other)?;
-                        readded += 1;
-                    }
-                }
+                readded += add_missing(index, committed, &batch).map_err(io::Error::other)?;
                 Ok(())
             })
             .map_err(RebuildError::Wal)?;
-        self.index.commit(self.next_seq - 1)?;
         tracing::info!(
             readded,
             committed,
-            "index rolled back and rebuilt from the write-ahead log"
+            "index rolled back; the logs it lacked are added again from the write-ahead log"
         );
         Ok(())
     }
+}
+
+/// Adds the logs of `batch` that the index does not hold (those after `committed`); how many.
+fn add_missing(index: &mut LogWriter, committed: u64, batch: &WalBatch) -> Result<u64, StoreError> {
+    let mut added = 0;
+    for (seq, log) in (batch.first_seq..).zip(&batch.logs) {
+        if seq > committed {
+            index.add(log, seq)?;
+            added += 1;
+        }
+    }
+    Ok(added)
 }
 
 /// Why the index could not be rebuilt from the write-ahead log.

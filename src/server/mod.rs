@@ -185,11 +185,6 @@ impl RunningServer {
         }
     }
 
-    /// What the writer can do now.
-    pub fn health(&self) -> Health {
-        self.health.borrow().clone()
-    }
-
     /// Resolves if the writer stops for good without being shut down (its thread died, or the
     /// write-ahead log cannot be replayed), with the reason; never resolves otherwise.
     pub async fn writer_died(&mut self) -> String {
