@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use logbridge::mapping::{MappingConfig, map_request};
+use logbridge::mapping::{Admission, MappingConfig, map_request};
 use logbridge::workload::Workload;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
@@ -75,7 +75,7 @@ fn main() {
         .map(|_| {
             let started = Instant::now();
             for export in &exports {
-                let mapped = map_request(&config, None, 0, export, |_| true).unwrap();
+                let mapped = map_request(&config, None, 0, export, |_| Admission::Keep).unwrap();
                 assert_eq!(mapped.logs.len(), 512);
             }
             started.elapsed()
@@ -109,7 +109,7 @@ fn main() {
     let samples: Vec<Duration> = (0..runs)
         .map(|_| {
             let started = Instant::now();
-            let mapped = map_request(&config, None, 0, &huge, |_| true).unwrap();
+            let mapped = map_request(&config, None, 0, &huge, |_| Admission::Keep).unwrap();
             assert_eq!(mapped.logs.len(), 20_000);
             started.elapsed()
         })

@@ -3,12 +3,13 @@
 //! The file is read into a raw serde structure (unknown keys are errors), environment overrides are
 //! applied to it, and the result is validated into the typed [`Config`] the server runs on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lifecycle::{MAX_DAYS, Retention};
 use crate::mapping::{FieldSources, MappingConfig};
 
 /// The config file read when `--config` is not given, if it exists.
@@ -60,6 +61,16 @@ pub struct Config {
     pub auth: AuthConfig,
     pub mapping: MappingConfig,
     pub log: LogConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long logs are kept.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// Days kept, for everyone and per user.
+    pub policy: Retention,
+    /// How often expired logs are deleted.
+    pub sweep_interval: Duration,
 }
 
 /// The OTLP receivers.
@@ -142,6 +153,25 @@ struct RawConfig {
     auth: RawAuth,
     mapping: FieldSources,
     log: RawLog,
+    retention: RawRetention,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetention {
+    days: u64,
+    sweep_interval_ms: u64,
+    users: BTreeMap<String, u64>,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        Self {
+            days: 0,
+            sweep_interval_ms: 30_000,
+            users: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -374,6 +404,37 @@ impl RawConfig {
                 message: "must be between 16 and 4096".to_owned(),
             });
         }
+        let retention_days = |setting: &str, days: u64| {
+            u32::try_from(days)
+                .ok()
+                .filter(|&d| d <= MAX_DAYS)
+                .ok_or_else(|| ConfigError::Invalid {
+                    setting: "retention",
+                    message: format!(
+                        "{setting} must be at most {MAX_DAYS} days (0 keeps logs forever)"
+                    ),
+                })
+        };
+        let retention = RetentionConfig {
+            policy: Retention {
+                days: retention_days("days", self.retention.days)?,
+                users: self
+                    .retention
+                    .users
+                    .iter()
+                    .map(|(user, &days)| {
+                        Ok((
+                            user.clone(),
+                            retention_days(&format!("users.{user:?}"), days)?,
+                        ))
+                    })
+                    .collect::<Result<_, ConfigError>>()?,
+            },
+            sweep_interval: millis(
+                "retention.sweep_interval_ms",
+                self.retention.sweep_interval_ms,
+            )?,
+        };
         let mapping = self
             .mapping
             .validate()
@@ -406,6 +467,7 @@ impl RawConfig {
             log: LogConfig {
                 level: self.log.level,
             },
+            retention,
         })
     }
 }

@@ -8,7 +8,8 @@
 //! - [`store`]: the embedded tantivy index: schema, the single writer, newest-first queries.
 //! - [`api`]: `GET /logs`, the audit API scoped to the caller's user, and health checks.
 //!
-//! Around them: [`auth`] (API keys and scopes), [`config`] (the config file and overrides),
+//! Around them: [`auth`] (API keys and scopes), [`lifecycle`] (retention, per-user limits, watched
+//! files, snapshots), [`config`] (the config file and overrides),
 //! [`metrics`] (what `GET /metrics` serves), [`server`] (wiring, listeners with their timeouts
 //! and limits, shutdown), [`faults`] (storage faults on command, for tests), [`emit`] and
 //! [`workload`] (the worker simulator).
@@ -19,6 +20,7 @@ pub mod config;
 pub mod emit;
 pub mod faults;
 pub mod ingest;
+pub mod lifecycle;
 pub mod mapping;
 pub mod metrics;
 pub mod otlp;

@@ -1,11 +1,12 @@
 //! The `logbridge` binary: parse the command line, load the config, run.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
-use logbridge::auth::{NewKey, Scope, add_key, ensure_keys_file};
+use logbridge::auth::{NewKey, Scope, add_key, ensure_keys_file, load_keys, revoke_key};
 use logbridge::config::Config;
 use logbridge::emit::{EmitOptions, emit};
 use logbridge::server::{self, Listeners};
@@ -50,12 +51,22 @@ enum KeysCommand {
         /// The user the key reads (and ingests) for.
         #[arg(long)]
         user: String,
-        /// Comma-separated scopes: read, ingest.
+        /// Comma-separated scopes: read, ingest, delete.
         #[arg(long, value_delimiter = ',', default_value = "read")]
         scope: Vec<String>,
-        /// A name for operators (default: the user and scopes).
+        /// A name for operators, unique in the keys file (default: the user and scopes).
         #[arg(long)]
         name: Option<String>,
+        /// When the key stops working, RFC 3339 (e.g. 2027-01-31T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        expires_at: Option<String>,
+    },
+    /// List the keys: names, users, scopes and expiry; never secrets.
+    List,
+    /// Remove a key from the keys file; a running server stops accepting it within 2 seconds.
+    Revoke {
+        /// The key's name, as `keys list` shows it.
+        name: String,
     },
 }
 
@@ -98,6 +109,79 @@ struct EmitArgs {
     gzip: bool,
 }
 
+fn keys(keys_file: &Path, command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Add {
+            user,
+            scope,
+            name,
+            expires_at,
+        } => {
+            let scopes = scope
+                .iter()
+                .map(|s| {
+                    Scope::parse(s.trim()).with_context(|| {
+                        format!("unknown scope {s:?} (expected read, ingest, delete)")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let expires_at = expires_at
+                .map(|text| {
+                    DateTime::parse_from_rfc3339(&text)
+                        .map(|time| time.to_utc())
+                        .with_context(|| {
+                            format!("--expires-at {text:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z")
+                        })
+                })
+                .transpose()?;
+            let name = name.unwrap_or_else(|| format!("{user} ({})", scope.join(",")));
+            let secret = add_key(
+                keys_file,
+                &NewKey {
+                    name,
+                    user_id: user,
+                    scopes,
+                    expires_at,
+                },
+            )?;
+            eprintln!(
+                "added a key to {}; its secret is shown only once:",
+                keys_file.display()
+            );
+            println!("{}", secret.expose());
+        }
+        KeysCommand::List => {
+            let now = Utc::now();
+            println!("NAME\tUSER\tSCOPES\tEXPIRES");
+            for key in load_keys(keys_file)? {
+                let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+                let expires = match key.expires_at {
+                    None => "never".to_owned(),
+                    Some(at) => {
+                        let time = at.to_rfc3339_opts(SecondsFormat::Secs, true);
+                        if at <= now {
+                            format!("{time} (expired)")
+                        } else {
+                            time
+                        }
+                    }
+                };
+                println!(
+                    "{}\t{}\t{}\t{expires}",
+                    key.name,
+                    key.user_id.as_deref().unwrap_or("(any, from user.id)"),
+                    scopes.join(","),
+                );
+            }
+        }
+        KeysCommand::Revoke { name } => {
+            revoke_key(keys_file, &name)?;
+            eprintln!("revoked key {name:?} in {}", keys_file.display());
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -107,32 +191,9 @@ fn main() -> anyhow::Result<()> {
             init_tracing(&config.log.level);
             runtime.block_on(serve(config))
         }
-        Command::Keys {
-            command: KeysCommand::Add { user, scope, name },
-        } => {
+        Command::Keys { command } => {
             let config = load_config(cli.config)?;
-            let scopes = scope
-                .iter()
-                .map(|s| {
-                    Scope::parse(s.trim())
-                        .with_context(|| format!("unknown scope {s:?} (expected read, ingest)"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let name = name.unwrap_or_else(|| format!("{user} ({})", scope.join(",")));
-            let secret = add_key(
-                &config.auth.keys_file,
-                &NewKey {
-                    name,
-                    user_id: user,
-                    scopes,
-                },
-            )?;
-            eprintln!(
-                "added a key to {}; its secret is shown only once:",
-                config.auth.keys_file.display()
-            );
-            println!("{}", secret.expose());
-            Ok(())
+            keys(&config.auth.keys_file, command)
         }
         Command::Emit(args) => {
             init_tracing("warn");

@@ -51,6 +51,15 @@ pub struct Metrics {
     pub storage_failing: Gauge,
     pub storage_recoveries: Counter,
     pub logs_request_seconds: Family<RequestLabels, Histogram>,
+    pub records_expired: Counter,
+    pub retention_last_sweep: Gauge,
+    pub records_erased: Counter,
+    pub index_deleted_logs: Gauge,
+    pub keys_loaded: Gauge,
+    pub keys_file_invalid: Gauge,
+    pub keys_reload_failures: Counter,
+    pub tls_reload_failures: Counter,
+    pub exports_throttled: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -76,6 +85,15 @@ impl Metrics {
             storage_failing: Gauge::default(),
             storage_recoveries: Counter::default(),
             logs_request_seconds: Family::new_with_constructor(latency_histogram),
+            records_expired: Counter::default(),
+            retention_last_sweep: Gauge::default(),
+            records_erased: Counter::default(),
+            index_deleted_logs: Gauge::default(),
+            keys_loaded: Gauge::default(),
+            keys_file_invalid: Gauge::default(),
+            keys_reload_failures: Counter::default(),
+            tls_reload_failures: Counter::default(),
+            exports_throttled: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -138,6 +156,51 @@ impl Metrics {
             "logs_request_duration_seconds",
             "GET /logs latency, by HTTP status",
             m.logs_request_seconds.clone(),
+        );
+        r.register(
+            "records_expired",
+            "Logs deleted by retention sweeps",
+            m.records_expired.clone(),
+        );
+        r.register(
+            "retention_last_sweep_timestamp_seconds",
+            "When the last retention sweep finished, in seconds since the epoch (0: none yet)",
+            m.retention_last_sweep.clone(),
+        );
+        r.register(
+            "records_erased",
+            "Logs erased through DELETE /logs",
+            m.records_erased.clone(),
+        );
+        r.register(
+            "index_deleted_logs",
+            "Deleted logs whose bytes stay on disk until their segment is merged",
+            m.index_deleted_logs.clone(),
+        );
+        r.register(
+            "keys_loaded",
+            "API keys in the set in use",
+            m.keys_loaded.clone(),
+        );
+        r.register(
+            "keys_file_invalid",
+            "1 while the keys file on disk cannot be used and the last good set is kept, else 0",
+            m.keys_file_invalid.clone(),
+        );
+        r.register(
+            "keys_reload_failures",
+            "Reloads of the keys file that failed",
+            m.keys_reload_failures.clone(),
+        );
+        r.register(
+            "tls_reload_failures",
+            "Reloads of the TLS certificate or key that failed",
+            m.tls_reload_failures.clone(),
+        );
+        r.register(
+            "exports_throttled",
+            "OTLP exports refused because a user was over its ingest limit",
+            m.exports_throttled.clone(),
         );
         m
     }

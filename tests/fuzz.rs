@@ -7,7 +7,8 @@
 
 use logbridge::api::{ApiError, CursorKey, MAX_LIMIT, parse_logs_params};
 use logbridge::mapping::{
-    ActivityLog, MAX_DATA_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MappingConfig, map_request,
+    ActivityLog, Admission, MAX_DATA_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MappingConfig,
+    map_request,
 };
 use logbridge::otlp::decode_json;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -106,8 +107,10 @@ fn log_record() -> impl Strategy<Value = LogRecord> {
 
 /// Maps every record of a request; checks what the mapping promises of its output.
 fn map_all(request: &ExportLogsServiceRequest, key_user: Option<&str>) {
-    let mapped = map_request(&MappingConfig::default(), key_user, 1, request, |_| true)
-        .expect("every log is admitted");
+    let mapped = map_request(&MappingConfig::default(), key_user, 1, request, |_| {
+        Admission::Keep
+    })
+    .expect("every log is admitted");
     assert_eq!(mapped.logs.len() + mapped.rejected.len(), mapped.records);
     mapped.logs.iter().for_each(check_log);
 }

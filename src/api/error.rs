@@ -32,7 +32,9 @@ pub enum ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Missing | AuthError::Unknown => ApiError::Unauthorized(e),
+            AuthError::Missing | AuthError::Unknown | AuthError::Expired(_) => {
+                ApiError::Unauthorized(e)
+            }
             AuthError::Forbidden(_) => ApiError::Forbidden(e),
         }
     }

@@ -1,5 +1,5 @@
-//! The REST API: `GET /logs` (the audit API, scoped to the caller's user), `/healthz`, `/readyz`
-//! and `/metrics`.
+//! The REST API: `GET /logs` (the audit API, scoped to the caller's user), `DELETE /logs`
+//! (erasure), `/healthz`, `/readyz` and `/metrics`.
 
 mod cursor;
 mod error;
@@ -23,7 +23,7 @@ pub use error::ApiError;
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 
 use crate::auth::{KeyStore, Scope};
-use crate::ingest::Health;
+use crate::ingest::{Health, IngestQueue, WriteError};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::store::{MAX_OFFSET, SearchError, Store};
 
@@ -39,12 +39,19 @@ pub struct ApiState {
     pub cursor_key: CursorKey,
     /// Searches allowed to run at once; more are answered 503 rather than queued.
     pub searches: Arc<Semaphore>,
+    /// The writer, which erases.
+    pub writer: IngestQueue,
 }
 
 /// The REST routes.
 pub fn router(state: ApiState) -> Router {
     let timed_logs = get(logs)
-        .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, HEAD" } })
+        .delete(erase)
+        .fallback(|| async {
+            ApiError::MethodNotAllowed {
+                allow: "GET, HEAD, DELETE",
+            }
+        })
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             time_logs_request,
@@ -117,19 +124,76 @@ struct LogsData<'a> {
     next_cursor: Option<String>,
 }
 
+/// The caller's key (with `scope`), its user and the decoded query-string pairs.
+fn caller(
+    state: &ApiState,
+    headers: &HeaderMap,
+    raw_query: Option<&str>,
+    scope: Scope,
+) -> Result<(String, String, Vec<(String, String)>), ApiError> {
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let principal = state.keys.authorize(authorization, scope)?;
+    let Some(user_id) = principal.user_id else {
+        return Err(ApiError::Internal(format!(
+            "{} key {} has no user",
+            scope.as_str(),
+            principal.key_name
+        )));
+    };
+    let pairs = serde_urlencoded::from_str(raw_query.unwrap_or(""))
+        .map_err(|_| ApiError::BadRequest("the query string is malformed".to_owned()))?;
+    Ok((principal.key_name, user_id, pairs))
+}
+
+#[derive(Serialize)]
+struct EraseBody {
+    success: bool,
+    message: &'static str,
+    data: EraseData,
+}
+
+#[derive(Serialize)]
+struct EraseData {
+    deleted: u64,
+}
+
+/// `DELETE /logs`: erases the caller's logs that match the filters, and answers once the
+/// erasure is durable.
+async fn erase(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
+) -> Result<Response, ApiError> {
+    let (key_name, user_id, pairs) = caller(&state, &headers, raw_query.as_deref(), Scope::Delete)?;
+    let query = params::parse_erasure(&pairs, &user_id)?;
+    let deleted = state.writer.erase(query).await.map_err(|e| match e {
+        WriteError::Closed => ApiError::Unavailable("logbridge is shutting down, retry later"),
+        WriteError::Storage(reason) => {
+            tracing::warn!(key = %key_name, user = %user_id, %reason, "erasure refused: storage is failing");
+            ApiError::Unavailable("storage is failing; nothing was erased, retry later")
+        }
+    })?;
+    tracing::info!(
+        key = %key_name,
+        user = %user_id,
+        filters = raw_query.as_deref().unwrap_or(""),
+        deleted,
+        "activity logs erased"
+    );
+    let body = EraseBody {
+        success: true,
+        message: "Activity logs deleted",
+        data: EraseData { deleted },
+    };
+    Ok(axum::Json(body).into_response())
+}
+
 async fn logs(
     State(state): State<ApiState>,
     headers: HeaderMap,
     RawQuery(raw_query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    let principal = state.keys.authorize(authorization, Scope::Read)?;
-    let user_id = principal.user_id.ok_or_else(|| {
-        ApiError::Internal(format!("read key {} has no user", principal.key_name))
-    })?;
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(raw_query.as_deref().unwrap_or(""))
-            .map_err(|_| ApiError::BadRequest("the query string is malformed".to_owned()))?;
+    let (_, user_id, pairs) = caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
     let LogsRequest { query, page } = params::parse(&pairs, &user_id, &state.cursor_key)?;
 
     let permit = state

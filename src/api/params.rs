@@ -1,4 +1,5 @@
-//! The query parameters of `GET /logs`, validated into a [`LogQuery`]: pure, no I/O.
+//! The query parameters of `GET /logs` and `DELETE /logs`, validated into a [`LogQuery`]: pure,
+//! no I/O.
 
 use chrono::DateTime;
 
@@ -26,73 +27,34 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
 }
 
+/// The first non-empty value of parameter `name`: the first occurrence counts, and an empty
+/// value is the same as none.
+fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
 /// Validates the decoded query-string pairs of a request by `user_id`, whose cursor must be signed
-/// with `cursor_key`. The first occurrence of a parameter counts; an empty value is the same as
-/// none; unknown parameters are ignored.
+/// with `cursor_key`. Unknown parameters are ignored.
 pub fn parse(
     pairs: &[(String, String)],
     user_id: &str,
     cursor_key: &CursorKey,
 ) -> Result<LogsRequest, ApiError> {
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
-
-    let log_type = get("log_type")
-        .map(|v| {
-            v.parse::<LogType>().map_err(|()| {
-                bad("log_type must be one of tool_call, end_call_webhook, inbound_context_lookup")
-            })
-        })
-        .transpose()?;
-    let status = get("status")
-        .map(|v| {
-            v.parse::<LogStatus>()
-                .map_err(|()| bad("status must be success or error"))
-        })
-        .transpose()?;
+    let get = |name: &str| lookup(pairs, name);
+    let mut query = filters(pairs, user_id)?;
     let page = get("page")
         .map(|v| positive_integer(v).ok_or_else(|| bad("page must be an integer >= 1")))
         .transpose()?;
-    let limit = get("limit")
+    query.limit = get("limit")
         .map(|v| positive_integer(v).ok_or_else(|| bad("limit must be an integer >= 1")))
         .transpose()?
         .map_or(DEFAULT_LIMIT, |l| {
             usize::try_from(l).unwrap_or(usize::MAX).min(MAX_LIMIT)
         });
-    let text = get("q").map(parse_text).transpose()?.unwrap_or_default();
-    let start = get("start_time")
-        .map(|v| timestamp("start_time", v))
-        .transpose()?;
-    let end = get("end_time")
-        .map(|v| timestamp("end_time", v))
-        .transpose()?;
-    if let (Some(s), Some(e)) = (start, end)
-        && s >= e
-    {
-        return Err(bad("start_time must be before end_time"));
-    }
-    let (start, end) = time_window(start, end);
-
-    let mut query = LogQuery {
-        user_id: user_id.to_owned(),
-        log_type,
-        status,
-        assistant_id: get("assistant_id")
-            .map(|v| name("assistant_id", v))
-            .transpose()?,
-        room_name: get("room_name").map(|v| name("room_name", v)).transpose()?,
-        text,
-        start,
-        end,
-        before: None,
-        offset: 0,
-        limit,
-    };
     let page = match get("cursor") {
         Some(token) => {
             if page.is_some_and(|p| p > 1) {
@@ -109,11 +71,72 @@ pub fn parse(
         None => {
             let page = page.unwrap_or(1);
             let skipped = usize::try_from(page - 1).unwrap_or(usize::MAX);
-            query.offset = skipped.saturating_mul(limit);
+            query.offset = skipped.saturating_mul(query.limit);
             page
         }
     };
     Ok(LogsRequest { query, page })
+}
+
+/// Validates the parameters of `DELETE /logs` by `user_id`: the filters of `GET /logs`. Paging
+/// parameters are refused rather than ignored: an erasure takes every matching log, and a
+/// caller who sent `limit` may have meant fewer.
+pub fn parse_erasure(pairs: &[(String, String)], user_id: &str) -> Result<LogQuery, ApiError> {
+    if let Some(param) = ["page", "limit", "cursor"]
+        .into_iter()
+        .find(|p| pairs.iter().any(|(k, _)| k == p))
+    {
+        return Err(bad(format!(
+            "{param} is not accepted by DELETE /logs, which erases every log matching the filters"
+        )));
+    }
+    filters(pairs, user_id)
+}
+
+/// The filters shared by `GET /logs` and `DELETE /logs`, as a query of the first page.
+fn filters(pairs: &[(String, String)], user_id: &str) -> Result<LogQuery, ApiError> {
+    let get = |name: &str| lookup(pairs, name);
+    let log_type = get("log_type")
+        .map(|v| {
+            v.parse::<LogType>().map_err(|()| {
+                bad("log_type must be one of tool_call, end_call_webhook, inbound_context_lookup")
+            })
+        })
+        .transpose()?;
+    let status = get("status")
+        .map(|v| {
+            v.parse::<LogStatus>()
+                .map_err(|()| bad("status must be success or error"))
+        })
+        .transpose()?;
+    let text = get("q").map(parse_text).transpose()?.unwrap_or_default();
+    let start = get("start_time")
+        .map(|v| timestamp("start_time", v))
+        .transpose()?;
+    let end = get("end_time")
+        .map(|v| timestamp("end_time", v))
+        .transpose()?;
+    if let (Some(s), Some(e)) = (start, end)
+        && s >= e
+    {
+        return Err(bad("start_time must be before end_time"));
+    }
+    let (start, end) = time_window(start, end);
+    Ok(LogQuery {
+        user_id: user_id.to_owned(),
+        log_type,
+        status,
+        assistant_id: get("assistant_id")
+            .map(|v| name("assistant_id", v))
+            .transpose()?,
+        room_name: get("room_name").map(|v| name("room_name", v)).transpose()?,
+        text,
+        start,
+        end,
+        before: None,
+        offset: 0,
+        limit: DEFAULT_LIMIT,
+    })
 }
 
 /// An exact-match value: no stored log has one longer than the ingest limit.

@@ -1,8 +1,10 @@
-//! The keys file (`config/keys.toml`): reading, first-start creation and `keys add`.
+//! The keys file (`config/keys.toml`): reading, first-start creation, `keys add` and
+//! `keys revoke`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 
 use super::{Scope, Secret};
@@ -14,6 +16,8 @@ pub struct KeyRecord {
     pub sha256: [u8; 32],
     pub scopes: Vec<Scope>,
     pub user_id: Option<String>,
+    /// From then on the key is refused.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A key to add to the keys file.
@@ -22,6 +26,7 @@ pub struct NewKey {
     pub name: String,
     pub user_id: String,
     pub scopes: Vec<Scope>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Why the keys file could not be read or written.
@@ -46,7 +51,9 @@ pub enum KeyFileError {
         message: String,
     },
     #[error("cannot add the key: {0}")]
-    InvalidNewKey(&'static str),
+    InvalidNewKey(String),
+    #[error("no key named {name:?} in {path}")]
+    NoSuchKey { path: PathBuf, name: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +70,7 @@ struct RawKey {
     sha256: String,
     scopes: Vec<String>,
     user_id: Option<String>,
+    expires_at: Option<String>,
 }
 
 impl RawKey {
@@ -77,34 +85,64 @@ impl RawKey {
             match Scope::parse(name) {
                 Some(scope) if !scopes.contains(&scope) => scopes.push(scope),
                 Some(_) => {}
-                None => return fail(format!("unknown scope {name:?} (expected ingest or read)")),
+                None => {
+                    return fail(format!(
+                        "unknown scope {name:?} (expected ingest, read or delete)"
+                    ));
+                }
             }
         }
         if scopes.is_empty() {
-            return fail("scopes must name ingest, read or both".to_owned());
+            return fail("scopes must name at least one of ingest, read and delete".to_owned());
         }
         if self.user_id.as_deref() == Some("") {
             return fail("user_id must not be empty".to_owned());
         }
-        if scopes.contains(&Scope::Read) && self.user_id.is_none() {
-            return fail("a key with the read scope needs a user_id".to_owned());
+        if let Some(scope) = scopes.iter().find(|s| **s != Scope::Ingest)
+            && self.user_id.is_none()
+        {
+            return fail(format!(
+                "a key with the {} scope needs a user_id",
+                scope.as_str()
+            ));
         }
+        let expires_at = match &self.expires_at {
+            None => None,
+            Some(text) => match DateTime::parse_from_rfc3339(text) {
+                Ok(time) => Some(time.to_utc()),
+                Err(_) => {
+                    return fail(format!(
+                        "expires_at {text:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z"
+                    ));
+                }
+            },
+        };
         Ok(KeyRecord {
             name: self.name,
             sha256,
             scopes,
             user_id: self.user_id,
+            expires_at,
         })
     }
 }
 
 /// Reads and validates the keys file.
 pub fn load_keys(path: &Path) -> Result<Vec<KeyRecord>, KeyFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+    let text = read(path)?;
+    parse_keys(&text, path)
+}
+
+fn read(path: &Path) -> Result<String, KeyFileError> {
+    std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    let raw: RawKeysFile = toml::from_str(&text).map_err(|e| KeyFileError::Parse {
+    })
+}
+
+/// Validates the text of the keys file read from `path`.
+pub fn parse_keys(text: &str, path: &Path) -> Result<Vec<KeyRecord>, KeyFileError> {
+    let raw: RawKeysFile = toml::from_str(text).map_err(|e| KeyFileError::Parse {
         path: path.to_owned(),
         message: e.message().to_owned(),
     })?;
@@ -133,6 +171,7 @@ pub fn ensure_keys_file(path: &Path) -> Result<Option<Secret>, KeyFileError> {
             name: "default".to_owned(),
             user_id: "default".to_owned(),
             scopes: vec![Scope::Read, Scope::Ingest],
+            expires_at: None,
         },
     )?;
     Ok(Some(secret))
@@ -146,28 +185,36 @@ pub fn add_key(path: &Path, key: &NewKey) -> Result<Secret, KeyFileError> {
         source,
     };
     // what the server would refuse to start with is refused here
+    let invalid = |message: &str| Err(KeyFileError::InvalidNewKey(message.to_owned()));
     if key.user_id.is_empty() {
-        return Err(KeyFileError::InvalidNewKey("the user must not be empty"));
+        return invalid("the user must not be empty");
     }
     if key.scopes.is_empty() {
-        return Err(KeyFileError::InvalidNewKey("name at least one scope"));
+        return invalid("name at least one scope");
     }
     if path.exists() {
-        // refuse to append to a file that is already broken
-        load_keys(path)?;
+        // refuse to append to a file that is already broken, or a second key of the name that
+        // `keys revoke` takes
+        if load_keys(path)?.iter().any(|k| k.name == key.name) {
+            return invalid(&format!("a key named {:?} exists already", key.name));
+        }
     } else if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(write_error)?;
     }
     let secret = Secret::generate();
     let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let scopes: Vec<String> = key.scopes.iter().map(|s| quote(s.as_str())).collect();
-    let entry = format!(
+    let mut entry = format!(
         "\n[[keys]]\nname = {}\nsha256 = \"{}\"\nscopes = [{}]\nuser_id = {}\n",
         quote(&key.name),
         hex::encode(secret.sha256()),
         scopes.join(", "),
         quote(&key.user_id),
     );
+    if let Some(expires_at) = key.expires_at {
+        let time = expires_at.to_rfc3339_opts(SecondsFormat::Secs, true);
+        entry.push_str(&format!("expires_at = {}\n", quote(&time)));
+    }
     let mut options = std::fs::OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]
@@ -176,6 +223,66 @@ pub fn add_key(path: &Path, key: &NewKey) -> Result<Secret, KeyFileError> {
     file.write_all(entry.as_bytes()).map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
     Ok(secret)
+}
+
+/// Removes the key named `name` from the keys file, keeping everything else as written. The
+/// new file replaces the old one whole (a rename), so a server reloading it never sees half.
+pub fn revoke_key(path: &Path, name: &str) -> Result<(), KeyFileError> {
+    let text = read(path)?;
+    // refuse to rewrite a file the server cannot use
+    parse_keys(&text, path)?;
+    let parse_error = |message: String| KeyFileError::Parse {
+        path: path.to_owned(),
+        message,
+    };
+    let mut document: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| parse_error(e.to_string()))?;
+    let named = |table: &toml_edit::Table| table.get("name").and_then(|v| v.as_str()) == Some(name);
+    let Some(keys) = document
+        .get_mut("keys")
+        .and_then(|item| item.as_array_of_tables_mut())
+        .filter(|keys| keys.iter().any(named))
+    else {
+        return Err(KeyFileError::NoSuchKey {
+            path: path.to_owned(),
+            name: name.to_owned(),
+        });
+    };
+    // the comment right above a key goes with it; one set apart by a blank line (a file header)
+    // stays, on the key that follows or at the end
+    let mut carried = String::new();
+    for table in keys.iter_mut() {
+        let prefix = table.decor().prefix().and_then(|p| p.as_str()).unwrap_or("");
+        if named(table) {
+            if let Some(end) = prefix.rfind("\n\n") {
+                carried.push_str(&prefix[..end + 2]);
+            }
+        } else if !carried.is_empty() {
+            let prefix = std::mem::take(&mut carried) + prefix;
+            table.decor_mut().set_prefix(prefix);
+        }
+    }
+    keys.retain(|table| !named(table));
+    if !carried.is_empty() {
+        let trailing = document.trailing().as_str().unwrap_or("").to_owned();
+        document.set_trailing(carried + &trailing);
+    }
+    let write_error = |source| KeyFileError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let temporary = path.with_extension("toml.new");
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).write(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temporary).map_err(write_error)?;
+    file.write_all(document.to_string().as_bytes())
+        .map_err(write_error)?;
+    file.sync_all().map_err(write_error)?;
+    std::fs::rename(&temporary, path).map_err(write_error)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -196,6 +303,7 @@ mod tests {
                 sha256: secret.sha256(),
                 scopes: vec![Scope::Read, Scope::Ingest],
                 user_id: Some("default".into()),
+                expires_at: None,
             }]
         );
         let text = std::fs::read_to_string(&path).unwrap();
@@ -213,6 +321,7 @@ mod tests {
                 name: "acme \"dash\"".into(),
                 user_id: "user-acme".into(),
                 scopes: vec![Scope::Read],
+                expires_at: None,
             },
         )
         .unwrap();
@@ -235,6 +344,7 @@ mod tests {
             name: "k".into(),
             user_id: user.into(),
             scopes,
+            expires_at: None,
         };
         let err = add_key(&path, &key("", vec![Scope::Read])).unwrap_err();
         assert_eq!(
@@ -247,6 +357,49 @@ mod tests {
             "cannot add the key: name at least one scope"
         );
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn revoke_removes_one_key_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        std::fs::write(&path, "# operators' notes\n").unwrap();
+        let expires_at = DateTime::parse_from_rfc3339("2030-05-06T07:08:09Z")
+            .unwrap()
+            .to_utc();
+        let key = |name: &str, expires_at| NewKey {
+            name: name.into(),
+            user_id: "u".into(),
+            scopes: vec![Scope::Read, Scope::Delete],
+            expires_at,
+        };
+        add_key(&path, &key("a", None)).unwrap();
+        let b = add_key(&path, &key("b", Some(expires_at))).unwrap();
+        let err = add_key(&path, &key("b", None)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot add the key: a key named \"b\" exists already"
+        );
+
+        revoke_key(&path, "a").unwrap();
+        let keys = load_keys(&path).unwrap();
+        assert_eq!(
+            keys,
+            vec![KeyRecord {
+                name: "b".into(),
+                sha256: b.sha256(),
+                scopes: vec![Scope::Read, Scope::Delete],
+                user_id: Some("u".into()),
+                expires_at: Some(expires_at),
+            }]
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# operators' notes\n"), "{text}");
+        let err = revoke_key(&path, "a").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("no key named \"a\" in {}", path.display())
+        );
     }
 
     #[test]
@@ -270,7 +423,21 @@ mod tests {
                     "[[keys]]\nname = \"w\"\nsha256 = \"{}\"\nscopes = [\"write\"]\n",
                     "ab".repeat(32)
                 ),
-                "key \"w\": unknown scope \"write\" (expected ingest or read)",
+                "key \"w\": unknown scope \"write\" (expected ingest, read or delete)",
+            ),
+            (
+                &format!(
+                    "[[keys]]\nname = \"e\"\nsha256 = \"{}\"\nscopes = [\"delete\"]\n",
+                    "ab".repeat(32)
+                ),
+                "key \"e\": a key with the delete scope needs a user_id",
+            ),
+            (
+                &format!(
+                    "[[keys]]\nname = \"t\"\nsha256 = \"{}\"\nscopes = [\"ingest\"]\nexpires_at = \"soon\"\n",
+                    "ab".repeat(32)
+                ),
+                "key \"t\": expires_at \"soon\" is not an RFC 3339 time such as 2027-01-31T00:00:00Z",
             ),
         ];
         for (text, expected) in cases {

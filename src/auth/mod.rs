@@ -8,10 +8,14 @@ mod keyfile;
 use std::fmt;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use chrono::{SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub use keyfile::{KeyFileError, KeyRecord, NewKey, add_key, ensure_keys_file, load_keys};
+pub use keyfile::{
+    KeyFileError, KeyRecord, NewKey, add_key, ensure_keys_file, load_keys, parse_keys, revoke_key,
+};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +24,8 @@ pub enum Scope {
     Ingest,
     /// Read logs through `/logs`.
     Read,
+    /// Erase logs through `DELETE /logs`.
+    Delete,
 }
 
 impl Scope {
@@ -28,6 +34,7 @@ impl Scope {
         match self {
             Scope::Ingest => "ingest",
             Scope::Read => "read",
+            Scope::Delete => "delete",
         }
     }
 
@@ -36,6 +43,7 @@ impl Scope {
         match name {
             "ingest" => Some(Scope::Ingest),
             "read" => Some(Scope::Read),
+            "delete" => Some(Scope::Delete),
             _ => None,
         }
     }
@@ -94,20 +102,35 @@ pub enum AuthError {
     Missing,
     #[error("unknown API key")]
     Unknown,
+    #[error("this API key expired at {0}")]
+    Expired(String),
     #[error("this API key lacks the {0} scope")]
     Forbidden(&'static str),
 }
 
-/// The known keys.
+/// The known keys; cheap to clone, and every clone sees [`KeyStore::replace`]. A request checks
+/// its key against one set, whole: a swap never half-applies to it.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
-    keys: Arc<[KeyRecord]>,
+    keys: Arc<ArcSwap<Vec<KeyRecord>>>,
 }
 
 impl KeyStore {
     /// A store of the given, already validated, keys.
     pub fn new(keys: Vec<KeyRecord>) -> Self {
-        Self { keys: keys.into() }
+        Self {
+            keys: Arc::new(ArcSwap::from_pointee(keys)),
+        }
+    }
+
+    /// Replaces the set of keys for every request that starts from now on.
+    pub fn replace(&self, keys: Vec<KeyRecord>) {
+        self.keys.store(Arc::new(keys));
+    }
+
+    /// The names of the keys in use.
+    pub fn names(&self) -> Vec<String> {
+        self.keys.load().iter().map(|k| k.name.clone()).collect()
     }
 
     /// Checks an `Authorization` header value and the scope the request needs.
@@ -120,13 +143,21 @@ impl KeyStore {
         let secret = bearer_token(header).ok_or(AuthError::Unknown)?;
         let hash: [u8; 32] = Sha256::digest(secret).into();
         // Compare with every key, so the time taken does not tell which key came close.
+        let keys = self.keys.load();
         let mut found: Option<&KeyRecord> = None;
-        for key in self.keys.iter() {
+        for key in keys.iter() {
             if bool::from(key.sha256.ct_eq(&hash)) {
                 found = Some(key);
             }
         }
         let key = found.ok_or(AuthError::Unknown)?;
+        if let Some(expires_at) = key.expires_at
+            && Utc::now() >= expires_at
+        {
+            return Err(AuthError::Expired(
+                expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            ));
+        }
         if !key.scopes.contains(&scope) {
             return Err(AuthError::Forbidden(scope.as_str()));
         }
@@ -162,12 +193,14 @@ mod tests {
                 sha256: reader.sha256(),
                 scopes: vec![Scope::Read],
                 user_id: Some("user-a".into()),
+                expires_at: None,
             },
             KeyRecord {
                 name: "fleet".into(),
                 sha256: platform.sha256(),
                 scopes: vec![Scope::Ingest],
                 user_id: None,
+                expires_at: None,
             },
         ]);
         (store, reader, platform)
@@ -216,6 +249,49 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn expired_keys_and_replaced_sets_are_refused() {
+        let (store, reader, platform) = store();
+        let header = |s: &Secret| format!("Bearer {}", s.expose()).into_bytes();
+        let clone = store.clone();
+        let expired = Secret::generate();
+        let past = chrono::DateTime::parse_from_rfc3339("2020-01-02T03:04:05Z").unwrap();
+        store.replace(vec![
+            KeyRecord {
+                name: "old".into(),
+                sha256: expired.sha256(),
+                scopes: vec![Scope::Read],
+                user_id: Some("user-a".into()),
+                expires_at: Some(past.to_utc()),
+            },
+            KeyRecord {
+                name: "fleet".into(),
+                sha256: platform.sha256(),
+                scopes: vec![Scope::Ingest],
+                user_id: None,
+                expires_at: Some(Utc::now() + chrono::Duration::hours(1)),
+            },
+        ]);
+        // every clone sees the new set
+        assert_eq!(
+            clone.authorize(Some(&header(&reader)), Scope::Read),
+            Err(AuthError::Unknown)
+        );
+        let err = clone
+            .authorize(Some(&header(&expired)), Scope::Read)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "this API key expired at 2020-01-02T03:04:05Z"
+        );
+        assert!(
+            clone
+                .authorize(Some(&header(&platform)), Scope::Ingest)
+                .is_ok()
+        );
+        assert_eq!(clone.names(), ["old", "fleet"]);
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub use budget::{BudgetSpent, MemoryBudget, Reservation};
 pub use writer::{Health, IngestQueue, WriteError, WriterOptions, WriterThread, spawn_writer};
 
 use crate::auth::{AuthError, KeyStore, Scope};
-use crate::mapping::{MappedRequest, MappingConfig, map_request};
+use crate::lifecycle::Retention;
+use crate::mapping::{Admission, MappedRequest, MappingConfig, RejectReason, map_request};
 use crate::metrics::{Metrics, RejectLabels};
 
 /// How many rejection reasons an error message names.
@@ -50,6 +51,13 @@ pub enum ExportError {
     Storage(String),
 }
 
+/// What decides which records are taken.
+#[derive(Debug, Clone)]
+pub struct IngestPolicy {
+    pub mapping: MappingConfig,
+    pub retention: Retention,
+}
+
 /// Exports logs; shared by the gRPC and HTTP receivers.
 #[derive(Clone)]
 pub struct ExportService {
@@ -58,6 +66,8 @@ pub struct ExportService {
     queue: IngestQueue,
     budget: MemoryBudget,
     metrics: Arc<Metrics>,
+    /// Logs already past their retention are rejected.
+    retention: Arc<Retention>,
 }
 
 impl ExportService {
@@ -65,17 +75,18 @@ impl ExportService {
     /// allows.
     pub fn new(
         keys: KeyStore,
-        mapping: MappingConfig,
+        policy: IngestPolicy,
         queue: IngestQueue,
         budget: MemoryBudget,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             keys,
-            mapping: Arc::new(mapping),
+            mapping: Arc::new(policy.mapping),
             queue,
             budget,
             metrics,
+            retention: Arc::new(policy.retention),
         }
     }
 
@@ -108,7 +119,15 @@ impl ExportService {
         let limit = reservation.stage_cap();
         let mut held = 0usize;
         let mut refusal = None;
+        let retention = &self.retention;
         let mapped = map_request(&self.mapping, key_user, received_nanos, request, |log| {
+            if retention
+                .cutoff(&log.user_id, received_nanos)
+                .is_some_and(|cutoff| log.timestamp_nanos < cutoff)
+            {
+                let days = retention.days_for(&log.user_id);
+                return Admission::Reject(RejectReason::Expired { days });
+            }
             let bytes = 2 * log.memory_bytes();
             held += bytes;
             let admitted = if held > limit {
@@ -118,7 +137,13 @@ impl ExportService {
                     .reserve_to(decoded + held)
                     .map_err(MapError::from)
             };
-            admitted.map_err(|e| refusal = Some(e)).is_ok()
+            match admitted {
+                Ok(()) => Admission::Keep,
+                Err(e) => {
+                    refusal = Some(e);
+                    Admission::Stop
+                }
+            }
         });
         let Some(mapped) = mapped else {
             return Err(refusal.unwrap_or(MapError::TooLarge { limit }));

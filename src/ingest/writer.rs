@@ -17,16 +17,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{oneshot, watch};
 
 use super::budget::Reservation;
 use super::wal::{Wal, WalBatch};
 use crate::faults::Faults;
+use crate::lifecycle::Retention;
 use crate::mapping::ActivityLog;
 use crate::metrics::{Metrics, StorageLabels};
-use crate::store::{LogWriter, StoreError};
+use crate::store::{LogQuery, LogWriter, StoreError};
 
 /// Most batches written with one fsync.
 const MAX_GROUP: usize = 256;
@@ -84,6 +85,8 @@ struct Batch {
 enum WriterMessage {
     Batch(Batch),
     Flush(Done),
+    /// Erase what a query selects; answers how many logs were erased.
+    Erase(LogQuery, oneshot::Sender<Result<u64, WriteError>>),
     Close,
 }
 
@@ -112,6 +115,10 @@ pub struct WriterOptions {
     pub metrics: Arc<Metrics>,
     /// Failures to inject into the write-ahead log (tests).
     pub faults: Faults,
+    /// How long logs are kept.
+    pub retention: Retention,
+    /// How often expired logs are deleted.
+    pub sweep_interval: Duration,
 }
 
 /// Starts the writer thread: it first replays the write-ahead log, then takes batches. `died`
@@ -197,6 +204,16 @@ impl IngestQueue {
         answer.await.map_err(|_| WriteError::Closed)?
     }
 
+    /// Erases the logs `query` selects (its filters and time window) and answers how many there
+    /// were, once the erasure is committed: from then on no restart or replay brings them back.
+    pub async fn erase(&self, query: LogQuery) -> Result<u64, WriteError> {
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send(WriterMessage::Erase(query, done))
+            .map_err(|_| WriteError::Closed)?;
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+
     /// Commits everything written so far and makes it visible.
     pub async fn flush(&self) -> Result<(), WriteError> {
         let (done, answer) = oneshot::channel();
@@ -229,6 +246,8 @@ enum Stage {
     IndexWrite,
     /// Committing the index (segment files, `meta.json`).
     IndexCommit,
+    /// Marking logs deleted (erasure, retention).
+    IndexDelete,
     /// Rolling the index back and rebuilding it from the write-ahead log.
     Recovery,
 }
@@ -240,6 +259,7 @@ impl Stage {
             Stage::WalRotate => "wal_rotate",
             Stage::IndexWrite => "index_write",
             Stage::IndexCommit => "index_commit",
+            Stage::IndexDelete => "index_delete",
             Stage::Recovery => "recovery",
         }
     }
@@ -250,6 +270,7 @@ impl Stage {
             Stage::WalRotate => "starting a fresh write-ahead log segment",
             Stage::IndexWrite => "writing the index",
             Stage::IndexCommit => "committing the index",
+            Stage::IndexDelete => "deleting logs from the index",
             Stage::Recovery => "recovering the index from the write-ahead log",
         }
     }
@@ -271,6 +292,10 @@ struct Writer {
     retry_at: Instant,
     health: watch::Sender<Health>,
     metrics: Arc<Metrics>,
+    retention: Retention,
+    sweep_interval: Duration,
+    /// When expired logs are next deleted; `None` when nothing ever expires.
+    sweep_at: Option<Instant>,
 }
 
 /// Adds to the index what the write-ahead log holds beyond the last commit, and opens the log
@@ -303,6 +328,9 @@ fn recover(mut index: LogWriter, options: &WriterOptions) -> Result<Writer, io::
         retry_at: Instant::now(),
         health: options.health.clone(),
         metrics: options.metrics.clone(),
+        retention: options.retention.clone(),
+        sweep_interval: options.sweep_interval,
+        sweep_at: (!options.retention.keeps_everything()).then(Instant::now),
     };
     if let Some(e) = add_error {
         writer.fail(Stage::IndexWrite, &e);
@@ -344,11 +372,15 @@ impl Writer {
                 let _ = self.commit();
                 deadline = None;
             }
-            let wake = match (&self.failure, deadline) {
-                (Some(_), Some(at)) => Some(at.min(self.retry_at)),
-                (Some(_), None) => Some(self.retry_at),
-                (None, at) => at,
-            };
+            if self.sweep_at.is_some_and(|at| now >= at) {
+                self.sweep();
+                deadline = deadline.filter(|_| self.uncommitted);
+            }
+            let retry_at = self.failure.as_ref().map(|_| self.retry_at);
+            let wake = [deadline, retry_at, self.sweep_at]
+                .into_iter()
+                .flatten()
+                .min();
             let message = match (held.take(), wake) {
                 (Some(message), _) => Ok(message),
                 (None, None) => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -371,6 +403,10 @@ impl Writer {
                     if self.uncommitted {
                         deadline.get_or_insert_with(|| Instant::now() + commit_interval);
                     }
+                }
+                Ok(WriterMessage::Erase(query, done)) => {
+                    let _ = done.send(self.erase(&query));
+                    deadline = deadline.filter(|_| self.uncommitted);
                 }
                 Ok(WriterMessage::Flush(done)) => {
                     if self.failure.is_some() {
@@ -456,6 +492,9 @@ impl Writer {
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics.index_logs.set(gauge(self.index.num_logs()));
+        self.metrics
+            .index_deleted_logs
+            .set(gauge(self.index.num_deleted_logs()));
         tracing::debug!(
             last_seq,
             wal_bytes,
@@ -471,6 +510,63 @@ impl Writer {
 
     /// After a commit: a fresh log segment. On failure the current one goes on growing, which
     /// keeps replay correct (it skips what the commit holds); the next commit tries again.
+    /// Commits what was written, marks what `delete` selects deleted, and commits that: the
+    /// answer (how many logs) comes only once the deletion is durable. Commits rotate the
+    /// write-ahead log, so the deleted logs leave it too.
+    fn delete(
+        &mut self,
+        delete: impl FnOnce(&mut LogWriter) -> Result<u64, StoreError>,
+    ) -> Result<u64, WriteError> {
+        if let Some(reason) = &self.failure {
+            return Err(WriteError::Storage(reason.clone()));
+        }
+        self.commit()?;
+        let deleted = match delete(&mut self.index) {
+            Ok(deleted) => deleted,
+            Err(e) => return Err(WriteError::Storage(self.fail(Stage::IndexDelete, &e))),
+        };
+        if deleted > 0 {
+            self.commit()?;
+        }
+        Ok(deleted)
+    }
+
+    fn erase(&mut self, query: &LogQuery) -> Result<u64, WriteError> {
+        let erased = self.delete(|index| index.delete(query))?;
+        if erased > 0 {
+            self.metrics.records_erased.inc_by(erased);
+            // erased logs leave the disk now, not when merges get to them
+            self.index.purge_deleted();
+        }
+        Ok(erased)
+    }
+
+    /// Deletes the logs past their retention; storage that fails skips a sweep.
+    fn sweep(&mut self) {
+        self.sweep_at = Some(Instant::now() + self.sweep_interval);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let expiries = self.retention.expiries(now);
+        let swept = self.delete(|index| {
+            expiries
+                .iter()
+                .try_fold(0, |total, expiry| Ok(total + index.expire(expiry)?))
+        });
+        match swept {
+            Ok(expired) => {
+                self.metrics.records_expired.inc_by(expired);
+                self.metrics
+                    .retention_last_sweep
+                    .set(gauge(now / 1_000_000_000));
+                if expired > 0 {
+                    tracing::info!(expired, "retention sweep deleted expired logs");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "retention sweep skipped"),
+        }
+    }
+
     fn rotate_wal(&mut self) {
         if let Err(e) = self.wal.rotate(self.next_seq) {
             self.count_failure(Stage::WalRotate);
@@ -483,7 +579,10 @@ impl Writer {
     /// reason given to clients and `/readyz`.
     fn fail(&mut self, stage: Stage, error: &dyn fmt::Display) -> String {
         self.count_failure(stage);
-        if matches!(stage, Stage::IndexWrite | Stage::IndexCommit) {
+        if matches!(
+            stage,
+            Stage::IndexWrite | Stage::IndexCommit | Stage::IndexDelete
+        ) {
             self.index_broken = true;
             // Stop the failed writer now: until it is rolled back, its merges may still publish
             // the segments of a failed commit. Recovery rolls back again, long after they
@@ -626,6 +725,8 @@ mod tests {
             health,
             metrics: metrics.clone(),
             faults: faults.clone(),
+            retention: Retention::default(),
+            sweep_interval: Duration::from_secs(30),
         };
         let writer = recover(index, &options).unwrap();
         Harness {
@@ -710,6 +811,8 @@ mod tests {
             health,
             metrics: metrics.clone(),
             faults: Faults::none(),
+            retention: Retention::default(),
+            sweep_interval: Duration::from_secs(30),
         };
         let writer = recover(index, &options).unwrap();
         assert_eq!(writer.next_seq, 4);

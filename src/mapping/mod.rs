@@ -158,6 +158,10 @@ pub enum RejectReason {
         field: &'static str,
         limit: usize,
     },
+    /// Older than its user's retention: it would be deleted at once.
+    Expired {
+        days: u32,
+    },
 }
 
 impl RejectReason {
@@ -172,6 +176,7 @@ impl RejectReason {
             RejectReason::InvalidField { .. } => "invalid_field",
             RejectReason::TooLong { .. } => "too_long",
             RejectReason::TooDeep { .. } => "too_deep",
+            RejectReason::Expired { .. } => "expired",
         }
     }
 }
@@ -204,6 +209,10 @@ impl fmt::Display for RejectReason {
             RejectReason::TooDeep { field, limit } => {
                 write!(f, "{field} nests deeper than {limit} levels")
             }
+            RejectReason::Expired { days } => write!(
+                f,
+                "timestamp is older than the user's retention of {days} days"
+            ),
         }
     }
 }
@@ -230,15 +239,25 @@ pub struct MappedRequest {
     pub records: usize,
 }
 
+/// What becomes of a mapped log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Keep,
+    /// The log is rejected, like a record that cannot be mapped.
+    Reject(RejectReason),
+    /// The whole request is refused: mapping stops.
+    Stop,
+}
+
 /// Maps every record of an export request from a key bound to `key_user`, received at
-/// `received_nanos`. `admit` is asked before each mapped log is kept (to account for the memory
-/// it holds); when it says no, mapping stops and the answer is `None`.
+/// `received_nanos`. `admit` is asked before each mapped log is kept (to check its age and
+/// account for the memory it holds); when it stops, mapping stops and the answer is `None`.
 pub fn map_request(
     config: &MappingConfig,
     key_user: Option<&str>,
     received_nanos: u64,
     request: &ExportLogsServiceRequest,
-    mut admit: impl FnMut(&ActivityLog) -> bool,
+    mut admit: impl FnMut(&ActivityLog) -> Admission,
 ) -> Option<MappedRequest> {
     let mut mapped = MappedRequest {
         logs: Vec::new(),
@@ -261,10 +280,12 @@ pub fn map_request(
             .iter()
             .flat_map(|scope| &scope.log_records)
         {
-            match map_record(config, &ctx, record) {
-                Ok(log) if admit(&log) => mapped.logs.push(log),
-                Ok(_) => return None,
-                Err(reason) => mapped.rejected.push((mapped.records, reason)),
+            match map_record(config, &ctx, record).map(|log| (admit(&log), log)) {
+                Ok((Admission::Keep, log)) => mapped.logs.push(log),
+                Ok((Admission::Stop, _)) => return None,
+                Ok((Admission::Reject(reason), _)) | Err(reason) => {
+                    mapped.rejected.push((mapped.records, reason));
+                }
             }
             mapped.records += 1;
         }

@@ -471,7 +471,10 @@ fn resource_attributes_apply_to_every_record_first_one_winning() {
             schema_url: String::new(),
         }],
     };
-    let mapped = map_request(&MappingConfig::default(), None, 0, &request, |_| true).unwrap();
+    let mapped = map_request(&MappingConfig::default(), None, 0, &request, |_| {
+        Admission::Keep
+    })
+    .unwrap();
     assert_eq!(mapped.logs.len(), 20_000);
     assert!(mapped.rejected.is_empty());
     assert!(
@@ -484,7 +487,10 @@ fn resource_attributes_apply_to_every_record_first_one_winning() {
     // a record's own attribute still wins over the resource's
     let mut own = request.clone();
     own.resource_logs[0].scope_logs[0].log_records[7] = without(record(), "user.id");
-    let mapped = map_request(&MappingConfig::default(), None, 0, &own, |_| true).unwrap();
+    let mapped = map_request(&MappingConfig::default(), None, 0, &own, |_| {
+        Admission::Keep
+    })
+    .unwrap();
     assert_eq!(mapped.logs[7].assistant_id, "asst-1");
     assert_eq!(mapped.logs[8].assistant_id, "from-resource");
 }
@@ -505,7 +511,11 @@ fn mapping_stops_when_a_log_is_not_admitted() {
     let mapped = map_request(&MappingConfig::default(), None, 0, &request, |log| {
         held += log.memory_bytes();
         admitted += 1;
-        admitted <= 3
+        if admitted <= 3 {
+            Admission::Keep
+        } else {
+            Admission::Stop
+        }
     });
     assert!(mapped.is_none());
     assert_eq!(admitted, 4);

@@ -174,7 +174,9 @@ fn unframe(
 fn to_status(refusal: Refusal) -> Status {
     let message = refusal.to_string();
     match refusal {
-        Refusal::Auth(AuthError::Missing | AuthError::Unknown) => Status::unauthenticated(message),
+        Refusal::Auth(AuthError::Missing | AuthError::Unknown | AuthError::Expired(_)) => {
+            Status::unauthenticated(message)
+        }
         Refusal::Auth(AuthError::Forbidden(_)) => Status::permission_denied(message),
         Refusal::TooLarge { .. } | Refusal::Expands { .. } => Status::resource_exhausted(message),
         Refusal::Malformed(_) => Status::invalid_argument(message),

@@ -69,7 +69,9 @@ impl OtlpError {
     /// The answer to a refusal, in the request's format.
     fn refused(refusal: Refusal, format: Format) -> Self {
         let status = match &refusal {
-            Refusal::Auth(AuthError::Missing | AuthError::Unknown) => StatusCode::UNAUTHORIZED,
+            Refusal::Auth(AuthError::Missing | AuthError::Unknown | AuthError::Expired(_)) => {
+                StatusCode::UNAUTHORIZED
+            }
             Refusal::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
             Refusal::TooLarge { .. } | Refusal::Expands { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Malformed(_) => StatusCode::BAD_REQUEST,

@@ -17,8 +17,8 @@ use crate::auth::{KeyStore, load_keys};
 use crate::config::Config;
 use crate::faults::Faults;
 use crate::ingest::{
-    ExportService, Health, IngestQueue, MemoryBudget, WriteError, WriterOptions, WriterThread,
-    spawn_writer,
+    ExportService, Health, IngestPolicy, IngestQueue, MemoryBudget, WriteError, WriterOptions,
+    WriterThread, spawn_writer,
 };
 use crate::metrics::{Metrics, StorageLabels};
 use crate::otlp::{self, ReceiveLimits};
@@ -112,12 +112,17 @@ pub async fn start_with_faults(
             health,
             metrics: metrics.clone(),
             faults,
+            retention: config.retention.policy.clone(),
+            sweep_interval: config.retention.sweep_interval,
         },
         died,
     )?;
     let export = ExportService::new(
         keys.clone(),
-        config.mapping.clone(),
+        IngestPolicy {
+            mapping: config.mapping.clone(),
+            retention: config.retention.policy.clone(),
+        },
         queue.clone(),
         MemoryBudget::new(config.otlp.max_inflight_bytes),
         metrics.clone(),
@@ -133,6 +138,7 @@ pub async fn start_with_faults(
         metrics: metrics.clone(),
         cursor_key,
         searches: Arc::new(Semaphore::new(config.api.max_concurrent_searches)),
+        writer: queue.clone(),
     };
     let shutdown = CancellationToken::new();
     let serve = |listener, router, protocol| {

@@ -3,16 +3,17 @@
 //! only the blocks that can still reach its page, and count a total without iterating every match.
 //!
 //! Documents of a segment sit in ingest order, so the matches of a block span a short time range,
-//! whatever other users' stragglers share the block. Segments never change: the statistics of a
-//! query are computed once per segment (the first time the query runs after the segment appears)
-//! and kept, for the most recent queries, until the segment is merged away.
+//! whatever other users' stragglers share the block. A segment changes only by deletes (erasure,
+//! retention), each of which gives it a new delete opstamp: the statistics of a query are computed
+//! once per segment version (the first time the query runs after it appears) and kept, for the
+//! most recent queries, until that version is gone.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tantivy::index::SegmentId;
 use tantivy::query::Weight;
-use tantivy::{DocId, SegmentReader};
+use tantivy::{DocId, Opstamp, SegmentReader};
 
 use super::schema::TIMESTAMP_FIELD;
 
@@ -83,7 +84,14 @@ impl SegmentBlocks {
     }
 }
 
-type Key = (SegmentId, String);
+/// A segment as of its latest deletes.
+type SegmentVersion = (SegmentId, Option<Opstamp>);
+
+type Key = (SegmentVersion, String);
+
+fn version(segment: &SegmentReader) -> SegmentVersion {
+    (segment.segment_id(), segment.delete_opstamp())
+}
 
 /// The statistics of recent queries, by segment and query, within a byte bound.
 #[derive(Clone)]
@@ -123,7 +131,7 @@ impl BlockCache {
     }
 
     /// The statistics of the query `key` (whose weight is `weight`) in each of `segments`,
-    /// computing the missing ones; forgets segments no longer searched.
+    /// computing the missing ones; forgets segment versions no longer searched.
     pub fn for_query(
         &self,
         segments: &[SegmentReader],
@@ -133,7 +141,7 @@ impl BlockCache {
         let mut result = Vec::with_capacity(segments.len());
         let mut fresh = Vec::new();
         for segment in segments {
-            let id = (segment.segment_id(), key.to_owned());
+            let id = (version(segment), key.to_owned());
             let known = self.lock().stats.get(&id).cloned();
             let stats = match known {
                 Some(stats) => stats,
@@ -146,7 +154,7 @@ impl BlockCache {
             result.push(stats);
         }
         let mut cached = self.lock();
-        let live = |id: &SegmentId| segments.iter().any(|s| s.segment_id() == *id);
+        let live = |id: &SegmentVersion| segments.iter().any(|s| version(s) == *id);
         if cached.order.iter().any(|(id, _)| !live(id)) {
             cached.stats.retain(|(id, _), _| live(id));
             cached.order.retain(|(id, _)| live(id));

@@ -5,6 +5,7 @@
 
 mod blocks;
 mod directory;
+mod erase;
 mod schema;
 mod search;
 
@@ -12,11 +13,12 @@ use std::path::Path;
 
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
-use tantivy::indexer::IndexWriterOptions;
+use tantivy::indexer::{IndexWriterOptions, LogMergePolicy};
 use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value as _};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
+pub use erase::{Expiry, ExpiryUsers};
 use schema::SEQ_FIELD;
 pub use schema::{MAX_WORD_BYTES, message_terms};
 pub use search::SortKey;
@@ -171,7 +173,7 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
         .num_worker_threads(1)
         .num_merge_threads(1)
         .build();
-    let writer = index.writer_with_options(writer_options.clone())?;
+    let writer = new_writer(&index, &writer_options)?;
     let reader: IndexReader = index
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
@@ -194,6 +196,19 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
             committed_seq,
         },
     ))
+}
+
+/// Share of deleted logs past which a segment is merged to reclaim their space.
+const DELETED_SHARE_BEFORE_MERGE: f32 = 0.2;
+
+/// An index writer whose merges also reclaim the space of deleted logs: a segment is rewritten
+/// once a fifth of it is deleted (tantivy's default waits until all of it is).
+fn new_writer(index: &Index, options: &IndexWriterOptions) -> tantivy::Result<IndexWriter> {
+    let writer = index.writer_with_options(options.clone())?;
+    let mut policy = LogMergePolicy::default();
+    policy.set_del_docs_ratio_before_merge(DELETED_SHARE_BEFORE_MERGE);
+    writer.set_merge_policy(Box::new(policy));
+    Ok(writer)
 }
 
 /// The highest sequence number the index holds on disk: that of its last commit's payload, or
@@ -240,7 +255,7 @@ impl LogWriter {
             self.writer_lost = true;
         }
         if self.writer_lost {
-            self.writer = self.index.writer_with_options(self.options.clone())?;
+            self.writer = new_writer(&self.index, &self.options)?;
             self.writer_lost = false;
         }
         self.reader.reload()?;
@@ -253,6 +268,13 @@ impl LogWriter {
     /// Number of logs committed and visible.
     pub fn num_logs(&self) -> u64 {
         self.reader.searcher().num_docs()
+    }
+
+    /// Number of logs deleted but still on disk, as of the last commit.
+    pub fn num_deleted_logs(&self) -> u64 {
+        let searcher = self.reader.searcher();
+        let segments = searcher.segment_readers().iter();
+        segments.map(|s| u64::from(s.num_deleted_docs())).sum()
     }
 
     /// Adds a log; it becomes visible with the next commit.
@@ -295,7 +317,7 @@ impl Store {
         };
         let prepared = search::prepare(
             &searcher,
-            self.tantivy_query(query).as_ref(),
+            filter_query(&self.fields, query).as_ref(),
             &query.selection_key(),
             &self.blocks,
         )
@@ -333,54 +355,53 @@ impl Store {
             logs,
         })
     }
+}
 
-    /// The tantivy query of the filters: the fewest terms that say them, all required.
-    fn tantivy_query(&self, query: &LogQuery) -> Box<dyn Query> {
-        let f = &self.fields;
-        let user = &query.user_id;
-        let term = |field, text: &str| -> Box<dyn Query> {
-            Box::new(TermQuery::new(
-                Term::from_field_text(field, text),
-                IndexRecordOption::Basic,
-            ))
-        };
-        let scoped = |value: Scoped<'_>| term(f.scoped, &value.term_text(user));
-        let mut clauses: Vec<Box<dyn Query>> = Vec::new();
-        match (query.log_type, query.status) {
-            (Some(t), Some(s)) => clauses.push(scoped(Scoped::LogTypeAndStatus(t, s))),
-            (Some(t), None) => clauses.push(scoped(Scoped::LogType(t))),
-            (None, Some(s)) => clauses.push(scoped(Scoped::Status(s))),
-            (None, None) => {}
-        }
-        if let Some(assistant_id) = &query.assistant_id {
-            clauses.push(scoped(Scoped::AssistantId(assistant_id)));
-        }
-        if let Some(room_name) = &query.room_name {
-            clauses.push(scoped(Scoped::RoomName(room_name)));
-        }
-        if clauses.is_empty() {
-            clauses.push(term(f.user, user));
-        }
-        for words in &query.text {
-            match words.as_slice() {
-                [] => {}
-                [word] => clauses.push(term(f.message, word)),
-                phrase => {
-                    let terms = phrase
-                        .iter()
-                        .map(|w| Term::from_field_text(f.message, w))
-                        .collect();
-                    clauses.push(Box::new(PhraseQuery::new(terms)));
-                }
+/// The tantivy query of the filters: the fewest terms that say them, all required.
+fn filter_query(f: &Fields, query: &LogQuery) -> Box<dyn Query> {
+    let user = &query.user_id;
+    let term = |field, text: &str| -> Box<dyn Query> {
+        Box::new(TermQuery::new(
+            Term::from_field_text(field, text),
+            IndexRecordOption::Basic,
+        ))
+    };
+    let scoped = |value: Scoped<'_>| term(f.scoped, &value.term_text(user));
+    let mut clauses: Vec<Box<dyn Query>> = Vec::new();
+    match (query.log_type, query.status) {
+        (Some(t), Some(s)) => clauses.push(scoped(Scoped::LogTypeAndStatus(t, s))),
+        (Some(t), None) => clauses.push(scoped(Scoped::LogType(t))),
+        (None, Some(s)) => clauses.push(scoped(Scoped::Status(s))),
+        (None, None) => {}
+    }
+    if let Some(assistant_id) = &query.assistant_id {
+        clauses.push(scoped(Scoped::AssistantId(assistant_id)));
+    }
+    if let Some(room_name) = &query.room_name {
+        clauses.push(scoped(Scoped::RoomName(room_name)));
+    }
+    if clauses.is_empty() {
+        clauses.push(term(f.user, user));
+    }
+    for words in &query.text {
+        match words.as_slice() {
+            [] => {}
+            [word] => clauses.push(term(f.message, word)),
+            phrase => {
+                let terms = phrase
+                    .iter()
+                    .map(|w| Term::from_field_text(f.message, w))
+                    .collect();
+                clauses.push(Box::new(PhraseQuery::new(terms)));
             }
         }
-        if clauses.len() == 1 {
-            return clauses.remove(0);
-        }
-        Box::new(BooleanQuery::new(
-            clauses.into_iter().map(|q| (Occur::Must, q)).collect(),
-        ))
     }
+    if clauses.len() == 1 {
+        return clauses.remove(0);
+    }
+    Box::new(BooleanQuery::new(
+        clauses.into_iter().map(|q| (Occur::Must, q)).collect(),
+    ))
 }
 
 #[cfg(test)]

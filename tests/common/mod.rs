@@ -34,6 +34,8 @@ pub struct Keys {
     pub alice_reader: Secret,
     /// Ingest only, for user-carol.
     pub carol_ingest: Secret,
+    /// Read and delete, for user-alice.
+    pub alice_eraser: Secret,
 }
 
 impl Keys {
@@ -44,6 +46,7 @@ impl Keys {
             bob: Secret::generate(),
             alice_reader: Secret::generate(),
             carol_ingest: Secret::generate(),
+            alice_eraser: Secret::generate(),
         }
     }
 
@@ -53,6 +56,7 @@ impl Keys {
             sha256: secret.sha256(),
             scopes: scopes.to_vec(),
             user_id: user.map(str::to_owned),
+            expires_at: None,
         };
         vec![
             key("platform", &self.platform, &[Scope::Ingest], None),
@@ -80,6 +84,12 @@ impl Keys {
                 &[Scope::Ingest],
                 Some("user-carol"),
             ),
+            key(
+                "alice-eraser",
+                &self.alice_eraser,
+                &[Scope::Read, Scope::Delete],
+                Some("user-alice"),
+            ),
         ]
     }
 }
@@ -103,6 +113,8 @@ pub struct AppOptions {
     /// Storage faults the test arms on command.
     pub faults: Faults,
     pub max_concurrent_searches: usize,
+    /// More settings, as `LOGBRIDGE_<SECTION>_<KEY>` overrides.
+    pub settings: Vec<(&'static str, String)>,
 }
 
 impl Default for AppOptions {
@@ -113,6 +125,7 @@ impl Default for AppOptions {
             max_inflight_bytes: 256 * 1024 * 1024,
             faults: Faults::none(),
             max_concurrent_searches: 8,
+            settings: Vec::new(),
         }
     }
 }
@@ -151,7 +164,7 @@ fn init_test_logging() {
     }
 }
 
-fn write_keys_file(path: &Path, keys: &[KeyRecord]) {
+pub fn write_keys_file(path: &Path, keys: &[KeyRecord]) {
     let mut text = String::new();
     for key in keys {
         let scopes: Vec<String> = key
@@ -167,6 +180,9 @@ fn write_keys_file(path: &Path, keys: &[KeyRecord]) {
         ));
         if let Some(user) = &key.user_id {
             text.push_str(&format!("user_id = \"{user}\"\n"));
+        }
+        if let Some(at) = &key.expires_at {
+            text.push_str(&format!("expires_at = \"{}\"\n", at.to_rfc3339()));
         }
     }
     std::fs::write(path, text).expect("write keys file");
@@ -206,6 +222,7 @@ impl TestApp {
             ),
         ]
         .into_iter()
+        .chain(options.settings.iter().cloned())
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         Config::load(
@@ -242,8 +259,13 @@ impl TestApp {
 
     /// Shuts the server down cleanly and starts it again on the same index.
     pub async fn restart(&mut self) {
+        self.restart_with(&AppOptions::default()).await;
+    }
+
+    /// Shuts the server down cleanly and starts it again on the same index with `options`.
+    pub async fn restart_with(&mut self, options: &AppOptions) {
         self.server.take().expect("running").shutdown().await;
-        self.start(&AppOptions::default()).await;
+        self.start(options).await;
     }
 
     /// Commits what was accepted so far, so `/logs` shows it.
@@ -291,6 +313,18 @@ impl TestApp {
             request = request.bearer_auth(key.expose());
         }
         let response = request.send().await.expect("GET /logs");
+        let status = response.status().as_u16();
+        let body = response.json::<Json>().await.expect("JSON body");
+        (status, body)
+    }
+
+    /// `DELETE /logs?{query}` with `key`: status and JSON body.
+    pub async fn delete_logs(&self, key: Option<&Secret>, query: &str) -> (u16, Json) {
+        let mut request = self.client.delete(format!("{}/logs?{query}", self.api_url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key.expose());
+        }
+        let response = request.send().await.expect("DELETE /logs");
         let status = response.status().as_u16();
         let body = response.json::<Json>().await.expect("JSON body");
         (status, body)
@@ -403,6 +437,31 @@ pub fn with_attr(mut record: LogRecord, key: &str, value: Value) -> LogRecord {
     record.attributes.retain(|kv| kv.key != key);
     record.attributes.push(kv(key, value));
     record
+}
+
+/// `days` days before now, in nanoseconds since the epoch.
+pub fn days_ago(days: f64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    now - (days * 86_400e9) as u64
+}
+
+/// Bytes of the files under `dir`, recursively.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                dir_bytes(&entry.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
 }
 
 /// 2026-03-10T09:15:42.000Z plus `offset_ms` milliseconds, in nanoseconds.

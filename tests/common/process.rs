@@ -15,15 +15,16 @@ mod rss;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
 
-/// A keys file in `dir` with one key, `secret`, that reads and ingests for user `u`.
+/// A keys file in `dir` with one key, `secret`, that reads, ingests and erases for user `u`.
 pub fn write_key(dir: &Path, secret: &Secret) {
     super::write_keys_file(
         &dir.join("keys.toml"),
         &[KeyRecord {
             name: "u".to_owned(),
             sha256: secret.sha256(),
-            scopes: vec![Scope::Read, Scope::Ingest],
+            scopes: vec![Scope::Read, Scope::Ingest, Scope::Delete],
             user_id: Some("u".to_owned()),
+            expires_at: None,
         }],
     );
 }

@@ -1,0 +1,113 @@
+//! Deleting logs: erasure by filters and expiry by age. Deletes are marks that the next commit
+//! makes durable and visible; merges then rewrite segments without the deleted logs.
+
+use std::ops::Bound;
+
+use tantivy::Term;
+use tantivy::collector::Count;
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::schema::IndexRecordOption;
+
+use super::schema::Fields;
+use super::{LogQuery, LogWriter, StoreError, explain, filter_query};
+
+/// Logs past a retention: those of `users` older than `before`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    pub users: ExpiryUsers,
+    /// Nanoseconds since the epoch: logs with an older timestamp expire.
+    pub before: u64,
+}
+
+/// Whose logs an [`Expiry`] covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpiryUsers {
+    /// One user's.
+    One(String),
+    /// Everyone's but these users'.
+    AllBut(Vec<String>),
+}
+
+impl LogWriter {
+    /// Marks the logs `query` selects (its filters and time window; paging aside) deleted and
+    /// returns how many there were. Only committed logs are counted, so commit first; the
+    /// deletes take effect with the next commit.
+    pub fn delete(&mut self, query: &LogQuery) -> Result<u64, StoreError> {
+        let selection = selection_query(&self.fields, query);
+        self.delete_selected(selection)
+    }
+
+    /// Marks the logs past `expiry` deleted and returns how many; as [`LogWriter::delete`].
+    pub fn expire(&mut self, expiry: &Expiry) -> Result<u64, StoreError> {
+        let term = |user: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(self.fields.user, user),
+                IndexRecordOption::Basic,
+            ))
+        };
+        let mut clauses = vec![(
+            Occur::Must,
+            time_range(&self.fields, None, Some(expiry.before)),
+        )];
+        match &expiry.users {
+            ExpiryUsers::One(user) => clauses.push((Occur::Must, term(user))),
+            ExpiryUsers::AllBut(users) => {
+                clauses.extend(users.iter().map(|user| (Occur::MustNot, term(user))));
+            }
+        }
+        self.delete_selected(Box::new(BooleanQuery::new(clauses)))
+    }
+
+    /// Asks for every segment that holds deleted logs to be rewritten without them, in the
+    /// background: what erasure removed then leaves the disk too.
+    pub fn purge_deleted(&mut self) {
+        let segments: Vec<_> = self
+            .reader
+            .searcher()
+            .segment_readers()
+            .iter()
+            .filter(|segment| segment.has_deletes())
+            .map(|segment| segment.segment_id())
+            .collect();
+        if !segments.is_empty() {
+            // the merge runs on the writer's merge thread; a segment already being merged is
+            // purged by that merge, so a refusal here is harmless
+            drop(self.writer.merge(&segments));
+        }
+    }
+
+    fn delete_selected(&mut self, selection: Box<dyn Query>) -> Result<u64, StoreError> {
+        let matching = self.reader.searcher().search(selection.as_ref(), &Count)?;
+        if matching > 0 {
+            self.writer
+                .delete_query(selection)
+                .map_err(|e| explain(&self.write_errors, e))?;
+        }
+        Ok(matching as u64)
+    }
+}
+
+/// The logs a query selects: its filters and its time window.
+fn selection_query(fields: &Fields, query: &LogQuery) -> Box<dyn Query> {
+    let filters = filter_query(fields, query);
+    if query.start.is_none() && query.end.is_none() {
+        return filters;
+    }
+    Box::new(BooleanQuery::new(vec![
+        (Occur::Must, filters),
+        (Occur::Must, time_range(fields, query.start, query.end)),
+    ]))
+}
+
+/// Timestamps in `[start, end)`.
+fn time_range(fields: &Fields, start: Option<u64>, end: Option<u64>) -> Box<dyn Query> {
+    let bound = |value: Option<u64>, make: fn(Term) -> Bound<Term>| {
+        value.map_or(Bound::Unbounded, |v| {
+            make(Term::from_field_u64(fields.timestamp, v))
+        })
+    };
+    Box::new(RangeQuery::new(
+        bound(start, Bound::Included),
+        bound(end, Bound::Excluded),
+    ))
+}
