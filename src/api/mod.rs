@@ -124,13 +124,21 @@ struct LogsData<'a> {
     next_cursor: Option<String>,
 }
 
+/// Who calls, for what, as the request says it.
+struct Caller {
+    key_name: String,
+    user_id: String,
+    /// The decoded query-string pairs.
+    pairs: Vec<(String, String)>,
+}
+
 /// The caller's key (with `scope`), its user and the decoded query-string pairs.
 fn caller(
     state: &ApiState,
     headers: &HeaderMap,
     raw_query: Option<&str>,
     scope: Scope,
-) -> Result<(String, String, Vec<(String, String)>), ApiError> {
+) -> Result<Caller, ApiError> {
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let principal = state.keys.authorize(authorization, scope)?;
     let Some(user_id) = principal.user_id else {
@@ -142,7 +150,11 @@ fn caller(
     };
     let pairs = serde_urlencoded::from_str(raw_query.unwrap_or(""))
         .map_err(|_| ApiError::BadRequest("the query string is malformed".to_owned()))?;
-    Ok((principal.key_name, user_id, pairs))
+    Ok(Caller {
+        key_name: principal.key_name,
+        user_id,
+        pairs,
+    })
 }
 
 #[derive(Serialize)]
@@ -164,7 +176,11 @@ async fn erase(
     headers: HeaderMap,
     RawQuery(raw_query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (key_name, user_id, pairs) = caller(&state, &headers, raw_query.as_deref(), Scope::Delete)?;
+    let Caller {
+        key_name,
+        user_id,
+        pairs,
+    } = caller(&state, &headers, raw_query.as_deref(), Scope::Delete)?;
     let query = params::parse_erasure(&pairs, &user_id)?;
     let deleted = state.writer.erase(query).await.map_err(|e| match e {
         WriteError::Closed => ApiError::Unavailable("logbridge is shutting down, retry later"),
@@ -193,7 +209,8 @@ async fn logs(
     headers: HeaderMap,
     RawQuery(raw_query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (_, user_id, pairs) = caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
+    let Caller { user_id, pairs, .. } =
+        caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
     let LogsRequest { query, page } = params::parse(&pairs, &user_id, &state.cursor_key)?;
 
     let permit = state

@@ -253,7 +253,11 @@ pub fn revoke_key(path: &Path, name: &str) -> Result<(), KeyFileError> {
     // stays, on the key that follows or at the end
     let mut carried = String::new();
     for table in keys.iter_mut() {
-        let prefix = table.decor().prefix().and_then(|p| p.as_str()).unwrap_or("");
+        let prefix = table
+            .decor()
+            .prefix()
+            .and_then(|p| p.as_str())
+            .unwrap_or("");
         if named(table) {
             if let Some(end) = prefix.rfind("\n\n") {
                 carried.push_str(&prefix[..end + 2]);
