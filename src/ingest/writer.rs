@@ -330,7 +330,7 @@ fn recover(mut index: LogWriter, options: &WriterOptions) -> Result<Writer, io::
         metrics: options.metrics.clone(),
         retention: options.retention.clone(),
         sweep_interval: options.sweep_interval,
-        sweep_at: (!options.retention.keeps_everything()).then(Instant::now),
+        sweep_at: None,
     };
     if let Some(e) = add_error {
         writer.fail(Stage::IndexWrite, &e);
@@ -345,6 +345,10 @@ fn recover(mut index: LogWriter, options: &WriterOptions) -> Result<Writer, io::
     } else {
         // a clean start: nothing to keep from older segments
         writer.rotate_wal();
+    }
+    if !writer.retention.keeps_everything() {
+        // what expired while the server was down is gone before it reports ready
+        writer.sweep();
     }
     writer
         .metrics
