@@ -13,13 +13,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState, CursorKey};
-use crate::auth::{KeyStore, load_keys};
+use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::faults::Faults;
 use crate::ingest::{
     ExportService, Health, IngestPolicy, IngestQueue, MemoryBudget, WriteError, WriterOptions,
     WriterThread, spawn_writer,
 };
+use crate::lifecycle::{self, watch::hangups};
 use crate::metrics::{Metrics, StorageLabels};
 use crate::otlp::{self, ReceiveLimits};
 use crate::store::{self, StoreOptions};
@@ -61,6 +62,8 @@ pub struct RunningServer {
     pub addresses: Addresses,
     shutdown: CancellationToken,
     servers: Vec<JoinHandle<()>>,
+    /// Tasks re-reading files; they end with the shutdown.
+    watchers: Vec<JoinHandle<()>>,
     writer: WriterThread,
     queue: IngestQueue,
     health: watch::Receiver<Health>,
@@ -83,7 +86,8 @@ pub async fn start_with_faults(
         http: listeners.http.local_addr()?,
         api: listeners.api.local_addr()?,
     };
-    let keys = KeyStore::new(load_keys(&config.auth.keys_file)?);
+    let (loaded_keys, keys_contents) = lifecycle::keys::load(&config.auth.keys_file)?;
+    let keys = KeyStore::new(loaded_keys);
     let metrics = Arc::new(Metrics::new());
     let index_path = config.index.path.clone();
     let store_options = StoreOptions {
@@ -132,7 +136,7 @@ pub async fn start_with_faults(
         body_read_timeout: config.server.body_read_timeout,
     };
     let api_state = ApiState {
-        keys,
+        keys: keys.clone(),
         store,
         health: health_rx.clone(),
         metrics: metrics.clone(),
@@ -141,6 +145,15 @@ pub async fn start_with_faults(
         writer: queue.clone(),
     };
     let shutdown = CancellationToken::new();
+    let hangups = hangups(shutdown.clone())?;
+    let watchers = vec![lifecycle::keys::watch_keys(
+        config.auth.keys_file.clone(),
+        keys_contents,
+        keys.clone(),
+        metrics.clone(),
+        hangups.clone(),
+        shutdown.clone(),
+    )];
     let serve = |listener, router, protocol| {
         tokio::spawn(listener::serve(
             listener,
@@ -173,6 +186,7 @@ pub async fn start_with_faults(
         addresses,
         shutdown,
         servers,
+        watchers,
         writer,
         queue,
         health: health_rx,
@@ -213,8 +227,8 @@ impl RunningServer {
     /// returns.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        for server in self.servers {
-            let _ = server.await;
+        for task in self.servers.into_iter().chain(self.watchers) {
+            let _ = task.await;
         }
         let writer = self.writer;
         if tokio::task::spawn_blocking(move || writer.shutdown())
