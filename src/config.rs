@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lifecycle::{MAX_DAYS, Retention};
+use crate::lifecycle::{LimitsConfig, MAX_DAYS, Rate, Retention};
 use crate::mapping::{FieldSources, MappingConfig};
 
 /// The config file read when `--config` is not given, if it exists.
@@ -21,6 +21,8 @@ const ENV_PREFIX: &str = "LOGBRIDGE_";
 const MAX_MILLIS: u64 = 24 * 60 * 60 * 1000;
 /// Largest count of connections, streams or searches.
 const MAX_COUNT: u64 = 1_000_000;
+/// Largest per-user rate or burst, in records.
+const MAX_RATE: u64 = 1_000_000_000;
 /// Largest export: 1 GiB.
 const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 
@@ -62,6 +64,7 @@ pub struct Config {
     pub mapping: MappingConfig,
     pub log: LogConfig,
     pub retention: RetentionConfig,
+    pub limits: LimitsConfig,
 }
 
 /// How long logs are kept.
@@ -154,6 +157,23 @@ struct RawConfig {
     mapping: FieldSources,
     log: RawLog,
     retention: RawRetention,
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    user_records_per_second: u64,
+    user_burst: u64,
+    users: BTreeMap<String, RawRate>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    records_per_second: u64,
+    #[serde(default)]
+    burst: u64,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -435,6 +455,34 @@ impl RawConfig {
                 self.retention.sweep_interval_ms,
             )?,
         };
+        let rate = |setting: &str, records_per_second: u64, burst: u64| {
+            if records_per_second > MAX_RATE || burst > MAX_RATE {
+                return Err(ConfigError::Invalid {
+                    setting: "limits",
+                    message: format!("{setting}: rates and bursts must be at most {MAX_RATE}"),
+                });
+            }
+            Ok(Rate {
+                records_per_second,
+                burst,
+            })
+        };
+        let limits = LimitsConfig {
+            default: rate(
+                "user_records_per_second",
+                self.limits.user_records_per_second,
+                self.limits.user_burst,
+            )?,
+            users: self
+                .limits
+                .users
+                .iter()
+                .map(|(user, r)| {
+                    let setting = format!("users.{user:?}");
+                    Ok((user.clone(), rate(&setting, r.records_per_second, r.burst)?))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+        };
         let mapping = self
             .mapping
             .validate()
@@ -468,6 +516,7 @@ impl RawConfig {
                 level: self.log.level,
             },
             retention,
+            limits,
         })
     }
 }

@@ -5,6 +5,7 @@ mod budget;
 mod wal;
 mod writer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,12 +15,17 @@ pub use budget::{BudgetSpent, MemoryBudget, Reservation};
 pub use writer::{Health, IngestQueue, WriteError, WriterOptions, WriterThread, spawn_writer};
 
 use crate::auth::{AuthError, KeyStore, Scope};
-use crate::lifecycle::Retention;
-use crate::mapping::{Admission, MappedRequest, MappingConfig, RejectReason, map_request};
+use crate::lifecycle::{LimitsConfig, Retention, Throttled, UserLimits};
+use crate::mapping::{
+    ActivityLog, Admission, MappedRequest, MappingConfig, RejectReason, map_request,
+};
 use crate::metrics::{Metrics, RejectLabels};
 
 /// How many rejection reasons an error message names.
 const REASONS_SHOWN: usize = 3;
+
+/// Longest pause before an export over a user's limit is refused.
+pub const THROTTLE_PAUSE: Duration = Duration::from_millis(250);
 
 /// How long a client should wait before retrying an export refused for overload.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -42,13 +48,16 @@ pub struct ExportOutcome {
     pub error_message: String,
 }
 
-/// Why the writer did not take an export's logs; both are worth a retry.
+/// Why an export's logs were not taken; each is worth a retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExportError {
     #[error("logbridge is shutting down, retry later")]
     ShuttingDown,
     #[error("logbridge cannot store logs now ({0}), retry later")]
     Storage(String),
+    /// A user of the export is over its ingest limit: nothing of it was taken.
+    #[error(transparent)]
+    Throttled(#[from] Throttled),
 }
 
 /// What decides which records are taken.
@@ -56,6 +65,7 @@ pub enum ExportError {
 pub struct IngestPolicy {
     pub mapping: MappingConfig,
     pub retention: Retention,
+    pub limits: LimitsConfig,
 }
 
 /// Exports logs; shared by the gRPC and HTTP receivers.
@@ -68,6 +78,7 @@ pub struct ExportService {
     metrics: Arc<Metrics>,
     /// Logs already past their retention are rejected.
     retention: Arc<Retention>,
+    limits: Arc<UserLimits>,
 }
 
 impl ExportService {
@@ -87,12 +98,58 @@ impl ExportService {
             budget,
             metrics,
             retention: Arc::new(policy.retention),
+            limits: Arc::new(UserLimits::new(policy.limits)),
         }
     }
 
     /// Checks the caller's `Authorization` header for the ingest scope; returns the key's user.
     pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<Option<String>, AuthError> {
         Ok(self.keys.authorize(authorization, Scope::Ingest)?.user_id)
+    }
+
+    /// Refuses an export of a key bound to `key_user` before its body is read when that user is
+    /// over its limit already, so that a flood costs little.
+    pub async fn check_limit(&self, key_user: Option<&str>) -> Result<(), ExportError> {
+        match key_user.map(|user| self.limits.check(user)) {
+            Some(Err(throttled)) => Err(self.throttle(throttled).await),
+            _ => Ok(()),
+        }
+    }
+
+    /// The refusal of an export over a user's limit, after a pause of at most
+    /// [`THROTTLE_PAUSE`] (never longer than the client is told to wait anyway): a client that
+    /// ignores the advice and sends again at once is slowed to a few exports a second per
+    /// request in flight, and costs the server, and the other users, next to nothing. The pause
+    /// is jittered, so that many such requests do not come back all at once.
+    async fn throttle(&self, throttled: Throttled) -> ExportError {
+        self.metrics.exports_throttled.inc();
+        let pause = throttled.retry_after.min(THROTTLE_PAUSE);
+        tokio::time::sleep(pause.mul_f64(rand::random_range(0.5..=1.0))).await;
+        throttled.into()
+    }
+
+    /// Takes the logs' records from their users' limits, all or none; what was taken, if any
+    /// limit applies.
+    async fn charge(
+        &self,
+        logs: &[ActivityLog],
+    ) -> Result<Option<HashMap<String, u64>>, ExportError> {
+        if self.limits.unlimited() {
+            return Ok(None);
+        }
+        let mut per_user: HashMap<String, u64> = HashMap::new();
+        for log in logs {
+            match per_user.get_mut(&log.user_id) {
+                Some(count) => *count += 1,
+                None => {
+                    per_user.insert(log.user_id.clone(), 1);
+                }
+            }
+        }
+        if let Err(throttled) = self.limits.take(&per_user) {
+            return Err(self.throttle(throttled).await);
+        }
+        Ok(Some(per_user))
     }
 
     /// A reservation against the budget of exports in flight, held as the export is read.
@@ -174,13 +231,17 @@ impl ExportService {
         } = mapped;
         if !logs.is_empty() {
             let accepted = logs.len() as u64;
-            self.queue
-                .write(logs, reservation)
-                .await
-                .map_err(|e| match e {
+            let charged = self.charge(&logs).await?;
+            let written = self.queue.write(logs, reservation).await;
+            if let Err(e) = written {
+                if let Some(charged) = &charged {
+                    self.limits.give_back(charged);
+                }
+                return Err(match e {
                     WriteError::Closed => ExportError::ShuttingDown,
                     WriteError::Storage(reason) => ExportError::Storage(reason),
-                })?;
+                });
+            }
             self.metrics.records_accepted.inc_by(accepted);
         }
         if rejected.is_empty() {

@@ -2,7 +2,9 @@
 //! server runs (keys, certificates) and snapshots of the index.
 
 pub mod keys;
+mod limits;
 mod retention;
 pub mod watch;
 
+pub use limits::{LimitsConfig, Rate, Throttled, UserLimits};
 pub use retention::{MAX_DAYS, Retention};

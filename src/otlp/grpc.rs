@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -26,7 +27,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::decode::{Compression, Format};
 use super::{Encoded, ReceiveLimits, Refusal, export_response, read_body, receive};
 use crate::auth::AuthError;
-use crate::ingest::{ExportService, RETRY_AFTER};
+use crate::ingest::{ExportError, ExportService, RETRY_AFTER};
 use crate::metrics::{ExportLabels, Metrics};
 
 /// The path of the Export method.
@@ -95,6 +96,11 @@ async fn handle(
         .service
         .authorize(authorization)
         .map_err(|e| to_status(Refusal::Auth(e)))?;
+    receiver
+        .service
+        .check_limit(key_user.as_deref())
+        .await
+        .map_err(|e| to_status(e.into()))?;
     let compression = match headers.get("grpc-encoding").map(HeaderValue::as_bytes) {
         None | Some(b"identity") => Compression::Identity,
         Some(b"gzip") => Compression::Gzip,
@@ -181,21 +187,24 @@ fn to_status(refusal: Refusal) -> Status {
         Refusal::TooLarge { .. } | Refusal::Expands { .. } => Status::resource_exhausted(message),
         Refusal::Malformed(_) => Status::invalid_argument(message),
         Refusal::BodyTimeout(_) => Status::deadline_exceeded(message),
-        Refusal::Overloaded | Refusal::Unavailable(_) => retryable(message),
+        Refusal::Unavailable(ExportError::Throttled(throttled)) => {
+            retryable(Code::ResourceExhausted, message, throttled.retry_after)
+        }
+        Refusal::Overloaded | Refusal::Unavailable(_) => {
+            retryable(Code::Unavailable, message, RETRY_AFTER)
+        }
     }
 }
 
-/// UNAVAILABLE with RetryInfo, in the standard details and in the trailer the Python exporter reads.
-fn retryable(message: String) -> Status {
-    let mut status = Status::with_error_details(
-        Code::Unavailable,
-        message,
-        ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-    );
+/// A refusal to retry after `delay`: RetryInfo in the standard details and in the trailer the
+/// Python exporter reads.
+fn retryable(code: Code, message: String, delay: Duration) -> Status {
+    let mut status =
+        Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(delay)));
     let retry_info = tonic_types::pb::RetryInfo {
         retry_delay: Some(prost_types::Duration {
-            seconds: i64::try_from(RETRY_AFTER.as_secs()).unwrap_or(i64::MAX),
-            nanos: 0,
+            seconds: i64::try_from(delay.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(delay.subsec_nanos()).unwrap_or(0),
         }),
     };
     status.metadata_mut().insert_bin(

@@ -4,6 +4,7 @@
 //! errors (a `google.rpc.Status`) come back in the request's encoding.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -16,9 +17,9 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use prost::Message as _;
 
 use super::decode::{Compression, Format};
-use super::{Encoded, ReceiveLimits, Refusal, export_response, read_body, receive};
+use super::{Encoded, ReceiveLimits, Refusal, discard_body, export_response, read_body, receive};
 use crate::auth::AuthError;
-use crate::ingest::{ExportService, RETRY_AFTER};
+use crate::ingest::{ExportError, ExportService, RETRY_AFTER};
 use crate::metrics::{ExportLabels, Metrics};
 
 /// The path OTLP exporters send logs to.
@@ -55,6 +56,8 @@ struct OtlpError {
     status: StatusCode,
     message: String,
     format: Format,
+    /// When a client may retry, for `Retry-After`.
+    retry_after: Option<Duration>,
 }
 
 impl OtlpError {
@@ -63,6 +66,7 @@ impl OtlpError {
             status,
             message: message.into(),
             format,
+            retry_after: None,
         }
     }
 
@@ -76,9 +80,18 @@ impl OtlpError {
             Refusal::TooLarge { .. } | Refusal::Expands { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
             Refusal::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Unavailable(ExportError::Throttled(_)) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Overloaded | Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        Self::new(status, refusal.to_string(), format)
+        let retry_after = match &refusal {
+            Refusal::Unavailable(ExportError::Throttled(throttled)) => Some(throttled.retry_after),
+            Refusal::Overloaded | Refusal::Unavailable(_) => Some(RETRY_AFTER),
+            _ => None,
+        };
+        Self {
+            retry_after,
+            ..Self::new(status, refusal.to_string(), format)
+        }
     }
 
     /// The gRPC code a `google.rpc.Status` carries for this HTTP status.
@@ -89,7 +102,9 @@ impl OtlpError {
             }
             StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
             StatusCode::FORBIDDEN => tonic::Code::PermissionDenied,
-            StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
+                tonic::Code::ResourceExhausted
+            }
             StatusCode::REQUEST_TIMEOUT => tonic::Code::DeadlineExceeded,
             StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
             _ => tonic::Code::Internal,
@@ -120,17 +135,13 @@ impl IntoResponse for OtlpError {
         )
             .into_response();
         let headers = response.headers_mut();
-        match self.status {
-            StatusCode::SERVICE_UNAVAILABLE => {
-                headers.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(RETRY_AFTER.as_secs()),
-                );
-            }
-            StatusCode::UNAUTHORIZED => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            _ => {}
+        if let Some(delay) = self.retry_after {
+            // whole seconds, rounded up: a client never comes back too early
+            let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -159,7 +170,7 @@ async fn count_export(State(metrics): State<Arc<Metrics>>, response: Response) -
 async fn export(
     State(receiver): State<HttpReceiver>,
     headers: HeaderMap,
-    body: Body,
+    mut body: Body,
 ) -> Result<Response, OtlpError> {
     let Some(format) = format_of(&headers) else {
         return Err(OtlpError::new(
@@ -175,6 +186,16 @@ async fn export(
         .service
         .authorize(authorization)
         .map_err(|e| refused(e.into()))?;
+    if let Err(e) = receiver.service.check_limit(key_user.as_deref()).await {
+        // read what the client still sends, keeping nothing, so that it sees the 429
+        let limit = receiver.limits.max_message_bytes;
+        let _ = tokio::time::timeout(
+            receiver.limits.body_read_timeout,
+            discard_body(&mut body, limit),
+        )
+        .await;
+        return Err(refused(e.into()));
+    }
     let compression = match headers
         .get(header::CONTENT_ENCODING)
         .map(HeaderValue::as_bytes)

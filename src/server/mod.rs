@@ -126,6 +126,7 @@ pub async fn start_with_faults(
         IngestPolicy {
             mapping: config.mapping.clone(),
             retention: config.retention.policy.clone(),
+            limits: config.limits.clone(),
         },
         queue.clone(),
         MemoryBudget::new(config.otlp.max_inflight_bytes),

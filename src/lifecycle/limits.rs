@@ -1,0 +1,278 @@
+//! Per-user ingest limits: a token bucket of records per user.
+//!
+//! Each user's bucket holds up to `burst` records and refills at `records_per_second`. An export
+//! is taken whole or refused whole: all its users must have room, else nothing is taken. An
+//! export larger than a user's burst is taken when that user's bucket is full, leaving it in
+//! debt, so that no export is refused forever and the long-run rate still holds. (The `governor`
+//! crate has one quota per limiter and refuses batches over the burst for good, so it fits
+//! neither per-user overrides nor that.)
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Buckets kept before full ones (which hold no state) are forgotten.
+const MAX_BUCKETS: usize = 10_000;
+
+/// The limit of one user; a rate of 0 is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rate {
+    pub records_per_second: u64,
+    /// Records a user may send at once after a pause; 0 is one second's worth.
+    pub burst: u64,
+}
+
+impl Rate {
+    fn capacity(self) -> f64 {
+        if self.burst == 0 {
+            self.records_per_second as f64
+        } else {
+            self.burst as f64
+        }
+    }
+}
+
+/// Ingest limits of every user: a default and per-user overrides.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LimitsConfig {
+    pub default: Rate,
+    pub users: BTreeMap<String, Rate>,
+}
+
+/// An export refused because a user is over its limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "user {user:?} is over its ingest limit of {records_per_second} records per second; \
+     retry in {:.1} s",
+    retry_after.as_secs_f64()
+)]
+pub struct Throttled {
+    pub user: String,
+    pub records_per_second: u64,
+    /// When the user has room again.
+    pub retry_after: Duration,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    /// What the user's last export needed (its records, up to the burst): what the check before
+    /// the body asks for, since the next export is likely of the same size.
+    last_wanted: f64,
+}
+
+/// The buckets of every user.
+#[derive(Debug, Default)]
+pub struct UserLimits {
+    config: LimitsConfig,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl UserLimits {
+    pub fn new(config: LimitsConfig) -> Self {
+        Self {
+            config,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Whether no user is ever limited.
+    pub fn unlimited(&self) -> bool {
+        self.config.default.records_per_second == 0
+            && self
+                .config
+                .users
+                .values()
+                .all(|rate| rate.records_per_second == 0)
+    }
+
+    fn rate(&self, user: &str) -> Rate {
+        self.config
+            .users
+            .get(user)
+            .copied()
+            .unwrap_or(self.config.default)
+    }
+
+    /// Whether `user` has room now for an export of the size it sent last: a cheap check before
+    /// an export's body is read, so that a user far over its limit costs little.
+    pub fn check(&self, user: &str) -> Result<(), Throttled> {
+        let rate = self.rate(user);
+        if rate.records_per_second == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut buckets = self.lock();
+        match buckets.get_mut(user) {
+            Some(bucket) => {
+                refill(bucket, rate, now);
+                need(user, bucket, rate, bucket.last_wanted)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Takes `records` (per user) from the users' buckets, all or nothing.
+    pub fn take(&self, records: &HashMap<String, u64>) -> Result<(), Throttled> {
+        if self.unlimited() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut buckets = self.lock();
+        if buckets.len() > MAX_BUCKETS {
+            let config = &self.config;
+            buckets.retain(|user, bucket| {
+                let rate = config.users.get(user).copied().unwrap_or(config.default);
+                refill(bucket, rate, now);
+                bucket.tokens < rate.capacity()
+            });
+        }
+        let mut refused: Option<Throttled> = None;
+        for (user, &count) in records {
+            let rate = self.rate(user);
+            if rate.records_per_second == 0 {
+                continue;
+            }
+            let bucket = bucket(&mut buckets, user, rate, now);
+            // an export over the burst needs a full bucket, and leaves it in debt
+            let wanted = (count as f64).min(rate.capacity());
+            bucket.last_wanted = wanted;
+            if let Err(throttled) = need(user, bucket, rate, wanted) {
+                refused = Some(match refused {
+                    Some(other) if other.retry_after >= throttled.retry_after => other,
+                    _ => throttled,
+                });
+            }
+        }
+        if let Some(throttled) = refused {
+            return Err(throttled);
+        }
+        for (user, &count) in records {
+            let rate = self.rate(user);
+            if rate.records_per_second > 0 {
+                bucket(&mut buckets, user, rate, now).tokens -= count as f64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back what [`UserLimits::take`] took for records that were not stored after all.
+    pub fn give_back(&self, records: &HashMap<String, u64>) {
+        let mut buckets = self.lock();
+        for (user, &count) in records {
+            let rate = self.rate(user);
+            if let Some(bucket) = buckets.get_mut(user) {
+                bucket.tokens = (bucket.tokens + count as f64).min(rate.capacity());
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Bucket>> {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn bucket<'a>(
+    buckets: &'a mut HashMap<String, Bucket>,
+    user: &str,
+    rate: Rate,
+    now: Instant,
+) -> &'a mut Bucket {
+    let bucket = buckets.entry(user.to_owned()).or_insert(Bucket {
+        tokens: rate.capacity(),
+        at: now,
+        last_wanted: 1.0,
+    });
+    refill(bucket, rate, now);
+    bucket
+}
+
+fn refill(bucket: &mut Bucket, rate: Rate, now: Instant) {
+    let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+    bucket.tokens = (bucket.tokens + elapsed * rate.records_per_second as f64).min(rate.capacity());
+    bucket.at = now;
+}
+
+/// Whether the bucket holds `wanted` records; else when it will.
+fn need(user: &str, bucket: &Bucket, rate: Rate, wanted: f64) -> Result<(), Throttled> {
+    if bucket.tokens >= wanted {
+        return Ok(());
+    }
+    let missing = wanted - bucket.tokens;
+    Err(Throttled {
+        user: user.to_owned(),
+        records_per_second: rate.records_per_second,
+        retry_after: Duration::from_secs_f64(missing / rate.records_per_second as f64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> UserLimits {
+        UserLimits::new(LimitsConfig {
+            default: Rate {
+                records_per_second: 10,
+                burst: 20,
+            },
+            users: BTreeMap::from([(
+                "free".to_owned(),
+                Rate {
+                    records_per_second: 0,
+                    burst: 0,
+                },
+            )]),
+        })
+    }
+
+    fn records(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
+        pairs.iter().map(|&(u, n)| (u.to_owned(), n)).collect()
+    }
+
+    #[test]
+    fn exports_are_taken_whole_or_not_at_all() {
+        let limits = limits();
+        assert_eq!(limits.take(&records(&[("a", 15)])), Ok(()));
+        // five left: ten more for a are refused, and b's records with them
+        let err = limits.take(&records(&[("a", 10), ("b", 1)])).unwrap_err();
+        assert_eq!(err.user, "a");
+        assert!(
+            (0.45..=0.5).contains(&err.retry_after.as_secs_f64()),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "user \"a\" is over its ingest limit of 10 records per second; retry in 0.5 s"
+        );
+        // until then, a's exports are refused before their body is read
+        let err = limits.check("a").unwrap_err();
+        assert!(
+            (0.45..=0.5).contains(&err.retry_after.as_secs_f64()),
+            "{err:?}"
+        );
+        // b was not charged for the refused export
+        assert_eq!(limits.take(&records(&[("b", 20)])), Ok(()));
+        assert!(limits.check("b").is_err());
+        // unlimited users pass whatever the others do
+        assert_eq!(limits.take(&records(&[("free", 1_000_000)])), Ok(()));
+        assert!(limits.check("free").is_ok());
+    }
+
+    #[test]
+    fn an_export_over_the_burst_takes_a_full_bucket_into_debt() {
+        let limits = limits();
+        assert_eq!(limits.take(&records(&[("a", 50)])), Ok(()));
+        // 30 records of debt: five seconds before an export as large as the burst fits again
+        let err = limits.check("a").unwrap_err();
+        assert!(
+            (4.9..=5.0).contains(&err.retry_after.as_secs_f64()),
+            "{err:?}"
+        );
+        limits.give_back(&records(&[("a", 50)]));
+        assert!(limits.check("a").is_ok());
+    }
+}
