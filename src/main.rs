@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use logbridge::auth::{NewKey, Scope, add_key, ensure_keys_file, load_keys, revoke_key};
 use logbridge::config::Config;
 use logbridge::emit::{EmitOptions, emit};
+use logbridge::lifecycle::snapshot;
 use logbridge::server::{self, Listeners};
 use tracing_subscriber::EnvFilter;
 
@@ -42,6 +43,13 @@ enum Command {
     },
     /// Send simulated activity logs over OTLP with the OpenTelemetry SDK.
     Emit(EmitArgs),
+    /// Copy the committed state of the index (of a running server too) to a new folder, with
+    /// hard links where the file system allows; `serve` with `index.path` set to it starts from it.
+    Snapshot {
+        /// The new folder (absent or empty).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -194,6 +202,19 @@ fn main() -> anyhow::Result<()> {
         Command::Keys { command } => {
             let config = load_config(cli.config)?;
             keys(&config.auth.keys_file, command)
+        }
+        Command::Snapshot { to } => {
+            let config = load_config(cli.config)?;
+            let report = snapshot(&config.index.path, &to)?;
+            println!(
+                "snapshot of {} logs (through sequence {}) in {}: {} files linked, {} copied",
+                report.logs,
+                report.last_seq,
+                to.display(),
+                report.linked,
+                report.copied
+            );
+            Ok(())
         }
         Command::Emit(args) => {
             init_tracing("warn");

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, watch};
 
-pub use cursor::{Cursor, CursorKey, CursorKeyError};
+pub use cursor::{CURSOR_KEY_FILE, Cursor, CursorKey, CursorKeyError};
 pub use error::ApiError;
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 

@@ -4,7 +4,9 @@
 pub mod keys;
 mod limits;
 mod retention;
+mod snapshot;
 pub mod watch;
 
 pub use limits::{LimitsConfig, Rate, Throttled, UserLimits};
 pub use retention::{MAX_DAYS, Retention};
+pub use snapshot::{SnapshotError, SnapshotReport, snapshot};

@@ -198,6 +198,13 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
     ))
 }
 
+/// The highest sequence number a commit holds, from its payload.
+pub fn payload_last_seq(payload: &str) -> Option<u64> {
+    serde_json::from_str::<CommitPayload>(payload)
+        .ok()
+        .map(|p| p.last_seq)
+}
+
 /// Share of deleted logs past which a segment is merged to reclaim their space.
 const DELETED_SHARE_BEFORE_MERGE: f32 = 0.2;
 
