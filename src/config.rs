@@ -65,6 +65,28 @@ pub struct Config {
     pub log: LogConfig,
     pub retention: RetentionConfig,
     pub limits: LimitsConfig,
+    /// TLS on every listener, when set.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The files of the `[tls]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, the OTLP listeners require client certificates signed by these CAs (PEM).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The files, in the order [`Certificates::build`] reads their contents.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.cert_file.clone(), self.key_file.clone()];
+        paths.extend(self.client_ca_file.clone());
+        paths
+    }
 }
 
 /// How long logs are kept.
@@ -158,6 +180,15 @@ struct RawConfig {
     log: RawLog,
     retention: RawRetention,
     limits: RawLimits,
+    tls: RawTls,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    cert_file: String,
+    key_file: String,
+    client_ca_file: String,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -483,6 +514,38 @@ impl RawConfig {
                 })
                 .collect::<Result<_, ConfigError>>()?,
         };
+        let tls_setting = |setting: &'static str, message: &str| ConfigError::Invalid {
+            setting,
+            message: message.to_owned(),
+        };
+        let path = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+        let raw_tls = &self.tls;
+        let tls = match (path(&raw_tls.cert_file), path(&raw_tls.key_file)) {
+            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+                cert_file,
+                key_file,
+                client_ca_file: path(&raw_tls.client_ca_file),
+            }),
+            (None, None) if raw_tls.client_ca_file.is_empty() => None,
+            (None, None) => {
+                return Err(tls_setting(
+                    "tls.client_ca_file",
+                    "needs tls.cert_file and tls.key_file",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(tls_setting(
+                    "tls.key_file",
+                    "must be set when tls.cert_file is",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(tls_setting(
+                    "tls.cert_file",
+                    "must be set when tls.key_file is",
+                ));
+            }
+        };
         let mapping = self
             .mapping
             .validate()
@@ -517,6 +580,7 @@ impl RawConfig {
             },
             retention,
             limits,
+            tls,
         })
     }
 }

@@ -97,13 +97,19 @@ pub fn exporter(options: &EmitOptions) -> anyhow::Result<LogExporter> {
 
 /// Sends `options.count` activity logs and waits until the SDK has exported them all.
 pub async fn emit(options: &EmitOptions) -> anyhow::Result<()> {
+    send(exporter(options)?, options).await
+}
+
+/// Sends `options.count` activity logs through `exporter` (built by the caller, e.g. with TLS
+/// settings of its own) and waits until the SDK has exported them all.
+pub async fn send(exporter: LogExporter, options: &EmitOptions) -> anyhow::Result<()> {
     let provider = SdkLoggerProvider::builder()
         .with_resource(
             Resource::builder()
                 .with_service_name("logbridge-emit")
                 .build(),
         )
-        .with_batch_exporter(exporter(options)?)
+        .with_batch_exporter(exporter)
         .build();
     let logger = provider.logger("logbridge.emit");
     let mut activities = Workload::new(options.seed).take(options.count).peekable();

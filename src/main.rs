@@ -192,6 +192,7 @@ fn keys(keys_file: &Path, command: KeysCommand) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    server::install_provider();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {

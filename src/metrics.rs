@@ -59,6 +59,7 @@ pub struct Metrics {
     pub keys_file_invalid: Gauge,
     pub keys_reload_failures: Counter,
     pub tls_reload_failures: Counter,
+    pub tls_handshake_failures: Counter,
     pub exports_throttled: Counter,
 }
 
@@ -93,6 +94,7 @@ impl Metrics {
             keys_file_invalid: Gauge::default(),
             keys_reload_failures: Counter::default(),
             tls_reload_failures: Counter::default(),
+            tls_handshake_failures: Counter::default(),
             exports_throttled: Counter::default(),
         };
         let r = &mut m.registry;
@@ -196,6 +198,11 @@ impl Metrics {
             "tls_reload_failures",
             "Reloads of the TLS certificate or key that failed",
             m.tls_reload_failures.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS connections that failed their handshake (no or a bad client certificate, plaintext)",
+            m.tls_handshake_failures.clone(),
         );
         r.register(
             "exports_throttled",

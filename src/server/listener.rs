@@ -2,7 +2,9 @@
 //! and on shutdown let in-flight requests finish up to a deadline, then drop what is left.
 //!
 //! The same code serves all three listeners; they differ in protocol (HTTP/1.1 for the REST API
-//! and OTLP/HTTP, HTTP/2 for OTLP/gRPC) and in the router they serve.
+//! and OTLP/HTTP, HTTP/2 for OTLP/gRPC) and in the router they serve. With TLS, each connection
+//! first completes its handshake (within the header timeout); one that speaks plaintext instead
+//! is answered with an error saying TLS is expected.
 
 use std::future::Future;
 use std::pin::pin;
@@ -15,13 +17,27 @@ use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
+use super::tls::{Acceptor, plaintext_refusal};
 use crate::config::ServerConfig;
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// TLS on a listener.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: Acceptor,
+    /// Counts handshakes that failed (bad or missing client certificates, plaintext).
+    pub handshake_failures: Counter,
+}
 
 /// The protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +81,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     protocol: Protocol,
+    tls: Option<Tls>,
     limits: ServerConfig,
     shutdown: CancellationToken,
 ) {
@@ -97,18 +114,21 @@ pub async fn serve(
         };
         // small responses must not wait for Nagle's algorithm
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(
-            stream,
-            builder.clone(),
-            router.clone(),
+        let connection = Connection {
+            builder: builder.clone(),
+            router: router.clone(),
             protocol,
-            limits.clone(),
-            Signals {
+            limits: limits.clone(),
+            signals: Signals {
                 shutdown: shutdown.clone(),
                 stop: stop.clone(),
             },
-            permit,
-        ));
+            _slot: permit,
+        };
+        match &tls {
+            None => connections.spawn(connection.serve(stream)),
+            Some(tls) => connections.spawn(connection.secure(stream, tls.clone())),
+        };
     }
     // new connections are refused from here on
     drop(listener);
@@ -197,68 +217,110 @@ struct Signals {
     stop: CancellationToken,
 }
 
-/// Serves one connection: until it ends, it idles past the idle timeout, an HTTP/2 connection
-/// brings no request within the header timeout, or shutdown's drain is over.
-async fn serve_connection(
-    stream: TcpStream,
+/// One accepted connection and what serving it takes.
+struct Connection {
     builder: Arc<auto::Builder<TrackedExecutor>>,
     router: Router,
     protocol: Protocol,
     limits: ServerConfig,
     signals: Signals,
+    /// Its place among the listener's connections, given back when it ends.
     _slot: OwnedSemaphorePermit,
-) {
-    let activity = Arc::new(Activity::new());
-    let tracked = activity.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let guard = tracked.begin();
-        let response = router.clone().oneshot(request.map(axum::body::Body::new));
-        async move {
-            let response = response.await;
-            drop(guard);
-            response
+}
+
+impl Connection {
+    /// The TLS handshake, then the connection; a plaintext client is told TLS is expected.
+    async fn secure(mut self, stream: TcpStream, tls: Tls) {
+        let deadline = tokio::time::Instant::now() + self.limits.header_read_timeout;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+            Ok(Ok(1)) => {
+                tls.handshake_failures.inc();
+                self.router = plaintext_refusal(self.protocol);
+                return self.serve(stream).await;
+            }
+            _ => return,
         }
-    });
-    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
-    // hyper has no timer for an HTTP/2 handshake: a connection must bring its first request in time
-    let first_request_by = activity.started + limits.header_read_timeout;
-    // set once the connection is asked to close: it is dropped if still open by then
-    let mut drain_deadline: Option<Instant> = None;
-    loop {
-        let check_at = match drain_deadline {
-            Some(deadline) => deadline,
-            None if protocol == Protocol::Http2
-                && activity.requests.load(Ordering::Relaxed) == 0 =>
-            {
-                first_request_by
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.acceptor.load_full());
+        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => self.serve(stream).await,
+            Ok(Err(e)) => {
+                tls.handshake_failures.inc();
+                tracing::debug!(error = %e, "TLS handshake failed");
             }
-            None => activity
-                .idle_since()
-                .map_or(Instant::now() + limits.idle_timeout, |since| {
-                    since + limits.idle_timeout
-                }),
-        };
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            () = signals.stop.cancelled() => return,
-            () = signals.shutdown.cancelled(), if drain_deadline.is_none() => {
-                connection.as_mut().graceful_shutdown();
-                drain_deadline = Some(Instant::now() + limits.drain_timeout);
+            Err(_) => {
+                tls.handshake_failures.inc();
             }
-            () = tokio::time::sleep_until(check_at.into()) => {
-                if drain_deadline.is_some() {
-                    // the drain is over: drop what is left
-                    return;
-                }
-                if protocol == Protocol::Http2 && activity.requests.load(Ordering::Relaxed) == 0 {
-                    return;
-                }
-                if activity
-                    .idle_since()
-                    .is_some_and(|since| since.elapsed() >= limits.idle_timeout)
+        }
+    }
+
+    /// Serves the connection: until it ends, it idles past the idle timeout, an HTTP/2
+    /// connection brings no request within the header timeout, or shutdown's drain is over.
+    async fn serve<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            builder,
+            router,
+            protocol,
+            limits,
+            signals,
+            _slot,
+        } = self;
+        let activity = Arc::new(Activity::new());
+        let tracked = activity.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let guard = tracked.begin();
+            let response = router.clone().oneshot(request.map(axum::body::Body::new));
+            async move {
+                let response = response.await;
+                drop(guard);
+                response
+            }
+        });
+        let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+        // hyper has no timer for an HTTP/2 handshake: a connection must bring its first request in time
+        let first_request_by = activity.started + limits.header_read_timeout;
+        // set once the connection is asked to close: it is dropped if still open by then
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let check_at = match drain_deadline {
+                Some(deadline) => deadline,
+                None if protocol == Protocol::Http2
+                    && activity.requests.load(Ordering::Relaxed) == 0 =>
                 {
+                    first_request_by
+                }
+                None => activity
+                    .idle_since()
+                    .map_or(Instant::now() + limits.idle_timeout, |since| {
+                        since + limits.idle_timeout
+                    }),
+            };
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = signals.stop.cancelled() => return,
+                () = signals.shutdown.cancelled(), if drain_deadline.is_none() => {
                     connection.as_mut().graceful_shutdown();
                     drain_deadline = Some(Instant::now() + limits.drain_timeout);
+                }
+                () = tokio::time::sleep_until(check_at.into()) => {
+                    if drain_deadline.is_some() {
+                        // the drain is over: drop what is left
+                        return;
+                    }
+                    if protocol == Protocol::Http2 && activity.requests.load(Ordering::Relaxed) == 0 {
+                        return;
+                    }
+                    if activity
+                        .idle_since()
+                        .is_some_and(|since| since.elapsed() >= limits.idle_timeout)
+                    {
+                        connection.as_mut().graceful_shutdown();
+                        drain_deadline = Some(Instant::now() + limits.drain_timeout);
+                    }
                 }
             }
         }

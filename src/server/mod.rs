@@ -2,6 +2,7 @@
 //! already-bound listeners, and shut all of it down in order.
 
 mod listener;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,16 +16,20 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState, CursorKey};
 use crate::auth::KeyStore;
 use crate::config::Config;
+use crate::config::TlsFiles;
 use crate::faults::Faults;
 use crate::ingest::{
     ExportService, Health, IngestPolicy, IngestQueue, MemoryBudget, WriteError, WriterOptions,
     WriterThread, spawn_writer,
 };
-use crate::lifecycle::{self, watch::hangups};
+use crate::lifecycle;
+use crate::lifecycle::watch::{hangups, read_all, watch_files};
 use crate::metrics::{Metrics, StorageLabels};
 use crate::otlp::{self, ReceiveLimits};
 use crate::store::{self, StoreOptions};
-use listener::Protocol;
+use listener::{Protocol, Tls};
+use tls::Certificates;
+pub use tls::install_provider;
 
 /// The three listeners, bound before the server starts (port 0 picks a free port).
 pub struct Listeners {
@@ -155,11 +160,27 @@ pub async fn start_with_faults(
         hangups.clone(),
         shutdown.clone(),
     )];
-    let serve = |listener, router, protocol| {
+    let mut watchers = watchers;
+    let certificates = match &config.tls {
+        None => None,
+        Some(files) => {
+            let (certificates, watcher) =
+                watch_certificates(files, &metrics, hangups.clone(), shutdown.clone())?;
+            watchers.push(watcher);
+            Some(certificates)
+        }
+    };
+    let handshake_failures = metrics.tls_handshake_failures.clone();
+    let serve = |listener, router, protocol, acceptor: Option<&tls::Acceptor>| {
+        let tls = acceptor.map(|acceptor| Tls {
+            acceptor: acceptor.clone(),
+            handshake_failures: handshake_failures.clone(),
+        });
         tokio::spawn(listener::serve(
             listener,
             router,
             protocol,
+            tls,
             config.server.clone(),
             shutdown.clone(),
         ))
@@ -169,18 +190,26 @@ pub async fn start_with_faults(
             listeners.grpc,
             otlp::grpc::router(export.clone(), limits, metrics.clone()),
             Protocol::Http2,
+            certificates.as_ref().map(|c| &c.grpc),
         ),
         serve(
             listeners.http,
             otlp::http::router(export, limits, metrics),
             Protocol::Http1,
+            certificates.as_ref().map(|c| &c.http),
         ),
-        serve(listeners.api, api::router(api_state), Protocol::Http1),
+        serve(
+            listeners.api,
+            api::router(api_state),
+            Protocol::Http1,
+            certificates.as_ref().map(|c| &c.api),
+        ),
     ];
     tracing::info!(
         otlp_grpc = %addresses.grpc,
         otlp_http = %addresses.http,
         api = %addresses.api,
+        tls = config.tls.is_some(),
         "logbridge listening"
     );
     Ok(RunningServer {
@@ -193,6 +222,37 @@ pub async fn start_with_faults(
         health: health_rx,
         died: Some(died_rx),
     })
+}
+
+/// The listeners' TLS configurations from `files`, and the task that rebuilds them when the
+/// files change (or on `SIGHUP`); files that no longer make a configuration keep the last one.
+fn watch_certificates(
+    files: &TlsFiles,
+    metrics: &Arc<Metrics>,
+    hangups: watch::Receiver<u64>,
+    stop: CancellationToken,
+) -> anyhow::Result<(Certificates, JoinHandle<()>)> {
+    let paths = files.paths();
+    let contents = read_all(&paths).context("cannot read the TLS files")?;
+    let certificates = Certificates::new(files, &contents)?;
+    let (current, files, metrics) = (certificates.clone(), files.clone(), metrics.clone());
+    let watcher = watch_files(paths, contents, hangups, stop, move |trigger, read| {
+        let reloaded = read
+            .map_err(anyhow::Error::from)
+            .and_then(|contents| Ok(current.reload(&files, &contents)?));
+        match reloaded {
+            Ok(()) => tracing::info!(%trigger, "TLS certificate reloaded"),
+            Err(e) => {
+                metrics.tls_reload_failures.inc();
+                tracing::error!(
+                    error = %e,
+                    %trigger,
+                    "TLS certificate not reloaded; the last good one stays in use"
+                );
+            }
+        }
+    });
+    Ok((certificates, watcher))
 }
 
 impl RunningServer {

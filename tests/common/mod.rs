@@ -155,6 +155,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 }
 
 fn init_test_logging() {
+    // the HTTPS clients of the tests take the process's rustls provider
+    logbridge::server::install_provider();
     // TEST_LOG=debug shows the server's logs while tests run.
     if let Ok(level) = std::env::var("TEST_LOG") {
         let _ = tracing_subscriber::fmt()

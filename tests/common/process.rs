@@ -70,6 +70,8 @@ pub fn field(line: &str, name: &str) -> Option<String> {
 }
 
 pub fn serve(config: &Path) -> Served {
+    // the tests' HTTP clients take the process's rustls provider
+    logbridge::server::install_provider();
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
