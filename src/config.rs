@@ -675,6 +675,65 @@ mod tests {
         assert_eq!(config.auth.keys_file, PathBuf::from("config/keys.toml"));
         assert_eq!(config.mapping, defaults.mapping);
         assert_eq!(config.log.level, "info");
+        assert_eq!(config.retention.policy, Retention::default());
+        assert_eq!(config.retention.sweep_interval, Duration::from_secs(30));
+        assert_eq!(config.limits, LimitsConfig::default());
+        assert_eq!(config.tls, None);
+    }
+
+    #[test]
+    fn lifecycle_sections_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logbridge.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &HashMap::new()).map_err(|e| e.to_string())
+        };
+        let config = load(
+            "[retention]\ndays = 30\n[retention.users]\n\"acme\" = 90\n\
+             [limits]\nuser_records_per_second = 100\n\
+             [limits.users]\n\"acme\" = { records_per_second = 5, burst = 10 }\n\
+             [tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.retention.policy.days_for("acme"), 90);
+        assert_eq!(config.retention.policy.days_for("other"), 30);
+        assert_eq!(
+            config.limits.users["acme"],
+            Rate {
+                records_per_second: 5,
+                burst: 10
+            }
+        );
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert_file: PathBuf::from("c.pem"),
+                key_file: PathBuf::from("k.pem"),
+                client_ca_file: None,
+            })
+        );
+        for (text, message) in [
+            (
+                "[tls]\ncert_file = \"c.pem\"\n",
+                "invalid setting tls.key_file: must be set when tls.cert_file is",
+            ),
+            (
+                "[tls]\nclient_ca_file = \"ca.pem\"\n",
+                "invalid setting tls.client_ca_file: needs tls.cert_file and tls.key_file",
+            ),
+            (
+                "[retention]\ndays = 40000\n",
+                "invalid setting retention: days must be at most 36500 days (0 keeps logs forever)",
+            ),
+            (
+                "[limits.users]\n\"a\" = { burst = 3 }\n",
+                "missing field `records_per_second`",
+            ),
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(err.ends_with(message), "{err}");
+        }
     }
 
     #[test]

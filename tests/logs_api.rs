@@ -625,11 +625,11 @@ async fn a_wrong_method_gets_the_error_envelope() {
             .await
             .unwrap();
         assert_eq!(response.status(), 405, "{method}");
-        assert_eq!(response.headers()["allow"], "GET, HEAD");
+        assert_eq!(response.headers()["allow"], "GET, HEAD, DELETE");
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(
             body,
-            json!({"success": false, "message": "method not allowed: this endpoint takes GET, HEAD", "data": null})
+            json!({"success": false, "message": "method not allowed: this endpoint takes GET, HEAD, DELETE", "data": null})
         );
     }
 }

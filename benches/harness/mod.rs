@@ -54,6 +54,8 @@ fn bearer(secret: &Secret) -> String {
 impl Server {
     /// Starts `bin` on `dir` (created if needed; an index there is reused) on ephemeral ports.
     pub async fn start(bin: &str, dir: &Path, commit_interval_ms: u64) -> Server {
+        // the HTTP clients take the process's rustls provider
+        logbridge::server::install_provider();
         std::fs::create_dir_all(dir).unwrap();
         let secrets: Vec<Secret> = (0..4).map(|_| Secret::generate()).collect();
         let key = |name: &str, secret: &Secret, scopes: &str, user: Option<&str>| {
