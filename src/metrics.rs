@@ -156,7 +156,7 @@ impl Metrics {
         );
         r.register(
             "logs_request_duration_seconds",
-            "GET /logs latency, by HTTP status",
+            "/logs latency (GET and DELETE), by HTTP status",
             m.logs_request_seconds.clone(),
         );
         r.register(

@@ -7,7 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::{
-    Served, serve, stored_messages, terminate, wait_ready, write_config_with, write_key,
+    Served, logs_request, serve, stored_messages, terminate, wait_ready, write_config_with,
+    write_key,
 };
 use common::{
     PATIENCE, activity, at_ms, authorized, messages, request_of, spawn_app, text, with_attr,
@@ -162,15 +163,7 @@ async fn export(grpc: &str, secret: &Secret, records: Vec<LogRecord>) {
 
 /// `DELETE /logs?{query}` against a served binary: the number erased.
 async fn erase(api: &str, secret: &Secret, query: &str) -> u64 {
-    let body: serde_json::Value = reqwest::Client::new()
-        .delete(format!("http://{api}/logs?{query}"))
-        .bearer_auth(secret.expose())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = logs_request(reqwest::Method::DELETE, api, secret, query).await;
     body["data"]["deleted"].as_u64().expect("a count")
 }
 

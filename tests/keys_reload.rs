@@ -4,13 +4,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::PATIENCE;
-use common::process::{BIN, Served, serve, wait_ready, write_config, write_key};
+use common::process::{Served, Setup, run, serve, start, wait_ready, write_config, write_key};
 use logbridge::auth::Secret;
 
 /// Reload must take effect within this.
@@ -18,13 +17,7 @@ const RELOAD_BOUND: Duration = Duration::from_secs(2);
 
 /// Runs `logbridge --config CONFIG keys ARGS`; panics unless it succeeds; stdout.
 fn keys(config: &Path, args: &[&str]) -> String {
-    let output = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg("keys")
-        .args(args)
-        .output()
-        .unwrap();
+    let output = run(config, &[&["keys"], args].concat());
     assert!(
         output.status.success(),
         "{}",
@@ -75,12 +68,12 @@ fn printed(served: &Served, text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_added_and_revoked_without_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let owner = Secret::generate();
-    write_key(dir.path(), &owner);
-    let served = serve(&config);
-    wait_ready(&served.api).await;
+    let Setup {
+        dir: _dir,
+        config,
+        secret: owner,
+        served,
+    } = start().await;
 
     // requests with the owner's key run without pause while the file changes under them
     let stop = Arc::new(AtomicBool::new(false));
@@ -137,7 +130,7 @@ async fn keys_are_added_and_revoked_without_a_restart() {
     );
 
     // SIGHUP re-reads the file even when nothing changed
-    let status_code = Command::new("kill")
+    let status_code = std::process::Command::new("kill")
         .args(["-HUP", &served.child.id().to_string()])
         .status()
         .unwrap();
@@ -151,12 +144,12 @@ async fn keys_are_added_and_revoked_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_keys_file_keeps_the_last_good_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let owner = Secret::generate();
-    write_key(dir.path(), &owner);
-    let served = serve(&config);
-    wait_ready(&served.api).await;
+    let Setup {
+        dir,
+        config: _,
+        secret: owner,
+        served,
+    } = start().await;
     let api = format!("http://{}", served.api);
     let keys_file = dir.path().join("keys.toml");
     let good = std::fs::read_to_string(&keys_file).unwrap();
@@ -238,12 +231,7 @@ async fn keys_list_shows_no_secrets_and_expired_keys_are_refused() {
         )
     );
     assert_eq!(status(&served.api, later.trim()).await.0, 200);
-    let output = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .args(["keys", "revoke", "nobody"])
-        .output()
-        .unwrap();
+    let output = run(&config, &["keys", "revoke", "nobody"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no key named \"nobody\""), "{stderr}");

@@ -4,16 +4,14 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt as _;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::process::{
-    BIN, serve, stored_messages, total, wait_ready, write_config, write_config_with, write_key,
+    Setup, run, serve, start, stored_messages, total, wait_ready, write_config_with, write_key,
 };
 use common::{PATIENCE, activity, at_ms, authorized, request_of};
-use logbridge::auth::Secret;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 
 const BATCH: u64 = 50;
@@ -24,12 +22,12 @@ fn message(i: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_of_a_busy_server_serves_exactly_what_was_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let secret = Secret::generate();
-    write_key(dir.path(), &secret);
-    let served = serve(&config);
-    wait_ready(&served.api).await;
+    let Setup {
+        dir,
+        config,
+        secret,
+        served,
+    } = start().await;
 
     // one exporter, batch after batch, each acknowledged before the next
     let stop = Arc::new(AtomicBool::new(false));
@@ -64,13 +62,10 @@ async fn a_snapshot_of_a_busy_server_serves_exactly_what_was_committed() {
     let visible_before = total(&served.api, &secret).await;
 
     let snapshot_dir = dir.path().join("snapshot");
-    let output = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .args(["snapshot", "--to"])
-        .arg(&snapshot_dir)
-        .output()
-        .unwrap();
+    let output = run(
+        &config,
+        &["snapshot", "--to", snapshot_dir.to_str().unwrap()],
+    );
     assert!(
         output.status.success(),
         "{}",
@@ -109,6 +104,9 @@ async fn a_snapshot_of_a_busy_server_serves_exactly_what_was_committed() {
     assert!(logs >= visible_before, "{logs} < {visible_before}");
     assert!(logs < acked);
     assert!(linked > 0);
+    // the logs of every user: the folder is its owner's alone
+    let mode = std::fs::metadata(&snapshot_dir).unwrap().mode();
+    assert_eq!(mode & 0o777, 0o700);
     // the files are shared with the live index, not copied
     let shared = std::fs::read_dir(&snapshot_dir)
         .unwrap()
@@ -136,13 +134,10 @@ async fn a_snapshot_of_a_busy_server_serves_exactly_what_was_committed() {
     }
 
     // a snapshot never writes into a folder that holds something
-    let output = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .args(["snapshot", "--to"])
-        .arg(&snapshot_dir)
-        .output()
-        .unwrap();
+    let output = run(
+        &config,
+        &["snapshot", "--to", snapshot_dir.to_str().unwrap()],
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

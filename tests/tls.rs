@@ -261,7 +261,7 @@ async fn plaintext_and_clients_without_a_certificate_are_refused_cleanly() {
         body["message"],
         "this port expects TLS: connect with https://"
     );
-    // plaintext gRPC: UNAVAILABLE with the same message
+    // plaintext gRPC: FAILED_PRECONDITION (not worth a retry) with the same message
     let mut client = opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient::connect(
         format!("http://{}", server.served.grpc),
     )
@@ -274,7 +274,7 @@ async fn plaintext_and_clients_without_a_certificate_are_refused_cleanly() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert_eq!(
         status.message(),
         "this port expects TLS: connect with https://"

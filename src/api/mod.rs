@@ -186,7 +186,9 @@ async fn erase(
         WriteError::Closed => ApiError::Unavailable("logbridge is shutting down, retry later"),
         WriteError::Storage(reason) => {
             tracing::warn!(key = %key_name, user = %user_id, %reason, "erasure refused: storage is failing");
-            ApiError::Unavailable("storage is failing; nothing was erased, retry later")
+            ApiError::Unavailable(
+                "storage is failing: retry the erasure later (logs it erased already stay erased)",
+            )
         }
     })?;
     tracing::info!(

@@ -129,20 +129,27 @@ impl RawKey {
 
 /// Reads and validates the keys file.
 pub fn load_keys(path: &Path) -> Result<Vec<KeyRecord>, KeyFileError> {
-    let text = read(path)?;
-    parse_keys(&text, path)
+    parse_keys(&read(path)?, path)
 }
 
-fn read(path: &Path) -> Result<String, KeyFileError> {
-    std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+fn read(path: &Path) -> Result<Vec<u8>, KeyFileError> {
+    std::fs::read(path).map_err(|source| KeyFileError::Read {
         path: path.to_owned(),
         source,
     })
 }
 
-/// Validates the text of the keys file read from `path`.
-pub fn parse_keys(text: &str, path: &Path) -> Result<Vec<KeyRecord>, KeyFileError> {
-    let raw: RawKeysFile = toml::from_str(text).map_err(|e| KeyFileError::Parse {
+/// The contents of the keys file as text.
+fn text<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str, KeyFileError> {
+    std::str::from_utf8(bytes).map_err(|_| KeyFileError::Parse {
+        path: path.to_owned(),
+        message: "the file is not UTF-8".to_owned(),
+    })
+}
+
+/// Validates the contents of the keys file read from `path`.
+pub fn parse_keys(bytes: &[u8], path: &Path) -> Result<Vec<KeyRecord>, KeyFileError> {
+    let raw: RawKeysFile = toml::from_str(text(bytes, path)?).map_err(|e| KeyFileError::Parse {
         path: path.to_owned(),
         message: e.message().to_owned(),
     })?;
@@ -228,27 +235,30 @@ pub fn add_key(path: &Path, key: &NewKey) -> Result<Secret, KeyFileError> {
 /// Removes the key named `name` from the keys file, keeping everything else as written. The
 /// new file replaces the old one whole (a rename), so a server reloading it never sees half.
 pub fn revoke_key(path: &Path, name: &str) -> Result<(), KeyFileError> {
-    let text = read(path)?;
+    let bytes = read(path)?;
     // refuse to rewrite a file the server cannot use
-    parse_keys(&text, path)?;
+    parse_keys(&bytes, path)?;
     let parse_error = |message: String| KeyFileError::Parse {
         path: path.to_owned(),
         message,
     };
-    let mut document: toml_edit::DocumentMut = text
+    let mut document: toml_edit::DocumentMut = text(&bytes, path)?
         .parse()
         .map_err(|e: toml_edit::TomlError| parse_error(e.to_string()))?;
     let named = |table: &toml_edit::Table| table.get("name").and_then(|v| v.as_str()) == Some(name);
-    let Some(keys) = document
-        .get_mut("keys")
-        .and_then(|item| item.as_array_of_tables_mut())
-        .filter(|keys| keys.iter().any(named))
-    else {
-        return Err(KeyFileError::NoSuchKey {
-            path: path.to_owned(),
-            name: name.to_owned(),
-        });
+    let no_such_key = || KeyFileError::NoSuchKey {
+        path: path.to_owned(),
+        name: name.to_owned(),
     };
+    let keys = match document.get_mut("keys") {
+        None => return Err(no_such_key()),
+        Some(item) => item.as_array_of_tables_mut().ok_or_else(|| {
+            parse_error("keys is not written as [[keys]] tables, which keys revoke edits".into())
+        })?,
+    };
+    if !keys.iter().any(named) {
+        return Err(no_such_key());
+    }
     // the comment right above a key goes with it; one set apart by a blank line (a file header)
     // stays, on the key that follows or at the end
     let mut carried = String::new();
@@ -276,16 +286,32 @@ pub fn revoke_key(path: &Path, name: &str) -> Result<(), KeyFileError> {
         path: path.to_owned(),
         source,
     };
-    let temporary = path.with_extension("toml.new");
+    // a keys file behind a symbolic link (a mounted secret) is replaced where it really is
+    let target = std::fs::canonicalize(path).map_err(write_error)?;
+    let original = std::fs::metadata(&target).map_err(write_error)?;
+    let mut temporary = target.clone().into_os_string();
+    temporary.push(format!(".{}.new", std::process::id()));
+    let temporary = PathBuf::from(temporary);
     let mut options = std::fs::OpenOptions::new();
-    options.create(true).write(true).truncate(true);
+    options.create_new(true).write(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&temporary).map_err(write_error)?;
-    file.write_all(document.to_string().as_bytes())
-        .map_err(write_error)?;
-    file.sync_all().map_err(write_error)?;
-    std::fs::rename(&temporary, path).map_err(write_error)?;
+    let written = options.open(&temporary).and_then(|mut file| {
+        file.write_all(document.to_string().as_bytes())?;
+        // the same owner and mode as before, so the server still reads it
+        file.set_permissions(original.permissions())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            std::os::unix::fs::fchown(&file, Some(original.uid()), Some(original.gid()))?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&temporary, &target)
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(write_error(e));
+    }
     Ok(())
 }
 
@@ -385,7 +411,15 @@ mod tests {
             "cannot add the key: a key named \"b\" exists already"
         );
 
-        revoke_key(&path, "a").unwrap();
+        // through a symbolic link (a mounted secret), keeping the file's mode
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        revoke_key(&link, "a").unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
         let keys = load_keys(&path).unwrap();
         assert_eq!(
             keys,
@@ -403,6 +437,18 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!("no key named \"a\" in {}", path.display())
+        );
+        // a layout it cannot edit is said so, not taken for a missing key
+        let inline = dir.path().join("inline.toml");
+        let entry = format!(
+            "keys = [{{ name = \"c\", sha256 = \"{}\", scopes = [\"ingest\"] }}]\n",
+            "ab".repeat(32)
+        );
+        std::fs::write(&inline, entry).unwrap();
+        let err = revoke_key(&inline, "c").unwrap_err().to_string();
+        assert!(
+            err.ends_with("keys is not written as [[keys]] tables, which keys revoke edits"),
+            "{err}"
         );
     }
 

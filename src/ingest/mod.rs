@@ -130,10 +130,7 @@ impl ExportService {
 
     /// Takes the logs' records from their users' limits, all or none; what was taken, if any
     /// limit applies.
-    async fn charge(
-        &self,
-        logs: &[ActivityLog],
-    ) -> Result<Option<HashMap<String, u64>>, ExportError> {
+    fn charge(&self, logs: &[ActivityLog]) -> Result<Option<HashMap<String, u64>>, Throttled> {
         if self.limits.unlimited() {
             return Ok(None);
         }
@@ -146,9 +143,7 @@ impl ExportService {
                 }
             }
         }
-        if let Err(throttled) = self.limits.take(&per_user) {
-            return Err(self.throttle(throttled).await);
-        }
+        self.limits.take(&per_user)?;
         Ok(Some(per_user))
     }
 
@@ -178,10 +173,7 @@ impl ExportService {
         let mut refusal = None;
         let retention = &self.retention;
         let mapped = map_request(&self.mapping, key_user, received_nanos, request, |log| {
-            if retention
-                .cutoff(&log.user_id, received_nanos)
-                .is_some_and(|cutoff| log.timestamp_nanos < cutoff)
-            {
+            if !retention.keeps(&log.user_id, log.timestamp_nanos, received_nanos) {
                 let days = retention.days_for(&log.user_id);
                 return Admission::Reject(RejectReason::Expired { days });
             }
@@ -231,7 +223,14 @@ impl ExportService {
         } = mapped;
         if !logs.is_empty() {
             let accepted = logs.len() as u64;
-            let charged = self.charge(&logs).await?;
+            let charged = match self.charge(&logs) {
+                Ok(charged) => charged,
+                Err(throttled) => {
+                    // the pause holds no memory
+                    drop((logs, reservation));
+                    return Err(self.throttle(throttled).await);
+                }
+            };
             let written = self.queue.write(logs, reservation).await;
             if let Err(e) = written {
                 if let Some(charged) = &charged {

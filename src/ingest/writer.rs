@@ -308,7 +308,7 @@ fn recover(mut index: LogWriter, options: &WriterOptions) -> Result<Writer, io::
     let started = Instant::now();
     Wal::recover(&options.wal_dir, |batch| {
         if add_error.is_none() {
-            match add_missing(&mut index, committed, &batch) {
+            match add_missing(&mut index, committed, &batch, &options.retention) {
                 Ok(added) => replayed += added,
                 Err(e) => add_error = Some(e),
             }
@@ -512,8 +512,6 @@ impl Writer {
         }
     }
 
-    /// After a commit: a fresh log segment. On failure the current one goes on growing, which
-    /// keeps replay correct (it skips what the commit holds); the next commit tries again.
     /// Commits what was written, marks what `delete` selects deleted, and commits that: the
     /// answer (how many logs) comes only once the deletion is durable. Commits rotate the
     /// write-ahead log, so the deleted logs leave it too.
@@ -524,7 +522,10 @@ impl Writer {
         if let Some(reason) = &self.failure {
             return Err(WriteError::Storage(reason.clone()));
         }
-        self.commit()?;
+        // the deletes see, and count, only what is committed
+        if self.uncommitted {
+            self.commit()?;
+        }
         let deleted = match delete(&mut self.index) {
             Ok(deleted) => deleted,
             Err(e) => return Err(WriteError::Storage(self.fail(Stage::IndexDelete, &e))),
@@ -548,9 +549,7 @@ impl Writer {
     /// Deletes the logs past their retention; storage that fails skips a sweep.
     fn sweep(&mut self) {
         self.sweep_at = Some(Instant::now() + self.sweep_interval);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let now = now_nanos();
         let expiries = self.retention.expiries(now);
         let swept = self.delete(|index| {
             expiries
@@ -571,6 +570,8 @@ impl Writer {
         }
     }
 
+    /// After a commit: a fresh log segment. On failure the current one goes on growing, which
+    /// keeps replay correct (it skips what the commit holds); the next commit tries again.
     fn rotate_wal(&mut self) {
         if let Err(e) = self.wal.rotate(self.next_seq) {
             self.count_failure(Stage::WalRotate);
@@ -647,10 +648,11 @@ impl Writer {
         self.index.rollback()?;
         let committed = self.index.committed_seq();
         let mut readded = 0u64;
-        let index = &mut self.index;
+        let (index, retention) = (&mut self.index, &self.retention);
         self.wal
             .replay(|batch| {
-                readded += add_missing(index, committed, &batch).map_err(io::Error::other)?;
+                readded +=
+                    add_missing(index, committed, &batch, retention).map_err(io::Error::other)?;
                 Ok(())
             })
             .map_err(RebuildError::Wal)?;
@@ -664,10 +666,17 @@ impl Writer {
 }
 
 /// Adds the logs of `batch` that the index does not hold (those after `committed`); how many.
-fn add_missing(index: &mut LogWriter, committed: u64, batch: &WalBatch) -> Result<u64, StoreError> {
+fn add_missing(
+    index: &mut LogWriter,
+    committed: u64,
+    batch: &WalBatch,
+    retention: &Retention,
+) -> Result<u64, StoreError> {
+    let now = now_nanos();
     let mut added = 0;
     for (seq, log) in (batch.first_seq..).zip(&batch.logs) {
-        if seq > committed {
+        // what expired meanwhile would only be deleted again by the next sweep
+        if seq > committed && retention.keeps(&log.user_id, log.timestamp_nanos, now) {
             index.add(log, seq)?;
             added += 1;
         }
@@ -691,6 +700,13 @@ fn answer(group: Vec<Batch>, result: &Result<(), WriteError>) {
 }
 
 /// A count as a gauge value.
+/// Now, in nanoseconds since the epoch.
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 fn gauge(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -23,12 +23,7 @@ pub fn load(path: &Path) -> Result<(Vec<KeyRecord>, Contents), KeyFileError> {
 }
 
 fn parse(path: &Path, contents: &Contents) -> Result<Vec<KeyRecord>, KeyFileError> {
-    let bytes = contents.first().map_or(&[][..], Vec::as_slice);
-    let text = std::str::from_utf8(bytes).map_err(|_| KeyFileError::Parse {
-        path: path.to_owned(),
-        message: "the file is not UTF-8".to_owned(),
-    })?;
-    parse_keys(text, path)
+    parse_keys(contents.first().map_or(&[][..], Vec::as_slice), path)
 }
 
 /// Keeps `keys` in step with the keys file at `path`, whose contents were `loaded`.

@@ -11,8 +11,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Buckets kept before full ones (which hold no state) are forgotten.
-const MAX_BUCKETS: usize = 10_000;
+/// Buckets kept before full ones (which hold no state) are forgotten: the map is pruned when it
+/// has grown to this, and then whenever it has doubled since.
+const PRUNE_AT: usize = 10_000;
+
+/// Most buckets kept whatever they hold: past it (a platform key sending a million made-up
+/// users), every bucket is forgotten, debts included, rather than memory growing without bound.
+const MAX_BUCKETS: usize = 1_000_000;
 
 /// The limit of one user; a rate of 0 is unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -66,14 +71,24 @@ struct Bucket {
 #[derive(Debug, Default)]
 pub struct UserLimits {
     config: LimitsConfig,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    by_user: HashMap<String, Bucket>,
+    /// Size at which the map is pruned next.
+    prune_at: usize,
 }
 
 impl UserLimits {
     pub fn new(config: LimitsConfig) -> Self {
         Self {
             config,
-            buckets: Mutex::default(),
+            buckets: Mutex::new(Buckets {
+                by_user: HashMap::new(),
+                prune_at: PRUNE_AT,
+            }),
         }
     }
 
@@ -104,7 +119,7 @@ impl UserLimits {
         }
         let now = Instant::now();
         let mut buckets = self.lock();
-        match buckets.get_mut(user) {
+        match buckets.by_user.get_mut(user) {
             Some(bucket) => {
                 refill(bucket, rate, now);
                 need(user, bucket, rate, bucket.last_wanted)
@@ -115,26 +130,19 @@ impl UserLimits {
 
     /// Takes `records` (per user) from the users' buckets, all or nothing.
     pub fn take(&self, records: &HashMap<String, u64>) -> Result<(), Throttled> {
-        if self.unlimited() {
-            return Ok(());
-        }
         let now = Instant::now();
-        let mut buckets = self.lock();
-        if buckets.len() > MAX_BUCKETS {
-            let config = &self.config;
-            buckets.retain(|user, bucket| {
-                let rate = config.users.get(user).copied().unwrap_or(config.default);
-                refill(bucket, rate, now);
-                bucket.tokens < rate.capacity()
-            });
+        let mut guard = self.lock();
+        if guard.by_user.len() >= guard.prune_at {
+            self.prune(&mut guard, now);
         }
+        let buckets = &mut guard.by_user;
         let mut refused: Option<Throttled> = None;
         for (user, &count) in records {
             let rate = self.rate(user);
             if rate.records_per_second == 0 {
                 continue;
             }
-            let bucket = bucket(&mut buckets, user, rate, now);
+            let bucket = bucket(buckets, user, rate, now);
             // an export over the burst needs a full bucket, and leaves it in debt
             let wanted = (count as f64).min(rate.capacity());
             bucket.last_wanted = wanted;
@@ -151,10 +159,28 @@ impl UserLimits {
         for (user, &count) in records {
             let rate = self.rate(user);
             if rate.records_per_second > 0 {
-                bucket(&mut buckets, user, rate, now).tokens -= count as f64;
+                bucket(buckets, user, rate, now).tokens -= count as f64;
             }
         }
         Ok(())
+    }
+
+    /// Forgets the buckets that are full (they hold nothing a new one would not); past
+    /// [`MAX_BUCKETS`], all of them.
+    fn prune(&self, buckets: &mut Buckets, now: Instant) {
+        buckets.by_user.retain(|user, bucket| {
+            let rate = self.rate(user);
+            refill(bucket, rate, now);
+            bucket.tokens < rate.capacity()
+        });
+        if buckets.by_user.len() > MAX_BUCKETS {
+            tracing::warn!(
+                buckets = buckets.by_user.len(),
+                "too many users with ingest limits in use; their buckets start over"
+            );
+            buckets.by_user.clear();
+        }
+        buckets.prune_at = (2 * buckets.by_user.len()).max(PRUNE_AT);
     }
 
     /// Gives back what [`UserLimits::take`] took for records that were not stored after all.
@@ -162,13 +188,13 @@ impl UserLimits {
         let mut buckets = self.lock();
         for (user, &count) in records {
             let rate = self.rate(user);
-            if let Some(bucket) = buckets.get_mut(user) {
+            if let Some(bucket) = buckets.by_user.get_mut(user) {
                 bucket.tokens = (bucket.tokens + count as f64).min(rate.capacity());
             }
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Bucket>> {
+    fn lock(&self) -> MutexGuard<'_, Buckets> {
         self.buckets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -260,6 +286,20 @@ mod tests {
         // unlimited users pass whatever the others do
         assert_eq!(limits.take(&records(&[("free", 1_000_000)])), Ok(()));
         assert!(limits.check("free").is_ok());
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten_and_debts_kept() {
+        let limits = limits();
+        limits.take(&records(&[("in debt", 30)])).unwrap();
+        for i in 1..PRUNE_AT {
+            limits.take(&records(&[(&format!("u{i}"), 0)])).unwrap();
+        }
+        assert_eq!(limits.lock().by_user.len(), PRUNE_AT);
+        // the next export prunes: what is full holds nothing worth keeping
+        limits.take(&records(&[("b", 1)])).unwrap();
+        assert_eq!(limits.lock().by_user.len(), 2);
+        assert!(limits.check("in debt").is_err());
     }
 
     #[test]

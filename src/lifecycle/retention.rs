@@ -36,6 +36,12 @@ impl Retention {
         cutoff(self.days_for(user), now)
     }
 
+    /// Whether a log of `user` with `timestamp` is within the user's retention at `now`.
+    pub fn keeps(&self, user: &str, timestamp: u64, now: u64) -> bool {
+        self.cutoff(user, now)
+            .is_none_or(|cutoff| timestamp >= cutoff)
+    }
+
     /// What a sweep at `now` deletes: one expiry for everyone without an override, one per user
     /// with a retention of their own.
     pub fn expiries(&self, now: u64) -> Vec<Expiry> {
@@ -76,6 +82,9 @@ mod tests {
         assert_eq!(retention.cutoff("other", now), Some(93 * NANOS_PER_DAY));
         assert_eq!(retention.cutoff("acme", now), Some(10 * NANOS_PER_DAY));
         assert_eq!(retention.cutoff("keep", now), None);
+        assert!(retention.keeps("acme", 10 * NANOS_PER_DAY, now));
+        assert!(!retention.keeps("acme", 10 * NANOS_PER_DAY - 1, now));
+        assert!(retention.keeps("keep", 0, now));
         assert!(!retention.keeps_everything());
         assert_eq!(
             retention.expiries(now),

@@ -65,16 +65,27 @@ pub fn snapshot(index: &Path, to: &Path) -> Result<SnapshotReport, SnapshotError
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(to).map_err(io_error(to))?;
+            // the logs of every user: readable by the owner only, like the index
+            let mut folder = fs::DirBuilder::new();
+            folder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+            folder.create(to).map_err(io_error(to))?;
         }
         Err(e) => return Err(io_error(to)(e)),
     }
     for _ in 0..ATTEMPTS {
-        if let Some(report) = attempt(index, to)? {
-            return Ok(report);
+        match attempt(index, to) {
+            Ok(Some(report)) => return Ok(report),
+            Ok(None) => empty(to)?,
+            Err(e) => {
+                // no half snapshot that looks like an index is left behind
+                let _ = empty(to);
+                return Err(e);
+            }
         }
-        empty(to)?;
     }
+    empty(to)?;
     Err(SnapshotError::Busy)
 }
 
@@ -95,9 +106,10 @@ fn attempt(index: &Path, to: &Path) -> Result<Option<SnapshotReport>, SnapshotEr
             // another file system: copy from an open handle, which a deletion cannot take away
             Err(_) => match fs::File::open(&from) {
                 Ok(mut source) => {
-                    let mut target = fs::File::create(to.join(&file)).map_err(io_error(to))?;
-                    io::copy(&mut source, &mut target).map_err(io_error(&from))?;
-                    target.sync_all().map_err(io_error(to))?;
+                    let target = to.join(&file);
+                    let mut copy = owner_only().open(&target).map_err(io_error(&target))?;
+                    io::copy(&mut source, &mut copy).map_err(io_error(&from))?;
+                    copy.sync_all().map_err(io_error(&target))?;
                     copied += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -141,12 +153,17 @@ fn attempt(index: &Path, to: &Path) -> Result<Option<SnapshotReport>, SnapshotEr
     }))
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+/// Options that create a file readable and writable by its owner only.
+fn owner_only() -> fs::OpenOptions {
     let mut options = fs::OpenOptions::new();
     options.create(true).write(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(io_error(path))?;
+    options
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let mut file = owner_only().open(path).map_err(io_error(path))?;
     io::Write::write_all(&mut file, bytes).map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))
 }

@@ -229,11 +229,18 @@ struct Connection {
 }
 
 impl Connection {
-    /// The TLS handshake, then the connection; a plaintext client is told TLS is expected.
+    /// The TLS handshake, then the connection; a plaintext client is told TLS is expected. A
+    /// handshake is abandoned at its deadline (the header timeout) or when shutdown begins: it
+    /// has no request in flight to finish.
     async fn secure(mut self, stream: TcpStream, tls: Tls) {
         let deadline = tokio::time::Instant::now() + self.limits.header_read_timeout;
+        let shutdown = self.signals.shutdown.clone();
         let mut first = [0u8; 1];
-        match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        let peeked = tokio::select! {
+            peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => peeked,
+            () = shutdown.cancelled() => return,
+        };
+        match peeked {
             Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
             Ok(Ok(1)) => {
                 tls.handshake_failures.inc();
@@ -243,7 +250,11 @@ impl Connection {
             _ => return,
         }
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.acceptor.load_full());
-        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        let accepted = tokio::select! {
+            accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => accepted,
+            () = shutdown.cancelled() => return,
+        };
+        match accepted {
             Ok(Ok(stream)) => self.serve(stream).await,
             Ok(Err(e)) => {
                 tls.handshake_failures.inc();

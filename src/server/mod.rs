@@ -91,6 +91,9 @@ pub async fn start_with_faults(
         http: listeners.http.local_addr()?,
         api: listeners.api.local_addr()?,
     };
+    // from here on, SIGHUP re-reads files rather than ending the process
+    let shutdown = CancellationToken::new();
+    let hangups = hangups(shutdown.clone())?;
     let (loaded_keys, keys_contents) = lifecycle::keys::load(&config.auth.keys_file)?;
     let keys = KeyStore::new(loaded_keys);
     let metrics = Arc::new(Metrics::new());
@@ -150,9 +153,7 @@ pub async fn start_with_faults(
         searches: Arc::new(Semaphore::new(config.api.max_concurrent_searches)),
         writer: queue.clone(),
     };
-    let shutdown = CancellationToken::new();
-    let hangups = hangups(shutdown.clone())?;
-    let watchers = vec![lifecycle::keys::watch_keys(
+    let mut watchers = vec![lifecycle::keys::watch_keys(
         config.auth.keys_file.clone(),
         keys_contents,
         keys.clone(),
@@ -160,7 +161,6 @@ pub async fn start_with_faults(
         hangups.clone(),
         shutdown.clone(),
     )];
-    let mut watchers = watchers;
     let certificates = match &config.tls {
         None => None,
         Some(files) => {

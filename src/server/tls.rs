@@ -139,7 +139,10 @@ pub fn plaintext_refusal(protocol: Protocol) -> Router {
     const MESSAGE: &str = "this port expects TLS: connect with https://";
     Router::new().fallback(move || async move {
         match protocol {
-            Protocol::Http2 => tonic::Status::unavailable(MESSAGE).into_http::<axum::body::Body>(),
+            // not retryable: the client must change how it connects
+            Protocol::Http2 => {
+                tonic::Status::failed_precondition(MESSAGE).into_http::<axum::body::Body>()
+            }
             Protocol::Http1 => plaintext_http1(MESSAGE),
         }
     })

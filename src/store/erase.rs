@@ -1,15 +1,16 @@
 //! Deleting logs: erasure by filters and expiry by age. Deletes are marks that the next commit
 //! makes durable and visible; merges then rewrite segments without the deleted logs.
 
+use std::future::Future as _;
 use std::ops::Bound;
+use std::task::{Context, Waker};
 
 use tantivy::Term;
 use tantivy::collector::Count;
-use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
-use tantivy::schema::IndexRecordOption;
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
 
 use super::schema::Fields;
-use super::{LogQuery, LogWriter, StoreError, explain, filter_query};
+use super::{LogQuery, LogWriter, StoreError, explain, filter_query, term_query};
 
 /// Logs past a retention: those of `users` older than `before`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,12 +40,7 @@ impl LogWriter {
 
     /// Marks the logs past `expiry` deleted and returns how many; as [`LogWriter::delete`].
     pub fn expire(&mut self, expiry: &Expiry) -> Result<u64, StoreError> {
-        let term = |user: &str| -> Box<dyn Query> {
-            Box::new(TermQuery::new(
-                Term::from_field_text(self.fields.user, user),
-                IndexRecordOption::Basic,
-            ))
-        };
+        let term = |user: &str| term_query(self.fields.user, user);
         let mut clauses = vec![(
             Occur::Must,
             time_range(&self.fields, None, Some(expiry.before)),
@@ -59,8 +55,26 @@ impl LogWriter {
     }
 
     /// Asks for every segment that holds deleted logs to be rewritten without them, in the
-    /// background: what erasure removed then leaves the disk too.
+    /// background: what erasure removed then leaves the disk too. One such merge runs at a time;
+    /// asked again meanwhile, the next starts at a commit after it ends.
     pub fn purge_deleted(&mut self) {
+        self.purge_wanted = true;
+        self.start_purge();
+    }
+
+    /// Starts the purge asked for, unless one is running.
+    pub(super) fn start_purge(&mut self) {
+        if let Some(running) = &mut self.purging {
+            let mut context = Context::from_waker(Waker::noop());
+            if running.as_mut().poll(&mut context).is_pending() {
+                return;
+            }
+            self.purging = None;
+        }
+        if !self.purge_wanted {
+            return;
+        }
+        self.purge_wanted = false;
         let segments: Vec<_> = self
             .reader
             .searcher()
@@ -70,9 +84,9 @@ impl LogWriter {
             .map(|segment| segment.segment_id())
             .collect();
         if !segments.is_empty() {
-            // the merge runs on the writer's merge thread; a segment already being merged is
-            // purged by that merge, so a refusal here is harmless
-            drop(self.writer.merge(&segments));
+            // on the writer's merge thread; a segment that another merge takes meanwhile is
+            // rewritten by that merge, so a refusal is harmless
+            self.purging = Some(Box::pin(self.writer.merge(&segments)));
         }
     }
 

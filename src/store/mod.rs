@@ -10,13 +10,15 @@ mod schema;
 mod search;
 
 use std::path::Path;
+use std::pin::Pin;
 
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
+use tantivy::index::SegmentMeta;
 use tantivy::indexer::{IndexWriterOptions, LogMergePolicy};
 use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
-use tantivy::schema::{IndexRecordOption, Value as _};
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::schema::{Field, IndexRecordOption, Value as _};
+use tantivy::{FutureResult, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 pub use erase::{Expiry, ExpiryUsers};
 use schema::SEQ_FIELD;
@@ -128,6 +130,10 @@ pub struct LogWriter {
     reader: IndexReader,
     fields: Fields,
     committed_seq: u64,
+    /// The merge rewriting segments that hold deleted logs, while it runs.
+    purging: Option<Pin<Box<FutureResult<Option<SegmentMeta>>>>>,
+    /// Whether segments hold erased logs that no purge has taken yet.
+    purge_wanted: bool,
 }
 
 /// How the index is opened.
@@ -194,6 +200,8 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
             reader,
             fields,
             committed_seq,
+            purging: None,
+            purge_wanted: false,
         },
     ))
 }
@@ -205,6 +213,14 @@ pub fn payload_last_seq(payload: &str) -> Option<u64> {
         .map(|p| p.last_seq)
 }
 
+/// The logs whose `field` holds the term `text`.
+fn term_query(field: Field, text: &str) -> Box<dyn Query> {
+    Box::new(TermQuery::new(
+        Term::from_field_text(field, text),
+        IndexRecordOption::Basic,
+    ))
+}
+
 /// Share of deleted logs past which a segment is merged to reclaim their space.
 const DELETED_SHARE_BEFORE_MERGE: f32 = 0.2;
 
@@ -212,10 +228,14 @@ const DELETED_SHARE_BEFORE_MERGE: f32 = 0.2;
 /// once a fifth of it is deleted (tantivy's default waits until all of it is).
 fn new_writer(index: &Index, options: &IndexWriterOptions) -> tantivy::Result<IndexWriter> {
     let writer = index.writer_with_options(options.clone())?;
+    writer.set_merge_policy(merge_policy());
+    Ok(writer)
+}
+
+fn merge_policy() -> Box<LogMergePolicy> {
     let mut policy = LogMergePolicy::default();
     policy.set_del_docs_ratio_before_merge(DELETED_SHARE_BEFORE_MERGE);
-    writer.set_merge_policy(Box::new(policy));
-    Ok(writer)
+    Box::new(policy)
 }
 
 /// The highest sequence number the index holds on disk: that of its last commit's payload, or
@@ -226,9 +246,7 @@ fn durable_seq(index: &Index, reader: &IndexReader) -> Result<u64, StoreError> {
     let mut highest = match index.load_metas()?.payload {
         None => 0,
         Some(payload) => {
-            serde_json::from_str::<CommitPayload>(&payload)
-                .map_err(|_| StoreError::Payload(payload.clone()))?
-                .last_seq
+            payload_last_seq(&payload).ok_or_else(|| StoreError::Payload(payload.clone()))?
         }
     };
     for segment in reader.searcher().segment_readers() {
@@ -257,9 +275,14 @@ impl LogWriter {
     /// failure (a failed writer keeps taking documents into a channel nobody reads). Then
     /// [`LogWriter::committed_seq`] tells from where to add again.
     pub fn rollback(&mut self) -> Result<(), StoreError> {
-        if !self.writer_lost && self.writer.rollback().is_err() {
-            // a failed rollback leaves the writer without its lock: only a new writer works
-            self.writer_lost = true;
+        if !self.writer_lost {
+            if self.writer.rollback().is_err() {
+                // a failed rollback leaves the writer without its lock: only a new writer works
+                self.writer_lost = true;
+            } else {
+                // a rolled-back writer starts over with tantivy's default merge policy
+                self.writer.set_merge_policy(merge_policy());
+            }
         }
         if self.writer_lost {
             self.writer = new_writer(&self.index, &self.options)?;
@@ -304,6 +327,7 @@ impl LogWriter {
         prepared.commit().map_err(|e| explain(errors, e))?;
         self.committed_seq = last_seq;
         self.reader.reload()?;
+        self.start_purge();
         Ok(())
     }
 }
@@ -367,12 +391,7 @@ impl Store {
 /// The tantivy query of the filters: the fewest terms that say them, all required.
 fn filter_query(f: &Fields, query: &LogQuery) -> Box<dyn Query> {
     let user = &query.user_id;
-    let term = |field, text: &str| -> Box<dyn Query> {
-        Box::new(TermQuery::new(
-            Term::from_field_text(field, text),
-            IndexRecordOption::Basic,
-        ))
-    };
+    let term = term_query;
     let scoped = |value: Scoped<'_>| term(f.scoped, &value.term_text(user));
     let mut clauses: Vec<Box<dyn Query>> = Vec::new();
     match (query.log_type, query.status) {
@@ -542,6 +561,18 @@ mod tests {
             assert_eq!(got, keys, "round {round}: {q:?}");
             assert_eq!(page.has_more, has_more, "round {round}: {q:?}");
         }
+    }
+
+    #[test]
+    fn the_merge_policy_that_reclaims_deletes_survives_a_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, mut writer) = open(dir.path(), &StoreOptions::new(16 << 20)).unwrap();
+        let policy = |writer: &LogWriter| format!("{:?}", writer.writer.get_merge_policy());
+        let expected = format!("del_docs_ratio_before_merge: {DELETED_SHARE_BEFORE_MERGE}");
+        assert!(policy(&writer).contains(&expected), "{}", policy(&writer));
+        writer.add(&example_log("a"), 1).unwrap();
+        writer.rollback().unwrap();
+        assert!(policy(&writer).contains(&expected), "{}", policy(&writer));
     }
 
     #[test]

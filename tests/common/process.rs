@@ -166,14 +166,59 @@ pub async fn wait_ready(api: &str) {
 
 /// `GET /logs?{query}` with `secret`: the JSON body.
 async fn get_logs(api: &str, secret: &Secret, query: &str) -> serde_json::Value {
+    logs_request(reqwest::Method::GET, api, secret, query).await
+}
+
+/// `METHOD /logs?{query}` with `secret`: the JSON body.
+pub async fn logs_request(
+    method: reqwest::Method,
+    api: &str,
+    secret: &Secret,
+    query: &str,
+) -> serde_json::Value {
     reqwest::Client::new()
-        .get(format!("http://{api}/logs?{query}"))
+        .request(method, format!("http://{api}/logs?{query}"))
         .bearer_auth(secret.expose())
         .send()
         .await
         .unwrap()
         .json()
         .await
+        .unwrap()
+}
+
+/// A served binary on port 0 with the config of [`write_config`] and one key (see
+/// [`write_key`]), ready.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub secret: Secret,
+    pub served: Served,
+}
+
+/// Starts the binary as [`Setup`] says, and waits until it is ready.
+pub async fn start() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let secret = Secret::generate();
+    write_key(dir.path(), &secret);
+    let served = serve(&config);
+    wait_ready(&served.api).await;
+    Setup {
+        dir,
+        config,
+        secret,
+        served,
+    }
+}
+
+/// Runs `logbridge --config CONFIG ARGS` to its end.
+pub fn run(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
         .unwrap()
 }
 
