@@ -15,7 +15,7 @@ pub use budget::{BudgetSpent, MemoryBudget, Reservation};
 pub use writer::{Health, IngestQueue, WriteError, WriterOptions, WriterThread, spawn_writer};
 
 use crate::auth::{AuthError, KeyStore, Scope};
-use crate::lifecycle::{LimitsConfig, Retention, Throttled, UserLimits};
+use crate::lifecycle::{Hold, LimitsConfig, Retention, Throttled, UserLimits};
 use crate::mapping::{
     ActivityLog, Admission, MappedRequest, MappingConfig, RejectReason, map_request,
 };
@@ -109,10 +109,12 @@ impl ExportService {
 
     /// Refuses an export of a key bound to `key_user` before its body is read when that user is
     /// over its limit already, so that a flood costs little.
-    pub async fn check_limit(&self, key_user: Option<&str>) -> Result<(), ExportError> {
+    /// What it returns holds that user's room for the export until [`ExportService::submit`].
+    pub async fn check_limit(&self, key_user: Option<&str>) -> Result<Option<Hold>, ExportError> {
         match key_user.map(|user| self.limits.check(user)) {
             Some(Err(throttled)) => Err(self.throttle(throttled).await),
-            _ => Ok(()),
+            Some(Ok(hold)) => Ok(hold),
+            None => Ok(None),
         }
     }
 
@@ -130,7 +132,11 @@ impl ExportService {
 
     /// Takes the logs' records from their users' limits, all or none; what was taken, if any
     /// limit applies.
-    fn charge(&self, logs: &[ActivityLog]) -> Result<Option<HashMap<String, u64>>, Throttled> {
+    fn charge(
+        &self,
+        logs: &[ActivityLog],
+        hold: Option<Hold>,
+    ) -> Result<Option<HashMap<String, u64>>, Throttled> {
         if self.limits.unlimited() {
             return Ok(None);
         }
@@ -143,7 +149,7 @@ impl ExportService {
                 }
             }
         }
-        self.limits.take(&per_user)?;
+        self.limits.take(&per_user, hold)?;
         Ok(Some(per_user))
     }
 
@@ -215,6 +221,7 @@ impl ExportService {
         &self,
         mapped: MappedRequest,
         reservation: Reservation,
+        hold: Option<Hold>,
     ) -> Result<ExportOutcome, ExportError> {
         let MappedRequest {
             logs,
@@ -223,7 +230,7 @@ impl ExportService {
         } = mapped;
         if !logs.is_empty() {
             let accepted = logs.len() as u64;
-            let charged = match self.charge(&logs) {
+            let charged = match self.charge(&logs, hold) {
                 Ok(charged) => charged,
                 Err(throttled) => {
                     // the pause holds no memory

@@ -8,7 +8,7 @@
 //! neither per-user overrides nor that.)
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Buckets kept before full ones (which hold no state) are forgotten: the map is pruned when it
@@ -56,6 +56,20 @@ pub struct Throttled {
     pub records_per_second: u64,
     /// When the user has room again.
     pub retry_after: Duration,
+}
+
+/// Room held in a user's bucket for an export being read; given back when dropped.
+#[derive(Debug)]
+pub struct Hold {
+    limits: Arc<UserLimits>,
+    user: String,
+    records: f64,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.limits.release(&self.user, self.records);
+    }
 }
 
 #[derive(Debug)]
@@ -111,25 +125,43 @@ impl UserLimits {
     }
 
     /// Whether `user` has room now for an export of the size it sent last: a cheap check before
-    /// an export's body is read, so that a user far over its limit costs little.
-    pub fn check(&self, user: &str) -> Result<(), Throttled> {
+    /// an export's body is read, so that a user far over its limit costs little. The room is
+    /// held for the export until [`UserLimits::take`] charges it (or the hold is dropped), so
+    /// that of many exports arriving at once only as many as fit are read and decoded.
+    pub fn check(self: &Arc<Self>, user: &str) -> Result<Option<Hold>, Throttled> {
         let rate = self.rate(user);
         if rate.records_per_second == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let now = Instant::now();
         let mut buckets = self.lock();
-        match buckets.by_user.get_mut(user) {
-            Some(bucket) => {
-                refill(bucket, rate, now);
-                need(user, bucket, rate, bucket.last_wanted)
-            }
-            None => Ok(()),
+        let bucket = bucket(&mut buckets.by_user, user, rate, now);
+        let held = bucket.last_wanted;
+        need(user, bucket, rate, held)?;
+        bucket.tokens -= held;
+        Ok(Some(Hold {
+            limits: self.clone(),
+            user: user.to_owned(),
+            records: held,
+        }))
+    }
+
+    /// Gives back `records` to `user`'s bucket.
+    fn release(&self, user: &str, records: f64) {
+        let rate = self.rate(user);
+        if let Some(bucket) = self.lock().by_user.get_mut(user) {
+            bucket.tokens = (bucket.tokens + records).min(rate.capacity());
         }
     }
 
-    /// Takes `records` (per user) from the users' buckets, all or nothing.
-    pub fn take(&self, records: &HashMap<String, u64>) -> Result<(), Throttled> {
+    /// Takes `records` (per user) from the users' buckets, all or nothing, in place of what
+    /// `hold` held for them.
+    pub fn take(
+        &self,
+        records: &HashMap<String, u64>,
+        hold: Option<Hold>,
+    ) -> Result<(), Throttled> {
+        drop(hold);
         let now = Instant::now();
         let mut guard = self.lock();
         if guard.by_user.len() >= guard.prune_at {
@@ -185,12 +217,8 @@ impl UserLimits {
 
     /// Gives back what [`UserLimits::take`] took for records that were not stored after all.
     pub fn give_back(&self, records: &HashMap<String, u64>) {
-        let mut buckets = self.lock();
         for (user, &count) in records {
-            let rate = self.rate(user);
-            if let Some(bucket) = buckets.by_user.get_mut(user) {
-                bucket.tokens = (bucket.tokens + count as f64).min(rate.capacity());
-            }
+            self.release(user, count as f64);
         }
     }
 
@@ -239,8 +267,8 @@ fn need(user: &str, bucket: &Bucket, rate: Rate, wanted: f64) -> Result<(), Thro
 mod tests {
     use super::*;
 
-    fn limits() -> UserLimits {
-        UserLimits::new(LimitsConfig {
+    fn limits() -> Arc<UserLimits> {
+        Arc::new(UserLimits::new(LimitsConfig {
             default: Rate {
                 records_per_second: 10,
                 burst: 20,
@@ -252,7 +280,7 @@ mod tests {
                     burst: 0,
                 },
             )]),
-        })
+        }))
     }
 
     fn records(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
@@ -262,9 +290,11 @@ mod tests {
     #[test]
     fn exports_are_taken_whole_or_not_at_all() {
         let limits = limits();
-        assert_eq!(limits.take(&records(&[("a", 15)])), Ok(()));
+        assert_eq!(limits.take(&records(&[("a", 15)]), None), Ok(()));
         // five left: ten more for a are refused, and b's records with them
-        let err = limits.take(&records(&[("a", 10), ("b", 1)])).unwrap_err();
+        let err = limits
+            .take(&records(&[("a", 10), ("b", 1)]), None)
+            .unwrap_err();
         assert_eq!(err.user, "a");
         assert!(
             (0.45..=0.5).contains(&err.retry_after.as_secs_f64()),
@@ -281,23 +311,43 @@ mod tests {
             "{err:?}"
         );
         // b was not charged for the refused export
-        assert_eq!(limits.take(&records(&[("b", 20)])), Ok(()));
+        assert_eq!(limits.take(&records(&[("b", 20)]), None), Ok(()));
         assert!(limits.check("b").is_err());
         // unlimited users pass whatever the others do
-        assert_eq!(limits.take(&records(&[("free", 1_000_000)])), Ok(()));
+        assert_eq!(limits.take(&records(&[("free", 1_000_000)]), None), Ok(()));
         assert!(limits.check("free").is_ok());
+    }
+
+    #[test]
+    fn the_check_before_the_body_holds_room_until_the_export_is_charged() {
+        let limits = limits();
+        limits.take(&records(&[("a", 10)]), None).unwrap();
+        // ten left, the last export was ten: one export may be read, the next waits for it
+        let hold = limits.check("a").unwrap().expect("a hold");
+        assert!(limits.check("a").is_err());
+        // charged for what it held: 10 in place of the hold's 10
+        limits.take(&records(&[("a", 10)]), Some(hold)).unwrap();
+        assert!(limits.check("a").is_err());
+        // a hold dropped without a charge (the export failed to decode) gives its room back
+        limits.give_back(&records(&[("a", 10)]));
+        let hold = limits.check("a").unwrap();
+        drop(hold);
+        assert!(limits.check("a").unwrap().is_some());
+        assert!(limits.check("free").unwrap().is_none());
     }
 
     #[test]
     fn full_buckets_are_forgotten_and_debts_kept() {
         let limits = limits();
-        limits.take(&records(&[("in debt", 30)])).unwrap();
+        limits.take(&records(&[("in debt", 30)]), None).unwrap();
         for i in 1..PRUNE_AT {
-            limits.take(&records(&[(&format!("u{i}"), 0)])).unwrap();
+            limits
+                .take(&records(&[(&format!("u{i}"), 0)]), None)
+                .unwrap();
         }
         assert_eq!(limits.lock().by_user.len(), PRUNE_AT);
         // the next export prunes: what is full holds nothing worth keeping
-        limits.take(&records(&[("b", 1)])).unwrap();
+        limits.take(&records(&[("b", 1)]), None).unwrap();
         assert_eq!(limits.lock().by_user.len(), 2);
         assert!(limits.check("in debt").is_err());
     }
@@ -305,7 +355,7 @@ mod tests {
     #[test]
     fn an_export_over_the_burst_takes_a_full_bucket_into_debt() {
         let limits = limits();
-        assert_eq!(limits.take(&records(&[("a", 50)])), Ok(()));
+        assert_eq!(limits.take(&records(&[("a", 50)]), None), Ok(()));
         // 30 records of debt: five seconds before an export as large as the burst fits again
         let err = limits.check("a").unwrap_err();
         assert!(

@@ -96,7 +96,7 @@ async fn handle(
         .service
         .authorize(authorization)
         .map_err(|e| to_status(Refusal::Auth(e)))?;
-    receiver
+    let hold = receiver
         .service
         .check_limit(key_user.as_deref())
         .await
@@ -135,9 +135,16 @@ async fn handle(
         format: Format::Protobuf,
         compression,
     };
-    let outcome = receive(&receiver.service, key_user, encoded, reservation, limits)
-        .await
-        .map_err(to_status)?;
+    let outcome = receive(
+        &receiver.service,
+        key_user,
+        hold,
+        encoded,
+        reservation,
+        limits,
+    )
+    .await
+    .map_err(to_status)?;
     Ok(ok_response(export_response(outcome).encode_to_vec()))
 }
 

@@ -186,16 +186,16 @@ async fn export(
         .service
         .authorize(authorization)
         .map_err(|e| refused(e.into()))?;
-    if let Err(e) = receiver.service.check_limit(key_user.as_deref()).await {
-        // read what the client still sends, keeping nothing, so that it sees the 429
-        let limit = receiver.limits.max_message_bytes;
-        let _ = tokio::time::timeout(
-            receiver.limits.body_read_timeout,
-            discard_body(&mut body, limit),
-        )
-        .await;
-        return Err(refused(e.into()));
-    }
+    let hold = match receiver.service.check_limit(key_user.as_deref()).await {
+        Ok(hold) => hold,
+        Err(e) => {
+            // read what the client still sends, keeping nothing, so that it sees the 429
+            let limit = receiver.limits.max_message_bytes;
+            let timeout = receiver.limits.body_read_timeout;
+            let _ = tokio::time::timeout(timeout, discard_body(&mut body, limit)).await;
+            return Err(refused(e.into()));
+        }
+    };
     let compression = match headers
         .get(header::CONTENT_ENCODING)
         .map(HeaderValue::as_bytes)
@@ -229,9 +229,16 @@ async fn export(
         format,
         compression,
     };
-    let outcome = receive(&receiver.service, key_user, encoded, reservation, limits)
-        .await
-        .map_err(refused)?;
+    let outcome = receive(
+        &receiver.service,
+        key_user,
+        hold,
+        encoded,
+        reservation,
+        limits,
+    )
+    .await
+    .map_err(refused)?;
     Ok(success(export_response(outcome), format))
 }
 

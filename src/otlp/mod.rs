@@ -28,6 +28,7 @@ pub use json::{JsonError, decode as decode_json};
 
 use crate::auth::AuthError;
 use crate::ingest::{ExportError, ExportOutcome, ExportService, MapError, Reservation};
+use crate::lifecycle::Hold;
 use decode::{Compression, Format};
 
 /// Why an export was refused, as both receivers answer it (each in its own terms, in one place).
@@ -71,6 +72,7 @@ struct Encoded {
 async fn receive(
     service: &ExportService,
     key_user: Option<String>,
+    hold: Option<Hold>,
     encoded: Encoded,
     mut reservation: Reservation,
     limits: ReceiveLimits,
@@ -102,7 +104,7 @@ async fn receive(
     .map_err(|e| {
         Refusal::Unavailable(ExportError::Storage(format!("decoding task failed: {e}")))
     })??;
-    Ok(service.submit(mapped, reservation).await?)
+    Ok(service.submit(mapped, reservation, hold).await?)
 }
 
 /// Reads a request body of at most `limit` bytes within `timeout`, holding what it takes in
