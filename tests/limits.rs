@@ -528,11 +528,15 @@ async fn sigterm_with_stalled_clients_on_every_listener_drains_and_exits_zero() 
     let mut in_flight = TcpStream::connect(&served.http).await.unwrap();
     let head = format!(
         "POST /v1/logs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+         content-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
         secret.expose(),
         body.len()
     );
     in_flight.write_all(head.as_bytes()).await.unwrap();
+    // the server asks for the body once the receiver reads it: the export is in flight
+    let mut go_on = [0u8; 25];
+    in_flight.read_exact(&mut go_on).await.unwrap();
+    assert_eq!(&go_on, b"HTTP/1.1 100 Continue\r\n\r\n");
     in_flight.write_all(&body[..10]).await.unwrap();
 
     let signalled = Instant::now();
