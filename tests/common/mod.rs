@@ -310,23 +310,29 @@ impl TestApp {
 
     /// `GET /logs?{query}` with `key`: status and JSON body.
     pub async fn get_logs(&self, key: Option<&Secret>, query: &str) -> (u16, Json) {
-        let mut request = self.client.get(format!("{}/logs?{query}", self.api_url));
-        if let Some(key) = key {
-            request = request.bearer_auth(key.expose());
-        }
-        let response = request.send().await.expect("GET /logs");
-        let status = response.status().as_u16();
-        let body = response.json::<Json>().await.expect("JSON body");
-        (status, body)
+        self.call_logs(reqwest::Method::GET, key, query).await
     }
 
     /// `DELETE /logs?{query}` with `key`: status and JSON body.
     pub async fn delete_logs(&self, key: Option<&Secret>, query: &str) -> (u16, Json) {
-        let mut request = self.client.delete(format!("{}/logs?{query}", self.api_url));
+        self.call_logs(reqwest::Method::DELETE, key, query).await
+    }
+
+    async fn call_logs(
+        &self,
+        method: reqwest::Method,
+        key: Option<&Secret>,
+        query: &str,
+    ) -> (u16, Json) {
+        let url = format!("{}/logs?{query}", self.api_url);
+        let mut request = self.client.request(method.clone(), url);
         if let Some(key) = key {
             request = request.bearer_auth(key.expose());
         }
-        let response = request.send().await.expect("DELETE /logs");
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} /logs: {e}"));
         let status = response.status().as_u16();
         let body = response.json::<Json>().await.expect("JSON body");
         (status, body)
