@@ -172,29 +172,25 @@ async fn export(
     headers: HeaderMap,
     mut body: Body,
 ) -> Result<Response, OtlpError> {
+    let limits = receiver.limits;
     let Some(format) = format_of(&headers) else {
-        return Err(OtlpError::new(
+        let error = OtlpError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/x-protobuf or application/json",
             Format::Json,
-        ));
+        );
+        return Err(unread(&mut body, limits, error).await);
     };
     let refused = |refusal: Refusal| OtlpError::refused(refusal, format);
-    // the key first: a stranger's body is never read
+    // the key first: a stranger's body is never decompressed, decoded or kept
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    let key_user = receiver
-        .service
-        .authorize(authorization)
-        .map_err(|e| refused(e.into()))?;
+    let key_user = match receiver.service.authorize(authorization) {
+        Ok(key_user) => key_user,
+        Err(e) => return Err(unread(&mut body, limits, refused(e.into())).await),
+    };
     let hold = match receiver.service.check_limit(key_user.as_deref()).await {
         Ok(hold) => hold,
-        Err(e) => {
-            // read what the client still sends, keeping nothing, so that it sees the 429
-            let limit = receiver.limits.max_message_bytes;
-            let timeout = receiver.limits.body_read_timeout;
-            let _ = tokio::time::timeout(timeout, discard_body(&mut body, limit)).await;
-            return Err(refused(e.into()));
-        }
+        Err(e) => return Err(unread(&mut body, limits, refused(e.into())).await),
     };
     let compression = match headers
         .get(header::CONTENT_ENCODING)
@@ -213,7 +209,6 @@ async fn export(
             ));
         }
     };
-    let limits = receiver.limits;
     let mut reservation = receiver.service.reservation();
     let body = read_body(
         body,
@@ -240,6 +235,15 @@ async fn export(
     .await
     .map_err(refused)?;
     Ok(success(export_response(outcome), format))
+}
+
+/// A refusal answered before the body is read. What the client still sends is read and dropped
+/// (up to the size limit, within the body timeout), keeping nothing: an HTTP/1.1 client that is
+/// cut off mid-body sees a reset connection instead of the answer.
+async fn unread(body: &mut Body, limits: ReceiveLimits, error: OtlpError) -> OtlpError {
+    let discarded = discard_body(body, limits.max_message_bytes);
+    let _ = tokio::time::timeout(limits.body_read_timeout, discarded).await;
+    error
 }
 
 fn success(response: ExportLogsServiceResponse, format: Format) -> Response {
