@@ -1,8 +1,10 @@
 //! The REST API: `GET /logs` (the audit API, scoped to the caller's user), `DELETE /logs`
-//! (erasure), `/healthz`, `/readyz` and `/metrics`.
+//! (erasure), `GET /logs/export` (every matching log, streamed), `/healthz`, `/readyz` and
+//! `/metrics`.
 
 mod cursor;
 mod error;
+mod export;
 mod params;
 
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use tokio::sync::{Semaphore, watch};
 
 pub use cursor::{CURSOR_KEY_FILE, Cursor, CursorKey, CursorKeyError};
 pub use error::ApiError;
+pub use export::CSV_COLUMNS;
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 
 use crate::auth::{KeyStore, Scope};
@@ -41,7 +44,12 @@ pub struct ApiState {
     pub searches: Arc<Semaphore>,
     /// The writer, which erases.
     pub writer: IngestQueue,
+    /// Exports allowed to run at once; more are answered 503.
+    pub exports: Arc<Semaphore>,
 }
+
+/// Exports that may run at once: each walks the index on a blocking thread.
+pub const MAX_CONCURRENT_EXPORTS: usize = 2;
 
 /// The REST routes.
 pub fn router(state: ApiState) -> Router {
@@ -58,6 +66,11 @@ pub fn router(state: ApiState) -> Router {
         ));
     Router::new()
         .route("/logs", timed_logs)
+        .route(
+            "/logs/export",
+            get(export::export)
+                .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, HEAD" } }),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -181,7 +194,7 @@ async fn erase(
         user_id,
         pairs,
     } = caller(&state, &headers, raw_query.as_deref(), Scope::Delete)?;
-    let query = params::parse_erasure(&pairs, &user_id)?;
+    let query = params::parse_filters_only(&pairs, &user_id, "DELETE /logs, which erases")?;
     let deleted = state.writer.erase(query).await.map_err(|e| match e {
         WriteError::Closed => ApiError::Unavailable("logbridge is shutting down, retry later"),
         WriteError::Storage(reason) => {

@@ -29,7 +29,7 @@ fn bad(message: impl Into<String>) -> ApiError {
 
 /// The first non-empty value of parameter `name`: the first occurrence counts, and an empty
 /// value is the same as none.
-fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(super) fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(k, _)| k == name)
@@ -78,22 +78,27 @@ pub fn parse(
     Ok(LogsRequest { query, page })
 }
 
-/// Validates the parameters of `DELETE /logs` by `user_id`: the filters of `GET /logs`. Paging
-/// parameters are refused rather than ignored: an erasure takes every matching log, and a
-/// caller who sent `limit` may have meant fewer.
-pub fn parse_erasure(pairs: &[(String, String)], user_id: &str) -> Result<LogQuery, ApiError> {
+/// Validates the parameters of an endpoint that takes every log matching the filters of
+/// `GET /logs` (`DELETE /logs`, `GET /logs/export`), by `user_id`. Paging parameters are refused
+/// rather than ignored: a caller who sent `limit` may have meant fewer. `takes` says what the
+/// endpoint does, for the message: e.g. "DELETE /logs, which erases".
+pub fn parse_filters_only(
+    pairs: &[(String, String)],
+    user_id: &str,
+    takes: &str,
+) -> Result<LogQuery, ApiError> {
     if let Some(param) = ["page", "limit", "cursor"]
         .into_iter()
         .find(|p| pairs.iter().any(|(k, _)| k == p))
     {
         return Err(bad(format!(
-            "{param} is not accepted by DELETE /logs, which erases every log matching the filters"
+            "{param} is not accepted by {takes} every log matching the filters"
         )));
     }
     filters(pairs, user_id)
 }
 
-/// The filters shared by `GET /logs` and `DELETE /logs`, as a query of the first page.
+/// The filters shared by `GET /logs`, `DELETE /logs` and `GET /logs/export`, as a query of the first page.
 fn filters(pairs: &[(String, String)], user_id: &str) -> Result<LogQuery, ApiError> {
     let get = |name: &str| lookup(pairs, name);
     let log_type = get("log_type")

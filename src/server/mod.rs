@@ -152,6 +152,7 @@ pub async fn start_with_faults(
         cursor_key,
         searches: Arc::new(Semaphore::new(config.api.max_concurrent_searches)),
         writer: queue.clone(),
+        exports: Arc::new(Semaphore::new(api::MAX_CONCURRENT_EXPORTS)),
     };
     let mut watchers = vec![lifecycle::keys::watch_keys(
         config.auth.keys_file.clone(),

@@ -18,7 +18,9 @@ use tantivy::index::SegmentMeta;
 use tantivy::indexer::{IndexWriterOptions, LogMergePolicy};
 use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Value as _};
-use tantivy::{FutureResult, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    FutureResult, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term,
+};
 
 pub use erase::{Expiry, ExpiryUsers};
 use schema::SEQ_FIELD;
@@ -116,6 +118,33 @@ pub struct Store {
     reader: IndexReader,
     fields: Fields,
     blocks: BlockCache,
+}
+
+/// A walk over every log a query selects, newest first, on one view of the index.
+pub struct Scan {
+    store: Store,
+    searcher: Searcher,
+    query: LogQuery,
+    done: bool,
+}
+
+impl Scan {
+    /// The next (at most) `size` logs as served, newest first; empty once all were given.
+    pub fn next_page(&mut self, size: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        self.query.limit = size;
+        let page = match self.store.search_in(&self.searcher, &self.query) {
+            Ok(page) => page,
+            Err(SearchError::Store(e)) => return Err(e),
+            // a keyset page starts at offset 0
+            Err(SearchError::TooDeep) => unreachable!("a scan never pages by offset"),
+        };
+        self.done = !page.has_more;
+        self.query.before = page.logs.last().map(|(key, _)| *key);
+        Ok(page.logs.into_iter().map(|(_, json)| json).collect())
+    }
 }
 
 /// The one writer of the index.
@@ -340,14 +369,32 @@ impl Store {
 
     /// Runs a query: the exact total and one page, newest first.
     pub fn search(&self, query: &LogQuery) -> Result<LogPage, SearchError> {
-        let searcher = self.reader.searcher();
+        self.search_in(&self.reader.searcher(), query)
+    }
+
+    /// Every log `query` selects (its filters and time window), newest first, page by page,
+    /// all from the index as it is now: logs committed meanwhile are not seen.
+    pub fn scan(&self, query: &LogQuery) -> Scan {
+        Scan {
+            store: self.clone(),
+            searcher: self.reader.searcher(),
+            query: LogQuery {
+                before: None,
+                offset: 0,
+                ..query.clone()
+            },
+            done: false,
+        }
+    }
+
+    fn search_in(&self, searcher: &Searcher, query: &LogQuery) -> Result<LogPage, SearchError> {
         let window = Window {
             start: query.start.unwrap_or(0),
             end: query.end,
             before: query.before,
         };
         let prepared = search::prepare(
-            &searcher,
+            searcher,
             filter_query(&self.fields, query).as_ref(),
             &query.selection_key(),
             &self.blocks,
