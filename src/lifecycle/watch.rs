@@ -13,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 /// has stayed the same for one more poll, so within two polls (and never half written).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How long after a `SIGHUP` the files are read a second time, to be sure they are not being
+/// written.
+const HANGUP_SETTLE: Duration = Duration::from_millis(50);
+
 /// The contents of watched files, in the order of their paths.
 pub type Contents = Vec<Vec<u8>>;
 
@@ -25,6 +29,23 @@ pub fn read_all(paths: &[PathBuf]) -> io::Result<Contents> {
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
         })
         .collect()
+}
+
+/// Reads every file of `paths` on a blocking thread.
+async fn read_off_runtime(paths: &[PathBuf]) -> io::Result<Contents> {
+    let paths = paths.to_vec();
+    tokio::task::spawn_blocking(move || read_all(&paths))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// Whether two reads found the same: the same contents, or the same error.
+fn same(a: &io::Result<Contents>, b: &io::Result<Contents>) -> bool {
+    match (a, b) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(a), Err(b)) => a.kind() == b.kind() && a.to_string() == b.to_string(),
+        _ => false,
+    }
 }
 
 /// Why watched files are re-read.
@@ -67,8 +88,8 @@ pub fn hangups(stop: CancellationToken) -> io::Result<watch::Receiver<u64>> {
 }
 
 /// Watches `paths`, whose contents were `loaded`: calls `reload` with their new contents (or
-/// why they could not be read) after they change, and on every `SIGHUP` counted by `hangups`,
-/// until `stop`. The calls are made on the runtime: keep them short.
+/// why they could not be read) after they change, and on every `SIGHUP` counted by `hangups`
+/// (once two reads 50 ms apart agree), until `stop`. The calls are made on the runtime: keep them short.
 pub fn watch_files(
     paths: Vec<PathBuf>,
     loaded: Contents,
@@ -93,20 +114,20 @@ pub fn watch_files(
                     true
                 }
             };
-            let read = {
-                let paths = paths.clone();
-                tokio::task::spawn_blocking(move || read_all(&paths))
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e)))
-            };
+            let mut read = read_off_runtime(&paths).await;
             if hangup {
+                // one more read a moment later: a file caught mid-write is left to the polls,
+                // which apply it once it has settled
+                tokio::time::sleep(HANGUP_SETTLE).await;
+                let again = read_off_runtime(&paths).await;
+                let settled = same(&read, &again);
+                read = again;
+                if !settled {
+                    pending = Some(read);
+                    continue;
+                }
                 pending = None;
             } else {
-                let same = |a: &io::Result<Contents>, b: &io::Result<Contents>| match (a, b) {
-                    (Ok(a), Ok(b)) => a == b,
-                    (Err(a), Err(b)) => a.kind() == b.kind() && a.to_string() == b.to_string(),
-                    _ => false,
-                };
                 let unchanged = match (&read, &applied) {
                     (Ok(now), Some(applied)) => now == applied,
                     _ => false,
@@ -139,4 +160,58 @@ pub fn watch_files(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_change_is_applied_once_settled_and_a_hangup_rereads_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("watched");
+        std::fs::write(&path, "a").unwrap();
+        let paths = vec![path.clone()];
+        let loaded = read_all(&paths).unwrap();
+        let (count, hangups) = watch::channel(0u64);
+        let stop = CancellationToken::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let task = watch_files(
+            paths,
+            loaded,
+            hangups,
+            stop.clone(),
+            move |trigger, read| {
+                let text = String::from_utf8(read.unwrap().remove(0)).unwrap();
+                record.lock().unwrap().push((trigger, text));
+            },
+        );
+        let wait_for = |n: usize| {
+            let seen = seen.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while seen.lock().unwrap().len() < n {
+                    assert!(std::time::Instant::now() < deadline, "never reloaded");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+
+        std::fs::write(&path, "b").unwrap();
+        wait_for(1).await;
+        count.send_modify(|n| *n += 1);
+        wait_for(2).await;
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (Trigger::Changed, "b".to_owned()),
+                (Trigger::Hangup, "b".to_owned())
+            ]
+        );
+    }
 }
