@@ -25,7 +25,7 @@ use crate::metrics::{Metrics, RejectLabels};
 const REASONS_SHOWN: usize = 3;
 
 /// Longest pause before an export over a user's limit is refused.
-pub const THROTTLE_PAUSE: Duration = Duration::from_millis(250);
+const THROTTLE_PAUSE: Duration = Duration::from_millis(250);
 
 /// How long a client should wait before retrying an export refused for overload.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
