@@ -7,8 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::{
-    Served, logs_request, serve, stored_messages, terminate, wait_ready, write_config_with,
-    write_key,
+    Served, Setup, logs_request, serve, start_with, stored_messages, terminate, wait_ready,
 };
 use common::{
     PATIENCE, activity, at_ms, authorized, messages, request_of, spawn_app, text, with_attr,
@@ -208,15 +207,15 @@ async fn assert_kept(served: &Served, secret: &Secret, kept: &[String], when: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erased_logs_never_come_back_after_sigkill_a_merge_or_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let index = dir.path().join("index");
     // a commit every 300 ms: the first batches land in segments of their own, the last is
     // acknowledged from the write-ahead log alone when the erasure arrives
-    let config = write_config_with(dir.path(), &index, "commit_interval_ms = 300", "");
-    let secret = Secret::generate();
-    write_key(dir.path(), &secret);
-    let mut served = serve(&config);
-    wait_ready(&served.api).await;
+    let Setup {
+        dir,
+        config,
+        secret,
+        mut served,
+    } = start_with("commit_interval_ms = 300", "").await;
+    let index = dir.path().join("index");
     let mut kept = Vec::new();
     for b in 0..3 {
         let (records, keep) = batch(b);

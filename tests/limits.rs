@@ -9,35 +9,22 @@ mod common;
 mod raw_grpc;
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::process::{
-    Served, serve, sigterm, total, wait_for_clean_exit, wait_ready, write_config_with, write_key,
+    Served, Setup, serve, sigterm, start_with, total, wait_for_clean_exit, wait_ready,
 };
 use common::{PATIENCE, request_of};
-use logbridge::auth::Secret;
 use logbridge::workload::Workload;
 use prost::Message as _;
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tonic::Code;
 
 const MIB: u64 = 1024 * 1024;
-
-/// A server with `extra` config sections, and a key for user `u`.
-fn start(index_settings: &str, extra: &str) -> (TempDir, PathBuf, Served, Secret) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config_with(dir.path(), &dir.path().join("index"), index_settings, extra);
-    let secret = Secret::generate();
-    write_key(dir.path(), &secret);
-    let served = serve(&config);
-    (dir, config, served, secret)
-}
 
 async fn grpc_channel(served: &Served) -> tonic::transport::Channel {
     tonic::transport::Channel::from_shared(format!("http://{}", served.grpc))
@@ -72,8 +59,12 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_exports_are_refused_before_their_bodies_are_decompressed() {
-    let (_dir, _config, served, _secret) = start("", "");
-    wait_ready(&served.api).await;
+    let Setup {
+        dir: _dir,
+        config: _,
+        secret: _,
+        served,
+    } = start_with("", "").await;
     let channel = grpc_channel(&served).await;
     let body = empty_records(15 * MIB as usize);
     let keyless = |body: Bytes| {
@@ -169,11 +160,16 @@ async fn a_flood_of_maximum_size_exports_stays_within_the_memory_bound() {
     let writer_mb = 64;
     let inflight = 256 * MIB;
     let bound = writer_mb * MIB + inflight + 128 * MIB;
-    let (_dir, _config, served, secret) = start(
+    let Setup {
+        dir: _dir,
+        config: _,
+        secret,
+        served,
+    } = start_with(
         &format!("commit_interval_ms = 1000\nwriter_memory_mb = {writer_mb}"),
         "[server]\nbody_read_timeout_ms = 60000\n",
-    );
-    wait_ready(&served.api).await;
+    )
+    .await;
     let (body, records) = max_size_export(16 * MIB as usize - 64);
     let baseline = served.peak_rss();
 
@@ -304,8 +300,12 @@ async fn time_to_close(stream: &mut TcpStream, since: Instant) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_requests_are_dropped_after_the_header_timeout_on_every_listener() {
-    let (_dir, _config, served, _secret) = start("", "[server]\nheader_read_timeout_ms = 1000\n");
-    wait_ready(&served.api).await;
+    let Setup {
+        dir: _dir,
+        config: _,
+        secret: _,
+        served,
+    } = start_with("", "[server]\nheader_read_timeout_ms = 1000\n").await;
     let cases = [
         ("api", served.api.clone(), &b"GET /healthz HT"[..]),
         ("otlp http", served.http.clone(), &b"POST /v1/lo"[..]),
@@ -336,8 +336,12 @@ async fn half_sent_requests_are_dropped_after_the_header_timeout_on_every_listen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stops_arriving_is_a_timeout_on_both_transports() {
-    let (_dir, _config, served, secret) = start("", "[server]\nbody_read_timeout_ms = 1000\n");
-    wait_ready(&served.api).await;
+    let Setup {
+        dir: _dir,
+        config: _,
+        secret,
+        served,
+    } = start_with("", "[server]\nbody_read_timeout_ms = 1000\n").await;
 
     let mut stream = TcpStream::connect(&served.http).await.unwrap();
     let head = format!(
@@ -387,11 +391,16 @@ async fn a_body_that_stops_arriving_is_a_timeout_on_both_transports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_connections_are_limited_kept_alive_and_closed_when_idle() {
-    let (_dir, _config, served, _secret) = start(
+    let Setup {
+        dir: _dir,
+        config: _,
+        secret: _,
+        served,
+    } = start_with(
         "",
         "[server]\nidle_timeout_ms = 1000\nmax_concurrent_streams = 3\n",
-    );
-    wait_ready(&served.api).await;
+    )
+    .await;
     let tcp = TcpStream::connect(&served.grpc).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     let connection = tokio::spawn(connection);
@@ -428,11 +437,16 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_answering_pings_is_dropped() {
-    let (_dir, _config, served, _secret) = start(
+    let Setup {
+        dir: _dir,
+        config: _,
+        secret: _,
+        served,
+    } = start_with(
         "",
         "[server]\nhttp2_keepalive_interval_ms = 500\nhttp2_keepalive_timeout_ms = 500\n",
-    );
-    wait_ready(&served.api).await;
+    )
+    .await;
     let mut stream = TcpStream::connect(&served.grpc).await.unwrap();
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend(frame(0x4, 0, 0, &[])); // SETTINGS
@@ -472,11 +486,16 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait_until_one_closes() {
-    let (_dir, _config, served, _secret) = start(
+    let Setup {
+        dir: _dir,
+        config: _,
+        secret: _,
+        served,
+    } = start_with(
         "",
         "[server]\nmax_connections = 2\nheader_read_timeout_ms = 30000\n",
-    );
-    wait_ready(&served.api).await;
+    )
+    .await;
     let mut first = TcpStream::connect(&served.api).await.unwrap();
     first.write_all(b"GET /heal").await.unwrap();
     let mut second = TcpStream::connect(&served.api).await.unwrap();
@@ -511,11 +530,16 @@ async fn connections_past_the_cap_wait_until_one_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_stalled_clients_on_every_listener_drains_and_exits_zero() {
-    let (_dir, config, mut served, secret) = start(
+    let Setup {
+        dir: _dir,
+        config,
+        secret,
+        mut served,
+    } = start_with(
         "commit_interval_ms = 60000",
         "[server]\ndrain_timeout_ms = 2000\nheader_read_timeout_ms = 30000\n",
-    );
-    wait_ready(&served.api).await;
+    )
+    .await;
     let mut stalled = Vec::new();
     for (address, sent) in [
         (&served.api, &b"GET /logs HT"[..]),

@@ -152,6 +152,22 @@ async fn https_total(client: &reqwest::Client, api: &str, secret: &Secret) -> Re
         .ok_or_else(|| body.to_string())
 }
 
+/// Polls `GET /logs` over HTTPS through `client` until the total is `expected`.
+async fn wait_for_total(client: &reqwest::Client, server: &TlsServer, expected: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let total = https_total(client, &server.served.api, &server.secret).await;
+        if total == Ok(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API never answered {expected} over TLS; last: {total:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn emit_options(secret: &Secret, count: usize) -> EmitOptions {
     EmitOptions {
         protocol: Protocol::Grpc,
@@ -168,11 +184,7 @@ fn emit_options(secret: &Secret, count: usize) -> EmitOptions {
 async fn sdk_exporters_and_https_clients_work_over_tls_with_client_certificates() {
     let server = tls_server().await;
     let api = https_client(&server.server_ca.pem, None);
-    let deadline = Instant::now() + PATIENCE;
-    while https_total(&api, &server.served.api, &server.secret).await != Ok(0) {
-        assert!(Instant::now() < deadline, "the API never answered over TLS");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_total(&api, &server, 0).await;
     let (cert, key) = &server.client;
     let grpc_port = server.served.grpc.rsplit(':').next().unwrap();
     let http_port = server.served.http.rsplit(':').next().unwrap();
@@ -235,15 +247,7 @@ async fn sdk_exporters_and_https_clients_work_over_tls_with_client_certificates(
     send(http, &options).await.unwrap();
 
     // the API over HTTPS, without a client certificate
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let total = https_total(&api, &server.served.api, &server.secret).await;
-        if total == Ok(500) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{total:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_total(&api, &server, 500).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,11 +330,7 @@ async fn plaintext_and_clients_without_a_certificate_are_refused_cleanly() {
 async fn certificates_are_reloaded_when_their_files_change() {
     let server = tls_server().await;
     let old = https_client(&server.server_ca.pem, None);
-    let deadline = Instant::now() + PATIENCE;
-    while https_total(&old, &server.served.api, &server.secret).await != Ok(0) {
-        assert!(Instant::now() < deadline, "the API never answered over TLS");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_total(&old, &server, 0).await;
 
     // a key that does not parse: the current certificate stays
     write(

@@ -187,8 +187,7 @@ pub async fn logs_request(
         .unwrap()
 }
 
-/// A served binary on port 0 with the config of [`write_config`] and one key (see
-/// [`write_key`]), ready.
+/// A served binary on port 0 with one key (see [`write_key`]), ready.
 pub struct Setup {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -196,10 +195,16 @@ pub struct Setup {
     pub served: Served,
 }
 
-/// Starts the binary as [`Setup`] says, and waits until it is ready.
+/// Starts the binary with the config of [`write_config`], and waits until it is ready.
 pub async fn start() -> Setup {
+    start_with("commit_interval_ms = 100", "").await
+}
+
+/// Starts the binary with the config of [`write_config_with`] (the index in `dir/index`), and
+/// waits until it is ready.
+pub async fn start_with(index_settings: &str, extra: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = write_config_with(dir.path(), &dir.path().join("index"), index_settings, extra);
     let secret = Secret::generate();
     write_key(dir.path(), &secret);
     let served = serve(&config);
