@@ -60,6 +60,13 @@ pub enum ExportError {
     Throttled(#[from] Throttled),
 }
 
+/// Now, in nanoseconds since the epoch.
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// What decides which records are taken.
 #[derive(Debug, Clone)]
 pub struct IngestPolicy {
@@ -171,9 +178,7 @@ impl ExportService {
         reservation: &mut Reservation,
         decoded: usize,
     ) -> Result<(MappedRequest, usize), MapError> {
-        let received_nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let received_nanos = now_nanos();
         let limit = reservation.stage_cap();
         let mut held = 0usize;
         let mut refusal = None;

@@ -17,11 +17,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
 use super::budget::Reservation;
+use super::now_nanos;
 use super::wal::{Wal, WalBatch};
 use crate::faults::Faults;
 use crate::lifecycle::Retention;
@@ -700,13 +701,6 @@ fn answer(group: Vec<Batch>, result: &Result<(), WriteError>) {
 }
 
 /// A count as a gauge value.
-/// Now, in nanoseconds since the epoch.
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 fn gauge(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -82,9 +82,11 @@ struct Bucket {
 }
 
 /// The buckets of every user.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UserLimits {
     config: LimitsConfig,
+    /// Whether no user is ever limited, from `config`.
+    unlimited: bool,
     buckets: Mutex<Buckets>,
 }
 
@@ -97,7 +99,9 @@ struct Buckets {
 
 impl UserLimits {
     pub fn new(config: LimitsConfig) -> Self {
+        let limited = |rate: &Rate| rate.records_per_second > 0;
         Self {
+            unlimited: !limited(&config.default) && !config.users.values().any(limited),
             config,
             buckets: Mutex::new(Buckets {
                 by_user: HashMap::new(),
@@ -108,12 +112,7 @@ impl UserLimits {
 
     /// Whether no user is ever limited.
     pub fn unlimited(&self) -> bool {
-        self.config.default.records_per_second == 0
-            && self
-                .config
-                .users
-                .values()
-                .all(|rate| rate.records_per_second == 0)
+        self.unlimited
     }
 
     fn rate(&self, user: &str) -> Rate {

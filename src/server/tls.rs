@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::response::{IntoResponse, Response};
-use http::{StatusCode, header};
+use axum::response::IntoResponse as _;
+use http::{HeaderValue, header};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -17,6 +17,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
 use super::listener::Protocol;
+use crate::api::ApiError;
 use crate::config::TlsFiles;
 use crate::lifecycle::watch::Contents;
 
@@ -143,17 +144,13 @@ pub fn plaintext_refusal(protocol: Protocol) -> Router {
             Protocol::Http2 => {
                 tonic::Status::failed_precondition(MESSAGE).into_http::<axum::body::Body>()
             }
-            Protocol::Http1 => plaintext_http1(MESSAGE),
+            Protocol::Http1 => {
+                // the REST error envelope, and no keep-alive for a client that will not do better
+                let mut response = ApiError::BadRequest(MESSAGE.to_owned()).into_response();
+                let close = HeaderValue::from_static("close");
+                response.headers_mut().insert(header::CONNECTION, close);
+                response
+            }
         }
     })
-}
-
-fn plaintext_http1(message: &str) -> Response {
-    let body = serde_json::json!({ "success": false, "message": message, "data": null });
-    (
-        StatusCode::BAD_REQUEST,
-        [(header::CONNECTION, "close")],
-        axum::Json(body),
-    )
-        .into_response()
 }
