@@ -62,6 +62,9 @@ pub enum LogStatus {
 }
 
 impl LogStatus {
+    /// Every status, in documentation order.
+    pub const ALL: [LogStatus; 2] = [LogStatus::Success, LogStatus::Error];
+
     /// The wire name, as in the API.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -8,6 +8,7 @@ mod directory;
 mod erase;
 mod schema;
 mod search;
+mod stats;
 
 use std::path::Path;
 use std::pin::Pin;
@@ -26,13 +27,17 @@ pub use erase::{Expiry, ExpiryUsers};
 use schema::SEQ_FIELD;
 pub use schema::{MAX_WORD_BYTES, message_terms};
 pub use search::SortKey;
+pub use stats::{
+    AUTO_BUCKETS, AssistantCount, Latency, MAX_BUCKETS, Stats, StatsError, TOP_ASSISTANTS,
+    TimeHistogram,
+};
 
 use crate::faults::Faults;
 use crate::mapping::{ActivityLog, LogStatus, LogType};
 use blocks::BlockCache;
 use directory::{IndexDirectory, WriteErrors};
 use schema::{Fields, MESSAGE_TOKENIZER, Scoped, message_analyzer};
-use search::Window;
+use search::{Prepared, Window};
 
 /// A failure of the index.
 #[derive(Debug, thiserror::Error)]
@@ -387,7 +392,46 @@ impl Store {
         }
     }
 
-    fn search_in(&self, searcher: &Searcher, query: &LogQuery) -> Result<LogPage, SearchError> {
+    /// The statistics of every log `query` selects (its filters and time window). `interval` is
+    /// the width of the histogram's buckets in nanoseconds, `None` for about [`AUTO_BUCKETS`];
+    /// the histogram spans the time window, or the matches where the window is open.
+    pub fn stats(&self, query: &LogQuery, interval: Option<u64>) -> Result<Stats, StatsError> {
+        let searcher = self.reader.searcher();
+        let (prepared, window) = self.prepare(&searcher, query)?;
+        let bounds = match (query.start, query.end) {
+            (Some(start), Some(end)) => Some((start, end)),
+            _ => prepared
+                .time_bounds(&window)
+                .map_err(StoreError::from)?
+                .map(|(first, last)| {
+                    let start = query.start.unwrap_or(first);
+                    (start, query.end.unwrap_or(last.saturating_add(1)))
+                }),
+        };
+        let histogram = match bounds {
+            Some((lo, hi)) if lo < hi => {
+                let interval = interval.unwrap_or_else(|| stats::auto_interval(hi - lo));
+                stats::buckets(lo, hi, interval)?
+            }
+            _ => TimeHistogram {
+                interval: interval.unwrap_or_else(|| stats::auto_interval(0)),
+                start: query.start.unwrap_or(0),
+                buckets: Vec::new(),
+            },
+        };
+        let mut visitor = stats::StatsVisitor::new(histogram);
+        prepared
+            .visit(&window, &mut visitor)
+            .map_err(StoreError::from)?;
+        Ok(visitor.finish())
+    }
+
+    /// `query`'s filters ready to run over `searcher`, and its window.
+    fn prepare<'a>(
+        &self,
+        searcher: &'a Searcher,
+        query: &LogQuery,
+    ) -> Result<(Prepared<'a>, Window), StoreError> {
         let window = Window {
             start: query.start.unwrap_or(0),
             end: query.end,
@@ -398,8 +442,12 @@ impl Store {
             filter_query(&self.fields, query).as_ref(),
             &query.selection_key(),
             &self.blocks,
-        )
-        .map_err(StoreError::from)?;
+        )?;
+        Ok((prepared, window))
+    }
+
+    fn search_in(&self, searcher: &Searcher, query: &LogQuery) -> Result<LogPage, SearchError> {
+        let (prepared, window) = self.prepare(searcher, query)?;
         let total = prepared.count(&window).map_err(StoreError::from)?;
         let offset = query.offset;
         if offset as u64 >= total {
@@ -479,6 +527,8 @@ fn filter_query(f: &Fields, query: &LogQuery) -> Box<dyn Query> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -551,6 +601,8 @@ mod tests {
                 LogStatus::Success
             };
             log.room_name = format!("r{}", rng.random_range(0..5));
+            log.assistant_id = format!("a{}", rng.random_range(0..15));
+            log.latency_ms = rng.random_range(0..6_000);
             log.timestamp_nanos = timestamp;
             writer.add(&log, seq).unwrap();
             logs.push((log, seq));
@@ -607,7 +659,104 @@ mod tests {
             let got: Vec<SortKey> = page.logs.iter().map(|(k, _)| *k).collect();
             assert_eq!(got, keys, "round {round}: {q:?}");
             assert_eq!(page.has_more, has_more, "round {round}: {q:?}");
+            if round % 4 == 0 {
+                let interval = rng.random_range(20..20_000);
+                assert_stats(&store.stats(&q, Some(interval)).unwrap(), &logs, &q, interval);
+            }
         }
+    }
+
+    /// Checks statistics against brute force over the logs as written.
+    fn assert_stats(stats: &Stats, logs: &[(ActivityLog, u64)], q: &LogQuery, interval: u64) {
+        let q = LogQuery {
+            before: None,
+            offset: 0,
+            limit: usize::MAX,
+            ..q.clone()
+        };
+        let (_, keys, _) = reference(logs, &q);
+        let by_key: HashMap<SortKey, &ActivityLog> = logs
+            .iter()
+            .map(|(log, seq)| {
+                let key = SortKey {
+                    timestamp: log.timestamp_nanos,
+                    seq: *seq,
+                };
+                (key, log)
+            })
+            .collect();
+        let matched: Vec<&ActivityLog> = keys.iter().map(|k| by_key[k]).collect();
+        assert_eq!(stats.total(), matched.len() as u64, "{q:?}");
+        for t in LogType::ALL {
+            for s in LogStatus::ALL {
+                let n = matched
+                    .iter()
+                    .filter(|l| l.log_type == t && l.status == s)
+                    .count();
+                assert_eq!(stats.count(t, s), n as u64, "{t:?} {s:?} {q:?}");
+            }
+            let mut latencies: Vec<u64> = matched
+                .iter()
+                .filter(|l| l.log_type == t)
+                .map(|l| l.latency_ms)
+                .collect();
+            latencies.sort_unstable();
+            let got = stats.latency[LogType::ALL.iter().position(|&x| x == t).unwrap()];
+            let Some(got) = got else {
+                assert!(latencies.is_empty(), "{q:?}");
+                continue;
+            };
+            let at = |quantile: f64| {
+                let rank = (quantile * latencies.len() as f64).ceil().max(1.0) as usize;
+                latencies[rank - 1]
+            };
+            assert_eq!(got.count, latencies.len() as u64);
+            assert_eq!(got.max, *latencies.last().unwrap());
+            for (value, quantile) in [(got.p50, 0.5), (got.p95, 0.95), (got.p99, 0.99)] {
+                let exact = at(quantile);
+                assert!(
+                    value >= exact && value <= exact + exact / 1000 + 1,
+                    "p{quantile} {value} vs {exact}"
+                );
+            }
+        }
+        // the histogram: aligned buckets from the first match (or start) to the last (or end)
+        let histogram = &stats.histogram;
+        assert_eq!(histogram.interval, interval);
+        let bucketed: u64 = histogram.buckets.iter().flatten().sum();
+        assert_eq!(bucketed, matched.len() as u64);
+        for log in &matched {
+            let bucket = (log.timestamp_nanos - histogram.start) / interval;
+            assert!((bucket as usize) < histogram.buckets.len());
+        }
+        if let Some(first) = matched.iter().map(|l| l.timestamp_nanos).min() {
+            let lo = q.start.unwrap_or(first);
+            assert_eq!(histogram.start, lo - lo % interval);
+        }
+        let mut expected = vec![[0u64; 2]; histogram.buckets.len()];
+        for log in &matched {
+            let bucket = ((log.timestamp_nanos - histogram.start) / interval) as usize;
+            expected[bucket][usize::from(log.status == LogStatus::Error)] += 1;
+        }
+        assert_eq!(histogram.buckets, expected);
+        // the busiest assistants, ties by id
+        let mut assistants: HashMap<&str, (u64, u64)> = HashMap::new();
+        for log in &matched {
+            let entry = assistants.entry(log.assistant_id.as_str()).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(log.status == LogStatus::Error);
+        }
+        let mut top: Vec<AssistantCount> = assistants
+            .into_iter()
+            .map(|(id, (count, errors))| AssistantCount {
+                assistant_id: id.to_owned(),
+                count,
+                errors,
+            })
+            .collect();
+        top.sort_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
+        top.truncate(TOP_ASSISTANTS);
+        assert_eq!(stats.top_assistants, top);
     }
 
     #[test]

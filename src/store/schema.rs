@@ -25,6 +25,23 @@ pub const TIMESTAMP_FIELD: &str = "timestamp";
 /// Name of the fast field of ingest sequence numbers.
 pub const SEQ_FIELD: &str = "seq";
 
+/// Name of the fast field of a log's type and status, as [`kind`] encodes them.
+pub const KIND_FIELD: &str = "kind";
+
+/// Name of the fast field of latencies, in milliseconds.
+pub const LATENCY_FIELD: &str = "latency_ms";
+
+/// Name of the fast (columnar, not searchable) field of assistant ids.
+pub const ASSISTANT_FIELD: &str = "assistant_id";
+
+/// A log type and status as one small number: `type * 2 + status`, in the order of
+/// [`LogType::ALL`] and [`LogStatus::ALL`].
+pub fn kind(log_type: LogType, status: LogStatus) -> u64 {
+    let t = LogType::ALL.iter().position(|&x| x == log_type);
+    let s = LogStatus::ALL.iter().position(|&x| x == status);
+    (t.expect("every type is in ALL") * 2 + s.expect("every status is in ALL")) as u64
+}
+
 /// A filter value, always within one user: indexed as one term of the `scoped` field, so that a
 /// query by user and filter is a single term, counted from its document frequency.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +84,12 @@ pub struct Fields {
     pub seq: Field,
     /// The log as served by the API, JSON.
     pub doc: Field,
+    /// Type and status, fast, for statistics.
+    pub kind: Field,
+    /// Latency in milliseconds, fast, for statistics.
+    pub latency: Field,
+    /// Assistant id, fast, for statistics.
+    pub assistant: Field,
 }
 
 impl Fields {
@@ -85,6 +108,9 @@ impl Fields {
             timestamp: builder.add_u64_field(TIMESTAMP_FIELD, FAST),
             seq: builder.add_u64_field(SEQ_FIELD, FAST),
             doc: builder.add_bytes_field("doc", STORED),
+            kind: builder.add_u64_field(KIND_FIELD, FAST),
+            latency: builder.add_u64_field(LATENCY_FIELD, FAST),
+            assistant: builder.add_text_field(ASSISTANT_FIELD, FAST),
         };
         (builder.build(), fields)
     }
@@ -107,6 +133,9 @@ impl Fields {
         doc.add_u64(self.timestamp, log.timestamp_nanos);
         doc.add_u64(self.seq, seq);
         doc.add_bytes(self.doc, &served_json(log));
+        doc.add_u64(self.kind, kind(log.log_type, log.status));
+        doc.add_u64(self.latency, log.latency_ms);
+        doc.add_text(self.assistant, &log.assistant_id);
         doc
     }
 }

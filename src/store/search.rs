@@ -52,6 +52,16 @@ impl Window {
     }
 }
 
+/// What [`Prepared::visit`] shows matches to.
+pub trait Visitor {
+    /// A segment with matches begins: its matches follow.
+    fn enter(&mut self, segment: &SegmentReader) -> tantivy::Result<()>;
+    /// A match of the current segment and its timestamp.
+    fn visit(&mut self, doc: DocId, timestamp: u64);
+    /// The current segment is done.
+    fn leave(&mut self);
+}
+
 struct Segment<'a> {
     reader: &'a SegmentReader,
     /// The query's matches in each block.
@@ -97,6 +107,72 @@ impl Prepared<'_> {
     /// Every match in the window's time range (the keyset position aside).
     pub fn count(&self, window: &Window) -> tantivy::Result<u64> {
         count(self.weight.as_ref(), &self.segments, window)
+    }
+
+    /// The first and last timestamp of the matches in the window's time range, if any.
+    pub fn time_bounds(&self, window: &Window) -> tantivy::Result<Option<(u64, u64)>> {
+        let mut bounds: Option<(u64, u64)> = None;
+        let mut widen = |(min, max): (u64, u64)| {
+            bounds = Some(bounds.map_or((min, max), |(lo, hi)| (lo.min(min), hi.max(max))));
+        };
+        for segment in &self.segments {
+            let mut scorer: Option<Box<dyn Scorer>> = None;
+            for (i, block) in segment.stats.blocks.iter().enumerate() {
+                let block_bounds = (block.min, block.max);
+                if block.matches == 0 || window.misses(block_bounds) {
+                    continue;
+                }
+                if window.covers(block_bounds) {
+                    widen(block_bounds);
+                    continue;
+                }
+                let scorer = match &mut scorer {
+                    Some(scorer) => scorer,
+                    None => scorer.insert(self.weight.scorer(segment.reader, 1.0)?),
+                };
+                for_each_match(scorer.as_mut(), segment, segment.stats.docs(i), |doc| {
+                    if let Some(t) = segment.timestamps.first(doc)
+                        && window.in_range(t)
+                    {
+                        widen((t, t));
+                    }
+                });
+            }
+        }
+        Ok(bounds)
+    }
+
+    /// Shows `visitor` every match in the window's time range (the keyset position aside),
+    /// segment by segment, in document order.
+    pub fn visit(&self, window: &Window, visitor: &mut impl Visitor) -> tantivy::Result<()> {
+        for segment in &self.segments {
+            let mut scorer: Option<Box<dyn Scorer>> = None;
+            for (i, block) in segment.stats.blocks.iter().enumerate() {
+                let bounds = (block.min, block.max);
+                if block.matches == 0 || window.misses(bounds) {
+                    continue;
+                }
+                let scorer = match &mut scorer {
+                    Some(scorer) => scorer,
+                    None => {
+                        visitor.enter(segment.reader)?;
+                        scorer.insert(self.weight.scorer(segment.reader, 1.0)?)
+                    }
+                };
+                let covered = window.covers(bounds);
+                for_each_match(scorer.as_mut(), segment, segment.stats.docs(i), |doc| {
+                    if let Some(t) = segment.timestamps.first(doc)
+                        && (covered || window.in_range(t))
+                    {
+                        visitor.visit(doc, t);
+                    }
+                });
+            }
+            if scorer.is_some() {
+                visitor.leave();
+            }
+        }
+        Ok(())
     }
 
     /// The newest `k` eligible matches, newest first.

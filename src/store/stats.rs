@@ -1,0 +1,347 @@
+//! Statistics of the logs a query selects: counts per type and status, a histogram over time
+//! split by status, latency percentiles per type and the busiest assistants, all in one pass over
+//! the matches' fast fields.
+//!
+//! Counts are exact. Percentiles come from an HDR histogram with three significant digits:
+//! exact below 2,048 ms, within 0.1% above; the maximum is exact.
+
+use std::collections::HashMap;
+
+use hdrhistogram::Histogram;
+use tantivy::columnar::{Column, StrColumn};
+use tantivy::{DocId, SegmentReader};
+
+use super::schema::{ASSISTANT_FIELD, KIND_FIELD, LATENCY_FIELD};
+use super::search::Visitor;
+use crate::mapping::{LogStatus, LogType};
+
+/// Most buckets a histogram may have.
+pub const MAX_BUCKETS: u64 = 10_000;
+
+/// About how many buckets a histogram gets when the caller leaves the interval to the server.
+pub const AUTO_BUCKETS: u64 = 60;
+
+/// Assistants listed, at most.
+pub const TOP_ASSISTANTS: usize = 10;
+
+const SECOND: u64 = 1_000_000_000;
+const DAY: u64 = 86_400 * SECOND;
+
+/// The intervals an automatic histogram chooses from, in seconds; past the last, whole days.
+const AUTO_INTERVALS: [u64; 20] = [
+    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400,
+    172_800, 604_800,
+];
+
+/// The statistics of a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    /// Matches per type and status, indexed like [`LogType::ALL`] and [`LogStatus::ALL`].
+    pub counts: [[u64; 2]; 3],
+    pub histogram: TimeHistogram,
+    /// Per type, indexed like [`LogType::ALL`]; `None` when the type has no match.
+    pub latency: [Option<Latency>; 3],
+    /// Up to [`TOP_ASSISTANTS`], most logs first, then by id.
+    pub top_assistants: Vec<AssistantCount>,
+}
+
+impl Stats {
+    /// Every match.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().flatten().sum()
+    }
+
+    /// The matches of one type and status.
+    pub fn count(&self, log_type: LogType, status: LogStatus) -> u64 {
+        self.counts[type_index(log_type)][status_index(status)]
+    }
+}
+
+/// Matches over time, split by status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeHistogram {
+    /// Width of a bucket, in nanoseconds.
+    pub interval: u64,
+    /// Start of the first bucket, nanoseconds since the epoch: a multiple of the interval.
+    pub start: u64,
+    /// Per bucket, the matches that succeeded and failed.
+    pub buckets: Vec<[u64; 2]>,
+}
+
+/// Latency percentiles of one log type, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: u64,
+    pub p95: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// One assistant's matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssistantCount {
+    pub assistant_id: String,
+    pub count: u64,
+    pub errors: u64,
+}
+
+/// Why statistics were not computed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    /// The interval cuts the time range into more than [`MAX_BUCKETS`].
+    #[error("the interval gives {buckets} buckets over the time range; at most {MAX_BUCKETS}")]
+    TooManyBuckets { buckets: u64 },
+    #[error(transparent)]
+    Store(#[from] super::StoreError),
+}
+
+fn type_index(log_type: LogType) -> usize {
+    kind_parts(super::schema::kind(log_type, LogStatus::Success)).0
+}
+
+fn status_index(status: LogStatus) -> usize {
+    kind_parts(super::schema::kind(LogType::ToolCall, status)).1
+}
+
+/// The type and status indexes of a stored kind.
+fn kind_parts(kind: u64) -> (usize, usize) {
+    ((kind / 2) as usize, (kind % 2) as usize)
+}
+
+/// The interval for about [`AUTO_BUCKETS`] buckets over `span` nanoseconds.
+pub fn auto_interval(span: u64) -> u64 {
+    let wanted = span.div_ceil(AUTO_BUCKETS);
+    AUTO_INTERVALS
+        .iter()
+        .map(|s| s * SECOND)
+        .find(|&interval| interval >= wanted)
+        .unwrap_or_else(|| wanted.div_ceil(DAY) * DAY)
+}
+
+/// The buckets of `[lo, hi)` at `interval`: aligned to multiples of it since the epoch.
+pub fn buckets(lo: u64, hi: u64, interval: u64) -> Result<TimeHistogram, StatsError> {
+    let start = lo - lo % interval;
+    let count = (hi - start).div_ceil(interval);
+    if count > MAX_BUCKETS {
+        return Err(StatsError::TooManyBuckets { buckets: count });
+    }
+    Ok(TimeHistogram {
+        interval,
+        start,
+        buckets: vec![[0; 2]; count as usize],
+    })
+}
+
+/// Per-segment tallies of assistants by term ordinal: dense while the segment's dictionary is
+/// small, sparse past that, so memory follows the matches rather than the dictionary.
+enum OrdCounts {
+    Dense(Vec<[u64; 2]>),
+    Sparse(HashMap<u64, [u64; 2]>),
+}
+
+/// Largest dictionary counted densely (16 bytes a term).
+const DENSE_ORDS: u64 = 1 << 16;
+
+struct SegmentColumns {
+    kinds: Column<u64>,
+    latencies: Column<u64>,
+    assistants: Option<StrColumn>,
+    by_ord: OrdCounts,
+}
+
+/// Collects [`Stats`] from the matches a [`super::search::Prepared`] visits.
+pub struct StatsVisitor {
+    counts: [[u64; 2]; 3],
+    histogram: TimeHistogram,
+    latencies: [Histogram<u64>; 3],
+    max_latency: [u64; 3],
+    assistants: HashMap<String, [u64; 2]>,
+    segment: Option<SegmentColumns>,
+}
+
+impl StatsVisitor {
+    /// A visitor filling `histogram`.
+    pub fn new(histogram: TimeHistogram) -> Self {
+        let latency = || Histogram::new(3).expect("3 significant digits are supported");
+        Self {
+            counts: [[0; 2]; 3],
+            histogram,
+            latencies: [latency(), latency(), latency()],
+            max_latency: [0; 3],
+            assistants: HashMap::new(),
+            segment: None,
+        }
+    }
+
+    /// The statistics of every match visited.
+    pub fn finish(self) -> Stats {
+        let latency = std::array::from_fn(|t| {
+            let histogram = &self.latencies[t];
+            let max = self.max_latency[t];
+            // a percentile is the top of its bucket, which may pass the largest value
+            let at = |quantile| histogram.value_at_quantile(quantile).min(max);
+            (histogram.len() > 0).then(|| Latency {
+                count: histogram.len(),
+                p50: at(0.50),
+                p95: at(0.95),
+                p99: at(0.99),
+                max,
+            })
+        });
+        let mut top: Vec<AssistantCount> = self
+            .assistants
+            .into_iter()
+            .map(|(assistant_id, [count, errors])| AssistantCount {
+                assistant_id,
+                count,
+                errors,
+            })
+            .collect();
+        top.sort_unstable_by(|a, b| {
+            (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id))
+        });
+        top.truncate(TOP_ASSISTANTS);
+        Stats {
+            counts: self.counts,
+            histogram: self.histogram,
+            latency,
+            top_assistants: top,
+        }
+    }
+}
+
+impl Visitor for StatsVisitor {
+    fn enter(&mut self, segment: &SegmentReader) -> tantivy::Result<()> {
+        let fast = segment.fast_fields();
+        let assistants = fast.str(ASSISTANT_FIELD)?;
+        let terms = assistants.as_ref().map_or(0, |c| c.num_terms() as u64);
+        self.segment = Some(SegmentColumns {
+            kinds: fast.u64(KIND_FIELD)?,
+            latencies: fast.u64(LATENCY_FIELD)?,
+            assistants,
+            by_ord: if terms <= DENSE_ORDS {
+                OrdCounts::Dense(vec![[0; 2]; terms as usize])
+            } else {
+                OrdCounts::Sparse(HashMap::new())
+            },
+        });
+        Ok(())
+    }
+
+    fn visit(&mut self, doc: DocId, timestamp: u64) {
+        let Some(segment) = &mut self.segment else {
+            return;
+        };
+        let Some(kind) = segment.kinds.first(doc) else {
+            return;
+        };
+        let (t, s) = kind_parts(kind);
+        if t >= 3 {
+            return;
+        }
+        self.counts[t][s] += 1;
+        let histogram = &mut self.histogram;
+        if let Some(bucket) = timestamp
+            .checked_sub(histogram.start)
+            .and_then(|offset| histogram.buckets.get_mut((offset / histogram.interval) as usize))
+        {
+            bucket[s] += 1;
+        }
+        let latency = segment.latencies.first(doc).unwrap_or(0);
+        let histogram = &mut self.latencies[t];
+        // it grows to fit, up to values no latency reaches
+        if histogram.record(latency).is_err() {
+            histogram.saturating_record(latency);
+        }
+        self.max_latency[t] = self.max_latency[t].max(latency);
+        if let Some(ord) = segment
+            .assistants
+            .as_ref()
+            .and_then(|c| c.term_ords(doc).next())
+        {
+            let tally = match &mut segment.by_ord {
+                OrdCounts::Dense(counts) => &mut counts[ord as usize],
+                OrdCounts::Sparse(counts) => counts.entry(ord).or_default(),
+            };
+            tally[0] += 1;
+            tally[1] += s as u64;
+        }
+    }
+
+    fn leave(&mut self) {
+        let Some(segment) = self.segment.take() else {
+            return;
+        };
+        let Some(column) = segment.assistants else {
+            return;
+        };
+        let tallies: Box<dyn Iterator<Item = (u64, [u64; 2])>> = match segment.by_ord {
+            OrdCounts::Dense(counts) => Box::new(
+                counts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(ord, tally)| (ord as u64, tally)),
+            ),
+            OrdCounts::Sparse(counts) => Box::new(counts.into_iter()),
+        };
+        let mut name = String::new();
+        for (ord, [count, errors]) in tallies {
+            if count == 0 {
+                continue;
+            }
+            name.clear();
+            // an ordinal read from the column names a term of its dictionary
+            if column.ord_to_str(ord, &mut name).unwrap_or(false) {
+                let total = self.assistants.entry(name.clone()).or_default();
+                total[0] += count;
+                total[1] += errors;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn automatic_intervals_give_about_sixty_buckets() {
+        assert_eq!(auto_interval(0), SECOND);
+        assert_eq!(auto_interval(60 * SECOND), SECOND);
+        assert_eq!(auto_interval(61 * SECOND), 2 * SECOND);
+        assert_eq!(auto_interval(3600 * SECOND), 60 * SECOND);
+        assert_eq!(auto_interval(24 * 3600 * SECOND), 1800 * SECOND);
+        assert_eq!(auto_interval(7 * DAY), 3 * 3600 * SECOND);
+        assert_eq!(auto_interval(365 * DAY), 7 * DAY);
+        assert_eq!(auto_interval(3650 * DAY), 61 * DAY);
+        let widest = auto_interval(u64::MAX);
+        assert_eq!(widest % DAY, 0);
+        assert!(u64::MAX.div_ceil(widest) <= AUTO_BUCKETS);
+    }
+
+    #[test]
+    fn buckets_are_aligned_and_cover_the_range() {
+        let minute = 60 * SECOND;
+        let h = buckets(90 * SECOND, 181 * SECOND, minute).unwrap();
+        assert_eq!(h.start, minute);
+        assert_eq!(h.buckets.len(), 3);
+        let h = buckets(0, 1, minute).unwrap();
+        assert_eq!((h.start, h.buckets.len()), (0, 1));
+        assert!(matches!(
+            buckets(0, 10_001 * minute, minute),
+            Err(StatsError::TooManyBuckets { buckets: 10_001 })
+        ));
+        assert_eq!(buckets(0, 10_000 * minute, minute).unwrap().buckets.len(), 10_000);
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for t in LogType::ALL {
+            for s in LogStatus::ALL {
+                let (ti, si) = kind_parts(super::super::schema::kind(t, s));
+                assert_eq!((LogType::ALL[ti], LogStatus::ALL[si]), (t, s));
+            }
+        }
+    }
+}
