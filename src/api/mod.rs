@@ -6,6 +6,7 @@ mod cursor;
 mod error;
 mod export;
 mod params;
+mod stats;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,6 +70,11 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/logs/export",
             get(export::export)
+                .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, HEAD" } }),
+        )
+        .route(
+            "/logs/stats",
+            get(stats::stats)
                 .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, HEAD" } }),
         )
         .route("/healthz", get(healthz))

@@ -25,7 +25,7 @@ use tantivy::{
 
 pub use erase::{Expiry, ExpiryUsers};
 use schema::SEQ_FIELD;
-pub use schema::{MAX_WORD_BYTES, message_terms};
+pub use schema::{MAX_WORD_BYTES, format_timestamp, message_terms};
 pub use search::SortKey;
 pub use stats::{
     AUTO_BUCKETS, AssistantCount, Latency, MAX_BUCKETS, Stats, StatsError, TOP_ASSISTANTS,
@@ -661,7 +661,12 @@ mod tests {
             assert_eq!(page.has_more, has_more, "round {round}: {q:?}");
             if round % 4 == 0 {
                 let interval = rng.random_range(20..20_000);
-                assert_stats(&store.stats(&q, Some(interval)).unwrap(), &logs, &q, interval);
+                assert_stats(
+                    &store.stats(&q, Some(interval)).unwrap(),
+                    &logs,
+                    &q,
+                    interval,
+                );
             }
         }
     }

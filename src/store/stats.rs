@@ -198,9 +198,7 @@ impl StatsVisitor {
                 errors,
             })
             .collect();
-        top.sort_unstable_by(|a, b| {
-            (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id))
-        });
+        top.sort_unstable_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
         top.truncate(TOP_ASSISTANTS);
         Stats {
             counts: self.counts,
@@ -242,10 +240,11 @@ impl Visitor for StatsVisitor {
         }
         self.counts[t][s] += 1;
         let histogram = &mut self.histogram;
-        if let Some(bucket) = timestamp
-            .checked_sub(histogram.start)
-            .and_then(|offset| histogram.buckets.get_mut((offset / histogram.interval) as usize))
-        {
+        if let Some(bucket) = timestamp.checked_sub(histogram.start).and_then(|offset| {
+            histogram
+                .buckets
+                .get_mut((offset / histogram.interval) as usize)
+        }) {
             bucket[s] += 1;
         }
         let latency = segment.latencies.first(doc).unwrap_or(0);
@@ -332,7 +331,10 @@ mod tests {
             buckets(0, 10_001 * minute, minute),
             Err(StatsError::TooManyBuckets { buckets: 10_001 })
         ));
-        assert_eq!(buckets(0, 10_000 * minute, minute).unwrap().buckets.len(), 10_000);
+        assert_eq!(
+            buckets(0, 10_000 * minute, minute).unwrap().buckets.len(),
+            10_000
+        );
     }
 
     #[test]

@@ -1,0 +1,217 @@
+//! `GET /logs/stats`: counts per type and status, a histogram over time by status, latency
+//! percentiles per type and the busiest assistants of the logs matching the filters of `GET /logs`.
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::{ApiState, Caller, caller, params};
+use crate::auth::Scope;
+use crate::mapping::{LogStatus, LogType};
+use crate::store::{Latency, MAX_BUCKETS, Stats, StatsError, format_timestamp};
+
+/// The intervals a caller may ask for, by name, in seconds.
+const INTERVALS: [(&str, u64); 4] = [("1m", 60), ("5m", 300), ("1h", 3600), ("1d", 86_400)];
+
+#[derive(Serialize)]
+struct StatsBody {
+    success: bool,
+    message: &'static str,
+    data: StatsData,
+}
+
+#[derive(Serialize)]
+struct StatsData {
+    total: u64,
+    by_type_status: PerType<StatusCounts>,
+    histogram: HistogramData,
+    latency_ms: PerType<LatencyData>,
+    top_assistants: Vec<AssistantData>,
+}
+
+/// One value per log type.
+#[derive(Serialize)]
+struct PerType<T> {
+    tool_call: T,
+    end_call_webhook: T,
+    inbound_context_lookup: T,
+}
+
+impl<T> PerType<T> {
+    fn new(mut value: impl FnMut(usize, LogType) -> T) -> Self {
+        let [tool_call, end_call_webhook, inbound_context_lookup] = LogType::ALL;
+        Self {
+            tool_call: value(0, tool_call),
+            end_call_webhook: value(1, end_call_webhook),
+            inbound_context_lookup: value(2, inbound_context_lookup),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StatusCounts {
+    success: u64,
+    error: u64,
+}
+
+#[derive(Serialize)]
+struct HistogramData {
+    interval: String,
+    interval_seconds: f64,
+    buckets: Vec<BucketData>,
+}
+
+#[derive(Serialize)]
+struct BucketData {
+    start: String,
+    success: u64,
+    error: u64,
+}
+
+/// Percentiles in milliseconds; null when the type has no log.
+#[derive(Serialize)]
+struct LatencyData {
+    count: u64,
+    p50: Option<u64>,
+    p95: Option<u64>,
+    p99: Option<u64>,
+    max: Option<u64>,
+}
+
+impl From<Option<Latency>> for LatencyData {
+    fn from(latency: Option<Latency>) -> Self {
+        LatencyData {
+            count: latency.map_or(0, |l| l.count),
+            p50: latency.map(|l| l.p50),
+            p95: latency.map(|l| l.p95),
+            p99: latency.map(|l| l.p99),
+            max: latency.map(|l| l.max),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AssistantData {
+    assistant_id: String,
+    count: u64,
+    errors: u64,
+}
+
+/// `GET /logs/stats`.
+pub async fn stats(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
+) -> Result<Response, ApiError> {
+    let Caller { user_id, pairs, .. } =
+        caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
+    let interval = match params::lookup(&pairs, "interval") {
+        None => None,
+        Some(name) => {
+            let seconds = INTERVALS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, seconds)| seconds)
+                .ok_or_else(|| ApiError::BadRequest("interval must be 1m, 5m, 1h or 1d".into()))?;
+            Some(seconds * 1_000_000_000)
+        }
+    };
+    let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "interval").collect();
+    let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/stats, which counts")?;
+    let permit = state
+        .searches
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Unavailable("too many searches in progress, retry later"))?;
+    let store = state.store.clone();
+    let stats = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        store.stats(&query, interval)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("statistics task failed: {e}")))?
+    .map_err(|e| match e {
+        StatsError::TooManyBuckets { buckets } => ApiError::BadRequest(format!(
+            "interval cuts the time range into {buckets} buckets, more than {MAX_BUCKETS}: \
+             choose a wider interval or a narrower start_time and end_time"
+        )),
+        StatsError::Store(e) => ApiError::Internal(e.to_string()),
+    })?;
+    let body = StatsBody {
+        success: true,
+        message: "Activity log statistics fetched successfully",
+        data: data(&stats),
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+fn data(stats: &Stats) -> StatsData {
+    let by_type_status = PerType::new(|_, t| StatusCounts {
+        success: stats.count(t, LogStatus::Success),
+        error: stats.count(t, LogStatus::Error),
+    });
+    let latency_ms = PerType::new(|i, _| LatencyData::from(stats.latency[i]));
+    let histogram = &stats.histogram;
+    let buckets = histogram
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, [success, error])| BucketData {
+            start: format_timestamp(
+                histogram
+                    .start
+                    .saturating_add(histogram.interval.saturating_mul(i as u64)),
+            ),
+            success: *success,
+            error: *error,
+        })
+        .collect();
+    StatsData {
+        total: stats.total(),
+        by_type_status,
+        histogram: HistogramData {
+            interval: interval_name(histogram.interval),
+            interval_seconds: histogram.interval as f64 / 1e9,
+            buckets,
+        },
+        latency_ms,
+        top_assistants: stats
+            .top_assistants
+            .iter()
+            .map(|a| AssistantData {
+                assistant_id: a.assistant_id.clone(),
+                count: a.count,
+                errors: a.errors,
+            })
+            .collect(),
+    }
+}
+
+/// An interval (whole seconds) as a number of the largest unit it is a whole number of: `90s`,
+/// `5m`, `3h`, `7d`.
+fn interval_name(nanos: u64) -> String {
+    let seconds = nanos / 1_000_000_000;
+    let (count, unit) = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")]
+        .into_iter()
+        .find(|(unit, _)| seconds % unit == 0)
+        .map(|(unit, name)| (seconds / unit, name))
+        .expect("every number of seconds is a whole number of seconds");
+    format!("{count}{unit}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_names_use_the_largest_whole_unit() {
+        let s = 1_000_000_000;
+        assert_eq!(interval_name(s), "1s");
+        assert_eq!(interval_name(90 * s), "90s");
+        assert_eq!(interval_name(300 * s), "5m");
+        assert_eq!(interval_name(10_800 * s), "3h");
+        assert_eq!(interval_name(7 * 86_400 * s), "7d");
+    }
+}
