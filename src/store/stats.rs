@@ -181,7 +181,7 @@ impl StatsVisitor {
             let max = self.max_latency[t];
             // a percentile is the top of its bucket, which may pass the largest value
             let at = |quantile| histogram.value_at_quantile(quantile).min(max);
-            (histogram.len() > 0).then(|| Latency {
+            (!histogram.is_empty()).then(|| Latency {
                 count: histogram.len(),
                 p50: at(0.50),
                 p95: at(0.95),

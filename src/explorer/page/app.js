@@ -153,6 +153,7 @@ const state = {
   nextCursor: null,
   moreToken: null,
   stats: null,
+  statsFailed: false,
   busy: new Set(),
   room: null,
   callGen: 0,
@@ -383,12 +384,14 @@ function reportError(err, retry, source) {
   }
   const retryable = err.status === 0 || err.status === 429 || err.status >= 500;
   let text;
-  if (err.status === 0) text = `${err.message}: the request did not get an answer (is the server running, and are you online?)`;
-  else if (err.status < 0) text = err.message;
+  if (err.status <= 0) text = err.message;
   else text = `${err.status}: ${err.message}`;
   $('error-text').textContent = text;
   const hint = $('error-hint');
-  if (err.status === 429 || err.status === 503) {
+  if (err.status === 0) {
+    hint.textContent = 'The request got no answer: check that logbridge is running and reachable, then retry.';
+    hint.hidden = false;
+  } else if (err.status === 429 || err.status === 503) {
     hint.textContent = `logbridge is busy; this can be retried${err.retryAfter != null ? ` in ${err.retryAfter} s` : ''}.`;
     hint.hidden = false;
   } else {
@@ -481,6 +484,7 @@ function clearResults() {
   state.shown = null;
   state.nextCursor = null;
   state.stats = null;
+  state.statsFailed = false;
   $('empty').hidden = true;
   renderStats();
   renderTotals();
@@ -501,6 +505,7 @@ async function load() {
   setBusy('more', false);
   updateMore();
   clearError();
+  if (state.live.on) setLiveStatus('Restarting for the new filters…', 'pending');
   setBusy('load', true);
   document.body.classList.add('loading');
   $('range-note').textContent = describeRange(state.filters);
@@ -525,6 +530,7 @@ async function load() {
     state.nextCursor = null;
     $('empty').hidden = true;
   }
+  state.statsFailed = statsR.status !== 'fulfilled';
   if (statsR.status === 'fulfilled') {
     state.stats = statsR.value;
     state.total = num(statsR.value.total);
@@ -840,7 +846,8 @@ function renderHistogram() {
   const intervalSec = num(hist?.interval_seconds);
   $('hist-interval').textContent = interval ? `per ${interval}` : '';
   if (!state.stats) {
-    box.replaceChildren(h('p', { class: 'muted small hist-empty', text: state.busy.has('load') ? 'Loading…' : 'No statistics.' }));
+    const text = state.statsFailed ? 'Statistics are unavailable.' : state.key ? 'Loading…' : '';
+    box.replaceChildren(h('p', { class: 'muted small hist-empty', text }));
     return;
   }
   if (!buckets.length) {
@@ -1034,7 +1041,7 @@ function closeCall(mode = 'push', restoreFocus = true) {
     window.scrollTo(0, state.scrollBeforeCall);
     const opener = state.callOpener;
     if (opener && opener.isConnected) opener.focus({ preventScroll: true });
-    else $('logs').focus?.();
+    else $('main').focus({ preventScroll: true });
   }
   state.callOpener = null;
 }
@@ -1287,7 +1294,7 @@ async function exportLogs(format, btn) {
         try {
           part = await reader.read();
         } catch {
-          throw new ApiError(0, 'Cannot reach logbridge (the export was cut short)');
+          throw new ApiError(0, 'Cannot reach logbridge: the export was cut short');
         }
         if (part.done) break;
         chunks.push(part.value);
