@@ -20,6 +20,9 @@ struct Log {
     time: u64,
 }
 
+/// Which logs of the data set a query selects.
+type Keep = Box<dyn Fn(&Log) -> bool>;
+
 fn data_set() -> Vec<Log> {
     (0..120u64)
         .map(|i| Log {
@@ -125,7 +128,7 @@ async fn counts_percentiles_and_assistants_are_exact_under_the_filters() {
     // another user's logs count for nobody else
     ingest(&app, &app.keys.bob, &logs[..30]).await;
 
-    let cases: [(&str, Box<dyn Fn(&Log) -> bool>); 5] = [
+    let cases: [(&str, Keep); 5] = [
         ("", Box::new(|_| true)),
         ("status=error", Box::new(|l| l.failed)),
         (
