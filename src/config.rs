@@ -119,6 +119,10 @@ pub struct ApiConfig {
     pub listen: String,
     /// Searches that may run at once; more are answered 503 with `Retry-After`.
     pub max_concurrent_searches: usize,
+    /// `GET /logs/tail` streams that may be open at once; more are answered 503.
+    pub max_tail_subscribers: usize,
+    /// A tail whose client takes no event for this long is cut off.
+    pub tail_stall_timeout: Duration,
 }
 
 /// Timeouts and limits of every listener, and the shutdown drain.
@@ -250,6 +254,8 @@ impl Default for RawOtlp {
 struct RawApi {
     listen: String,
     max_concurrent_searches: u64,
+    max_tail_subscribers: u64,
+    tail_stall_timeout_ms: u64,
 }
 
 impl Default for RawApi {
@@ -257,6 +263,8 @@ impl Default for RawApi {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
             max_concurrent_searches: 8,
+            max_tail_subscribers: 64,
+            tail_stall_timeout_ms: 10_000,
         }
     }
 }
@@ -448,6 +456,10 @@ impl RawConfig {
             "api.max_concurrent_searches",
             self.api.max_concurrent_searches,
         )?;
+        let max_tail_subscribers =
+            positive("api.max_tail_subscribers", self.api.max_tail_subscribers)?;
+        let tail_stall_timeout =
+            millis("api.tail_stall_timeout_ms", self.api.tail_stall_timeout_ms)?;
         let writer_memory_mb = self.index.writer_memory_mb;
         if !(16..=4096).contains(&writer_memory_mb) {
             return Err(ConfigError::Invalid {
@@ -563,6 +575,8 @@ impl RawConfig {
             api: ApiConfig {
                 listen: self.api.listen,
                 max_concurrent_searches: size(max_concurrent_searches),
+                max_tail_subscribers: size(max_tail_subscribers),
+                tail_stall_timeout,
             },
             server,
             index: IndexConfig {

@@ -7,19 +7,22 @@ mod error;
 mod export;
 mod params;
 mod stats;
+mod tail;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{RawQuery, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 
 pub use cursor::{CURSOR_KEY_FILE, Cursor, CursorKey, CursorKeyError};
 pub use error::ApiError;
@@ -47,6 +50,12 @@ pub struct ApiState {
     pub writer: IngestQueue,
     /// Exports allowed to run at once; more are answered 503.
     pub exports: Arc<Semaphore>,
+    /// Tail streams allowed at once; more are answered 503.
+    pub tails: Arc<Semaphore>,
+    /// A tail whose client takes no event for this long is cut off.
+    pub tail_stall_timeout: Duration,
+    /// Cancelled when the server begins to shut down: tails end then.
+    pub shutdown: CancellationToken,
 }
 
 /// Exports that may run at once: each walks the index on a blocking thread.
@@ -67,21 +76,23 @@ pub fn router(state: ApiState) -> Router {
         ));
     Router::new()
         .route("/logs", timed_logs)
-        .route(
-            "/logs/export",
-            get(export::export)
-                .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, HEAD" } }),
-        )
-        .route(
-            "/logs/stats",
-            get(stats::stats)
-                .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, HEAD" } }),
-        )
+        .route("/logs/export", get_only(export::export))
+        .route("/logs/stats", get_only(stats::stats))
+        .route("/logs/tail", get_only(tail::tail))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
+}
+
+/// A route that takes GET (and HEAD); other methods are answered 405.
+fn get_only<H, T>(handler: H) -> MethodRouter<ApiState>
+where
+    H: Handler<T, ApiState>,
+    T: 'static,
+{
+    get(handler).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, HEAD" } })
 }
 
 /// Records the latency of a `/logs` request by its status.

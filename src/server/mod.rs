@@ -153,6 +153,9 @@ pub async fn start_with_faults(
         searches: Arc::new(Semaphore::new(config.api.max_concurrent_searches)),
         writer: queue.clone(),
         exports: Arc::new(Semaphore::new(api::MAX_CONCURRENT_EXPORTS)),
+        tails: Arc::new(Semaphore::new(config.api.max_tail_subscribers)),
+        tail_stall_timeout: config.api.tail_stall_timeout,
+        shutdown: shutdown.clone(),
     };
     let mut watchers = vec![lifecycle::keys::watch_keys(
         config.auth.keys_file.clone(),

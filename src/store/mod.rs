@@ -10,18 +10,22 @@ mod schema;
 mod search;
 mod stats;
 
+use std::ops::Bound;
 use std::path::Path;
 use std::pin::Pin;
 
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
+use tantivy::collector::TopDocs;
 use tantivy::index::SegmentMeta;
 use tantivy::indexer::{IndexWriterOptions, LogMergePolicy};
-use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Value as _};
 use tantivy::{
-    FutureResult, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term,
+    DocAddress, FutureResult, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher,
+    TantivyDocument, Term,
 };
+use tokio::sync::watch;
 
 pub use erase::{Expiry, ExpiryUsers};
 use schema::SEQ_FIELD;
@@ -123,6 +127,8 @@ pub struct Store {
     reader: IndexReader,
     fields: Fields,
     blocks: BlockCache,
+    /// The highest sequence number searches see: every log up to it is visible.
+    visible: watch::Receiver<u64>,
 }
 
 /// A walk over every log a query selects, newest first, on one view of the index.
@@ -168,6 +174,8 @@ pub struct LogWriter {
     purging: Option<Pin<Box<FutureResult<Option<SegmentMeta>>>>>,
     /// Whether segments hold erased logs that no purge has taken yet.
     purge_wanted: bool,
+    /// Tells the [`Store`] how far searches see.
+    visible: watch::Sender<u64>,
 }
 
 /// How the index is opened.
@@ -219,11 +227,13 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
         .reload_policy(ReloadPolicy::Manual)
         .try_into()?;
     let committed_seq = durable_seq(&index, &reader)?;
+    let (visible, visible_rx) = watch::channel(committed_seq);
     Ok((
         Store {
             reader: reader.clone(),
             fields,
             blocks: BlockCache::default(),
+            visible: visible_rx,
         },
         LogWriter {
             index,
@@ -236,6 +246,7 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
             committed_seq,
             purging: None,
             purge_wanted: false,
+            visible,
         },
     ))
 }
@@ -324,6 +335,7 @@ impl LogWriter {
         }
         self.reader.reload()?;
         self.committed_seq = durable_seq(&self.index, &self.reader)?;
+        self.publish_visible();
         // what went wrong before the rollback explains nothing after it
         self.write_errors.take();
         Ok(())
@@ -361,8 +373,19 @@ impl LogWriter {
         prepared.commit().map_err(|e| explain(errors, e))?;
         self.committed_seq = last_seq;
         self.reader.reload()?;
+        self.publish_visible();
         self.start_purge();
         Ok(())
+    }
+
+    /// Tells searches that every log up to the committed sequence number is visible.
+    fn publish_visible(&self) {
+        let seq = self.committed_seq;
+        self.visible.send_if_modified(|visible| {
+            let newer = seq > *visible;
+            *visible = (*visible).max(seq);
+            newer
+        });
     }
 }
 
@@ -375,6 +398,59 @@ impl Store {
     /// Runs a query: the exact total and one page, newest first.
     pub fn search(&self, query: &LogQuery) -> Result<LogPage, SearchError> {
         self.search_in(&self.reader.searcher(), query)
+    }
+
+    /// The highest sequence number searches see, changing as commits make logs visible.
+    pub fn visible(&self) -> watch::Receiver<u64> {
+        self.visible.clone()
+    }
+
+    /// Up to `limit` of the logs `query` selects (its filters and time window) whose sequence
+    /// numbers are in `(after, upto]`, in sequence order: each with its number and its JSON as
+    /// served.
+    pub fn since(
+        &self,
+        query: &LogQuery,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let searcher = self.reader.searcher();
+        let range = |field: Field, lower: Bound<u64>, upper: Bound<u64>| -> Box<dyn Query> {
+            let term = |value| Term::from_field_u64(field, value);
+            Box::new(RangeQuery::new(lower.map(term), upper.map(term)))
+        };
+        let mut clauses = vec![
+            (Occur::Must, filter_query(&self.fields, query)),
+            (
+                Occur::Must,
+                range(
+                    self.fields.seq,
+                    Bound::Excluded(after),
+                    Bound::Included(upto),
+                ),
+            ),
+        ];
+        if query.start.is_some() || query.end.is_some() {
+            let start = query.start.map_or(Bound::Unbounded, Bound::Included);
+            let end = query.end.map_or(Bound::Unbounded, Bound::Excluded);
+            clauses.push((Occur::Must, range(self.fields.timestamp, start, end)));
+        }
+        let collector =
+            TopDocs::with_limit(limit).order_by_fast_field::<u64>(SEQ_FIELD, Order::Asc);
+        let top = searcher.search(&BooleanQuery::new(clauses), &collector)?;
+        top.into_iter()
+            .map(|(seq, address)| Ok((seq.unwrap_or(0), self.served(&searcher, address)?)))
+            .collect()
+    }
+
+    /// The JSON of a log as served.
+    fn served(&self, searcher: &Searcher, address: DocAddress) -> Result<Vec<u8>, StoreError> {
+        let doc: TantivyDocument = searcher.doc(address)?;
+        let json = doc
+            .get_first(self.fields.doc)
+            .and_then(|value| value.as_bytes());
+        Ok(json.unwrap_or(b"{}").to_vec())
     }
 
     /// Every log `query` selects (its filters and time window), newest first, page by page,
@@ -467,13 +543,7 @@ impl Store {
         let has_more = top.len() > offset + query.limit;
         let mut logs = Vec::with_capacity(query.limit.min(top.len()));
         for (key, address) in top.into_iter().skip(offset).take(query.limit) {
-            let doc: TantivyDocument = searcher.doc(address).map_err(StoreError::from)?;
-            let json = doc
-                .get_first(self.fields.doc)
-                .and_then(|value| value.as_bytes())
-                .unwrap_or(b"{}")
-                .to_vec();
-            logs.push((key, json));
+            logs.push((key, self.served(searcher, address)?));
         }
         Ok(LogPage {
             total,

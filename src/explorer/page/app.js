@@ -635,6 +635,11 @@ function logRow(log, { live = false, call = false, base = NaN } = {}) {
     const off = Number.isFinite(t) && Number.isFinite(base) ? `+${fmtDuration(t - base) || '0 ms'}` : '';
     tr.append(h('td', { class: 'c-offset num', text: off }));
   }
+  // The room comes early so that a row's middle, where a pointer (or WebDriver) clicks a row,
+  // never falls on the room button.
+  const room = str(log.room_name);
+  tr.append(h('td', { class: 'c-room' },
+    room ? h('button', { type: 'button', class: 'room-link', title: `Open every log of call ${room}`, text: room }) : '—'));
   tr.append(h('td', { class: 'c-type', text: str(log.log_type) }));
 
   const kind = STATUSES.includes(status) ? status : 'other';
@@ -644,10 +649,6 @@ function logRow(log, { live = false, call = false, base = NaN } = {}) {
       status || '—')));
 
   tr.append(h('td', { class: 'c-assistant', text: str(log.assistant_id) }));
-
-  const room = str(log.room_name);
-  tr.append(h('td', { class: 'c-room' },
-    room ? h('button', { type: 'button', class: 'room-link', title: `Open every log of call ${room}`, text: room }) : '—'));
 
   const latency = log.latency_ms;
   tr.append(h('td', { class: 'c-latency num', text: latency == null || latency === '' ? '–' : `${fmtMs(latency)} ms` }));
@@ -1380,8 +1381,15 @@ function init() {
   wireTable($('call-logs'));
 
   if ('IntersectionObserver' in window) {
+    // A short pause before loading, so that a click on #load-more (which scrolls it into
+    // view) loads one page, not two.
+    let timer = 0;
     const io = new IntersectionObserver((entries) => {
-      if (entries.some((e) => e.isIntersecting)) loadMore();
+      if (!entries.some((e) => e.isIntersecting) || timer) return;
+      timer = setTimeout(() => {
+        timer = 0;
+        if (!state.moreToken && sentinelInView()) loadMore();
+      }, 250);
     }, { rootMargin: '0px 0px 300px 0px' });
     io.observe($('sentinel'));
   }

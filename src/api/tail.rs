@@ -1,0 +1,225 @@
+//! `GET /logs/tail`: Server-Sent Events of new logs matching the filters of `GET /logs`, in the
+//! order they were acknowledged, as commits make them visible.
+//!
+//! Each event's id is the log's sequence number: a client that reconnects with `Last-Event-ID`
+//! (or `cursor`) gets every matching log after it, none twice. Each stream has a task that reads
+//! the index after every commit and hands events to the response through a small channel; a
+//! client that takes no event for the stall timeout is cut off with a final `end` event, so a
+//! slow reader never makes the server buffer without limit.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::error::ApiError;
+use super::{ApiState, Caller, caller, params};
+use crate::auth::Scope;
+use crate::store::{LogQuery, Store};
+
+/// Events waiting for a client, at most (one more slot is kept for the final event).
+const EVENTS_IN_FLIGHT: usize = 256;
+
+/// Logs read from the index at a time.
+const PAGE: usize = 500;
+
+/// Sequence numbers one read covers at most, so that a client resuming far back pays for its
+/// backlog a window at a time rather than all of it on every read.
+const SEQ_WINDOW: u64 = 100_000;
+
+/// A comment sent when nothing else was for this long, so that proxies keep the stream open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// How long a client should wait before reconnecting, sent at the start of the stream.
+const RETRY_MS: u64 = 1000;
+
+/// `GET /logs/tail`.
+pub async fn tail(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
+) -> Result<Response, ApiError> {
+    let Caller { user_id, pairs, .. } =
+        caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
+    let resume = match headers.get("last-event-id") {
+        Some(value) => Some(("Last-Event-ID", value.to_str().ok())),
+        None => params::lookup(&pairs, "cursor").map(|v| ("cursor", Some(v))),
+    };
+    let resume = resume
+        .map(
+            |(name, value)| match value.and_then(|v| v.parse::<u64>().ok()) {
+                Some(id) => Ok((name, id)),
+                None => Err(ApiError::BadRequest(format!(
+                    "{name} must be the id of an event of this stream, a whole number"
+                ))),
+            },
+        )
+        .transpose()?;
+    let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "cursor").collect();
+    let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/tail, which streams")?;
+    let permit = state
+        .tails
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Unavailable("too many tail subscribers, retry later"))?;
+    let visible = state.store.visible();
+    let newest = *visible.borrow();
+    let after = match resume {
+        Some((name, id)) if id > newest => {
+            return Err(ApiError::BadRequest(format!(
+                "{name} {id} is ahead of the newest event of this stream ({newest})"
+            )));
+        }
+        Some((_, id)) => id,
+        None => newest,
+    };
+    let (events, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(EVENTS_IN_FLIGHT + 1);
+    let follower = Follower {
+        store: state.store.clone(),
+        query,
+        after,
+        visible,
+        events,
+        stall_timeout: state.tail_stall_timeout,
+        shutdown: state.shutdown.clone(),
+        _permit: permit,
+    };
+    tokio::spawn(follower.run());
+    let mut response = Body::from_stream(ReceiverStream::new(body)).into_response();
+    let response_headers = response.headers_mut();
+    response_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // proxies such as nginx would otherwise hold events back
+    response_headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// One stream's reader of the index.
+struct Follower {
+    store: Store,
+    query: LogQuery,
+    /// The last sequence number the client was given, or passed over.
+    after: u64,
+    visible: watch::Receiver<u64>,
+    events: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    stall_timeout: Duration,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Why a stream ended.
+enum End {
+    /// The client went away: nothing more to say.
+    Gone,
+    /// The server ends the stream, saying why in a final event.
+    Told(String),
+}
+
+impl Follower {
+    async fn run(mut self) {
+        // one slot is kept from the start for the final event, whatever the client's pace
+        let Ok(last_slot) = self.events.clone().reserve_owned().await else {
+            return;
+        };
+        let end = self.follow().await;
+        if let End::Told(message) = end {
+            let data = serde_json::json!({ "message": message });
+            last_slot.send(Ok(format!("event: end\ndata: {data}\n\n").into()));
+        }
+    }
+
+    async fn follow(&mut self) -> End {
+        if let Err(end) = self.send(format!("retry: {RETRY_MS}\n\n").into()).await {
+            return end;
+        }
+        loop {
+            let upto = *self.visible.borrow_and_update();
+            if let Err(end) = self.catch_up(upto).await {
+                return end;
+            }
+            tokio::select! {
+                changed = self.visible.changed() => {
+                    if changed.is_err() {
+                        return End::Told(shutting_down());
+                    }
+                }
+                () = self.events.closed() => return End::Gone,
+                () = self.shutdown.cancelled() => return End::Told(shutting_down()),
+                () = tokio::time::sleep(KEEP_ALIVE) => {
+                    if let Err(end) = self.send(Bytes::from_static(b": keep-alive\n\n")).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends every matching log up to sequence number `upto`.
+    async fn catch_up(&mut self, upto: u64) -> Result<(), End> {
+        while self.after < upto {
+            let window_end = upto.min(self.after.saturating_add(SEQ_WINDOW));
+            let (store, query, after) = (self.store.clone(), self.query.clone(), self.after);
+            let page =
+                tokio::task::spawn_blocking(move || store.since(&query, after, window_end, PAGE))
+                    .await;
+            let page = match page {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "tail failed to read the index");
+                    return Err(End::Told("the index failed to answer; reconnect".into()));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "tail read task failed");
+                    return Err(End::Told("the index failed to answer; reconnect".into()));
+                }
+            };
+            let full = page.len() == PAGE;
+            for (seq, json) in page {
+                let mut event = Vec::with_capacity(json.len() + 32);
+                event.extend_from_slice(format!("id: {seq}\ndata: ").as_bytes());
+                // the stored JSON is compact: it holds no line break
+                event.extend_from_slice(&json);
+                event.extend_from_slice(b"\n\n");
+                self.send(event.into()).await?;
+                self.after = seq;
+            }
+            if !full {
+                self.after = window_end;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands one event to the client, waiting up to the stall timeout for room.
+    async fn send(&self, event: Bytes) -> Result<(), End> {
+        tokio::select! {
+            reserved = tokio::time::timeout(self.stall_timeout, self.events.reserve()) => {
+                match reserved {
+                    Ok(Ok(permit)) => {
+                        permit.send(Ok(event));
+                        Ok(())
+                    }
+                    Ok(Err(_)) => Err(End::Gone),
+                    Err(_) => Err(End::Told(format!(
+                        "the client took no event for {} ms and fell behind: \
+                         reconnect with Last-Event-ID to resume",
+                        self.stall_timeout.as_millis()
+                    ))),
+                }
+            }
+            () = self.shutdown.cancelled() => Err(End::Told(shutting_down())),
+        }
+    }
+}
+
+fn shutting_down() -> String {
+    "logbridge is shutting down: reconnect with Last-Event-ID to resume".to_owned()
+}
