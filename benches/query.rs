@@ -1,7 +1,7 @@
-//! Query benchmark: `GET /logs` latency and throughput over HTTP on a large index, with warm
+//! Query benchmark: `GET /logs` and `GET /logs/stats` latency and throughput over HTTP on a large index, with warm
 //! caches and several concurrent clients; plus the index footprint and start-up time.
 //!
-//!     cargo bench --bench query -- [--records 10000000] [--dir PATH] [--clients 4] [--requests 400] [--runs 3]
+//!     cargo bench --bench query -- [--records 10000000] [--dir PATH] [--clients 4] [--requests 400] [--runs 3] [--only NAME]
 //!
 //! The index is built in `--dir` (default `target/bench-index`) on first use, merged into one
 //! segment (the footprint is measured after that final merge), and reused after.
@@ -23,6 +23,8 @@ struct Args {
     clients: usize,
     requests: usize,
     runs: usize,
+    /// Only the query types whose name holds this.
+    only: String,
 }
 
 fn args() -> Args {
@@ -32,6 +34,7 @@ fn args() -> Args {
         clients: 4,
         requests: 400,
         runs: 3,
+        only: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -42,6 +45,7 @@ fn args() -> Args {
             "--clients" => args.clients = value().parse().expect("--clients N"),
             "--requests" => args.requests = value().parse().expect("--requests N"),
             "--runs" => args.runs = value().parse().expect("--runs N"),
+            "--only" => args.only = value(),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -129,7 +133,10 @@ async fn main() {
     let newest = BASE_NANOS + args.records as u64 * 1_000_000;
     println!("\n| query | matches | first (cold) | p50 | p99 | requests/s |");
     println!("|---|---|---|---|---|---|");
-    for (name, large, q) in query_types(newest) {
+    for (name, large, path, q) in query_types(newest) {
+        if !name.contains(&args.only) {
+            continue;
+        }
         let key = if large {
             &server.large_reader
         } else {
@@ -137,7 +144,7 @@ async fn main() {
         };
         let mut reports = Vec::new();
         for _ in 0..args.runs {
-            reports.push(query(&server, name, key, &q, args.clients, args.requests).await);
+            reports.push(query(&server, name, key, (path, &q), args.clients, args.requests).await);
         }
         let median = |f: &dyn Fn(&harness::QueryReport) -> f64| {
             let mut values: Vec<f64> = reports.iter().map(f).collect();

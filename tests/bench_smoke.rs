@@ -38,17 +38,19 @@ async fn the_benchmark_harness_runs_end_to_end() {
             .count() as u64
     };
     let newest = BASE_NANOS + records as u64 * 1_000_000;
-    for (name, large, q) in query_types(newest) {
+    for (name, large, path, q) in query_types(newest) {
         let key = if large {
             &server.large_reader
         } else {
             &server.small_reader
         };
-        let report = query(&server, name, key, &q, 2, 6).await;
+        let report = query(&server, name, key, (path, &q), 2, 6).await;
         assert!(report.p99 >= report.p50, "{name}");
         match name {
             "no filter, large user" => assert_eq!(report.total, owned(LARGE_USER)),
             "no filter, small user" => assert_eq!(report.total, owned(SMALL_USER)),
+            "stats, large user" => assert_eq!(report.total, owned(LARGE_USER)),
+            "stats, small user" => assert_eq!(report.total, owned(SMALL_USER)),
             _ => assert!(report.total <= owned(LARGE_USER), "{name}"),
         }
     }

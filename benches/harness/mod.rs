@@ -474,17 +474,17 @@ pub struct QueryReport {
     pub total: u64,
 }
 
-/// Runs `GET /logs?{query}` `requests` times from `clients` concurrent clients, after a warm-up
-/// of `clients` requests whose first is timed on its own.
+/// Runs `GET {path}?{query}` (`/logs`, `/logs/stats`) `requests` times from `clients` concurrent
+/// clients, after a warm-up of `clients` requests whose first is timed on its own.
 pub async fn query(
     server: &Server,
     name: &str,
     key: &str,
-    query: &str,
+    (path, query): (&str, &str),
     clients: usize,
     requests: usize,
 ) -> QueryReport {
-    let url = format!("{}/logs?{query}", server.api);
+    let url = format!("{}{path}?{query}", server.api);
     let client = reqwest::Client::new();
     let get = |client: reqwest::Client, url: String, key: String| async move {
         let response = client
@@ -533,9 +533,10 @@ pub async fn query(
     }
 }
 
-/// The query types of the query benchmark: name, which reader, and the query string. `newest`
-/// is the timestamp of the newest record, for a one-hour range ending there.
-pub fn query_types(newest_nanos: u64) -> Vec<(&'static str, bool, String)> {
+/// The query types of the query benchmark: name, which reader (the large user's or the small
+/// one's), the path and the query string. `newest` is the timestamp of the newest record, for a
+/// one-hour range ending there.
+pub fn query_types(newest_nanos: u64) -> Vec<(&'static str, bool, &'static str, String)> {
     let hour_ago = newest_nanos.saturating_sub(3_600_000_000_000);
     let rfc3339 = |nanos: u64| {
         chrono::DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
@@ -546,7 +547,12 @@ pub fn query_types(newest_nanos: u64) -> Vec<(&'static str, bool, String)> {
         .find(|a| a.user_id == LARGE_USER)
         .expect("the large user has records");
     let (assistant, room) = (activity.assistant_id, activity.room_name);
-    vec![
+    let one_hour = format!(
+        "start_time={}&end_time={}",
+        rfc3339(hour_ago),
+        rfc3339(newest_nanos + 1)
+    );
+    let logs = [
         ("no filter, large user", true, "limit=50".to_owned()),
         ("no filter, small user", false, "limit=50".to_owned()),
         (
@@ -572,19 +578,33 @@ pub fn query_types(newest_nanos: u64) -> Vec<(&'static str, bool, String)> {
             true,
             "q=webhook%20delivered&limit=50".to_owned(),
         ),
-        (
-            "time range (1 h)",
-            true,
-            format!(
-                "start_time={}&end_time={}&limit=50",
-                rfc3339(hour_ago),
-                rfc3339(newest_nanos + 1)
-            ),
-        ),
+        ("time range (1 h)", true, format!("{one_hour}&limit=50")),
         (
             "deep page (offset 50,000)",
             true,
             "limit=50&page=1001".to_owned(),
         ),
-    ]
+    ];
+    let stats = [
+        ("stats, large user", true, String::new()),
+        ("stats, small user", false, String::new()),
+        ("stats, status=error", true, "status=error".to_owned()),
+        (
+            "stats, assistant_id",
+            true,
+            format!("assistant_id={assistant}"),
+        ),
+        ("stats, q one word", true, "q=timeout".to_owned()),
+        ("stats, time range (1 h)", true, one_hour.clone()),
+        (
+            "stats, 1 h, interval=1m",
+            true,
+            format!("{one_hour}&interval=1m"),
+        ),
+    ];
+    let on = |path: &'static str| move |(name, large, q)| (name, large, path, q);
+    logs.into_iter()
+        .map(on("/logs"))
+        .chain(stats.into_iter().map(on("/logs/stats")))
+        .collect()
 }

@@ -292,9 +292,15 @@ function serverParams(f) {
   return p;
 }
 
+/** Encodes a query string readably: times keep their colons, spaces become %20. */
+function readableQuery(params) {
+  const safe = (v) => encodeURIComponent(v).replace(/%3A/gi, ':').replace(/%2C/gi, ',').replace(/%40/gi, '@').replace(/%2F/gi, '/');
+  return [...params].map(([k, v]) => `${safe(k)}=${safe(v)}`).join('&');
+}
+
 function writeURL(mode) {
   if (!mode) return;
-  const qs = pageQuery(state.filters, state.room);
+  const qs = readableQuery(new URLSearchParams(pageQuery(state.filters, state.room)));
   const url = qs ? `${location.pathname}?${qs}` : location.pathname;
   const current = location.pathname + location.search;
   const entry = { room: state.room };
