@@ -10,8 +10,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
+use super::params::Filters;
 use super::{ApiState, Caller, caller, params};
 use crate::auth::Scope;
 
@@ -37,13 +39,29 @@ pub const CSV_COLUMNS: [&str; 12] = [
     "severity_text",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "lowercase")]
 enum Format {
     Ndjson,
     Csv,
 }
 
-/// `GET /logs/export`.
+/// The parameters of `GET /logs/export` besides the filters.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportParams<'a> {
+    /// `ndjson` (the default): one log per line as `GET /logs` serves it; or `csv`.
+    #[param(value_type = Option<Format>, inline)]
+    format: Option<&'a str>,
+}
+
+/// `GET /logs/export`: every log of the caller's matching the filters, newest first, streamed.
+#[utoipa::path(get, path = "/logs/export", tag = "logs", params(Filters, ExportParams),
+    responses(
+        (status = 200, description = "Every matching log, newest first.",
+            content((String = "application/x-ndjson"), (String = "text/csv"))),
+        ApiError),
+    security(("bearer" = [])))]
 pub async fn export(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -51,7 +69,10 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let Caller { user_id, pairs, .. } =
         caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
-    let format = match params::lookup(&pairs, "format") {
+    let given = ExportParams {
+        format: params::lookup(&pairs, "format"),
+    };
+    let format = match given.format {
         None | Some("ndjson") => Format::Ndjson,
         Some("csv") => Format::Csv,
         Some(_) => return Err(ApiError::BadRequest("format must be ndjson or csv".into())),

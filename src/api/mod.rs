@@ -5,6 +5,7 @@
 mod cursor;
 mod error;
 mod export;
+mod openapi;
 mod params;
 mod stats;
 mod tail;
@@ -23,16 +24,18 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 pub use cursor::{CURSOR_KEY_FILE, Cursor, CursorKey, CursorKeyError};
 pub use error::ApiError;
 pub use export::CSV_COLUMNS;
+use params::{Filters, Paging};
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 
 use crate::auth::{KeyStore, Scope};
 use crate::ingest::{Health, IngestQueue, WriteError};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::store::{MAX_OFFSET, SearchError, Store};
+use crate::store::{MAX_OFFSET, SearchError, ServedLog, Store};
 
 /// What the REST handlers share.
 #[derive(Clone)]
@@ -79,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/logs/export", get_only(export::export))
         .route("/logs/stats", get_only(stats::stats))
         .route("/logs/tail", get_only(tail::tail))
+        .route("/openapi.json", get_only(openapi::document))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -112,6 +116,10 @@ async fn time_logs_request(
     response
 }
 
+/// Prometheus metrics, in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics.", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 async fn metrics(State(state): State<ApiState>) -> Response {
     (
         [(
@@ -123,10 +131,18 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// Whether the process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive.", body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Whether logbridge takes logs: `ready`, or why not.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = String, content_type = "text/plain"),
+        (status = 503, description = "Starting, or storage is failing.", body = String, content_type = "text/plain")))]
 async fn readyz(State(state): State<ApiState>) -> Response {
     let health = state.health.borrow().clone();
     let status = if health == Health::Ready {
@@ -137,19 +153,23 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     (status, format!("{health}\n")).into_response()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct LogsBody<'a> {
     success: bool,
     message: &'static str,
     data: LogsData<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct LogsData<'a> {
+    /// Newest first.
+    #[schema(value_type = Vec<ServedLog>)]
     logs: Vec<&'a RawValue>,
+    /// Every log matching the filters.
     total: u64,
     page: u64,
     limit: usize,
+    /// Pass as `cursor`, with the same filters, for the next page; absent after the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
 }
@@ -187,20 +207,24 @@ fn caller(
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct EraseBody {
     success: bool,
     message: &'static str,
     data: EraseData,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct EraseData {
+    /// Logs erased.
     deleted: u64,
 }
 
 /// `DELETE /logs`: erases the caller's logs that match the filters, and answers once the
 /// erasure is durable.
+#[utoipa::path(delete, path = "/logs", tag = "logs", params(Filters),
+    responses((status = 200, description = "The matching logs are erased for good.", body = EraseBody), ApiError),
+    security(("bearer" = [])))]
 async fn erase(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -236,6 +260,10 @@ async fn erase(
     Ok(axum::Json(body).into_response())
 }
 
+/// `GET /logs`: a page of the caller's logs matching the filters, newest first.
+#[utoipa::path(get, path = "/logs", tag = "logs", params(Filters, Paging),
+    responses((status = 200, description = "A page of logs, newest first.", body = LogsBody), ApiError),
+    security(("bearer" = [])))]
 async fn logs(
     State(state): State<ApiState>,
     headers: HeaderMap,

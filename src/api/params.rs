@@ -2,6 +2,7 @@
 //! no I/O.
 
 use chrono::DateTime;
+use utoipa::IntoParams;
 
 use super::cursor::{Cursor, CursorKey};
 use super::error::ApiError;
@@ -37,6 +38,39 @@ pub(super) fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'
         .filter(|v| !v.is_empty())
 }
 
+/// The paging parameters of `GET /logs`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Paging<'a> {
+    /// The page, from 1; pages past 100,000 logs must be read with `cursor`.
+    #[param(schema_with = from_one)]
+    page: Option<&'a str>,
+    /// Logs per page: 50 when absent, at most 100 (larger values are taken as 100).
+    #[param(schema_with = from_one)]
+    limit: Option<&'a str>,
+    /// `data.next_cursor` of the previous page, with the same filters: the page after it.
+    #[param(value_type = Option<String>)]
+    cursor: Option<&'a str>,
+}
+
+/// A whole number from 1, of any size: larger than the API can use is taken as the largest.
+fn from_one() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::Integer)
+        .minimum(Some(1))
+        .build()
+}
+
+impl<'a> Paging<'a> {
+    fn read(pairs: &'a [(String, String)]) -> Self {
+        Paging {
+            page: lookup(pairs, "page"),
+            limit: lookup(pairs, "limit"),
+            cursor: lookup(pairs, "cursor"),
+        }
+    }
+}
+
 /// Validates the decoded query-string pairs of a request by `user_id`, whose cursor must be signed
 /// with `cursor_key`. Unknown parameters are ignored.
 pub fn parse(
@@ -44,18 +78,20 @@ pub fn parse(
     user_id: &str,
     cursor_key: &CursorKey,
 ) -> Result<LogsRequest, ApiError> {
-    let get = |name: &str| lookup(pairs, name);
+    let paging = Paging::read(pairs);
     let mut query = filters(pairs, user_id)?;
-    let page = get("page")
+    let page = paging
+        .page
         .map(|v| positive_integer(v).ok_or_else(|| bad("page must be an integer >= 1")))
         .transpose()?;
-    query.limit = get("limit")
+    query.limit = paging
+        .limit
         .map(|v| positive_integer(v).ok_or_else(|| bad("limit must be an integer >= 1")))
         .transpose()?
         .map_or(DEFAULT_LIMIT, |l| {
             usize::try_from(l).unwrap_or(usize::MAX).min(MAX_LIMIT)
         });
-    let page = match get("cursor") {
+    let page = match paging.cursor {
         Some(token) => {
             if page.is_some_and(|p| p > 1) {
                 return Err(bad("cursor cannot be combined with page > 1"));
@@ -98,27 +134,75 @@ pub fn parse_filters_only(
     filters(pairs, user_id)
 }
 
-/// The filters shared by `GET /logs`, `DELETE /logs` and `GET /logs/export`, as a query of the first page.
+/// The filters of every endpoint that reads or erases logs, as the query string gives them: the
+/// first value of each counts, and an empty value is the same as none.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Filters<'a> {
+    /// Only logs of this type.
+    #[param(value_type = Option<LogType>)]
+    log_type: Option<&'a str>,
+    /// Only logs with this status.
+    #[param(value_type = Option<LogStatus>)]
+    status: Option<&'a str>,
+    /// Only logs of this assistant: exact match, at most 256 bytes.
+    #[param(value_type = Option<String>)]
+    assistant_id: Option<&'a str>,
+    /// Only logs of this call (LiveKit room): exact match, at most 256 bytes.
+    #[param(value_type = Option<String>)]
+    room_name: Option<&'a str>,
+    /// Only logs at or after this time, RFC 3339 (e.g. `2026-03-10T09:15:42Z`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    start_time: Option<&'a str>,
+    /// Only logs before this time, RFC 3339; after `start_time`.
+    #[param(value_type = Option<String>, format = DateTime)]
+    end_time: Option<&'a str>,
+    /// Full text: words that must all be in the message, and `"quoted phrases"`; case and
+    /// punctuation are ignored; at most 1024 bytes.
+    #[param(value_type = Option<String>)]
+    q: Option<&'a str>,
+}
+
+impl<'a> Filters<'a> {
+    fn read(pairs: &'a [(String, String)]) -> Self {
+        let get = |name: &str| lookup(pairs, name);
+        Filters {
+            log_type: get("log_type"),
+            status: get("status"),
+            assistant_id: get("assistant_id"),
+            room_name: get("room_name"),
+            start_time: get("start_time"),
+            end_time: get("end_time"),
+            q: get("q"),
+        }
+    }
+}
+
+/// The filters shared by every endpoint that reads or erases logs, as a query of the first page.
 fn filters(pairs: &[(String, String)], user_id: &str) -> Result<LogQuery, ApiError> {
-    let get = |name: &str| lookup(pairs, name);
-    let log_type = get("log_type")
+    let given = Filters::read(pairs);
+    let log_type = given
+        .log_type
         .map(|v| {
             v.parse::<LogType>().map_err(|()| {
                 bad("log_type must be one of tool_call, end_call_webhook, inbound_context_lookup")
             })
         })
         .transpose()?;
-    let status = get("status")
+    let status = given
+        .status
         .map(|v| {
             v.parse::<LogStatus>()
                 .map_err(|()| bad("status must be success or error"))
         })
         .transpose()?;
-    let text = get("q").map(parse_text).transpose()?.unwrap_or_default();
-    let start = get("start_time")
+    let text = given.q.map(parse_text).transpose()?.unwrap_or_default();
+    let start = given
+        .start_time
         .map(|v| timestamp("start_time", v))
         .transpose()?;
-    let end = get("end_time")
+    let end = given
+        .end_time
         .map(|v| timestamp("end_time", v))
         .transpose()?;
     if let (Some(s), Some(e)) = (start, end)
@@ -131,10 +215,11 @@ fn filters(pairs: &[(String, String)], user_id: &str) -> Result<LogQuery, ApiErr
         user_id: user_id.to_owned(),
         log_type,
         status,
-        assistant_id: get("assistant_id")
+        assistant_id: given
+            .assistant_id
             .map(|v| name("assistant_id", v))
             .transpose()?,
-        room_name: get("room_name").map(|v| name("room_name", v)).transpose()?,
+        room_name: given.room_name.map(|v| name("room_name", v)).transpose()?,
         text,
         start,
         end,

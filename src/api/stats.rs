@@ -5,8 +5,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
+use super::params::Filters;
 use super::{ApiState, Caller, caller, params};
 use crate::auth::Scope;
 use crate::mapping::{LogStatus, LogType};
@@ -15,14 +17,14 @@ use crate::store::{Latency, MAX_BUCKETS, Stats, StatsError, format_timestamp};
 /// The intervals a caller may ask for, by name, in seconds.
 const INTERVALS: [(&str, u64); 4] = [("1m", 60), ("5m", 300), ("1h", 3600), ("1d", 86_400)];
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct StatsBody {
     success: bool,
     message: &'static str,
     data: StatsData,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct StatsData {
     total: u64,
     by_type_status: PerType<StatusCounts>,
@@ -32,7 +34,7 @@ struct StatsData {
 }
 
 /// One value per log type.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct PerType<T> {
     tool_call: T,
     end_call_webhook: T,
@@ -50,20 +52,20 @@ impl<T> PerType<T> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct StatusCounts {
     success: u64,
     error: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct HistogramData {
     interval: String,
     interval_seconds: f64,
     buckets: Vec<BucketData>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct BucketData {
     start: String,
     success: u64,
@@ -71,7 +73,7 @@ struct BucketData {
 }
 
 /// Percentiles in milliseconds; null when the type has no log.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct LatencyData {
     count: u64,
     p50: Option<u64>,
@@ -92,14 +94,26 @@ impl From<Option<Latency>> for LatencyData {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AssistantData {
     assistant_id: String,
     count: u64,
     errors: u64,
 }
 
-/// `GET /logs/stats`.
+/// The parameters of `GET /logs/stats` besides the filters.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsParams<'a> {
+    /// Width of the histogram's buckets; absent, one for about 60 buckets over the time range.
+    #[param(value_type = Option<String>, pattern = "^(1m|5m|1h|1d)$")]
+    interval: Option<&'a str>,
+}
+
+/// `GET /logs/stats`: what the caller's logs matching the filters hold, in numbers.
+#[utoipa::path(get, path = "/logs/stats", tag = "logs", params(Filters, StatsParams),
+    responses((status = 200, description = "Statistics of the matching logs.", body = StatsBody), ApiError),
+    security(("bearer" = [])))]
 pub async fn stats(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -107,7 +121,10 @@ pub async fn stats(
 ) -> Result<Response, ApiError> {
     let Caller { user_id, pairs, .. } =
         caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
-    let interval = match params::lookup(&pairs, "interval") {
+    let given = StatsParams {
+        interval: params::lookup(&pairs, "interval"),
+    };
+    let interval = match given.interval {
         None => None,
         Some(name) => {
             let seconds = INTERVALS

@@ -16,8 +16,10 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
+use super::params::Filters;
 use super::{ApiState, Caller, caller, params};
 use crate::auth::Scope;
 use crate::store::{LogQuery, Store};
@@ -35,10 +37,85 @@ const SEQ_WINDOW: u64 = 100_000;
 /// A comment sent when nothing else was for this long, so that proxies keep the stream open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// How long a client should wait before reconnecting, sent at the start of the stream.
-const RETRY_MS: u64 = 1000;
+/// The parameters of `GET /logs/tail` besides the filters.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TailParams<'a> {
+    /// The id of the last event received: the stream resumes after it, as with `Last-Event-ID`
+    /// (which wins when both are given). Absent, the stream starts with the next new log.
+    #[param(schema_with = event_id)]
+    cursor: Option<&'a str>,
+}
 
-/// `GET /logs/tail`.
+/// An event id: a sequence number.
+fn event_id() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(u64::MAX as f64))
+        .build()
+}
+
+/// One event of the stream: an activity log (no `event` field, the id its sequence number), or
+/// the final `end` event, whose data says why the stream ends.
+#[derive(ToSchema)]
+pub struct TailEvent {
+    /// The log's sequence number, a whole number: send it back as `Last-Event-ID` to resume
+    /// after it.
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+$")]
+    id: Option<u64>,
+    /// Absent for a log; `end` for the final event.
+    event: Option<&'static str>,
+    /// An activity log as `GET /logs` serves it, or `{"message": "..."}` for `end`.
+    #[schema(value_type = String, content_media_type = "application/json")]
+    data: Bytes,
+}
+
+impl TailEvent {
+    fn log(seq: u64, json: Vec<u8>) -> Self {
+        TailEvent {
+            id: Some(seq),
+            event: None,
+            data: json.into(),
+        }
+    }
+
+    fn end(message: &str) -> Self {
+        let data = serde_json::json!({ "message": message });
+        TailEvent {
+            id: None,
+            event: Some("end"),
+            data: data.to_string().into(),
+        }
+    }
+
+    /// The event as the stream carries it. The data is compact JSON: it holds no line break.
+    fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.data.len() + 40);
+        if let Some(id) = self.id {
+            out.extend_from_slice(format!("id: {id}\n").as_bytes());
+        }
+        if let Some(event) = self.event {
+            out.extend_from_slice(format!("event: {event}\n").as_bytes());
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&self.data);
+        out.extend_from_slice(b"\n\n");
+        out.into()
+    }
+}
+
+/// `GET /logs/tail`: Server-Sent Events of the caller's new logs matching the filters.
+#[utoipa::path(get, path = "/logs/tail", tag = "logs",
+    params(
+        Filters,
+        TailParams,
+        ("Last-Event-ID" = Option<u64>, Header, description = "The id of the last event received: the stream resumes after it.")),
+    responses(
+        (status = 200, description = "New matching logs, in the order they were acknowledged, as they become visible.",
+            body = TailEvent, content_type = "text/event-stream"),
+        ApiError),
+    security(("bearer" = [])))]
 pub async fn tail(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -46,20 +123,27 @@ pub async fn tail(
 ) -> Result<Response, ApiError> {
     let Caller { user_id, pairs, .. } =
         caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
-    let resume = match headers.get("last-event-id") {
-        Some(value) => Some(("Last-Event-ID", value.to_str().ok())),
-        None => params::lookup(&pairs, "cursor").map(|v| ("cursor", Some(v))),
+    let given = TailParams {
+        cursor: params::lookup(&pairs, "cursor"),
     };
-    let resume = resume
-        .map(
-            |(name, value)| match value.and_then(|v| v.parse::<u64>().ok()) {
-                Some(id) => Ok((name, id)),
-                None => Err(ApiError::BadRequest(format!(
-                    "{name} must be the id of an event of this stream, a whole number"
-                ))),
-            },
-        )
+    let event_id = |name: &'static str, value: Option<&str>| {
+        value.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name} must be the id of an event of this stream, a whole number"
+            ))
+        })
+    };
+    let cursor = given
+        .cursor
+        .map(|v| event_id("cursor", Some(v)).map(|id| ("cursor", id)))
         .transpose()?;
+    let resume = match headers.get("last-event-id") {
+        Some(value) => Some((
+            "Last-Event-ID",
+            event_id("Last-Event-ID", value.to_str().ok())?,
+        )),
+        None => cursor,
+    };
     let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "cursor").collect();
     let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/tail, which streams")?;
     let permit = state
@@ -131,13 +215,13 @@ impl Follower {
         };
         let end = self.follow().await;
         if let End::Told(message) = end {
-            let data = serde_json::json!({ "message": message });
-            last_slot.send(Ok(format!("event: end\ndata: {data}\n\n").into()));
+            last_slot.send(Ok(TailEvent::end(&message).encode()));
         }
     }
 
     async fn follow(&mut self) -> End {
-        if let Err(end) = self.send(format!("retry: {RETRY_MS}\n\n").into()).await {
+        // a comment first, so that the client sees the stream open before any log
+        if let Err(end) = self.send(Bytes::from_static(b": tailing\n\n")).await {
             return end;
         }
         loop {
@@ -183,12 +267,7 @@ impl Follower {
             };
             let full = page.len() == PAGE;
             for (seq, json) in page {
-                let mut event = Vec::with_capacity(json.len() + 32);
-                event.extend_from_slice(format!("id: {seq}\ndata: ").as_bytes());
-                // the stored JSON is compact: it holds no line break
-                event.extend_from_slice(&json);
-                event.extend_from_slice(b"\n\n");
-                self.send(event.into()).await?;
+                self.send(TailEvent::log(seq, json).encode()).await?;
                 self.after = seq;
             }
             if !full {

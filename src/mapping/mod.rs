@@ -19,7 +19,7 @@ pub use sources::{FieldSources, Found, MappingConfig, ResourceAttributes, Source
 pub use value::{for_each_structural_byte, to_json};
 
 /// What an activity log records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogType {
     ToolCall,
@@ -54,7 +54,7 @@ impl FromStr for LogType {
 }
 
 /// Whether the audited action succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStatus {
     Success,

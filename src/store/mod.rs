@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 pub use erase::{Expiry, ExpiryUsers};
 use schema::SEQ_FIELD;
-pub use schema::{MAX_WORD_BYTES, format_timestamp, message_terms};
+pub use schema::{MAX_WORD_BYTES, ServedLog, format_timestamp, message_terms};
 pub use search::SortKey;
 pub use stats::{
     AUTO_BUCKETS, AssistantCount, Latency, MAX_BUCKETS, Stats, StatsError, TOP_ASSISTANTS,

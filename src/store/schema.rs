@@ -171,18 +171,30 @@ pub fn format_timestamp(nanos: u64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-#[derive(Serialize)]
-struct ServedLog<'a> {
+/// An activity log as the API serves it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ActivityLog)]
+pub struct ServedLog<'a> {
+    #[schema(value_type = LogType)]
     log_type: &'static str,
+    #[schema(value_type = LogStatus)]
     status: &'static str,
     assistant_id: &'a str,
     room_name: &'a str,
+    /// UTC, RFC 3339 with milliseconds.
+    #[schema(format = DateTime, example = "2026-03-10T09:15:42.123Z")]
     timestamp: String,
     message: &'a str,
+    /// What the worker sent: a JSON object.
+    #[schema(value_type = Object)]
     request_data: &'a RawValue,
+    /// What it got back: a JSON object.
+    #[schema(value_type = Object)]
     response_data: &'a RawValue,
     latency_ms: u64,
+    /// Lower-case hex.
     trace_id: Option<&'a str>,
+    /// Lower-case hex.
     span_id: Option<&'a str>,
     severity_text: Option<&'a str>,
 }

@@ -3,6 +3,7 @@
 
 pub mod process;
 pub mod tmpfs;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
