@@ -6,7 +6,9 @@
 //! - [`mapping`]: turn each OTLP LogRecord into an [`mapping::ActivityLog`] (pure).
 //! - [`ingest`]: the one export path: authorize, map, queue for the writer, answer.
 //! - [`store`]: the embedded tantivy index: schema, the single writer, newest-first queries.
-//! - [`api`]: `GET /logs`, the audit API scoped to the caller's user, and health checks.
+//! - [`api`]: `GET /logs`, the audit API scoped to the caller's user, with its statistics, tail,
+//!   export, erasure and OpenAPI document, and health checks.
+//! - [`explorer`]: the web page at `/` that reads the API.
 //!
 //! Around them: [`auth`] (API keys and scopes), [`lifecycle`] (retention, per-user limits, watched
 //! files, snapshots), [`config`] (the config file and overrides),
@@ -18,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod emit;
+pub mod explorer;
 pub mod faults;
 pub mod ingest;
 pub mod lifecycle;

@@ -17,6 +17,7 @@ use crate::api::{self, ApiState, CursorKey};
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::config::TlsFiles;
+use crate::explorer;
 use crate::faults::Faults;
 use crate::ingest::{
     ExportService, Health, IngestPolicy, IngestQueue, MemoryBudget, WriteError, WriterOptions,
@@ -204,7 +205,7 @@ pub async fn start_with_faults(
         ),
         serve(
             listeners.api,
-            api::router(api_state),
+            api::router(api_state).merge(explorer::router()),
             Protocol::Http1,
             certificates.as_ref().map(|c| &c.api),
         ),

@@ -1133,6 +1133,11 @@ async function tailLoop(gen, ctl, query) {
           if (!(await sleep(wait, ctl.signal))) return;
           continue;
         }
+        if (err.status === 400 && L.lastId != null) {
+          // The resume point is no longer valid (e.g. the index was restored): start afresh.
+          L.lastId = null;
+          continue;
+        }
         setLive(false);
         reportError(err, null, 'tail');
         setLiveStatus(`Live tail refused: ${err.message}`, 'bad');
