@@ -9,6 +9,7 @@ mod erase;
 mod schema;
 mod search;
 mod stats;
+mod upgrade;
 
 use std::ops::Bound;
 use std::path::Path;
@@ -207,6 +208,7 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
         message,
     };
     std::fs::create_dir_all(path).map_err(|e| open_error(e.to_string()))?;
+    upgrade::upgrade(path)?;
     let (directory, write_errors) =
         IndexDirectory::open(path, options.faults.clone(), options.merge_failures.clone())
             .map_err(|e| open_error(e.to_string()))?;

@@ -200,7 +200,7 @@ pub struct ServedLog<'a> {
 }
 
 /// The JSON of a log as `GET /logs` returns it.
-fn served_json(log: &ActivityLog) -> Vec<u8> {
+pub(super) fn served_json(log: &ActivityLog) -> Vec<u8> {
     serde_json::to_vec(&ServedLog {
         log_type: log.log_type.as_str(),
         status: log.status.as_str(),
