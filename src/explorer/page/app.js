@@ -654,7 +654,7 @@ function logRow(log, { live = false, call = false, base = NaN } = {}) {
       STATUS_GLYPH[kind] ? h('span', { class: 'glyph', 'aria-hidden': 'true', text: STATUS_GLYPH[kind] }) : null,
       status || '—')));
 
-  tr.append(h('td', { class: 'c-assistant', text: str(log.assistant_id) }));
+  tr.append(h('td', { class: 'c-assistant', title: str(log.assistant_id), text: str(log.assistant_id) }));
 
   const latency = log.latency_ms;
   tr.append(h('td', { class: 'c-latency num', text: latency == null || latency === '' ? '–' : `${fmtMs(latency)} ms` }));
