@@ -121,6 +121,8 @@ pub struct ApiConfig {
     pub max_concurrent_searches: usize,
     /// `GET /logs/tail` streams that may be open at once; more are answered 503.
     pub max_tail_subscribers: usize,
+    /// Of which one user's, at most.
+    pub max_tail_subscribers_per_user: usize,
     /// A tail whose client takes no event for this long is cut off.
     pub tail_stall_timeout: Duration,
 }
@@ -255,6 +257,7 @@ struct RawApi {
     listen: String,
     max_concurrent_searches: u64,
     max_tail_subscribers: u64,
+    max_tail_subscribers_per_user: u64,
     tail_stall_timeout_ms: u64,
 }
 
@@ -264,6 +267,7 @@ impl Default for RawApi {
             listen: "127.0.0.1:8080".to_owned(),
             max_concurrent_searches: 8,
             max_tail_subscribers: 64,
+            max_tail_subscribers_per_user: 8,
             tail_stall_timeout_ms: 10_000,
         }
     }
@@ -458,6 +462,10 @@ impl RawConfig {
         )?;
         let max_tail_subscribers =
             positive("api.max_tail_subscribers", self.api.max_tail_subscribers)?;
+        let max_tail_subscribers_per_user = positive(
+            "api.max_tail_subscribers_per_user",
+            self.api.max_tail_subscribers_per_user,
+        )?;
         let tail_stall_timeout =
             millis("api.tail_stall_timeout_ms", self.api.tail_stall_timeout_ms)?;
         let writer_memory_mb = self.index.writer_memory_mb;
@@ -576,6 +584,7 @@ impl RawConfig {
                 listen: self.api.listen,
                 max_concurrent_searches: size(max_concurrent_searches),
                 max_tail_subscribers: size(max_tail_subscribers),
+                max_tail_subscribers_per_user: size(max_tail_subscribers_per_user),
                 tail_stall_timeout,
             },
             server,

@@ -110,8 +110,12 @@ async fn schemathesis_finds_no_fault_in_any_endpoint() {
     let authorization = format!("Authorization: Bearer {}", app.keys.alice_reader.expose());
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
     let schemathesis = tools.schemathesis.clone();
+    // its caches go to a temporary folder, not the source tree
+    let workdir = tempfile::tempdir().unwrap();
+    let cwd = workdir.path().to_owned();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(schemathesis)
+            .current_dir(cwd)
             .args([
                 "--config-file",
                 config,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{AppOptions, PATIENCE, TestApp, activity, at_ms, spawn_app_with, text, with_attr};
 use logbridge::auth::Secret;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One event of a stream.
@@ -115,8 +115,14 @@ async fn new_matching_logs_arrive_oldest_first_within_about_a_second() {
     let mut other = Tail::open(&app, &app.keys.bob, "", None).await;
 
     let failed = |n| with_attr(numbered(n), "activity.status", text("error"));
+    // request data as the worker sent it, pretty-printed: line breaks between its tokens
+    let pretty = with_attr(
+        failed(1),
+        "activity.request_data",
+        text("{\n  \"order\": 1,\r\n\n  \"items\": [\"a\"]\n}"),
+    );
     let acked = Instant::now();
-    let records = vec![failed(3), numbered(1), failed(1), failed(2)];
+    let records = vec![failed(3), numbered(1), pretty, failed(2)];
     let response = app.export(&app.keys.alice, records).await.unwrap();
     assert_eq!(response.partial_success, None);
     app.export(&app.keys.bob, vec![numbered(9)]).await.unwrap();
@@ -129,6 +135,12 @@ async fn new_matching_logs_arrive_oldest_first_within_about_a_second() {
         assert_eq!(event.data["message"], expected);
         assert_eq!(event.data["status"], "error");
         ids.push(event.id.unwrap());
+        if expected == "log 1" {
+            assert_eq!(
+                event.data["request_data"],
+                json!({"order": 1, "items": ["a"]})
+            );
+        }
     }
     let took = acked.elapsed();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
@@ -140,6 +152,22 @@ async fn new_matching_logs_arrive_oldest_first_within_about_a_second() {
 
     let event = other.next().await;
     assert_eq!(event.data["message"], "log 9");
+
+    // an export holds the same log on one line too
+    let ndjson = app
+        .client
+        .get(format!("{}/logs/export?status=error", app.api_url))
+        .bearer_auth(app.keys.alice.expose())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(ndjson.lines().count(), 3, "{ndjson}");
+    for line in ndjson.lines() {
+        serde_json::from_str::<Json>(line).unwrap();
+    }
 }
 
 #[tokio::test]
@@ -217,7 +245,7 @@ async fn bad_resume_points_and_filters_name_themselves() {
         (
             "",
             Some("5"),
-            "Last-Event-ID 5 is ahead of the newest event of this stream (0)",
+            "Last-Event-ID 5 is ahead of the newest event of this stream",
         ),
         (
             "limit=3",
@@ -242,25 +270,41 @@ async fn bad_resume_points_and_filters_name_themselves() {
 }
 
 #[tokio::test]
-async fn subscribers_are_bounded() {
+async fn subscribers_are_bounded_in_all_and_per_user() {
     let app = spawn_app_with(AppOptions {
-        settings: vec![("LOGBRIDGE_API_MAX_TAIL_SUBSCRIBERS", "2".to_owned())],
+        settings: vec![
+            ("LOGBRIDGE_API_MAX_TAIL_SUBSCRIBERS", "3".to_owned()),
+            (
+                "LOGBRIDGE_API_MAX_TAIL_SUBSCRIBERS_PER_USER",
+                "2".to_owned(),
+            ),
+        ],
         ..options()
     })
     .await;
+    let refused = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body: Json = response.json().await.unwrap();
+        body["message"].as_str().unwrap().to_owned()
+    };
     let first = Tail::open(&app, &app.keys.alice, "", None).await;
-    let _second = Tail::open(&app, &app.keys.bob, "", None).await;
-    let third = request(&app, &app.keys.alice, "", None).await;
-    assert_eq!(third.status(), 503);
-    assert_eq!(third.headers()["retry-after"], "1");
-    let body: Json = third.json().await.unwrap();
-    assert_eq!(body["message"], "too many tail subscribers, retry later");
+    let _second = Tail::open(&app, &app.keys.alice_reader, "", None).await;
+    assert_eq!(
+        refused(request(&app, &app.keys.alice, "", None).await).await,
+        "too many tail streams for this user, close one first"
+    );
+    let _third = Tail::open(&app, &app.keys.bob, "", None).await;
+    assert_eq!(
+        refused(request(&app, &app.keys.bob, "", None).await).await,
+        "too many tail subscribers, retry later"
+    );
 
     // a subscriber that leaves frees its place once the server notices
     drop(first);
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let response = request(&app, &app.keys.alice, "", None).await;
+        let response = request(&app, &app.keys.bob, "", None).await;
         if response.status() == 200 {
             break;
         }
@@ -268,6 +312,36 @@ async fn subscribers_are_bounded() {
         assert!(Instant::now() < deadline, "the place was never freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_revoked_key_ends_its_stream() {
+    let app = spawn_app_with(options()).await;
+    let mut tail = Tail::open(&app, &app.keys.alice_reader, "", None).await;
+    let keys_file = app.dir.path().join("keys.toml");
+    let kept: Vec<_> = app
+        .keys
+        .records()
+        .into_iter()
+        .filter(|k| k.sha256 != app.keys.alice_reader.sha256())
+        .collect();
+    common::write_keys_file(&keys_file, &kept);
+    // once the keys file is read again, the key is refused...
+    let deadline = Instant::now() + PATIENCE;
+    while app.get_logs(Some(&app.keys.alice_reader), "").await.0 != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the keys file was never read again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and the stream ends at the next commit, before the log it would have carried
+    app.export(&app.keys.alice, vec![numbered(1)])
+        .await
+        .unwrap();
+    let event = tail.next().await;
+    assert_eq!(event.kind.as_deref(), Some("end"));
+    assert_eq!(event.data["message"], "unknown API key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

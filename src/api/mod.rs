@@ -31,6 +31,7 @@ pub use error::ApiError;
 pub use export::CSV_COLUMNS;
 use params::{Filters, Paging};
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
+pub use tail::TailSlots;
 
 use crate::auth::{KeyStore, Scope};
 use crate::ingest::{Health, IngestQueue, WriteError};
@@ -53,8 +54,8 @@ pub struct ApiState {
     pub writer: IngestQueue,
     /// Exports allowed to run at once; more are answered 503.
     pub exports: Arc<Semaphore>,
-    /// Tail streams allowed at once; more are answered 503.
-    pub tails: Arc<Semaphore>,
+    /// Tail streams allowed at once, in all and per user; more are answered 503.
+    pub tails: TailSlots,
     /// A tail whose client takes no event for this long is cut off.
     pub tail_stall_timeout: Duration,
     /// Cancelled when the server begins to shut down: tails end then.

@@ -7,13 +7,15 @@
 //! client that takes no event for the stall timeout is cut off with a final `end` event, so a
 //! slow reader never makes the server buffer without limit.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
@@ -21,7 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::ApiError;
 use super::params::Filters;
 use super::{ApiState, Caller, caller, params};
-use crate::auth::Scope;
+use crate::auth::{KeyStore, Scope};
 use crate::store::{LogQuery, Store};
 
 /// Events waiting for a client, at most (one more slot is kept for the final event).
@@ -89,7 +91,7 @@ impl TailEvent {
         }
     }
 
-    /// The event as the stream carries it. The data is compact JSON: it holds no line break.
+    /// The event as the stream carries it. The data is one line: served logs are.
     fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(self.data.len() + 40);
         if let Some(id) = self.id {
@@ -100,7 +102,8 @@ impl TailEvent {
         }
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&self.data);
-        out.extend_from_slice(b"\n\n");
+        out.push(b'\n');
+        out.push(b'\n');
         out.into()
     }
 }
@@ -146,17 +149,13 @@ pub async fn tail(
     };
     let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "cursor").collect();
     let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/tail, which streams")?;
-    let permit = state
-        .tails
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::Unavailable("too many tail subscribers, retry later"))?;
+    let slot = state.tails.take(&user_id)?;
     let visible = state.store.visible();
     let newest = *visible.borrow();
     let after = match resume {
         Some((name, id)) if id > newest => {
             return Err(ApiError::BadRequest(format!(
-                "{name} {id} is ahead of the newest event of this stream ({newest})"
+                "{name} {id} is ahead of the newest event of this stream"
             )));
         }
         Some((_, id)) => id,
@@ -165,13 +164,17 @@ pub async fn tail(
     let (events, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(EVENTS_IN_FLIGHT + 1);
     let follower = Follower {
         store: state.store.clone(),
+        searches: state.searches.clone(),
+        keys: state.keys.clone(),
+        authorization: headers.get(header::AUTHORIZATION).cloned(),
         query,
         after,
         visible,
         events,
+        last_sent: Instant::now(),
         stall_timeout: state.tail_stall_timeout,
         shutdown: state.shutdown.clone(),
-        _permit: permit,
+        _slot: slot,
     };
     tokio::spawn(follower.run());
     let mut response = Body::from_stream(ReceiverStream::new(body)).into_response();
@@ -186,17 +189,83 @@ pub async fn tail(
     Ok(response)
 }
 
+/// The places of tail streams: a bound on all of them and one on each user's.
+#[derive(Clone)]
+pub struct TailSlots {
+    limits: (usize, usize),
+    open: Arc<Mutex<(usize, HashMap<String, usize>)>>,
+}
+
+/// A place taken: freed when dropped.
+struct TailSlot {
+    open: Arc<Mutex<(usize, HashMap<String, usize>)>>,
+    user: String,
+}
+
+impl TailSlots {
+    /// At most `max` streams, `per_user` of one user's.
+    pub fn new(max: usize, per_user: usize) -> Self {
+        Self {
+            limits: (max, per_user),
+            open: Arc::default(),
+        }
+    }
+
+    fn take(&self, user: &str) -> Result<TailSlot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, users) = &mut *open;
+        let mine = users.get(user).copied().unwrap_or(0);
+        if *total >= self.limits.0 {
+            return Err(ApiError::Unavailable(
+                "too many tail subscribers, retry later",
+            ));
+        }
+        if mine >= self.limits.1 {
+            return Err(ApiError::Unavailable(
+                "too many tail streams for this user, close one first",
+            ));
+        }
+        *total += 1;
+        users.insert(user.to_owned(), mine + 1);
+        Ok(TailSlot {
+            open: self.open.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for TailSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, users) = &mut *open;
+        *total -= 1;
+        if let Some(mine) = users.get_mut(&self.user) {
+            *mine -= 1;
+            if *mine == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// One stream's reader of the index.
 struct Follower {
     store: Store,
+    /// Reads of the index share the searches' bound.
+    searches: Arc<Semaphore>,
+    /// The key is checked again as the stream goes on: revoked or expired, it ends the stream.
+    keys: KeyStore,
+    authorization: Option<HeaderValue>,
     query: LogQuery,
     /// The last sequence number the client was given, or passed over.
     after: u64,
     visible: watch::Receiver<u64>,
     events: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    /// When the client was last sent anything, for keep-alives.
+    last_sent: Instant,
     stall_timeout: Duration,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    _slot: TailSlot,
 }
 
 /// Why a stream ended.
@@ -225,10 +294,14 @@ impl Follower {
             return end;
         }
         loop {
+            if let Err(end) = self.check_key() {
+                return end;
+            }
             let upto = *self.visible.borrow_and_update();
             if let Err(end) = self.catch_up(upto).await {
                 return end;
             }
+            let quiet_until = self.last_sent + KEEP_ALIVE;
             tokio::select! {
                 changed = self.visible.changed() => {
                     if changed.is_err() {
@@ -237,7 +310,7 @@ impl Follower {
                 }
                 () = self.events.closed() => return End::Gone,
                 () = self.shutdown.cancelled() => return End::Told(shutting_down()),
-                () = tokio::time::sleep(KEEP_ALIVE) => {
+                () = tokio::time::sleep_until(quiet_until.into()) => {
                     if let Err(end) = self.send(Bytes::from_static(b": keep-alive\n\n")).await {
                         return end;
                     }
@@ -246,14 +319,29 @@ impl Follower {
         }
     }
 
+    /// Whether the stream's key still reads its user's logs.
+    fn check_key(&self) -> Result<(), End> {
+        let authorization = self.authorization.as_ref().map(HeaderValue::as_bytes);
+        match self.keys.authorize(authorization, Scope::Read) {
+            Ok(principal) if principal.user_id.as_deref() == Some(&self.query.user_id) => Ok(()),
+            Ok(_) => Err(End::Told("the key now belongs to another user".into())),
+            Err(e) => Err(End::Told(e.to_string())),
+        }
+    }
+
     /// Sends every matching log up to sequence number `upto`.
     async fn catch_up(&mut self, upto: u64) -> Result<(), End> {
         while self.after < upto {
             let window_end = upto.min(self.after.saturating_add(SEQ_WINDOW));
             let (store, query, after) = (self.store.clone(), self.query.clone(), self.after);
-            let page =
-                tokio::task::spawn_blocking(move || store.since(&query, after, window_end, PAGE))
-                    .await;
+            let Ok(permit) = self.searches.clone().acquire_owned().await else {
+                return Err(End::Told(shutting_down()));
+            };
+            let page = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                store.since(&query, after, window_end, PAGE)
+            })
+            .await;
             let page = match page {
                 Ok(Ok(page)) => page,
                 Ok(Err(e)) => {
@@ -278,7 +366,8 @@ impl Follower {
     }
 
     /// Hands one event to the client, waiting up to the stall timeout for room.
-    async fn send(&self, event: Bytes) -> Result<(), End> {
+    async fn send(&mut self, event: Bytes) -> Result<(), End> {
+        self.last_sent = Instant::now();
         tokio::select! {
             reserved = tokio::time::timeout(self.stall_timeout, self.events.reserve()) => {
                 match reserved {

@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState, CursorKey};
+use crate::api::{self, ApiState, CursorKey, TailSlots};
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::config::TlsFiles;
@@ -154,7 +154,10 @@ pub async fn start_with_faults(
         searches: Arc::new(Semaphore::new(config.api.max_concurrent_searches)),
         writer: queue.clone(),
         exports: Arc::new(Semaphore::new(api::MAX_CONCURRENT_EXPORTS)),
-        tails: Arc::new(Semaphore::new(config.api.max_tail_subscribers)),
+        tails: TailSlots::new(
+            config.api.max_tail_subscribers,
+            config.api.max_tail_subscribers_per_user,
+        ),
         tail_stall_timeout: config.api.tail_stall_timeout,
         shutdown: shutdown.clone(),
     };

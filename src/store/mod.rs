@@ -56,6 +56,8 @@ pub enum StoreError {
     Write(std::io::Error),
     #[error("corrupt commit payload {0:?}")]
     Payload(String),
+    #[error("a stored log is not JSON: {0}")]
+    StoredLog(String),
 }
 
 /// Most logs a page may skip by offset (`page`): the work and memory of a page grow with its
@@ -446,13 +448,21 @@ impl Store {
             .collect()
     }
 
-    /// The JSON of a log as served.
+    /// The JSON of a log as served, on one line: `request_data` and `response_data` are kept as
+    /// sent, whitespace included, and a line break in them would split an NDJSON line or an SSE
+    /// event, so such a log is written compactly.
     fn served(&self, searcher: &Searcher, address: DocAddress) -> Result<Vec<u8>, StoreError> {
         let doc: TantivyDocument = searcher.doc(address)?;
         let json = doc
             .get_first(self.fields.doc)
             .and_then(|value| value.as_bytes());
-        Ok(json.unwrap_or(b"{}").to_vec())
+        let json = json.unwrap_or(b"{}");
+        if !json.iter().any(|&b| b == b'\n' || b == b'\r') {
+            return Ok(json.to_vec());
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| StoreError::StoredLog(e.to_string()))?;
+        Ok(serde_json::to_vec(&value).expect("a JSON value serializes"))
     }
 
     /// Every log `query` selects (its filters and time window), newest first, page by page,
@@ -476,20 +486,23 @@ impl Store {
     pub fn stats(&self, query: &LogQuery, interval: Option<u64>) -> Result<Stats, StatsError> {
         let searcher = self.reader.searcher();
         let (prepared, window) = self.prepare(&searcher, query)?;
-        let bounds = match (query.start, query.end) {
-            (Some(start), Some(end)) => Some((start, end)),
+        // the first and the last nanosecond the histogram spans: the window's, or the matches'
+        // where it is open
+        let span = match (query.start, query.end) {
+            (Some(start), Some(end)) => Some((start, end.saturating_sub(1))),
             _ => prepared
                 .time_bounds(&window)
                 .map_err(StoreError::from)?
                 .map(|(first, last)| {
-                    let start = query.start.unwrap_or(first);
-                    (start, query.end.unwrap_or(last.saturating_add(1)))
+                    let end = query.end.map_or(last, |end| end.saturating_sub(1));
+                    (query.start.unwrap_or(first), end)
                 }),
         };
-        let histogram = match bounds {
-            Some((lo, hi)) if lo < hi => {
-                let interval = interval.unwrap_or_else(|| stats::auto_interval(hi - lo));
-                stats::buckets(lo, hi, interval)?
+        let histogram = match span {
+            Some((first, last)) if first <= last => {
+                let interval = interval
+                    .unwrap_or_else(|| stats::auto_interval((last - first).saturating_add(1)));
+                stats::buckets(first, last, interval)?
             }
             _ => TimeHistogram {
                 interval: interval.unwrap_or_else(|| stats::auto_interval(0)),

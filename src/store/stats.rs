@@ -119,10 +119,11 @@ pub fn auto_interval(span: u64) -> u64 {
         .unwrap_or_else(|| wanted.div_ceil(DAY) * DAY)
 }
 
-/// The buckets of `[lo, hi)` at `interval`: aligned to multiples of it since the epoch.
-pub fn buckets(lo: u64, hi: u64, interval: u64) -> Result<TimeHistogram, StatsError> {
-    let start = lo - lo % interval;
-    let count = (hi - start).div_ceil(interval);
+/// The buckets from the one holding `first` to the one holding `last` (both inclusive), at
+/// `interval`: aligned to multiples of it since the epoch.
+pub fn buckets(first: u64, last: u64, interval: u64) -> Result<TimeHistogram, StatsError> {
+    let start = first - first % interval;
+    let count = (last - start) / interval + 1;
     if count > MAX_BUCKETS {
         return Err(StatsError::TooManyBuckets { buckets: count });
     }
@@ -322,19 +323,26 @@ mod tests {
     #[test]
     fn buckets_are_aligned_and_cover_the_range() {
         let minute = 60 * SECOND;
-        let h = buckets(90 * SECOND, 181 * SECOND, minute).unwrap();
+        let h = buckets(90 * SECOND, 180 * SECOND, minute).unwrap();
         assert_eq!(h.start, minute);
         assert_eq!(h.buckets.len(), 3);
-        let h = buckets(0, 1, minute).unwrap();
+        let h = buckets(0, 0, minute).unwrap();
         assert_eq!((h.start, h.buckets.len()), (0, 1));
         assert!(matches!(
-            buckets(0, 10_001 * minute, minute),
+            buckets(0, 10_001 * minute - 1, minute),
             Err(StatsError::TooManyBuckets { buckets: 10_001 })
         ));
         assert_eq!(
-            buckets(0, 10_000 * minute, minute).unwrap().buckets.len(),
+            buckets(0, 10_000 * minute - 1, minute)
+                .unwrap()
+                .buckets
+                .len(),
             10_000
         );
+        // the last nanosecond there is has a bucket
+        let h = buckets(u64::MAX, u64::MAX, minute).unwrap();
+        assert_eq!(h.buckets.len(), 1);
+        assert!(u64::MAX - h.start < minute);
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl Keys {
         }
     }
 
-    fn records(&self) -> Vec<KeyRecord> {
+    pub fn records(&self) -> Vec<KeyRecord> {
         let key = |name: &str, secret: &Secret, scopes: &[Scope], user: Option<&str>| KeyRecord {
             name: name.to_owned(),
             sha256: secret.sha256(),
