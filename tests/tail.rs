@@ -341,7 +341,10 @@ async fn a_revoked_key_ends_its_stream() {
         .unwrap();
     let event = tail.next().await;
     assert_eq!(event.kind.as_deref(), Some("end"));
-    assert_eq!(event.data["message"], "unknown API key");
+    assert_eq!(
+        event.data,
+        json!({"message": "unknown API key", "resumable": false})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,8 +403,12 @@ async fn a_reader_that_falls_behind_is_cut_off_with_a_final_event() {
     let data = received[end..].lines().nth(1).unwrap();
     let data: Json = serde_json::from_str(data.trim_start_matches("data: ")).unwrap();
     assert_eq!(
-        data["message"],
-        "the client took no event for 1000 ms and fell behind: reconnect with Last-Event-ID to resume"
+        data,
+        json!({
+            "message": "the client took no event for 1000 ms and fell behind: \
+                        reconnect with Last-Event-ID to resume",
+            "resumable": true,
+        })
     );
     assert!(
         !received[end..].contains("log_type"),

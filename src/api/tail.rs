@@ -59,7 +59,8 @@ fn event_id() -> utoipa::openapi::Object {
 }
 
 /// One event of the stream: an activity log (no `event` field, the id its sequence number), or
-/// the final `end` event, whose data says why the stream ends.
+/// the final `end` event, whose data says why the stream ends and whether reconnecting with
+/// `Last-Event-ID` resumes it (`{"message": "...", "resumable": true}`).
 #[derive(ToSchema)]
 pub struct TailEvent {
     /// The log's sequence number, a whole number: send it back as `Last-Event-ID` to resume
@@ -68,7 +69,8 @@ pub struct TailEvent {
     id: Option<u64>,
     /// Absent for a log; `end` for the final event.
     event: Option<&'static str>,
-    /// An activity log as `GET /logs` serves it, or `{"message": "..."}` for `end`.
+    /// An activity log as `GET /logs` serves it, or `{"message": "...", "resumable": bool}` for
+    /// `end`.
     #[schema(value_type = String, content_media_type = "application/json")]
     data: Bytes,
 }
@@ -82,8 +84,8 @@ impl TailEvent {
         }
     }
 
-    fn end(message: &str) -> Self {
-        let data = serde_json::json!({ "message": message });
+    fn end(message: &str, resumable: bool) -> Self {
+        let data = serde_json::json!({ "message": message, "resumable": resumable });
         TailEvent {
             id: None,
             event: Some("end"),
@@ -272,8 +274,11 @@ struct Follower {
 enum End {
     /// The client went away: nothing more to say.
     Gone,
-    /// The server ends the stream, saying why in a final event.
-    Told(String),
+    /// The server ends the stream, saying why in a final event; the client may reconnect with
+    /// `Last-Event-ID` and lose nothing.
+    Resumable(String),
+    /// The stream's key no longer reads these logs: reconnecting would be refused.
+    Final(String),
 }
 
 impl Follower {
@@ -283,9 +288,12 @@ impl Follower {
             return;
         };
         let end = self.follow().await;
-        if let End::Told(message) = end {
-            last_slot.send(Ok(TailEvent::end(&message).encode()));
-        }
+        let (message, resumable) = match end {
+            End::Gone => return,
+            End::Resumable(message) => (message, true),
+            End::Final(message) => (message, false),
+        };
+        last_slot.send(Ok(TailEvent::end(&message, resumable).encode()));
     }
 
     async fn follow(&mut self) -> End {
@@ -305,11 +313,11 @@ impl Follower {
             tokio::select! {
                 changed = self.visible.changed() => {
                     if changed.is_err() {
-                        return End::Told(shutting_down());
+                        return End::Resumable(shutting_down());
                     }
                 }
                 () = self.events.closed() => return End::Gone,
-                () = self.shutdown.cancelled() => return End::Told(shutting_down()),
+                () = self.shutdown.cancelled() => return End::Resumable(shutting_down()),
                 () = tokio::time::sleep_until(quiet_until.into()) => {
                     if let Err(end) = self.send(Bytes::from_static(b": keep-alive\n\n")).await {
                         return end;
@@ -324,8 +332,8 @@ impl Follower {
         let authorization = self.authorization.as_ref().map(HeaderValue::as_bytes);
         match self.keys.authorize(authorization, Scope::Read) {
             Ok(principal) if principal.user_id.as_deref() == Some(&self.query.user_id) => Ok(()),
-            Ok(_) => Err(End::Told("the key now belongs to another user".into())),
-            Err(e) => Err(End::Told(e.to_string())),
+            Ok(_) => Err(End::Final("the key now belongs to another user".into())),
+            Err(e) => Err(End::Final(e.to_string())),
         }
     }
 
@@ -335,7 +343,7 @@ impl Follower {
             let window_end = upto.min(self.after.saturating_add(SEQ_WINDOW));
             let (store, query, after) = (self.store.clone(), self.query.clone(), self.after);
             let Ok(permit) = self.searches.clone().acquire_owned().await else {
-                return Err(End::Told(shutting_down()));
+                return Err(End::Resumable(shutting_down()));
             };
             let page = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
@@ -346,11 +354,15 @@ impl Follower {
                 Ok(Ok(page)) => page,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "tail failed to read the index");
-                    return Err(End::Told("the index failed to answer; reconnect".into()));
+                    return Err(End::Resumable(
+                        "the index failed to answer; reconnect".into(),
+                    ));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "tail read task failed");
-                    return Err(End::Told("the index failed to answer; reconnect".into()));
+                    return Err(End::Resumable(
+                        "the index failed to answer; reconnect".into(),
+                    ));
                 }
             };
             let full = page.len() == PAGE;
@@ -376,14 +388,14 @@ impl Follower {
                         Ok(())
                     }
                     Ok(Err(_)) => Err(End::Gone),
-                    Err(_) => Err(End::Told(format!(
+                    Err(_) => Err(End::Resumable(format!(
                         "the client took no event for {} ms and fell behind: \
                          reconnect with Last-Event-ID to resume",
                         self.stall_timeout.as_millis()
                     ))),
                 }
             }
-            () = self.shutdown.cancelled() => Err(End::Told(shutting_down())),
+            () = self.shutdown.cancelled() => Err(End::Resumable(shutting_down())),
         }
     }
 }

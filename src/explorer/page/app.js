@@ -1152,11 +1152,16 @@ async function tailLoop(gen, ctl, query) {
           if (!alive()) return false;
           if (ev.type === 'end') {
             let message = ev.data;
+            let resumable = false;
             try {
               const parsed = JSON.parse(ev.data);
               if (isObj(parsed) && typeof parsed.message === 'string') message = parsed.message;
+              resumable = isObj(parsed) && parsed.resumable === true;
             } catch { /* the data as sent */ }
             flushLive();
+            // the server asks us to come back (we fell behind, or it restarts): resume from the
+            // last id after the usual backoff, losing nothing
+            if (resumable) return 'resume';
             setLive(false);
             setLiveStatus(`Live tail stopped: ${message || 'the server ended the stream'}`, 'bad');
             return true;
@@ -1171,7 +1176,7 @@ async function tailLoop(gen, ctl, query) {
           return false;
         },
       });
-      if (ended || !alive()) return;
+      if (ended === true || !alive()) return;
       // The server closed the stream without an end event: reconnect.
     } catch (e) {
       if (!alive() || e?.name === 'AbortError') return;
@@ -1184,7 +1189,8 @@ async function tailLoop(gen, ctl, query) {
   }
 }
 
-/** Reads a text/event-stream body; returns true when onEvent asked to stop. */
+/** Reads a text/event-stream body; returns what onEvent returned to stop it (true: stop for
+ *  good; 'resume': reconnect), or false when the stream ended. */
 async function readEventStream(body, { onId, onEvent }) {
   const reader = body.getReader();
   const decoder = new TextDecoder();
@@ -1207,7 +1213,7 @@ async function readEventStream(body, { onId, onEvent }) {
           if (id !== undefined) { onId(id); id = undefined; }
           if (hasData) {
             const stop = onEvent({ type: type || 'message', data: data.join('\n') });
-            if (stop) return true;
+            if (stop) return stop;
           }
           data = [];
           hasData = false;
