@@ -4,105 +4,23 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "../benches/harness/browser.rs"]
+mod browser;
 
+use browser::{Driver, js, wait_for};
 use common::{
     AppOptions, PATIENCE, TestApp, activity, at_ms, spawn_app_with, text, tools, with_attr,
 };
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
+use fantoccini::{Client, Locator};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde_json::{Value as Json, json};
 
-/// A chromedriver of its own, stopped when dropped.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn driver() -> Driver {
-    let tools = tools::installed();
-    // a free port for chromedriver, which cannot be told to pick one
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(&tools.chromedriver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
-    let driver = Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + PATIENCE;
-    let client = reqwest::Client::new();
-    loop {
-        let ready = client.get(format!("{}/status", driver.url)).send().await;
-        if let Ok(response) = ready
-            && let Ok(status) = response.json::<Json>().await
-            && status["value"]["ready"] == true
-        {
-            return driver;
-        }
-        assert!(Instant::now() < deadline, "chromedriver never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    browser::driver(&tools::installed().chromedriver).await
 }
 
 async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
-    let binary = tools::installed().chromium.display().to_string();
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert("browserName".into(), json!("chrome"));
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": binary,
-            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", format!("--window-size={width},{height}")],
-        }),
-    );
-    ClientBuilder::new(HttpConnector::new())
-        .capabilities(capabilities)
-        .connect(&driver.url)
-        .await
-        .expect("a browser session")
-}
-
-/// Waits until the JavaScript expression `condition` is true in the page; panics after
-/// [`PATIENCE`], saying what it waited for and what the page showed.
-async fn wait_for(client: &Client, condition: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    let script = format!("return Boolean({condition});");
-    loop {
-        if client.execute(&script, vec![]).await.unwrap() == json!(true) {
-            return;
-        }
-        if Instant::now() > deadline {
-            let shown = js(client, "document.querySelector('main').innerText").await;
-            panic!("waited in vain for {condition}; the page shows:\n{shown}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The value of a JavaScript expression in the page.
-async fn js(client: &Client, expression: &str) -> Json {
-    client
-        .execute(&format!("return {expression};"), vec![])
-        .await
-        .unwrap()
+    browser::browser(driver, &tools::installed().chromium, width, height).await
 }
 
 async fn text_of(client: &Client, css: &str) -> String {

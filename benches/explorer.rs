@@ -1,0 +1,98 @@
+//! Explorer benchmark: how long the page at `/` takes, in headless Chromium, from navigation to
+//! its first view (the newest 50 logs and the statistics drawn) on the query benchmark's index,
+//! for the user with three million logs and for a small one.
+//!
+//!     cargo bench --bench explorer -- [--dir PATH] [--runs 10]
+//!
+//! It needs the index `cargo bench --bench query` builds (`target/bench-index` by default) and
+//! Chromium with chromedriver on `PATH` (`tests/tools/install` installs them).
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+#[path = "harness/browser.rs"]
+mod browser;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use browser::{js, wait_for};
+use harness::Server;
+
+const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
+
+fn on_path(name: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH: run tests/tools/install"))
+}
+
+#[tokio::main]
+async fn main() {
+    let mut dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-index"));
+    let mut runs = 10;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "--dir" => dir = PathBuf::from(args.next().expect("--dir PATH")),
+            "--runs" => runs = args.next().expect("--runs N").parse().expect("--runs N"),
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(
+        Path::new(&dir).join("index/meta.json").exists(),
+        "no index in {}: run cargo bench --bench query first",
+        dir.display()
+    );
+    let server = Server::start(BIN, &dir, 1000).await;
+    let driver = browser::driver(&on_path("chromedriver")).await;
+    let client = browser::browser(&driver, &on_path("chromium"), 1280, 900).await;
+    println!("| user | logs | first view p50 | min | max |");
+    println!("|---|---|---|---|---|");
+    for (name, key) in [
+        ("large", &server.large_reader),
+        ("small", &server.small_reader),
+    ] {
+        let secret = key.trim_start_matches("Bearer ");
+        let mut times = Vec::new();
+        let mut total = String::new();
+        // the first visit warms the server's caches, as a person's second look would find them
+        for run in 0..=runs {
+            client.goto(&format!("{}/", server.api)).await.unwrap();
+            js(
+                &client,
+                &format!("sessionStorage.setItem('logbridge.key', '{secret}')"),
+            )
+            .await;
+            client.goto(&format!("{}/", server.api)).await.unwrap();
+            wait_for(
+                &client,
+                "document.querySelectorAll('#logs tr.log-row').length === 50 \
+                 && document.querySelector('#histogram rect.bar') !== null",
+            )
+            .await;
+            // navigation start to the first view, as the page's clock tells it
+            let took = js(&client, "performance.now()").await.as_f64().unwrap();
+            total = js(&client, "document.getElementById('total').textContent")
+                .await
+                .as_str()
+                .unwrap()
+                .to_owned();
+            if run > 0 {
+                times.push(Duration::from_secs_f64(took / 1000.0));
+            }
+        }
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "| {name} | {total} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            ms(times[times.len() / 2]),
+            ms(times[0]),
+            ms(times[times.len() - 1])
+        );
+    }
+    client.close().await.unwrap();
+    server.stop();
+}
