@@ -1,6 +1,7 @@
 //! The REST API: `GET /logs` (the audit API, scoped to the caller's user), `DELETE /logs`
-//! (erasure), `GET /logs/export` (every matching log, streamed), `/healthz`, `/readyz` and
-//! `/metrics`.
+//! (erasure), `GET /logs/stats` (counts, histogram, latency, assistants), `GET /logs/tail` (new
+//! logs as Server-Sent Events), `GET /logs/export` (every matching log, streamed),
+//! `GET /openapi.json`, `/healthz`, `/readyz` and `/metrics`.
 
 mod cursor;
 mod error;
