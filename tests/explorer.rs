@@ -23,6 +23,16 @@ async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
     browser::browser(driver, &tools::installed().chromium, width, height).await
 }
 
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn text_of(client: &Client, css: &str) -> String {
     client
         .find(Locator::Css(css))
@@ -94,13 +104,7 @@ async fn sign_in(client: &Client, app: &TestApp) {
         .await
         .unwrap();
     key.send_keys(app.keys.alice.expose()).await.unwrap();
-    client
-        .find(Locator::Css("#key-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(client, "#key-submit").await;
     wait_for(
         client,
         "document.querySelectorAll('#logs tr.log-row').length === 50",
@@ -123,13 +127,7 @@ async fn a_person_signs_in_filters_searches_and_reads_one_call() {
         .await
         .unwrap();
     key.send_keys("lb_not_a_key").await.unwrap();
-    client
-        .find(Locator::Css("#key-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#key-submit").await;
     wait_for(&client, "!document.getElementById('key-error').hidden").await;
     assert_eq!(
         text_of(&client, "#key-error").await,
@@ -173,13 +171,7 @@ async fn a_person_signs_in_filters_searches_and_reads_one_call() {
     );
 
     // filter by status: 26 failed logs, every row says error, and the URL holds the filter
-    client
-        .find(Locator::Css("#f-status option[value=error]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#f-status option[value=error]").await;
     wait_for(
         &client,
         "document.getElementById('total').textContent === '26'",
@@ -218,13 +210,7 @@ async fn a_person_signs_in_filters_searches_and_reads_one_call() {
         "No logs match these filters."
     );
     // any status: the 13 refunds
-    client
-        .find(Locator::Css("#f-status option[value='']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#f-status option[value='']").await;
     wait_for(
         &client,
         "document.getElementById('total').textContent === '13'",
@@ -268,13 +254,7 @@ async fn a_person_signs_in_filters_searches_and_reads_one_call() {
     );
 
     // the call view: every log of room-12, oldest first
-    client
-        .find(Locator::Css("#logs tr.log-row button.room-link"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#logs tr.log-row button.room-link").await;
     wait_for(&client, "!document.getElementById('call-view').hidden").await;
     wait_for(
         &client,
@@ -293,13 +273,7 @@ async fn a_person_signs_in_filters_searches_and_reads_one_call() {
             .unwrap()
             .contains("room=room-12")
     );
-    client
-        .find(Locator::Css("#close-call"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#close-call").await;
     wait_for(&client, "document.getElementById('call-view').hidden").await;
 
     client.close().await.unwrap();
@@ -331,13 +305,7 @@ async fn scrolling_reads_on_and_a_live_log_arrives() {
     wait_for(&client, "document.getElementById('load-more').hidden").await;
 
     // live tail on: a log sent now appears on top, marked live, and the total follows
-    client
-        .find(Locator::Css("#live"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#live").await;
     wait_for(&client, "document.getElementById('live').checked").await;
     // the tail starts from now: wait until it is connected before sending
     wait_for(&client, "/Live: waiting/.test(document.body.innerText)").await;
@@ -418,13 +386,7 @@ async fn a_phone_width_page_fits_and_errors_say_so() {
     if let Some(server) = app.server.take() {
         server.shutdown().await;
     }
-    client
-        .find(Locator::Css("#apply"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#apply").await;
     wait_for(
         &client,
         "/Cannot reach logbridge/.test(document.getElementById('error').textContent)",

@@ -63,6 +63,27 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
 }
 
+impl ApiState {
+    /// Runs `search` on a blocking thread within the bound of searches; a 503 when it is reached.
+    async fn search<T: Send + 'static>(
+        &self,
+        search: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = self
+            .searches
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Unavailable("too many searches in progress, retry later"))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            search(&store)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("search task failed: {e}")))
+    }
+}
+
 /// Exports that may run at once: each walks the index on a blocking thread.
 pub const MAX_CONCURRENT_EXPORTS: usize = 2;
 
@@ -275,27 +296,18 @@ async fn logs(
         caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
     let LogsRequest { query, page } = params::parse(&pairs, &user_id, &state.cursor_key)?;
 
-    let permit = state
-        .searches
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::Unavailable("too many searches in progress, retry later"))?;
-    let store = state.store.clone();
     let search_query = query.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        store.search(&search_query)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("search task failed: {e}")))?
-    .map_err(|e| match e {
-        SearchError::TooDeep => ApiError::BadRequest(format!(
-            "page {page} with limit {} starts past the first {MAX_OFFSET} logs; \
+    let result = state
+        .search(move |store| store.search(&search_query))
+        .await?
+        .map_err(|e| match e {
+            SearchError::TooDeep => ApiError::BadRequest(format!(
+                "page {page} with limit {} starts past the first {MAX_OFFSET} logs; \
              follow data.next_cursor to read further",
-            query.limit
-        )),
-        SearchError::Store(e) => ApiError::Internal(e.to_string()),
-    })?;
+                query.limit
+            )),
+            SearchError::Store(e) => ApiError::Internal(e.to_string()),
+        })?;
 
     let logs = result
         .logs

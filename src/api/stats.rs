@@ -137,25 +137,16 @@ pub async fn stats(
     };
     let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "interval").collect();
     let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/stats, which counts")?;
-    let permit = state
-        .searches
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::Unavailable("too many searches in progress, retry later"))?;
-    let store = state.store.clone();
-    let stats = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        store.stats(&query, interval)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("statistics task failed: {e}")))?
-    .map_err(|e| match e {
-        StatsError::TooManyBuckets { buckets } => ApiError::BadRequest(format!(
-            "interval cuts the time range into {buckets} buckets, more than {MAX_BUCKETS}: \
+    let stats = state
+        .search(move |store| store.stats(&query, interval))
+        .await?
+        .map_err(|e| match e {
+            StatsError::TooManyBuckets { buckets } => ApiError::BadRequest(format!(
+                "interval cuts the time range into {buckets} buckets, more than {MAX_BUCKETS}: \
              choose a wider interval or a narrower start_time and end_time"
-        )),
-        StatsError::Store(e) => ApiError::Internal(e.to_string()),
-    })?;
+            )),
+            StatsError::Store(e) => ApiError::Internal(e.to_string()),
+        })?;
     let body = StatsBody {
         success: true,
         message: "Activity log statistics fetched successfully",
