@@ -304,11 +304,18 @@ async fn scrolling_reads_on_and_a_live_log_arrives() {
     assert_eq!(text_of(&client, "#shown").await, "Showing 130 of 130");
     wait_for(&client, "document.getElementById('load-more').hidden").await;
 
-    // live tail on: a log sent now appears on top, marked live, and the total follows
+    // a log committed after the page was read, before live tail is on: the tail follows on
+    // from the page, so it arrives too
+    let between = activity("tool_call", at_ms(400_000), "committed in between");
+    app.ingest(&app.keys.alice, vec![between]).await;
     click(&client, "#live").await;
     wait_for(&client, "document.getElementById('live').checked").await;
-    // the tail starts from now: wait until it is connected before sending
-    wait_for(&client, "/Live: waiting/.test(document.body.innerText)").await;
+    wait_for(
+        &client,
+        "document.querySelector('#logs tr.log-row .c-message').textContent === 'committed in between'",
+    )
+    .await;
+    // live tail on: a log sent now appears on top, marked live, and the total follows
     let live = activity("tool_call", at_ms(500_000), "a live one");
     let response = app.export(&app.keys.alice, vec![live]).await.unwrap();
     assert_eq!(response.partial_success, None);
@@ -320,14 +327,19 @@ async fn scrolling_reads_on_and_a_live_log_arrives() {
     assert_eq!(
         js(
             &client,
-            "document.querySelector('#logs tr.log-row').classList.contains('live')"
+            "[...document.querySelectorAll('#logs tr.log-row')].slice(0, 3)\
+             .map(r => [r.classList.contains('live'), r.querySelector('.c-message').textContent])"
         )
         .await,
-        json!(true)
+        json!([
+            [true, "a live one"],
+            [true, "committed in between"],
+            [false, "log 129: done"]
+        ])
     );
     wait_for(
         &client,
-        "document.getElementById('total').textContent === '131'",
+        "document.getElementById('total').textContent === '132'",
     )
     .await;
 

@@ -214,6 +214,35 @@ async fn a_reconnect_with_last_event_id_misses_nothing_and_repeats_nothing() {
 }
 
 #[tokio::test]
+async fn a_tail_from_the_sequence_of_a_page_follows_on_from_it() {
+    let app = spawn_app_with(options()).await;
+    app.ingest(&app.keys.alice, vec![numbered(1), numbered(2)])
+        .await;
+    let response = app
+        .client
+        .get(format!("{}/logs?limit=1", app.api_url))
+        .bearer_auth(app.keys.alice.expose())
+        .send()
+        .await
+        .unwrap();
+    let sequence: u64 = response.headers()["logbridge-sequence"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(sequence, 2);
+    // committed after the page was read, before the tail connects
+    app.ingest(&app.keys.alice, vec![numbered(3)]).await;
+    let mut tail = Tail::open(&app, &app.keys.alice, &format!("cursor={sequence}"), None).await;
+    app.export(&app.keys.alice, vec![numbered(4)])
+        .await
+        .unwrap();
+    for expected in ["log 3", "log 4"] {
+        assert_eq!(tail.next().await.data["message"], expected);
+    }
+}
+
+#[tokio::test]
 async fn bad_resume_points_and_filters_name_themselves() {
     let app = spawn_app_with(options()).await;
     let get = |query: &'static str, id: Option<&'static str>| {

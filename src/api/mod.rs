@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{RawQuery, Request, State};
 use axum::handler::Handler;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
@@ -83,6 +83,10 @@ impl ApiState {
         .map_err(|e| ApiError::Internal(format!("search task failed: {e}")))
     }
 }
+
+/// The header of `GET /logs` answers that tells the sequence number the page was read at: a
+/// tail given it as `cursor` follows on from the page without a gap.
+pub const SEQUENCE_HEADER: &str = "logbridge-sequence";
 
 /// Exports that may run at once: each walks the index on a blocking thread.
 pub const MAX_CONCURRENT_EXPORTS: usize = 2;
@@ -285,7 +289,9 @@ async fn erase(
 
 /// `GET /logs`: a page of the caller's logs matching the filters, newest first.
 #[utoipa::path(get, path = "/logs", tag = "logs", params(Filters, Paging),
-    responses((status = 200, description = "A page of logs, newest first.", body = LogsBody), ApiError),
+    responses((status = 200, description = "A page of logs, newest first.", body = LogsBody,
+        headers(("Logbridge-Sequence" = u64, description = "The sequence number the page was read at: `GET /logs/tail?cursor=` it follows on from this page without a gap."))),
+        ApiError),
     security(("bearer" = [])))]
 async fn logs(
     State(state): State<ApiState>,
@@ -296,6 +302,8 @@ async fn logs(
         caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
     let LogsRequest { query, page } = params::parse(&pairs, &user_id, &state.cursor_key)?;
 
+    // read before the search: every log up to it is in what the search sees
+    let sequence = *state.store.visible().borrow();
     let search_query = query.clone();
     let result = state
         .search(move |store| store.search(&search_query))
@@ -334,5 +342,9 @@ async fn logs(
             next_cursor,
         },
     };
-    Ok(axum::Json(body).into_response())
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(SEQUENCE_HEADER, HeaderValue::from(sequence));
+    Ok(response)
 }

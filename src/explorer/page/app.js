@@ -162,6 +162,7 @@ const state = {
   scrollBeforeCall: 0,
   retry: null,
   errorSource: null,
+  pageSequence: null,
   live: { on: false, gen: 0, ctl: null, query: null, lastId: null, backoff: BACKOFF_MIN, queue: [], timer: 0 },
 };
 
@@ -234,8 +235,15 @@ async function api(path, params, signal) {
     const message = isObj(body) && typeof body.message === 'string' && body.message ? body.message : 'the request failed';
     throw new ApiError(res.status, message);
   }
-  return isObj(body.data) ? body.data : {};
+  const data = isObj(body.data) ? body.data : {};
+  // GET /logs tells the sequence number it read at: a tail from there misses nothing after it
+  const sequence = res.headers.get('Logbridge-Sequence');
+  if (sequence && /^[0-9]+$/.test(sequence)) sequences.set(data, sequence);
+  return data;
 }
+
+/** The sequence number each GET /logs answer was read at. */
+const sequences = new WeakMap();
 
 // ---------------------------------------------------------------------------------------------
 // Filters ⇄ inputs ⇄ URL ⇄ server parameters
@@ -529,7 +537,9 @@ async function load() {
   let error = null;
   if (pageR.status === 'fulfilled') {
     renderPage(pageR.value);
+    state.pageSequence = sequences.get(pageR.value) ?? null;
   } else {
+    state.pageSequence = null;
     error = pageR.reason;
     $('logs').tBodies[0].replaceChildren();
     state.shown = null;
@@ -1094,7 +1104,8 @@ function startTail() {
   const ctl = new AbortController();
   L.ctl = ctl;
   L.query = state.query;
-  L.lastId = null;
+  // follow on from the first page shown: logs committed since it was read come first
+  L.lastId = state.pageSequence ?? null;
   L.backoff = BACKOFF_MIN;
   tailLoop(gen, ctl, state.query).catch((e) => {
     if (gen === L.gen && e?.name !== 'AbortError') {
