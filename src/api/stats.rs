@@ -1,6 +1,9 @@
 //! `GET /logs/stats`: counts per type and status, a histogram over time by status, latency
 //! percentiles per type and the busiest assistants of the logs matching the filters of `GET /logs`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -137,8 +140,11 @@ pub async fn stats(
     };
     let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "interval").collect();
     let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/stats, which counts")?;
+    // a client that goes away (a new filter in the explorer) stops the work it asked for
+    let cancel = CancelOnDrop::default();
+    let cancelled = cancel.0.clone();
     let stats = state
-        .search(move |store| store.stats(&query, interval))
+        .search(move |store| store.stats(&query, interval, &cancelled))
         .await?
         .map_err(|e| match e {
             StatsError::TooManyBuckets { buckets } => ApiError::BadRequest(format!(
@@ -146,13 +152,27 @@ pub async fn stats(
              choose a wider interval or a narrower start_time and end_time"
             )),
             StatsError::Store(e) => ApiError::Internal(e.to_string()),
+            // only a request that is gone is cancelled: nobody reads this
+            StatsError::Cancelled => ApiError::Unavailable("the statistics were cancelled"),
         })?;
+    drop(cancel);
     let body = StatsBody {
         success: true,
         message: "Activity log statistics fetched successfully",
         data: data(&stats),
     };
     Ok(axum::Json(body).into_response())
+}
+
+/// Set when dropped: when the request's future is dropped because its client left, or when the
+/// answer is ready.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 fn data(stats: &Stats) -> StatsData {

@@ -14,6 +14,7 @@ mod upgrade;
 use std::ops::Bound;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
@@ -482,8 +483,14 @@ impl Store {
 
     /// The statistics of every log `query` selects (its filters and time window). `interval` is
     /// the width of the histogram's buckets in nanoseconds, `None` for about [`AUTO_BUCKETS`];
-    /// the histogram spans the time window, or the matches where the window is open.
-    pub fn stats(&self, query: &LogQuery, interval: Option<u64>) -> Result<Stats, StatsError> {
+    /// the histogram spans the time window, or the matches where the window is open. Setting
+    /// `cancelled` stops the work early, with [`StatsError::Cancelled`].
+    pub fn stats(
+        &self,
+        query: &LogQuery,
+        interval: Option<u64>,
+        cancelled: &AtomicBool,
+    ) -> Result<Stats, StatsError> {
         let searcher = self.reader.searcher();
         let (prepared, window) = self.prepare(&searcher, query)?;
         // the first and the last nanosecond the histogram spans: the window's, or the matches'
@@ -510,11 +517,11 @@ impl Store {
                 buckets: Vec::new(),
             },
         };
-        let mut visitor = stats::StatsVisitor::new(histogram);
+        let mut visitor = stats::StatsVisitor::new(histogram, cancelled);
         prepared
             .visit(&window, &mut visitor)
             .map_err(StoreError::from)?;
-        Ok(visitor.finish())
+        visitor.finish()
     }
 
     /// `query`'s filters ready to run over `searcher`, and its window.
@@ -746,12 +753,10 @@ mod tests {
             assert_eq!(page.has_more, has_more, "round {round}: {q:?}");
             if round % 4 == 0 {
                 let interval = rng.random_range(20..20_000);
-                assert_stats(
-                    &store.stats(&q, Some(interval)).unwrap(),
-                    &logs,
-                    &q,
-                    interval,
-                );
+                let stats = store.stats(&q, Some(interval), &AtomicBool::new(false));
+                assert_stats(&stats.unwrap(), &logs, &q, interval);
+                let cancelled = store.stats(&q, Some(interval), &AtomicBool::new(true));
+                assert!(matches!(cancelled, Err(StatsError::Cancelled)), "{q:?}");
             }
         }
     }

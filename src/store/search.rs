@@ -60,6 +60,8 @@ pub trait Visitor {
     fn visit(&mut self, doc: DocId, timestamp: u64);
     /// The current segment is done.
     fn leave(&mut self);
+    /// Whether to stop: checked before each block.
+    fn cancelled(&self) -> bool;
 }
 
 struct Segment<'a> {
@@ -143,7 +145,7 @@ impl Prepared<'_> {
     }
 
     /// Shows `visitor` every match in the window's time range (the keyset position aside),
-    /// segment by segment, in document order.
+    /// segment by segment, in document order, until it says it is cancelled.
     pub fn visit(&self, window: &Window, visitor: &mut impl Visitor) -> tantivy::Result<()> {
         for segment in &self.segments {
             let mut scorer: Option<Box<dyn Scorer>> = None;
@@ -151,6 +153,9 @@ impl Prepared<'_> {
                 let bounds = (block.min, block.max);
                 if block.matches == 0 || window.misses(bounds) {
                     continue;
+                }
+                if visitor.cancelled() {
+                    return Ok(());
                 }
                 let scorer = match &mut scorer {
                     Some(scorer) => scorer,

@@ -6,6 +6,7 @@
 //! exact below 2,048 ms, within 0.1% above; the maximum is exact.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hdrhistogram::Histogram;
 use tantivy::columnar::{Column, StrColumn};
@@ -92,6 +93,9 @@ pub enum StatsError {
     /// The interval cuts the time range into more than [`MAX_BUCKETS`].
     #[error("the interval gives {buckets} buckets over the time range; at most {MAX_BUCKETS}")]
     TooManyBuckets { buckets: u64 },
+    /// Whoever asked no longer waits for the answer.
+    #[error("cancelled")]
+    Cancelled,
     #[error(transparent)]
     Store(#[from] super::StoreError),
 }
@@ -152,7 +156,8 @@ struct SegmentColumns {
 }
 
 /// Collects [`Stats`] from the matches a [`super::search::Prepared`] visits.
-pub struct StatsVisitor {
+pub struct StatsVisitor<'a> {
+    cancelled: &'a AtomicBool,
     counts: [[u64; 2]; 3],
     histogram: TimeHistogram,
     latencies: [Histogram<u64>; 3],
@@ -161,11 +166,12 @@ pub struct StatsVisitor {
     segment: Option<SegmentColumns>,
 }
 
-impl StatsVisitor {
-    /// A visitor filling `histogram`.
-    pub fn new(histogram: TimeHistogram) -> Self {
+impl<'a> StatsVisitor<'a> {
+    /// A visitor filling `histogram`, which stops early once `cancelled` is set.
+    pub fn new(histogram: TimeHistogram, cancelled: &'a AtomicBool) -> Self {
         let latency = || Histogram::new(3).expect("3 significant digits are supported");
         Self {
+            cancelled,
             counts: [[0; 2]; 3],
             histogram,
             latencies: [latency(), latency(), latency()],
@@ -175,8 +181,11 @@ impl StatsVisitor {
         }
     }
 
-    /// The statistics of every match visited.
-    pub fn finish(self) -> Stats {
+    /// The statistics of every match visited; none when cancelled.
+    pub fn finish(self) -> Result<Stats, StatsError> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(StatsError::Cancelled);
+        }
         let latency = std::array::from_fn(|t| {
             let histogram = &self.latencies[t];
             let max = self.max_latency[t];
@@ -201,16 +210,20 @@ impl StatsVisitor {
             .collect();
         top.sort_unstable_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
         top.truncate(TOP_ASSISTANTS);
-        Stats {
+        Ok(Stats {
             counts: self.counts,
             histogram: self.histogram,
             latency,
             top_assistants: top,
-        }
+        })
     }
 }
 
-impl Visitor for StatsVisitor {
+impl Visitor for StatsVisitor<'_> {
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
     fn enter(&mut self, segment: &SegmentReader) -> tantivy::Result<()> {
         let fast = segment.fast_fields();
         let assistants = fast.str(ASSISTANT_FIELD)?;

@@ -279,7 +279,8 @@ mod tests {
         let served: Vec<Vec<u8>> = page.logs.into_iter().map(|(_, json)| json).collect();
         let expected: Vec<Vec<u8>> = [4, 2, 0].iter().map(|&i| served_json(&logs[i])).collect();
         assert_eq!(served, expected);
-        let stats = store.stats(&query("bob"), None).unwrap();
+        let not_cancelled = std::sync::atomic::AtomicBool::new(false);
+        let stats = store.stats(&query("bob"), None, &not_cancelled).unwrap();
         assert_eq!(stats.total(), 2);
         let latency = stats.latency[0].unwrap();
         assert_eq!((latency.count, latency.max), (2, 400));
