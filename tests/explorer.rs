@@ -276,6 +276,40 @@ async fn a_person_signs_in_filters_searches_and_reads_one_call() {
     click(&client, "#close-call").await;
     wait_for(&client, "document.getElementById('call-view').hidden").await;
 
+    // a bar of the histogram narrows the range to its bucket, within the range shown: from
+    // 09:15:43, two-second buckets start at 09:15:42, and the first one zooms to 09:15:43-44
+    client
+        .goto(&format!(
+            "{}/?start_time=2026-03-10T09:15:43Z&end_time=2026-03-10T09:17:00Z",
+            app.api_url
+        ))
+        .await
+        .unwrap();
+    wait_for(
+        &client,
+        "document.getElementById('total').textContent === '77'",
+    )
+    .await;
+    click(&client, "#histogram g.bucket rect.hit").await;
+    wait_for(
+        &client,
+        "document.getElementById('total').textContent === '1'",
+    )
+    .await;
+    assert_eq!(messages(&client, "#logs").await, vec![message(1)]);
+    let query = client
+        .current_url()
+        .await
+        .unwrap()
+        .query()
+        .unwrap()
+        .to_owned();
+    assert!(
+        query.contains("start_time=2026-03-10T09:15:43")
+            && query.contains("end_time=2026-03-10T09:15:44"),
+        "{query}"
+    );
+
     client.close().await.unwrap();
 }
 

@@ -943,6 +943,13 @@ function renderHistogram() {
 }
 
 function zoomTo(startMs, endMs) {
+  // a bucket is aligned to its interval: keep the zoom inside the range it was drawn for
+  const shown = new URLSearchParams(state.query || '');
+  const from = parseTime(shown.get('start_time'));
+  const to = parseTime(shown.get('end_time'));
+  if (Number.isFinite(from)) startMs = Math.max(startMs, from);
+  if (Number.isFinite(to)) endMs = Math.min(endMs, to);
+  if (!(startMs < endMs)) return;
   const f = readInputs();
   f.range = 'custom';
   f.start_time = rfc3339(startMs);
