@@ -559,7 +559,8 @@ async function load() {
   renderTotals();
   updateMore();
   if (error) reportError(error, () => load(), 'load');
-  if (state.key && state.live.on && state.live.query !== state.query) startTail();
+  // (again, if Live was switched on while this loaded: it follows on from this page)
+  if (state.key && state.live.on) startTail();
 }
 
 function renderPage(data) {
