@@ -387,10 +387,6 @@ async fn scrolling_reads_on_and_a_live_log_arrives() {
         .unwrap();
     wait_for(&client, "document.activeElement.id === 'f-q'").await;
 
-    // the main view, kept for the README
-    let png = client.screenshot().await.unwrap();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/explorer.png");
-    std::fs::write(path, png).unwrap();
     client.close().await.unwrap();
 }
 
