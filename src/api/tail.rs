@@ -194,13 +194,15 @@ pub async fn tail(
 /// The places of tail streams: a bound on all of them and one on each user's.
 #[derive(Clone)]
 pub struct TailSlots {
-    limits: (usize, usize),
-    open: Arc<Mutex<(usize, HashMap<String, usize>)>>,
+    max: usize,
+    per_user: usize,
+    /// Streams open, per user (the total is their sum: at most `max` users are here).
+    open: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 /// A place taken: freed when dropped.
 struct TailSlot {
-    open: Arc<Mutex<(usize, HashMap<String, usize>)>>,
+    open: Arc<Mutex<HashMap<String, usize>>>,
     user: String,
 }
 
@@ -208,27 +210,26 @@ impl TailSlots {
     /// At most `max` streams, `per_user` of one user's.
     pub fn new(max: usize, per_user: usize) -> Self {
         Self {
-            limits: (max, per_user),
+            max,
+            per_user,
             open: Arc::default(),
         }
     }
 
     fn take(&self, user: &str) -> Result<TailSlot, ApiError> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, users) = &mut *open;
-        let mine = users.get(user).copied().unwrap_or(0);
-        if *total >= self.limits.0 {
+        if open.values().sum::<usize>() >= self.max {
             return Err(ApiError::Unavailable(
                 "too many tail subscribers, retry later",
             ));
         }
-        if mine >= self.limits.1 {
+        let mine = open.entry(user.to_owned()).or_default();
+        if *mine >= self.per_user {
             return Err(ApiError::Unavailable(
                 "too many tail streams for this user, close one first",
             ));
         }
-        *total += 1;
-        users.insert(user.to_owned(), mine + 1);
+        *mine += 1;
         Ok(TailSlot {
             open: self.open.clone(),
             user: user.to_owned(),
@@ -239,12 +240,10 @@ impl TailSlots {
 impl Drop for TailSlot {
     fn drop(&mut self) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, users) = &mut *open;
-        *total -= 1;
-        if let Some(mine) = users.get_mut(&self.user) {
+        if let Some(mine) = open.get_mut(&self.user) {
             *mine -= 1;
             if *mine == 0 {
-                users.remove(&self.user);
+                open.remove(&self.user);
             }
         }
     }
