@@ -138,7 +138,6 @@ pub async fn stats(
             Some(seconds * 1_000_000_000)
         }
     };
-    let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "interval").collect();
     let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/stats, which counts")?;
     // a client that goes away (a new filter in the explorer) stops the work it asked for
     let cancel = CancelOnDrop::default();
