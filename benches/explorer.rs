@@ -4,8 +4,8 @@
 //!
 //!     cargo bench --bench explorer -- [--dir PATH] [--runs 10]
 //!
-//! It needs the index `cargo bench --bench query` builds (`target/bench-index` by default) and
-//! Chromium with chromedriver on `PATH` (`tests/tools/install` installs them).
+//! It needs the index `cargo bench --bench query` builds (`target/bench-index` by default), and
+//! Chromium with chromedriver, which `tests/tools/install` installs first when missing.
 
 #[path = "harness/mod.rs"]
 mod harness;
@@ -13,20 +13,17 @@ mod harness;
 #[path = "harness/browser.rs"]
 mod browser;
 
-use std::path::{Path, PathBuf};
+#[allow(dead_code)] // the benchmark needs Chromium, not Schemathesis
+#[path = "../tests/common/tools.rs"]
+mod tools;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
 use browser::{js, wait_for};
 use harness::Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
-
-fn on_path(name: &str) -> PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| panic!("{name} is not on PATH: run tests/tools/install"))
-}
 
 #[tokio::main]
 async fn main() {
@@ -42,13 +39,14 @@ async fn main() {
         }
     }
     assert!(
-        Path::new(&dir).join("index/meta.json").exists(),
+        dir.join("index/meta.json").exists(),
         "no index in {}: run cargo bench --bench query first",
         dir.display()
     );
     let server = Server::start(BIN, &dir, 1000).await;
-    let driver = browser::driver(&on_path("chromedriver")).await;
-    let client = browser::browser(&driver, &on_path("chromium"), 1280, 900).await;
+    let tools = tools::installed();
+    let driver = browser::driver(&tools.chromedriver).await;
+    let client = browser::browser(&driver, &tools.chromium, 1280, 900).await;
     println!("| user | logs | first view p50 | min | max |");
     println!("|---|---|---|---|---|");
     for (name, key) in [
