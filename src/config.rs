@@ -67,6 +67,38 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// TLS on every listener, when set.
     pub tls: Option<TlsFiles>,
+    /// Cluster mode, when `[cluster] role` is set; a single node otherwise.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Cluster mode: roles, the engines it runs on, and how logs are spread (`docs/SCALING.md`).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Runs the OTLP receivers and the REST API, publishing to the stream and routing reads.
+    pub gateway: bool,
+    /// Consumes shards into local indexes and serves their reads to gateways.
+    pub indexer: bool,
+    /// This node's name, unique in the cluster and stable across restarts.
+    pub node_id: String,
+    /// Prefix of the etcd keys; several clusters may share one etcd.
+    pub name: String,
+    /// NATS servers, `nats://host:port`.
+    pub nats_urls: Vec<String>,
+    /// etcd endpoints, `http://host:port`.
+    pub etcd_endpoints: Vec<String>,
+    /// Shards, fixed for the life of the cluster.
+    pub shards: u32,
+    /// Replicas of each shard's stream.
+    pub stream_replicas: usize,
+    /// Indexers serving each shard.
+    pub indexer_replicas: usize,
+    /// How an export's publishes wait for their acknowledgements.
+    pub publish_timeout: Duration,
+    /// How long the stream remembers a message id, dropping a retry of it.
+    pub dedup_window: Duration,
+    /// The URL gateways reach this indexer's API at; by default `http://` and the bound API
+    /// address.
+    pub advertise_url: Option<String>,
 }
 
 /// The files of the `[tls]` section.
@@ -187,6 +219,118 @@ struct RawConfig {
     retention: RawRetention,
     limits: RawLimits,
     tls: RawTls,
+    cluster: RawCluster,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCluster {
+    role: String,
+    node_id: String,
+    name: String,
+    nats_urls: Vec<String>,
+    etcd_endpoints: Vec<String>,
+    shards: u64,
+    stream_replicas: u64,
+    indexer_replicas: u64,
+    publish_timeout_ms: u64,
+    dedup_window_ms: u64,
+    advertise_url: String,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        Self {
+            role: String::new(),
+            node_id: String::new(),
+            name: "logbridge".to_owned(),
+            nats_urls: vec!["nats://127.0.0.1:4222".to_owned()],
+            etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            shards: 8,
+            stream_replicas: 3,
+            indexer_replicas: 2,
+            publish_timeout_ms: 5_000,
+            dedup_window_ms: 120_000,
+            advertise_url: String::new(),
+        }
+    }
+}
+
+impl RawCluster {
+    fn validate(self) -> Result<Option<ClusterConfig>, ConfigError> {
+        if self.role.is_empty() {
+            return Ok(None);
+        }
+        let invalid =
+            |setting: &'static str, message: String| ConfigError::Invalid { setting, message };
+        let (mut gateway, mut indexer) = (false, false);
+        for role in self.role.split(',').map(str::trim) {
+            match role {
+                "gateway" => gateway = true,
+                "indexer" => indexer = true,
+                other => {
+                    return Err(invalid(
+                        "cluster.role",
+                        format!(
+                            "unknown role {other:?}: expected gateway, indexer or both, comma-separated"
+                        ),
+                    ));
+                }
+            }
+        }
+        let simple_name = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !simple_name(&self.node_id) {
+            return Err(invalid(
+                "cluster.node_id",
+                "must be set in cluster mode: 1 to 64 letters, digits, '-' or '_'".to_owned(),
+            ));
+        }
+        if !simple_name(&self.name) {
+            return Err(invalid(
+                "cluster.name",
+                "must be 1 to 64 letters, digits, '-' or '_'".to_owned(),
+            ));
+        }
+        if self.nats_urls.is_empty() {
+            return Err(invalid(
+                "cluster.nats_urls",
+                "must list at least one server".to_owned(),
+            ));
+        }
+        if self.etcd_endpoints.is_empty() {
+            return Err(invalid(
+                "cluster.etcd_endpoints",
+                "must list at least one endpoint".to_owned(),
+            ));
+        }
+        let count = |setting: &'static str, value: u64, max: u64| match value {
+            v if (1..=max).contains(&v) => Ok(v),
+            _ => Err(invalid(setting, format!("must be between 1 and {max}"))),
+        };
+        let millis = |setting: &'static str, value: u64| {
+            count(setting, value, MAX_MILLIS).map(Duration::from_millis)
+        };
+        Ok(Some(ClusterConfig {
+            gateway,
+            indexer,
+            node_id: self.node_id,
+            name: self.name,
+            nats_urls: self.nats_urls,
+            etcd_endpoints: self.etcd_endpoints,
+            shards: count("cluster.shards", self.shards, 4096)? as u32,
+            stream_replicas: count("cluster.stream_replicas", self.stream_replicas, 5)? as usize,
+            indexer_replicas: count("cluster.indexer_replicas", self.indexer_replicas, 16)?
+                as usize,
+            publish_timeout: millis("cluster.publish_timeout_ms", self.publish_timeout_ms)?,
+            dedup_window: millis("cluster.dedup_window_ms", self.dedup_window_ms)?,
+            advertise_url: Some(self.advertise_url).filter(|u| !u.is_empty()),
+        }))
+    }
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -566,6 +710,15 @@ impl RawConfig {
                 ));
             }
         };
+        let cluster = self.cluster.validate()?;
+        if cluster.is_some() && tls.is_some() {
+            return Err(ConfigError::Invalid {
+                setting: "tls",
+                message:
+                    "is not supported in cluster mode yet: terminate TLS in front of the gateways"
+                        .to_owned(),
+            });
+        }
         let mapping = self
             .mapping
             .validate()
@@ -604,6 +757,7 @@ impl RawConfig {
             retention,
             limits,
             tls,
+            cluster,
         })
     }
 }

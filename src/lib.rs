@@ -10,6 +10,8 @@
 //!   export, erasure and OpenAPI document, and health checks.
 //! - [`explorer`]: the web page at `/` that reads the API.
 //!
+//! [`cluster`] runs the same path over NATS JetStream and etcd, across machines.
+//!
 //! Around them: [`auth`] (API keys and scopes), [`lifecycle`] (retention, per-user limits, watched
 //! files, snapshots), [`config`] (the config file and overrides),
 //! [`metrics`] (what `GET /metrics` serves), [`server`] (wiring, listeners with their timeouts
@@ -18,6 +20,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod emit;
 pub mod explorer;

@@ -277,6 +277,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let listeners = Listeners::bind(&config).await?;
+    if let Some(cluster) = &config.cluster {
+        let node = logbridge::cluster::start(&config, cluster, listeners).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        return Ok(());
+    }
     let mut running = server::start(&config, listeners).await?;
     let writer_died = tokio::select! {
         () = shutdown_signal() => None,

@@ -36,6 +36,19 @@ pub struct CursorKeyError {
 }
 
 impl CursorKey {
+    /// A fresh random key, in the hex form [`CursorKey::from_hex`] reads: the nodes of a cluster
+    /// share one.
+    pub fn random_hex() -> String {
+        hex::encode(rand::random::<[u8; 32]>())
+    }
+
+    /// A key from its hex form; `None` unless it is 64 hexadecimal characters.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut key).ok()?;
+        Some(Self(key))
+    }
+
     /// Reads the secret in `dir`, creating it (readable by its owner only) on first start.
     pub fn load_or_create(dir: &Path) -> Result<Self, CursorKeyError> {
         let path = dir.join(CURSOR_KEY_FILE);

@@ -30,6 +30,9 @@ pub enum ApiError {
     /// Busy or not ready: the client should retry after [`RETRY_AFTER`].
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Not offered by this kind of node (erasure in cluster mode).
+    #[error("{0}")]
+    NotImplemented(&'static str),
     /// Details go to the server log, never to the client.
     #[error("internal server error")]
     Internal(String),
@@ -67,6 +70,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -30,6 +30,7 @@ use utoipa::ToSchema;
 pub use cursor::{CURSOR_KEY_FILE, Cursor, CursorKey, CursorKeyError};
 pub use error::ApiError;
 pub use export::CSV_COLUMNS;
+pub use openapi::document as openapi_document;
 use params::{Filters, Paging};
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 pub use tail::TailSlots;
@@ -51,8 +52,8 @@ pub struct ApiState {
     pub cursor_key: CursorKey,
     /// Searches allowed to run at once; more are answered 503 rather than queued.
     pub searches: Arc<Semaphore>,
-    /// The writer, which erases.
-    pub writer: IngestQueue,
+    /// The writer, which erases; none in cluster mode, where erasure is not offered.
+    pub writer: Option<IngestQueue>,
     /// Exports allowed to run at once; more are answered 503.
     pub exports: Arc<Semaphore>,
     /// Tail streams allowed at once, in all and per user; more are answered 503.
@@ -61,6 +62,40 @@ pub struct ApiState {
     pub tail_stall_timeout: Duration,
     /// Cancelled when the server begins to shut down: tails end then.
     pub shutdown: CancellationToken,
+}
+
+/// What the REST APIs of a cluster indexer's replicas share: an [`ApiState`] but for the
+/// store, and without a writer (erasure is not offered in cluster mode).
+#[derive(Clone)]
+pub struct ApiParts {
+    pub keys: KeyStore,
+    pub health: watch::Receiver<Health>,
+    pub metrics: Arc<Metrics>,
+    pub cursor_key: CursorKey,
+    pub searches: Arc<Semaphore>,
+    pub exports: Arc<Semaphore>,
+    pub tails: TailSlots,
+    pub tail_stall_timeout: Duration,
+    pub shutdown: CancellationToken,
+}
+
+impl ApiParts {
+    /// The state of the REST API on `store`.
+    pub fn with_store(&self, store: Store) -> ApiState {
+        ApiState {
+            keys: self.keys.clone(),
+            store,
+            health: self.health.clone(),
+            metrics: self.metrics.clone(),
+            cursor_key: self.cursor_key.clone(),
+            searches: self.searches.clone(),
+            writer: None,
+            exports: self.exports.clone(),
+            tails: self.tails.clone(),
+            tail_stall_timeout: self.tail_stall_timeout,
+            shutdown: self.shutdown.clone(),
+        }
+    }
 }
 
 impl ApiState {
@@ -148,12 +183,17 @@ async fn time_logs_request(
     responses((status = 200, description = "Metrics.", body = String,
         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 async fn metrics(State(state): State<ApiState>) -> Response {
+    metrics_response(&state.metrics)
+}
+
+/// What `GET /metrics` answers: the process' metrics, Prometheus/OpenMetrics text.
+pub fn metrics_response(metrics: &Metrics) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(),
+        metrics.encode(),
     )
         .into_response()
 }
@@ -247,6 +287,11 @@ struct EraseData {
     deleted: u64,
 }
 
+/// The answer to `DELETE /logs` in cluster mode.
+pub const ERASURE_NOT_IN_CLUSTER: ApiError = ApiError::NotImplemented(
+    "DELETE /logs is not available in cluster mode: erase on a single node, or let retention remove the logs",
+);
+
 /// `DELETE /logs`: erases the caller's logs that match the filters, and answers once the
 /// erasure is durable.
 #[utoipa::path(delete, path = "/logs", tag = "logs", params(Filters),
@@ -263,7 +308,10 @@ async fn erase(
         pairs,
     } = caller(&state, &headers, raw_query.as_deref(), Scope::Delete)?;
     let query = params::parse_filters_only(&pairs, &user_id, "DELETE /logs, which erases")?;
-    let deleted = state.writer.erase(query).await.map_err(|e| match e {
+    let Some(writer) = &state.writer else {
+        return Err(ERASURE_NOT_IN_CLUSTER);
+    };
+    let deleted = writer.erase(query).await.map_err(|e| match e {
         WriteError::Closed => ApiError::Unavailable("logbridge is shutting down, retry later"),
         WriteError::Storage(reason) => {
             tracing::warn!(key = %key_name, user = %user_id, %reason, "erasure refused: storage is failing");

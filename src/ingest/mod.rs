@@ -67,6 +67,32 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Where accepted logs go: the local writer (a single node) or the cluster's stream.
+#[derive(Clone)]
+pub enum LogSink {
+    Local(IngestQueue),
+    Stream(crate::cluster::Publisher),
+}
+
+impl LogSink {
+    /// Writes `logs`; once this returns `Ok` they are durable. `reservation` covers their
+    /// memory until then.
+    async fn write(
+        &self,
+        logs: Vec<ActivityLog>,
+        reservation: Reservation,
+    ) -> Result<(), WriteError> {
+        match self {
+            LogSink::Local(queue) => queue.write(logs, reservation).await,
+            LogSink::Stream(publisher) => {
+                let published = publisher.publish(&logs).await;
+                drop((logs, reservation));
+                published
+            }
+        }
+    }
+}
+
 /// What decides which records are taken.
 #[derive(Debug, Clone)]
 pub struct IngestPolicy {
@@ -80,7 +106,7 @@ pub struct IngestPolicy {
 pub struct ExportService {
     keys: KeyStore,
     mapping: Arc<MappingConfig>,
-    queue: IngestQueue,
+    sink: LogSink,
     budget: MemoryBudget,
     metrics: Arc<Metrics>,
     /// Logs already past their retention are rejected.
@@ -89,19 +115,19 @@ pub struct ExportService {
 }
 
 impl ExportService {
-    /// An export service writing to `queue`, whose exports in flight hold at most what `budget`
+    /// An export service writing to `sink`, whose exports in flight hold at most what `budget`
     /// allows.
     pub fn new(
         keys: KeyStore,
         policy: IngestPolicy,
-        queue: IngestQueue,
+        sink: LogSink,
         budget: MemoryBudget,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             keys,
             mapping: Arc::new(policy.mapping),
-            queue,
+            sink,
             budget,
             metrics,
             retention: Arc::new(policy.retention),
@@ -243,7 +269,7 @@ impl ExportService {
                     return Err(self.throttle(throttled).await);
                 }
             };
-            let written = self.queue.write(logs, reservation).await;
+            let written = self.sink.write(logs, reservation).await;
             if let Err(e) = written {
                 if let Some(charged) = &charged {
                     self.limits.give_back(charged);

@@ -20,8 +20,8 @@ use crate::config::TlsFiles;
 use crate::explorer;
 use crate::faults::Faults;
 use crate::ingest::{
-    ExportService, Health, IngestPolicy, IngestQueue, MemoryBudget, WriteError, WriterOptions,
-    WriterThread, spawn_writer,
+    ExportService, Health, IngestPolicy, IngestQueue, LogSink, MemoryBudget, WriteError,
+    WriterOptions, WriterThread, spawn_writer,
 };
 use crate::lifecycle;
 use crate::lifecycle::watch::{hangups, read_all, watch_files};
@@ -95,9 +95,8 @@ pub async fn start_with_faults(
     // from here on, SIGHUP re-reads files rather than ending the process
     let shutdown = CancellationToken::new();
     let hangups = hangups(shutdown.clone())?;
-    let (loaded_keys, keys_contents) = lifecycle::keys::load(&config.auth.keys_file)?;
-    let keys = KeyStore::new(loaded_keys);
     let metrics = Arc::new(Metrics::new());
+    let (keys, keys_watcher) = watched_keys(config, &metrics, hangups.clone(), shutdown.clone())?;
     let index_path = config.index.path.clone();
     let store_options = StoreOptions {
         writer_memory_bytes: config.index.writer_memory_bytes,
@@ -137,7 +136,7 @@ pub async fn start_with_faults(
             retention: config.retention.policy.clone(),
             limits: config.limits.clone(),
         },
-        queue.clone(),
+        LogSink::Local(queue.clone()),
         MemoryBudget::new(config.otlp.max_inflight_bytes),
         metrics.clone(),
     );
@@ -152,7 +151,7 @@ pub async fn start_with_faults(
         metrics: metrics.clone(),
         cursor_key,
         searches: Arc::new(Semaphore::new(config.api.max_concurrent_searches)),
-        writer: queue.clone(),
+        writer: Some(queue.clone()),
         exports: Arc::new(Semaphore::new(api::MAX_CONCURRENT_EXPORTS)),
         tails: TailSlots::new(
             config.api.max_tail_subscribers,
@@ -161,14 +160,7 @@ pub async fn start_with_faults(
         tail_stall_timeout: config.api.tail_stall_timeout,
         shutdown: shutdown.clone(),
     };
-    let mut watchers = vec![lifecycle::keys::watch_keys(
-        config.auth.keys_file.clone(),
-        keys_contents,
-        keys.clone(),
-        metrics.clone(),
-        hangups.clone(),
-        shutdown.clone(),
-    )];
+    let mut watchers = vec![keys_watcher];
     let certificates = match &config.tls {
         None => None,
         Some(files) => {
@@ -230,6 +222,51 @@ pub async fn start_with_faults(
         health: health_rx,
         died: Some(died_rx),
     })
+}
+
+/// The keys of the keys file, and the task that reloads them when the file changes (or on
+/// `SIGHUP`) until `shutdown`.
+pub(crate) fn watched_keys(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    hangups: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(KeyStore, JoinHandle<()>)> {
+    let (loaded_keys, keys_contents) = lifecycle::keys::load(&config.auth.keys_file)?;
+    let keys = KeyStore::new(loaded_keys);
+    let watcher = lifecycle::keys::watch_keys(
+        config.auth.keys_file.clone(),
+        keys_contents,
+        keys.clone(),
+        metrics.clone(),
+        hangups,
+        shutdown,
+    );
+    Ok((keys, watcher))
+}
+
+/// Serves `router` on `listener` without TLS (cluster mode), HTTP/2 for gRPC and HTTP/1.1
+/// otherwise, with the listener limits of `config`, until `shutdown` and its drain.
+pub(crate) fn serve_plain(
+    listener: TcpListener,
+    router: axum::Router,
+    grpc: bool,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let protocol = if grpc {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    tokio::spawn(listener::serve(
+        listener,
+        router,
+        protocol,
+        None,
+        config.server.clone(),
+        shutdown,
+    ))
 }
 
 /// The listeners' TLS configurations from `files`, and the task that rebuilds them when the

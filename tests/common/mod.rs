@@ -1,6 +1,7 @@
 //! A real logbridge on ephemeral ports with a temporary index, and clients to talk to it.
 #![allow(dead_code)] // each test binary uses its own part of the helpers
 
+pub mod cluster;
 pub mod process;
 pub mod tmpfs;
 pub mod tools;

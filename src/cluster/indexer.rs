@@ -1,0 +1,401 @@
+//! The indexer role: one tantivy index per shard replica, fed by the shard's stream, and the
+//! reads of those shards for the gateways (`/shards/<n>/logs...`, the REST API of a single node
+//! on that shard's index).
+//!
+//! A replica's thread consumes the stream from the message after the last one its index
+//! committed (the commit payload holds the last log's sequence number, which encodes the stream
+//! sequence), adds each message's logs, and commits at most every commit interval. After a crash
+//! it starts over from the commit: nothing is indexed twice, nothing is skipped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, Uri};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use super::membership::{Membership, ReplicaStatus, View};
+use super::shard::{log_seq, resume_from};
+use super::stream::{Chunk, stream_name};
+use crate::api::{self, ApiError, ApiParts};
+use crate::store::{self, LogWriter, StoreOptions};
+
+/// How long a replica whose stream or index fails waits before it starts over.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The status an indexer answers for a shard it does not hold: the gateway tries another replica.
+pub const NOT_HERE: StatusCode = StatusCode::MISDIRECTED_REQUEST;
+
+/// What every replica of this node shares.
+#[derive(Clone)]
+pub struct IndexerContext {
+    pub jetstream: jetstream::Context,
+    /// What the replicas' REST APIs share; each adds its own store.
+    pub api: ApiParts,
+    /// Where the shards' indexes live: `<dir>/<shard>`.
+    pub dir: PathBuf,
+    pub store_options: StoreOptions,
+    pub commit_interval: Duration,
+    /// This node's API, as gateways reach it.
+    pub advertise: String,
+    pub replicas_per_shard: usize,
+    pub node_id: String,
+}
+
+struct Replica {
+    router: Router,
+    ready: watch::Receiver<bool>,
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// The replicas this node holds, by shard.
+#[derive(Clone, Default)]
+pub struct Replicas(Arc<RwLock<BTreeMap<u32, Replica>>>);
+
+impl Replicas {
+    fn router(&self, shard: u32) -> Option<Router> {
+        let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
+        replicas.get(&shard).map(|r| r.router.clone())
+    }
+}
+
+/// The routes gateways read through: `/shards/<n>/<REST path>`.
+pub fn router(replicas: Replicas) -> Router {
+    Router::new()
+        .route("/shards/{*rest}", axum::routing::any(dispatch))
+        .with_state(replicas)
+}
+
+/// Hands a request for `/shards/<n>/<path>` to shard `n`'s REST API as `/<path>`.
+async fn dispatch(State(replicas): State<Replicas>, mut request: Request) -> Response {
+    let uri = request.uri();
+    let Some(rest) = uri.path().strip_prefix("/shards/") else {
+        return ApiError::NotFound.into_response();
+    };
+    let (shard, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(shard) = shard.parse::<u32>() else {
+        return ApiError::NotFound.into_response();
+    };
+    let Some(router) = replicas.router(shard) else {
+        return (NOT_HERE, "this indexer holds no replica of that shard").into_response();
+    };
+    let rewritten = match uri.query() {
+        Some(query) => format!("/{path}?{query}"),
+        None => format!("/{path}"),
+    };
+    match rewritten.parse::<Uri>() {
+        Ok(rewritten) => *request.uri_mut() = rewritten,
+        Err(_) => return ApiError::NotFound.into_response(),
+    }
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// Opens and closes replicas as the shard map changes: a shard assigned to this node is opened
+/// and consumed; one no longer assigned is closed (and its folder removed) once every owner
+/// it now has is ready, so that reads never lose their last caught-up replica.
+pub async fn run(
+    context: IndexerContext,
+    replicas: Replicas,
+    membership: Arc<Membership>,
+    shards: u32,
+    stop: CancellationToken,
+) {
+    let mut view = membership.view();
+    loop {
+        let current: View = view.borrow_and_update().clone();
+        if current.revision > 0 {
+            reconcile(&context, &replicas, &membership, shards, &current);
+        }
+        // replicas becoming ready are reported as they do
+        let readiness: Vec<(u32, watch::Receiver<bool>)> = {
+            let held = replicas.0.read().unwrap_or_else(|e| e.into_inner());
+            held.iter().map(|(s, r)| (*s, r.ready.clone())).collect()
+        };
+        for (shard, ready) in &readiness {
+            let status = ReplicaStatus {
+                api: context.advertise.clone(),
+                ready: *ready.borrow(),
+            };
+            membership.set_replica(*shard, Some(status));
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            changed = view.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    let held = std::mem::take(&mut *replicas.0.write().unwrap_or_else(|e| e.into_inner()));
+    let closing: Vec<_> = held.into_values().collect();
+    let _ = tokio::task::spawn_blocking(move || {
+        for replica in closing {
+            replica.stop.cancel();
+            let _ = replica.thread.join();
+        }
+    })
+    .await;
+}
+
+fn reconcile(
+    context: &IndexerContext,
+    replicas: &Replicas,
+    membership: &Membership,
+    shards: u32,
+    view: &View,
+) {
+    for shard in 0..shards {
+        let owners = view.owners(shard, context.replicas_per_shard);
+        let mine = owners.contains(&context.node_id.as_str());
+        let held = replicas
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&shard);
+        if mine && !held {
+            match open(context, shard) {
+                Ok(replica) => {
+                    tracing::info!(shard, "replica opened; catching up with the stream");
+                    membership.set_replica(
+                        shard,
+                        Some(ReplicaStatus {
+                            api: context.advertise.clone(),
+                            ready: false,
+                        }),
+                    );
+                    replicas
+                        .0
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(shard, replica);
+                }
+                Err(e) => {
+                    tracing::error!(shard, error = %format!("{e:#}"), "cannot open a replica")
+                }
+            }
+        } else if !mine && held && view.owners_ready(shard, context.replicas_per_shard) {
+            let replica = replicas
+                .0
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&shard);
+            membership.set_replica(shard, None);
+            if let Some(replica) = replica {
+                let dir = shard_dir(&context.dir, shard);
+                tracing::info!(shard, "shard moved to its new owners; replica closed");
+                std::thread::spawn(move || {
+                    replica.stop.cancel();
+                    let _ = replica.thread.join();
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(shard, error = %e, "cannot remove a closed replica's folder");
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn shard_dir(dir: &Path, shard: u32) -> PathBuf {
+    dir.join(shard.to_string())
+}
+
+/// Opens shard `shard`'s index and starts its consuming thread.
+fn open(context: &IndexerContext, shard: u32) -> anyhow::Result<Replica> {
+    let dir = shard_dir(&context.dir, shard);
+    std::fs::create_dir_all(&dir)?;
+    let (store, writer) = store::open(&dir, &context.store_options)?;
+    let (ready_tx, ready) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let consumer = Consumer {
+        handle: Handle::current(),
+        jetstream: context.jetstream.clone(),
+        shard,
+        writer,
+        commit_interval: context.commit_interval,
+        ready: ready_tx,
+        stop: stop.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("shard-{shard}"))
+        .spawn(move || consumer.run())?;
+    let router = api::router(context.api.with_store(store));
+    Ok(Replica {
+        router,
+        ready,
+        stop,
+        thread,
+    })
+}
+
+/// The thread that feeds one replica's index from its shard's stream.
+struct Consumer {
+    handle: Handle,
+    jetstream: jetstream::Context,
+    shard: u32,
+    writer: LogWriter,
+    commit_interval: Duration,
+    ready: watch::Sender<bool>,
+    stop: CancellationToken,
+}
+
+/// Why a pass over the stream ended.
+enum Pass {
+    Stopped,
+    /// Start over from the last commit after a pause.
+    Retry,
+}
+
+impl Consumer {
+    fn run(mut self) {
+        while let Pass::Retry = self.pass() {
+            let stop = self.stop.clone();
+            let stopped = self.handle.block_on(async {
+                tokio::select! {
+                    () = stop.cancelled() => true,
+                    () = tokio::time::sleep(RETRY_INTERVAL) => false,
+                }
+            });
+            if stopped {
+                break;
+            }
+        }
+        // what was added and not committed is consumed again by the next start
+        if let Err(e) = self.writer.rollback() {
+            tracing::warn!(shard = self.shard, error = %e, "cannot roll back on close");
+        }
+    }
+
+    /// Consumes from the message after the last commit until stopped or until something fails.
+    fn pass(&mut self) -> Pass {
+        let shard = self.shard;
+        let start = resume_from(self.writer.committed_seq());
+        let jetstream = self.jetstream.clone();
+        let setup = self.handle.block_on(async move {
+            let mut stream = jetstream.get_stream(stream_name(shard)).await?;
+            let end = stream.info().await?.state.last_sequence;
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                    ..Default::default()
+                })
+                .await?;
+            let messages = consumer.messages().await?;
+            anyhow::Ok((end, messages))
+        });
+        let (end, mut messages) = match setup {
+            Ok(setup) => setup,
+            Err(e) => {
+                tracing::warn!(shard, error = %format!("{e:#}"), "cannot consume the shard's stream; retrying");
+                return Pass::Retry;
+            }
+        };
+        if end < start {
+            self.ready.send_replace(true);
+        }
+        let mut next = start;
+        let mut added_through: Option<u64> = None;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let wait = deadline.map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            let stop = self.stop.clone();
+            let received = self.handle.block_on(async {
+                tokio::select! {
+                    () = stop.cancelled() => None,
+                    next = tokio::time::timeout(wait, messages.next()) => Some(next),
+                }
+            });
+            match received {
+                None => {
+                    let _ = self.commit(added_through);
+                    return Pass::Stopped;
+                }
+                Some(Err(_elapsed)) => {}
+                Some(Ok(None)) => {
+                    tracing::warn!(shard, "the shard's stream ended; consuming again");
+                    let _ = self.commit(added_through);
+                    return Pass::Retry;
+                }
+                Some(Ok(Some(Err(e)))) => {
+                    tracing::warn!(shard, error = %e, "consuming the shard's stream failed; consuming again from the last commit");
+                    let _ = self.commit(added_through);
+                    return Pass::Retry;
+                }
+                Some(Ok(Some(Ok(message)))) => {
+                    let stream_seq = match message.info() {
+                        Ok(info) => info.stream_sequence,
+                        Err(e) => {
+                            tracing::warn!(shard, error = %e, "a message without its stream sequence; consuming again");
+                            let _ = self.commit(added_through);
+                            return Pass::Retry;
+                        }
+                    };
+                    if stream_seq < next {
+                        continue;
+                    }
+                    next = stream_seq + 1;
+                    match serde_json::from_slice::<Chunk>(&message.payload) {
+                        Ok(chunk) => {
+                            for (position, log) in chunk.logs.iter().enumerate() {
+                                if let Err(e) = self.writer.add(log, log_seq(stream_seq, position))
+                                {
+                                    return self.failed(&e);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(shard, stream_seq, error = %e, "a message of the stream is not a chunk of logs; skipped");
+                        }
+                    }
+                    added_through = Some(stream_seq);
+                    deadline.get_or_insert_with(|| Instant::now() + self.commit_interval);
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                if let Err(e) = self.commit(added_through) {
+                    return self.failed(&e);
+                }
+                deadline = None;
+                if added_through.is_some_and(|through| through >= end) {
+                    self.ready.send_replace(true);
+                }
+                added_through = None;
+            }
+        }
+    }
+
+    /// Commits what was added through the message at `through`, if anything was.
+    fn commit(&mut self, through: Option<u64>) -> Result<(), store::StoreError> {
+        match through {
+            Some(through) => self.writer.commit(log_seq(through, LAST_POSITION)),
+            None => Ok(()),
+        }
+    }
+
+    /// The index failed: back to its last commit, and consume again from there.
+    fn failed(&mut self, error: &dyn std::fmt::Display) -> Pass {
+        tracing::error!(shard = self.shard, error = %error, "the replica's index failed; rolling back to its last commit");
+        if let Err(e) = self.writer.rollback() {
+            tracing::error!(shard = self.shard, error = %e, "cannot roll the replica's index back yet");
+        }
+        Pass::Retry
+    }
+}
+
+/// The commit payload records the highest sequence number a message may give, so that a
+/// message is either wholly committed or consumed again.
+const LAST_POSITION: usize = super::shard::LOGS_PER_MESSAGE - 1;

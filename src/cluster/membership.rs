@@ -1,0 +1,369 @@
+//! Who is in the cluster, from etcd: each node keeps its own keys alive under a lease and reads
+//! everyone's every [`POLL_INTERVAL`]. What it last read is the [`View`] it works from; while
+//! etcd cannot be reached, that last view stays in force and nothing moves.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::etcd::Etcd;
+use super::shard::owners;
+
+/// How often a node renews its lease and reads the cluster's keys.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A node's keys outlive it by at most this (after `kill -9`, say).
+const LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// What a node says of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub gateway: bool,
+    pub indexer: bool,
+    /// Where its REST API answers, `http://host:port`.
+    pub api: String,
+}
+
+/// What an indexer says of its replica of a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub api: String,
+    /// Caught up with the shard's stream: it may serve reads.
+    pub ready: bool,
+}
+
+/// The cluster as last read from etcd.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// The etcd revision it was read at; 0 before the first read.
+    pub revision: i64,
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// By shard, then node id.
+    pub replicas: BTreeMap<u32, BTreeMap<String, ReplicaStatus>>,
+}
+
+impl View {
+    /// The live indexers' ids.
+    pub fn indexers(&self) -> Vec<&str> {
+        let indexers = self.nodes.iter().filter(|(_, n)| n.indexer);
+        indexers.map(|(id, _)| id.as_str()).collect()
+    }
+
+    /// The indexers that own `shard` in this view.
+    pub fn owners(&self, shard: u32, replicas: usize) -> Vec<&str> {
+        owners(shard, &self.indexers(), replicas)
+    }
+
+    /// The APIs of the ready replicas of `shard`, owners first.
+    pub fn read_targets(&self, shard: u32, replicas: usize) -> Vec<String> {
+        let Some(serving) = self.replicas.get(&shard) else {
+            return Vec::new();
+        };
+        let owners = self.owners(shard, replicas);
+        let mut ready: Vec<(&String, &ReplicaStatus)> =
+            serving.iter().filter(|(_, r)| r.ready).collect();
+        ready.sort_by_key(|(node, _)| !owners.contains(&node.as_str()));
+        ready.into_iter().map(|(_, r)| r.api.clone()).collect()
+    }
+
+    /// Whether every owner of `shard` has a ready replica of it.
+    pub fn owners_ready(&self, shard: u32, replicas: usize) -> bool {
+        let serving = self.replicas.get(&shard);
+        self.owners(shard, replicas)
+            .iter()
+            .all(|owner| serving.and_then(|s| s.get(*owner)).is_some_and(|r| r.ready))
+    }
+}
+
+/// This node's place in the cluster: its own keys kept alive, and the view of everyone.
+pub struct Membership {
+    view: watch::Receiver<View>,
+    replicas: watch::Sender<BTreeMap<u32, ReplicaStatus>>,
+    task: JoinHandle<()>,
+}
+
+/// The keys of one cluster in etcd.
+#[derive(Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(cluster_name: &str) -> Self {
+        Self {
+            prefix: format!("/logbridge/{cluster_name}/"),
+        }
+    }
+
+    fn node(&self, id: &str) -> String {
+        format!("{}nodes/{id}", self.prefix)
+    }
+
+    fn replica(&self, shard: u32, id: &str) -> String {
+        format!("{}replicas/{shard}/{id}", self.prefix)
+    }
+
+    pub fn cursor_key(&self) -> String {
+        format!("{}cursor_key", self.prefix)
+    }
+}
+
+impl Membership {
+    /// Starts keeping this node's keys alive and reading the cluster's; etcd being unreachable
+    /// now or later is logged and retried, never fatal.
+    pub fn join(
+        etcd: Etcd,
+        keys: Keys,
+        node_id: String,
+        me: NodeInfo,
+        stop: CancellationToken,
+    ) -> Self {
+        let (view_tx, view) = watch::channel(View::default());
+        let (replicas, replicas_rx) = watch::channel(BTreeMap::new());
+        let task = tokio::spawn(
+            Registration {
+                etcd,
+                keys,
+                node_id,
+                me,
+                lease: None,
+                published: BTreeMap::new(),
+                reachable: true,
+            }
+            .run(view_tx, replicas_rx, stop),
+        );
+        Self {
+            view,
+            replicas,
+            task,
+        }
+    }
+
+    /// The view, updated whenever a read of etcd finds it changed.
+    pub fn view(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+
+    /// Says (or, with `None`, stops saying) what this node's replica of `shard` is.
+    pub fn set_replica(&self, shard: u32, status: Option<ReplicaStatus>) {
+        self.replicas.send_modify(|replicas| match status {
+            Some(status) => {
+                replicas.insert(shard, status);
+            }
+            None => {
+                replicas.remove(&shard);
+            }
+        });
+    }
+
+    /// Waits for the task, which ends once `stop` is cancelled, having removed this node's keys.
+    pub async fn leave(self) {
+        let _ = self.task.await;
+    }
+}
+
+struct Registration {
+    etcd: Etcd,
+    keys: Keys,
+    node_id: String,
+    me: NodeInfo,
+    lease: Option<i64>,
+    /// The replica statuses etcd holds under the current lease.
+    published: BTreeMap<u32, ReplicaStatus>,
+    /// Whether the last round reached etcd (to log an outage once, and its end).
+    reachable: bool,
+}
+
+impl Registration {
+    async fn run(
+        mut self,
+        view: watch::Sender<View>,
+        mut replicas: watch::Receiver<BTreeMap<u32, ReplicaStatus>>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let wanted = replicas.borrow_and_update().clone();
+            match self.round(&wanted).await {
+                Ok(read) => {
+                    if !self.reachable {
+                        tracing::info!("etcd reachable again");
+                        self.reachable = true;
+                    }
+                    view.send_if_modified(|current| {
+                        let changed =
+                            current.nodes != read.nodes || current.replicas != read.replicas;
+                        if changed {
+                            *current = read;
+                        }
+                        changed
+                    });
+                }
+                Err(e) => {
+                    if self.reachable {
+                        tracing::warn!(error = %format!("{e:#}"), "etcd unreachable; working from the last view of the cluster");
+                        self.reachable = false;
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = replicas.changed() => {}
+            }
+        }
+        // gone at once rather than when the lease runs out
+        if let Some(lease) = self.lease {
+            let keys = self
+                .published
+                .keys()
+                .map(|shard| self.keys.replica(*shard, &self.node_id));
+            for key in keys.chain([self.keys.node(&self.node_id)]) {
+                let _ = self.etcd.delete(&key).await;
+            }
+            tracing::debug!(lease, "left the cluster");
+        }
+    }
+
+    /// Renews (or takes) the lease, writes this node's keys where they changed, and reads the
+    /// cluster's.
+    async fn round(&mut self, wanted: &BTreeMap<u32, ReplicaStatus>) -> anyhow::Result<View> {
+        if let Some(lease) = self.lease
+            && !self.etcd.keep_alive(lease).await?
+        {
+            tracing::warn!(lease, "this node's etcd lease expired; registering again");
+            self.lease = None;
+        }
+        let lease = match self.lease {
+            Some(lease) => lease,
+            None => {
+                let lease = self.etcd.grant(LEASE_TTL).await?;
+                let me = serde_json::to_vec(&self.me)?;
+                self.etcd
+                    .put(&self.keys.node(&self.node_id), &me, lease)
+                    .await?;
+                self.published.clear();
+                self.lease = Some(lease);
+                lease
+            }
+        };
+        for (shard, status) in wanted {
+            if self.published.get(shard) != Some(status) {
+                let value = serde_json::to_vec(status)?;
+                let key = self.keys.replica(*shard, &self.node_id);
+                self.etcd.put(&key, &value, lease).await?;
+                self.published.insert(*shard, status.clone());
+            }
+        }
+        let gone: Vec<u32> = self
+            .published
+            .keys()
+            .filter(|shard| !wanted.contains_key(shard))
+            .copied()
+            .collect();
+        for shard in gone {
+            self.etcd
+                .delete(&self.keys.replica(shard, &self.node_id))
+                .await?;
+            self.published.remove(&shard);
+        }
+        self.read().await
+    }
+
+    async fn read(&self) -> anyhow::Result<View> {
+        let (revision, kvs) = self.etcd.list(&self.keys.prefix).await?;
+        let mut view = View {
+            revision,
+            ..View::default()
+        };
+        for kv in kvs {
+            let Some(rest) = kv.key.strip_prefix(&self.keys.prefix) else {
+                continue;
+            };
+            let parts: Vec<&str> = rest.split('/').collect();
+            match parts.as_slice() {
+                ["nodes", id] => {
+                    if let Ok(node) = serde_json::from_slice(&kv.value) {
+                        view.nodes.insert((*id).to_owned(), node);
+                    }
+                }
+                ["replicas", shard, id] => {
+                    if let (Ok(shard), Ok(status)) =
+                        (shard.parse(), serde_json::from_slice(&kv.value))
+                    {
+                        view.replicas
+                            .entry(shard)
+                            .or_default()
+                            .insert((*id).to_owned(), status);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(view)
+    }
+}
+
+/// The secret every node signs and checks cursors with: created once in etcd, kept beside the
+/// index so that a restart while etcd is down still has it.
+pub async fn shared_cursor_key(
+    etcd: &Etcd,
+    keys: &Keys,
+    cache: &std::path::Path,
+    stop: &CancellationToken,
+) -> anyhow::Result<crate::api::CursorKey> {
+    let cached = std::fs::read_to_string(cache).ok();
+    let mut warned = false;
+    loop {
+        match etcd
+            .put_if_absent(
+                &keys.cursor_key(),
+                crate::api::CursorKey::random_hex().as_bytes(),
+            )
+            .await
+        {
+            Ok(value) => {
+                let text = String::from_utf8(value)?;
+                let key = crate::api::CursorKey::from_hex(&text).ok_or_else(|| {
+                    anyhow::anyhow!("the cluster's cursor key in etcd is not 64 hex characters")
+                })?;
+                if cached.as_deref() != Some(text.as_str()) {
+                    write_secret(cache, &text)?;
+                }
+                return Ok(key);
+            }
+            Err(e) => {
+                if let Some(key) = cached.as_deref().and_then(crate::api::CursorKey::from_hex) {
+                    tracing::warn!(error = %format!("{e:#}"), "etcd unreachable; using the cursor key kept from before");
+                    return Ok(key);
+                }
+                if !warned {
+                    tracing::warn!(error = %format!("{e:#}"), "waiting for etcd to read the cluster's cursor key");
+                    warned = true;
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => anyhow::bail!("stopped while waiting for etcd"),
+            () = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+    }
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let temporary = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let mut options = std::fs::OpenOptions::new();
+    options.create_new(true).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}

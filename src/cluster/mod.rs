@@ -1,0 +1,249 @@
+//! Cluster mode (`[cluster] role`): gateways publish to NATS JetStream, indexers consume it
+//! into one index per shard replica, etcd says who is alive and who serves which shard. The
+//! design is `docs/SCALING.md`.
+//!
+//! - [`shard`]: which shard a user's logs go to, who owns a shard, replica-wide sequence numbers.
+//! - [`stream`]: the streams, and publishing with content-derived deduplication ids.
+//! - [`etcd`], [`membership`]: leases, the cluster's view, the shared cursor key.
+//! - [`indexer`]: replicas consuming their shards, and their reads.
+//! - [`gateway`]: routing each user's reads to a ready replica.
+
+mod etcd;
+mod gateway;
+mod indexer;
+mod membership;
+mod shard;
+mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use shard::shard_of;
+pub use stream::Publisher;
+
+use crate::api::{self, TailSlots};
+use crate::config::{ClusterConfig, Config};
+use crate::explorer;
+use crate::ingest::{ExportService, Health, IngestPolicy, LogSink, MemoryBudget};
+use crate::lifecycle::watch::hangups;
+use crate::metrics::{Metrics, StorageLabels};
+use crate::otlp::{self, ReceiveLimits};
+use crate::server::{Addresses, Listeners, serve_plain, watched_keys};
+use crate::store::StoreOptions;
+use etcd::Etcd;
+use gateway::Gateway;
+use indexer::{IndexerContext, Replicas};
+use membership::{Keys, Membership, NodeInfo};
+
+/// A running cluster node.
+pub struct ClusterNode {
+    pub addresses: Addresses,
+    shutdown: CancellationToken,
+    /// Cancelled after the listeners drained: the node then leaves the cluster.
+    leave: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    indexer: Option<JoinHandle<()>>,
+    membership: Arc<Membership>,
+}
+
+/// Starts a node with the roles of `cluster` on `listeners`. An indexer-only node serves its
+/// shards' reads on the API listener and leaves the OTLP listeners closed.
+pub async fn start(
+    config: &Config,
+    cluster: &ClusterConfig,
+    listeners: Listeners,
+) -> anyhow::Result<ClusterNode> {
+    let addresses = Addresses {
+        grpc: listeners.grpc.local_addr()?,
+        http: listeners.http.local_addr()?,
+        api: listeners.api.local_addr()?,
+    };
+    let shutdown = CancellationToken::new();
+    let leave = CancellationToken::new();
+    let hangups = hangups(shutdown.clone())?;
+    let metrics = Arc::new(Metrics::new());
+    let (keys, keys_watcher) = watched_keys(config, &metrics, hangups, shutdown.clone())?;
+    let mut tasks = vec![keys_watcher];
+
+    let jetstream = stream::connect(cluster).await?;
+    stream::ensure_streams(&jetstream, cluster).await?;
+    let etcd = Etcd::new(&cluster.etcd_endpoints);
+    let etcd_keys = Keys::new(&cluster.name);
+    let advertise = cluster
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", advertised_addr(addresses.api)));
+    let membership = Arc::new(Membership::join(
+        etcd.clone(),
+        etcd_keys.clone(),
+        cluster.node_id.clone(),
+        NodeInfo {
+            gateway: cluster.gateway,
+            indexer: cluster.indexer,
+            api: advertise.clone(),
+        },
+        leave.clone(),
+    ));
+
+    let mut api_router = axum::Router::new();
+    let mut indexer_task = None;
+    if cluster.indexer {
+        std::fs::create_dir_all(&config.index.path)?;
+        let cursor_key = membership::shared_cursor_key(
+            &etcd,
+            &etcd_keys,
+            &config.index.path.join(api::CURSOR_KEY_FILE),
+            &shutdown,
+        )
+        .await?;
+        let (_, health) = watch::channel(Health::Ready);
+        let replicas = Replicas::default();
+        let context = IndexerContext {
+            jetstream: jetstream.clone(),
+            api: api::ApiParts {
+                keys: keys.clone(),
+                health,
+                metrics: metrics.clone(),
+                cursor_key,
+                searches: Arc::new(Semaphore::new(config.api.max_concurrent_searches)),
+                exports: Arc::new(Semaphore::new(api::MAX_CONCURRENT_EXPORTS)),
+                tails: TailSlots::new(
+                    config.api.max_tail_subscribers,
+                    config.api.max_tail_subscribers_per_user,
+                ),
+                tail_stall_timeout: config.api.tail_stall_timeout,
+                shutdown: shutdown.clone(),
+            },
+            dir: config.index.path.join("shards"),
+            store_options: StoreOptions {
+                merge_failures: metrics
+                    .storage_failures
+                    .get_or_create(&StorageLabels { stage: "merge" })
+                    .clone(),
+                ..StoreOptions::new(config.index.writer_memory_bytes)
+            },
+            commit_interval: config.index.commit_interval,
+            advertise: advertise.clone(),
+            replicas_per_shard: cluster.indexer_replicas,
+            node_id: cluster.node_id.clone(),
+        };
+        api_router = api_router.merge(indexer::router(replicas.clone()));
+        indexer_task = Some(tokio::spawn(indexer::run(
+            context,
+            replicas,
+            membership.clone(),
+            cluster.shards,
+            leave.clone(),
+        )));
+    }
+    if cluster.gateway {
+        let export = ExportService::new(
+            keys.clone(),
+            IngestPolicy {
+                mapping: config.mapping.clone(),
+                retention: config.retention.policy.clone(),
+                limits: config.limits.clone(),
+            },
+            LogSink::Stream(Publisher::new(jetstream.clone(), cluster)),
+            MemoryBudget::new(config.otlp.max_inflight_bytes),
+            metrics.clone(),
+        );
+        let limits = ReceiveLimits {
+            max_message_bytes: config.otlp.max_message_bytes,
+            body_read_timeout: config.server.body_read_timeout,
+        };
+        tasks.push(serve_plain(
+            listeners.grpc,
+            otlp::grpc::router(export.clone(), limits, metrics.clone()),
+            true,
+            config,
+            shutdown.clone(),
+        ));
+        tasks.push(serve_plain(
+            listeners.http,
+            otlp::http::router(export, limits, metrics.clone()),
+            false,
+            config,
+            shutdown.clone(),
+        ));
+        let gateway = Gateway {
+            keys: keys.clone(),
+            view: membership.view(),
+            shards: cluster.shards,
+            replicas: cluster.indexer_replicas,
+            metrics: metrics.clone(),
+            client: Gateway::client(),
+        };
+        api_router = api_router
+            .merge(gateway::router(gateway))
+            .merge(explorer::router());
+    } else {
+        let metrics = metrics.clone();
+        api_router = api_router
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move { api::metrics_response(&metrics) }
+                }),
+            );
+    }
+    tasks.push(serve_plain(
+        listeners.api,
+        api_router,
+        false,
+        config,
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        node = %cluster.node_id,
+        gateway = cluster.gateway,
+        indexer = cluster.indexer,
+        otlp_grpc = %addresses.grpc,
+        otlp_http = %addresses.http,
+        api = %addresses.api,
+        advertise = %advertise,
+        "logbridge listening"
+    );
+    Ok(ClusterNode {
+        addresses,
+        shutdown,
+        leave,
+        tasks,
+        indexer: indexer_task,
+        membership,
+    })
+}
+
+/// The address others reach a listener at: a wildcard bind is reached at loopback.
+fn advertised_addr(bound: SocketAddr) -> SocketAddr {
+    let mut addr = bound;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+impl ClusterNode {
+    /// Stops accepting, lets in-flight requests finish, commits the replicas and leaves the
+    /// cluster.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.leave.cancel();
+        if let Some(indexer) = self.indexer {
+            let _ = indexer.await;
+        }
+        if let Ok(membership) = Arc::try_unwrap(self.membership) {
+            membership.leave().await;
+        }
+        tracing::info!("logbridge cluster node stopped");
+    }
+}

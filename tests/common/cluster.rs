@@ -1,0 +1,498 @@
+//! A whole cluster on loopback, each part a real process with its own folder: three NATS
+//! servers (JetStream clustered), one etcd, gateways and indexers running the `logbridge`
+//! binary. Ports are free ones the system picked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use logbridge::auth::{KeyRecord, Scope, Secret};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use serde_json::Value as Json;
+
+use super::process::{Served, serve};
+use super::{PATIENCE, activity, authorized, kv, messages, request_of, text};
+
+/// Shards of the test cluster: enough that users spread over indexers.
+pub const SHARDS: u32 = 6;
+/// The users the tests read as.
+pub const USERS: [&str; 4] = ["user-0", "user-1", "user-2", "user-3"];
+
+/// A port nobody listens on now. Servers that must know each other's ports before they start
+/// (NATS routes, etcd peers) get these.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A program the cluster runs on, killed when dropped.
+struct Daemon {
+    child: Option<Child>,
+    program: &'static str,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(program: &'static str, args: Vec<String>, log: PathBuf) -> Self {
+        let mut daemon = Self {
+            child: None,
+            program,
+            args,
+            log,
+        };
+        daemon.start();
+        daemon
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(self.program)
+            .args(&self.args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}): install it (Debian: apt-get install nats-server etcd-server) or run tests/tools/install",
+                    self.program
+                )
+            });
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `url` until it answers 200 with a body containing `expected`.
+async fn wait_healthy(url: &str, expected: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(response) = client.get(url).send().await
+            && response.status() == 200
+            && response.text().await.unwrap_or_default().contains(expected)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not become healthy at {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three NATS servers with JetStream, clustered.
+pub struct Nats {
+    servers: Vec<Daemon>,
+    pub client_ports: Vec<u16>,
+    monitor_ports: Vec<u16>,
+}
+
+impl Nats {
+    async fn start(dir: &Path) -> Self {
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let monitor_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<String> = cluster_ports
+            .iter()
+            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+            .collect();
+        let mut servers = Vec::new();
+        for n in 0..3 {
+            let folder = dir.join(format!("nats-{n}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            let config = folder.join("nats.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: n{n}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: logbridge, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                    client_ports[n],
+                    monitor_ports[n],
+                    folder.join("jetstream").display(),
+                    cluster_ports[n],
+                    routes.join(", ")
+                ),
+            )
+            .unwrap();
+            servers.push(Daemon::spawn(
+                "nats-server",
+                vec!["-c".to_owned(), config.display().to_string()],
+                folder.join("nats.log"),
+            ));
+        }
+        let nats = Self {
+            servers,
+            client_ports,
+            monitor_ports,
+        };
+        for n in 0..3 {
+            nats.wait_healthy(n).await;
+        }
+        nats
+    }
+
+    async fn wait_healthy(&self, n: usize) {
+        let url = format!("http://127.0.0.1:{}/healthz", self.monitor_ports[n]);
+        wait_healthy(&url, "ok", &format!("nats-server n{n}")).await;
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.client_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// `kill -9` of server `n`.
+    pub fn kill(&mut self, n: usize) {
+        self.servers[n].kill();
+    }
+
+    pub async fn restart(&mut self, n: usize) {
+        self.servers[n].start();
+        self.wait_healthy(n).await;
+    }
+
+    /// The server that leads the stream `stream`, as its monitor reports it.
+    pub async fn stream_leader(&self, stream: &str) -> usize {
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
+            self.monitor_ports[0]
+        );
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let jsz: Json = reqwest::get(&url).await.unwrap().json().await.unwrap();
+            let streams = jsz["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default());
+            for detail in streams {
+                if detail["name"] == stream
+                    && let Some(leader) = detail["cluster"]["leader"].as_str()
+                    && let Some(n) = leader.strip_prefix('n').and_then(|n| n.parse().ok())
+                {
+                    return n;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader of {stream}: {jsz}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One etcd member.
+pub struct Etcd {
+    daemon: Daemon,
+    pub url: String,
+}
+
+impl Etcd {
+    async fn start(dir: &Path) -> Self {
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let args = [
+            "--name",
+            "e0",
+            "--data-dir",
+            &dir.join("etcd").display().to_string(),
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("e0={peer_url}"),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let etcd = Self {
+            daemon: Daemon::spawn("etcd", args, dir.join("etcd.log")),
+            url,
+        };
+        etcd.wait_healthy().await;
+        etcd
+    }
+
+    async fn wait_healthy(&self) {
+        wait_healthy(&format!("{}/health", self.url), "true", "etcd").await;
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        self.daemon.kill();
+    }
+
+    pub async fn restart(&mut self) {
+        self.daemon.start();
+        self.wait_healthy().await;
+    }
+}
+
+/// A logbridge node of the cluster.
+pub struct Node {
+    pub served: Option<Served>,
+    pub config: PathBuf,
+    pub api: String,
+    pub grpc: String,
+}
+
+impl Node {
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        self.served = None;
+    }
+
+    pub fn restart(&mut self) {
+        let served = serve(&self.config);
+        self.api = served.api.clone();
+        self.grpc = served.grpc.clone();
+        self.served = Some(served);
+    }
+}
+
+/// The cluster, and the keys its tests use.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub nats: Nats,
+    pub etcd: Etcd,
+    pub gateways: Vec<Node>,
+    pub indexers: Vec<Node>,
+    /// Ingests for any user (records carry `user.id`).
+    pub ingest: Secret,
+    /// One read key per user of [`USERS`].
+    pub readers: Vec<Secret>,
+}
+
+impl TestCluster {
+    /// NATS, etcd, `gateways` gateways and `indexers` indexers, ready: every shard has its
+    /// replicas caught up.
+    pub async fn start(gateways: usize, indexers: usize) -> Self {
+        // the tests' HTTP clients take the process's rustls provider
+        logbridge::server::install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let nats = Nats::start(dir.path()).await;
+        let etcd = Etcd::start(dir.path()).await;
+        let ingest = Secret::generate();
+        let readers: Vec<Secret> = USERS.iter().map(|_| Secret::generate()).collect();
+        let mut keys = vec![KeyRecord {
+            name: "fleet".to_owned(),
+            sha256: ingest.sha256(),
+            scopes: vec![Scope::Ingest],
+            user_id: None,
+            expires_at: None,
+        }];
+        for (user, secret) in USERS.iter().zip(&readers) {
+            keys.push(KeyRecord {
+                name: format!("reader-{user}"),
+                sha256: secret.sha256(),
+                scopes: vec![Scope::Read, Scope::Delete],
+                user_id: Some((*user).to_owned()),
+                expires_at: None,
+            });
+        }
+        super::write_keys_file(&dir.path().join("keys.toml"), &keys);
+        let mut cluster = Self {
+            dir,
+            nats,
+            etcd,
+            gateways: Vec::new(),
+            indexers: Vec::new(),
+            ingest,
+            readers,
+        };
+        for n in 0..indexers {
+            cluster.add_node("indexer", &format!("indexer-{n}"));
+        }
+        for n in 0..gateways {
+            cluster.add_node("gateway", &format!("gateway-{n}"));
+        }
+        cluster.wait_all_shards_served(indexers.min(2)).await;
+        cluster
+    }
+
+    /// Starts a node with `role` named `id`.
+    pub fn add_node(&mut self, role: &str, id: &str) {
+        let folder = self.dir.path().join(id);
+        std::fs::create_dir_all(&folder).unwrap();
+        let config = folder.join("logbridge.toml");
+        let quoted = |urls: Vec<String>| {
+            urls.iter()
+                .map(|u| format!("\"{u}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+                 [api]\nlisten = \"127.0.0.1:0\"\n\
+                 [index]\npath = \"{}\"\ncommit_interval_ms = 200\n\
+                 [auth]\nkeys_file = \"{}\"\n\
+                 [cluster]\nrole = \"{role}\"\nnode_id = \"{id}\"\nshards = {SHARDS}\n\
+                 nats_urls = [{}]\netcd_endpoints = [\"{}\"]\n",
+                folder.join("index").display(),
+                self.dir.path().join("keys.toml").display(),
+                quoted(self.nats.urls()),
+                self.etcd.url,
+            ),
+        )
+        .unwrap();
+        let served = serve(&config);
+        let node = Node {
+            api: served.api.clone(),
+            grpc: served.grpc.clone(),
+            served: Some(served),
+            config,
+        };
+        match role {
+            "gateway" => self.gateways.push(node),
+            _ => self.indexers.push(node),
+        }
+    }
+
+    /// Waits until every shard has `replicas` ready replicas, as a gateway's reads see them:
+    /// each user's `/logs` answers 200.
+    pub async fn wait_all_shards_served(&self, replicas: usize) {
+        let _ = replicas;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for gateway in &self.gateways {
+            for (n, _) in USERS.iter().enumerate() {
+                loop {
+                    let (status, _) = self.get(gateway, n, "limit=1").await;
+                    if status == 200 {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "user {n} not served by {}",
+                        gateway.api
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// `GET /logs?{query}` through `gateway` as user `user`: status and body.
+    pub async fn get(&self, gateway: &Node, user: usize, query: &str) -> (u16, Json) {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}/logs?{query}", gateway.api))
+            .bearer_auth(self.readers[user].expose())
+            .send()
+            .await;
+        match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.json().await.unwrap_or(Json::Null))
+            }
+            Err(_) => (0, Json::Null),
+        }
+    }
+
+    /// Every message of `user`, newest first, walking `/logs` with cursors through `gateway`;
+    /// asserts the walk's total and order.
+    pub async fn walk(&self, gateway: &Node, user: usize, filters: &str) -> Vec<String> {
+        let mut all = Vec::new();
+        let mut query = format!("limit=100{filters}");
+        let mut last_timestamp: Option<String> = None;
+        loop {
+            let (status, body) = self.get(gateway, user, &query).await;
+            assert_eq!(status, 200, "{body}");
+            let data = &body["data"];
+            for log in data["logs"].as_array().unwrap() {
+                let timestamp = log["timestamp"].as_str().unwrap().to_owned();
+                if let Some(last) = &last_timestamp {
+                    assert!(timestamp <= *last, "newest first: {timestamp} after {last}");
+                }
+                last_timestamp = Some(timestamp);
+            }
+            all.extend(messages(data));
+            match data["next_cursor"].as_str() {
+                Some(cursor) => query = format!("limit=100{filters}&cursor={cursor}"),
+                None => {
+                    assert_eq!(data["total"].as_u64().unwrap() as usize, all.len());
+                    return all;
+                }
+            }
+        }
+    }
+}
+
+/// Records of `user` numbered `first..first + count`: message `"{user} record {n}"`, one
+/// millisecond apart, every tenth an error.
+pub fn records(user: &str, first: u64, count: u64) -> Vec<LogRecord> {
+    (first..first + count)
+        .map(|n| {
+            let record = activity("tool_call", super::at_ms(n), &format!("{user} record {n}"));
+            let mut record = super::with_attr(record, "user.id", text(user));
+            if n % 10 == 0 {
+                record.attributes.push(kv("activity.status", text("error")));
+            }
+            record
+        })
+        .collect()
+}
+
+/// Exports `records` through the gateways, starting with `first` and moving to the next on any
+/// failure, until one acknowledges them; how many attempts it took.
+pub async fn export_until_acknowledged(
+    grpc: &[String],
+    first: usize,
+    key: &Secret,
+    records: Vec<LogRecord>,
+) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let request = request_of(records);
+    let mut attempt = 0;
+    loop {
+        let target = &grpc[(first + attempt) % grpc.len()];
+        attempt += 1;
+        let sent = async {
+            let mut client = LogsServiceClient::connect(format!("http://{target}")).await?;
+            let response = client.export(authorized(request.clone(), key)).await?;
+            anyhow::Ok(response.into_inner())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), sent).await {
+            Ok(Ok(response)) => {
+                assert_eq!(response.partial_success, None, "every record accepted");
+                return attempt;
+            }
+            Ok(Err(_)) | Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no gateway acknowledged an export for 2 minutes"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
