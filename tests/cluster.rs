@@ -5,27 +5,27 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::PATIENCE;
-use common::cluster::{TestCluster, USERS, export_until_acknowledged, records};
+use common::cluster::{Node, TestCluster, USERS, export_until_acknowledged, records};
 use logbridge::emit::{EmitOptions, emit};
 use logbridge::workload::Workload;
 use opentelemetry_otlp::Protocol;
 
 /// Waits until `user`'s total through `gateway` is `expected`.
-async fn wait_for_total(cluster: &TestCluster, gateway: usize, user: usize, expected: usize) {
+async fn wait_for_total(cluster: &TestCluster, gateway: &Node, user: usize, expected: usize) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let (status, body) = cluster
-            .get(&cluster.gateways[gateway], user, "limit=1")
-            .await;
+        let (status, body) = cluster.get(gateway, user, "limit=1").await;
         if status == 200 && body["data"]["total"].as_u64() == Some(expected as u64) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "user {user} never reached {expected} logs through gateway {gateway}: {status} {body}"
+            "user {user} never reached {expected} logs through {}: {status} {body}",
+            gateway.api
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -50,8 +50,8 @@ fn differences(stored: &[String], sent: &[String]) -> (usize, usize) {
 /// messages, each once, newest first.
 async fn assert_exactly(cluster: &TestCluster, acked: &HashMap<usize, Vec<String>>, when: &str) {
     for (&user, messages) in acked {
-        wait_for_total(cluster, 0, user, messages.len()).await;
-        for gateway in &cluster.gateways {
+        for gateway in cluster.live_gateways() {
+            wait_for_total(cluster, gateway, user, messages.len()).await;
             let stored = cluster.walk(gateway, user, "").await;
             let (lost, doubled) = differences(&stored, messages);
             assert_eq!(
@@ -129,31 +129,176 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
     assert_eq!(stats["data"]["total"], 1500);
 }
 
-/// Sends `batches` batches of `size` records for each user, alternating gateways, retrying each
-/// until acknowledged; what was acknowledged, by user.
-async fn load(
+/// Which indexer serves which user's shard: indexer by indexer, user by user.
+async fn placement(cluster: &TestCluster) -> Vec<bool> {
+    let mut held = Vec::new();
+    for indexer in 0..cluster.indexers.len() {
+        for user in 0..USERS.len() {
+            held.push(cluster.held(indexer, user).await.is_some());
+        }
+    }
+    held
+}
+
+/// What a load acknowledged, by user; shared with the test while the load runs.
+type Acked = Arc<Mutex<HashMap<usize, Vec<String>>>>;
+
+/// Starts sending `batches` batches of `size` records for each user, through the gateways in
+/// turn, each retried (through the next gateway) until acknowledged. Records are numbered from
+/// `first_batch * size`, so later loads are newer.
+fn start_load(
     cluster: &TestCluster,
     first_batch: u64,
     batches: u64,
     size: u64,
-) -> HashMap<usize, Vec<String>> {
-    let grpc: Vec<String> = cluster.gateways.iter().map(|g| g.grpc.clone()).collect();
-    let mut acked: HashMap<usize, Vec<String>> = HashMap::new();
-    for batch in first_batch..first_batch + batches {
-        for (user, name) in USERS.iter().enumerate() {
-            let records = records(name, batch * size, size);
-            let messages: Vec<String> = records
-                .iter()
-                .map(|r| match &r.body.as_ref().unwrap().value {
-                    Some(
-                        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s),
-                    ) => s.clone(),
-                    _ => unreachable!(),
-                })
-                .collect();
-            export_until_acknowledged(&grpc, batch as usize + user, &cluster.ingest, records).await;
-            acked.entry(user).or_default().extend(messages);
+) -> (Acked, tokio::task::JoinHandle<()>) {
+    let grpc = cluster.grpc();
+    let key = cluster.ingest.clone();
+    let acked: Acked = Arc::default();
+    let shared = acked.clone();
+    let task = tokio::spawn(async move {
+        for batch in first_batch..first_batch + batches {
+            for (user, name) in USERS.iter().enumerate() {
+                let records = records(name, batch * size, size);
+                let messages: Vec<String> = (batch * size..(batch + 1) * size)
+                    .map(|n| format!("{name} record {n}"))
+                    .collect();
+                export_until_acknowledged(&grpc, batch as usize + user, &key, records).await;
+                shared
+                    .lock()
+                    .unwrap()
+                    .entry(user)
+                    .or_default()
+                    .extend(messages);
+            }
+        }
+    });
+    (acked, task)
+}
+
+/// Waits until the load acknowledged at least `records` records in all.
+async fn wait_acked(acked: &Acked, records: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.lock().unwrap().values().map(Vec::len).sum::<usize>() < records {
+        assert!(
+            Instant::now() < deadline,
+            "the load stalled below {records} records"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the load acknowledged, once it ended.
+async fn finished(acked: Acked, task: tokio::task::JoinHandle<()>) -> HashMap<usize, Vec<String>> {
+    task.await.unwrap();
+    let acked = acked.lock().unwrap();
+    acked.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_stream_leader_mid_load_loses_and_doubles_nothing() {
+    let mut cluster = TestCluster::start(2, 3).await;
+    let shard = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    let (acked, load) = start_load(&cluster, 0, 60, 100);
+    wait_acked(&acked, 4000).await;
+    let leader = cluster
+        .nats
+        .stream_leader(&format!("LOGBRIDGE_{shard}"))
+        .await;
+    cluster.nats.kill(leader);
+    wait_acked(&acked, 12_000).await;
+    cluster.nats.restart(leader).await;
+    let acked = finished(acked, load).await;
+    assert_eq!(acked.values().map(Vec::len).sum::<usize>(), 24_000);
+    assert_exactly(&cluster, &acked, "after the stream leader's kill -9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_indexer_mid_load_keeps_reads_and_it_catches_up() {
+    let mut cluster = TestCluster::start(2, 3).await;
+    let (acked, load) = start_load(&cluster, 0, 40, 100);
+    wait_acked(&acked, 4000).await;
+    let held_before: Vec<Option<u64>> = {
+        let mut held = Vec::new();
+        for user in 0..USERS.len() {
+            held.push(cluster.held(0, user).await);
+        }
+        held
+    };
+    assert!(
+        held_before.iter().any(Option::is_some),
+        "indexer-0 serves some user"
+    );
+    cluster.indexers[0].kill();
+    // reads go on from the other replicas while it is down and the load goes on
+    wait_acked(&acked, 8000).await;
+    for user in 0..USERS.len() {
+        for gateway in cluster.live_gateways() {
+            let (status, body) = cluster.get(gateway, user, "limit=5").await;
+            assert_eq!(status, 200, "user {user} while indexer-0 is down: {body}");
         }
     }
-    acked
+    wait_acked(&acked, 10_000).await;
+    cluster.indexers[0].restart();
+    let acked = finished(acked, load).await;
+    assert_exactly(&cluster, &acked, "after an indexer's kill -9").await;
+    // the restarted indexer caught up on the shards it held: it serves every log of them
+    let deadline = Instant::now() + PATIENCE;
+    for (user, before) in held_before.iter().enumerate() {
+        if before.is_none() {
+            continue;
+        }
+        let expected = acked[&user].len() as u64;
+        while cluster.held(0, user).await != Some(expected) {
+            assert!(
+                Instant::now() < deadline,
+                "indexer-0 never caught up on user {user}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_gateway_mid_export_stores_the_retries_once() {
+    let mut cluster = TestCluster::start(2, 3).await;
+    let (acked, load) = start_load(&cluster, 0, 30, 500);
+    wait_acked(&acked, 10_000).await;
+    cluster.gateways[0].kill();
+    let acked = finished(acked, load).await;
+    assert_eq!(acked.values().map(Vec::len).sum::<usize>(), 60_000);
+    assert_exactly(&cluster, &acked, "after a gateway's kill -9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_down_ingest_and_reads_go_on_and_nothing_moves() {
+    let mut cluster = TestCluster::start(2, 3).await;
+    let (acked, load) = start_load(&cluster, 0, 20, 100);
+    wait_acked(&acked, 2000).await;
+    let before = placement(&cluster).await;
+    cluster.etcd.kill();
+    wait_acked(&acked, 6000).await;
+    // an indexer dies while etcd is down: its shards are not reassigned, reads use the other
+    // replica
+    cluster.indexers[2].kill();
+    let acked = finished(acked, load).await;
+    assert_exactly(&cluster, &acked, "with etcd down").await;
+    let mut after = placement(&cluster).await;
+    // the dead indexer's answers are gone; the others hold exactly what they held
+    for user in 0..USERS.len() {
+        after[2 * USERS.len() + user] = before[2 * USERS.len() + user];
+    }
+    assert_eq!(
+        after, before,
+        "no replica opened or closed while etcd was down"
+    );
+    cluster.etcd.restart().await;
+    cluster.indexers[2].restart();
+    let (more, load) = start_load(&cluster, 20, 5, 100);
+    let more = finished(more, load).await;
+    let mut all = acked;
+    for (user, messages) in more {
+        all.entry(user).or_default().extend(messages);
+    }
+    assert_exactly(&cluster, &all, "after etcd came back").await;
 }

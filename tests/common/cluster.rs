@@ -335,7 +335,7 @@ impl TestCluster {
         for n in 0..gateways {
             cluster.add_node("gateway", &format!("gateway-{n}"));
         }
-        cluster.wait_all_shards_served(indexers.min(2)).await;
+        cluster.wait_all_shards_served().await;
         cluster
     }
 
@@ -379,10 +379,9 @@ impl TestCluster {
         }
     }
 
-    /// Waits until every shard has `replicas` ready replicas, as a gateway's reads see them:
-    /// each user's `/logs` answers 200.
-    pub async fn wait_all_shards_served(&self, replicas: usize) {
-        let _ = replicas;
+    /// Waits until each user's `/logs` answers 200 through every gateway: their shards have a
+    /// caught-up replica.
+    pub async fn wait_all_shards_served(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         for gateway in &self.gateways {
             for (n, _) in USERS.iter().enumerate() {
@@ -400,6 +399,39 @@ impl TestCluster {
                 }
             }
         }
+    }
+
+    /// The live gateways.
+    pub fn live_gateways(&self) -> Vec<&Node> {
+        self.gateways
+            .iter()
+            .filter(|g| g.served.is_some())
+            .collect()
+    }
+
+    /// The gateways' OTLP/gRPC addresses, dead ones included (a client tries them in turn).
+    pub fn grpc(&self) -> Vec<String> {
+        self.gateways.iter().map(|g| g.grpc.clone()).collect()
+    }
+
+    /// Asks indexer `indexer` directly for user `user`'s shard: its total of that user's logs
+    /// when it serves the shard, `None` when it holds no replica of it (or is down).
+    pub async fn held(&self, indexer: usize, user: usize) -> Option<u64> {
+        let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
+        let response = reqwest::Client::new()
+            .get(format!(
+                "http://{}/shards/{shard}/logs?limit=1",
+                self.indexers[indexer].api
+            ))
+            .bearer_auth(self.readers[user].expose())
+            .send()
+            .await
+            .ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        let body: Json = response.json().await.ok()?;
+        body["data"]["total"].as_u64()
     }
 
     /// `GET /logs?{query}` through `gateway` as user `user`: status and body.
