@@ -302,3 +302,100 @@ async fn with_etcd_down_ingest_and_reads_go_on_and_nothing_moves() {
     }
     assert_exactly(&cluster, &all, "after etcd came back").await;
 }
+
+/// A page of 25 of `user`'s logs through the second gateway, from `cursor`: the messages and
+/// the next cursor.
+async fn page(
+    cluster: &TestCluster,
+    user: usize,
+    cursor: &Option<String>,
+) -> (Vec<String>, Option<String>) {
+    let query = match cursor {
+        Some(cursor) => format!("limit=25&cursor={cursor}"),
+        None => "limit=25".to_owned(),
+    };
+    let (status, body) = cluster.get(&cluster.gateways[1], user, &query).await;
+    assert_eq!(status, 200, "user {user}: {body}");
+    let data = &body["data"];
+    let next = data["next_cursor"].as_str().map(str::to_owned);
+    (common::messages(data), next)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
+    let mut cluster = TestCluster::start(2, 3).await;
+    let (acked, load) = start_load(&cluster, 0, 10, 100);
+    let before = finished(acked, load).await;
+    assert_exactly(&cluster, &before, "before the fourth indexer").await;
+
+    // newer logs keep arriving while the walks run and the shards move
+    let (during, load) = start_load(&cluster, 10, 15, 100);
+    let mut cursors: Vec<Option<String>> = vec![None; USERS.len()];
+    let mut walked: Vec<Vec<String>> = vec![Vec::new(); USERS.len()];
+    // the first pages, then the join, then the rest of each walk
+    for user in 0..USERS.len() {
+        let (messages, next) = page(&cluster, user, &None).await;
+        walked[user].extend(messages);
+        cursors[user] = next;
+    }
+    cluster.add_node("indexer", "indexer-3");
+    let joined = Instant::now();
+    let mut moved = false;
+    while cursors.iter().any(Option::is_some) {
+        for user in 0..USERS.len() {
+            if let Some(cursor) = cursors[user].take() {
+                let (messages, next) = page(&cluster, user, &Some(cursor)).await;
+                walked[user].extend(messages);
+                cursors[user] = next;
+            }
+        }
+        if !moved {
+            for user in 0..USERS.len() {
+                moved |= cluster.held(3, user).await.is_some();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the walks began before the newer logs: each is exactly the logs acknowledged before
+    for (user, walk) in walked.iter().enumerate() {
+        let (lost, doubled) = differences(walk, &before[&user]);
+        assert_eq!(
+            (lost, doubled, walk.len()),
+            (0, 0, before[&user].len()),
+            "user {user}'s walk across the move: (gaps, repeats, logs)"
+        );
+    }
+    let during = finished(during, load).await;
+    let mut all = before;
+    for (user, messages) in during {
+        all.entry(user).or_default().extend(messages);
+    }
+    assert_exactly(&cluster, &all, "after the fourth indexer joined").await;
+    // the new indexer serves shards it took over, and their former owners let go of them
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut taken = Vec::new();
+        for user in 0..USERS.len() {
+            if cluster.held(3, user).await == Some(all[&user].len() as u64) {
+                taken.push(user);
+            }
+        }
+        let placement = placement(&cluster).await;
+        let replicas: Vec<usize> = (0..USERS.len())
+            .map(|user| (0..4).filter(|i| placement[i * USERS.len() + user]).count())
+            .collect();
+        if !taken.is_empty() && replicas.iter().all(|&n| n == 2) {
+            assert!(moved, "the move happened before the walks ended");
+            eprintln!(
+                "indexer-3 took the shards of users {taken:?}, {} ms after it joined",
+                joined.elapsed().as_millis()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "indexer-3 took no shard, or replicas were not let go: taken {taken:?}, replicas per user {replicas:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

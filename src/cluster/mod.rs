@@ -148,7 +148,7 @@ pub async fn start(
                 retention: config.retention.policy.clone(),
                 limits: config.limits.clone(),
             },
-            LogSink::Stream(Publisher::new(jetstream.clone(), cluster)),
+            LogSink::Stream(Box::new(Publisher::new(jetstream.clone(), cluster))),
             MemoryBudget::new(config.otlp.max_inflight_bytes),
             metrics.clone(),
         );

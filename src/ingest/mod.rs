@@ -71,7 +71,7 @@ fn now_nanos() -> u64 {
 #[derive(Clone)]
 pub enum LogSink {
     Local(IngestQueue),
-    Stream(crate::cluster::Publisher),
+    Stream(Box<crate::cluster::Publisher>),
 }
 
 impl LogSink {

@@ -63,7 +63,7 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
-                    "cannot run {} ({e}): install it (Debian: apt-get install nats-server etcd-server) or run tests/tools/install",
+                    "cannot run {} ({e}): tests/tools/install installs it (Debian: apt-get install nats-server etcd-server)",
                     self.program
                 )
             });
@@ -298,6 +298,8 @@ impl TestCluster {
     pub async fn start(gateways: usize, indexers: usize) -> Self {
         // the tests' HTTP clients take the process's rustls provider
         logbridge::server::install_provider();
+        // nats-server and etcd, installed when missing
+        super::tools::installed();
         let dir = tempfile::tempdir().unwrap();
         let nats = Nats::start(dir.path()).await;
         let etcd = Etcd::start(dir.path()).await;

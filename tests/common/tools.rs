@@ -1,4 +1,4 @@
-//! The programs the browser and API-fuzzing tests drive: `tests/tools/install` installs what is
+//! The programs the browser, API-fuzzing and cluster tests drive: `tests/tools/install` installs what is
 //! missing, once per test process, and the tests fail saying why when it cannot.
 
 use std::path::PathBuf;
