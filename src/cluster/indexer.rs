@@ -63,9 +63,11 @@ struct Replica {
 pub struct Replicas(Arc<RwLock<BTreeMap<u32, Replica>>>);
 
 impl Replicas {
+    /// The REST API of this node's replica of `shard`, once it has caught up.
     fn router(&self, shard: u32) -> Option<Router> {
         let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
-        replicas.get(&shard).map(|r| r.router.clone())
+        let replica = replicas.get(&shard).filter(|r| *r.ready.borrow())?;
+        Some(replica.router.clone())
     }
 }
 
@@ -87,7 +89,11 @@ async fn dispatch(State(replicas): State<Replicas>, mut request: Request) -> Res
         return ApiError::NotFound.into_response();
     };
     let Some(router) = replicas.router(shard) else {
-        return (NOT_HERE, "this indexer holds no replica of that shard").into_response();
+        return (
+            NOT_HERE,
+            "this indexer holds no caught-up replica of that shard",
+        )
+            .into_response();
     };
     let rewritten = match uri.query() {
         Some(query) => format!("/{path}?{query}"),
@@ -192,12 +198,18 @@ fn reconcile(
                 .remove(&shard);
             membership.set_replica(shard, None);
             if let Some(replica) = replica {
-                let dir = shard_dir(&context.dir, shard);
                 tracing::info!(shard, "shard moved to its new owners; replica closed");
+                // a shard that comes back before the removal is done opens a fresh folder
+                let dir = shard_dir(&context.dir, shard);
+                let closed = context
+                    .dir
+                    .join(format!("closed-{shard}-{}", rand::random::<u64>()));
                 std::thread::spawn(move || {
                     replica.stop.cancel();
                     let _ = replica.thread.join();
-                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if let Err(e) = std::fs::rename(&dir, &closed)
+                        .and_then(|()| std::fs::remove_dir_all(&closed))
+                    {
                         tracing::warn!(shard, error = %e, "cannot remove a closed replica's folder");
                     }
                 });
@@ -321,27 +333,27 @@ impl Consumer {
             });
             match received {
                 None => {
-                    let _ = self.commit(added_through);
+                    if let Err(e) = self.commit(added_through) {
+                        // the next start consumes again from the last commit
+                        self.failed(&e);
+                    }
                     return Pass::Stopped;
                 }
                 Some(Err(_elapsed)) => {}
                 Some(Ok(None)) => {
                     tracing::warn!(shard, "the shard's stream ended; consuming again");
-                    let _ = self.commit(added_through);
-                    return Pass::Retry;
+                    return self.end_pass(added_through);
                 }
                 Some(Ok(Some(Err(e)))) => {
                     tracing::warn!(shard, error = %e, "consuming the shard's stream failed; consuming again from the last commit");
-                    let _ = self.commit(added_through);
-                    return Pass::Retry;
+                    return self.end_pass(added_through);
                 }
                 Some(Ok(Some(Ok(message)))) => {
                     let stream_seq = match message.info() {
                         Ok(info) => info.stream_sequence,
                         Err(e) => {
                             tracing::warn!(shard, error = %e, "a message without its stream sequence; consuming again");
-                            let _ = self.commit(added_through);
-                            return Pass::Retry;
+                            return self.end_pass(added_through);
                         }
                     };
                     if stream_seq < next {
@@ -375,6 +387,15 @@ impl Consumer {
                 }
                 added_through = None;
             }
+        }
+    }
+
+    /// Ends a pass to consume again from the last commit: what was added is committed first, or
+    /// rolled back when the commit fails, so that nothing is added twice.
+    fn end_pass(&mut self, through: Option<u64>) -> Pass {
+        match self.commit(through) {
+            Ok(()) => Pass::Retry,
+            Err(e) => self.failed(&e),
         }
     }
 

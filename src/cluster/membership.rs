@@ -150,13 +150,9 @@ impl Membership {
 
     /// Says (or, with `None`, stops saying) what this node's replica of `shard` is.
     pub fn set_replica(&self, shard: u32, status: Option<ReplicaStatus>) {
-        self.replicas.send_modify(|replicas| match status {
-            Some(status) => {
-                replicas.insert(shard, status);
-            }
-            None => {
-                replicas.remove(&shard);
-            }
+        self.replicas.send_if_modified(|replicas| match status {
+            Some(status) => replicas.insert(shard, status.clone()) != Some(status),
+            None => replicas.remove(&shard).is_some(),
         });
     }
 

@@ -123,6 +123,7 @@ pub async fn ensure_streams(
 pub struct Publisher {
     context: jetstream::Context,
     shards: u32,
+    timeout: Duration,
 }
 
 impl Publisher {
@@ -130,6 +131,7 @@ impl Publisher {
         Self {
             context,
             shards: config.shards,
+            timeout: config.publish_timeout,
         }
     }
 
@@ -137,6 +139,13 @@ impl Publisher {
     /// duplicate of one it holds). Any refusal or timeout refuses the whole batch: what was
     /// stored of it is dropped as a duplicate when the client sends it again.
     pub async fn publish(&self, logs: &[ActivityLog]) -> Result<(), WriteError> {
+        // while the client reconnects, a publish waits to be sent: the whole export has a deadline
+        tokio::time::timeout(self.timeout, self.publish_all(logs))
+            .await
+            .unwrap_or_else(|_| Err(refusal("no acknowledgement in time")))
+    }
+
+    async fn publish_all(&self, logs: &[ActivityLog]) -> Result<(), WriteError> {
         let mut by_shard: BTreeMap<u32, Vec<&ActivityLog>> = BTreeMap::new();
         for log in logs {
             by_shard
