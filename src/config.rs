@@ -250,7 +250,7 @@ impl Default for RawCluster {
             stream_replicas: 3,
             indexer_replicas: 2,
             publish_timeout_ms: 5_000,
-            dedup_window_ms: 120_000,
+            dedup_window_ms: 600_000,
             advertise_url: String::new(),
         }
     }

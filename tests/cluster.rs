@@ -46,21 +46,52 @@ fn differences(stored: &[String], sent: &[String]) -> (usize, usize) {
     (lost as usize, doubled as usize)
 }
 
-/// Asserts that each user's logs, walked through every gateway, are exactly the acknowledged
-/// messages, each once, newest first.
+/// Asserts that each user's logs, walked through every live gateway and on every ready replica
+/// of its shard, are exactly the acknowledged messages, as many times as sent, newest first.
 async fn assert_exactly(cluster: &TestCluster, acked: &HashMap<usize, Vec<String>>, when: &str) {
     for (&user, messages) in acked {
-        for gateway in cluster.live_gateways() {
-            wait_for_total(cluster, gateway, user, messages.len()).await;
-            let stored = cluster.walk(gateway, user, "").await;
-            let (lost, doubled) = differences(&stored, messages);
+        let compare = |stored: &[String], place: &str| {
+            let (lost, doubled) = differences(stored, messages);
             assert_eq!(
                 (lost, doubled, stored.len()),
                 (0, 0, messages.len()),
-                "{when}: user {user} through {}: (lost, stored twice, stored)",
-                gateway.api
+                "{when}: user {user} through {place}: (lost, stored twice, stored)"
             );
+        };
+        for gateway in cluster.live_gateways() {
+            wait_for_total(cluster, gateway, user, messages.len()).await;
+            let stored = cluster.walk(gateway, user, "").await;
+            compare(&stored, &format!("gateway {}", gateway.api));
         }
+        let mut replicas = 0;
+        for indexer in 0..cluster.indexers.len() {
+            if cluster.indexers[indexer].served.is_none() {
+                continue;
+            }
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                match cluster.held(indexer, user).await {
+                    None => break,
+                    Some(total) if total as usize == messages.len() => {
+                        let stored = cluster.walk_replica(indexer, user).await.unwrap();
+                        compare(&stored, &format!("indexer-{indexer}'s replica"));
+                        replicas += 1;
+                        break;
+                    }
+                    Some(_) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "{when}: indexer-{indexer} never caught up on user {user}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        assert!(
+            replicas >= 1,
+            "{when}: no indexer serves user {user}'s shard"
+        );
     }
 }
 
@@ -127,6 +158,40 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .await
         .unwrap();
     assert_eq!(stats["data"]["total"], 1500);
+    // a key reads its own user's logs only, through the gateway and on any replica directly
+    let foreign = format!("{}", USERS[1]);
+    let (_, body) = cluster
+        .get(&cluster.gateways[0], 0, &format!("q={foreign}"))
+        .await;
+    assert_eq!(body["data"]["total"], 0);
+    let shard_of_1 = logbridge::cluster::shard_of(USERS[1], common::cluster::SHARDS);
+    let shard_of_0 = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    let mut asked = 0;
+    for indexer in &cluster.indexers {
+        let response = reqwest::Client::new()
+            .get(format!(
+                "http://{}/shards/{shard_of_1}/logs?limit=100",
+                indexer.api
+            ))
+            .bearer_auth(cluster.readers[0].expose())
+            .send()
+            .await
+            .unwrap();
+        if response.status() != 200 {
+            continue;
+        }
+        asked += 1;
+        let body: serde_json::Value = response.json().await.unwrap();
+        let mine = if shard_of_1 == shard_of_0 { 1500 } else { 0 };
+        assert_eq!(
+            body["data"]["total"], mine,
+            "user-0's key on user-1's shard"
+        );
+        for message in common::messages(&body["data"]) {
+            assert!(acked[&0].contains(&message), "user-0 read {message:?}");
+        }
+    }
+    assert_eq!(asked, 2, "two replicas serve user-1's shard");
 }
 
 /// Which indexer serves which user's shard: indexer by indexer, user by user.
@@ -140,8 +205,15 @@ async fn placement(cluster: &TestCluster) -> Vec<bool> {
     held
 }
 
-/// What a load acknowledged, by user; shared with the test while the load runs.
-type Acked = Arc<Mutex<HashMap<usize, Vec<String>>>>;
+/// What a load acknowledged, by user, and how many exports it had to send again; shared with
+/// the test while the load runs.
+#[derive(Default)]
+struct Load {
+    acked: HashMap<usize, Vec<String>>,
+    retries: usize,
+}
+
+type Acked = Arc<Mutex<Load>>;
 
 /// Starts sending `batches` batches of `size` records for each user, through the gateways in
 /// turn, each retried (through the next gateway) until acknowledged. Records are numbered from
@@ -163,13 +235,11 @@ fn start_load(
                 let messages: Vec<String> = (batch * size..(batch + 1) * size)
                     .map(|n| format!("{name} record {n}"))
                     .collect();
-                export_until_acknowledged(&grpc, batch as usize + user, &key, records).await;
-                shared
-                    .lock()
-                    .unwrap()
-                    .entry(user)
-                    .or_default()
-                    .extend(messages);
+                let attempts =
+                    export_until_acknowledged(&grpc, batch as usize + user, &key, records).await;
+                let mut load = shared.lock().unwrap();
+                load.acked.entry(user).or_default().extend(messages);
+                load.retries += attempts - 1;
             }
         }
     });
@@ -179,7 +249,15 @@ fn start_load(
 /// Waits until the load acknowledged at least `records` records in all.
 async fn wait_acked(acked: &Acked, records: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while acked.lock().unwrap().values().map(Vec::len).sum::<usize>() < records {
+    while acked
+        .lock()
+        .unwrap()
+        .acked
+        .values()
+        .map(Vec::len)
+        .sum::<usize>()
+        < records
+    {
         assert!(
             Instant::now() < deadline,
             "the load stalled below {records} records"
@@ -188,11 +266,14 @@ async fn wait_acked(acked: &Acked, records: usize) {
     }
 }
 
-/// What the load acknowledged, once it ended.
-async fn finished(acked: Acked, task: tokio::task::JoinHandle<()>) -> HashMap<usize, Vec<String>> {
+/// What the load acknowledged, once it ended, and how many exports it sent again.
+async fn finished(
+    acked: Acked,
+    task: tokio::task::JoinHandle<()>,
+) -> (HashMap<usize, Vec<String>>, usize) {
     task.await.unwrap();
-    let acked = acked.lock().unwrap();
-    acked.clone()
+    let load = acked.lock().unwrap();
+    (load.acked.clone(), load.retries)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,13 +284,19 @@ async fn killing_the_stream_leader_mid_load_loses_and_doubles_nothing() {
     wait_acked(&acked, 4000).await;
     let leader = cluster
         .nats
-        .stream_leader(&format!("LOGBRIDGE_{shard}"))
+        .stream_leader(&format!("LOGBRIDGE_logbridge_{shard}"))
         .await;
     cluster.nats.kill(leader);
     wait_acked(&acked, 12_000).await;
     cluster.nats.restart(leader).await;
-    let acked = finished(acked, load).await;
+    let (acked, retries) = finished(acked, load).await;
     assert_eq!(acked.values().map(Vec::len).sum::<usize>(), 24_000);
+    // exports in flight when the leader died were refused and sent again
+    assert!(
+        retries > 0,
+        "no export was refused while the stream leader was down"
+    );
+    eprintln!("{retries} exports sent again");
     assert_exactly(&cluster, &acked, "after the stream leader's kill -9").await;
 }
 
@@ -240,7 +327,7 @@ async fn killing_an_indexer_mid_load_keeps_reads_and_it_catches_up() {
     }
     wait_acked(&acked, 10_000).await;
     cluster.indexers[0].restart();
-    let acked = finished(acked, load).await;
+    let (acked, _) = finished(acked, load).await;
     assert_exactly(&cluster, &acked, "after an indexer's kill -9").await;
     // the restarted indexer caught up on the shards it held: it serves every log of them
     let deadline = Instant::now() + PATIENCE;
@@ -265,8 +352,12 @@ async fn killing_a_gateway_mid_export_stores_the_retries_once() {
     let (acked, load) = start_load(&cluster, 0, 30, 500);
     wait_acked(&acked, 10_000).await;
     cluster.gateways[0].kill();
-    let acked = finished(acked, load).await;
+    let (acked, retries) = finished(acked, load).await;
     assert_eq!(acked.values().map(Vec::len).sum::<usize>(), 60_000);
+    // the export in flight on the killed gateway, and every later one sent to it, went again
+    // through the other
+    assert!(retries > 0, "no export was sent again");
+    eprintln!("{retries} exports sent again");
     assert_exactly(&cluster, &acked, "after a gateway's kill -9").await;
 }
 
@@ -281,7 +372,7 @@ async fn with_etcd_down_ingest_and_reads_go_on_and_nothing_moves() {
     // an indexer dies while etcd is down: its shards are not reassigned, reads use the other
     // replica
     cluster.indexers[2].kill();
-    let acked = finished(acked, load).await;
+    let (acked, _) = finished(acked, load).await;
     assert_exactly(&cluster, &acked, "with etcd down").await;
     let mut after = placement(&cluster).await;
     // the dead indexer's answers are gone; the others hold exactly what they held
@@ -295,7 +386,7 @@ async fn with_etcd_down_ingest_and_reads_go_on_and_nothing_moves() {
     cluster.etcd.restart().await;
     cluster.indexers[2].restart();
     let (more, load) = start_load(&cluster, 20, 5, 100);
-    let more = finished(more, load).await;
+    let (more, _) = finished(more, load).await;
     let mut all = acked;
     for (user, messages) in more {
         all.entry(user).or_default().extend(messages);
@@ -325,19 +416,18 @@ async fn page(
 async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
     let mut cluster = TestCluster::start(2, 3).await;
     let (acked, load) = start_load(&cluster, 0, 10, 100);
-    let before = finished(acked, load).await;
+    let (before, _) = finished(acked, load).await;
     assert_exactly(&cluster, &before, "before the fourth indexer").await;
 
-    // newer logs keep arriving while the walks run and the shards move
-    let (during, load) = start_load(&cluster, 10, 15, 100);
     let mut cursors: Vec<Option<String>> = vec![None; USERS.len()];
     let mut walked: Vec<Vec<String>> = vec![Vec::new(); USERS.len()];
-    // the first pages, then the join, then the rest of each walk
+    // the first pages, then newer logs and the join while the rest of each walk goes on
     for user in 0..USERS.len() {
         let (messages, next) = page(&cluster, user, &None).await;
         walked[user].extend(messages);
         cursors[user] = next;
     }
+    let (during, load) = start_load(&cluster, 10, 15, 100);
     cluster.add_node("indexer", "indexer-3");
     let joined = Instant::now();
     let mut moved = false;
@@ -365,7 +455,7 @@ async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
             "user {user}'s walk across the move: (gaps, repeats, logs)"
         );
     }
-    let during = finished(during, load).await;
+    let (during, _) = finished(during, load).await;
     let mut all = before;
     for (user, messages) in during {
         all.entry(user).or_default().extend(messages);

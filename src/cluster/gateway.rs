@@ -29,6 +29,10 @@ const FORWARDED: [header::HeaderName; 3] = [
     header::HeaderName::from_static("last-event-id"),
 ];
 
+/// Longest wait for a replica's answer to begin (its body may then stream for as long as it
+/// takes: an export, a tail).
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Clone)]
 pub struct Gateway {
     pub keys: KeyStore,
@@ -113,12 +117,17 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Result<Res
         )));
     };
     let shard = shard_of(&user_id, gateway.shards);
-    let targets = gateway.view.borrow().read_targets(shard, gateway.replicas);
+    let targets = gateway
+        .view
+        .borrow()
+        .read_targets(shard, gateway.replicas, &user_id);
     let path_and_query = request
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    // the last replica that answered 503 (busy), passed on when no other answers
+    let mut busy = None;
     for target in targets {
         let mut upstream = http::Request::builder()
             .method(request.method())
@@ -131,15 +140,25 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Result<Res
         let upstream = upstream
             .body(Body::empty())
             .map_err(|e| ApiError::Internal(format!("cannot build the forwarded request: {e}")))?;
-        match gateway.client.request(upstream).await {
-            Ok(response) if response.status() == NOT_HERE => {
+        match tokio::time::timeout(RESPONSE_TIMEOUT, gateway.client.request(upstream)).await {
+            Ok(Ok(response)) if response.status() == NOT_HERE => {
                 tracing::debug!(shard, %target, "replica moved away; trying the next");
             }
-            Ok(response) => return Ok(response.map(Body::new)),
-            Err(e) => {
+            Ok(Ok(response)) if response.status() == http::StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::debug!(shard, %target, "replica busy; trying the next");
+                busy = Some(response);
+            }
+            Ok(Ok(response)) => return Ok(response.map(Body::new)),
+            Ok(Err(e)) => {
                 tracing::warn!(shard, %target, error = %e, "replica unreachable; trying the next");
             }
+            Err(_) => {
+                tracing::warn!(shard, %target, "replica did not answer in time; trying the next");
+            }
         }
+    }
+    if let Some(busy) = busy {
+        return Ok(busy.map(Body::new));
     }
     Err(ApiError::Unavailable(
         "no caught-up replica of this user's shard answers now, retry later",

@@ -27,6 +27,8 @@ use super::membership::{Membership, ReplicaStatus, View};
 use super::shard::{log_seq, resume_from};
 use super::stream::{Chunk, stream_name};
 use crate::api::{self, ApiError, ApiParts};
+use crate::ingest::now_nanos;
+use crate::lifecycle::Retention;
 use crate::store::{self, LogWriter, StoreOptions};
 
 /// How long a replica whose stream or index fails waits before it starts over.
@@ -49,6 +51,11 @@ pub struct IndexerContext {
     pub advertise: String,
     pub replicas_per_shard: usize,
     pub node_id: String,
+    /// The cluster's name, in its streams' names.
+    pub cluster_name: String,
+    /// How long logs are kept, and how often expired ones are deleted.
+    pub retention: Retention,
+    pub sweep_interval: Duration,
 }
 
 struct Replica {
@@ -123,7 +130,10 @@ pub async fn run(
     loop {
         let current: View = view.borrow_and_update().clone();
         if current.revision > 0 {
-            reconcile(&context, &replicas, &membership, shards, &current);
+            // opening an index reads its files (and may upgrade it): off the async workers
+            tokio::task::block_in_place(|| {
+                reconcile(&context, &replicas, &membership, shards, &current);
+            });
         }
         // replicas becoming ready are reported as they do
         let readiness: Vec<(u32, watch::Receiver<bool>)> = {
@@ -145,9 +155,11 @@ pub async fn run(
     }
     let held = std::mem::take(&mut *replicas.0.write().unwrap_or_else(|e| e.into_inner()));
     let closing: Vec<_> = held.into_values().collect();
+    for replica in &closing {
+        replica.stop.cancel();
+    }
     let _ = tokio::task::spawn_blocking(move || {
         for replica in closing {
-            replica.stop.cancel();
             let _ = replica.thread.join();
         }
     })
@@ -232,11 +244,15 @@ fn open(context: &IndexerContext, shard: u32) -> anyhow::Result<Replica> {
     let consumer = Consumer {
         handle: Handle::current(),
         jetstream: context.jetstream.clone(),
+        stream: stream_name(&context.cluster_name, shard),
         shard,
         writer,
         commit_interval: context.commit_interval,
         ready: ready_tx,
         stop: stop.clone(),
+        retention: context.retention.clone(),
+        sweep_interval: context.sweep_interval,
+        sweep_at: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("shard-{shard}"))
@@ -254,11 +270,16 @@ fn open(context: &IndexerContext, shard: u32) -> anyhow::Result<Replica> {
 struct Consumer {
     handle: Handle,
     jetstream: jetstream::Context,
+    stream: String,
     shard: u32,
     writer: LogWriter,
     commit_interval: Duration,
     ready: watch::Sender<bool>,
     stop: CancellationToken,
+    retention: Retention,
+    sweep_interval: Duration,
+    /// When expired logs are next deleted.
+    sweep_at: Instant,
 }
 
 /// Why a pass over the stream ended.
@@ -292,28 +313,52 @@ impl Consumer {
     fn pass(&mut self) -> Pass {
         let shard = self.shard;
         let start = resume_from(self.writer.committed_seq());
-        let jetstream = self.jetstream.clone();
+        let (jetstream, name, stop) = (
+            self.jetstream.clone(),
+            self.stream.clone(),
+            self.stop.clone(),
+        );
         let setup = self.handle.block_on(async move {
-            let mut stream = jetstream.get_stream(stream_name(shard)).await?;
-            let end = stream.info().await?.state.last_sequence;
-            let consumer = stream
-                .create_consumer(pull::OrderedConfig {
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: start,
-                    },
-                    ..Default::default()
-                })
-                .await?;
-            let messages = consumer.messages().await?;
-            anyhow::Ok((end, messages))
+            let setup = async {
+                let mut stream = jetstream.get_stream(&name).await?;
+                let end = stream.info().await?.state.last_sequence;
+                let consumer = stream
+                    .create_consumer(pull::OrderedConfig {
+                        deliver_policy: DeliverPolicy::ByStartSequence {
+                            start_sequence: start,
+                        },
+                        ..Default::default()
+                    })
+                    .await?;
+                let messages = consumer.messages().await?;
+                anyhow::Ok((end, messages))
+            };
+            tokio::select! {
+                () = stop.cancelled() => None,
+                setup = setup => Some(setup),
+            }
         });
         let (end, mut messages) = match setup {
-            Ok(setup) => setup,
-            Err(e) => {
+            None => return Pass::Stopped,
+            Some(Ok(setup)) => setup,
+            Some(Err(e)) => {
                 tracing::warn!(shard, error = %format!("{e:#}"), "cannot consume the shard's stream; retrying");
                 return Pass::Retry;
             }
         };
+        if end + 1 < start {
+            // The stream holds less than this replica committed: it was deleted and created
+            // again, or lost messages. Serving on would hide every log published since.
+            self.ready.send_replace(false);
+            tracing::error!(
+                shard,
+                stream = %self.stream,
+                stream_ends_at = end,
+                committed_through = start - 1,
+                "the stream holds less than this replica committed; not serving this shard until an operator restores the stream or removes the replica's folder"
+            );
+            return Pass::Retry;
+        }
         if end < start {
             self.ready.send_replace(true);
         }
@@ -362,7 +407,12 @@ impl Consumer {
                     next = stream_seq + 1;
                     match serde_json::from_slice::<Chunk>(&message.payload) {
                         Ok(chunk) => {
+                            let now = now_nanos();
                             for (position, log) in chunk.logs.iter().enumerate() {
+                                // what expired meanwhile would only be deleted by the next sweep
+                                if !self.retention.keeps(&log.user_id, log.timestamp_nanos, now) {
+                                    continue;
+                                }
                                 if let Err(e) = self.writer.add(log, log_seq(stream_seq, position))
                                 {
                                     return self.failed(&e);
@@ -377,6 +427,13 @@ impl Consumer {
                     deadline.get_or_insert_with(|| Instant::now() + self.commit_interval);
                 }
             }
+            if !self.retention.keeps_everything() && Instant::now() >= self.sweep_at {
+                if let Err(e) = self.sweep(added_through) {
+                    return self.failed(&e);
+                }
+                deadline = None;
+                added_through = None;
+            }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 if let Err(e) = self.commit(added_through) {
                     return self.failed(&e);
@@ -388,6 +445,27 @@ impl Consumer {
                 added_through = None;
             }
         }
+    }
+
+    /// Deletes the logs past their retention and commits that with what was added.
+    fn sweep(&mut self, through: Option<u64>) -> Result<(), store::StoreError> {
+        self.sweep_at = Instant::now() + self.sweep_interval;
+        let mut expired = 0;
+        for expiry in self.retention.expiries(now_nanos()) {
+            expired += self.writer.expire(&expiry)?;
+        }
+        let last = through.map_or(self.writer.committed_seq(), |t| log_seq(t, LAST_POSITION));
+        if expired > 0 || through.is_some() {
+            self.writer.commit(last)?;
+        }
+        if expired > 0 {
+            tracing::info!(
+                shard = self.shard,
+                expired,
+                "retention sweep deleted expired logs"
+            );
+        }
+        Ok(())
     }
 
     /// Ends a pass to consume again from the last commit: what was added is committed first, or
@@ -409,6 +487,8 @@ impl Consumer {
 
     /// The index failed: back to its last commit, and consume again from there.
     fn failed(&mut self, error: &dyn std::fmt::Display) -> Pass {
+        // reads go to the shard's other replica until this one has caught up again
+        self.ready.send_replace(false);
         tracing::error!(shard = self.shard, error = %error, "the replica's index failed; rolling back to its last commit");
         if let Err(e) = self.writer.rollback() {
             tracing::error!(shard = self.shard, error = %e, "cannot roll the replica's index back yet");

@@ -58,16 +58,25 @@ impl View {
         owners(shard, &self.indexers(), replicas)
     }
 
-    /// The APIs of the ready replicas of `shard`, owners first.
-    pub fn read_targets(&self, shard: u32, replicas: usize) -> Vec<String> {
+    /// The APIs of the ready replicas of `shard` to read `user_id`'s logs from, in the order to
+    /// try them: owners first, and among them an order of the user's own, so that one user's
+    /// reads go to one replica (its pages agree with each other) and users spread over both.
+    pub fn read_targets(&self, shard: u32, replicas: usize, user_id: &str) -> Vec<String> {
         let Some(serving) = self.replicas.get(&shard) else {
             return Vec::new();
         };
         let owners = self.owners(shard, replicas);
-        let mut ready: Vec<(&String, &ReplicaStatus)> =
-            serving.iter().filter(|(_, r)| r.ready).collect();
-        ready.sort_by_key(|(node, _)| !owners.contains(&node.as_str()));
-        ready.into_iter().map(|(_, r)| r.api.clone()).collect()
+        let ready: Vec<&str> = serving
+            .iter()
+            .filter(|(_, r)| r.ready)
+            .map(|(node, _)| node.as_str())
+            .collect();
+        let mut ordered = owners_first(&ready, &owners, user_id);
+        ordered.dedup();
+        ordered
+            .into_iter()
+            .map(|node| serving[node].api.clone())
+            .collect()
     }
 
     /// Whether every owner of `shard` has a ready replica of it.
@@ -77,6 +86,26 @@ impl View {
             .iter()
             .all(|owner| serving.and_then(|s| s.get(*owner)).is_some_and(|r| r.ready))
     }
+}
+
+/// `ready` ordered owners first, each group by the rendezvous order of `user_id`.
+fn owners_first<'a>(ready: &[&'a str], owners: &[&str], user_id: &str) -> Vec<&'a str> {
+    let (mut first, mut rest): (Vec<&str>, Vec<&str>) =
+        ready.iter().partition(|node| owners.contains(node));
+    let by_user = |group: &mut Vec<&'a str>| {
+        let order = owners_of_user(user_id, group);
+        *group = order;
+    };
+    by_user(&mut first);
+    by_user(&mut rest);
+    first.extend(rest);
+    first
+}
+
+/// `nodes` in the rendezvous order of `user_id`.
+fn owners_of_user<'a>(user_id: &str, nodes: &[&'a str]) -> Vec<&'a str> {
+    let key = super::shard::shard_of(user_id, u32::MAX);
+    owners(key, nodes, nodes.len())
 }
 
 /// This node's place in the cluster: its own keys kept alive, and the view of everyone.
@@ -109,6 +138,10 @@ impl Keys {
 
     pub fn cursor_key(&self) -> String {
         format!("{}cursor_key", self.prefix)
+    }
+
+    fn shards(&self) -> String {
+        format!("{}shards", self.prefix)
     }
 }
 
@@ -300,6 +333,40 @@ impl Registration {
             }
         }
         Ok(view)
+    }
+}
+
+/// How long a starting node waits for etcd to check its shard count.
+const SHARDS_CHECK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Records the cluster's shard count in etcd on the first start, and refuses a node configured
+/// with another: it would publish and read each user's logs on other shards. A node that cannot
+/// reach etcd in time starts unchecked, with a warning.
+pub async fn check_shards(etcd: &Etcd, keys: &Keys, shards: u32) -> anyhow::Result<()> {
+    let stored = tokio::time::timeout(
+        SHARDS_CHECK_PATIENCE,
+        etcd.put_if_absent(&keys.shards(), shards.to_string().as_bytes()),
+    )
+    .await;
+    match stored {
+        Ok(Ok(value)) => {
+            let value = String::from_utf8_lossy(&value).into_owned();
+            anyhow::ensure!(
+                value == shards.to_string(),
+                "this cluster has {value} shards, but [cluster] shards = {shards}: the shard count is fixed for the life of a cluster"
+            );
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "etcd unreachable; starting without checking the shard count");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(
+                "etcd did not answer in time; starting without checking the shard count"
+            );
+            Ok(())
+        }
     }
 }
 

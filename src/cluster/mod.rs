@@ -73,6 +73,7 @@ pub async fn start(
     stream::ensure_streams(&jetstream, cluster).await?;
     let etcd = Etcd::new(&cluster.etcd_endpoints);
     let etcd_keys = Keys::new(&cluster.name);
+    membership::check_shards(&etcd, &etcd_keys, cluster.shards).await?;
     let advertise = cluster
         .advertise_url
         .clone()
@@ -130,6 +131,9 @@ pub async fn start(
             advertise: advertise.clone(),
             replicas_per_shard: cluster.indexer_replicas,
             node_id: cluster.node_id.clone(),
+            cluster_name: cluster.name.clone(),
+            retention: config.retention.policy.clone(),
+            sweep_interval: config.retention.sweep_interval,
         };
         api_router = api_router.merge(indexer::router(replicas.clone()));
         indexer_task = Some(tokio::spawn(indexer::run(

@@ -22,13 +22,27 @@ const MESSAGE_BYTES: usize = 256 * 1024;
 /// How long a node waits for JetStream to answer while it sets up streams on start.
 const SETUP_PATIENCE: Duration = Duration::from_secs(60);
 
-/// The stream of shard `shard`.
-pub fn stream_name(shard: u32) -> String {
-    format!("LOGBRIDGE_{shard}")
+/// The stream of shard `shard` of the cluster `cluster`.
+pub fn stream_name(cluster: &str, shard: u32) -> String {
+    format!("LOGBRIDGE_{cluster}_{shard}")
 }
 
-fn subject(shard: u32) -> String {
-    format!("logbridge.shard.{shard}")
+fn subject(cluster: &str, shard: u32) -> String {
+    format!("logbridge.{cluster}.shard.{shard}")
+}
+
+/// A server URL as it may be logged: without a user or password.
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => url.to_owned(),
+        },
+        None => url
+            .rsplit_once('@')
+            .map_or(url, |(_, host)| host)
+            .to_owned(),
+    }
 }
 
 /// A message as stored: logs of one shard, in the order of their export.
@@ -37,31 +51,42 @@ pub struct Chunk {
     pub logs: Vec<ActivityLog>,
 }
 
+/// A chunk ends after a log whose CRC-32 is 0 modulo this (about one log in this many), or at
+/// the count and byte limits.
+const NATURAL_CUT: u32 = 64;
+
 /// Cuts the JSON encodings of logs into message payloads `{"logs":[...]}` of at most
-/// [`LOGS_PER_MESSAGE`] logs and about [`MESSAGE_BYTES`]; the same logs always give the same
-/// payloads.
+/// [`LOGS_PER_MESSAGE`] logs and about [`MESSAGE_BYTES`]. Where a chunk ends depends on the logs
+/// themselves (a log whose hash says so ends one), not on their positions: the same logs always
+/// give the same payloads, and an export retried without one of its logs (one that crossed its
+/// retention between the attempts) changes only the chunks around that log, so every other
+/// chunk is still recognized as a duplicate.
 fn chunks<'a>(logs: impl Iterator<Item = &'a ActivityLog>) -> Vec<Vec<u8>> {
     const HEAD: &[u8] = b"{\"logs\":[";
     let mut payloads = Vec::new();
     let mut current: Vec<u8> = HEAD.to_vec();
     let mut count = 0;
+    let mut close = |current: &mut Vec<u8>, count: &mut usize| {
+        current.extend_from_slice(b"]}");
+        payloads.push(std::mem::replace(current, HEAD.to_vec()));
+        *count = 0;
+    };
     for log in logs {
         let encoded = serde_json::to_vec(log).expect("an activity log serializes to JSON");
-        if count > 0 && (count == LOGS_PER_MESSAGE || current.len() + encoded.len() > MESSAGE_BYTES)
-        {
-            current.extend_from_slice(b"]}");
-            payloads.push(std::mem::replace(&mut current, HEAD.to_vec()));
-            count = 0;
+        if count > 0 && current.len() + encoded.len() > MESSAGE_BYTES {
+            close(&mut current, &mut count);
         }
         if count > 0 {
             current.push(b',');
         }
         current.extend_from_slice(&encoded);
         count += 1;
+        if count == LOGS_PER_MESSAGE || crc32fast::hash(&encoded) % NATURAL_CUT == 0 {
+            close(&mut current, &mut count);
+        }
     }
     if count > 0 {
-        current.extend_from_slice(b"]}");
-        payloads.push(current);
+        close(&mut current, &mut count);
     }
     payloads
 }
@@ -78,7 +103,10 @@ pub async fn connect(config: &ClusterConfig) -> anyhow::Result<jetstream::Contex
         .retry_on_initial_connect()
         .connect(config.nats_urls.as_slice())
         .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.nats_urls.join(", ")))?;
+        .with_context(|| {
+            let urls: Vec<String> = config.nats_urls.iter().map(|u| redacted(u)).collect();
+            format!("cannot connect to NATS at {}", urls.join(", "))
+        })?;
     let mut context = jetstream::new(client);
     context.set_timeout(config.publish_timeout);
     Ok(context)
@@ -93,8 +121,8 @@ pub async fn ensure_streams(
     let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
     for shard in 0..config.shards {
         let stream = jetstream::stream::Config {
-            name: stream_name(shard),
-            subjects: vec![subject(shard)],
+            name: stream_name(&config.name, shard),
+            subjects: vec![subject(&config.name, shard)],
             storage: jetstream::stream::StorageType::File,
             num_replicas: config.stream_replicas,
             duplicate_window: config.dedup_window,
@@ -108,9 +136,8 @@ pub async fn ensure_streams(
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(e) => {
-                    return Err(anyhow::anyhow!(e)).with_context(|| {
-                        format!("cannot create the stream {}", stream_name(shard))
-                    });
+                    return Err(anyhow::anyhow!(e))
+                        .with_context(|| format!("cannot create the stream {}", stream.name));
                 }
             }
         }
@@ -122,6 +149,7 @@ pub async fn ensure_streams(
 #[derive(Clone)]
 pub struct Publisher {
     context: jetstream::Context,
+    cluster: String,
     shards: u32,
     timeout: Duration,
 }
@@ -130,6 +158,7 @@ impl Publisher {
     pub fn new(context: jetstream::Context, config: &ClusterConfig) -> Self {
         Self {
             context,
+            cluster: config.name.clone(),
             shards: config.shards,
             timeout: config.publish_timeout,
         }
@@ -161,7 +190,7 @@ impl Publisher {
                     .payload(payload.into());
                 let ack = self
                     .context
-                    .send_publish(subject(shard), publish)
+                    .send_publish(subject(&self.cluster, shard), publish)
                     .await
                     .map_err(refusal)?;
                 acks.push(ack);
@@ -187,18 +216,32 @@ mod tests {
     use super::*;
     use crate::mapping::example_log;
 
+    /// The messages of the logs of `payloads`, chunk by chunk.
+    fn decoded(payloads: &[Vec<u8>]) -> Vec<Vec<String>> {
+        payloads
+            .iter()
+            .map(|p| serde_json::from_slice::<Chunk>(p).unwrap().logs)
+            .map(|logs| logs.into_iter().map(|log| log.message).collect())
+            .collect()
+    }
+
     #[test]
     fn chunks_hold_whole_logs_in_order_and_are_the_same_every_time() {
-        let logs: Vec<ActivityLog> = (0..600).map(|n| example_log(&format!("m{n}"))).collect();
+        let logs: Vec<ActivityLog> = (0..3000).map(|n| example_log(&format!("m{n}"))).collect();
         let payloads = chunks(logs.iter());
-        assert_eq!(payloads.len(), 3);
-        let decoded: Vec<String> = payloads
-            .iter()
-            .flat_map(|p| serde_json::from_slice::<Chunk>(p).unwrap().logs)
-            .map(|log| log.message)
-            .collect();
+        let sizes: Vec<usize> = decoded(&payloads).iter().map(Vec::len).collect();
+        assert!(
+            sizes.iter().all(|&n| (1..=LOGS_PER_MESSAGE).contains(&n)),
+            "{sizes:?}"
+        );
+        // about one log in NATURAL_CUT ends a chunk
+        assert!(
+            (25..=100).contains(&payloads.len()),
+            "{} chunks",
+            payloads.len()
+        );
         let sent: Vec<String> = logs.iter().map(|l| l.message.clone()).collect();
-        assert_eq!(decoded, sent);
+        assert_eq!(decoded(&payloads).concat(), sent);
         let again = chunks(logs.iter());
         assert_eq!(
             payloads.iter().map(|p| message_id(p)).collect::<Vec<_>>(),
@@ -208,12 +251,44 @@ mod tests {
     }
 
     #[test]
+    fn a_log_missing_from_a_retry_changes_only_the_chunks_around_it() {
+        let logs: Vec<ActivityLog> = (0..3000).map(|n| example_log(&format!("m{n}"))).collect();
+        let ids = |logs: &[ActivityLog]| -> Vec<String> {
+            chunks(logs.iter()).iter().map(|p| message_id(p)).collect()
+        };
+        let first = ids(&logs);
+        let mut retried = logs.clone();
+        retried.remove(1000);
+        let second = ids(&retried);
+        let new: Vec<&String> = second.iter().filter(|id| !first.contains(id)).collect();
+        assert!(
+            new.len() <= 2,
+            "{} of {} chunks are new",
+            new.len(),
+            second.len()
+        );
+    }
+
+    #[test]
+    fn credentials_never_reach_the_log() {
+        assert_eq!(
+            redacted("nats://user:secret@10.0.0.1:4222"),
+            "nats://10.0.0.1:4222"
+        );
+        assert_eq!(redacted("tls://token@host:4222"), "tls://host:4222");
+        assert_eq!(redacted("nats://host:4222"), "nats://host:4222");
+        assert_eq!(redacted("user:pw@host:4222"), "host:4222");
+    }
+
+    #[test]
     fn a_chunk_stays_under_its_byte_limit_unless_one_log_is_larger() {
         let mut big = example_log("big");
         big.message = "x".repeat(MESSAGE_BYTES);
         let small = example_log("small");
         let payloads = chunks([&small, &big, &small].into_iter());
-        assert_eq!(payloads.len(), 3);
-        assert!(payloads[0].len() < 1024);
+        assert_eq!(
+            decoded(&payloads),
+            [vec!["small"], vec![big.message.as_str()], vec!["small"]]
+        );
     }
 }

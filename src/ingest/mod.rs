@@ -61,7 +61,7 @@ pub enum ExportError {
 }
 
 /// Now, in nanoseconds since the epoch.
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

@@ -436,6 +436,32 @@ impl TestCluster {
         body["data"]["total"].as_u64()
     }
 
+    /// Every message of `user` in indexer `indexer`'s replica of the user's shard, newest first,
+    /// walking it directly with cursors; `None` when the indexer holds no ready replica of it.
+    pub async fn walk_replica(&self, indexer: usize, user: usize) -> Option<Vec<String>> {
+        let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
+        let base = format!("http://{}/shards/{shard}/logs", self.indexers[indexer].api);
+        let mut all = Vec::new();
+        let mut query = "limit=500".to_owned();
+        loop {
+            let response = reqwest::Client::new()
+                .get(format!("{base}?{query}"))
+                .bearer_auth(self.readers[user].expose())
+                .send()
+                .await
+                .ok()?;
+            if response.status() != 200 {
+                return None;
+            }
+            let body: Json = response.json().await.ok()?;
+            all.extend(messages(&body["data"]));
+            match body["data"]["next_cursor"].as_str() {
+                Some(cursor) => query = format!("limit=500&cursor={cursor}"),
+                None => return Some(all),
+            }
+        }
+    }
+
     /// `GET /logs?{query}` through `gateway` as user `user`: status and body.
     pub async fn get(&self, gateway: &Node, user: usize, query: &str) -> (u16, Json) {
         let response = reqwest::Client::new()
@@ -497,7 +523,8 @@ pub fn records(user: &str, first: u64, count: u64) -> Vec<LogRecord> {
 }
 
 /// Exports `records` through the gateways, starting with `first` and moving to the next on any
-/// failure, until one acknowledges them; how many attempts it took.
+/// failure (a refusal, a broken connection, no answer in 10 s), until one acknowledges them; how
+/// many attempts it took.
 pub async fn export_until_acknowledged(
     grpc: &[String],
     first: usize,
