@@ -159,10 +159,8 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .unwrap();
     assert_eq!(stats["data"]["total"], 1500);
     // a key reads its own user's logs only, through the gateway and on any replica directly
-    let foreign = format!("{}", USERS[1]);
-    let (_, body) = cluster
-        .get(&cluster.gateways[0], 0, &format!("q={foreign}"))
-        .await;
+    let query = format!("q=user_id:{}", USERS[1]);
+    let (_, body) = cluster.get(&cluster.gateways[0], 0, &query).await;
     assert_eq!(body["data"]["total"], 0);
     let shard_of_1 = logbridge::cluster::shard_of(USERS[1], common::cluster::SHARDS);
     let shard_of_0 = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
