@@ -2,8 +2,7 @@
 //! servers (JetStream clustered), one etcd, gateways and indexers running the `logbridge`
 //! binary. Ports are free ones the system picked.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use logbridge::auth::{KeyRecord, Scope, Secret};
@@ -11,251 +10,18 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde_json::Value as Json;
 
+#[path = "../../benches/harness/engines.rs"]
+mod engines;
+
+pub use engines::{Etcd, Nats};
+
 use super::process::{Served, serve};
-use super::{PATIENCE, activity, authorized, kv, messages, request_of, text};
+use super::{activity, authorized, kv, messages, request_of, text};
 
 /// Shards of the test cluster: enough that users spread over indexers.
 pub const SHARDS: u32 = 6;
 /// The users the tests read as.
 pub const USERS: [&str; 4] = ["user-0", "user-1", "user-2", "user-3"];
-
-/// A port nobody listens on now. Servers that must know each other's ports before they start
-/// (NATS routes, etcd peers) get these.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A program the cluster runs on, killed when dropped.
-struct Daemon {
-    child: Option<Child>,
-    program: &'static str,
-    args: Vec<String>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(program: &'static str, args: Vec<String>, log: PathBuf) -> Self {
-        let mut daemon = Self {
-            child: None,
-            program,
-            args,
-            log,
-        };
-        daemon.start();
-        daemon
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(self.program)
-            .args(&self.args)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {} ({e}): tests/tools/install installs it (Debian: apt-get install nats-server etcd-server)",
-                    self.program
-                )
-            });
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Polls `url` until it answers 200 with a body containing `expected`.
-async fn wait_healthy(url: &str, expected: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let client = reqwest::Client::new();
-    loop {
-        if let Ok(response) = client.get(url).send().await
-            && response.status() == 200
-            && response.text().await.unwrap_or_default().contains(expected)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not become healthy at {url}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Three NATS servers with JetStream, clustered.
-pub struct Nats {
-    servers: Vec<Daemon>,
-    pub client_ports: Vec<u16>,
-    monitor_ports: Vec<u16>,
-}
-
-impl Nats {
-    async fn start(dir: &Path) -> Self {
-        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let monitor_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let routes: Vec<String> = cluster_ports
-            .iter()
-            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
-            .collect();
-        let mut servers = Vec::new();
-        for n in 0..3 {
-            let folder = dir.join(format!("nats-{n}"));
-            std::fs::create_dir_all(&folder).unwrap();
-            let config = folder.join("nats.conf");
-            std::fs::write(
-                &config,
-                format!(
-                    "server_name: n{n}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
-                     jetstream {{ store_dir: \"{}\" }}\n\
-                     cluster {{ name: logbridge, listen: 127.0.0.1:{}, routes: [{}] }}\n",
-                    client_ports[n],
-                    monitor_ports[n],
-                    folder.join("jetstream").display(),
-                    cluster_ports[n],
-                    routes.join(", ")
-                ),
-            )
-            .unwrap();
-            servers.push(Daemon::spawn(
-                "nats-server",
-                vec!["-c".to_owned(), config.display().to_string()],
-                folder.join("nats.log"),
-            ));
-        }
-        let nats = Self {
-            servers,
-            client_ports,
-            monitor_ports,
-        };
-        for n in 0..3 {
-            nats.wait_healthy(n).await;
-        }
-        nats
-    }
-
-    async fn wait_healthy(&self, n: usize) {
-        let url = format!("http://127.0.0.1:{}/healthz", self.monitor_ports[n]);
-        wait_healthy(&url, "ok", &format!("nats-server n{n}")).await;
-    }
-
-    pub fn urls(&self) -> Vec<String> {
-        self.client_ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect()
-    }
-
-    /// `kill -9` of server `n`.
-    pub fn kill(&mut self, n: usize) {
-        self.servers[n].kill();
-    }
-
-    pub async fn restart(&mut self, n: usize) {
-        self.servers[n].start();
-        self.wait_healthy(n).await;
-    }
-
-    /// The server that leads the stream `stream`, as its monitor reports it.
-    pub async fn stream_leader(&self, stream: &str) -> usize {
-        let url = format!(
-            "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
-            self.monitor_ports[0]
-        );
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let jsz: Json = reqwest::get(&url).await.unwrap().json().await.unwrap();
-            let streams = jsz["account_details"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default());
-            for detail in streams {
-                if detail["name"] == stream
-                    && let Some(leader) = detail["cluster"]["leader"].as_str()
-                    && let Some(n) = leader.strip_prefix('n').and_then(|n| n.parse().ok())
-                {
-                    return n;
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader of {stream}: {jsz}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// One etcd member.
-pub struct Etcd {
-    daemon: Daemon,
-    pub url: String,
-}
-
-impl Etcd {
-    async fn start(dir: &Path) -> Self {
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let args = [
-            "--name",
-            "e0",
-            "--data-dir",
-            &dir.join("etcd").display().to_string(),
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("e0={peer_url}"),
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        let etcd = Self {
-            daemon: Daemon::spawn("etcd", args, dir.join("etcd.log")),
-            url,
-        };
-        etcd.wait_healthy().await;
-        etcd
-    }
-
-    async fn wait_healthy(&self) {
-        wait_healthy(&format!("{}/health", self.url), "true", "etcd").await;
-    }
-
-    /// `kill -9`.
-    pub fn kill(&mut self) {
-        self.daemon.kill();
-    }
-
-    pub async fn restart(&mut self) {
-        self.daemon.start();
-        self.wait_healthy().await;
-    }
-}
 
 /// A logbridge node of the cluster.
 pub struct Node {
