@@ -322,7 +322,11 @@ impl RawCluster {
             name: self.name,
             nats_urls: self.nats_urls,
             etcd_endpoints: self.etcd_endpoints,
-            shards: count("cluster.shards", self.shards, 4096)? as u32,
+            shards: count(
+                "cluster.shards",
+                self.shards,
+                u64::from(crate::cluster::MAX_SHARDS),
+            )? as u32,
             stream_replicas: count("cluster.stream_replicas", self.stream_replicas, 5)? as usize,
             indexer_replicas: count("cluster.indexer_replicas", self.indexer_replicas, 16)?
                 as usize,

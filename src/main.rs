@@ -50,6 +50,27 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
     },
+    /// Cluster mode: act on the cluster the config's `[cluster]` section names.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Spread a very large user's logs over several shards, from a cut-over time on (by the
+    /// logs' timestamps). Reads of the user then gather from all of them.
+    Spread {
+        #[arg(long)]
+        user: String,
+        /// Shards to spread over (the user's own and the ones after it); more than before.
+        #[arg(long)]
+        shards: u32,
+        /// The cut-over, RFC 3339, at least a minute ahead so that every gateway knows it first.
+        #[arg(long, value_name = "TIME")]
+        from: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,6 +224,30 @@ fn main() -> anyhow::Result<()> {
         Command::Keys { command } => {
             let config = load_config(cli.config)?;
             keys(&config.auth.keys_file, command)
+        }
+        Command::Cluster {
+            command: ClusterCommand::Spread { user, shards, from },
+        } => {
+            let config = load_config(cli.config)?;
+            let Some(cluster) = &config.cluster else {
+                anyhow::bail!(
+                    "the config has no [cluster] role: this is not a cluster node's config"
+                );
+            };
+            let from = chrono::DateTime::parse_from_rfc3339(&from)
+                .with_context(|| format!("--from {from:?} is not an RFC 3339 time"))?;
+            let from = u64::try_from(from.timestamp_nanos_opt().unwrap_or(-1))
+                .map_err(|_| anyhow::anyhow!("--from must be after 1970 and before 2262"))?;
+            let spreads =
+                runtime.block_on(logbridge::cluster::spread(cluster, &user, shards, from))?;
+            for spread in spreads {
+                println!(
+                    "{user}: logs stamped from {} on spread over {} shards",
+                    chrono::DateTime::from_timestamp_nanos(spread.from as i64).to_rfc3339(),
+                    spread.shards
+                );
+            }
+            Ok(())
         }
         Command::Snapshot { to } => {
             let config = load_config(cli.config)?;

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub tls_reload_failures: Counter,
     pub tls_handshake_failures: Counter,
     pub exports_throttled: Counter,
+    /// Cluster mode: users whose logs are spread over several shards, as this node last read.
+    pub cluster_spread_users: Gauge,
+    /// Cluster mode: 1 while etcd answers this node.
+    pub cluster_etcd_reachable: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -96,6 +100,8 @@ impl Metrics {
             tls_reload_failures: Counter::default(),
             tls_handshake_failures: Counter::default(),
             exports_throttled: Counter::default(),
+            cluster_spread_users: Gauge::default(),
+            cluster_etcd_reachable: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -208,6 +214,16 @@ impl Metrics {
             "exports_throttled",
             "OTLP exports refused because a user was over its ingest limit",
             m.exports_throttled.clone(),
+        );
+        r.register(
+            "cluster_spread_users",
+            "Cluster mode: users whose logs are spread over several shards, in this node's view",
+            m.cluster_spread_users.clone(),
+        );
+        r.register(
+            "cluster_etcd_reachable",
+            "Cluster mode: 1 while etcd answers this node, 0 while it works from its last view",
+            m.cluster_etcd_reachable.clone(),
         );
         m
     }

@@ -487,3 +487,159 @@ async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_spread_over_three_shards_reads_back_as_one() {
+    let cluster = TestCluster::start(2, 3).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    // whole seconds, so that the printed cut-over is the one given
+    let from = (now / 1_000_000_000 + 61) * 1_000_000_000;
+    let from_text = chrono::DateTime::from_timestamp_nanos(from as i64).to_rfc3339();
+    let config = cluster.gateways[0].config.clone();
+    let output = common::process::run(
+        &config,
+        &[
+            "cluster", "spread", "--user", USERS[0], "--shards", "3", "--from", &from_text,
+        ],
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        printed.trim(),
+        format!(
+            "{}: logs stamped from {from_text} on spread over 3 shards",
+            USERS[0]
+        )
+    );
+    // a cut-over too soon is refused, saying why
+    let soon = chrono::DateTime::from_timestamp_nanos(now as i64).to_rfc3339();
+    let refused = common::process::run(
+        &config,
+        &[
+            "cluster", "spread", "--user", USERS[1], "--shards", "2", "--from", &soon,
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--from must be at least 60 s ahead"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // every gateway knows the spread before logs past the cut-over arrive
+    for gateway in &cluster.gateways {
+        let url = format!("http://{}", gateway.api);
+        let deadline = Instant::now() + PATIENCE;
+        while common::metric(&url, "logbridge_cluster_spread_users").await != 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw the spread",
+                gateway.api
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // 600 logs before the cut-over, 1,800 after, through both gateways
+    let grpc = cluster.grpc();
+    let base = from - 600 * 1_000_000;
+    let mut sent = Vec::new();
+    for batch in 0..12 {
+        let records = common::cluster::records_from(USERS[0], batch * 200, 200, base);
+        export_until_acknowledged(&grpc, batch as usize, &cluster.ingest, records).await;
+        sent.extend((batch * 200..(batch + 1) * 200).map(|n| format!("{} record {n}", USERS[0])));
+    }
+    // the logs past the cut-over are on three shards, the earlier ones on the home shard only
+    let home = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = cluster.get(&cluster.gateways[0], 0, "limit=1").await;
+        if body["data"]["total"] == 2400 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gathered total never reached 2400: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut per_shard = Vec::new();
+    for offset in 0..3 {
+        let shard = (home + offset) % common::cluster::SHARDS;
+        per_shard.push(cluster.shard_total(shard, 0).await.unwrap());
+    }
+    assert_eq!(per_shard.iter().sum::<u64>(), 2400, "{per_shard:?}");
+    assert!(per_shard[0] >= 600, "{per_shard:?}");
+    assert!(
+        per_shard.iter().all(|&n| n > 300),
+        "spread over all three: {per_shard:?}"
+    );
+    // through either gateway: exact totals, newest first, cursors across shards, every log once
+    let mut newest_first = sent.clone();
+    newest_first.reverse();
+    for gateway in cluster.live_gateways() {
+        let walked = cluster.walk(gateway, 0, "").await;
+        assert_eq!(walked, newest_first, "walk through {}", gateway.api);
+    }
+    let mut small_pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(cursor) => format!("limit=7&cursor={cursor}"),
+            None => "limit=7".to_owned(),
+        };
+        let (status, body) = cluster.get(&cluster.gateways[1], 0, &query).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["total"], 2400);
+        small_pages.extend(common::messages(&body["data"]));
+        match body["data"]["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(small_pages, newest_first, "pages of 7");
+    // offsets, filters and text search gather the same way
+    let (_, body) = cluster
+        .get(&cluster.gateways[0], 0, "limit=50&page=3")
+        .await;
+    assert_eq!(common::messages(&body["data"]), newest_first[100..150]);
+    assert_eq!(body["data"]["page"], 3);
+    let (_, body) = cluster
+        .get(&cluster.gateways[0], 0, "status=error&limit=100")
+        .await;
+    assert_eq!(body["data"]["total"], 240);
+    let errors: Vec<String> = newest_first
+        .iter()
+        .filter(|m| m.rsplit(' ').next().unwrap().parse::<u64>().unwrap() % 10 == 0)
+        .take(100)
+        .cloned()
+        .collect();
+    assert_eq!(common::messages(&body["data"]), errors);
+    let (_, body) = cluster.get(&cluster.gateways[1], 0, "q=1234").await;
+    assert_eq!(body["data"]["total"], 1);
+    assert_eq!(
+        common::messages(&body["data"]),
+        [format!("{} record 1234", USERS[0])]
+    );
+    // what is not gathered yet says so
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/logs/stats", cluster.gateways[0].api))
+        .bearer_auth(cluster.readers[0].expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 501);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("spread over several shards"),
+        "{body}"
+    );
+}

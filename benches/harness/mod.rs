@@ -51,13 +51,21 @@ fn bearer(secret: &Secret) -> String {
     format!("Bearer {}", secret.expose())
 }
 
-impl Server {
-    /// Starts `bin` on `dir` (created if needed; an index there is reused) on ephemeral ports.
-    pub async fn start(bin: &str, dir: &Path, commit_interval_ms: u64) -> Server {
-        // the HTTP clients take the process's rustls provider
-        logbridge::server::install_provider();
-        std::fs::create_dir_all(dir).unwrap();
-        let secrets: Vec<Secret> = (0..4).map(|_| Secret::generate()).collect();
+/// The keys of a benchmark's servers: a platform ingest key and read keys of [`LARGE_USER`],
+/// [`SMALL_USER`] and `probe`.
+pub struct BenchKeys {
+    secrets: Vec<Secret>,
+}
+
+impl BenchKeys {
+    pub fn generate() -> Self {
+        Self {
+            secrets: (0..4).map(|_| Secret::generate()).collect(),
+        }
+    }
+
+    /// Writes the keys file `dir/keys.toml`.
+    pub fn write(&self, dir: &Path) {
         let key = |name: &str, secret: &Secret, scopes: &str, user: Option<&str>| {
             let user = user.map_or(String::new(), |u| format!("user_id = \"{u}\"\n"));
             format!(
@@ -65,6 +73,7 @@ impl Server {
                 hex::encode(secret.sha256())
             )
         };
+        let secrets = &self.secrets;
         let keys = [
             key("ingest", &secrets[0], "\"ingest\"", None),
             key(
@@ -78,6 +87,28 @@ impl Server {
         ]
         .join("\n");
         std::fs::write(dir.join("keys.toml"), keys).unwrap();
+    }
+}
+
+impl Server {
+    /// Starts `bin` on `dir` (created if needed; an index there is reused) on ephemeral ports.
+    pub async fn start(bin: &str, dir: &Path, commit_interval_ms: u64) -> Server {
+        Self::start_with(bin, dir, commit_interval_ms, &BenchKeys::generate(), "").await
+    }
+
+    /// Starts `bin` on `dir` with `keys` and `extra` TOML (other sections) in its config.
+    pub async fn start_with(
+        bin: &str,
+        dir: &Path,
+        commit_interval_ms: u64,
+        keys: &BenchKeys,
+        extra: &str,
+    ) -> Server {
+        // the HTTP clients take the process's rustls provider
+        logbridge::server::install_provider();
+        std::fs::create_dir_all(dir).unwrap();
+        keys.write(dir);
+        let secrets = &keys.secrets;
         let config = dir.join("logbridge.toml");
         std::fs::write(
             &config,
@@ -85,7 +116,7 @@ impl Server {
                 "[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
                  [api]\nlisten = \"127.0.0.1:0\"\n\
                  [index]\npath = \"{}\"\ncommit_interval_ms = {commit_interval_ms}\n\
-                 [auth]\nkeys_file = \"{}\"\n[log]\nlevel = \"warn,logbridge::server=info\"\n",
+                 [auth]\nkeys_file = \"{}\"\n[log]\nlevel = \"warn,logbridge::server=info,logbridge::cluster=info\"\n{extra}",
                 dir.join("index").display(),
                 dir.join("keys.toml").display()
             ),
@@ -147,6 +178,10 @@ impl Server {
         }
         server.startup = started.elapsed();
         server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Peak resident memory of the server so far, in bytes (Linux `VmHWM`).

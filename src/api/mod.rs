@@ -119,6 +119,11 @@ impl ApiState {
     }
 }
 
+/// Asked for by a cluster gateway (a request header, any value): the answer to `GET /logs` then
+/// carries each log's sort key in this header, `timestamp:sequence` comma-separated, newest
+/// first, so that the pages of several shards merge in one order.
+pub const POSITIONS_HEADER: &str = "logbridge-positions";
+
 /// The header of `GET /logs` answers that tells the sequence number the page was read at: a
 /// tail given it as `cursor` follows on from the page without a gap.
 pub const SEQUENCE_HEADER: &str = "logbridge-sequence";
@@ -390,9 +395,19 @@ async fn logs(
             next_cursor,
         },
     };
+    let positions = headers.contains_key(POSITIONS_HEADER).then(|| {
+        let keys: Vec<String> = result
+            .logs
+            .iter()
+            .map(|(key, _)| format!("{}:{}", key.timestamp, key.seq))
+            .collect();
+        keys.join(",")
+    });
     let mut response = axum::Json(body).into_response();
-    response
-        .headers_mut()
-        .insert(SEQUENCE_HEADER, HeaderValue::from(sequence));
+    let response_headers = response.headers_mut();
+    response_headers.insert(SEQUENCE_HEADER, HeaderValue::from(sequence));
+    if let Some(positions) = positions.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        response_headers.insert(POSITIONS_HEADER, positions);
+    }
     Ok(response)
 }

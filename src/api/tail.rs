@@ -32,8 +32,10 @@ const EVENTS_IN_FLIGHT: usize = 256;
 /// Logs read from the index at a time.
 const PAGE: usize = 500;
 
-/// Sequence numbers one read covers at most, so that a client resuming far back pays for its
-/// backlog a window at a time rather than all of it on every read.
+/// Sequence numbers the first read covers at most, so that a client resuming far back pays for
+/// its backlog a window at a time rather than all of it on every read. A read that finds nothing
+/// doubles the window (sequence numbers may be sparse: refused batches leave gaps, and in cluster
+/// mode a log's number spans its message and shard); one that fills a page halves it again.
 const SEQ_WINDOW: u64 = 100_000;
 
 /// A comment sent when nothing else was for this long, so that proxies keep the stream open.
@@ -338,8 +340,9 @@ impl Follower {
 
     /// Sends every matching log up to sequence number `upto`.
     async fn catch_up(&mut self, upto: u64) -> Result<(), End> {
+        let mut window = SEQ_WINDOW;
         while self.after < upto {
-            let window_end = upto.min(self.after.saturating_add(SEQ_WINDOW));
+            let window_end = upto.min(self.after.saturating_add(window));
             let (store, query, after) = (self.store.clone(), self.query.clone(), self.after);
             let Ok(permit) = self.searches.clone().acquire_owned().await else {
                 return Err(End::Resumable(shutting_down()));
@@ -365,6 +368,11 @@ impl Follower {
                 }
             };
             let full = page.len() == PAGE;
+            if page.is_empty() {
+                window = window.saturating_mul(2);
+            } else if full {
+                window = (window / 2).max(SEQ_WINDOW);
+            }
             for (seq, json) in page {
                 self.send(TailEvent::log(seq, json).encode()).await?;
                 self.after = seq;

@@ -85,6 +85,36 @@ pub fn router(replicas: Replicas) -> Router {
         .with_state(replicas)
 }
 
+/// `/readyz` of a node that is only an indexer: ready once it has read the cluster's view from
+/// etcd and every replica it holds has caught up with its stream.
+pub fn readiness(replicas: Replicas, view: watch::Receiver<View>) -> Router {
+    let ready = move || {
+        let (replicas, view) = (replicas.clone(), view.clone());
+        async move {
+            if view.borrow().revision == 0 {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: no view of the cluster yet (is etcd reachable?)",
+                )
+                    .into_response();
+            }
+            let held = replicas.0.read().unwrap_or_else(|e| e.into_inner());
+            let behind: Vec<String> = held
+                .iter()
+                .filter(|(_, r)| !*r.ready.borrow())
+                .map(|(shard, _)| shard.to_string())
+                .collect();
+            if behind.is_empty() {
+                "ready".into_response()
+            } else {
+                let message = format!("not ready: catching up on shards {}", behind.join(", "));
+                (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+            }
+        }
+    };
+    Router::new().route("/readyz", axum::routing::get(ready))
+}
+
 /// Hands a request for `/shards/<n>/<path>` to shard `n`'s REST API as `/<path>`.
 async fn dispatch(State(replicas): State<Replicas>, mut request: Request) -> Response {
     let uri = request.uri();
@@ -413,7 +443,9 @@ impl Consumer {
                                 if !self.retention.keeps(&log.user_id, log.timestamp_nanos, now) {
                                     continue;
                                 }
-                                if let Err(e) = self.writer.add(log, log_seq(stream_seq, position))
+                                if let Err(e) = self
+                                    .writer
+                                    .add(log, log_seq(self.shard, stream_seq, position))
                                 {
                                     return self.failed(&e);
                                 }
@@ -454,7 +486,9 @@ impl Consumer {
         for expiry in self.retention.expiries(now_nanos()) {
             expired += self.writer.expire(&expiry)?;
         }
-        let last = through.map_or(self.writer.committed_seq(), |t| log_seq(t, LAST_POSITION));
+        let last = through.map_or(self.writer.committed_seq(), |t| {
+            log_seq(self.shard, t, LAST_POSITION)
+        });
         if expired > 0 || through.is_some() {
             self.writer.commit(last)?;
         }
@@ -480,7 +514,9 @@ impl Consumer {
     /// Commits what was added through the message at `through`, if anything was.
     fn commit(&mut self, through: Option<u64>) -> Result<(), store::StoreError> {
         match through {
-            Some(through) => self.writer.commit(log_seq(through, LAST_POSITION)),
+            Some(through) => self
+                .writer
+                .commit(log_seq(self.shard, through, LAST_POSITION)),
             None => Ok(()),
         }
     }

@@ -5,13 +5,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::etcd::Etcd;
-use super::shard::owners;
+use super::shard::{Spread, owners};
+use crate::metrics::Metrics;
 
 /// How often a node renews its lease and reads the cluster's keys.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -44,9 +47,16 @@ pub struct View {
     pub nodes: BTreeMap<String, NodeInfo>,
     /// By shard, then node id.
     pub replicas: BTreeMap<u32, BTreeMap<String, ReplicaStatus>>,
+    /// The users spread over several shards, their cut-overs in order.
+    pub spreads: BTreeMap<String, Vec<Spread>>,
 }
 
 impl View {
+    /// The cut-overs of `user_id`'s logs to several shards; none for most users.
+    pub fn spreads_of(&self, user_id: &str) -> &[Spread] {
+        self.spreads.get(user_id).map_or(&[], Vec::as_slice)
+    }
+
     /// The live indexers' ids.
     pub fn indexers(&self) -> Vec<&str> {
         let indexers = self.nodes.iter().filter(|(_, n)| n.indexer);
@@ -143,6 +153,10 @@ impl Keys {
     fn shards(&self) -> String {
         format!("{}shards", self.prefix)
     }
+
+    pub fn spreads(&self, user_id: &str) -> String {
+        format!("{}spreads/{user_id}", self.prefix)
+    }
 }
 
 impl Membership {
@@ -153,6 +167,7 @@ impl Membership {
         keys: Keys,
         node_id: String,
         me: NodeInfo,
+        metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> Self {
         let (view_tx, view) = watch::channel(View::default());
@@ -166,6 +181,7 @@ impl Membership {
                 lease: None,
                 published: BTreeMap::new(),
                 reachable: true,
+                metrics,
             }
             .run(view_tx, replicas_rx, stop),
         );
@@ -196,6 +212,7 @@ impl Membership {
 }
 
 struct Registration {
+    metrics: Arc<Metrics>,
     etcd: Etcd,
     keys: Keys,
     node_id: String,
@@ -222,9 +239,14 @@ impl Registration {
                         tracing::info!("etcd reachable again");
                         self.reachable = true;
                     }
+                    self.metrics.cluster_etcd_reachable.set(1);
+                    self.metrics
+                        .cluster_spread_users
+                        .set(read.spreads.len() as i64);
                     view.send_if_modified(|current| {
-                        let changed =
-                            current.nodes != read.nodes || current.replicas != read.replicas;
+                        let changed = current.nodes != read.nodes
+                            || current.replicas != read.replicas
+                            || current.spreads != read.spreads;
                         if changed {
                             *current = read;
                         }
@@ -232,6 +254,7 @@ impl Registration {
                     });
                 }
                 Err(e) => {
+                    self.metrics.cluster_etcd_reachable.set(0);
                     if self.reachable {
                         tracing::warn!(error = %format!("{e:#}"), "etcd unreachable; working from the last view of the cluster");
                         self.reachable = false;
@@ -319,6 +342,12 @@ impl Registration {
                         view.nodes.insert((*id).to_owned(), node);
                     }
                 }
+                ["spreads", ..] => {
+                    let user = &rest["spreads/".len()..];
+                    if let Ok(spreads) = serde_json::from_slice(&kv.value) {
+                        view.spreads.insert(user.to_owned(), spreads);
+                    }
+                }
                 ["replicas", shard, id] => {
                     if let (Ok(shard), Ok(status)) =
                         (shard.parse(), serde_json::from_slice(&kv.value))
@@ -375,10 +404,10 @@ pub async fn check_shards(etcd: &Etcd, keys: &Keys, shards: u32) -> anyhow::Resu
 pub async fn shared_cursor_key(
     etcd: &Etcd,
     keys: &Keys,
-    cache: &std::path::Path,
+    cache: Option<&std::path::Path>,
     stop: &CancellationToken,
 ) -> anyhow::Result<crate::api::CursorKey> {
-    let cached = std::fs::read_to_string(cache).ok();
+    let cached = cache.and_then(|cache| std::fs::read_to_string(cache).ok());
     let mut warned = false;
     loop {
         match etcd
@@ -393,7 +422,9 @@ pub async fn shared_cursor_key(
                 let key = crate::api::CursorKey::from_hex(&text).ok_or_else(|| {
                     anyhow::anyhow!("the cluster's cursor key in etcd is not 64 hex characters")
                 })?;
-                if cached.as_deref() != Some(text.as_str()) {
+                if let Some(cache) = cache
+                    && cached.as_deref() != Some(text.as_str())
+                {
                     write_secret(cache, &text)?;
                 }
                 return Ok(key);

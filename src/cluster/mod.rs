@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use shard::shard_of;
+pub use shard::{MAX_SHARDS, Spread, shard_of};
 pub use stream::Publisher;
 
 use crate::api::{self, TailSlots};
@@ -87,6 +87,7 @@ pub async fn start(
             indexer: cluster.indexer,
             api: advertise.clone(),
         },
+        metrics.clone(),
         leave.clone(),
     ));
 
@@ -97,7 +98,7 @@ pub async fn start(
         let cursor_key = membership::shared_cursor_key(
             &etcd,
             &etcd_keys,
-            &config.index.path.join(api::CURSOR_KEY_FILE),
+            Some(&config.index.path.join(api::CURSOR_KEY_FILE)),
             &shutdown,
         )
         .await?;
@@ -136,6 +137,9 @@ pub async fn start(
             sweep_interval: config.retention.sweep_interval,
         };
         api_router = api_router.merge(indexer::router(replicas.clone()));
+        if !cluster.gateway {
+            api_router = api_router.merge(indexer::readiness(replicas.clone(), membership.view()));
+        }
         indexer_task = Some(tokio::spawn(indexer::run(
             context,
             replicas,
@@ -152,7 +156,11 @@ pub async fn start(
                 retention: config.retention.policy.clone(),
                 limits: config.limits.clone(),
             },
-            LogSink::Stream(Box::new(Publisher::new(jetstream.clone(), cluster))),
+            LogSink::Stream(Box::new(Publisher::new(
+                jetstream.clone(),
+                cluster,
+                membership.view(),
+            ))),
             MemoryBudget::new(config.otlp.max_inflight_bytes),
             metrics.clone(),
         );
@@ -174,7 +182,20 @@ pub async fn start(
             config,
             shutdown.clone(),
         ));
+        let cursor_key = Arc::new(arc_swap::ArcSwapOption::empty());
+        let (etcd, etcd_keys, stop, shared) = (
+            etcd.clone(),
+            etcd_keys.clone(),
+            shutdown.clone(),
+            cursor_key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if let Ok(key) = membership::shared_cursor_key(&etcd, &etcd_keys, None, &stop).await {
+                shared.store(Some(Arc::new(key)));
+            }
+        }));
         let gateway = Gateway {
+            cursor_key,
             keys: keys.clone(),
             view: membership.view(),
             shards: cluster.shards,
@@ -222,6 +243,49 @@ pub async fn start(
         indexer: indexer_task,
         membership,
     })
+}
+
+/// How far ahead a spread's cut-over must be: every gateway reads etcd within a second, and one
+/// that had not yet would publish the user's newer logs to the home shard only.
+const SPREAD_NOTICE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Spreads `user_id`'s logs stamped from `from` (nanoseconds) on over `shards` shards, after its
+/// earlier spreads; all of them, in order. A cut-over is never changed once set: logs already
+/// routed by it stay where they are.
+pub async fn spread(
+    cluster: &ClusterConfig,
+    user_id: &str,
+    shards: u32,
+    from: u64,
+) -> anyhow::Result<Vec<Spread>> {
+    anyhow::ensure!(
+        (2..=cluster.shards).contains(&shards),
+        "--shards must be between 2 and the cluster's {} shards",
+        cluster.shards
+    );
+    let earliest = crate::ingest::now_nanos() + SPREAD_NOTICE.as_nanos() as u64;
+    anyhow::ensure!(
+        from >= earliest,
+        "--from must be at least {} s ahead, so that every gateway knows the cut-over before it comes",
+        SPREAD_NOTICE.as_secs()
+    );
+    let etcd = Etcd::new(&cluster.etcd_endpoints);
+    let key = Keys::new(&cluster.name).spreads(user_id);
+    let (_, listed) = etcd.list(&key).await?;
+    let mut spreads: Vec<Spread> = match listed.iter().find(|kv| kv.key == key) {
+        Some(kv) => serde_json::from_slice(&kv.value)?,
+        None => Vec::new(),
+    };
+    if let Some(last) = spreads.last() {
+        anyhow::ensure!(
+            from > last.from && shards > last.shards,
+            "a later cut-over must come after the last one and spread over more than its {} shards",
+            last.shards
+        );
+    }
+    spreads.push(Spread { from, shards });
+    etcd.put(&key, &serde_json::to_vec(&spreads)?, 0).await?;
+    Ok(spreads)
 }
 
 /// The address others reach a listener at: a wildcard bind is reached at loopback.

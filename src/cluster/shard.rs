@@ -1,9 +1,56 @@
-//! Which shard a user's logs go to, which indexers serve a shard, and the sequence numbers
-//! every replica of a shard gives the same log.
+//! Which shard a user's logs go to (one, or several from a cut-over time), which indexers serve
+//! a shard, and the sequence numbers every replica of a shard gives the same log, unique across
+//! shards so that logs of several shards merge in one (timestamp, sequence) order.
 
-/// Most logs in one stream message; a log's sequence number is its message's stream sequence
-/// times this, plus its position in the message.
+use serde::{Deserialize, Serialize};
+
+/// Most logs in one stream message.
 pub const LOGS_PER_MESSAGE: usize = 256;
+
+/// Most shards a cluster may have: the shard is part of every sequence number.
+pub const MAX_SHARDS: u32 = 4096;
+
+/// A very large user's logs spread over `shards` shards from `from` on (by their timestamps):
+/// its home shard and the ones after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spread {
+    /// Nanoseconds since the epoch: logs stamped at or after it are spread.
+    pub from: u64,
+    pub shards: u32,
+}
+
+/// The shard of one log of `user_id` stamped `timestamp_nanos` with `message`, given the
+/// user's spreads (ordered by `from`): the home shard, or for a log past a cut-over one of the
+/// spread's shards, chosen by the log's own content so that a retry goes to the same one.
+pub fn shard_for(
+    user_id: &str,
+    timestamp_nanos: u64,
+    message: &str,
+    spreads: &[Spread],
+    shards: u32,
+) -> u32 {
+    let home = shard_of(user_id, shards);
+    let Some(spread) = spreads.iter().rev().find(|s| s.from <= timestamp_nanos) else {
+        return home;
+    };
+    let mut content = timestamp_nanos.to_be_bytes().to_vec();
+    content.extend_from_slice(message.as_bytes());
+    let offset = (mix(fnv1a(&content)) % u64::from(spread.shards.min(shards).max(1))) as u32;
+    (home + offset) % shards
+}
+
+/// Every shard that may hold logs of `user_id`, home first.
+pub fn shards_of_user(user_id: &str, spreads: &[Spread], shards: u32) -> Vec<u32> {
+    let home = shard_of(user_id, shards);
+    let widest = spreads
+        .iter()
+        .map(|s| s.shards.min(shards))
+        .max()
+        .unwrap_or(1);
+    (0..widest.max(1))
+        .map(|offset| (home + offset) % shards)
+        .collect()
+}
 
 /// The shard of `user_id`'s logs among `shards` (FNV-1a, stable across versions and machines).
 pub fn shard_of(user_id: &str, shards: u32) -> u32 {
@@ -45,14 +92,18 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 33)
 }
 
-/// The sequence number of the log at `position` in the message at `stream_seq`.
-pub fn log_seq(stream_seq: u64, position: usize) -> u64 {
-    stream_seq * LOGS_PER_MESSAGE as u64 + position as u64
+/// Sequence numbers a message spans: one per position, for each shard.
+const MESSAGE_SPAN: u64 = LOGS_PER_MESSAGE as u64 * MAX_SHARDS as u64;
+
+/// The sequence number of the log at `position` in the message at `stream_seq` of `shard`:
+/// ordered by stream sequence within a shard, and never the same in two shards.
+pub fn log_seq(shard: u32, stream_seq: u64, position: usize) -> u64 {
+    stream_seq * MESSAGE_SPAN + u64::from(shard) * LOGS_PER_MESSAGE as u64 + position as u64
 }
 
 /// The stream sequence to consume from when the index holds every log up to `committed`.
 pub fn resume_from(committed: u64) -> u64 {
-    committed / LOGS_PER_MESSAGE as u64 + 1
+    committed / MESSAGE_SPAN + 1
 }
 
 #[cfg(test)]
@@ -97,8 +148,42 @@ mod tests {
     #[test]
     fn replay_resumes_after_the_last_whole_message_committed() {
         assert_eq!(resume_from(0), 1);
-        let last = log_seq(41, 17);
+        let last = log_seq(7, 41, 17);
         assert_eq!(resume_from(last), 42);
-        assert!(log_seq(42, 0) > last);
+        assert_eq!(
+            resume_from(log_seq(MAX_SHARDS - 1, 41, LOGS_PER_MESSAGE - 1)),
+            42
+        );
+        assert!(log_seq(7, 42, 0) > last);
+        // two shards never share a number
+        assert_ne!(log_seq(3, 41, 17), log_seq(4, 41, 17));
+    }
+
+    #[test]
+    fn a_spread_user_goes_over_its_shards_from_the_cut_over_on() {
+        let home = shard_of("big", 8);
+        let spreads = [Spread {
+            from: 1000,
+            shards: 3,
+        }];
+        let before: Vec<u32> = (0..100)
+            .map(|n| shard_for("big", 999, &format!("m{n}"), &spreads, 8))
+            .collect();
+        assert!(before.iter().all(|&s| s == home));
+        let mut after: Vec<u32> = (0..300)
+            .map(|n| shard_for("big", 1000 + n, "m", &spreads, 8))
+            .collect();
+        // the same log always goes to the same shard
+        assert_eq!(shard_for("big", 1005, "m", &spreads, 8), after[5]);
+        after.sort_unstable();
+        after.dedup();
+        let expected: Vec<u32> = {
+            let mut all = shards_of_user("big", &spreads, 8);
+            all.sort_unstable();
+            all
+        };
+        assert_eq!(after, expected);
+        assert_eq!(shards_of_user("big", &spreads, 8)[0], home);
+        assert_eq!(shards_of_user("small", &[], 8), vec![shard_of("small", 8)]);
     }
 }

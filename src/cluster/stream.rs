@@ -9,8 +9,10 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
 
-use super::shard::{LOGS_PER_MESSAGE, shard_of};
+use super::membership::View;
+use super::shard::{LOGS_PER_MESSAGE, shard_for};
 use crate::config::ClusterConfig;
 use crate::ingest::WriteError;
 use crate::mapping::ActivityLog;
@@ -149,15 +151,22 @@ pub async fn ensure_streams(
 #[derive(Clone)]
 pub struct Publisher {
     context: jetstream::Context,
+    /// The cluster's view: which users are spread over several shards.
+    view: watch::Receiver<View>,
     cluster: String,
     shards: u32,
     timeout: Duration,
 }
 
 impl Publisher {
-    pub fn new(context: jetstream::Context, config: &ClusterConfig) -> Self {
+    pub fn new(
+        context: jetstream::Context,
+        config: &ClusterConfig,
+        view: watch::Receiver<View>,
+    ) -> Self {
         Self {
             context,
+            view,
             cluster: config.name.clone(),
             shards: config.shards,
             timeout: config.publish_timeout,
@@ -176,11 +185,19 @@ impl Publisher {
 
     async fn publish_all(&self, logs: &[ActivityLog]) -> Result<(), WriteError> {
         let mut by_shard: BTreeMap<u32, Vec<&ActivityLog>> = BTreeMap::new();
-        for log in logs {
-            by_shard
-                .entry(shard_of(&log.user_id, self.shards))
-                .or_default()
-                .push(log);
+        {
+            let view = self.view.borrow();
+            for log in logs {
+                let spreads = view.spreads_of(&log.user_id);
+                let shard = shard_for(
+                    &log.user_id,
+                    log.timestamp_nanos,
+                    &log.message,
+                    spreads,
+                    self.shards,
+                );
+                by_shard.entry(shard).or_default().push(log);
+            }
         }
         let mut acks: Vec<PublishAckFuture> = Vec::new();
         for (shard, logs) in by_shard {

@@ -228,6 +228,26 @@ impl TestCluster {
         }
     }
 
+    /// User `user`'s total on shard `shard`, from the first indexer that serves it.
+    pub async fn shard_total(&self, shard: u32, user: usize) -> Option<u64> {
+        for indexer in &self.indexers {
+            let response = reqwest::Client::new()
+                .get(format!(
+                    "http://{}/shards/{shard}/logs?limit=1",
+                    indexer.api
+                ))
+                .bearer_auth(self.readers[user].expose())
+                .send()
+                .await
+                .ok()?;
+            if response.status() == 200 {
+                let body: Json = response.json().await.ok()?;
+                return body["data"]["total"].as_u64();
+            }
+        }
+        None
+    }
+
     /// `GET /logs?{query}` through `gateway` as user `user`: status and body.
     pub async fn get(&self, gateway: &Node, user: usize, query: &str) -> (u16, Json) {
         let response = reqwest::Client::new()
@@ -274,11 +294,17 @@ impl TestCluster {
 }
 
 /// Records of `user` numbered `first..first + count`: message `"{user} record {n}"`, one
-/// millisecond apart, every tenth an error.
+/// millisecond apart from 2026-03-10, every tenth an error.
 pub fn records(user: &str, first: u64, count: u64) -> Vec<LogRecord> {
+    records_from(user, first, count, super::at_ms(0))
+}
+
+/// [`records`] stamped from `base` (nanoseconds) on: record n at `base` + n ms.
+pub fn records_from(user: &str, first: u64, count: u64, base: u64) -> Vec<LogRecord> {
     (first..first + count)
         .map(|n| {
-            let record = activity("tool_call", super::at_ms(n), &format!("{user} record {n}"));
+            let message = format!("{user} record {n}");
+            let record = activity("tool_call", base + n * 1_000_000, &message);
             let mut record = super::with_attr(record, "user.id", text(user));
             if n % 10 == 0 {
                 record.attributes.push(kv("activity.status", text("error")));
