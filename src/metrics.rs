@@ -65,6 +65,8 @@ pub struct Metrics {
     pub cluster_spread_users: Gauge,
     /// Cluster mode: 1 while etcd answers this node.
     pub cluster_etcd_reachable: Gauge,
+    /// Cluster mode: replicas this node started from a copy of a peer's index.
+    pub cluster_replica_copies: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -102,6 +104,7 @@ impl Metrics {
             exports_throttled: Counter::default(),
             cluster_spread_users: Gauge::default(),
             cluster_etcd_reachable: Gauge::default(),
+            cluster_replica_copies: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -224,6 +227,11 @@ impl Metrics {
             "cluster_etcd_reachable",
             "Cluster mode: 1 while etcd answers this node, 0 while it works from its last view",
             m.cluster_etcd_reachable.clone(),
+        );
+        r.register(
+            "cluster_replica_copies",
+            "Cluster mode: replicas this node started from a copy of a peer's committed index",
+            m.cluster_replica_copies.clone(),
         );
         m
     }

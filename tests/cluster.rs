@@ -474,6 +474,13 @@ async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
             .collect();
         if !taken.is_empty() && replicas.iter().all(|&n| n == 2) {
             assert!(moved, "the move happened before the walks ended");
+            // the new replicas started from copies of their peers' indexes
+            let copies = common::metric(
+                &format!("http://{}", cluster.indexers[3].api),
+                "logbridge_cluster_replica_copies_total",
+            )
+            .await;
+            assert!(copies >= 1.0, "indexer-3 copied no replica from a peer");
             eprintln!(
                 "indexer-3 took the shards of users {taken:?}, {} ms after it joined",
                 joined.elapsed().as_millis()

@@ -42,6 +42,13 @@ impl CursorKey {
         hex::encode(rand::random::<[u8; 32]>())
     }
 
+    /// The token the nodes of a cluster show each other on their internal routes (copies of a
+    /// shard's index): derived from the shared key, never the key itself.
+    pub fn peer_token(&self) -> String {
+        let tag = self.mac(b"logbridge peer").finalize().into_bytes();
+        hex::encode(tag)
+    }
+
     /// A key from its hex form; `None` unless it is 64 hexadecimal characters.
     pub fn from_hex(text: &str) -> Option<Self> {
         let mut key = [0u8; 32];

@@ -14,15 +14,19 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use super::copy;
 use super::membership::{Membership, ReplicaStatus, View};
 use super::shard::{log_seq, resume_from};
 use super::stream::{Chunk, stream_name};
@@ -56,6 +60,10 @@ pub struct IndexerContext {
     /// How long logs are kept, and how often expired ones are deleted.
     pub retention: Retention,
     pub sweep_interval: Duration,
+    /// Fetches copies of replicas from peers.
+    pub client: Client<HttpConnector, Body>,
+    /// Shown to peers for copies.
+    pub peer_token: String,
 }
 
 struct Replica {
@@ -70,6 +78,12 @@ struct Replica {
 pub struct Replicas(Arc<RwLock<BTreeMap<u32, Replica>>>);
 
 impl Replicas {
+    /// Whether this node holds a caught-up replica of `shard`.
+    pub fn is_ready(&self, shard: u32) -> bool {
+        let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
+        replicas.get(&shard).is_some_and(|r| *r.ready.borrow())
+    }
+
     /// The REST API of this node's replica of `shard`, once it has caught up.
     fn router(&self, shard: u32) -> Option<Router> {
         let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
@@ -156,6 +170,7 @@ pub async fn run(
     shards: u32,
     stop: CancellationToken,
 ) {
+    remove_leftovers(&context.dir);
     let mut view = membership.view();
     loop {
         let current: View = view.borrow_and_update().clone();
@@ -196,6 +211,28 @@ pub async fn run(
     .await;
 }
 
+/// Removes what a crash left beside the replicas' folders: copies being made or received, and
+/// replicas being removed.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().parse::<u32>().is_err() {
+            let path = entry.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if let Err(e) = removed {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover");
+            }
+        }
+    }
+}
+
 fn reconcile(
     context: &IndexerContext,
     replicas: &Replicas,
@@ -212,7 +249,7 @@ fn reconcile(
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&shard);
         if mine && !held {
-            match open(context, shard) {
+            match open(context, shard, view) {
                 Ok(replica) => {
                     tracing::info!(shard, "replica opened; catching up with the stream");
                     membership.set_replica(
@@ -260,13 +297,22 @@ fn reconcile(
     }
 }
 
-fn shard_dir(dir: &Path, shard: u32) -> PathBuf {
+/// The folder of this node's replica of `shard`.
+pub fn shard_dir(dir: &Path, shard: u32) -> PathBuf {
     dir.join(shard.to_string())
 }
 
-/// Opens shard `shard`'s index and starts its consuming thread.
-fn open(context: &IndexerContext, shard: u32) -> anyhow::Result<Replica> {
+/// Opens shard `shard`'s index and starts its consuming thread. A shard this node never held
+/// starts from a copy of a ready peer's committed index where there is one (the stream is then
+/// consumed from the sequence after it), else from the start of the stream.
+fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Replica> {
     let dir = shard_dir(&context.dir, shard);
+    if !dir.join("meta.json").exists() {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        copy_from_peer(context, shard, view, &dir);
+    }
     std::fs::create_dir_all(&dir)?;
     let (store, writer) = store::open(&dir, &context.store_options)?;
     let (ready_tx, ready) = watch::channel(false);
@@ -294,6 +340,45 @@ fn open(context: &IndexerContext, shard: u32) -> anyhow::Result<Replica> {
         stop,
         thread,
     })
+}
+
+/// Copies `shard`'s committed index from a ready peer into `dir`, when one serves it; a failed
+/// copy leaves nothing, and the replica replays the stream instead.
+fn copy_from_peer(context: &IndexerContext, shard: u32, view: &View, dir: &Path) {
+    let peers = view.replicas.get(&shard).into_iter().flatten();
+    let Some(peer) = peers
+        .filter(|(node, status)| status.ready && **node != context.node_id)
+        .map(|(_, status)| status.api.clone())
+        .next()
+    else {
+        return;
+    };
+    let started = Instant::now();
+    let copied = Handle::current().block_on(copy::fetch(
+        &context.client,
+        &peer,
+        &context.peer_token,
+        shard,
+        dir,
+    ));
+    match copied {
+        Ok(committed) => {
+            context.api.metrics.cluster_replica_copies.inc();
+            tracing::info!(
+                shard,
+                %peer,
+                committed,
+                took_ms = started.elapsed().as_millis() as u64,
+                "replica copied from a peer; consuming the stream from after its commit"
+            );
+        }
+        Err(e) => tracing::warn!(
+            shard,
+            %peer,
+            error = %format!("{e:#}"),
+            "cannot copy the replica from a peer; replaying the shard's stream instead"
+        ),
+    }
 }
 
 /// The thread that feeds one replica's index from its shard's stream.

@@ -8,6 +8,7 @@
 //! - [`indexer`]: replicas consuming their shards, and their reads.
 //! - [`gateway`]: routing each user's reads to a ready replica.
 
+mod copy;
 mod etcd;
 mod gateway;
 mod indexer;
@@ -102,6 +103,7 @@ pub async fn start(
             &shutdown,
         )
         .await?;
+        let peer_token = cursor_key.peer_token();
         let (_, health) = watch::channel(Health::Ready);
         let replicas = Replicas::default();
         let context = IndexerContext {
@@ -135,8 +137,16 @@ pub async fn start(
             cluster_name: cluster.name.clone(),
             retention: config.retention.policy.clone(),
             sweep_interval: config.retention.sweep_interval,
+            client: Gateway::client(),
+            peer_token: peer_token.clone(),
         };
-        api_router = api_router.merge(indexer::router(replicas.clone()));
+        api_router = api_router
+            .merge(indexer::router(replicas.clone()))
+            .merge(copy::router(
+                replicas.clone(),
+                context.dir.clone(),
+                peer_token,
+            ));
         if !cluster.gateway {
             api_router = api_router.merge(indexer::readiness(replicas.clone(), membership.view()));
         }

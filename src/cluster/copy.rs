@@ -1,0 +1,217 @@
+//! Copying a shard's committed index from a peer: a replica that opens a shard it never held
+//! takes a ready peer's committed state (a snapshot, streamed as a tar archive) and consumes the
+//! stream only from the sequence after it, instead of replaying the shard's whole history.
+//!
+//! The route (`/peer/shards/<n>/copy`) takes the cluster's peer token, derived from the key the
+//! nodes share in etcd, since a copy holds every user's logs of the shard.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use subtle::ConstantTimeEq as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::indexer::{Replicas, shard_dir};
+use crate::lifecycle::snapshot;
+
+/// The header of a copy that tells the last sequence number its commit holds.
+const COMMITTED_HEADER: &str = "logbridge-committed";
+
+/// Bytes of the archive sent at a time.
+const CHUNK: usize = 256 * 1024;
+
+#[derive(Clone)]
+struct Serving {
+    replicas: Replicas,
+    dir: PathBuf,
+    token: String,
+}
+
+/// The route peers copy a shard's committed index from.
+pub fn router(replicas: Replicas, dir: PathBuf, token: String) -> Router {
+    Router::new()
+        .route("/peer/shards/{shard}/copy", axum::routing::get(serve_copy))
+        .with_state(Serving {
+            replicas,
+            dir,
+            token,
+        })
+}
+
+/// A snapshot of this node's ready replica of `shard`, as a tar archive.
+async fn serve_copy(
+    State(serving): State<Serving>,
+    UrlPath(shard): UrlPath<u32>,
+    headers: HeaderMap,
+) -> Response {
+    let shown = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(shown.as_bytes().ct_eq(serving.token.as_bytes())) {
+        return (StatusCode::UNAUTHORIZED, "a peer token is required").into_response();
+    }
+    if !serving.replicas.is_ready(shard) {
+        return (
+            StatusCode::CONFLICT,
+            "no caught-up replica of that shard here",
+        )
+            .into_response();
+    }
+    let source = shard_dir(&serving.dir, shard);
+    let taken = serving
+        .dir
+        .join(format!("copy-{shard}-{}", rand::random::<u64>()));
+    let snapshot_dir = taken.clone();
+    let report = tokio::task::spawn_blocking(move || snapshot(&source, &snapshot_dir)).await;
+    let report = match report {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            let _ = std::fs::remove_dir_all(&taken);
+            tracing::error!(shard, error = %e, "cannot snapshot a replica for a peer");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot snapshot the replica",
+            )
+                .into_response();
+        }
+        Err(e) => {
+            tracing::error!(shard, error = %e, "snapshot task failed");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let (chunks, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut writer = ChannelWriter {
+            chunks,
+            buffer: Vec::with_capacity(CHUNK),
+        };
+        let written = (|| {
+            let mut archive = tar::Builder::new(&mut writer);
+            archive.append_dir_all(".", &taken)?;
+            archive.finish()?;
+            drop(archive);
+            writer.flush()
+        })();
+        if let Err(e) = written {
+            tracing::warn!(shard, error = %e, "a copy for a peer broke off");
+            let _ = writer.chunks.blocking_send(Err(e));
+        }
+        let _ = std::fs::remove_dir_all(&taken);
+    });
+    let mut response = Body::from_stream(ReceiverStream::new(body)).into_response();
+    response
+        .headers_mut()
+        .insert(COMMITTED_HEADER, HeaderValue::from(report.last_seq));
+    response
+}
+
+/// Writes into the response body, a chunk at a time.
+struct ChannelWriter {
+    chunks: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buffer: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(CHUNK),
+        ));
+        self.chunks
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::other("the peer went away"))
+    }
+}
+
+/// Copies `shard`'s committed index from the peer at `peer` (its API URL) into `dest`, which
+/// must not exist; the last sequence number the copy holds. Nothing is left at `dest` unless
+/// the whole copy arrived and unpacked.
+pub async fn fetch(
+    client: &Client<HttpConnector, Body>,
+    peer: &str,
+    token: &str,
+    shard: u32,
+    dest: &Path,
+) -> anyhow::Result<u64> {
+    let request = http::Request::get(format!("{peer}/peer/shards/{shard}/copy"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())?;
+    let response = client
+        .request(request)
+        .await
+        .with_context(|| format!("cannot reach {peer}"))?;
+    if response.status() != StatusCode::OK {
+        bail!("{peer} answered {}", response.status());
+    }
+    let committed: u64 = response
+        .headers()
+        .get(COMMITTED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .context("the copy does not say what it holds")?;
+    let parent = dest.parent().context("a shard folder has a parent")?;
+    let partial = parent.join(format!("incoming-{shard}-{}", rand::random::<u64>()));
+    let archive = partial.with_extension("tar");
+    let received = async {
+        let mut file = tokio::fs::File::create(&archive).await?;
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                file.write_all(&data).await?;
+            }
+        }
+        file.sync_all().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let unpacked = match received {
+        Ok(()) => {
+            let (archive, partial, dest) = (archive.clone(), partial.clone(), dest.to_owned());
+            tokio::task::spawn_blocking(move || unpack(&archive, &partial, &dest)).await?
+        }
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(&archive);
+    if unpacked.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    unpacked.map(|()| committed)
+}
+
+/// Unpacks the archive into `partial`, makes every file durable, and renames it to `dest`.
+fn unpack(archive: &Path, partial: &Path, dest: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(partial)?;
+    tar::Archive::new(std::fs::File::open(archive)?).unpack(partial)?;
+    for entry in std::fs::read_dir(partial)? {
+        std::fs::File::open(entry?.path())?.sync_all()?;
+    }
+    std::fs::File::open(partial)?.sync_all()?;
+    std::fs::rename(partial, dest)?;
+    std::fs::File::open(dest.parent().context("a parent")?)?.sync_all()?;
+    Ok(())
+}
