@@ -633,6 +633,47 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         common::messages(&body["data"]),
         [format!("{} record 1234", USERS[0])]
     );
+    // logs of the same nanosecond on several shards keep one order, page after page
+    let tied: u64 = from + 5_000 * 1_000_000;
+    let ties: Vec<_> = (0..60)
+        .map(|n| {
+            let record = common::activity("tool_call", tied, &format!("tie {n}"));
+            common::with_attr(record, "user.id", common::text(USERS[0]))
+        })
+        .collect();
+    export_until_acknowledged(&grpc, 0, &cluster.ingest, ties).await;
+    let deadline = Instant::now() + PATIENCE;
+    while cluster.get(&cluster.gateways[0], 0, "q=tie").await.1["data"]["total"] != 60 {
+        assert!(Instant::now() < deadline, "the tied logs never all showed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut tied_shards = Vec::new();
+    for offset in 0..3 {
+        let shard = (home + offset) % common::cluster::SHARDS;
+        let total = cluster.shard_total(shard, 0).await.unwrap();
+        tied_shards.push(total - per_shard[offset as usize]);
+    }
+    assert!(
+        tied_shards.iter().filter(|&&n| n > 0).count() >= 2,
+        "the tied logs span shards: {tied_shards:?}"
+    );
+    let one_page = cluster.walk(&cluster.gateways[0], 0, "&q=tie").await;
+    assert_eq!(one_page.len(), 60);
+    let mut in_sevens = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(cursor) => format!("q=tie&limit=7&cursor={cursor}"),
+            None => "q=tie&limit=7".to_owned(),
+        };
+        let (_, body) = cluster.get(&cluster.gateways[1], 0, &query).await;
+        in_sevens.extend(common::messages(&body["data"]));
+        match body["data"]["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(in_sevens, one_page, "tied logs in pages of 7");
     // what is not gathered yet says so
     let response = reqwest::Client::new()
         .get(format!("http://{}/logs/stats", cluster.gateways[0].api))

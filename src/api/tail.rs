@@ -33,9 +33,10 @@ const EVENTS_IN_FLIGHT: usize = 256;
 const PAGE: usize = 500;
 
 /// Sequence numbers the first read covers at most, so that a client resuming far back pays for
-/// its backlog a window at a time rather than all of it on every read. A read that finds nothing
-/// doubles the window (sequence numbers may be sparse: refused batches leave gaps, and in cluster
-/// mode a log's number spans its message and shard); one that fills a page halves it again.
+/// its backlog a window at a time rather than all of it on every read. A read that finds less
+/// than half a page doubles the stream's window (sequence numbers may be sparse: refused batches
+/// leave gaps, and in cluster mode a log's number spans its message and shard); one that fills a
+/// page halves it again.
 const SEQ_WINDOW: u64 = 100_000;
 
 /// A comment sent when nothing else was for this long, so that proxies keep the stream open.
@@ -176,6 +177,7 @@ pub async fn tail(
         visible,
         events,
         last_sent: Instant::now(),
+        window: SEQ_WINDOW,
         stall_timeout: state.tail_stall_timeout,
         shutdown: state.shutdown.clone(),
         _slot: slot,
@@ -266,6 +268,8 @@ struct Follower {
     events: mpsc::Sender<Result<Bytes, std::io::Error>>,
     /// When the client was last sent anything, for keep-alives.
     last_sent: Instant,
+    /// Sequence numbers the next read covers at most.
+    window: u64,
     stall_timeout: Duration,
     shutdown: CancellationToken,
     _slot: TailSlot,
@@ -340,9 +344,8 @@ impl Follower {
 
     /// Sends every matching log up to sequence number `upto`.
     async fn catch_up(&mut self, upto: u64) -> Result<(), End> {
-        let mut window = SEQ_WINDOW;
         while self.after < upto {
-            let window_end = upto.min(self.after.saturating_add(window));
+            let window_end = upto.min(self.after.saturating_add(self.window));
             let (store, query, after) = (self.store.clone(), self.query.clone(), self.after);
             let Ok(permit) = self.searches.clone().acquire_owned().await else {
                 return Err(End::Resumable(shutting_down()));
@@ -368,10 +371,10 @@ impl Follower {
                 }
             };
             let full = page.len() == PAGE;
-            if page.is_empty() {
-                window = window.saturating_mul(2);
-            } else if full {
-                window = (window / 2).max(SEQ_WINDOW);
+            if full {
+                self.window = (self.window / 2).max(SEQ_WINDOW);
+            } else if page.len() < PAGE / 2 {
+                self.window = self.window.saturating_mul(2);
             }
             for (seq, json) in page {
                 self.send(TailEvent::log(seq, json).encode()).await?;

@@ -6,7 +6,8 @@
 //! nodes share in etcd, since a copy holds every user's logs of the shard.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use axum::Router;
@@ -31,6 +32,12 @@ const COMMITTED_HEADER: &str = "logbridge-committed";
 
 /// Bytes of the archive sent at a time.
 const CHUNK: usize = 256 * 1024;
+
+/// A copy that sends or receives nothing for this long is given up.
+const STALL: Duration = Duration::from_secs(30);
+
+/// A copy that takes longer than this is given up (the replica then replays its stream).
+const PATIENCE: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Clone)]
 struct Serving {
@@ -94,10 +101,12 @@ async fn serve_copy(
         }
     };
     let (chunks, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut writer = ChannelWriter {
             chunks,
             buffer: Vec::with_capacity(CHUNK),
+            handle,
         };
         let written = (|| {
             let mut archive = tar::Builder::new(&mut writer);
@@ -108,7 +117,7 @@ async fn serve_copy(
         })();
         if let Err(e) = written {
             tracing::warn!(shard, error = %e, "a copy for a peer broke off");
-            let _ = writer.chunks.blocking_send(Err(e));
+            let _ = writer.chunks.try_send(Err(e));
         }
         let _ = std::fs::remove_dir_all(&taken);
     });
@@ -119,10 +128,12 @@ async fn serve_copy(
     response
 }
 
-/// Writes into the response body, a chunk at a time.
+/// Writes into the response body, a chunk at a time; a peer that takes nothing for [`STALL`]
+/// ends the copy.
 struct ChannelWriter {
     chunks: mpsc::Sender<Result<Bytes, std::io::Error>>,
     buffer: Vec<u8>,
+    handle: tokio::runtime::Handle,
 }
 
 impl std::io::Write for ChannelWriter {
@@ -142,9 +153,14 @@ impl std::io::Write for ChannelWriter {
             &mut self.buffer,
             Vec::with_capacity(CHUNK),
         ));
-        self.chunks
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::other("the peer went away"))
+        let sent = self
+            .handle
+            .block_on(tokio::time::timeout(STALL, self.chunks.send(Ok(chunk))));
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::other("the peer went away")),
+            Err(_) => Err(std::io::Error::other("the peer took nothing for 30 s")),
+        }
     }
 }
 
@@ -158,12 +174,24 @@ pub async fn fetch(
     shard: u32,
     dest: &Path,
 ) -> anyhow::Result<u64> {
+    tokio::time::timeout(PATIENCE, fetch_within(client, peer, token, shard, dest))
+        .await
+        .map_err(|_| anyhow::anyhow!("the copy took longer than {} s", PATIENCE.as_secs()))?
+}
+
+async fn fetch_within(
+    client: &Client<HttpConnector, Body>,
+    peer: &str,
+    token: &str,
+    shard: u32,
+    dest: &Path,
+) -> anyhow::Result<u64> {
     let request = http::Request::get(format!("{peer}/peer/shards/{shard}/copy"))
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Body::empty())?;
-    let response = client
-        .request(request)
+    let response = tokio::time::timeout(STALL, client.request(request))
         .await
+        .map_err(|_| anyhow::anyhow!("{peer} did not answer in time"))?
         .with_context(|| format!("cannot reach {peer}"))?;
     if response.status() != StatusCode::OK {
         bail!("{peer} answered {}", response.status());
@@ -180,7 +208,10 @@ pub async fn fetch(
     let received = async {
         let mut file = tokio::fs::File::create(&archive).await?;
         let mut body = response.into_body();
-        while let Some(frame) = body.frame().await {
+        while let Some(frame) = tokio::time::timeout(STALL, body.frame())
+            .await
+            .map_err(|_| anyhow::anyhow!("the copy stalled"))?
+        {
             if let Ok(data) = frame?.into_data() {
                 file.write_all(&data).await?;
             }
@@ -203,12 +234,30 @@ pub async fn fetch(
     unpacked.map(|()| committed)
 }
 
-/// Unpacks the archive into `partial`, makes every file durable, and renames it to `dest`.
+/// Unpacks the archive into `partial`, makes every file durable, and renames it to `dest`. An
+/// index is a flat folder of regular files: any other entry (a link, a device, a path with a
+/// folder in it) is refused.
 fn unpack(archive: &Path, partial: &Path, dest: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(partial)?;
-    tar::Archive::new(std::fs::File::open(archive)?).unpack(partial)?;
-    for entry in std::fs::read_dir(partial)? {
-        std::fs::File::open(entry?.path())?.sync_all()?;
+    let mut archive = tar::Archive::new(std::fs::File::open(archive)?);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() && path.components().all(|c| c == Component::CurDir) {
+            continue;
+        }
+        let mut names = path.components().filter(|c| *c != Component::CurDir);
+        let name = match (names.next(), names.next()) {
+            (Some(Component::Normal(name)), None) if kind.is_file() => name.to_owned(),
+            _ => bail!(
+                "the copy holds an entry that is not a file of an index: {}",
+                path.display()
+            ),
+        };
+        let target = partial.join(&name);
+        entry.unpack(&target)?;
+        std::fs::File::open(&target)?.sync_all()?;
     }
     std::fs::File::open(partial)?.sync_all()?;
     std::fs::rename(partial, dest)?;

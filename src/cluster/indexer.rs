@@ -170,7 +170,7 @@ pub async fn run(
     shards: u32,
     stop: CancellationToken,
 ) {
-    remove_leftovers(&context.dir);
+    tokio::task::block_in_place(|| remove_leftovers(&context.dir));
     let mut view = membership.view();
     loop {
         let current: View = view.borrow_and_update().clone();
@@ -278,17 +278,17 @@ fn reconcile(
             membership.set_replica(shard, None);
             if let Some(replica) = replica {
                 tracing::info!(shard, "shard moved to its new owners; replica closed");
-                // a shard that comes back before the removal is done opens a fresh folder
+                // renamed at once, so that a shard coming back before the removal is done
+                // opens a fresh folder
                 let dir = shard_dir(&context.dir, shard);
                 let closed = context
                     .dir
                     .join(format!("closed-{shard}-{}", rand::random::<u64>()));
+                let renamed = std::fs::rename(&dir, &closed);
                 std::thread::spawn(move || {
                     replica.stop.cancel();
                     let _ = replica.thread.join();
-                    if let Err(e) = std::fs::rename(&dir, &closed)
-                        .and_then(|()| std::fs::remove_dir_all(&closed))
-                    {
+                    if let Err(e) = renamed.and_then(|()| std::fs::remove_dir_all(&closed)) {
                         tracing::warn!(shard, error = %e, "cannot remove a closed replica's folder");
                     }
                 });
@@ -307,14 +307,25 @@ pub fn shard_dir(dir: &Path, shard: u32) -> PathBuf {
 /// consumed from the sequence after it), else from the start of the stream.
 fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Replica> {
     let dir = shard_dir(&context.dir, shard);
+    let mut copied = false;
     if !dir.join("meta.json").exists() {
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
         copy_from_peer(context, shard, view, &dir);
+        copied = dir.exists();
     }
     std::fs::create_dir_all(&dir)?;
-    let (store, writer) = store::open(&dir, &context.store_options)?;
+    let (store, writer) = match store::open(&dir, &context.store_options) {
+        Ok(opened) => opened,
+        Err(e) => {
+            if copied {
+                // a copy that does not open is dropped: the next attempt copies or replays
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            return Err(e.into());
+        }
+    };
     let (ready_tx, ready) = watch::channel(false);
     let stop = CancellationToken::new();
     let consumer = Consumer {
@@ -345,39 +356,42 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
 /// Copies `shard`'s committed index from a ready peer into `dir`, when one serves it; a failed
 /// copy leaves nothing, and the replica replays the stream instead.
 fn copy_from_peer(context: &IndexerContext, shard: u32, view: &View, dir: &Path) {
-    let peers = view.replicas.get(&shard).into_iter().flatten();
-    let Some(peer) = peers
+    let peers: Vec<String> = view
+        .replicas
+        .get(&shard)
+        .into_iter()
+        .flatten()
         .filter(|(node, status)| status.ready && **node != context.node_id)
         .map(|(_, status)| status.api.clone())
-        .next()
-    else {
-        return;
-    };
-    let started = Instant::now();
-    let copied = Handle::current().block_on(copy::fetch(
-        &context.client,
-        &peer,
-        &context.peer_token,
-        shard,
-        dir,
-    ));
-    match copied {
-        Ok(committed) => {
-            context.api.metrics.cluster_replica_copies.inc();
-            tracing::info!(
+        .collect();
+    for peer in peers {
+        let started = Instant::now();
+        let copied = Handle::current().block_on(copy::fetch(
+            &context.client,
+            &peer,
+            &context.peer_token,
+            shard,
+            dir,
+        ));
+        match copied {
+            Ok(committed) => {
+                context.api.metrics.cluster_replica_copies.inc();
+                tracing::info!(
+                    shard,
+                    %peer,
+                    committed,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "replica copied from a peer; consuming the stream from after its commit"
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(
                 shard,
                 %peer,
-                committed,
-                took_ms = started.elapsed().as_millis() as u64,
-                "replica copied from a peer; consuming the stream from after its commit"
-            );
+                error = %format!("{e:#}"),
+                "cannot copy the replica from this peer"
+            ),
         }
-        Err(e) => tracing::warn!(
-            shard,
-            %peer,
-            error = %format!("{e:#}"),
-            "cannot copy the replica from a peer; replaying the shard's stream instead"
-        ),
     }
 }
 

@@ -238,10 +238,11 @@ impl TestCluster {
                 ))
                 .bearer_auth(self.readers[user].expose())
                 .send()
-                .await
-                .ok()?;
-            if response.status() == 200 {
-                let body: Json = response.json().await.ok()?;
+                .await;
+            if let Ok(response) = response
+                && response.status() == 200
+                && let Ok(body) = response.json::<Json>().await
+            {
                 return body["data"]["total"].as_u64();
             }
         }
