@@ -17,7 +17,7 @@ mod harness;
 use std::time::Duration;
 
 use engines::{Etcd, Nats, nats_server, nats_version};
-use harness::{BenchKeys, RequestEncoder, SEED, Server, Transport, ingest};
+use harness::{BenchKeys, RequestEncoder, SEED, Server, Transport, ingest, median};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
 
@@ -77,11 +77,6 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 fn total_cpu(pids: &[u32]) -> f64 {
     pids.iter().map(|&pid| cpu_seconds(pid)).sum()
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 #[tokio::main]

@@ -8,7 +8,7 @@ mod harness;
 
 use std::time::Instant;
 
-use harness::{BATCH, IngestReport, RequestEncoder, SEED, Server, Transport, ingest};
+use harness::{BATCH, IngestReport, RequestEncoder, SEED, Server, Transport, ingest, median};
 
 struct Args {
     records: usize,
@@ -43,11 +43,6 @@ fn args() -> Args {
         }
     }
     args
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 #[tokio::main]

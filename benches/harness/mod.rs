@@ -310,6 +310,12 @@ fn record_count(body: &Bytes) -> usize {
         .unwrap_or(0)
 }
 
+/// The median of `values` (the upper one of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// The `p`-th percentile (0..=100) of `samples`, sorted in place.
 pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     if samples.is_empty() {

@@ -64,8 +64,8 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
 }
 
-/// What the REST APIs of a cluster indexer's replicas share: an [`ApiState`] but for the
-/// store, and without a writer (erasure is not offered in cluster mode).
+/// An [`ApiState`] but for the store and the writer: what the REST APIs of a cluster indexer's
+/// replicas share (they have no writer: erasure is not offered in cluster mode).
 #[derive(Clone)]
 pub struct ApiParts {
     pub keys: KeyStore,
@@ -80,6 +80,31 @@ pub struct ApiParts {
 }
 
 impl ApiParts {
+    /// The parts for the REST API settings of `config`.
+    pub fn new(
+        config: &crate::config::ApiConfig,
+        keys: KeyStore,
+        health: watch::Receiver<Health>,
+        metrics: Arc<Metrics>,
+        cursor_key: CursorKey,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            keys,
+            health,
+            metrics,
+            cursor_key,
+            searches: Arc::new(Semaphore::new(config.max_concurrent_searches)),
+            exports: Arc::new(Semaphore::new(MAX_CONCURRENT_EXPORTS)),
+            tails: TailSlots::new(
+                config.max_tail_subscribers,
+                config.max_tail_subscribers_per_user,
+            ),
+            tail_stall_timeout: config.tail_stall_timeout,
+            shutdown,
+        }
+    }
+
     /// The state of the REST API on `store`.
     pub fn with_store(&self, store: Store) -> ApiState {
         ApiState {

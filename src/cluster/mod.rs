@@ -19,14 +19,14 @@ mod stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use shard::{MAX_SHARDS, Spread, shard_of};
 pub use stream::Publisher;
 
-use crate::api::{self, TailSlots};
+use crate::api;
 use crate::config::{ClusterConfig, Config};
 use crate::explorer;
 use crate::ingest::{ExportService, Health, IngestPolicy, LogSink, MemoryBudget};
@@ -58,11 +58,7 @@ pub async fn start(
     cluster: &ClusterConfig,
     listeners: Listeners,
 ) -> anyhow::Result<ClusterNode> {
-    let addresses = Addresses {
-        grpc: listeners.grpc.local_addr()?,
-        http: listeners.http.local_addr()?,
-        api: listeners.api.local_addr()?,
-    };
+    let addresses = listeners.addresses()?;
     let shutdown = CancellationToken::new();
     let leave = CancellationToken::new();
     let hangups = hangups(shutdown.clone())?;
@@ -108,20 +104,14 @@ pub async fn start(
         let replicas = Replicas::default();
         let context = IndexerContext {
             jetstream: jetstream.clone(),
-            api: api::ApiParts {
-                keys: keys.clone(),
+            api: api::ApiParts::new(
+                &config.api,
+                keys.clone(),
                 health,
-                metrics: metrics.clone(),
+                metrics.clone(),
                 cursor_key,
-                searches: Arc::new(Semaphore::new(config.api.max_concurrent_searches)),
-                exports: Arc::new(Semaphore::new(api::MAX_CONCURRENT_EXPORTS)),
-                tails: TailSlots::new(
-                    config.api.max_tail_subscribers,
-                    config.api.max_tail_subscribers_per_user,
-                ),
-                tail_stall_timeout: config.api.tail_stall_timeout,
-                shutdown: shutdown.clone(),
-            },
+                shutdown.clone(),
+            ),
             dir: config.index.path.join("shards"),
             store_options: StoreOptions {
                 merge_failures: metrics

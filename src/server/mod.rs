@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState, CursorKey, TailSlots};
+use crate::api::{self, ApiParts, ApiState, CursorKey};
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::config::TlsFiles;
@@ -40,6 +40,15 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// Where the listeners are bound.
+    pub fn addresses(&self) -> std::io::Result<Addresses> {
+        Ok(Addresses {
+            grpc: self.grpc.local_addr()?,
+            http: self.http.local_addr()?,
+            api: self.api.local_addr()?,
+        })
+    }
+
     /// Binds the addresses of the config.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
         let bind = |setting: &'static str, addr: String| async move {
@@ -87,11 +96,7 @@ pub async fn start_with_faults(
     listeners: Listeners,
     faults: Faults,
 ) -> anyhow::Result<RunningServer> {
-    let addresses = Addresses {
-        grpc: listeners.grpc.local_addr()?,
-        http: listeners.http.local_addr()?,
-        api: listeners.api.local_addr()?,
-    };
+    let addresses = listeners.addresses()?;
     // from here on, SIGHUP re-reads files rather than ending the process
     let shutdown = CancellationToken::new();
     let hangups = hangups(shutdown.clone())?;
@@ -145,20 +150,16 @@ pub async fn start_with_faults(
         body_read_timeout: config.server.body_read_timeout,
     };
     let api_state = ApiState {
-        keys: keys.clone(),
-        store,
-        health: health_rx.clone(),
-        metrics: metrics.clone(),
-        cursor_key,
-        searches: Arc::new(Semaphore::new(config.api.max_concurrent_searches)),
         writer: Some(queue.clone()),
-        exports: Arc::new(Semaphore::new(api::MAX_CONCURRENT_EXPORTS)),
-        tails: TailSlots::new(
-            config.api.max_tail_subscribers,
-            config.api.max_tail_subscribers_per_user,
-        ),
-        tail_stall_timeout: config.api.tail_stall_timeout,
-        shutdown: shutdown.clone(),
+        ..ApiParts::new(
+            &config.api,
+            keys.clone(),
+            health_rx.clone(),
+            metrics.clone(),
+            cursor_key,
+            shutdown.clone(),
+        )
+        .with_store(store)
     };
     let mut watchers = vec![keys_watcher];
     let certificates = match &config.tls {

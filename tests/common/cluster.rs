@@ -182,15 +182,21 @@ impl TestCluster {
         self.gateways.iter().map(|g| g.grpc.clone()).collect()
     }
 
-    /// Asks indexer `indexer` directly for user `user`'s shard: its total of that user's logs
-    /// when it serves the shard, `None` when it holds no replica of it (or is down).
-    pub async fn held(&self, indexer: usize, user: usize) -> Option<u64> {
-        let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
+    /// `GET /shards/<shard>/logs?{query}` on indexer `indexer` as user `user`: the body, when
+    /// it answers 200 (it holds a caught-up replica of the shard).
+    async fn on_replica(
+        &self,
+        indexer: usize,
+        shard: u32,
+        user: usize,
+        query: &str,
+    ) -> Option<Json> {
+        let url = format!(
+            "http://{}/shards/{shard}/logs?{query}",
+            self.indexers[indexer].api
+        );
         let response = reqwest::Client::new()
-            .get(format!(
-                "http://{}/shards/{shard}/logs?limit=1",
-                self.indexers[indexer].api
-            ))
+            .get(url)
             .bearer_auth(self.readers[user].expose())
             .send()
             .await
@@ -198,7 +204,14 @@ impl TestCluster {
         if response.status() != 200 {
             return None;
         }
-        let body: Json = response.json().await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// Asks indexer `indexer` directly for user `user`'s shard: its total of that user's logs
+    /// when it serves the shard, `None` when it holds no caught-up replica of it (or is down).
+    pub async fn held(&self, indexer: usize, user: usize) -> Option<u64> {
+        let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
+        let body = self.on_replica(indexer, shard, user, "limit=1").await?;
         body["data"]["total"].as_u64()
     }
 
@@ -206,20 +219,10 @@ impl TestCluster {
     /// walking it directly with cursors; `None` when the indexer holds no ready replica of it.
     pub async fn walk_replica(&self, indexer: usize, user: usize) -> Option<Vec<String>> {
         let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
-        let base = format!("http://{}/shards/{shard}/logs", self.indexers[indexer].api);
         let mut all = Vec::new();
         let mut query = "limit=500".to_owned();
         loop {
-            let response = reqwest::Client::new()
-                .get(format!("{base}?{query}"))
-                .bearer_auth(self.readers[user].expose())
-                .send()
-                .await
-                .ok()?;
-            if response.status() != 200 {
-                return None;
-            }
-            let body: Json = response.json().await.ok()?;
+            let body = self.on_replica(indexer, shard, user, &query).await?;
             all.extend(messages(&body["data"]));
             match body["data"]["next_cursor"].as_str() {
                 Some(cursor) => query = format!("limit=500&cursor={cursor}"),
@@ -230,19 +233,8 @@ impl TestCluster {
 
     /// User `user`'s total on shard `shard`, from the first indexer that serves it.
     pub async fn shard_total(&self, shard: u32, user: usize) -> Option<u64> {
-        for indexer in &self.indexers {
-            let response = reqwest::Client::new()
-                .get(format!(
-                    "http://{}/shards/{shard}/logs?limit=1",
-                    indexer.api
-                ))
-                .bearer_auth(self.readers[user].expose())
-                .send()
-                .await;
-            if let Ok(response) = response
-                && response.status() == 200
-                && let Ok(body) = response.json::<Json>().await
-            {
+        for indexer in 0..self.indexers.len() {
+            if let Some(body) = self.on_replica(indexer, shard, user, "limit=1").await {
                 return body["data"]["total"].as_u64();
             }
         }
