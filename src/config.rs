@@ -827,6 +827,60 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_are_validated_and_named() {
+        let cluster = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs));
+        let node = [
+            ("LOGBRIDGE_CLUSTER_ROLE", "gateway, indexer"),
+            ("LOGBRIDGE_CLUSTER_NODE_ID", "node-1"),
+        ];
+        let config = cluster(&[
+            node[0],
+            node[1],
+            (
+                "LOGBRIDGE_CLUSTER_NATS_URLS",
+                r#"["nats://a:4222", "nats://b:4222"]"#,
+            ),
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert!(config.gateway && config.indexer);
+        assert_eq!(config.node_id, "node-1");
+        assert_eq!(config.nats_urls, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(
+            (
+                config.shards,
+                config.stream_replicas,
+                config.indexer_replicas
+            ),
+            (8, 3, 2)
+        );
+        assert_eq!(config.dedup_window, Duration::from_secs(600));
+        let refusal = |pairs: &[(&str, &str)]| cluster(pairs).unwrap_err().to_string();
+        assert_eq!(
+            refusal(&[("LOGBRIDGE_CLUSTER_ROLE", "router"), node[1]]),
+            "invalid setting cluster.role: unknown role \"router\": expected gateway, indexer or both, comma-separated"
+        );
+        assert_eq!(
+            refusal(&[node[0]]),
+            "invalid setting cluster.node_id: must be set in cluster mode: 1 to 64 letters, digits, '-' or '_'"
+        );
+        assert_eq!(
+            refusal(&[node[0], node[1], ("LOGBRIDGE_CLUSTER_SHARDS", "5000")]),
+            "invalid setting cluster.shards: must be between 1 and 4096"
+        );
+        assert_eq!(
+            refusal(&[
+                node[0],
+                node[1],
+                ("LOGBRIDGE_TLS_CERT_FILE", "cert.pem"),
+                ("LOGBRIDGE_TLS_KEY_FILE", "key.pem"),
+            ]),
+            "invalid setting tls: is not supported in cluster mode yet: terminate TLS in front of the gateways"
+        );
+    }
+
+    #[test]
     fn documented_example_config_parses_to_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/logbridge.toml");
         let config = Config::load(Some(&path), &HashMap::new()).unwrap();
@@ -858,6 +912,10 @@ mod tests {
         assert_eq!(config.log.level, "info");
         assert_eq!(config.retention.policy, Retention::default());
         assert_eq!(config.retention.sweep_interval, Duration::from_secs(30));
+        assert!(
+            config.cluster.is_none(),
+            "a single node unless a role is set"
+        );
         assert_eq!(config.limits, LimitsConfig::default());
         assert_eq!(config.tls, None);
     }
