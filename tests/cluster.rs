@@ -158,6 +158,104 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .await
         .unwrap();
     assert_eq!(stats["data"]["total"], 1500);
+    // an export streams through the gateway whole
+    let client = reqwest::Client::new();
+    let export = client
+        .get(format!(
+            "http://{}/logs/export?format=ndjson",
+            cluster.gateways[1].api
+        ))
+        .bearer_auth(cluster.readers[3].expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.status(), 200);
+    assert_eq!(export.headers()["content-type"], "application/x-ndjson");
+    let exported: Vec<String> = export
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["message"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(differences(&exported, &acked[&3]), (0, 0));
+    assert_eq!(exported.len(), 1500);
+    // a tail through the gateway follows on from a page read through it
+    let page = client
+        .get(format!("http://{}/logs?limit=1", cluster.gateways[0].api))
+        .bearer_auth(cluster.readers[2].expose())
+        .send()
+        .await
+        .unwrap();
+    let sequence = page.headers()["logbridge-sequence"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut tail = client
+        .get(format!(
+            "http://{}/logs/tail?cursor={sequence}",
+            cluster.gateways[0].api
+        ))
+        .bearer_auth(cluster.readers[2].expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 200);
+    assert_eq!(tail.headers()["content-type"], "text/event-stream");
+    let fresh = records(USERS[2], 900_000, 3);
+    export_until_acknowledged(&cluster.grpc(), 1, &cluster.ingest, fresh).await;
+    let mut events = String::new();
+    let mut tailed: Vec<String> = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while tailed.len() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, tail.chunk())
+            .await
+            .expect("tailed logs within the patience")
+            .unwrap()
+            .expect("the tail goes on");
+        events.push_str(std::str::from_utf8(&chunk).unwrap());
+        tailed = events
+            .lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap())
+            .filter_map(|log| log["message"].as_str().map(str::to_owned))
+            .collect();
+    }
+    let expected: Vec<String> = (900_000..900_003)
+        .map(|n| format!("{} record {n}", USERS[2]))
+        .collect();
+    assert_eq!(
+        tailed, expected,
+        "the tail sends the new logs, oldest first, and nothing else"
+    );
+    // the explorer and the OpenAPI document come from the gateway itself
+    let page = client
+        .get(format!("http://{}/", cluster.gateways[1].api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let openapi: serde_json::Value = client
+        .get(format!("http://{}/openapi.json", cluster.gateways[1].api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(openapi["openapi"].as_str().unwrap().get(..3), Some("3.1"));
     // a key reads its own user's logs only, through the gateway and on any replica directly
     let query = format!("q=user_id:{}", USERS[1]);
     let (_, body) = cluster.get(&cluster.gateways[0], 0, &query).await;
