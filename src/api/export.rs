@@ -60,7 +60,8 @@ pub struct ExportParams<'a> {
     responses(
         (status = 200, description = "Every matching log, newest first.",
             content((String = "application/x-ndjson"), (String = "text/csv"))),
-        ApiError),
+        ApiError,
+        (status = 501, description = "Cluster mode: the caller's logs are spread over several shards, which this endpoint does not gather yet.", body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn export(
     State(state): State<ApiState>,

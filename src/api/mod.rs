@@ -325,7 +325,8 @@ pub const ERASURE_NOT_IN_CLUSTER: ApiError = ApiError::NotImplemented(
 /// `DELETE /logs`: erases the caller's logs that match the filters, and answers once the
 /// erasure is durable.
 #[utoipa::path(delete, path = "/logs", tag = "logs", params(Filters),
-    responses((status = 200, description = "The matching logs are erased for good.", body = EraseBody), ApiError),
+    responses((status = 200, description = "The matching logs are erased for good.", body = EraseBody), ApiError,
+        (status = 501, description = "Cluster mode: erasure is not offered.", body = error::ErrorBody)),
     security(("bearer" = [])))]
 async fn erase(
     State(state): State<ApiState>,

@@ -122,7 +122,8 @@ impl TailEvent {
     responses(
         (status = 200, description = "New matching logs, in the order they were acknowledged, as they become visible.",
             body = TailEvent, content_type = "text/event-stream"),
-        ApiError),
+        ApiError,
+        (status = 501, description = "Cluster mode: the caller's logs are spread over several shards, which this endpoint does not gather yet.", body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn tail(
     State(state): State<ApiState>,
