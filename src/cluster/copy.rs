@@ -174,64 +174,56 @@ pub async fn fetch(
     shard: u32,
     dest: &Path,
 ) -> anyhow::Result<u64> {
-    tokio::time::timeout(PATIENCE, fetch_within(client, peer, token, shard, dest))
-        .await
-        .map_err(|_| anyhow::anyhow!("the copy took longer than {} s", PATIENCE.as_secs()))?
-}
-
-async fn fetch_within(
-    client: &Client<HttpConnector, Body>,
-    peer: &str,
-    token: &str,
-    shard: u32,
-    dest: &Path,
-) -> anyhow::Result<u64> {
-    let request = http::Request::get(format!("{peer}/peer/shards/{shard}/copy"))
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::empty())?;
-    let response = tokio::time::timeout(STALL, client.request(request))
-        .await
-        .map_err(|_| anyhow::anyhow!("{peer} did not answer in time"))?
-        .with_context(|| format!("cannot reach {peer}"))?;
-    if response.status() != StatusCode::OK {
-        bail!("{peer} answered {}", response.status());
-    }
-    let committed: u64 = response
-        .headers()
-        .get(COMMITTED_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .context("the copy does not say what it holds")?;
-    let parent = dest.parent().context("a shard folder has a parent")?;
-    let partial = parent.join(format!("incoming-{shard}-{}", rand::random::<u64>()));
-    let archive = partial.with_extension("tar");
-    let received = async {
-        let mut file = tokio::fs::File::create(&archive).await?;
-        let mut body = response.into_body();
-        while let Some(frame) = tokio::time::timeout(STALL, body.frame())
+    tokio::time::timeout(PATIENCE, async {
+        let request = http::Request::get(format!("{peer}/peer/shards/{shard}/copy"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())?;
+        let response = tokio::time::timeout(STALL, client.request(request))
             .await
-            .map_err(|_| anyhow::anyhow!("the copy stalled"))?
-        {
-            if let Ok(data) = frame?.into_data() {
-                file.write_all(&data).await?;
+            .map_err(|_| anyhow::anyhow!("{peer} did not answer in time"))?
+            .with_context(|| format!("cannot reach {peer}"))?;
+        if response.status() != StatusCode::OK {
+            bail!("{peer} answered {}", response.status());
+        }
+        let committed: u64 = response
+            .headers()
+            .get(COMMITTED_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .context("the copy does not say what it holds")?;
+        let parent = dest.parent().context("a shard folder has a parent")?;
+        let partial = parent.join(format!("incoming-{shard}-{}", rand::random::<u64>()));
+        let archive = partial.with_extension("tar");
+        let received = async {
+            let mut file = tokio::fs::File::create(&archive).await?;
+            let mut body = response.into_body();
+            while let Some(frame) = tokio::time::timeout(STALL, body.frame())
+                .await
+                .map_err(|_| anyhow::anyhow!("the copy stalled"))?
+            {
+                if let Ok(data) = frame?.into_data() {
+                    file.write_all(&data).await?;
+                }
             }
+            file.sync_all().await?;
+            anyhow::Ok(())
         }
-        file.sync_all().await?;
-        anyhow::Ok(())
-    }
-    .await;
-    let unpacked = match received {
-        Ok(()) => {
-            let (archive, partial, dest) = (archive.clone(), partial.clone(), dest.to_owned());
-            tokio::task::spawn_blocking(move || unpack(&archive, &partial, &dest)).await?
+        .await;
+        let unpacked = match received {
+            Ok(()) => {
+                let (archive, partial, dest) = (archive.clone(), partial.clone(), dest.to_owned());
+                tokio::task::spawn_blocking(move || unpack(&archive, &partial, &dest)).await?
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&archive);
+        if unpacked.is_err() {
+            let _ = std::fs::remove_dir_all(&partial);
         }
-        Err(e) => Err(e),
-    };
-    let _ = std::fs::remove_file(&archive);
-    if unpacked.is_err() {
-        let _ = std::fs::remove_dir_all(&partial);
-    }
-    unpacked.map(|()| committed)
+        unpacked.map(|()| committed)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the copy took longer than {} s", PATIENCE.as_secs()))?
 }
 
 /// Unpacks the archive into `partial`, makes every file durable, and renames it to `dest`. An

@@ -29,11 +29,10 @@ pub use stream::Publisher;
 use crate::api;
 use crate::config::{ClusterConfig, Config};
 use crate::explorer;
-use crate::ingest::{ExportService, Health, IngestPolicy, LogSink, MemoryBudget};
+use crate::ingest::{Health, LogSink};
 use crate::lifecycle::watch::hangups;
 use crate::metrics::{Metrics, StorageLabels};
-use crate::otlp::{self, ReceiveLimits};
-use crate::server::{Addresses, Listeners, serve_plain, watched_keys};
+use crate::server::{Addresses, Listeners, otlp_routers, serve_plain, watched_keys};
 use crate::store::StoreOptions;
 use etcd::Etcd;
 use gateway::Gateway;
@@ -149,35 +148,22 @@ pub async fn start(
         )));
     }
     if cluster.gateway {
-        let export = ExportService::new(
-            keys.clone(),
-            IngestPolicy {
-                mapping: config.mapping.clone(),
-                retention: config.retention.policy.clone(),
-                limits: config.limits.clone(),
-            },
-            LogSink::Stream(Box::new(Publisher::new(
-                jetstream.clone(),
-                cluster,
-                membership.view(),
-            ))),
-            MemoryBudget::new(config.otlp.max_inflight_bytes),
-            metrics.clone(),
-        );
-        let limits = ReceiveLimits {
-            max_message_bytes: config.otlp.max_message_bytes,
-            body_read_timeout: config.server.body_read_timeout,
-        };
+        let sink = LogSink::Stream(Box::new(Publisher::new(
+            jetstream.clone(),
+            cluster,
+            membership.view(),
+        )));
+        let otlp = otlp_routers(config, &keys, sink, &metrics);
         tasks.push(serve_plain(
             listeners.grpc,
-            otlp::grpc::router(export.clone(), limits, metrics.clone()),
+            otlp.grpc,
             true,
             config,
             shutdown.clone(),
         ));
         tasks.push(serve_plain(
             listeners.http,
-            otlp::http::router(export, limits, metrics.clone()),
+            otlp.http,
             false,
             config,
             shutdown.clone(),

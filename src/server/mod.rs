@@ -134,21 +134,7 @@ pub async fn start_with_faults(
         },
         died,
     )?;
-    let export = ExportService::new(
-        keys.clone(),
-        IngestPolicy {
-            mapping: config.mapping.clone(),
-            retention: config.retention.policy.clone(),
-            limits: config.limits.clone(),
-        },
-        LogSink::Local(queue.clone()),
-        MemoryBudget::new(config.otlp.max_inflight_bytes),
-        metrics.clone(),
-    );
-    let limits = ReceiveLimits {
-        max_message_bytes: config.otlp.max_message_bytes,
-        body_read_timeout: config.server.body_read_timeout,
-    };
+    let otlp = otlp_routers(config, &keys, LogSink::Local(queue.clone()), &metrics);
     let api_state = ApiState {
         writer: Some(queue.clone()),
         ..ApiParts::new(
@@ -189,13 +175,13 @@ pub async fn start_with_faults(
     let servers = vec![
         serve(
             listeners.grpc,
-            otlp::grpc::router(export.clone(), limits, metrics.clone()),
+            otlp.grpc,
             Protocol::Http2,
             certificates.as_ref().map(|c| &c.grpc),
         ),
         serve(
             listeners.http,
-            otlp::http::router(export, limits, metrics),
+            otlp.http,
             Protocol::Http1,
             certificates.as_ref().map(|c| &c.http),
         ),
@@ -223,6 +209,40 @@ pub async fn start_with_faults(
         health: health_rx,
         died: Some(died_rx),
     })
+}
+
+/// The routers of the two OTLP listeners.
+pub(crate) struct OtlpRouters {
+    pub grpc: axum::Router,
+    pub http: axum::Router,
+}
+
+/// The OTLP receivers of `config`, exporting to `sink`: one export path behind both.
+pub(crate) fn otlp_routers(
+    config: &Config,
+    keys: &KeyStore,
+    sink: LogSink,
+    metrics: &Arc<Metrics>,
+) -> OtlpRouters {
+    let export = ExportService::new(
+        keys.clone(),
+        IngestPolicy {
+            mapping: config.mapping.clone(),
+            retention: config.retention.policy.clone(),
+            limits: config.limits.clone(),
+        },
+        sink,
+        MemoryBudget::new(config.otlp.max_inflight_bytes),
+        metrics.clone(),
+    );
+    let limits = ReceiveLimits {
+        max_message_bytes: config.otlp.max_message_bytes,
+        body_read_timeout: config.server.body_read_timeout,
+    };
+    OtlpRouters {
+        grpc: otlp::grpc::router(export.clone(), limits, metrics.clone()),
+        http: otlp::http::router(export, limits, metrics.clone()),
+    }
 }
 
 /// The keys of the keys file, and the task that reloads them when the file changes (or on
