@@ -114,15 +114,31 @@ async fn main() {
         for n in 0..args.indexers {
             let id = format!("indexer-{n}");
             let folder = dir.path().join(&id);
-            indexers
-                .push(Server::start_with(BIN, &folder, 1000, &keys, &cluster("indexer", id)).await);
+            indexers.push(
+                Server::start_with(
+                    BIN,
+                    &folder,
+                    "commit_interval_ms = 1000",
+                    &keys,
+                    &cluster("indexer", id),
+                )
+                .await,
+            );
         }
         let mut gateways = Vec::new();
         for n in 0..args.gateways {
             let id = format!("gateway-{n}");
             let folder = dir.path().join(&id);
-            gateways
-                .push(Server::start_with(BIN, &folder, 1000, &keys, &cluster("gateway", id)).await);
+            gateways.push(
+                Server::start_with(
+                    BIN,
+                    &folder,
+                    "commit_interval_ms = 1000",
+                    &keys,
+                    &cluster("gateway", id),
+                )
+                .await,
+            );
         }
         // every shard served before the clock starts
         for indexer in &indexers {

@@ -1,20 +1,46 @@
 //! Ingest benchmark: pre-encoded OTLP exports of 512 records from several concurrent exporters,
 //! full durability on, against the release binary.
 //!
-//!     cargo bench --bench ingest -- [--records 2000000] [--exporters 4] [--runs 3] [--transport grpc|http|both]
+//!     cargo bench --bench ingest -- [--records 2000000] [--exporters 4] [--runs 3] [--transport grpc|http|both] [--dedup on|off|both]
+//!
+//! `--dedup both` runs each transport with the dedup window off and on in turn (off, on, off,
+//! on, ...), so that a change of the machine's speed weighs on both alike.
 
 #[path = "harness/mod.rs"]
 mod harness;
 
 use std::time::Instant;
 
-use harness::{BATCH, IngestReport, RequestEncoder, SEED, Server, Transport, ingest, median};
+use harness::{
+    BATCH, BenchKeys, IngestReport, RequestEncoder, SEED, Server, Transport, ingest, median,
+};
+
+/// The default dedup window, in milliseconds.
+const DEDUP_ON: u64 = 600_000;
+
+/// A run's figures: its report, the server's peak RSS and the bytes its dedup window held.
+type Run = (IngestReport, u64, f64);
+
+/// The value of a gauge in the server's `/metrics`.
+async fn gauge(server: &Server, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", server.api))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
 
 struct Args {
     records: usize,
     exporters: usize,
     runs: usize,
     transports: Vec<Transport>,
+    /// The dedup windows to run with, in milliseconds (0: off).
+    dedup: Vec<u64>,
 }
 
 fn args() -> Args {
@@ -23,6 +49,7 @@ fn args() -> Args {
         exporters: 4,
         runs: 3,
         transports: vec![Transport::Grpc, Transport::HttpProtobuf],
+        dedup: vec![DEDUP_ON],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -36,6 +63,13 @@ fn args() -> Args {
                     "grpc" => vec![Transport::Grpc],
                     "http" => vec![Transport::HttpProtobuf],
                     _ => vec![Transport::Grpc, Transport::HttpProtobuf],
+                }
+            }
+            "--dedup" => {
+                args.dedup = match value().as_str() {
+                    "on" => vec![DEDUP_ON],
+                    "off" => vec![0],
+                    _ => vec![0, DEDUP_ON],
                 }
             }
             "--bench" => {}
@@ -61,40 +95,52 @@ async fn main() {
         args.records as f64 / encode_seconds
     );
     println!(
-        "\n| transport | exporters | records/s | MB/s | export p50 | export p99 | ack→visible p50 | ack→visible p99 | peak RSS | refused |"
+        "\n| transport | dedup | exporters | records/s | MB/s | export p50 | export p99 | ack→visible p50 | ack→visible p99 | peak RSS | dedup window | refused |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for transport in &args.transports {
-        let mut runs: Vec<(IngestReport, u64)> = Vec::new();
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); args.dedup.len()];
         for _ in 0..args.runs {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let server = Server::start(env!("CARGO_BIN_EXE_logbridge"), dir.path(), 1000).await;
-            let report = ingest(&server, requests.clone(), args.exporters, *transport).await;
-            let rss = server.peak_rss_bytes();
-            server.stop();
-            eprintln!(
-                "run: {:?} {:.0} records/s, export p99 {:?}, visible p99 {:?}, peak RSS {} MiB",
-                transport,
-                report.records_per_second(),
-                report.export_p99,
-                report.visible_p99,
-                rss >> 20
-            );
-            runs.push((report, rss));
+            for (mode, window) in args.dedup.iter().enumerate() {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let index = format!("commit_interval_ms = 1000\ndedup_window_ms = {window}");
+                let keys = BenchKeys::generate();
+                let bin = env!("CARGO_BIN_EXE_logbridge");
+                let server = Server::start_with(bin, dir.path(), &index, &keys, "").await;
+                let report = ingest(&server, requests.clone(), args.exporters, *transport).await;
+                let window_bytes = gauge(&server, "logbridge_dedup_window_bytes").await;
+                let rss = server.peak_rss_bytes();
+                server.stop();
+                eprintln!(
+                    "run: {:?} dedup {} ms: {:.0} records/s, export p99 {:?}, visible p99 {:?}, peak RSS {} MiB, window {:.2} bytes/record",
+                    transport,
+                    window,
+                    report.records_per_second(),
+                    report.export_p99,
+                    report.visible_p99,
+                    rss >> 20,
+                    window_bytes / args.records as f64
+                );
+                runs[mode].push((report, rss, window_bytes));
+            }
         }
-        let med = |f: &dyn Fn(&(IngestReport, u64)) -> f64| median(runs.iter().map(f).collect());
-        println!(
-            "| {:?} | {} | {:.0} | {:.1} | {:.1} ms | {:.1} ms | {:.0} ms | {:.0} ms | {:.0} MiB | {:.0} |",
-            transport,
-            args.exporters,
-            med(&|(r, _)| r.records_per_second()),
-            med(&|(r, _)| r.mb_per_second()),
-            med(&|(r, _)| r.export_p50.as_secs_f64() * 1e3),
-            med(&|(r, _)| r.export_p99.as_secs_f64() * 1e3),
-            med(&|(r, _)| r.visible_p50.as_secs_f64() * 1e3),
-            med(&|(r, _)| r.visible_p99.as_secs_f64() * 1e3),
-            med(&|(_, rss)| *rss as f64 / (1 << 20) as f64),
-            med(&|(r, _)| r.refused as f64),
-        );
+        for (runs, window) in runs.iter().zip(&args.dedup) {
+            let med = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+            println!(
+                "| {:?} | {} | {} | {:.0} | {:.1} | {:.1} ms | {:.1} ms | {:.0} ms | {:.0} ms | {:.0} MiB | {:.2} B/record | {:.0} |",
+                transport,
+                if *window == 0 { "off" } else { "on" },
+                args.exporters,
+                med(&|(r, _, _)| r.records_per_second()),
+                med(&|(r, _, _)| r.mb_per_second()),
+                med(&|(r, _, _)| r.export_p50.as_secs_f64() * 1e3),
+                med(&|(r, _, _)| r.export_p99.as_secs_f64() * 1e3),
+                med(&|(r, _, _)| r.visible_p50.as_secs_f64() * 1e3),
+                med(&|(r, _, _)| r.visible_p99.as_secs_f64() * 1e3),
+                med(&|(_, rss, _)| *rss as f64 / (1 << 20) as f64),
+                med(&|(_, _, w)| w / args.records as f64),
+                med(&|(r, _, _)| r.refused as f64),
+            );
+        }
     }
 }

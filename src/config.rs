@@ -190,6 +190,8 @@ pub struct IndexConfig {
     pub commit_interval: Duration,
     /// Indexing memory budget of the writer, in bytes.
     pub writer_memory_bytes: usize,
+    /// How long logs a client sends again are recognized and not stored twice; zero for never.
+    pub dedup_window: Duration,
 }
 
 /// API keys.
@@ -455,6 +457,7 @@ struct RawIndex {
     path: PathBuf,
     commit_interval_ms: u64,
     writer_memory_mb: u64,
+    dedup_window_ms: u64,
 }
 
 impl Default for RawIndex {
@@ -463,6 +466,7 @@ impl Default for RawIndex {
             path: PathBuf::from("index"),
             commit_interval_ms: 1000,
             writer_memory_mb: 128,
+            dedup_window_ms: 600_000,
         }
     }
 }
@@ -574,6 +578,11 @@ impl RawConfig {
             self.index.commit_interval_ms,
             MAX_MILLIS,
         )?;
+        // zero turns recognizing retries off
+        let dedup_window_ms = match self.index.dedup_window_ms {
+            0 => 0,
+            ms => within("index.dedup_window_ms", ms, MAX_MILLIS)?,
+        };
         let raw_server = &self.server;
         let max_concurrent_streams = positive(
             "server.max_concurrent_streams",
@@ -750,6 +759,7 @@ impl RawConfig {
                 commit_interval: Duration::from_millis(commit_interval_ms),
                 writer_memory_bytes: usize::try_from(writer_memory_mb * 1024 * 1024)
                     .unwrap_or(usize::MAX),
+                dedup_window: Duration::from_millis(dedup_window_ms),
             },
             auth: AuthConfig {
                 keys_file: self.auth.keys_file,

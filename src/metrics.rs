@@ -41,6 +41,10 @@ pub struct Metrics {
     pub records_received: Counter,
     pub records_accepted: Counter,
     pub records_rejected: Family<RejectLabels, Counter>,
+    /// Logs of a client's retry that were stored already: acknowledged, not stored again.
+    pub records_duplicate: Counter,
+    /// Bytes the dedup window holds.
+    pub dedup_window_bytes: Gauge,
     pub exports: Family<ExportLabels, Counter>,
     pub queue_depth: Gauge,
     pub wal_bytes: Gauge,
@@ -82,6 +86,8 @@ impl Metrics {
             records_received: Counter::default(),
             records_accepted: Counter::default(),
             records_rejected: Family::default(),
+            records_duplicate: Counter::default(),
+            dedup_window_bytes: Gauge::default(),
             exports: Family::default(),
             queue_depth: Gauge::default(),
             wal_bytes: Gauge::default(),
@@ -114,7 +120,7 @@ impl Metrics {
         );
         r.register(
             "records_accepted",
-            "Log records accepted: durable and indexed",
+            "Log records acknowledged: durable and indexed, or stored already (records_duplicate)",
             m.records_accepted.clone(),
         );
         r.register(
@@ -182,6 +188,16 @@ impl Metrics {
             "records_erased",
             "Logs erased through DELETE /logs",
             m.records_erased.clone(),
+        );
+        r.register(
+            "records_duplicate",
+            "Logs a client sent again within the dedup window: acknowledged, not stored again",
+            m.records_duplicate.clone(),
+        );
+        r.register(
+            "dedup_window_bytes",
+            "Bytes the dedup window holds to recognize logs a client sends again",
+            m.dedup_window_bytes.clone(),
         );
         r.register(
             "index_deleted_logs",

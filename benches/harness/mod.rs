@@ -93,14 +93,16 @@ impl BenchKeys {
 impl Server {
     /// Starts `bin` on `dir` (created if needed; an index there is reused) on ephemeral ports.
     pub async fn start(bin: &str, dir: &Path, commit_interval_ms: u64) -> Server {
-        Self::start_with(bin, dir, commit_interval_ms, &BenchKeys::generate(), "").await
+        let index = format!("commit_interval_ms = {commit_interval_ms}");
+        Self::start_with(bin, dir, &index, &BenchKeys::generate(), "").await
     }
 
-    /// Starts `bin` on `dir` with `keys` and `extra` TOML (other sections) in its config.
+    /// Starts `bin` on `dir` with `keys`, `index` settings in its `[index]` section and `extra`
+    /// TOML (other sections) in its config.
     pub async fn start_with(
         bin: &str,
         dir: &Path,
-        commit_interval_ms: u64,
+        index: &str,
         keys: &BenchKeys,
         extra: &str,
     ) -> Server {
@@ -115,7 +117,7 @@ impl Server {
             format!(
                 "[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
                  [api]\nlisten = \"127.0.0.1:0\"\n\
-                 [index]\npath = \"{}\"\ncommit_interval_ms = {commit_interval_ms}\n\
+                 [index]\npath = \"{}\"\n{index}\n\
                  [auth]\nkeys_file = \"{}\"\n[log]\nlevel = \"warn,logbridge::server=info,logbridge::cluster=info\"\n{extra}",
                 dir.join("index").display(),
                 dir.join("keys.toml").display()

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Most logs in one stream message.
-pub const LOGS_PER_MESSAGE: usize = 256;
+pub const LOGS_PER_MESSAGE: usize = crate::ingest::LOGS_PER_CHUNK;
 
 /// Most shards a cluster may have: the shard is part of every sequence number.
 pub const MAX_SHARDS: u32 = 4096;

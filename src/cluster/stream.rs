@@ -12,14 +12,10 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use super::membership::View;
-use super::shard::{LOGS_PER_MESSAGE, shard_for};
+use super::shard::shard_for;
 use crate::config::ClusterConfig;
-use crate::ingest::WriteError;
+use crate::ingest::{EncodedLog, WriteError, chunk_ranges};
 use crate::mapping::ActivityLog;
-
-/// Most JSON bytes in one message, far below NATS' default `max_payload` of 1 MiB; a single log
-/// larger than this goes alone.
-const MESSAGE_BYTES: usize = 256 * 1024;
 
 /// How long a node waits for JetStream to answer while it sets up streams on start.
 const SETUP_PATIENCE: Duration = Duration::from_secs(60);
@@ -53,44 +49,30 @@ pub struct Chunk {
     pub logs: Vec<ActivityLog>,
 }
 
-/// A chunk ends after a log whose CRC-32 is 0 modulo this (about one log in this many), or at
-/// the count and byte limits.
-const NATURAL_CUT: u32 = 64;
-
-/// Cuts the JSON encodings of logs into message payloads `{"logs":[...]}` of at most
-/// [`LOGS_PER_MESSAGE`] logs and about [`MESSAGE_BYTES`]. Where a chunk ends depends on the logs
-/// themselves (a log whose hash says so ends one), not on their positions: the same logs always
-/// give the same payloads, and an export retried without one of its logs (one that crossed its
-/// retention between the attempts) changes only the chunks around that log, so every other
-/// chunk is still recognized as a duplicate.
-fn chunks<'a>(logs: impl Iterator<Item = &'a ActivityLog>) -> Vec<Vec<u8>> {
-    const HEAD: &[u8] = b"{\"logs\":[";
-    let mut payloads = Vec::new();
-    let mut current: Vec<u8> = HEAD.to_vec();
-    let mut count = 0;
-    let mut close = |current: &mut Vec<u8>, count: &mut usize| {
-        current.extend_from_slice(b"]}");
-        payloads.push(std::mem::replace(current, HEAD.to_vec()));
-        *count = 0;
-    };
-    for log in logs {
-        let encoded = serde_json::to_vec(log).expect("an activity log serializes to JSON");
-        if count > 0 && current.len() + encoded.len() > MESSAGE_BYTES {
-            close(&mut current, &mut count);
-        }
-        if count > 0 {
-            current.push(b',');
-        }
-        current.extend_from_slice(&encoded);
-        count += 1;
-        if count == LOGS_PER_MESSAGE || crc32fast::hash(&encoded) % NATURAL_CUT == 0 {
-            close(&mut current, &mut count);
-        }
-    }
-    if count > 0 {
-        close(&mut current, &mut count);
-    }
-    payloads
+/// The message payloads `{"logs":[...]}` of logs of one shard: one for each of their
+/// content-defined chunks (`ingest::chunk_ranges`), which a single node recognizes retries by
+/// too. The same logs always give the same payloads, and an export retried without one of its
+/// logs (one that crossed its retention between the attempts) changes only the chunks around
+/// that log, so every other chunk is still recognized as a duplicate. A chunk is far below NATS'
+/// default `max_payload` of 1 MiB.
+fn chunks(logs: &[&EncodedLog]) -> Vec<Vec<u8>> {
+    let keys: Vec<_> = logs.iter().map(|log| log.key).collect();
+    chunk_ranges(&keys)
+        .map(|range| {
+            let logs = &logs[range];
+            let mut payload =
+                Vec::with_capacity(logs.iter().map(|l| l.json.len() + 1).sum::<usize>() + 11);
+            payload.extend_from_slice(b"{\"logs\":[");
+            for (i, log) in logs.iter().enumerate() {
+                if i > 0 {
+                    payload.push(b',');
+                }
+                payload.extend_from_slice(&log.json);
+            }
+            payload.extend_from_slice(b"]}");
+            payload
+        })
+        .collect()
 }
 
 /// The deduplication id of a payload: the hex SHA-256 of its bytes.
@@ -176,18 +158,19 @@ impl Publisher {
     /// Publishes `logs` and waits until JetStream acknowledged every chunk (or reported it a
     /// duplicate of one it holds). Any refusal or timeout refuses the whole batch: what was
     /// stored of it is dropped as a duplicate when the client sends it again.
-    pub async fn publish(&self, logs: &[ActivityLog]) -> Result<(), WriteError> {
+    pub async fn publish(&self, logs: &[EncodedLog]) -> Result<(), WriteError> {
         // while the client reconnects, a publish waits to be sent: the whole export has a deadline
         tokio::time::timeout(self.timeout, self.publish_all(logs))
             .await
             .unwrap_or_else(|_| Err(refusal("no acknowledgement in time")))
     }
 
-    async fn publish_all(&self, logs: &[ActivityLog]) -> Result<(), WriteError> {
-        let mut by_shard: BTreeMap<u32, Vec<&ActivityLog>> = BTreeMap::new();
+    async fn publish_all(&self, logs: &[EncodedLog]) -> Result<(), WriteError> {
+        let mut by_shard: BTreeMap<u32, Vec<&EncodedLog>> = BTreeMap::new();
         {
             let view = self.view.borrow();
-            for log in logs {
+            for encoded in logs {
+                let log = &encoded.log;
                 let spreads = view.spreads_of(&log.user_id);
                 let shard = shard_for(
                     &log.user_id,
@@ -196,12 +179,12 @@ impl Publisher {
                     spreads,
                     self.shards,
                 );
-                by_shard.entry(shard).or_default().push(log);
+                by_shard.entry(shard).or_default().push(encoded);
             }
         }
         let mut acks: Vec<PublishAckFuture> = Vec::new();
         for (shard, logs) in by_shard {
-            for payload in chunks(logs.into_iter()) {
+            for payload in chunks(&logs) {
                 let publish = PublishMessage::build()
                     .message_id(message_id(&payload))
                     .payload(payload.into());
@@ -231,7 +214,18 @@ fn refusal(error: impl std::fmt::Display) -> WriteError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::shard::LOGS_PER_MESSAGE;
     use crate::mapping::example_log;
+
+    fn encoded(count: usize) -> Vec<EncodedLog> {
+        (0..count)
+            .map(|n| EncodedLog::new(example_log(&format!("m{n}"))))
+            .collect()
+    }
+
+    fn payloads(logs: &[EncodedLog]) -> Vec<Vec<u8>> {
+        chunks(&logs.iter().collect::<Vec<_>>())
+    }
 
     /// The messages of the logs of `payloads`, chunk by chunk.
     fn decoded(payloads: &[Vec<u8>]) -> Vec<Vec<String>> {
@@ -244,8 +238,8 @@ mod tests {
 
     #[test]
     fn chunks_hold_whole_logs_in_order_and_are_the_same_every_time() {
-        let logs: Vec<ActivityLog> = (0..3000).map(|n| example_log(&format!("m{n}"))).collect();
-        let payloads = chunks(logs.iter());
+        let logs = encoded(3000);
+        let payloads = payloads(&logs);
         let sizes: Vec<usize> = decoded(&payloads).iter().map(Vec::len).collect();
         assert!(
             sizes.iter().all(|&n| (1..=LOGS_PER_MESSAGE).contains(&n)),
@@ -257,9 +251,9 @@ mod tests {
             "{} chunks",
             payloads.len()
         );
-        let sent: Vec<String> = logs.iter().map(|l| l.message.clone()).collect();
+        let sent: Vec<String> = logs.iter().map(|l| l.log.message.clone()).collect();
         assert_eq!(decoded(&payloads).concat(), sent);
-        let again = chunks(logs.iter());
+        let again = super::chunks(&logs.iter().collect::<Vec<_>>());
         assert_eq!(
             payloads.iter().map(|p| message_id(p)).collect::<Vec<_>>(),
             again.iter().map(|p| message_id(p)).collect::<Vec<_>>()
@@ -269,9 +263,9 @@ mod tests {
 
     #[test]
     fn a_log_missing_from_a_retry_changes_only_the_chunks_around_it() {
-        let logs: Vec<ActivityLog> = (0..3000).map(|n| example_log(&format!("m{n}"))).collect();
-        let ids = |logs: &[ActivityLog]| -> Vec<String> {
-            chunks(logs.iter()).iter().map(|p| message_id(p)).collect()
+        let logs = encoded(3000);
+        let ids = |logs: &[EncodedLog]| -> Vec<String> {
+            payloads(logs).iter().map(|p| message_id(p)).collect()
         };
         let first = ids(&logs);
         let mut retried = logs.clone();
@@ -295,17 +289,5 @@ mod tests {
         assert_eq!(redacted("tls://token@host:4222"), "tls://host:4222");
         assert_eq!(redacted("nats://host:4222"), "nats://host:4222");
         assert_eq!(redacted("user:pw@host:4222"), "host:4222");
-    }
-
-    #[test]
-    fn a_chunk_stays_under_its_byte_limit_unless_one_log_is_larger() {
-        let mut big = example_log("big");
-        big.message = "x".repeat(MESSAGE_BYTES);
-        let small = example_log("small");
-        let payloads = chunks([&small, &big, &small].into_iter());
-        assert_eq!(
-            decoded(&payloads),
-            [vec!["small"], vec![big.message.as_str()], vec!["small"]]
-        );
     }
 }

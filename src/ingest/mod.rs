@@ -2,6 +2,8 @@
 //! and answer with the outcome (full or partial success) or an error.
 
 mod budget;
+mod chunk;
+mod dedup;
 mod wal;
 mod writer;
 
@@ -12,13 +14,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 
 pub use budget::{BudgetSpent, MemoryBudget, Reservation};
+pub use chunk::{EncodedLog, LogKey, MAX_LOGS as LOGS_PER_CHUNK, ranges as chunk_ranges};
 pub use writer::{Health, IngestQueue, WriteError, WriterOptions, WriterThread, spawn_writer};
 
 use crate::auth::{AuthError, KeyStore, Scope};
 use crate::lifecycle::{Hold, LimitsConfig, Retention, Throttled, UserLimits};
-use crate::mapping::{
-    ActivityLog, Admission, MappedRequest, MappingConfig, RejectReason, map_request,
-};
+use crate::mapping::{Admission, MappedRequest, MappingConfig, RejectReason, map_request};
 use crate::metrics::{Metrics, RejectLabels};
 
 /// How many rejection reasons an error message names.
@@ -79,7 +80,7 @@ impl LogSink {
     /// memory until then.
     async fn write(
         &self,
-        logs: Vec<ActivityLog>,
+        logs: Vec<EncodedLog>,
         reservation: Reservation,
     ) -> Result<(), WriteError> {
         match self {
@@ -91,6 +92,17 @@ impl LogSink {
             }
         }
     }
+}
+
+/// An export's records mapped: the logs to store, each with its encoding, and the records
+/// rejected.
+#[derive(Debug)]
+pub struct Mapped {
+    pub logs: Vec<EncodedLog>,
+    /// Each rejected record's position in the request and why it was rejected.
+    pub rejected: Vec<(usize, RejectReason)>,
+    /// Records in the request.
+    pub records: usize,
 }
 
 /// What decides which records are taken.
@@ -167,14 +179,14 @@ impl ExportService {
     /// limit applies.
     fn charge(
         &self,
-        logs: &[ActivityLog],
+        logs: &[EncodedLog],
         hold: Option<Hold>,
     ) -> Result<Option<HashMap<String, u64>>, Throttled> {
         if self.limits.unlimited() {
             return Ok(None);
         }
         let mut per_user: HashMap<String, u64> = HashMap::new();
-        for log in logs {
+        for EncodedLog { log, .. } in logs {
             match per_user.get_mut(&log.user_id) {
                 Some(count) => *count += 1,
                 None => {
@@ -193,7 +205,8 @@ impl ExportService {
 
     /// Maps the records of an export from a caller whose key is bound to `key_user`, counting
     /// them. `reservation` holds the decoded request (`decoded` bytes) and, as they are made,
-    /// the logs with their write-ahead log frames; returns the logs and the bytes they hold.
+    /// the logs with their encodings and write-ahead log frames; returns the logs, each
+    /// encoded, and the bytes they hold.
     /// Logs that would hold more than a stage of the budget may refuse an export built to
     /// expand (a Resource attribute read by every record). Pure CPU work: call it off the async
     /// runtime.
@@ -203,7 +216,7 @@ impl ExportService {
         request: &ExportLogsServiceRequest,
         reservation: &mut Reservation,
         decoded: usize,
-    ) -> Result<(MappedRequest, usize), MapError> {
+    ) -> Result<(Mapped, usize), MapError> {
         let received_nanos = now_nanos();
         let limit = reservation.stage_cap();
         let mut held = 0usize;
@@ -214,7 +227,8 @@ impl ExportService {
                 let days = retention.days_for(&log.user_id);
                 return Admission::Reject(RejectReason::Expired { days });
             }
-            let bytes = 2 * log.memory_bytes();
+            // the log, its encoding and its frame of the write-ahead log
+            let bytes = 3 * log.memory_bytes();
             held += bytes;
             let admitted = if held > limit {
                 Err(MapError::TooLarge { limit })
@@ -243,6 +257,17 @@ impl ExportService {
                 })
                 .inc();
         }
+        let MappedRequest {
+            logs,
+            rejected,
+            records,
+        } = mapped;
+        let logs = logs.into_iter().map(EncodedLog::new).collect();
+        let mapped = Mapped {
+            logs,
+            rejected,
+            records,
+        };
         Ok((mapped, held))
     }
 
@@ -250,11 +275,11 @@ impl ExportService {
     /// rejected. `reservation` covers their memory until the writer is done with them.
     pub async fn submit(
         &self,
-        mapped: MappedRequest,
+        mapped: Mapped,
         reservation: Reservation,
         hold: Option<Hold>,
     ) -> Result<ExportOutcome, ExportError> {
-        let MappedRequest {
+        let Mapped {
             logs,
             rejected,
             records,

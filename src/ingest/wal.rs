@@ -15,8 +15,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use super::chunk::EncodedLog;
 use crate::faults::{Faults, WritePoint};
 use crate::mapping::ActivityLog;
 
@@ -35,12 +36,6 @@ const KEPT_BUFFER: usize = 32 << 20;
 pub struct WalBatch {
     pub first_seq: u64,
     pub logs: Vec<ActivityLog>,
-}
-
-#[derive(Serialize)]
-struct WalBatchRef<'a> {
-    first_seq: u64,
-    logs: &'a [ActivityLog],
 }
 
 /// The segment being appended to, with the write points that can be made to fail.
@@ -216,19 +211,23 @@ impl Wal {
 
     /// Encodes a batch whose logs get sequence numbers from `first_seq` on; [`Wal::sync`] writes
     /// and fsyncs everything encoded so far.
-    pub fn push(&mut self, first_seq: u64, logs: &[ActivityLog]) {
+    pub fn push(&mut self, first_seq: u64, logs: &[EncodedLog]) {
         for (n, chunk) in logs.chunks(LOGS_PER_FRAME).enumerate() {
             let first_seq = first_seq + (n * LOGS_PER_FRAME) as u64;
             let start = self.pending.len();
             self.pending.extend_from_slice(&[0; FRAME_HEADER]);
-            serde_json::to_writer(
-                &mut self.pending,
-                &WalBatchRef {
-                    first_seq,
-                    logs: chunk,
-                },
-            )
-            .expect("an activity log serializes to JSON");
+            // a WalBatch, from the logs' encodings
+            self.pending.extend_from_slice(b"{\"first_seq\":");
+            self.pending
+                .extend_from_slice(first_seq.to_string().as_bytes());
+            self.pending.extend_from_slice(b",\"logs\":[");
+            for (i, log) in chunk.iter().enumerate() {
+                if i > 0 {
+                    self.pending.push(b',');
+                }
+                self.pending.extend_from_slice(&log.json);
+            }
+            self.pending.extend_from_slice(b"]}");
             let payload = &self.pending[start + FRAME_HEADER..];
             let len =
                 u32::try_from(payload.len()).expect("a frame of 1024 logs is far below 4 GiB");
@@ -315,7 +314,10 @@ impl Wal {
 mod tests {
     use super::*;
     use crate::faults::Fault;
-    use crate::mapping::example_log as log;
+
+    fn log(message: &str) -> EncodedLog {
+        EncodedLog::new(crate::mapping::example_log(message))
+    }
 
     fn replayed(dir: &Path) -> Vec<(u64, Vec<String>)> {
         let mut seen = Vec::new();
@@ -358,7 +360,7 @@ mod tests {
     fn big_batches_are_split_into_frames_and_replay_whole() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::start(dir.path(), 1, &Faults::none()).unwrap();
-        let logs: Vec<ActivityLog> = (0..2500).map(|i| log(&format!("m{i}"))).collect();
+        let logs: Vec<EncodedLog> = (0..2500).map(|i| log(&format!("m{i}"))).collect();
         wal.push(10, &logs);
         wal.sync().unwrap();
         let seen = replayed(dir.path());

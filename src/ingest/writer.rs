@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use super::budget::Reservation;
+use super::chunk::{EncodedLog, LogKey};
+use super::dedup::Dedup;
 use super::now_nanos;
 use super::wal::{Wal, WalBatch};
 use crate::faults::Faults;
 use crate::lifecycle::Retention;
-use crate::mapping::ActivityLog;
 use crate::metrics::{Metrics, StorageLabels};
 use crate::store::{LogQuery, LogWriter, StoreError};
 
@@ -77,7 +78,7 @@ type Done = oneshot::Sender<Result<(), WriteError>>;
 
 /// A batch of logs and the memory it holds.
 struct Batch {
-    logs: Vec<ActivityLog>,
+    logs: Vec<EncodedLog>,
     /// Released when the writer is done with the logs.
     _reservation: Reservation,
     done: Done,
@@ -120,6 +121,8 @@ pub struct WriterOptions {
     pub retention: Retention,
     /// How often expired logs are deleted.
     pub sweep_interval: Duration,
+    /// How long a retried log is recognized and not stored again; zero for never.
+    pub dedup_window: Duration,
 }
 
 /// Starts the writer thread: it first replays the write-ahead log, then takes batches. `died`
@@ -190,7 +193,7 @@ impl IngestQueue {
     /// memory the logs hold until the writer is done with them.
     pub async fn write(
         &self,
-        logs: Vec<ActivityLog>,
+        logs: Vec<EncodedLog>,
         reservation: Reservation,
     ) -> Result<(), WriteError> {
         let (done, answer) = oneshot::channel();
@@ -247,6 +250,8 @@ enum Stage {
     IndexWrite,
     /// Committing the index (segment files, `meta.json`).
     IndexCommit,
+    /// Writing the dedup window's journal.
+    DedupJournal,
     /// Marking logs deleted (erasure, retention).
     IndexDelete,
     /// Rolling the index back and rebuilding it from the write-ahead log.
@@ -260,6 +265,7 @@ impl Stage {
             Stage::WalRotate => "wal_rotate",
             Stage::IndexWrite => "index_write",
             Stage::IndexCommit => "index_commit",
+            Stage::DedupJournal => "dedup_journal",
             Stage::IndexDelete => "index_delete",
             Stage::Recovery => "recovery",
         }
@@ -271,6 +277,7 @@ impl Stage {
             Stage::WalRotate => "starting a fresh write-ahead log segment",
             Stage::IndexWrite => "writing the index",
             Stage::IndexCommit => "committing the index",
+            Stage::DedupJournal => "writing the dedup journal",
             Stage::IndexDelete => "deleting logs from the index",
             Stage::Recovery => "recovering the index from the write-ahead log",
         }
@@ -297,6 +304,8 @@ struct Writer {
     sweep_interval: Duration,
     /// When expired logs are next deleted; `None` when nothing ever expires.
     sweep_at: Option<Instant>,
+    /// The chunks stored within the dedup window; `None` when retries are not recognized.
+    dedup: Option<Dedup>,
 }
 
 /// Adds to the index what the write-ahead log holds beyond the last commit, and opens the log
@@ -307,7 +316,18 @@ fn recover(mut index: LogWriter, options: &WriterOptions) -> Result<Writer, io::
     let mut replayed = 0u64;
     let mut add_error: Option<StoreError> = None;
     let started = Instant::now();
+    let now = now_secs();
+    let mut dedup = if options.dedup_window.is_zero() {
+        None
+    } else {
+        Some(Dedup::open(&options.wal_dir, options.dedup_window, now)?)
+    };
     Wal::recover(&options.wal_dir, |batch| {
+        // what the log holds may be past the journal: remembered again
+        if let Some(dedup) = &mut dedup {
+            let keys: Vec<LogKey> = batch.logs.iter().map(LogKey::of_log).collect();
+            dedup.window.register(&keys, now);
+        }
         if add_error.is_none() {
             match add_missing(&mut index, committed, &batch, &options.retention) {
                 Ok(added) => replayed += added,
@@ -332,6 +352,7 @@ fn recover(mut index: LogWriter, options: &WriterOptions) -> Result<Writer, io::
         retention: options.retention.clone(),
         sweep_interval: options.sweep_interval,
         sweep_at: None,
+        dedup,
     };
     if let Some(e) = add_error {
         writer.fail(Stage::IndexWrite, &e);
@@ -344,8 +365,8 @@ fn recover(mut index: LogWriter, options: &WriterOptions) -> Result<Writer, io::
             "write-ahead log replayed"
         );
     } else {
-        // a clean start: nothing to keep from older segments
-        writer.rotate_wal();
+        // a clean start: nothing to keep from older segments once the journal has their chunks
+        writer.journal_then_rotate();
     }
     if !writer.retention.keeps_everything() {
         // what expired while the server was down is gone before it reports ready
@@ -439,17 +460,21 @@ impl Writer {
     }
 
     /// Logs, fsyncs and indexes a group of batches, then answers each.
-    fn write_group(&mut self, group: Vec<Batch>) {
+    fn write_group(&mut self, mut group: Vec<Batch>) {
         self.metrics.queue_depth.dec_by(group.len() as i64);
-        let first_seq = self.next_seq;
-        let num_logs: u64 = group.iter().map(|b| b.logs.len() as u64).sum();
-        // handed out whatever happens next, so a refused batch's numbers are never reused
-        self.next_seq += num_logs;
         if let Some(reason) = &self.failure {
+            // numbers handed out all the same: a refused batch's are never reused
+            self.next_seq += group.iter().map(|b| b.logs.len() as u64).sum::<u64>();
             let refusal = WriteError::Storage(reason.clone());
             answer(group, &Err(refusal));
             return;
         }
+        let mark = self.dedup.as_ref().map(|d| d.window.mark());
+        let duplicates = self.drop_duplicates(&mut group);
+        let first_seq = self.next_seq;
+        let num_logs: u64 = group.iter().map(|b| b.logs.len() as u64).sum();
+        // handed out whatever happens next, so a refused batch's numbers are never reused
+        self.next_seq += num_logs;
         let mut seq = first_seq;
         for batch in &group {
             self.wal.push(seq, &batch.logs);
@@ -461,13 +486,17 @@ impl Writer {
             // The batches are cut off the log again and refused. Should the cut have failed too,
             // a commit through their sequence numbers makes replay skip them all the same.
             let reason = self.fail(Stage::WalWrite, &e);
+            if let (Some(dedup), Some(mark)) = (&mut self.dedup, mark) {
+                dedup.window.rollback(mark);
+            }
             let _ = self.commit();
             answer(group, &Err(WriteError::Storage(reason)));
             return;
         }
+        self.metrics.records_duplicate.inc_by(duplicates);
         let logs = group.iter().flat_map(|batch| &batch.logs);
         for (seq, log) in (first_seq..).zip(logs) {
-            if let Err(e) = self.index.add(log, seq) {
+            if let Err(e) = self.index.add(&log.log, seq) {
                 // durable in the log: acknowledged, and indexed again once the index recovers
                 self.fail(Stage::IndexWrite, &e);
                 break;
@@ -475,6 +504,31 @@ impl Writer {
         }
         self.uncommitted |= num_logs > 0;
         answer(group, &Ok(()));
+    }
+
+    /// Drops from each batch the logs stored already within the dedup window (a client's retry),
+    /// and remembers the rest, batch by batch: a batch's retry in the same group is dropped
+    /// too. Returns how many were dropped.
+    fn drop_duplicates(&mut self, group: &mut [Batch]) -> u64 {
+        let Some(dedup) = &mut self.dedup else {
+            return 0;
+        };
+        let now = now_secs();
+        let mut dropped = 0;
+        for batch in group {
+            let keys: Vec<LogKey> = batch.logs.iter().map(|l| l.key).collect();
+            let seen = dedup.window.duplicates(&keys);
+            let before = batch.logs.len();
+            let mut seen_iter = seen.iter();
+            batch.logs.retain(|_| seen_iter.next() == Some(&false));
+            dropped += (before - batch.logs.len()) as u64;
+            let kept: Vec<LogKey> = batch.logs.iter().map(|l| l.key).collect();
+            dedup.window.register(&kept, now);
+        }
+        self.metrics
+            .dedup_window_bytes
+            .set(gauge(dedup.window.memory_bytes() as u64));
+        dropped
     }
 
     /// Commits the index up to the last sequence number given out, then empties the log.
@@ -491,7 +545,7 @@ impl Writer {
             return Err(WriteError::Storage(self.fail(Stage::IndexCommit, &e)));
         }
         self.uncommitted = false;
-        self.rotate_wal();
+        self.journal_then_rotate();
         self.metrics.commits.inc();
         self.metrics
             .commit_seconds
@@ -571,8 +625,25 @@ impl Writer {
         }
     }
 
-    /// After a commit: a fresh log segment. On failure the current one goes on growing, which
-    /// keeps replay correct (it skips what the commit holds); the next commit tries again.
+    /// After a commit: the dedup window's new chunks to its journal, then a fresh log segment.
+    /// Should the journal fail, the log keeps what it lacks (replay remembers it again) and
+    /// goes on growing until a later commit writes the journal.
+    fn journal_then_rotate(&mut self) {
+        if let Some(dedup) = &mut self.dedup {
+            if let Err(e) = dedup.persist(now_secs()) {
+                self.count_failure(Stage::DedupJournal);
+                tracing::warn!(error = %e, "cannot write the dedup journal; the write-ahead log keeps what it lacks");
+                return;
+            }
+            self.metrics
+                .dedup_window_bytes
+                .set(gauge(dedup.window.memory_bytes() as u64));
+        }
+        self.rotate_wal();
+    }
+
+    /// A fresh log segment. On failure the current one goes on growing, which keeps replay
+    /// correct (it skips what the commit holds); the next commit tries again.
     fn rotate_wal(&mut self) {
         if let Err(e) = self.wal.rotate(self.next_seq) {
             self.count_failure(Stage::WalRotate);
@@ -700,6 +771,11 @@ fn answer(group: Vec<Batch>, result: &Result<(), WriteError>) {
     }
 }
 
+/// Now, in whole seconds since the epoch.
+fn now_secs() -> u64 {
+    now_nanos() / 1_000_000_000
+}
+
 /// A count as a gauge value.
 fn gauge(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -741,6 +817,7 @@ mod tests {
             faults: faults.clone(),
             retention: Retention::default(),
             sweep_interval: Duration::from_secs(30),
+            dedup_window: Duration::from_secs(600),
         };
         let writer = recover(index, &options).unwrap();
         Harness {
@@ -758,7 +835,7 @@ mod tests {
         fn write(&mut self, messages: &[&str]) -> Result<(), WriteError> {
             let (done, mut answer) = oneshot::channel();
             let batch = Batch {
-                logs: messages.iter().map(|m| log(m)).collect(),
+                logs: messages.iter().map(|m| EncodedLog::new(log(m))).collect(),
                 _reservation: MemoryBudget::new(1 << 20).reservation(),
                 done,
             };
@@ -808,8 +885,9 @@ mod tests {
             store::open(&dir.path().join("index"), &StoreOptions::new(16 << 20)).unwrap();
         let wal_dir = dir.path().join("wal");
         let mut wal = Wal::start(&wal_dir, 1, &Faults::none()).unwrap();
-        wal.push(1, &[log("a"), log("b")]);
-        wal.push(3, &[log("c")]);
+        let encoded = |m| EncodedLog::new(log(m));
+        wal.push(1, &[encoded("a"), encoded("b")]);
+        wal.push(3, &[encoded("c")]);
         wal.sync().unwrap();
         // a crash after the index committed seq 1 and 2, before the log was emptied
         index.add(&log("a"), 1).unwrap();
@@ -827,6 +905,7 @@ mod tests {
             faults: Faults::none(),
             retention: Retention::default(),
             sweep_interval: Duration::from_secs(30),
+            dedup_window: Duration::from_secs(600),
         };
         let writer = recover(index, &options).unwrap();
         assert_eq!(writer.next_seq, 4);
@@ -871,6 +950,22 @@ mod tests {
             })
             .unwrap();
         assert!(replayed.is_empty(), "{replayed:?}");
+    }
+
+    #[test]
+    fn logs_sent_again_are_acknowledged_and_stored_once_even_after_a_refusal() {
+        let mut h = harness();
+        h.write(&["a", "b", "c"]).unwrap();
+        h.write(&["a", "b", "c"]).unwrap();
+        // a retry of a refused batch is no duplicate: nothing of it was stored
+        h.faults.fail_times(WritePoint::WalSync, Fault::Io, 1);
+        assert!(h.write(&["d", "e"]).is_err());
+        h.writer.try_recover();
+        h.write(&["b", "c", "d", "e"]).unwrap();
+        h.writer.commit().unwrap();
+        let messages: Vec<String> = h.stored().into_iter().map(|(_, m)| m).collect();
+        assert_eq!(messages, ["a", "b", "c", "d", "e"]);
+        assert_eq!(h.metrics.records_duplicate.get(), 5);
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub async fn start_with_faults(
             faults,
             retention: config.retention.policy.clone(),
             sweep_interval: config.retention.sweep_interval,
+            dedup_window: config.index.dedup_window,
         },
         died,
     )?;

@@ -1,0 +1,340 @@
+//! Exactly once across client retries on a single node: the logs stored within the dedup
+//! window, and which logs of a new export are among them.
+//!
+//! An OTel SDK or collector that lost the answer to an export sends its records again, whole or
+//! in other batches. The writer cuts what it stores into content-defined chunks (as a cluster's
+//! gateways do, [`super::chunk`]) and remembers every chunk for the window: each of its logs by
+//! 16 bits of its hash (its tag), and some of them, its *anchors*, by 64 more bits in a table: the
+//! first, every [`ANCHOR_EVERY`]th and the last. A log of a new export that is an anchor finds
+//! its chunk; the logs on either side of it are the chunk's neighbours of that anchor as far as
+//! their tags agree, and are duplicates with it. A retry cut into other batches is recognized
+//! whole wherever its batches' edges fall, as long as each batch holds an anchor: any
+//! [`ANCHOR_EVERY`] logs in a row do. What the window holds is written to a journal beside the
+//! write-ahead log at every commit, so a restart, even after `kill -9`, still recognizes a retry.
+//!
+//! Memory, measured (`memory_is_a_few_bytes_a_log`): about 4.5 bytes per log in the window.
+
+mod journal;
+mod tags;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use journal::Journal;
+use tags::Tags;
+
+use super::chunk::{self, LogKey};
+
+/// One log in this many of a chunk is an anchor, besides its last.
+pub const ANCHOR_EVERY: usize = 16;
+
+/// Whether the log at `position` of a chunk of `len` logs is an anchor.
+fn is_anchor(position: usize, len: usize) -> bool {
+    position % ANCHOR_EVERY == 0 || position + 1 == len
+}
+
+/// The table key of an anchor: 64 bits of its hash that its tag does not hold.
+fn anchor_key(key: &LogKey) -> u64 {
+    key.hash as u64
+}
+
+/// A chunk stored within the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stored {
+    /// The number of its first log's tag in [`Window::tags`].
+    tags_from: u64,
+    len: u32,
+    /// When it was stored, in seconds since the epoch.
+    at: u64,
+}
+
+/// Where an anchor is: its chunk (counted since the window began) and its position in it.
+fn pack(chunk: u64, position: usize) -> u64 {
+    chunk << 16 | position as u64
+}
+
+fn unpack(place: u64) -> (u64, usize) {
+    (place >> 16, (place & 0xffff) as usize)
+}
+
+/// A point to go back to: what was remembered before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    chunks: u64,
+    fresh: usize,
+}
+
+/// The chunks stored within the window, oldest first, and their anchors.
+pub struct Window {
+    window_secs: u64,
+    chunks: VecDeque<Stored>,
+    /// The number of chunks that ever left the front: `chunks[i]` is chunk `gone + i`.
+    gone: u64,
+    /// The tags of the chunks' logs, in the chunks' order.
+    tags: Tags,
+    /// Anchors by key. Those of chunks gone are dropped in bulk once they are many.
+    anchors: HashMap<u64, u64>,
+    /// Anchors in the table whose chunk is gone.
+    stale: usize,
+    /// The anchor keys of the chunks not yet in the journal, in order.
+    fresh: Vec<u64>,
+}
+
+impl Window {
+    /// An empty window that remembers chunks for `window`.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window_secs: window.as_secs().max(1),
+            chunks: VecDeque::new(),
+            gone: 0,
+            tags: Tags::default(),
+            anchors: HashMap::new(),
+            stale: 0,
+            fresh: Vec::new(),
+        }
+    }
+
+    /// Chunks remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Bytes the window holds, about.
+    pub fn memory_bytes(&self) -> usize {
+        // a table entry: key and value, a control byte
+        let entry = 2 * std::mem::size_of::<u64>() + 1;
+        self.chunks.capacity() * std::mem::size_of::<Stored>()
+            + self.tags.memory_bytes()
+            + self.anchors.capacity() * entry
+            + self.fresh.capacity() * std::mem::size_of::<u64>()
+    }
+
+    /// A mark to go back to with [`Window::rollback`].
+    pub fn mark(&self) -> Mark {
+        Mark {
+            chunks: self.end(),
+            fresh: self.fresh.len(),
+        }
+    }
+
+    /// The number of the next chunk.
+    fn end(&self) -> u64 {
+        self.gone + self.chunks.len() as u64
+    }
+
+    fn get(&self, index: u64) -> Option<&Stored> {
+        self.chunks
+            .get(usize::try_from(index.checked_sub(self.gone)?).ok()?)
+    }
+
+    fn tag(&self, stored: &Stored, position: usize) -> u16 {
+        self.tags.get(stored.tags_from + position as u64)
+    }
+
+    /// The chunk and position of the anchor `key` is, if it is one.
+    fn anchor(&self, key: &LogKey) -> Option<(&Stored, usize)> {
+        let (chunk, position) = unpack(*self.anchors.get(&anchor_key(key))?);
+        let stored = self.get(chunk)?;
+        let found = position < stored.len as usize && self.tag(stored, position) == key.tag();
+        found.then_some((stored, position))
+    }
+
+    /// Which of `keys` (one export's logs, in order) were stored already.
+    pub fn duplicates(&self, keys: &[LogKey]) -> Vec<bool> {
+        let mut seen = vec![false; keys.len()];
+        if self.chunks.is_empty() {
+            return seen;
+        }
+        let mut i = 0;
+        while i < keys.len() {
+            let Some((stored, position)) = self.anchor(&keys[i]) else {
+                i += 1;
+                continue;
+            };
+            // its neighbours in the export are its neighbours in the chunk, as far as tags agree
+            let (mut first, mut at) = (i, position);
+            while first > 0 && at > 0 && !seen[first - 1] {
+                if keys[first - 1].tag() != self.tag(stored, at - 1) {
+                    break;
+                }
+                (first, at) = (first - 1, at - 1);
+            }
+            let (mut last, mut at) = (i, position);
+            while last + 1 < keys.len() && at + 1 < stored.len as usize {
+                if keys[last + 1].tag() != self.tag(stored, at + 1) {
+                    break;
+                }
+                (last, at) = (last + 1, at + 1);
+            }
+            seen[first..=last].fill(true);
+            i = last + 1;
+        }
+        seen
+    }
+
+    /// Remembers the chunks of `keys` (logs stored together, in order), stored at `at` (seconds
+    /// since the epoch).
+    pub fn register(&mut self, keys: &[LogKey], at: u64) {
+        for range in chunk::ranges(keys) {
+            let logs = &keys[range];
+            // the same chunk again (a replay of what the journal holds) is remembered once
+            let known = |key: &LogKey| self.anchor(key).map(|(stored, p)| (*stored, p));
+            if let (Some((first, 0)), Some((last, p))) =
+                (known(&logs[0]), known(&logs[logs.len() - 1]))
+            {
+                if first == last && p + 1 == logs.len() && first.len as usize == logs.len() {
+                    continue;
+                }
+            }
+            let anchors = logs
+                .iter()
+                .enumerate()
+                .filter(|(p, _)| is_anchor(*p, logs.len()))
+                .map(|(_, key)| anchor_key(key));
+            self.push(at, logs.iter().map(LogKey::tag), anchors);
+        }
+    }
+
+    /// Remembers a chunk of the tags `tags` whose anchors are `anchors`, in order.
+    fn push(
+        &mut self,
+        at: u64,
+        tags: impl ExactSizeIterator<Item = u16>,
+        anchors: impl Iterator<Item = u64>,
+    ) {
+        let index = self.end();
+        let len = tags.len();
+        let stored = Stored {
+            tags_from: self.tags.end(),
+            len: len as u32,
+            at,
+        };
+        for tag in tags {
+            self.tags.push(tag);
+        }
+        self.chunks.push_back(stored);
+        let positions = (0..len).filter(|&p| is_anchor(p, len));
+        for (position, key) in positions.zip(anchors) {
+            self.fresh.push(key);
+            if let Some(replaced) = self.anchors.insert(key, pack(index, position)) {
+                // an older chunk's: it may still be in the window
+                if unpack(replaced).0 < self.gone {
+                    self.stale = self.stale.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// Forgets what was remembered since `mark`: those logs were not stored after all.
+    pub fn rollback(&mut self, mark: Mark) {
+        if self.end() <= mark.chunks {
+            return;
+        }
+        while self.end() > mark.chunks {
+            let Some(stored) = self.chunks.pop_back() else {
+                break;
+            };
+            self.tags.truncate(stored.tags_from);
+        }
+        self.fresh.truncate(mark.fresh);
+        let end = mark.chunks;
+        self.anchors.retain(|_, place| unpack(*place).0 < end);
+    }
+
+    /// Forgets the chunks stored before the window, as of `now` (seconds since the epoch).
+    pub fn expire(&mut self, now: u64) {
+        let oldest = now.saturating_sub(self.window_secs);
+        while self.chunks.front().is_some_and(|c| c.at < oldest) {
+            let Some(stored) = self.chunks.pop_front() else {
+                break;
+            };
+            self.gone += 1;
+            self.tags
+                .forget_before(stored.tags_from + u64::from(stored.len));
+            let len = stored.len as usize;
+            self.stale += (0..len).filter(|&p| is_anchor(p, len)).count();
+        }
+        if self.stale > self.anchors.len() / 4 {
+            let gone = self.gone;
+            self.anchors.retain(|_, place| unpack(*place).0 >= gone);
+            self.stale = 0;
+        }
+        if self.chunks.capacity() > 2 * self.chunks.len() + 1024 {
+            self.chunks.shrink_to_fit();
+            self.anchors.shrink_to_fit();
+        }
+    }
+
+    /// The chunks not yet in the journal, oldest first, each with its tags and anchor keys.
+    fn fresh_chunks(&self, journaled: u64) -> impl Iterator<Item = (Stored, Vec<u16>, &[u64])> {
+        let from = journaled.saturating_sub(self.gone) as usize;
+        let mut anchors = self.fresh.as_slice();
+        self.chunks
+            .range(from.min(self.chunks.len())..)
+            .map(move |stored| {
+                let len = stored.len as usize;
+                let tags = (0..len).map(|p| self.tag(stored, p)).collect();
+                let count = (0..len)
+                    .filter(|&p| is_anchor(p, len))
+                    .count()
+                    .min(anchors.len());
+                let (mine, rest) = anchors.split_at(count);
+                anchors = rest;
+                (*stored, tags, mine)
+            })
+    }
+
+    /// Remembers a chunk read back from the journal, unless it is past the window at `now`.
+    fn restore(&mut self, at: u64, tags: &[u16], anchors: &[u64], now: u64) {
+        let len = tags.len();
+        let expected = (0..len).filter(|&p| is_anchor(p, len)).count();
+        if at >= now.saturating_sub(self.window_secs) && anchors.len() == expected {
+            self.push(at, tags.iter().copied(), anchors.iter().copied());
+        }
+    }
+}
+
+/// The window and its journal: what the writer thread keeps.
+pub struct Dedup {
+    pub window: Window,
+    journal: Journal,
+    /// The chunks before this one are in the journal.
+    journaled: u64,
+}
+
+impl Dedup {
+    /// The window of `window` as the journal in `dir` left it at `now` (seconds since the epoch).
+    pub fn open(dir: &Path, window: Duration, now: u64) -> io::Result<Self> {
+        let mut remembered = Window::new(window);
+        let journal = Journal::open(dir, window, |at, tags, anchors| {
+            remembered.restore(at, tags, anchors, now);
+        })?;
+        remembered.fresh.clear();
+        let journaled = remembered.end();
+        Ok(Self {
+            window: remembered,
+            journal,
+            journaled,
+        })
+    }
+
+    /// Writes the chunks remembered since the last time to the journal, durably (after this a
+    /// commit may drop the write-ahead log that also holds them), and forgets what the window
+    /// is past.
+    pub fn persist(&mut self, now: u64) -> io::Result<()> {
+        if self.window.end() > self.journaled {
+            self.journal
+                .append(self.window.fresh_chunks(self.journaled), now)?;
+        }
+        self.window.fresh.clear();
+        self.journaled = self.window.end();
+        self.window.expire(now);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+use super::*;
+use crate::ingest::chunk::EncodedLog;
+use crate::mapping::example_log;
+
+const NOW: u64 = 1_800_000_000;
+
+/// The journal's files, oldest first, with when each was started.
+fn journal_files(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|path| {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let started = name["dedup-".len()..name.len() - ".log".len()]
+                .parse()
+                .unwrap();
+            (path, started)
+        })
+        .collect();
+    found.sort_by_key(|(_, started)| *started);
+    found
+}
+
+fn keys(range: std::ops::Range<usize>) -> Vec<LogKey> {
+    range
+        .map(|n| {
+            let mut log = example_log(&format!("message {n}"));
+            // every log at the same nanosecond: only the content tells them apart
+            log.timestamp_nanos = 1_700_000_000_000_000_000;
+            EncodedLog::new(log).key
+        })
+        .collect()
+}
+
+/// Stores `logs` in batches of `size` as the writer does: what is not a duplicate is stored
+/// and remembered; returns how many were duplicates.
+fn store(window: &mut Window, logs: &[LogKey], size: usize) -> usize {
+    let mut duplicates = 0;
+    for batch in logs.chunks(size) {
+        let seen = window.duplicates(batch);
+        duplicates += seen.iter().filter(|&&s| s).count();
+        let kept: Vec<LogKey> = batch
+            .iter()
+            .zip(&seen)
+            .filter(|(_, seen)| !**seen)
+            .map(|(k, _)| *k)
+            .collect();
+        window.register(&kept, NOW);
+    }
+    duplicates
+}
+
+#[test]
+fn an_export_sent_again_whole_is_a_duplicate_and_new_logs_are_not() {
+    let mut window = Window::new(Duration::from_secs(600));
+    let logs = keys(0..3000);
+    assert_eq!(store(&mut window, &logs, 512), 0);
+    assert_eq!(store(&mut window, &logs, 512), 3000);
+    assert_eq!(store(&mut window, &keys(3000..6000), 512), 0);
+}
+
+#[test]
+fn a_retry_cut_into_other_batches_is_a_duplicate_at_every_edge() {
+    let logs = keys(0..5000);
+    for (first, again) in [
+        (512, 100),
+        (512, 8192),
+        (100, 512),
+        (1000, 16),
+        (3, 512),
+        (512, 333),
+    ] {
+        let mut window = Window::new(Duration::from_secs(600));
+        assert_eq!(store(&mut window, &logs, first), 0);
+        assert_eq!(
+            store(&mut window, &logs, again),
+            5000,
+            "stored in batches of {first}, sent again in batches of {again}"
+        );
+    }
+}
+
+#[test]
+fn new_logs_around_or_among_logs_sent_again_are_kept() {
+    let mut window = Window::new(Duration::from_secs(600));
+    let old = keys(0..1000);
+    store(&mut window, &old, 512);
+    let new = keys(1000..1300);
+    // a collector's batch: the end of a retry, then new logs
+    let mut batch = old[700..].to_vec();
+    batch.extend_from_slice(&new[..100]);
+    assert_eq!(store(&mut window, &batch, batch.len()), 300);
+    // new logs, then a retried piece in the middle of a stored chunk, then new logs
+    let mut batch = new[100..200].to_vec();
+    batch.extend_from_slice(&old[410..420]);
+    batch.extend_from_slice(&new[200..]);
+    let seen = window.duplicates(&batch);
+    assert_eq!(seen[..100], [false; 100]);
+    assert_eq!(seen[110..], [false; 100]);
+}
+
+#[test]
+fn forgotten_chunks_are_new_again() {
+    let mut window = Window::new(Duration::from_secs(600));
+    let logs = keys(0..1000);
+    let mark = window.mark();
+    store(&mut window, &logs, 512);
+    window.rollback(mark);
+    assert_eq!(window.len(), 0);
+    assert_eq!(store(&mut window, &logs, 512), 0);
+    window.expire(NOW + 600);
+    assert_eq!(store(&mut window, &logs, 512), 1000);
+    window.expire(NOW + 601);
+    assert_eq!(window.len(), 0);
+    assert_eq!(store(&mut window, &logs, 512), 0);
+}
+
+#[test]
+fn the_journal_brings_the_window_back_and_stops_at_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = Duration::from_secs(600);
+    let logs = keys(0..2000);
+    let mut dedup = Dedup::open(dir.path(), window, NOW).unwrap();
+    store(&mut dedup.window, &logs[..1000], 512);
+    dedup.persist(NOW).unwrap();
+    store(&mut dedup.window, &logs[1000..], 512);
+    dedup.persist(NOW + 1).unwrap();
+    drop(dedup);
+
+    let mut dedup = Dedup::open(dir.path(), window, NOW + 10).unwrap();
+    assert_eq!(store(&mut dedup.window, &logs, 700), 2000);
+
+    // a crash in the middle of the second append: its chunks are gone, the first's are not
+    let (path, _) = journal_files(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    let first_frame = {
+        let bytes = std::fs::read(&path).unwrap();
+        8 + u64::from(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+    };
+    assert!(first_frame < len);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len - 3).unwrap();
+    drop(file);
+    let mut dedup = Dedup::open(dir.path(), window, NOW + 10).unwrap();
+    assert_eq!(store(&mut dedup.window, &logs[..1000], 512), 1000);
+    assert_eq!(store(&mut dedup.window, &logs[1000..], 512), 0);
+
+    // past the window, a restart remembers nothing
+    let dedup = Dedup::open(dir.path(), window, NOW + 700).unwrap();
+    assert_eq!(dedup.window.len(), 0);
+}
+
+#[test]
+fn the_journal_deletes_files_the_window_is_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = Duration::from_secs(600);
+    let mut dedup = Dedup::open(dir.path(), window, NOW).unwrap();
+    for minute in 0..15 {
+        let at = NOW + minute * 60;
+        let logs = keys(minute as usize * 10..minute as usize * 10 + 10);
+        dedup.window.register(&logs, at);
+        dedup.persist(at).unwrap();
+    }
+    // the files of the last ten minutes and the one before them, whose end may be within it
+    let kept: Vec<u64> = journal_files(dir.path()).iter().map(|(_, s)| *s).collect();
+    assert_eq!(kept.first(), Some(&(NOW + 4 * 60)));
+    assert_eq!(kept.len(), 11);
+}
+
+#[test]
+fn memory_is_a_few_bytes_a_log() {
+    let mut window = Window::new(Duration::from_secs(600));
+    let logs = keys(0..100_000);
+    store(&mut window, &logs, 512);
+    let per_log = window.memory_bytes() as f64 / 100_000.0;
+    assert!((1.0..8.0).contains(&per_log), "{per_log} bytes a log");
+}
