@@ -506,25 +506,13 @@ impl Writer {
         answer(group, &Ok(()));
     }
 
-    /// Drops from each batch the logs stored already within the dedup window (a client's retry),
-    /// and remembers the rest, batch by batch: a batch's retry in the same group is dropped
-    /// too. Returns how many were dropped.
+    /// Drops the logs of the group stored already within the dedup window (a client's retry);
+    /// how many.
     fn drop_duplicates(&mut self, group: &mut [Batch]) -> u64 {
         let Some(dedup) = &mut self.dedup else {
             return 0;
         };
-        let now = now_secs();
-        let mut dropped = 0;
-        for batch in group {
-            let keys: Vec<LogKey> = batch.logs.iter().map(|l| l.key).collect();
-            let seen = dedup.window.duplicates(&keys);
-            let before = batch.logs.len();
-            let mut seen_iter = seen.iter();
-            batch.logs.retain(|_| seen_iter.next() == Some(&false));
-            dropped += (before - batch.logs.len()) as u64;
-            let kept: Vec<LogKey> = batch.logs.iter().map(|l| l.key).collect();
-            dedup.window.register(&kept, now);
-        }
+        let dropped = dedup.drop_duplicates(group.iter_mut().map(|b| &mut b.logs), now_secs());
         self.metrics
             .dedup_window_bytes
             .set(gauge(dedup.window.memory_bytes() as u64));

@@ -25,7 +25,7 @@ use std::time::Duration;
 use journal::Journal;
 use tags::Tags;
 
-use super::chunk::{self, LogKey};
+use super::chunk::{self, EncodedLog, LogKey};
 
 /// One log in this many of a chunk is an anchor, besides its last.
 pub const ANCHOR_EVERY: usize = 16;
@@ -319,6 +319,27 @@ impl Dedup {
             journal,
             journaled,
         })
+    }
+
+    /// Drops from each batch the logs stored already, and remembers the rest, batch by batch: a
+    /// batch's retry in the same group is dropped too. Returns how many were dropped.
+    pub fn drop_duplicates<'a>(
+        &mut self,
+        batches: impl Iterator<Item = &'a mut Vec<EncodedLog>>,
+        now: u64,
+    ) -> u64 {
+        let mut dropped = 0;
+        for logs in batches {
+            let keys: Vec<LogKey> = logs.iter().map(|l| l.key).collect();
+            let seen = self.window.duplicates(&keys);
+            let before = logs.len();
+            let mut seen = seen.iter();
+            logs.retain(|_| seen.next() == Some(&false));
+            dropped += (before - logs.len()) as u64;
+            let kept: Vec<LogKey> = logs.iter().map(|l| l.key).collect();
+            self.window.register(&kept, now);
+        }
+        dropped
     }
 
     /// Writes the chunks remembered since the last time to the journal, durably (after this a
