@@ -1,11 +1,22 @@
 //! `GET /logs/stats`: exact counts, a histogram by status, latency percentiles and the busiest
-//! assistants of the caller's logs under the filters of `GET /logs`.
+//! assistants of the caller's logs under the filters of `GET /logs`; over a million distinct
+//! assistants, the busiest are exact and the server's peak memory stays bounded.
 
 mod common;
 
+use std::path::Path;
+use std::time::Instant;
+
+use common::process::{serve, wait_ready, write_config_with, write_key};
 use common::{TestApp, activity, at_ms, spawn_app, text, with_attr};
 use logbridge::auth::Secret;
+use logbridge::mapping::{ActivityLog, LogStatus, LogType};
+use logbridge::store::{self, StoreOptions};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom as _;
+use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 
 const TYPES: [&str; 3] = ["tool_call", "end_call_webhook", "inbound_context_lookup"];
@@ -278,4 +289,197 @@ async fn bad_parameters_name_themselves() {
     assert_eq!(status, 401, "{body}");
     let (status, _) = stats(&app, Some(&app.keys.carol_ingest), "").await;
     assert_eq!(status, 403);
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// The busy assistants' log counts: two tied, two not in the top 10, and each more than the
+/// 1 in 4,097 of the logs that makes the top 10 certain (the README's accuracy).
+const BUSY: [u32; 12] = [
+    1500, 1400, 1300, 1200, 1200, 1000, 900, 800, 700, 600, 500, 400,
+];
+
+/// Assistants with one log each: a million distinct assistants with the busy ones.
+const NUM_SINGLETONS: u32 = 1_000_000 - BUSY.len() as u32;
+
+/// Most the server's peak resident memory may grow during one `GET /logs/stats`.
+const STATS_MEMORY_BOUND: u64 = 64 * MIB;
+
+fn busy_id(k: usize) -> String {
+    format!("busy-{k:02}")
+}
+
+/// Whether the `j`th log of busy assistant `k` failed.
+fn busy_failed(k: usize, j: u32) -> bool {
+    j % (k as u32 + 2) == 0
+}
+
+/// Writes the data set for user `u` into a new index at `path`: every singleton and busy
+/// assistant's logs, shuffled, in a few commits; how many logs.
+fn write_many_assistants(path: &Path) -> u64 {
+    // an owner per log: singletons by number, busy assistants after them
+    let mut owners: Vec<u32> = (0..NUM_SINGLETONS).collect();
+    for (k, &count) in BUSY.iter().enumerate() {
+        owners.extend(std::iter::repeat_n(
+            NUM_SINGLETONS + k as u32,
+            count as usize,
+        ));
+    }
+    owners.shuffle(&mut StdRng::seed_from_u64(16));
+    let (_store, mut writer) = store::open(path, &StoreOptions::new(256 * MIB as usize)).unwrap();
+    let empty = || RawValue::from_string("{}".to_owned()).unwrap();
+    let mut seen = [0u32; BUSY.len()];
+    for (i, &owner) in owners.iter().enumerate() {
+        let (assistant_id, failed) = match owner.checked_sub(NUM_SINGLETONS) {
+            None => (format!("solo-{owner:07}"), owner % 7 == 0),
+            Some(k) => {
+                let k = k as usize;
+                seen[k] += 1;
+                (busy_id(k), busy_failed(k, seen[k]))
+            }
+        };
+        let log = ActivityLog {
+            user_id: "u".to_owned(),
+            log_type: LogType::ALL[i % 3],
+            status: if failed {
+                LogStatus::Error
+            } else {
+                LogStatus::Success
+            },
+            assistant_id,
+            room_name: "r".to_owned(),
+            timestamp_nanos: at_ms(i as u64),
+            message: "m".to_owned(),
+            request_data: empty(),
+            response_data: empty(),
+            latency_ms: 5,
+            trace_id: None,
+            span_id: None,
+            severity_text: None,
+        };
+        let seq = i as u64 + 1;
+        writer.add(&log, seq).unwrap();
+        if seq % 400_000 == 0 {
+            writer.commit(seq).unwrap();
+        }
+    }
+    let num_logs = owners.len() as u64;
+    writer.commit(num_logs).unwrap();
+    num_logs
+}
+
+/// A line of `/proc/PID/status`, in bytes.
+fn proc_status_bytes(pid: u32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"));
+    kb * 1024
+}
+
+/// Resets the peak resident memory (`VmHWM`) of `pid` to its current resident memory.
+fn reset_peak_rss(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .unwrap_or_else(|e| panic!("cannot reset the peak RSS of {pid} (needs root): {e}"));
+    let (peak, now) = (
+        proc_status_bytes(pid, "VmHWM"),
+        proc_status_bytes(pid, "VmRSS"),
+    );
+    // the reset took: the peak is the current figure again (give or take what moved since)
+    assert!(
+        peak <= now + 4 * MIB,
+        "VmHWM {peak} not reset to VmRSS {now}"
+    );
+}
+
+/// Over a million distinct assistants, more than the summary of the busiest keeps (so they are
+/// counted again, exactly), the busiest ten are exact and the server's peak memory grows by less
+/// than [`STATS_MEMORY_BOUND`] during the request; one map entry per assistant took 158 MiB here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_distinct_assistants_give_the_exact_busiest_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("index");
+    let started = Instant::now();
+    let num_logs = {
+        let index = index.clone();
+        tokio::task::spawn_blocking(move || write_many_assistants(&index))
+            .await
+            .unwrap()
+    };
+    eprintln!("wrote {num_logs} logs in {:?}", started.elapsed());
+
+    let config = write_config_with(dir.path(), &index, "commit_interval_ms = 100", "");
+    let secret = Secret::generate();
+    write_key(dir.path(), &secret);
+    let served = serve(&config);
+    wait_ready(&served.api).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("http://{}/{path}", served.api))
+            .bearer_auth(secret.expose())
+            .send()
+    };
+    // a page first, so that the baseline holds what every search of these logs holds
+    let page: Json = get("logs?limit=1").await.unwrap().json().await.unwrap();
+    assert_eq!(page["data"]["total"], num_logs);
+
+    let pid = served.child.id();
+    reset_peak_rss(pid);
+    let baseline = proc_status_bytes(pid, "VmHWM");
+    let resident = |name| proc_status_bytes(pid, name) as f64 / MIB as f64;
+    let (anon, file) = (resident("RssAnon"), resident("RssFile"));
+    let started = Instant::now();
+    let response = get("logs/stats").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Json = response.json().await.unwrap();
+    let took = started.elapsed();
+    let peak = proc_status_bytes(pid, "VmHWM");
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "stats over {num_logs} logs took {took:?}; peak RSS {:.1} MiB, {:.1} MiB over the \
+         baseline of {:.1} MiB (bound {} MiB)",
+        peak as f64 / MIB as f64,
+        growth as f64 / MIB as f64,
+        baseline as f64 / MIB as f64,
+        STATS_MEMORY_BOUND / MIB,
+    );
+    eprintln!(
+        "resident after it: anonymous {anon:.1} -> {:.1} MiB, files {file:.1} -> {:.1} MiB",
+        resident("RssAnon"),
+        resident("RssFile"),
+    );
+
+    let data = &body["data"];
+    assert_eq!(data["total"], num_logs);
+    let mut busiest: Vec<(String, u32, u32)> = BUSY
+        .iter()
+        .enumerate()
+        .map(|(k, &count)| {
+            let errors = (1..=count).filter(|&j| busy_failed(k, j)).count() as u32;
+            (busy_id(k), count, errors)
+        })
+        .collect();
+    busiest.sort_by(|a, b| (b.1, &a.0).cmp(&(a.1, &b.0)));
+    let expected: Vec<Json> = busiest
+        .iter()
+        .take(10)
+        .map(|(id, count, errors)| json!({"assistant_id": id, "count": count, "errors": errors}))
+        .collect();
+    assert_eq!(data["top_assistants"], Json::from(expected));
+    assert!(
+        growth < STATS_MEMORY_BOUND,
+        "the peak RSS grew by {} MiB during the statistics, over the bound of {} MiB",
+        growth / MIB,
+        STATS_MEMORY_BOUND / MIB
+    );
 }

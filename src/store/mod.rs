@@ -3,6 +3,7 @@
 //! One [`LogWriter`] owns the `IndexWriter`; one [`Store`] (cheap to clone) holds the reader and
 //! takes a fresh searcher per query. Both are blocking: call them off the async runtime.
 
+mod assistants;
 mod blocks;
 mod directory;
 mod erase;

@@ -1,17 +1,19 @@
 //! Statistics of the logs a query selects: counts per type and status, a histogram over time
-//! split by status, latency percentiles per type and the busiest assistants, all in one pass over
-//! the matches' fast fields.
+//! split by status, latency percentiles per type and the busiest assistants, in one pass over
+//! the matches' fast fields (and a second over the busiest candidates' matches when there are
+//! too many assistants to count each, see [`super::assistants`]).
 //!
 //! Counts are exact. Percentiles come from an HDR histogram with three significant digits:
 //! exact below 2,048 ms, within 0.1% above; the maximum is exact.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hdrhistogram::Histogram;
-use tantivy::columnar::{Column, StrColumn};
+use tantivy::columnar::Column;
 use tantivy::{DocId, SegmentReader};
 
+pub use super::assistants::AssistantCount;
+use super::assistants::{Assistants, Unfinished};
 use super::schema::{ASSISTANT_FIELD, KIND_FIELD, LATENCY_FIELD};
 use super::search::Visitor;
 use crate::mapping::{LogStatus, LogType};
@@ -79,14 +81,6 @@ pub struct Latency {
     pub max: u64,
 }
 
-/// One assistant's matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssistantCount {
-    pub assistant_id: String,
-    pub count: u64,
-    pub errors: u64,
-}
-
 /// Why statistics were not computed.
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
@@ -138,21 +132,9 @@ pub fn buckets(first: u64, last: u64, interval: u64) -> Result<TimeHistogram, St
     })
 }
 
-/// Per-segment tallies of assistants by term ordinal: dense while the segment's dictionary is
-/// small, sparse past that, so memory follows the matches rather than the dictionary.
-enum OrdCounts {
-    Dense(Vec<[u64; 2]>),
-    Sparse(HashMap<u64, [u64; 2]>),
-}
-
-/// Largest dictionary counted densely (16 bytes a term).
-const DENSE_ORDS: u64 = 1 << 16;
-
 struct SegmentColumns {
     kinds: Column<u64>,
     latencies: Column<u64>,
-    assistants: Option<StrColumn>,
-    by_ord: OrdCounts,
 }
 
 /// Collects [`Stats`] from the matches a [`super::search::Prepared`] visits.
@@ -162,13 +144,24 @@ pub struct StatsVisitor<'a> {
     histogram: TimeHistogram,
     latencies: [Histogram<u64>; 3],
     max_latency: [u64; 3],
-    assistants: HashMap<String, [u64; 2]>,
+    assistants: Assistants,
     segment: Option<SegmentColumns>,
 }
 
 impl<'a> StatsVisitor<'a> {
     /// A visitor filling `histogram`, which stops early once `cancelled` is set.
     pub fn new(histogram: TimeHistogram, cancelled: &'a AtomicBool) -> Self {
+        let assistants =
+            Assistants::new(super::assistants::CAPACITY, super::assistants::DENSE_TERMS);
+        Self::with_assistants(histogram, cancelled, assistants)
+    }
+
+    /// A visitor like [`StatsVisitor::new`] that counts assistants with `assistants`.
+    fn with_assistants(
+        histogram: TimeHistogram,
+        cancelled: &'a AtomicBool,
+        assistants: Assistants,
+    ) -> Self {
         let latency = || Histogram::new(3).expect("3 significant digits are supported");
         Self {
             cancelled,
@@ -176,7 +169,7 @@ impl<'a> StatsVisitor<'a> {
             histogram,
             latencies: [latency(), latency(), latency()],
             max_latency: [0; 3],
-            assistants: HashMap::new(),
+            assistants,
             segment: None,
         }
     }
@@ -199,17 +192,15 @@ impl<'a> StatsVisitor<'a> {
                 max,
             })
         });
-        let mut top: Vec<AssistantCount> = self
+        let top = self
             .assistants
-            .into_iter()
-            .map(|(assistant_id, [count, errors])| AssistantCount {
-                assistant_id,
-                count,
-                errors,
-            })
-            .collect();
-        top.sort_unstable_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
-        top.truncate(TOP_ASSISTANTS);
+            .top(TOP_ASSISTANTS, self.cancelled)
+            .map_err(|unfinished| match unfinished {
+                Unfinished::Cancelled => StatsError::Cancelled,
+                Unfinished::Read(e) => {
+                    super::StoreError::from(tantivy::TantivyError::from(e)).into()
+                }
+            })?;
         Ok(Stats {
             counts: self.counts,
             histogram: self.histogram,
@@ -226,17 +217,16 @@ impl Visitor for StatsVisitor<'_> {
 
     fn enter(&mut self, segment: &SegmentReader) -> tantivy::Result<()> {
         let fast = segment.fast_fields();
-        let assistants = fast.str(ASSISTANT_FIELD)?;
-        let terms = assistants.as_ref().map_or(0, |c| c.num_terms() as u64);
+        let kinds = fast.u64(KIND_FIELD)?;
+        let failed = {
+            let kinds = kinds.clone();
+            Box::new(move |doc| kinds.first(doc).is_some_and(|kind| kind_parts(kind).1 == 1))
+        };
+        self.assistants
+            .enter(fast.str(ASSISTANT_FIELD)?, segment.max_doc(), failed);
         self.segment = Some(SegmentColumns {
-            kinds: fast.u64(KIND_FIELD)?,
+            kinds,
             latencies: fast.u64(LATENCY_FIELD)?,
-            assistants,
-            by_ord: if terms <= DENSE_ORDS {
-                OrdCounts::Dense(vec![[0; 2]; terms as usize])
-            } else {
-                OrdCounts::Sparse(HashMap::new())
-            },
         });
         Ok(())
     }
@@ -268,55 +258,90 @@ impl Visitor for StatsVisitor<'_> {
             histogram.saturating_record(latency);
         }
         self.max_latency[t] = self.max_latency[t].max(latency);
-        if let Some(ord) = segment
-            .assistants
-            .as_ref()
-            .and_then(|c| c.term_ords(doc).next())
-        {
-            let tally = match &mut segment.by_ord {
-                OrdCounts::Dense(counts) => &mut counts[ord as usize],
-                OrdCounts::Sparse(counts) => counts.entry(ord).or_default(),
-            };
-            tally[0] += 1;
-            tally[1] += s as u64;
-        }
+        self.assistants.count(doc, s == 1);
     }
 
     fn leave(&mut self) {
-        let Some(segment) = self.segment.take() else {
-            return;
-        };
-        let Some(column) = segment.assistants else {
-            return;
-        };
-        let tallies: Box<dyn Iterator<Item = (u64, [u64; 2])>> = match segment.by_ord {
-            OrdCounts::Dense(counts) => Box::new(
-                counts
-                    .into_iter()
-                    .enumerate()
-                    .map(|(ord, tally)| (ord as u64, tally)),
-            ),
-            OrdCounts::Sparse(counts) => Box::new(counts.into_iter()),
-        };
-        let mut name = String::new();
-        for (ord, [count, errors]) in tallies {
-            if count == 0 {
-                continue;
-            }
-            name.clear();
-            // an ordinal read from the column names a term of its dictionary
-            if column.ord_to_str(ord, &mut name).unwrap_or(false) {
-                let total = self.assistants.entry(name.clone()).or_default();
-                total[0] += count;
-                total[1] += errors;
-            }
-        }
+        self.segment = None;
+        self.assistants.leave();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::super::assistants::Assistants;
+    use super::super::{LogQuery, StoreOptions};
     use super::*;
+    use crate::mapping::example_log;
+
+    #[test]
+    fn the_busiest_assistants_are_exact_where_the_summary_drops_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut writer) =
+            super::super::open(dir.path(), &StoreOptions::new(16 << 20)).unwrap();
+        // ten busy assistants with about 6% of the logs each, among about 700 others
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut logs = Vec::new();
+        for seq in 1..=3_000u64 {
+            let mut log = example_log("m");
+            log.assistant_id = if rng.random_bool(0.6) {
+                format!("busy-{}", rng.random_range(0..10))
+            } else {
+                format!("other-{}", rng.random_range(0..1_000))
+            };
+            if rng.random_bool(0.3) {
+                log.status = LogStatus::Error;
+            }
+            log.timestamp_nanos = seq;
+            writer.add(&log, seq).unwrap();
+            // three segments
+            if seq % 1_000 == 0 {
+                writer.commit(seq).unwrap();
+            }
+            logs.push(log);
+        }
+        for status in [None, Some(LogStatus::Error)] {
+            let mut expected: HashMap<&str, AssistantCount> = HashMap::new();
+            for log in logs.iter().filter(|l| status.is_none_or(|s| l.status == s)) {
+                let entry = expected
+                    .entry(&log.assistant_id)
+                    .or_insert_with(|| AssistantCount {
+                        assistant_id: log.assistant_id.clone(),
+                        count: 0,
+                        errors: 0,
+                    });
+                entry.count += 1;
+                entry.errors += u64::from(log.status == LogStatus::Error);
+            }
+            let mut expected: Vec<AssistantCount> = expected.into_values().collect();
+            expected.sort_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
+            expected.truncate(TOP_ASSISTANTS);
+
+            let query = LogQuery {
+                user_id: "u".into(),
+                status,
+                ..LogQuery::default()
+            };
+            // 32 counters, dropped every 64 assistants: at most a 33rd of the matches is lost,
+            // less than any busy assistant has
+            for dense_terms in [0, usize::MAX] {
+                let searcher = store.reader.searcher();
+                let (prepared, window) = store.prepare(&searcher, &query).unwrap();
+                let cancelled = AtomicBool::new(false);
+                let histogram = buckets(0, 3_000, 1_000).unwrap();
+                let assistants = Assistants::new(32, dense_terms);
+                let mut visitor = StatsVisitor::with_assistants(histogram, &cancelled, assistants);
+                prepared.visit(&window, &mut visitor).unwrap();
+                let stats = visitor.finish().unwrap();
+                assert_eq!(stats.top_assistants, expected, "{status:?} {dense_terms}");
+            }
+        }
+    }
 
     #[test]
     fn automatic_intervals_give_about_sixty_buckets() {
