@@ -151,12 +151,20 @@ pub struct ApiConfig {
     pub listen: String,
     /// Searches that may run at once; more are answered 503 with `Retry-After`.
     pub max_concurrent_searches: usize,
+    /// Of which one user's, at most.
+    pub max_concurrent_searches_per_user: usize,
     /// `GET /logs/tail` streams that may be open at once; more are answered 503.
     pub max_tail_subscribers: usize,
     /// Of which one user's, at most.
     pub max_tail_subscribers_per_user: usize,
     /// A tail whose client takes no event for this long is cut off.
     pub tail_stall_timeout: Duration,
+    /// `GET /logs/export` walks that may run at once; more are answered 503 with `Retry-After`.
+    pub max_concurrent_exports: usize,
+    /// Of which one user's, at most.
+    pub max_concurrent_exports_per_user: usize,
+    /// An export whose client takes nothing for this long is cut off.
+    pub export_stall_timeout: Duration,
 }
 
 /// Timeouts and limits of every listener, and the shutdown drain.
@@ -406,9 +414,13 @@ impl Default for RawOtlp {
 struct RawApi {
     listen: String,
     max_concurrent_searches: u64,
+    max_concurrent_searches_per_user: u64,
     max_tail_subscribers: u64,
     max_tail_subscribers_per_user: u64,
     tail_stall_timeout_ms: u64,
+    max_concurrent_exports: u64,
+    max_concurrent_exports_per_user: u64,
+    export_stall_timeout_ms: u64,
 }
 
 impl Default for RawApi {
@@ -416,9 +428,13 @@ impl Default for RawApi {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
             max_concurrent_searches: 8,
+            max_concurrent_searches_per_user: 4,
             max_tail_subscribers: 64,
             max_tail_subscribers_per_user: 8,
             tail_stall_timeout_ms: 10_000,
+            max_concurrent_exports: 4,
+            max_concurrent_exports_per_user: 2,
+            export_stall_timeout_ms: 30_000,
         }
     }
 }
@@ -625,6 +641,22 @@ impl RawConfig {
         )?;
         let tail_stall_timeout =
             millis("api.tail_stall_timeout_ms", self.api.tail_stall_timeout_ms)?;
+        let max_concurrent_searches_per_user = positive(
+            "api.max_concurrent_searches_per_user",
+            self.api.max_concurrent_searches_per_user,
+        )?;
+        let max_concurrent_exports = positive(
+            "api.max_concurrent_exports",
+            self.api.max_concurrent_exports,
+        )?;
+        let max_concurrent_exports_per_user = positive(
+            "api.max_concurrent_exports_per_user",
+            self.api.max_concurrent_exports_per_user,
+        )?;
+        let export_stall_timeout = millis(
+            "api.export_stall_timeout_ms",
+            self.api.export_stall_timeout_ms,
+        )?;
         let writer_memory_mb = self.index.writer_memory_mb;
         if !(16..=4096).contains(&writer_memory_mb) {
             return Err(ConfigError::Invalid {
@@ -749,9 +781,13 @@ impl RawConfig {
             api: ApiConfig {
                 listen: self.api.listen,
                 max_concurrent_searches: size(max_concurrent_searches),
+                max_concurrent_searches_per_user: size(max_concurrent_searches_per_user),
                 max_tail_subscribers: size(max_tail_subscribers),
                 max_tail_subscribers_per_user: size(max_tail_subscribers_per_user),
                 tail_stall_timeout,
+                max_concurrent_exports: size(max_concurrent_exports),
+                max_concurrent_exports_per_user: size(max_concurrent_exports_per_user),
+                export_stall_timeout,
             },
             server,
             index: IndexConfig {
@@ -903,6 +939,11 @@ mod tests {
         assert_eq!(config.index.commit_interval, Duration::from_millis(1000));
         assert_eq!(config.otlp.max_inflight_bytes, 256 * 1024 * 1024);
         assert_eq!(config.api.max_concurrent_searches, 8);
+        assert_eq!(config.api.max_concurrent_searches_per_user, 4);
+        assert_eq!(config.api.max_concurrent_exports, 4);
+        assert_eq!(config.api.max_concurrent_exports_per_user, 2);
+        assert_eq!(config.api.export_stall_timeout, Duration::from_secs(30));
+        assert_eq!(config.api.tail_stall_timeout, Duration::from_secs(10));
         assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
         assert_eq!(config.server.body_read_timeout, Duration::from_secs(30));
         assert_eq!(config.server.idle_timeout, Duration::from_secs(120));

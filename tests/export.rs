@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::process::{Setup, start, total};
 use common::{PATIENCE, activity, at_ms, request_of, spawn_app, text, with_attr};
 use logbridge::api::CSV_COLUMNS;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use prost::Message as _;
 use serde_json::Value;
 
@@ -128,6 +129,74 @@ async fn csv_and_ndjson_hold_the_same_logs_newest_first() {
     assert_eq!(keyless.status().as_u16(), 401);
 }
 
+#[tokio::test]
+async fn csv_cells_a_spreadsheet_would_run_are_neutralised() {
+    let app = spawn_app().await;
+    // each cell that starts like a formula, in a text column of its own
+    let cells = [
+        ("message", "=HYPERLINK(\"http://evil.example\",\"x\")"),
+        ("room_name", "+1 555 0100"),
+        ("assistant_id", "-2+3+cmd|' /C calc'!A0"),
+        ("severity_text", "@SUM(A1:A2)"),
+        ("message", "\tindented"),
+        ("message", "\rreturned"),
+        ("message", "plain = fine"),
+    ];
+    let records = cells
+        .iter()
+        .enumerate()
+        .map(|(n, (column, cell))| {
+            let record = activity("tool_call", at_ms(n as u64), &format!("row {n}"));
+            match *column {
+                "message" => activity("tool_call", at_ms(n as u64), cell),
+                "room_name" => with_attr(record, "activity.room_name", text(cell)),
+                "assistant_id" => with_attr(record, "activity.assistant_id", text(cell)),
+                _ => LogRecord {
+                    severity_text: (*cell).to_owned(),
+                    ..record
+                },
+            }
+        })
+        .collect();
+    app.ingest(&app.keys.alice, records).await;
+    let export = |format: &'static str| {
+        let request = app
+            .client
+            .get(format!("{}/logs/export?format={format}", app.api_url))
+            .bearer_auth(app.keys.alice.expose());
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap()
+        }
+    };
+    let csv = export("csv").await;
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let column = |name: &str| CSV_COLUMNS.iter().position(|c| *c == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), cells.len());
+    // newest first: the last record is the first row
+    for (row, (name, cell)) in rows.iter().rev().zip(cells) {
+        let expected = if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            format!("'{cell}")
+        } else {
+            cell.to_owned()
+        };
+        assert_eq!(&row[column(name)], expected, "{name}");
+        // numbers stay numbers
+        assert_eq!(&row[column("latency_ms")], "100");
+    }
+    assert_eq!(
+        &rows[6][column("message")],
+        "'=HYPERLINK(\"http://evil.example\",\"x\")"
+    );
+    assert_eq!(&rows[0][column("message")], "plain = fine");
+    // NDJSON holds the logs as stored
+    let ndjson = export("ndjson").await;
+    let oldest: Value = serde_json::from_str(ndjson.lines().last().unwrap()).unwrap();
+    assert_eq!(oldest["message"], cells[0].1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_of_200000_logs_streams_in_bounded_memory() {
     let Setup {
@@ -213,7 +282,8 @@ async fn an_export_of_200000_logs_streams_in_bounded_memory() {
         bytes / 1024
     );
 
-    // two exports whose clients stop reading hold the two places; a third is told to retry
+    // two exports whose clients stop reading hold the user's two places; a third is told to
+    // retry
     let client = reqwest::Client::new();
     let export = || {
         client
@@ -226,7 +296,10 @@ async fn an_export_of_200000_logs_streams_in_bounded_memory() {
     assert_eq!(third.status().as_u16(), 503);
     assert_eq!(third.headers()["retry-after"], "1");
     let body: Value = third.json().await.unwrap();
-    assert_eq!(body["message"], "too many exports in progress, retry later");
+    assert_eq!(
+        body["message"],
+        "too many exports in progress for this user, retry later"
+    );
     // clients that go away end their exports and free the places
     drop(stalled);
     let deadline = Instant::now() + PATIENCE;

@@ -111,7 +111,7 @@ impl utoipa::IntoResponses for ApiError {
             {
                 let (status, response) = error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "Busy (too many searches, exports or tails at once) or storage is failing.",
+                    "Busy (too many searches, exports or tails at once, in all or of this user) or storage is failing.",
                 );
                 let retry = header("Seconds to wait before retrying.", Type::Integer);
                 (status, response.header("Retry-After", retry))

@@ -1,7 +1,15 @@
 //! `GET /logs/export?format=ndjson|csv`: every log matching the filters of `GET /logs`, newest
-//! first, streamed. A blocking task walks the index a page at a time and hands encoded chunks to
-//! the response through a small channel, so memory stays bounded whatever the size, and a client
-//! that goes away stops the walk.
+//! first, streamed. A task walks the index a page at a time (each read and its encoding on a
+//! blocking thread) and hands encoded chunks to the response through a small channel, so memory
+//! stays bounded whatever the size, and a client that goes away stops the walk.
+//!
+//! An export lasts as long as its client reads. It is cut off, the response ending with an
+//! error rather than cleanly, when the client takes nothing for the stall timeout or the key is
+//! revoked or expires (it is checked again before every page), so that a client sees a cut
+//! transfer rather than a short file. CSV cells a spreadsheet would run as a formula are
+//! neutralised.
+
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
@@ -14,14 +22,21 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 use super::params::Filters;
-use super::{ApiState, Caller, caller, params};
+use super::slots::Slot;
+use super::{ApiState, Caller, Grant, caller, params};
 use crate::auth::Scope;
+use crate::store::Scan;
 
 /// Logs read from the index at a time.
 const PAGE: usize = 1000;
 
-/// Encoded pages waiting for a slow client, at most.
+/// Encoded pages waiting for a slow client, at most (one more place is kept for the error that
+/// cuts an export off).
 const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// The first characters of a CSV cell that a spreadsheet reads as a formula (OWASP, "CSV
+/// Injection"): such a cell gets a leading `'`.
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 
 /// The columns of a CSV export: the fields of a log as `GET /logs` serves it, in its order.
 pub const CSV_COLUMNS: [&str; 12] = [
@@ -58,7 +73,7 @@ pub struct ExportParams<'a> {
 /// `GET /logs/export`: every log of the caller's matching the filters, newest first, streamed.
 #[utoipa::path(get, path = "/logs/export", tag = "logs", params(Filters, ExportParams),
     responses(
-        (status = 200, description = "Every matching log, newest first.",
+        (status = 200, description = "Every matching log, newest first. An export cut off (its client took nothing for the stall timeout, or its key was revoked or expired) ends with a broken transfer, never a clean end.",
             content((String = "application/x-ndjson"), (String = "text/csv"))),
         ApiError,
         (status = 501, description = "Cluster mode: the caller's logs are spread over several shards, which this endpoint does not gather yet.", body = super::error::ErrorBody)),
@@ -79,40 +94,17 @@ pub async fn export(
         Some(_) => return Err(ApiError::BadRequest("format must be ndjson or csv".into())),
     };
     let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/export, which exports")?;
-    let permit = state
-        .exports
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::Unavailable("too many exports in progress, retry later"))?;
-    let (chunks, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut scan = store.scan(&query);
-        let mut first = true;
-        loop {
-            let page = match scan.next_page(PAGE) {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::error!(error = %e, "export failed; the response is cut short");
-                    let _ = chunks.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
-                }
-            };
-            if page.is_empty() && !first {
-                return;
-            }
-            let chunk = match format {
-                Format::Ndjson => ndjson(&page),
-                Format::Csv => csv(&page, first),
-            };
-            first = false;
-            // a client that went away ends the walk
-            if chunks.blocking_send(Ok(chunk)).is_err() || page.is_empty() {
-                return;
-            }
-        }
-    });
+    let slot = state.exports.take(&user_id)?;
+    let (chunks, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT + 1);
+    let walk = Walk {
+        scan: Some(state.store.scan(&query)),
+        format,
+        grant: Grant::new(&state, &headers, &user_id),
+        chunks,
+        stall_timeout: state.export_stall_timeout,
+        _slot: slot,
+    };
+    tokio::spawn(walk.run());
     let (content_type, file) = match format {
         Format::Ndjson => ("application/x-ndjson", "logs.ndjson"),
         Format::Csv => ("text/csv; charset=utf-8", "logs.csv"),
@@ -127,6 +119,108 @@ pub async fn export(
     Ok(response)
 }
 
+/// One export's walk of the index.
+struct Walk {
+    /// Away on a blocking thread while a page is read.
+    scan: Option<Scan>,
+    format: Format,
+    /// The key, checked again before every page.
+    grant: Grant,
+    chunks: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    stall_timeout: Duration,
+    _slot: Slot,
+}
+
+/// Why a walk ended before the last page.
+enum Cut {
+    /// The client went away: nobody to tell.
+    Gone,
+    /// The server cuts the export off, for this reason.
+    Off(String),
+}
+
+impl Walk {
+    async fn run(mut self) {
+        // kept from the start for the error that cuts the export off, whatever the client's pace
+        let Ok(last_place) = self.chunks.clone().reserve_owned().await else {
+            return;
+        };
+        match self.walk().await {
+            Ok(()) | Err(Cut::Gone) => {}
+            Err(Cut::Off(reason)) => {
+                tracing::info!(user = %self.grant.user_id, %reason, "export cut off");
+                // an error, not the end: the client sees the transfer was cut
+                last_place.send(Err(std::io::Error::other(reason)));
+            }
+        }
+    }
+
+    /// Every page, header row first for CSV.
+    async fn walk(&mut self) -> Result<(), Cut> {
+        let mut first = true;
+        loop {
+            self.grant.check().map_err(|reason| {
+                Cut::Off(format!("the export's key no longer reads: {reason}"))
+            })?;
+            let (chunk, last) = self.next_chunk(first).await?;
+            first = false;
+            if let Some(chunk) = chunk {
+                self.send(chunk).await?;
+            }
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next page, encoded (`None` when it holds nothing to send), and whether it is the
+    /// last.
+    async fn next_chunk(&mut self, first: bool) -> Result<(Option<Bytes>, bool), Cut> {
+        let Some(mut scan) = self.scan.take() else {
+            return Ok((None, true));
+        };
+        let format = self.format;
+        let read = tokio::task::spawn_blocking(move || {
+            let page = scan.next_page(PAGE).map(|page| {
+                let chunk = match format {
+                    Format::Ndjson if page.is_empty() => None,
+                    Format::Ndjson => Some(ndjson(&page)),
+                    Format::Csv if page.is_empty() && !first => None,
+                    Format::Csv => Some(csv(&page, first)),
+                };
+                (chunk, page.is_empty())
+            });
+            (scan, page)
+        })
+        .await;
+        let (scan, page) = read.map_err(|e| {
+            tracing::error!(error = %e, "export read task failed");
+            Cut::Off(format!("the export failed: {e}"))
+        })?;
+        let (chunk, empty) = page.map_err(|e| {
+            tracing::error!(error = %e, "export failed; the response is cut short");
+            Cut::Off(format!("the export failed: {e}"))
+        })?;
+        self.scan = Some(scan);
+        Ok((chunk, empty))
+    }
+
+    /// Hands one chunk to the client, waiting up to the stall timeout for room.
+    async fn send(&mut self, chunk: Bytes) -> Result<(), Cut> {
+        match tokio::time::timeout(self.stall_timeout, self.chunks.reserve()).await {
+            Ok(Ok(place)) => {
+                place.send(Ok(chunk));
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Cut::Gone),
+            Err(_) => Err(Cut::Off(format!(
+                "the client took nothing for {} ms",
+                self.stall_timeout.as_millis()
+            ))),
+        }
+    }
+}
+
 /// One log per line, as `GET /logs` serves it.
 fn ndjson(page: &[Vec<u8>]) -> Bytes {
     let mut out = Vec::with_capacity(page.iter().map(|json| json.len() + 1).sum());
@@ -138,7 +232,8 @@ fn ndjson(page: &[Vec<u8>]) -> Bytes {
 }
 
 /// The page as CSV rows (after the header row, on the first page): strings as they are, nested
-/// data as JSON text, nulls empty; quoted where a field needs it.
+/// data as JSON text, nulls empty; quoted where a field needs it. A cell that a spreadsheet
+/// would run as a formula starts with `'` (numbers stay numbers: none is a formula).
 fn csv(page: &[Vec<u8>], header: bool) -> Bytes {
     let mut writer = csv::Writer::from_writer(Vec::new());
     // writing to a Vec cannot fail: only the I/O of the writer can
@@ -154,8 +249,9 @@ fn csv(page: &[Vec<u8>], header: bool) -> Bytes {
         let log: Map<String, Value> = serde_json::from_slice(json).unwrap_or_default();
         let row = CSV_COLUMNS.map(|column| match log.get(column) {
             None | Some(Value::Null) => String::new(),
-            Some(Value::String(text)) => text.clone(),
-            Some(other) => other.to_string(),
+            Some(Value::Number(number)) => number.to_string(),
+            Some(Value::String(text)) => inert(text.clone()),
+            Some(other) => inert(other.to_string()),
         });
         write(&row);
     }
@@ -163,4 +259,61 @@ fn csv(page: &[Vec<u8>], header: bool) -> Bytes {
         .into_inner()
         .expect("CSV rows are written to memory")
         .into()
+}
+
+/// `cell`, with a leading `'` when a spreadsheet would run it as a formula.
+fn inert(cell: String) -> String {
+    if cell.starts_with(FORMULA_STARTS) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_start_with_a_quote() {
+        for (cell, expected) in [
+            ("=1+2", "'=1+2"),
+            ("+1 555 0100", "'+1 555 0100"),
+            ("-2+3+cmd|' /C calc'!A0", "'-2+3+cmd|' /C calc'!A0"),
+            ("@SUM(A1:A2)", "'@SUM(A1:A2)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("plain", "plain"),
+            ("a=b", "a=b"),
+            (" =1", " =1"),
+            ("", ""),
+            ("'=already", "'=already"),
+        ] {
+            assert_eq!(inert(cell.to_owned()), expected, "{cell:?}");
+        }
+    }
+
+    #[test]
+    fn csv_rows_neutralise_text_but_keep_numbers() {
+        let log = serde_json::json!({
+            "log_type": "tool_call",
+            "message": "=HYPERLINK(\"http://x\")",
+            "room_name": "@room",
+            "latency_ms": -5,
+            "request_data": {"a": 1},
+        });
+        let page = vec![serde_json::to_vec(&log).unwrap()];
+        let text = String::from_utf8(csv(&page, false).to_vec()).unwrap();
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes());
+        let row = reader.records().next().unwrap().unwrap();
+        let cell =
+            |column: &str| row[CSV_COLUMNS.iter().position(|c| *c == column).unwrap()].to_owned();
+        assert_eq!(cell("message"), "'=HYPERLINK(\"http://x\")");
+        assert_eq!(cell("room_name"), "'@room");
+        assert_eq!(cell("latency_ms"), "-5");
+        assert_eq!(cell("request_data"), r#"{"a":1}"#);
+        assert_eq!(cell("log_type"), "tool_call");
+    }
 }

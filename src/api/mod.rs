@@ -8,6 +8,7 @@ mod error;
 mod export;
 mod openapi;
 mod params;
+mod slots;
 mod stats;
 mod tail;
 
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
@@ -33,7 +34,7 @@ pub use export::CSV_COLUMNS;
 pub use openapi::document as openapi_document;
 use params::{Filters, Paging};
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
-pub use tail::TailSlots;
+pub use slots::Slots;
 
 use crate::auth::{KeyStore, Scope};
 use crate::ingest::{Health, IngestQueue, WriteError};
@@ -50,14 +51,17 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// The secret cursors are signed with.
     pub cursor_key: CursorKey,
-    /// Searches allowed to run at once; more are answered 503 rather than queued.
-    pub searches: Arc<Semaphore>,
+    /// Searches allowed to run at once, in all and per user; more are answered 503 rather
+    /// than queued (a tail's reads wait for theirs).
+    pub searches: Slots,
     /// The writer, which erases; none in cluster mode, where erasure is not offered.
     pub writer: Option<IngestQueue>,
-    /// Exports allowed to run at once; more are answered 503.
-    pub exports: Arc<Semaphore>,
+    /// Exports allowed to run at once, in all and per user; more are answered 503.
+    pub exports: Slots,
+    /// An export whose client takes nothing for this long is cut off.
+    pub export_stall_timeout: Duration,
     /// Tail streams allowed at once, in all and per user; more are answered 503.
-    pub tails: TailSlots,
+    pub tails: Slots,
     /// A tail whose client takes no event for this long is cut off.
     pub tail_stall_timeout: Duration,
     /// Cancelled when the server begins to shut down: tails end then.
@@ -72,9 +76,10 @@ pub struct ApiParts {
     pub health: watch::Receiver<Health>,
     pub metrics: Arc<Metrics>,
     pub cursor_key: CursorKey,
-    pub searches: Arc<Semaphore>,
-    pub exports: Arc<Semaphore>,
-    pub tails: TailSlots,
+    pub searches: Slots,
+    pub exports: Slots,
+    pub export_stall_timeout: Duration,
+    pub tails: Slots,
     pub tail_stall_timeout: Duration,
     pub shutdown: CancellationToken,
 }
@@ -94,9 +99,16 @@ impl ApiParts {
             health,
             metrics,
             cursor_key,
-            searches: Arc::new(Semaphore::new(config.max_concurrent_searches)),
-            exports: Arc::new(Semaphore::new(MAX_CONCURRENT_EXPORTS)),
-            tails: TailSlots::new(
+            searches: Slots::searches(
+                config.max_concurrent_searches,
+                config.max_concurrent_searches_per_user,
+            ),
+            exports: Slots::exports(
+                config.max_concurrent_exports,
+                config.max_concurrent_exports_per_user,
+            ),
+            export_stall_timeout: config.export_stall_timeout,
+            tails: Slots::tails(
                 config.max_tail_subscribers,
                 config.max_tail_subscribers_per_user,
             ),
@@ -116,6 +128,7 @@ impl ApiParts {
             searches: self.searches.clone(),
             writer: None,
             exports: self.exports.clone(),
+            export_stall_timeout: self.export_stall_timeout,
             tails: self.tails.clone(),
             tail_stall_timeout: self.tail_stall_timeout,
             shutdown: self.shutdown.clone(),
@@ -124,16 +137,14 @@ impl ApiParts {
 }
 
 impl ApiState {
-    /// Runs `search` on a blocking thread within the bound of searches; a 503 when it is reached.
+    /// Runs `search` for `user` on a blocking thread within the bound of searches and the
+    /// user's share of it; a 503 when either is reached.
     async fn search<T: Send + 'static>(
         &self,
+        user: &str,
         search: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let permit = self
-            .searches
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::Unavailable("too many searches in progress, retry later"))?;
+        let permit = self.searches.take(user)?;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -152,9 +163,6 @@ pub const POSITIONS_HEADER: &str = "logbridge-positions";
 /// The header of `GET /logs` answers that tells the sequence number the page was read at: a
 /// tail given it as `cursor` follows on from the page without a gap.
 pub const SEQUENCE_HEADER: &str = "logbridge-sequence";
-
-/// Exports that may run at once: each walks the index on a blocking thread.
-pub const MAX_CONCURRENT_EXPORTS: usize = 2;
 
 /// The REST routes.
 pub fn router(state: ApiState) -> Router {
@@ -304,6 +312,34 @@ fn caller(
     })
 }
 
+/// What a stream (a tail, an export) was granted on: its key, checked again as the stream goes
+/// on, so that a key revoked or expired meanwhile ends it.
+struct Grant {
+    keys: KeyStore,
+    authorization: Option<HeaderValue>,
+    user_id: String,
+}
+
+impl Grant {
+    fn new(state: &ApiState, headers: &HeaderMap, user_id: &str) -> Self {
+        Self {
+            keys: state.keys.clone(),
+            authorization: headers.get(header::AUTHORIZATION).cloned(),
+            user_id: user_id.to_owned(),
+        }
+    }
+
+    /// Whether the key still reads its user's logs; why not, when it does not.
+    fn check(&self) -> Result<(), String> {
+        let authorization = self.authorization.as_ref().map(HeaderValue::as_bytes);
+        match self.keys.authorize(authorization, Scope::Read) {
+            Ok(principal) if principal.user_id.as_deref() == Some(&self.user_id) => Ok(()),
+            Ok(_) => Err("the key now belongs to another user".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 struct EraseBody {
     success: bool,
@@ -385,7 +421,7 @@ async fn logs(
     let sequence = *state.store.visible().borrow();
     let search_query = query.clone();
     let result = state
-        .search(move |store| store.search(&search_query))
+        .search(&user_id, move |store| store.search(&search_query))
         .await?
         .map_err(|e| match e {
             SearchError::TooDeep => ApiError::BadRequest(format!(

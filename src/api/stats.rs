@@ -144,7 +144,9 @@ pub async fn stats(
     let cancel = CancelOnDrop::default();
     let cancelled = cancel.0.clone();
     let stats = state
-        .search(move |store| store.stats(&query, interval, &cancelled))
+        .search(&user_id, move |store| {
+            store.stats(&query, interval, &cancelled)
+        })
         .await?
         .map_err(|e| match e {
             StatsError::TooManyBuckets { buckets } => ApiError::BadRequest(format!(

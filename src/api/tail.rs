@@ -7,23 +7,22 @@
 //! client that takes no event for the stall timeout is cut off with a final `end` event, so a
 //! slow reader never makes the server buffer without limit.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 use super::params::Filters;
-use super::{ApiState, Caller, caller, params};
-use crate::auth::{KeyStore, Scope};
+use super::slots::{Slot, Slots};
+use super::{ApiState, Caller, Grant, caller, params};
+use crate::auth::Scope;
 use crate::store::{LogQuery, Store};
 
 /// Events waiting for a client, at most (one more slot is kept for the final event).
@@ -171,8 +170,7 @@ pub async fn tail(
     let follower = Follower {
         store: state.store.clone(),
         searches: state.searches.clone(),
-        keys: state.keys.clone(),
-        authorization: headers.get(header::AUTHORIZATION).cloned(),
+        grant: Grant::new(&state, &headers, &user_id),
         query,
         after,
         visible,
@@ -196,72 +194,13 @@ pub async fn tail(
     Ok(response)
 }
 
-/// The places of tail streams: a bound on all of them and one on each user's.
-#[derive(Clone)]
-pub struct TailSlots {
-    max: usize,
-    per_user: usize,
-    /// Streams open, per user (the total is their sum: at most `max` users are here).
-    open: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-/// A place taken: freed when dropped.
-struct TailSlot {
-    open: Arc<Mutex<HashMap<String, usize>>>,
-    user: String,
-}
-
-impl TailSlots {
-    /// At most `max` streams, `per_user` of one user's.
-    pub fn new(max: usize, per_user: usize) -> Self {
-        Self {
-            max,
-            per_user,
-            open: Arc::default(),
-        }
-    }
-
-    fn take(&self, user: &str) -> Result<TailSlot, ApiError> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if open.values().sum::<usize>() >= self.max {
-            return Err(ApiError::Unavailable(
-                "too many tail subscribers, retry later",
-            ));
-        }
-        let mine = open.entry(user.to_owned()).or_default();
-        if *mine >= self.per_user {
-            return Err(ApiError::Unavailable(
-                "too many tail streams for this user, close one first",
-            ));
-        }
-        *mine += 1;
-        Ok(TailSlot {
-            open: self.open.clone(),
-            user: user.to_owned(),
-        })
-    }
-}
-
-impl Drop for TailSlot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(mine) = open.get_mut(&self.user) {
-            *mine -= 1;
-            if *mine == 0 {
-                open.remove(&self.user);
-            }
-        }
-    }
-}
-
 /// One stream's reader of the index.
 struct Follower {
     store: Store,
-    /// Reads of the index share the searches' bound.
-    searches: Arc<Semaphore>,
+    /// Reads of the index share the searches' bound, and the user's share of it.
+    searches: Slots,
     /// The key is checked again as the stream goes on: revoked or expired, it ends the stream.
-    keys: KeyStore,
-    authorization: Option<HeaderValue>,
+    grant: Grant,
     query: LogQuery,
     /// The last sequence number the client was given, or passed over.
     after: u64,
@@ -273,7 +212,7 @@ struct Follower {
     window: u64,
     stall_timeout: Duration,
     shutdown: CancellationToken,
-    _slot: TailSlot,
+    _slot: Slot,
 }
 
 /// Why a stream ended.
@@ -335,12 +274,7 @@ impl Follower {
 
     /// Whether the stream's key still reads its user's logs.
     fn check_key(&self) -> Result<(), End> {
-        let authorization = self.authorization.as_ref().map(HeaderValue::as_bytes);
-        match self.keys.authorize(authorization, Scope::Read) {
-            Ok(principal) if principal.user_id.as_deref() == Some(&self.query.user_id) => Ok(()),
-            Ok(_) => Err(End::Final("the key now belongs to another user".into())),
-            Err(e) => Err(End::Final(e.to_string())),
-        }
+        self.grant.check().map_err(End::Final)
     }
 
     /// Sends every matching log up to sequence number `upto`.
@@ -348,8 +282,10 @@ impl Follower {
         while self.after < upto {
             let window_end = upto.min(self.after.saturating_add(self.window));
             let (store, query, after) = (self.store.clone(), self.query.clone(), self.after);
-            let Ok(permit) = self.searches.clone().acquire_owned().await else {
-                return Err(End::Resumable(shutting_down()));
+            let permit = tokio::select! {
+                permit = self.searches.wait(&self.query.user_id) => permit,
+                () = self.shutdown.cancelled() => return Err(End::Resumable(shutting_down())),
+                () = self.events.closed() => return Err(End::Gone),
             };
             let page = tokio::task::spawn_blocking(move || {
                 let _permit = permit;

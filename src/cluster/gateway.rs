@@ -55,6 +55,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// No timeout on an answer's body: a proxied tail or export lasts as long as its client
+    /// reads. A client that stops reading stops this one, and the indexer's listener and the
+    /// stream's own stall timeout end what stalls.
     pub fn client() -> Client<HttpConnector, Body> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));

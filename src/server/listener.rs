@@ -5,14 +5,23 @@
 //! and OTLP/HTTP, HTTP/2 for OTLP/gRPC) and in the router they serve. With TLS, each connection
 //! first completes its handshake (within the header timeout); one that speaks plaintext instead
 //! is answered with an error saying TLS is expected.
+//!
+//! A request is in flight until its response's body has ended, not only its head: a tail or an
+//! export that is still being sent keeps its connection open for as long as its client reads,
+//! through the idle timeout and up to the drain deadline. A client that takes nothing of a
+//! response for the idle timeout leaves an idle connection all the same, and it is dropped.
 
+mod in_flight;
+
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,6 +36,7 @@ use tower::ServiceExt as _;
 
 use super::tls::{Acceptor, plaintext_refusal};
 use crate::config::ServerConfig;
+use in_flight::{Activity, MeteredIo, TrackedBody};
 
 /// The first byte of a TLS connection: a handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -165,51 +175,6 @@ fn builder(
     }
 }
 
-/// When a connection last did something, and how much it is doing.
-struct Activity {
-    started: Instant,
-    /// Requests received so far.
-    requests: AtomicU64,
-    /// Requests whose response is not complete yet.
-    in_flight: AtomicUsize,
-    /// When the last request ended, in milliseconds since `started`.
-    last_end_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            requests: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-            last_end_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn begin(self: &Arc<Self>) -> RequestGuard {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        RequestGuard(self.clone())
-    }
-
-    /// When the connection became idle, if it is.
-    fn idle_since(&self) -> Option<Instant> {
-        (self.in_flight.load(Ordering::Relaxed) == 0)
-            .then(|| self.started + Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed)))
-    }
-}
-
-/// Marks a request in flight until dropped.
-struct RequestGuard(Arc<Activity>);
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        let elapsed = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_end_ms.store(elapsed, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// What a connection listens to: shutdown begins (finish what is in flight), and the drain is
 /// over (drop it all).
 struct Signals {
@@ -284,13 +249,22 @@ impl Connection {
         let tracked = activity.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let guard = tracked.begin();
-            let response = router.clone().oneshot(request.map(axum::body::Body::new));
+            let response = router.clone().oneshot(request.map(Body::new));
             async move {
-                let response = response.await;
-                drop(guard);
-                response
+                let response: Result<_, Infallible> = response.await;
+                // a response whose head is ready is still in flight until its body ends
+                response.map(|response| {
+                    response.map(|body| TrackedBody {
+                        body,
+                        request: Some(guard),
+                    })
+                })
             }
         });
+        let stream = MeteredIo {
+            stream,
+            activity: activity.clone(),
+        };
         let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
         // hyper has no timer for an HTTP/2 handshake: a connection must bring its first request in time
         let first_request_by = activity.started + limits.header_read_timeout;
@@ -306,6 +280,7 @@ impl Connection {
                 }
                 None => activity
                     .idle_since()
+                    .or_else(|| activity.waiting_on_client_since())
                     .map_or(Instant::now() + limits.idle_timeout, |since| {
                         since + limits.idle_timeout
                     }),
@@ -331,6 +306,15 @@ impl Connection {
                     {
                         connection.as_mut().graceful_shutdown();
                         drain_deadline = Some(Instant::now() + limits.drain_timeout);
+                    }
+                    if activity
+                        .waiting_on_client_since()
+                        .is_some_and(|since| since.elapsed() >= limits.idle_timeout)
+                    {
+                        // a client that takes nothing of its response holds the connection
+                        // for nothing: a graceful close would wait for it to read
+                        tracing::debug!("a client took nothing of a response; connection dropped");
+                        return;
                     }
                 }
             }

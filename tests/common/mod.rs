@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod process;
 pub mod tmpfs;
 pub mod tools;
+pub mod window;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -117,6 +118,9 @@ pub struct AppOptions {
     pub max_concurrent_searches: usize,
     /// More settings, as `LOGBRIDGE_<SECTION>_<KEY>` overrides.
     pub settings: Vec<(&'static str, String)>,
+    /// The send buffer of the REST API's connections, when set: small, what the server sends
+    /// is what its client takes, not what the kernel's buffers (megabytes on loopback) hold.
+    pub api_send_buffer_bytes: Option<u32>,
 }
 
 impl Default for AppOptions {
@@ -128,6 +132,7 @@ impl Default for AppOptions {
             faults: Faults::none(),
             max_concurrent_searches: 8,
             settings: Vec::new(),
+            api_send_buffer_bytes: None,
         }
     }
 }
@@ -248,7 +253,16 @@ impl TestApp {
         let listeners = Listeners {
             grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            api: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            api: match options.api_send_buffer_bytes {
+                None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                Some(bytes) => {
+                    // accepted connections inherit the listening socket's buffer size
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.set_send_buffer_size(bytes).unwrap();
+                    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                    socket.listen(1024).unwrap()
+                }
+            },
         };
         let server = server::start_with_faults(&config, listeners, options.faults.clone())
             .await
