@@ -175,7 +175,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// A request body must arrive within this.
     pub body_read_timeout: Duration,
-    /// A connection with no request in flight for this long is closed.
+    /// A connection with no request in flight (a response whose body is still sent is) for this
+    /// long is closed; so is one whose client takes nothing of a response for this long.
     pub idle_timeout: Duration,
     /// Open connections per listener; more wait in the kernel's backlog.
     pub max_connections: usize,
@@ -200,6 +201,8 @@ pub struct IndexConfig {
     pub writer_memory_bytes: usize,
     /// How long logs a client sends again are recognized and not stored twice; zero for never.
     pub dedup_window: Duration,
+    /// Most bytes the dedup window holds; past it, its oldest logs are forgotten early.
+    pub dedup_max_bytes: usize,
 }
 
 /// API keys.
@@ -474,6 +477,7 @@ struct RawIndex {
     commit_interval_ms: u64,
     writer_memory_mb: u64,
     dedup_window_ms: u64,
+    dedup_max_mb: u64,
 }
 
 impl Default for RawIndex {
@@ -483,6 +487,7 @@ impl Default for RawIndex {
             commit_interval_ms: 1000,
             writer_memory_mb: 128,
             dedup_window_ms: 600_000,
+            dedup_max_mb: 512,
         }
     }
 }
@@ -599,6 +604,7 @@ impl RawConfig {
             0 => 0,
             ms => within("index.dedup_window_ms", ms, MAX_MILLIS)?,
         };
+        let dedup_max_mb = within("index.dedup_max_mb", self.index.dedup_max_mb, 1 << 20)?;
         let raw_server = &self.server;
         let max_concurrent_streams = positive(
             "server.max_concurrent_streams",
@@ -796,6 +802,7 @@ impl RawConfig {
                 writer_memory_bytes: usize::try_from(writer_memory_mb * 1024 * 1024)
                     .unwrap_or(usize::MAX),
                 dedup_window: Duration::from_millis(dedup_window_ms),
+                dedup_max_bytes: usize::try_from(dedup_max_mb << 20).unwrap_or(usize::MAX),
             },
             auth: AuthConfig {
                 keys_file: self.auth.keys_file,

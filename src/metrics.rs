@@ -45,6 +45,8 @@ pub struct Metrics {
     pub records_duplicate: Counter,
     /// Bytes the dedup window holds.
     pub dedup_window_bytes: Gauge,
+    /// Seconds since the oldest log the dedup window remembers was stored.
+    pub dedup_window_seconds: Gauge,
     pub exports: Family<ExportLabels, Counter>,
     pub queue_depth: Gauge,
     pub wal_bytes: Gauge,
@@ -88,6 +90,7 @@ impl Metrics {
             records_rejected: Family::default(),
             records_duplicate: Counter::default(),
             dedup_window_bytes: Gauge::default(),
+            dedup_window_seconds: Gauge::default(),
             exports: Family::default(),
             queue_depth: Gauge::default(),
             wal_bytes: Gauge::default(),
@@ -198,6 +201,11 @@ impl Metrics {
             "dedup_window_bytes",
             "Bytes the dedup window holds to recognize logs a client sends again",
             m.dedup_window_bytes.clone(),
+        );
+        r.register(
+            "dedup_window_seconds",
+            "How far back the dedup window reaches: seconds since the oldest log it remembers was stored",
+            m.dedup_window_seconds.clone(),
         );
         r.register(
             "index_deleted_logs",

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::PATIENCE;
 use common::cluster::{Node, TestCluster, USERS, export_until_acknowledged, records};
+use common::process::{sigterm, wait_for_clean_exit, wait_ready};
 use logbridge::emit::{EmitOptions, emit};
 use logbridge::workload::Workload;
 use opentelemetry_otlp::Protocol;
@@ -97,7 +98,7 @@ async fn assert_exactly(cluster: &TestCluster, acked: &HashMap<usize, Vec<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
-    let cluster = TestCluster::start(2, 3).await;
+    let mut cluster = TestCluster::start(2, 3).await;
     let options = |gateway: &common::cluster::Node, protocol, user: usize, seed| EmitOptions {
         protocol,
         endpoint: Some(match protocol {
@@ -234,6 +235,30 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         tailed, expected,
         "the tail sends the new logs, oldest first, and nothing else"
     );
+    // a gateway that shuts down ends the tail it passes on with the final event, not a cut
+    sigterm(cluster.gateways[0].served.as_ref().unwrap());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, tail.chunk())
+            .await
+            .expect("the tail ends within the patience")
+            .expect("the tail ends cleanly, not cut");
+        match chunk {
+            Some(chunk) => events.push_str(std::str::from_utf8(&chunk).unwrap()),
+            None => break,
+        }
+    }
+    assert!(
+        events.ends_with(
+            "event: end\ndata: {\"message\":\"logbridge is shutting down: reconnect with \
+             Last-Event-ID to resume\",\"resumable\":true}\n\n"
+        ),
+        "{events}"
+    );
+    wait_for_clean_exit(cluster.gateways[0].served.as_mut().unwrap());
+    cluster.gateways[0].restart();
+    wait_ready(&cluster.gateways[0].api).await;
     // the explorer and the OpenAPI document come from the gateway itself
     let page = client
         .get(format!("http://{}/", cluster.gateways[1].api))

@@ -55,6 +55,8 @@ async fn send(
             BatchConfigBuilder::default()
                 .with_max_export_batch_size(batch)
                 .with_max_queue_size(RECORDS * 2)
+                // exports of `batch` records and the rest at the flush, never what a timer cut
+                .with_scheduled_delay(Duration::from_secs(3600))
                 .build(),
         )
         .build();

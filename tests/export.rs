@@ -100,7 +100,9 @@ async fn csv_and_ndjson_hold_the_same_logs_newest_first() {
     let (_, _, errors_only) = get("status=error").await;
     assert_eq!(errors_only.lines().count(), 1);
     let (_, _, empty) = get("format=csv&room_name=nowhere").await;
-    assert_eq!(empty, CSV_COLUMNS.join(",") + "\n");
+    // every cell quoted
+    let quoted: Vec<String> = CSV_COLUMNS.iter().map(|c| format!("\"{c}\"")).collect();
+    assert_eq!(empty, quoted.join(",") + "\n");
     for (query, message) in [
         ("format=xml", "format must be ndjson or csv"),
         (
@@ -140,6 +142,7 @@ async fn csv_cells_a_spreadsheet_would_run_are_neutralised() {
         ("severity_text", "@SUM(A1:A2)"),
         ("message", "\tindented"),
         ("message", "\rreturned"),
+        ("message", "x;=1+1 where ; splits cells"),
         ("message", "plain = fine"),
     ];
     let records = cells
@@ -187,9 +190,11 @@ async fn csv_cells_a_spreadsheet_would_run_are_neutralised() {
         assert_eq!(&row[column("latency_ms")], "100");
     }
     assert_eq!(
-        &rows[6][column("message")],
+        &rows[7][column("message")],
         "'=HYPERLINK(\"http://evil.example\",\"x\")"
     );
+    // every cell is quoted: a separator of another locale never starts a cell
+    assert!(csv.contains("\"x;=1+1 where ; splits cells\""), "{csv}");
     assert_eq!(&rows[0][column("message")], "plain = fine");
     // NDJSON holds the logs as stored
     let ndjson = export("ndjson").await;

@@ -220,6 +220,38 @@ async fn shutdown_lets_a_body_being_sent_finish_and_tails_end_themselves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_export_does_not_hold_up_the_drain() {
+    let mut app = spawn_app_with(AppOptions {
+        settings: vec![("LOGBRIDGE_SERVER_DRAIN_TIMEOUT_MS", "8000".to_owned())],
+        api_send_buffer_bytes: Some(SEND_BUFFER),
+        ..AppOptions::default()
+    })
+    .await;
+    ingest_many(&app, &app.keys.alice, 10_000).await;
+    let mut stalled = window::connect(&app.api_url).await;
+    let request = format!(
+        "GET /logs/export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.keys.alice.expose()
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    // the export has filled what the connection holds and waits for its client
+    let mut head = [0u8; 12];
+    stalled.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let server = app.server.take().expect("running");
+    let began = Instant::now();
+    tokio::time::timeout(PATIENCE, server.shutdown())
+        .await
+        .expect("shut down within the patience");
+    // dropped once it took nothing for a second, not at the drain's end eight seconds on
+    let stopped = began.elapsed();
+    assert!(
+        stopped < Duration::from_secs(4),
+        "stopped after {stopped:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_takes_nothing_of_its_response_is_dropped_after_the_idle_timeout() {
     let app = spawn_app_with(AppOptions {
         settings: vec![

@@ -9,21 +9,24 @@
 //! transfer rather than a short file. CSV cells a spreadsheet would run as a formula are
 //! neutralised.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 use super::params::Filters;
 use super::slots::Slot;
-use super::{ApiState, Caller, Grant, caller, params};
+use super::{ApiState, Caller, ConnectionCut, Grant, caller, params};
 use crate::auth::Scope;
 use crate::store::Scan;
 
@@ -80,6 +83,7 @@ pub struct ExportParams<'a> {
     security(("bearer" = [])))]
 pub async fn export(
     State(state): State<ApiState>,
+    connection: Option<Extension<ConnectionCut>>,
     headers: HeaderMap,
     RawQuery(raw_query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -102,14 +106,19 @@ pub async fn export(
         grant: Grant::new(&state, &headers, &user_id),
         chunks,
         stall_timeout: state.export_stall_timeout,
-        _slot: slot,
+        connection: connection.map(|Extension(cut)| cut).unwrap_or_default(),
     };
     tokio::spawn(walk.run());
     let (content_type, file) = match format {
         Format::Ndjson => ("application/x-ndjson", "logs.ndjson"),
         Format::Csv => ("text/csv; charset=utf-8", "logs.csv"),
     };
-    let mut response = Body::from_stream(ReceiverStream::new(body)).into_response();
+    // the place is the body's: what a cut export left to send is freed with it, not before
+    let body = Holding {
+        stream: ReceiverStream::new(body),
+        _slot: slot,
+    };
+    let mut response = Body::from_stream(body).into_response();
     let response_headers = response.headers_mut();
     response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     let disposition = format!("attachment; filename=\"{file}\"");
@@ -128,7 +137,22 @@ struct Walk {
     grant: Grant,
     chunks: mpsc::Sender<Result<Bytes, std::io::Error>>,
     stall_timeout: Duration,
+    /// Dropped when the export is cut off: what it still had to send goes with it.
+    connection: ConnectionCut,
+}
+
+/// A response body's stream that holds the export's place until the body is dropped.
+struct Holding<S> {
+    stream: S,
     _slot: Slot,
+}
+
+impl<S: Stream + Unpin> Stream for Holding<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        Pin::new(&mut self.stream).poll_next(cx)
+    }
 }
 
 /// Why a walk ended before the last page.
@@ -149,8 +173,9 @@ impl Walk {
             Ok(()) | Err(Cut::Gone) => {}
             Err(Cut::Off(reason)) => {
                 tracing::info!(user = %self.grant.user_id, %reason, "export cut off");
-                // an error, not the end: the client sees the transfer was cut
+                // an error, not the end: the client sees the transfer was cut, at once
                 last_place.send(Err(std::io::Error::other(reason)));
+                self.connection.0.cancel();
             }
         }
     }
@@ -232,10 +257,14 @@ fn ndjson(page: &[Vec<u8>]) -> Bytes {
 }
 
 /// The page as CSV rows (after the header row, on the first page): strings as they are, nested
-/// data as JSON text, nulls empty; quoted where a field needs it. A cell that a spreadsheet
-/// would run as a formula starts with `'` (numbers stay numbers: none is a formula).
+/// data as JSON text, nulls empty. As OWASP advises against CSV injection, every cell is quoted
+/// (so that no separator a spreadsheet's locale splits on, such as `;`, starts a cell of its
+/// own) and a cell that a spreadsheet would run as a formula starts with `'` (numbers stay
+/// numbers: none is a formula).
 fn csv(page: &[Vec<u8>], header: bool) -> Bytes {
-    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut writer = csv::WriterBuilder::new()
+        .quote_style(csv::QuoteStyle::Always)
+        .from_writer(Vec::new());
     // writing to a Vec cannot fail: only the I/O of the writer can
     let mut write = |record: &[String]| {
         writer

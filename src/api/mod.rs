@@ -35,6 +35,7 @@ pub use openapi::document as openapi_document;
 use params::{Filters, Paging};
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 pub use slots::Slots;
+pub use tail::shutting_down_event as tail_shutting_down_event;
 
 use crate::auth::{KeyStore, Scope};
 use crate::ingest::{Health, IngestQueue, WriteError};
@@ -311,6 +312,12 @@ fn caller(
         pairs,
     })
 }
+
+/// A request's handle on its connection, put among its extensions by the listener: cancelled,
+/// the connection is dropped at once, with what it still had to send (an export cut off for a
+/// client that takes nothing, whose pages would otherwise wait for the idle timeout).
+#[derive(Clone, Default)]
+pub struct ConnectionCut(pub CancellationToken);
 
 /// What a stream (a tail, an export) was granted on: its key, checked again as the stream goes
 /// on, so that a key revoked or expired meanwhile ends it.

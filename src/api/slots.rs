@@ -42,12 +42,13 @@ pub struct Slot {
 }
 
 impl Slots {
-    /// At most `max` places, `per_user` of one user's (a share above `max` is no share at
-    /// all); a refusal says `full`, or `user_full` for the user's share.
+    /// At most `max` places, `per_user` of one user's: never all of them while there are two
+    /// or more (a larger share is cut to one less than `max`). A refusal says `full`, or
+    /// `user_full` for the user's share.
     pub fn new(max: usize, per_user: usize, full: &'static str, user_full: &'static str) -> Self {
         Self {
             max,
-            per_user,
+            per_user: per_user.min(max.saturating_sub(1)).max(1),
             full,
             user_full,
             taken: Arc::default(),
@@ -168,7 +169,15 @@ mod tests {
     }
 
     #[test]
-    fn a_share_above_the_bound_leaves_only_the_bound() {
+    fn a_share_as_large_as_the_bound_still_leaves_a_place_to_others() {
+        let slots = Slots::exports(3, 8);
+        let _a = [slots.take("a").unwrap(), slots.take("a").unwrap()];
+        assert_eq!(
+            refusal(slots.take("a")),
+            "too many exports in progress for this user, retry later"
+        );
+        let _b = slots.take("b").unwrap();
+        // a single place is one user's at a time
         let slots = Slots::exports(1, 4);
         let _a = slots.take("a").unwrap();
         assert_eq!(

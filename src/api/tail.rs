@@ -350,3 +350,9 @@ impl Follower {
 fn shutting_down() -> String {
     "logbridge is shutting down: reconnect with Last-Event-ID to resume".to_owned()
 }
+
+/// The final event of a stream that ends because logbridge shuts down: a cluster's gateway
+/// sends it to end a tail it passes on.
+pub fn shutting_down_event() -> Bytes {
+    TailEvent::end(&shutting_down(), true).encode()
+}

@@ -2,18 +2,22 @@
 //! caller's shard, whose answer (a page, statistics, an export or a tail) streams back as it
 //! is. The explorer and the OpenAPI document are served here.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use arc_swap::ArcSwapOption;
 use http_body_util::BodyExt as _;
@@ -52,6 +56,8 @@ pub struct Gateway {
     pub client: Client<HttpConnector, Body>,
     /// The cluster's cursor key, once read from etcd: gathered pages make cursors.
     pub cursor_key: Arc<ArcSwapOption<CursorKey>>,
+    /// Cancelled when the node begins to shut down: tails passed on end then.
+    pub shutdown: CancellationToken,
 }
 
 impl Gateway {
@@ -151,6 +157,10 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Result<Res
             &request.headers,
         )
         .await?;
+        if request.uri.path() == "/logs/tail" && response.status().is_success() {
+            let shutdown = gateway.shutdown.clone().cancelled_owned();
+            return Ok(response.map(|body| Body::new(EndsOnShutdown::new(body, shutdown))));
+        }
         return Ok(response.map(Body::new));
     }
     if !gathered {
@@ -395,4 +405,77 @@ struct ShardData {
     logs: Vec<Box<RawValue>>,
     total: u64,
     next_cursor: Option<String>,
+}
+
+/// A tail passed on from a replica that ends, as a single node's does, with a final `end` event
+/// once the node begins to shut down: at the first boundary between events after that, so that
+/// no event is cut.
+struct EndsOnShutdown {
+    body: Incoming,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The line ends (up to two) that what was passed on so far ends with: two end an event.
+    trailing_newlines: usize,
+    /// Whether the final event is due (shutdown began), and whether it was sent.
+    ending: bool,
+    ended: bool,
+}
+
+impl EndsOnShutdown {
+    fn new(body: Incoming, shutdown: WaitForCancellationFutureOwned) -> Self {
+        Self {
+            body,
+            shutdown: Box::pin(shutdown),
+            trailing_newlines: 2,
+            ending: false,
+            ended: false,
+        }
+    }
+}
+
+impl HttpBody for EndsOnShutdown {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if !this.ending && this.shutdown.as_mut().poll(cx).is_ready() {
+            this.ending = true;
+        }
+        if this.ending && this.trailing_newlines == 2 {
+            this.ended = true;
+            return Poll::Ready(Some(Ok(Frame::data(api::tail_shutting_down_event()))));
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let ends = data
+                    .iter()
+                    .rev()
+                    .take(2)
+                    .take_while(|&&b| b == b'\n')
+                    .count();
+                this.trailing_newlines = if ends == data.len() {
+                    // a frame of line ends only continues what came before
+                    (this.trailing_newlines + ends).min(2)
+                } else {
+                    ends
+                };
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
 }

@@ -182,6 +182,7 @@ pub async fn start(
         }));
         let gateway = Gateway {
             cursor_key,
+            shutdown: shutdown.clone(),
             keys: keys.clone(),
             view: membership.view(),
             shards: cluster.shards,

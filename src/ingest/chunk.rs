@@ -51,10 +51,10 @@ impl LogKey {
         Self::of(&serde_json::to_vec(log).expect("an activity log serializes to JSON"))
     }
 
-    /// Sixteen bits of the hash: enough to tell, beside a log known by its whole hash, whether
-    /// its neighbours are the ones stored with it.
-    pub fn tag(&self) -> u16 {
-        (self.hash >> 112) as u16
+    /// Thirty-two bits of the hash: enough to tell, beside a log known by more of its hash,
+    /// whether its neighbours are the ones stored with it.
+    pub fn tag(&self) -> u32 {
+        (self.hash >> 96) as u32
     }
 }
 

@@ -66,6 +66,8 @@ impl LogFile {
 
     /// Cuts the file back to `len` bytes and makes the cut durable.
     fn cut(&mut self, len: u64) -> io::Result<()> {
+        // a cut fails where a sync would: on a device that fails them
+        self.faults.check(WritePoint::WalSync)?;
         self.file.set_len(len)?;
         self.sync()
     }
@@ -269,7 +271,7 @@ impl Wal {
 
     /// Whether a failed write could not be cut off yet; [`Wal::repair`] tries again.
     #[cfg(test)]
-    fn is_poisoned(&self) -> bool {
+    pub(super) fn is_poisoned(&self) -> bool {
         self.poisoned
     }
 

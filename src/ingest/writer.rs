@@ -123,6 +123,8 @@ pub struct WriterOptions {
     pub sweep_interval: Duration,
     /// How long a retried log is recognized and not stored again; zero for never.
     pub dedup_window: Duration,
+    /// Most bytes the dedup window holds: past it, the oldest of it is forgotten early.
+    pub dedup_max_bytes: usize,
 }
 
 /// Starts the writer thread: it first replays the write-ahead log, then takes batches. `died`
@@ -318,13 +320,17 @@ fn recover(mut index: LogWriter, options: &WriterOptions) -> Result<Writer, io::
     let started = Instant::now();
     let now = now_secs();
     let mut dedup = if options.dedup_window.is_zero() {
+        Dedup::remove(&options.wal_dir);
         None
     } else {
-        Some(Dedup::open(&options.wal_dir, options.dedup_window, now)?)
+        let (window, max_bytes) = (options.dedup_window, options.dedup_max_bytes);
+        Some(Dedup::open(&options.wal_dir, window, max_bytes, now)?)
     };
     Wal::recover(&options.wal_dir, |batch| {
-        // what the log holds may be past the journal: remembered again
-        if let Some(dedup) = &mut dedup {
+        // the journal has every committed log's chunks; those after the commit are remembered
+        // again (a batch refused while the log could not be cut back is not after it: a
+        // commit through its numbers came first)
+        if let Some(dedup) = dedup.as_mut().filter(|_| batch.first_seq > committed) {
             let keys: Vec<LogKey> = batch.logs.iter().map(LogKey::of_log).collect();
             dedup.window.register(&keys, now);
         }
@@ -364,9 +370,9 @@ fn recover(mut index: LogWriter, options: &WriterOptions) -> Result<Writer, io::
             took_ms = started.elapsed().as_millis() as u64,
             "write-ahead log replayed"
         );
-    } else {
-        // a clean start: nothing to keep from older segments once the journal has their chunks
-        writer.journal_then_rotate();
+    } else if writer.persist_journal().is_ok() {
+        // a clean start: nothing to keep from older segments, the journal has their chunks
+        writer.rotate_wal();
     }
     if !writer.retention.keeps_everything() {
         // what expired while the server was down is gone before it reports ready
@@ -529,11 +535,13 @@ impl Writer {
         let started = Instant::now();
         let last_seq = self.next_seq - 1;
         let wal_bytes = self.wal.bytes();
+        // what the commit holds is in the dedup journal first: the log is emptied after it
+        self.persist_journal()?;
         if let Err(e) = self.index.commit(last_seq) {
             return Err(WriteError::Storage(self.fail(Stage::IndexCommit, &e)));
         }
         self.uncommitted = false;
-        self.journal_then_rotate();
+        self.rotate_wal();
         self.metrics.commits.inc();
         self.metrics
             .commit_seconds
@@ -613,21 +621,21 @@ impl Writer {
         }
     }
 
-    /// After a commit: the dedup window's new chunks to its journal, then a fresh log segment.
-    /// Should the journal fail, the log keeps what it lacks (replay remembers it again) and
-    /// goes on growing until a later commit writes the journal.
-    fn journal_then_rotate(&mut self) {
-        if let Some(dedup) = &mut self.dedup {
-            if let Err(e) = dedup.persist(now_secs()) {
-                self.count_failure(Stage::DedupJournal);
-                tracing::warn!(error = %e, "cannot write the dedup journal; the write-ahead log keeps what it lacks");
-                return;
-            }
-            self.metrics
-                .dedup_window_bytes
-                .set(gauge(dedup.window.memory_bytes() as u64));
-        }
-        self.rotate_wal();
+    /// Writes the dedup window's new chunks to its journal, durably. A journal that cannot be
+    /// written is a storage failure: batches are refused until it can.
+    fn persist_journal(&mut self) -> Result<(), WriteError> {
+        let Some(dedup) = &mut self.dedup else {
+            return Ok(());
+        };
+        let now = now_secs();
+        let persisted = dedup.persist(now);
+        self.metrics
+            .dedup_window_bytes
+            .set(gauge(dedup.window.memory_bytes() as u64));
+        self.metrics.dedup_window_seconds.set(gauge(
+            dedup.window.oldest().map_or(0, |at| now.saturating_sub(at)),
+        ));
+        persisted.map_err(|e| WriteError::Storage(self.fail(Stage::DedupJournal, &e)))
     }
 
     /// A fresh log segment. On failure the current one goes on growing, which keeps replay
@@ -681,6 +689,10 @@ impl Writer {
         self.retry_at = Instant::now() + RETRY_INTERVAL;
         if let Err(e) = self.wal.repair() {
             self.fail(Stage::WalWrite, &e);
+            return;
+        }
+        // a commit needs the journal: it must take appends again
+        if self.persist_journal().is_err() {
             return;
         }
         if self.index_broken {
@@ -788,8 +800,11 @@ mod tests {
     }
 
     fn harness() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let faults = Faults::injector();
+        open_harness(tempfile::tempdir().unwrap(), Faults::injector())
+    }
+
+    /// A writer on `dir` as a start finds it.
+    fn open_harness(dir: tempfile::TempDir, faults: Faults) -> Harness {
         let options = StoreOptions {
             faults: faults.clone(),
             ..StoreOptions::new(16 << 20)
@@ -806,6 +821,7 @@ mod tests {
             retention: Retention::default(),
             sweep_interval: Duration::from_secs(30),
             dedup_window: Duration::from_secs(600),
+            dedup_max_bytes: 64 << 20,
         };
         let writer = recover(index, &options).unwrap();
         Harness {
@@ -819,6 +835,19 @@ mod tests {
     }
 
     impl Harness {
+        /// The writer and the store started again on the same folder, as after `kill -9`.
+        fn restart(self) -> Harness {
+            let Harness {
+                _dir,
+                writer,
+                store,
+                faults,
+                ..
+            } = self;
+            drop((writer, store));
+            open_harness(_dir, faults)
+        }
+
         /// Writes one batch of `messages` and returns its answer.
         fn write(&mut self, messages: &[&str]) -> Result<(), WriteError> {
             let (done, mut answer) = oneshot::channel();
@@ -894,6 +923,7 @@ mod tests {
             retention: Retention::default(),
             sweep_interval: Duration::from_secs(30),
             dedup_window: Duration::from_secs(600),
+            dedup_max_bytes: 64 << 20,
         };
         let writer = recover(index, &options).unwrap();
         assert_eq!(writer.next_seq, 4);
@@ -954,6 +984,38 @@ mod tests {
         let messages: Vec<String> = h.stored().into_iter().map(|(_, m)| m).collect();
         assert_eq!(messages, ["a", "b", "c", "d", "e"]);
         assert_eq!(h.metrics.records_duplicate.get(), 5);
+    }
+
+    #[test]
+    fn a_batch_refused_while_the_log_cannot_be_cut_back_is_stored_when_sent_again() {
+        let mut h = harness();
+        h.write(&["a"]).unwrap();
+        // the fsync fails, and so does the cut: the refused frame stays in the log's file
+        h.faults.fail_times(WritePoint::WalSync, Fault::Io, 2);
+        assert!(h.write(&["refused"]).is_err());
+        assert!(h.writer.wal.is_poisoned());
+        let mut h = h.restart();
+        // the replay skips the refused frame for the index and for the dedup window alike
+        assert_eq!(h.stored(), vec![(1, "a".into())]);
+        h.write(&["refused"]).unwrap();
+        h.writer.commit().unwrap();
+        assert_eq!(h.stored(), vec![(1, "a".into()), (3, "refused".into())]);
+        assert_eq!(h.metrics.records_duplicate.get(), 0);
+    }
+
+    #[test]
+    fn logs_stored_before_a_restart_are_duplicates_after_it() {
+        let mut h = harness();
+        h.write(&["a", "b"]).unwrap();
+        h.writer.commit().unwrap();
+        h.write(&["c"]).unwrap();
+        // "c" is in the write-ahead log only; "a" and "b" in the journal only
+        let mut h = h.restart();
+        h.write(&["a", "b", "c", "d"]).unwrap();
+        h.writer.commit().unwrap();
+        let messages: Vec<String> = h.stored().into_iter().map(|(_, m)| m).collect();
+        assert_eq!(messages, ["a", "b", "c", "d"]);
+        assert_eq!(h.metrics.records_duplicate.get(), 3);
     }
 
     #[test]

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use super::tls::{Acceptor, plaintext_refusal};
+use crate::api::ConnectionCut;
 use crate::config::ServerConfig;
 use in_flight::{Activity, MeteredIo, TrackedBody};
 
@@ -57,6 +58,10 @@ pub enum Protocol {
     /// HTTP/2 with prior knowledge: OTLP/gRPC.
     Http2,
 }
+
+/// While the server drains, a connection whose client has taken nothing of a response for this
+/// long (or the idle timeout, if shorter) is dropped rather than waited for.
+const DRAIN_STALL: Duration = Duration::from_secs(1);
 
 /// How long to wait before accepting again after `accept` failed (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -247,8 +252,12 @@ impl Connection {
         } = self;
         let activity = Arc::new(Activity::new());
         let tracked = activity.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        // a handler may drop the connection (an export cut off): what it had to send goes too
+        let cut = CancellationToken::new();
+        let handle = ConnectionCut(cut.clone());
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let guard = tracked.begin();
+            request.extensions_mut().insert(handle.clone());
             let response = router.clone().oneshot(request.map(Body::new));
             async move {
                 let response: Result<_, Infallible> = response.await;
@@ -272,7 +281,9 @@ impl Connection {
         let mut drain_deadline: Option<Instant> = None;
         loop {
             let check_at = match drain_deadline {
-                Some(deadline) => deadline,
+                // a client that stops taking its response must not hold the drain up: looked
+                // at every so often
+                Some(deadline) => deadline.min(Instant::now() + DRAIN_STALL / 4),
                 None if protocol == Protocol::Http2
                     && activity.requests.load(Ordering::Relaxed) == 0 =>
                 {
@@ -288,14 +299,21 @@ impl Connection {
             tokio::select! {
                 _ = connection.as_mut() => return,
                 () = signals.stop.cancelled() => return,
+                () = cut.cancelled() => return,
                 () = signals.shutdown.cancelled(), if drain_deadline.is_none() => {
                     connection.as_mut().graceful_shutdown();
                     drain_deadline = Some(Instant::now() + limits.drain_timeout);
                 }
                 () = tokio::time::sleep_until(check_at.into()) => {
-                    if drain_deadline.is_some() {
-                        // the drain is over: drop what is left
-                        return;
+                    if let Some(deadline) = drain_deadline {
+                        let stalled = activity
+                            .waiting_on_client_since()
+                            .is_some_and(|since| since.elapsed() >= DRAIN_STALL.min(limits.idle_timeout));
+                        if Instant::now() >= deadline || stalled {
+                            // the drain is over, or its client stalls it: drop what is left
+                            return;
+                        }
+                        continue;
                     }
                     if protocol == Protocol::Http2 && activity.requests.load(Ordering::Relaxed) == 0 {
                         return;

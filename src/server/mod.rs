@@ -132,6 +132,7 @@ pub async fn start_with_faults(
             retention: config.retention.policy.clone(),
             sweep_interval: config.retention.sweep_interval,
             dedup_window: config.index.dedup_window,
+            dedup_max_bytes: config.index.dedup_max_bytes,
         },
         died,
     )?;

@@ -1,18 +1,21 @@
-//! The dedup window's journal: the chunks stored since the last commit, appended and fsync'd at
-//! every commit before the write-ahead log that also holds them is emptied.
+//! The dedup window's journal: the chunks stored since the last commit, appended and fsync'd
+//! before every commit of the index, so that the write-ahead log that also holds them can be
+//! emptied after it.
 //!
 //! Files `dedup-<seconds since the epoch>.log` beside the write-ahead log hold frames
 //! `[len: u32 LE][crc32: u32 LE][payload]`; a payload is chunks, each `[at: u64][len: u32]
-//! [tags: u16 × len][anchor keys: u64 × its anchors]`, little-endian. A new file is started every
-//! [`FILE_SPAN`]; a file is deleted once the next one started before the window. A torn tail (a
-//! crash mid-append) ends the reading of its file: what it held is still in the write-ahead log.
+//! [tags: u32 × len][anchor keys: u64 × its anchors]`, little-endian. A new file is started every
+//! [`FILE_SPAN`], after an append that failed, and by each process (never one a crashed process
+//! may have left torn); a file is deleted once the next one started before the window. A torn or
+//! corrupt frame ends the reading of its file: what it held is still in the write-ahead log.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Stored, is_anchor};
+use super::{Stored, anchors_of};
+use crate::ingest::chunk::MAX_LOGS;
 
 /// How long one journal file takes appends.
 const FILE_SPAN: u64 = 60;
@@ -26,8 +29,8 @@ const CHUNK_HEAD: usize = 8 + 4;
 pub(super) struct Journal {
     dir: PathBuf,
     window_secs: u64,
-    /// The file appended to, and when it was started.
-    current: Option<(File, u64)>,
+    /// The file appended to, when it was started, and its length.
+    current: Option<(File, u64, u64)>,
 }
 
 fn file_path(dir: &Path, started: u64) -> PathBuf {
@@ -54,17 +57,22 @@ fn files(dir: &Path) -> io::Result<Vec<(PathBuf, u64)>> {
 }
 
 impl Journal {
-    /// Opens the journal in `dir`, calling `restore` for every chunk it holds, oldest first.
+    /// Opens the journal in `dir`, calling `restore` for every chunk it holds, oldest first. A
+    /// file that cannot be read is left out, with a warning: its chunks are not recognized.
     pub(super) fn open(
         dir: &Path,
         window: Duration,
-        mut restore: impl FnMut(u64, &[u16], &[u64]),
+        mut restore: impl FnMut(u64, &[u32], &[u64]),
     ) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         for (path, _) in files(dir)? {
             let mut bytes = Vec::new();
-            File::open(&path)?.read_to_end(&mut bytes)?;
-            read_frames(&bytes, &mut restore);
+            match File::open(&path).and_then(|mut file| file.read_to_end(&mut bytes)) {
+                Ok(_) => read_frames(&bytes, &mut restore),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read a dedup journal file; the retries it would recognize are not");
+                }
+            }
         }
         Ok(Self {
             dir: dir.to_owned(),
@@ -73,10 +81,20 @@ impl Journal {
         })
     }
 
-    /// Appends `chunks` as one frame and fsyncs it; then deletes the files the window is past.
+    /// Deletes the journal in `dir`, when retries are no longer recognized.
+    pub(super) fn remove(dir: &Path) {
+        for (path, _) in files(dir).unwrap_or_default() {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot delete a dedup journal file");
+            }
+        }
+    }
+
+    /// Appends `chunks` as one frame and fsyncs it. An append that fails is cut off again, and
+    /// the next goes to a new file.
     pub(super) fn append<'a>(
         &mut self,
-        chunks: impl Iterator<Item = (Stored, Vec<u16>, &'a [u64])>,
+        chunks: impl Iterator<Item = (Stored, Vec<u32>, &'a [u64])>,
         now: u64,
     ) -> io::Result<()> {
         let mut frame = vec![0u8; FRAME_HEADER];
@@ -97,39 +115,64 @@ impl Journal {
         frame[..4].copy_from_slice(&len.to_le_bytes());
         frame[4..FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
 
-        let (file, _) = match self.current.take() {
-            Some((file, started)) if started + FILE_SPAN > now => {
-                self.current.insert((file, started))
-            }
+        let (mut file, started, length) = match self.current.take() {
+            Some((file, started, length)) if started + FILE_SPAN > now => (file, started, length),
             _ => {
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(file_path(&self.dir, now))?;
-                File::open(&self.dir)?.sync_all()?;
-                self.delete_expired(now)?;
-                self.current.insert((file, now))
+                let (file, started) = self.create(now)?;
+                self.delete_expired(now);
+                (file, started, 0)
             }
         };
-        file.write_all(&frame)?;
-        file.sync_data()
+        let written = file.write_all(&frame).and_then(|()| file.sync_data());
+        match written {
+            Ok(()) => {
+                self.current = Some((file, started, length + frame.len() as u64));
+                Ok(())
+            }
+            Err(e) => {
+                // a torn frame would hide what comes after it: cut it off, and go on elsewhere
+                let _ = file.set_len(length).and_then(|()| file.sync_data());
+                Err(e)
+            }
+        }
+    }
+
+    /// A new file, started at `now` or, should one of that name exist, the next free second.
+    fn create(&self, now: u64) -> io::Result<(File, u64)> {
+        for started in now..now + 1000 {
+            let created = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(file_path(&self.dir, started));
+            match created {
+                Ok(file) => {
+                    File::open(&self.dir)?.sync_all()?;
+                    return Ok((file, started));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("no free name for a dedup journal file"))
     }
 
     /// Deletes every file whose successor started before the window: all it holds is older.
-    fn delete_expired(&self, now: u64) -> io::Result<()> {
+    /// One that cannot be deleted stays, with a warning, and is tried again later.
+    fn delete_expired(&self, now: u64) {
         let oldest = now.saturating_sub(self.window_secs);
-        let found = files(&self.dir)?;
+        let found = files(&self.dir).unwrap_or_default();
         for pair in found.windows(2) {
             if pair[1].1 <= oldest {
-                fs::remove_file(&pair[0].0)?;
+                if let Err(e) = fs::remove_file(&pair[0].0) {
+                    tracing::warn!(file = %pair[0].0.display(), error = %e, "cannot delete an expired dedup journal file");
+                }
             }
         }
-        Ok(())
     }
 }
 
 /// Calls `restore` for every chunk of the intact frames of `bytes`, up to a torn or corrupt one.
-fn read_frames(mut bytes: &[u8], restore: &mut impl FnMut(u64, &[u16], &[u64])) {
+fn read_frames(mut bytes: &[u8], restore: &mut impl FnMut(u64, &[u32], &[u64])) {
     let (mut tags, mut anchors) = (Vec::new(), Vec::new());
     while bytes.len() >= FRAME_HEADER {
         let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
@@ -145,17 +188,19 @@ fn read_frames(mut bytes: &[u8], restore: &mut impl FnMut(u64, &[u16], &[u64])) 
             let (head, rest) = payload.split_at(CHUNK_HEAD);
             let at = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
             let count = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as usize;
-            let anchor_count = (0..count).filter(|&p| is_anchor(p, count)).count();
-            let body = 2 * count + 8 * anchor_count;
+            if count == 0 || count > MAX_LOGS {
+                return;
+            }
+            let body = 4 * count + 8 * anchors_of(count);
             let Some(encoded) = rest.get(..body) else {
                 return;
             };
-            let (encoded_tags, encoded_anchors) = encoded.split_at(2 * count);
+            let (encoded_tags, encoded_anchors) = encoded.split_at(4 * count);
             tags.clear();
             tags.extend(
                 encoded_tags
-                    .chunks_exact(2)
-                    .map(|t| u16::from_le_bytes([t[0], t[1]])),
+                    .chunks_exact(4)
+                    .map(|t| u32::from_le_bytes(t.try_into().expect("4 bytes"))),
             );
             anchors.clear();
             anchors.extend(

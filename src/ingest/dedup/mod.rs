@@ -4,15 +4,18 @@
 //! An OTel SDK or collector that lost the answer to an export sends its records again, whole or
 //! in other batches. The writer cuts what it stores into content-defined chunks (as a cluster's
 //! gateways do, [`super::chunk`]) and remembers every chunk for the window: each of its logs by
-//! 16 bits of its hash (its tag), and some of them, its *anchors*, by 64 more bits in a table: the
+//! 32 bits of its hash (its tag), and some of them, its *anchors*, by 64 more bits in a table: the
 //! first, every [`ANCHOR_EVERY`]th and the last. A log of a new export that is an anchor finds
 //! its chunk; the logs on either side of it are the chunk's neighbours of that anchor as far as
 //! their tags agree, and are duplicates with it. A retry cut into other batches is recognized
 //! whole wherever its batches' edges fall, as long as each batch holds an anchor: any
 //! [`ANCHOR_EVERY`] logs in a row do. What the window holds is written to a journal beside the
-//! write-ahead log at every commit, so a restart, even after `kill -9`, still recognizes a retry.
+//! write-ahead log before every commit, so a restart, even after `kill -9`, still recognizes a
+//! retry.
 //!
-//! Memory, measured (`memory_is_a_few_bytes_a_log`): about 4.5 bytes per log in the window.
+//! Memory: per log its tag (4 bytes); per chunk 24 bytes and a table entry (about 19 bytes) per
+//! anchor. Exports of hundreds of logs cost about 7 to 8 bytes a log, exports of one log about
+//! 70: a cap on the bytes forgets the oldest chunks early when the window would pass it.
 
 mod journal;
 mod tags;
@@ -28,12 +31,23 @@ use tags::Tags;
 use super::chunk::{self, EncodedLog, LogKey};
 
 /// One log in this many of a chunk is an anchor, besides its last.
-pub const ANCHOR_EVERY: usize = 16;
+pub const ANCHOR_EVERY: usize = 8;
 
 /// Whether the log at `position` of a chunk of `len` logs is an anchor.
 fn is_anchor(position: usize, len: usize) -> bool {
     position % ANCHOR_EVERY == 0 || position + 1 == len
 }
+
+/// How many anchors a chunk of `len` logs has.
+fn anchors_of(len: usize) -> usize {
+    match len {
+        0 => 0,
+        len => len.div_ceil(ANCHOR_EVERY) + usize::from((len - 1) % ANCHOR_EVERY != 0),
+    }
+}
+
+/// Bytes of one anchor in the table: key, value and control byte, at the table's usual load.
+const ANCHOR_BYTES: usize = (2 * std::mem::size_of::<u64>() + 1) * 8 / 7;
 
 /// The table key of an anchor: 64 bits of its hash that its tag does not hold.
 fn anchor_key(key: &LogKey) -> u64 {
@@ -102,14 +116,28 @@ impl Window {
         self.chunks.len()
     }
 
-    /// Bytes the window holds, about.
+    /// Bytes the window holds, about, with what its tables keep room for.
     pub fn memory_bytes(&self) -> usize {
-        // a table entry: key and value, a control byte
-        let entry = 2 * std::mem::size_of::<u64>() + 1;
         self.chunks.capacity() * std::mem::size_of::<Stored>()
             + self.tags.memory_bytes()
-            + self.anchors.capacity() * entry
+            + self.anchors.capacity() * ANCHOR_BYTES
             + self.fresh.capacity() * std::mem::size_of::<u64>()
+    }
+
+    /// Bytes the chunks remembered take, about, without the room kept for more.
+    fn live_bytes(&self) -> usize {
+        let tags = self
+            .chunks
+            .front()
+            .map_or(0, |oldest| self.tags.end() - oldest.tags_from) as usize;
+        self.chunks.len() * std::mem::size_of::<Stored>()
+            + tags * std::mem::size_of::<u32>()
+            + self.anchors.len().saturating_sub(self.stale) * ANCHOR_BYTES
+    }
+
+    /// When the oldest chunk remembered was stored, in seconds since the epoch.
+    pub fn oldest(&self) -> Option<u64> {
+        self.chunks.front().map(|c| c.at)
     }
 
     /// A mark to go back to with [`Window::rollback`].
@@ -130,7 +158,7 @@ impl Window {
             .get(usize::try_from(index.checked_sub(self.gone)?).ok()?)
     }
 
-    fn tag(&self, stored: &Stored, position: usize) -> u16 {
+    fn tag(&self, stored: &Stored, position: usize) -> u32 {
         self.tags.get(stored.tags_from + position as u64)
     }
 
@@ -202,7 +230,7 @@ impl Window {
     fn push(
         &mut self,
         at: u64,
-        tags: impl ExactSizeIterator<Item = u16>,
+        tags: impl ExactSizeIterator<Item = u32>,
         anchors: impl Iterator<Item = u64>,
     ) {
         let index = self.end();
@@ -244,18 +272,15 @@ impl Window {
         self.anchors.retain(|_, place| unpack(*place).0 < end);
     }
 
-    /// Forgets the chunks stored before the window, as of `now` (seconds since the epoch).
-    pub fn expire(&mut self, now: u64) {
+    /// Forgets the chunks stored before the window, as of `now` (seconds since the epoch), and
+    /// the oldest others while the window holds more than `max_bytes`.
+    pub fn expire(&mut self, now: u64, max_bytes: usize) {
         let oldest = now.saturating_sub(self.window_secs);
         while self.chunks.front().is_some_and(|c| c.at < oldest) {
-            let Some(stored) = self.chunks.pop_front() else {
-                break;
-            };
-            self.gone += 1;
-            self.tags
-                .forget_before(stored.tags_from + u64::from(stored.len));
-            let len = stored.len as usize;
-            self.stale += (0..len).filter(|&p| is_anchor(p, len)).count();
+            self.forget_oldest();
+        }
+        while self.live_bytes() > max_bytes && !self.chunks.is_empty() {
+            self.forget_oldest();
         }
         if self.stale > self.anchors.len() / 4 {
             let gone = self.gone;
@@ -268,8 +293,18 @@ impl Window {
         }
     }
 
+    fn forget_oldest(&mut self) {
+        let Some(stored) = self.chunks.pop_front() else {
+            return;
+        };
+        self.gone += 1;
+        self.tags
+            .forget_before(stored.tags_from + u64::from(stored.len));
+        self.stale += anchors_of(stored.len as usize);
+    }
+
     /// The chunks not yet in the journal, oldest first, each with its tags and anchor keys.
-    fn fresh_chunks(&self, journaled: u64) -> impl Iterator<Item = (Stored, Vec<u16>, &[u64])> {
+    fn fresh_chunks(&self, journaled: u64) -> impl Iterator<Item = (Stored, Vec<u32>, &[u64])> {
         let from = journaled.saturating_sub(self.gone) as usize;
         let mut anchors = self.fresh.as_slice();
         self.chunks
@@ -277,10 +312,7 @@ impl Window {
             .map(move |stored| {
                 let len = stored.len as usize;
                 let tags = (0..len).map(|p| self.tag(stored, p)).collect();
-                let count = (0..len)
-                    .filter(|&p| is_anchor(p, len))
-                    .count()
-                    .min(anchors.len());
+                let count = anchors_of(len).min(anchors.len());
                 let (mine, rest) = anchors.split_at(count);
                 anchors = rest;
                 (*stored, tags, mine)
@@ -288,10 +320,8 @@ impl Window {
     }
 
     /// Remembers a chunk read back from the journal, unless it is past the window at `now`.
-    fn restore(&mut self, at: u64, tags: &[u16], anchors: &[u64], now: u64) {
-        let len = tags.len();
-        let expected = (0..len).filter(|&p| is_anchor(p, len)).count();
-        if at >= now.saturating_sub(self.window_secs) && anchors.len() == expected {
+    fn restore(&mut self, at: u64, tags: &[u32], anchors: &[u64], now: u64) {
+        if at >= now.saturating_sub(self.window_secs) && anchors.len() == anchors_of(tags.len()) {
             self.push(at, tags.iter().copied(), anchors.iter().copied());
         }
     }
@@ -303,22 +333,32 @@ pub struct Dedup {
     journal: Journal,
     /// The chunks before this one are in the journal.
     journaled: u64,
+    /// Most bytes the window holds: past it, the oldest chunks are forgotten early.
+    max_bytes: usize,
 }
 
 impl Dedup {
-    /// The window of `window` as the journal in `dir` left it at `now` (seconds since the epoch).
-    pub fn open(dir: &Path, window: Duration, now: u64) -> io::Result<Self> {
+    /// The window of `window`, holding at most `max_bytes`, as the journal in `dir` left it at
+    /// `now` (seconds since the epoch).
+    pub fn open(dir: &Path, window: Duration, max_bytes: usize, now: u64) -> io::Result<Self> {
         let mut remembered = Window::new(window);
         let journal = Journal::open(dir, window, |at, tags, anchors| {
             remembered.restore(at, tags, anchors, now);
         })?;
         remembered.fresh.clear();
+        remembered.expire(now, max_bytes);
         let journaled = remembered.end();
         Ok(Self {
             window: remembered,
             journal,
             journaled,
+            max_bytes,
         })
+    }
+
+    /// Deletes the journal in `dir`: retries are not recognized any more.
+    pub fn remove(dir: &Path) {
+        Journal::remove(dir);
     }
 
     /// Drops from each batch the logs stored already, and remembers the rest, batch by batch: a
@@ -352,7 +392,7 @@ impl Dedup {
         }
         self.window.fresh.clear();
         self.journaled = self.window.end();
-        self.window.expire(now);
+        self.window.expire(now, self.max_bytes);
         Ok(())
     }
 }

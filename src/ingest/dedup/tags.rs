@@ -9,7 +9,7 @@ const BLOCK: u64 = 1 << 15;
 /// Tags numbered since the window began; the oldest are dropped a block at a time.
 #[derive(Default)]
 pub struct Tags {
-    blocks: VecDeque<Box<[u16]>>,
+    blocks: VecDeque<Box<[u32]>>,
     /// The number of `blocks[0]`, counted since the window began.
     first_block: u64,
     /// The number of the next tag.
@@ -22,7 +22,7 @@ impl Tags {
         self.end
     }
 
-    pub fn push(&mut self, tag: u16) {
+    pub fn push(&mut self, tag: u32) {
         let offset = (self.end % BLOCK) as usize;
         if offset == 0 {
             self.blocks
@@ -35,7 +35,7 @@ impl Tags {
     }
 
     /// The tag numbered `at`, which must be between the oldest kept and the end.
-    pub fn get(&self, at: u64) -> u16 {
+    pub fn get(&self, at: u64) -> u32 {
         let block = (at / BLOCK - self.first_block) as usize;
         self.blocks[block][(at % BLOCK) as usize]
     }
@@ -57,7 +57,7 @@ impl Tags {
 
     /// Bytes the tags hold.
     pub fn memory_bytes(&self) -> usize {
-        self.blocks.len() * BLOCK as usize * std::mem::size_of::<u16>()
+        self.blocks.len() * BLOCK as usize * std::mem::size_of::<u32>()
     }
 }
 
@@ -69,15 +69,15 @@ mod tests {
     fn tags_are_kept_by_number_across_blocks() {
         let mut tags = Tags::default();
         for n in 0..3 * BLOCK {
-            tags.push(n as u16);
+            tags.push(n as u32);
         }
-        assert_eq!(tags.get(BLOCK + 5), (BLOCK + 5) as u16);
+        assert_eq!(tags.get(BLOCK + 5), (BLOCK + 5) as u32);
         tags.forget_before(BLOCK + 1);
-        assert_eq!(tags.memory_bytes(), 2 * BLOCK as usize * 2);
-        assert_eq!(tags.get(2 * BLOCK + 7), (2 * BLOCK + 7) as u16);
+        assert_eq!(tags.memory_bytes(), 2 * BLOCK as usize * 4);
+        assert_eq!(tags.get(2 * BLOCK + 7), (2 * BLOCK + 7) as u32);
         tags.truncate(2 * BLOCK);
         assert_eq!(tags.end(), 2 * BLOCK);
-        assert_eq!(tags.memory_bytes(), BLOCK as usize * 2);
+        assert_eq!(tags.memory_bytes(), BLOCK as usize * 4);
         tags.push(9);
         assert_eq!(tags.get(2 * BLOCK), 9);
     }
