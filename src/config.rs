@@ -1116,8 +1116,8 @@ mod tests {
         let err = Config::load(Some(&path), &HashMap::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "invalid setting otlp.max_inflight_bytes: must be at least 12 times \
-             otlp.max_message_bytes (201326592), so that the largest export fits"
+            "invalid setting otlp.max_inflight_bytes: must be at least 16 times \
+             otlp.max_message_bytes (268435456), so that the largest export fits"
         );
     }
 }

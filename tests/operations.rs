@@ -107,10 +107,10 @@ async fn metrics_count_what_happened() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_refused_with_retry_information_not_buffered() {
-    // room for about three of these exports in flight at once
+    // room for about two of these exports in flight at once
     let app = spawn_app_with(AppOptions {
         max_message_bytes: 512 * 1024,
-        max_inflight_bytes: 12 * 512 * 1024,
+        max_inflight_bytes: 16 * 512 * 1024,
         ..Default::default()
     })
     .await;
@@ -224,7 +224,7 @@ async fn sdk_exporters_retry_through_overload_and_lose_nothing() {
     // the SDK sends 512 records (about 330 KB) per export: room for about two at once
     let app = spawn_app_with(AppOptions {
         max_message_bytes: 400 * 1024,
-        max_inflight_bytes: 12 * 400 * 1024,
+        max_inflight_bytes: 16 * 400 * 1024,
         ..Default::default()
     })
     .await;

@@ -8,8 +8,9 @@
 //! first, every [`ANCHOR_EVERY`]th and the last. A log of a new export that is an anchor finds
 //! its chunk; the logs on either side of it are the chunk's neighbours of that anchor as far as
 //! their tags agree, and are duplicates with it. A retry cut into other batches is recognized
-//! whole wherever its batches' edges fall, as long as each batch holds an anchor: any
-//! [`ANCHOR_EVERY`] logs in a row do. What the window holds is written to a journal beside the
+//! whole wherever its batches' edges fall, as long as each batch holds an anchor (any
+//! [`ANCHOR_EVERY`] logs in a row do) or goes on where a batch of duplicates just before it
+//! stopped. What the window holds is written to a journal beside the
 //! write-ahead log before every commit, so a restart, even after `kill -9`, still recognizes a
 //! retry.
 //!
@@ -94,7 +95,13 @@ pub struct Window {
     stale: usize,
     /// The anchor keys of the chunks not yet in the journal, in order.
     fresh: Vec<u64>,
+    /// Where the latest runs of duplicates stopped inside a chunk (chunk, next position), newest
+    /// last: the next batch of the same retry may go on from there.
+    resumes: VecDeque<(u64, usize)>,
 }
+
+/// Places a retry's run of duplicates stopped at that are kept for its next batch.
+const RESUMES: usize = 64;
 
 impl Window {
     /// An empty window that remembers chunks for `window`.
@@ -107,6 +114,7 @@ impl Window {
             anchors: HashMap::new(),
             stale: 0,
             fresh: Vec::new(),
+            resumes: VecDeque::new(),
         }
     }
 
@@ -162,45 +170,102 @@ impl Window {
         self.tags.get(stored.tags_from + position as u64)
     }
 
-    /// The chunk and position of the anchor `key` is, if it is one.
-    fn anchor(&self, key: &LogKey) -> Option<(&Stored, usize)> {
+    /// The chunk (its number and itself) and position of the anchor `key` is, if it is one.
+    fn anchor(&self, key: &LogKey) -> Option<(u64, Stored, usize)> {
         let (chunk, position) = unpack(*self.anchors.get(&anchor_key(key))?);
-        let stored = self.get(chunk)?;
-        let found = position < stored.len as usize && self.tag(stored, position) == key.tag();
-        found.then_some((stored, position))
+        let stored = *self.get(chunk)?;
+        let found = position < stored.len as usize && self.tag(&stored, position) == key.tag();
+        found.then_some((chunk, stored, position))
     }
 
-    /// Which of `keys` (one export's logs, in order) were stored already.
-    pub fn duplicates(&self, keys: &[LogKey]) -> Vec<bool> {
+    /// Which of `keys` (one export's logs, in order) were stored already. A batch too short to
+    /// hold an anchor is recognized when it goes on, two logs at least, where a run of
+    /// duplicates of a batch before it stopped (the next batch of the same retry).
+    pub fn duplicates(&mut self, keys: &[LogKey]) -> Vec<bool> {
         let mut seen = vec![false; keys.len()];
         if self.chunks.is_empty() {
             return seen;
         }
         let mut i = 0;
+        let mut resume = None;
         while i < keys.len() {
-            let Some((stored, position)) = self.anchor(&keys[i]) else {
+            let Some((chunk, stored, position)) = self.anchor(&keys[i]) else {
                 i += 1;
                 continue;
             };
             // its neighbours in the export are its neighbours in the chunk, as far as tags agree
             let (mut first, mut at) = (i, position);
             while first > 0 && at > 0 && !seen[first - 1] {
-                if keys[first - 1].tag() != self.tag(stored, at - 1) {
+                if keys[first - 1].tag() != self.tag(&stored, at - 1) {
                     break;
                 }
                 (first, at) = (first - 1, at - 1);
             }
-            let (mut last, mut at) = (i, position);
-            while last + 1 < keys.len() && at + 1 < stored.len as usize {
-                if keys[last + 1].tag() != self.tag(stored, at + 1) {
-                    break;
-                }
-                (last, at) = (last + 1, at + 1);
-            }
+            let (last, at) = self.extend(&stored, keys, i, position);
             seen[first..=last].fill(true);
+            resume = (last + 1 == keys.len()).then_some((chunk, at + 1));
             i = last + 1;
         }
+        if !seen.contains(&true) && keys.len() >= 2 {
+            self.go_on(keys, &mut seen);
+        }
+        if let Some((chunk, next)) = resume {
+            self.resume_at(chunk, next);
+        }
         seen
+    }
+
+    /// Keeps `next` of `chunk` as a place the next batch of a retry may go on from, if the
+    /// chunk goes on there.
+    fn resume_at(&mut self, chunk: u64, next: usize) {
+        if self.get(chunk).is_some_and(|c| next < c.len as usize) {
+            self.resumes.push_back((chunk, next));
+            if self.resumes.len() > RESUMES {
+                self.resumes.pop_front();
+            }
+        }
+    }
+
+    /// How far the logs of `keys` from `i` on are the logs of `stored` from `position` on: the
+    /// last of them, and its position.
+    fn extend(
+        &self,
+        stored: &Stored,
+        keys: &[LogKey],
+        i: usize,
+        position: usize,
+    ) -> (usize, usize) {
+        let (mut last, mut at) = (i, position);
+        while last + 1 < keys.len() && at + 1 < stored.len as usize {
+            if keys[last + 1].tag() != self.tag(stored, at + 1) {
+                break;
+            }
+            (last, at) = (last + 1, at + 1);
+        }
+        (last, at)
+    }
+
+    /// Marks `keys` from its start as duplicates where they go on from a place a run stopped at,
+    /// the newest place first; two tags must agree (one in 2^64 by chance).
+    fn go_on(&mut self, keys: &[LogKey], seen: &mut [bool]) {
+        let places: Vec<(u64, usize)> = self.resumes.iter().rev().copied().collect();
+        for (chunk, next) in places {
+            let Some(stored) = self.get(chunk).copied() else {
+                continue;
+            };
+            if next + 1 >= stored.len as usize
+                || keys[0].tag() != self.tag(&stored, next)
+                || keys[1].tag() != self.tag(&stored, next + 1)
+            {
+                continue;
+            }
+            let (last, at) = self.extend(&stored, keys, 0, next);
+            seen[..=last].fill(true);
+            if last + 1 == keys.len() {
+                self.resume_at(chunk, at + 1);
+            }
+            return;
+        }
     }
 
     /// Remembers the chunks of `keys` (logs stored together, in order), stored at `at` (seconds
@@ -209,7 +274,7 @@ impl Window {
         for range in chunk::ranges(keys) {
             let logs = &keys[range];
             // the same chunk again (a replay of what the journal holds) is remembered once
-            let known = |key: &LogKey| self.anchor(key).map(|(stored, p)| (*stored, p));
+            let known = |key: &LogKey| self.anchor(key).map(|(_, stored, p)| (stored, p));
             if let (Some((first, 0)), Some((last, p))) =
                 (known(&logs[0]), known(&logs[logs.len() - 1]))
             {
@@ -270,6 +335,7 @@ impl Window {
         self.fresh.truncate(mark.fresh);
         let end = mark.chunks;
         self.anchors.retain(|_, place| unpack(*place).0 < end);
+        self.resumes.retain(|(chunk, _)| *chunk < end);
     }
 
     /// Forgets the chunks stored before the window, as of `now` (seconds since the epoch), and

@@ -215,3 +215,52 @@ fn a_journal_frame_naming_absurd_counts_is_not_read() {
     let dedup = Dedup::open(dir.path(), Duration::from_secs(600), usize::MAX, NOW).unwrap();
     assert_eq!(dedup.window.len(), 0);
 }
+
+#[test]
+fn retries_cut_anyhow_into_batches_of_eight_or_more_are_duplicates() {
+    let logs = keys(0..1000);
+    let mut seed = 7u64;
+    let mut next = move |below: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % below
+    };
+    for round in 0..200 {
+        let mut window = Window::new(Duration::from_secs(600));
+        // the first send, cut anyhow (batches of 1 to 600 logs)
+        let mut at = 0;
+        while at < logs.len() {
+            let end = (at + 1 + next(600)).min(logs.len());
+            store(&mut window, &logs[at..end], end - at);
+            at = end;
+        }
+        // the retry, cut anyhow into batches of 8 or more
+        let mut at = 0;
+        while at < logs.len() {
+            let end = (at + 8 + next(400)).min(logs.len());
+            let batch = &logs[at..end];
+            let seen = window.duplicates(batch);
+            let missed: Vec<usize> = (at..end).filter(|i| !seen[i - at]).collect();
+            assert!(
+                missed.is_empty(),
+                "round {round}: batch {at}..{end} missed {missed:?}"
+            );
+            at = end;
+        }
+    }
+}
+
+#[test]
+fn a_retry_in_batches_too_short_for_an_anchor_goes_on_from_its_last_batch() {
+    let mut window = Window::new(Duration::from_secs(600));
+    let logs = keys(0..1000);
+    store(&mut window, &logs, 512);
+    // an SDK's batch processor cuts what it has: here batches of 3, and one of 2
+    assert_eq!(store(&mut window, &logs[..600], 3), 600);
+    assert_eq!(store(&mut window, &logs[600..602], 2), 2);
+    // new logs after a retry are new, in a short batch too
+    let new = keys(1000..1002);
+    assert_eq!(store(&mut window, &new, 2), 0);
+    assert_eq!(store(&mut window, &logs[602..], 100), 398);
+}
