@@ -28,7 +28,8 @@ const SAME_TIME: usize = 10;
 const BASE: u64 = 1_760_000_000_000_000_000;
 
 /// Sends `messages` through the SDK's batch processor over `protocol`, `batch` records an
-/// export at most, and waits until every export was acknowledged. Record `i` is stamped
+/// export at most (the processor cuts shorter ones too, as it catches up), and waits until
+/// every export was acknowledged. Record `i` is stamped
 /// `BASE + i / SAME_TIME`, observed then too: sent again, it is the same record.
 async fn send(
     served: &Served,
@@ -55,8 +56,6 @@ async fn send(
             BatchConfigBuilder::default()
                 .with_max_export_batch_size(batch)
                 .with_max_queue_size(RECORDS * 2)
-                // exports of `batch` records and the rest at the flush, never what a timer cut
-                .with_scheduled_delay(Duration::from_secs(3600))
                 .build(),
         )
         .build();
