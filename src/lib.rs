@@ -4,7 +4,8 @@
 //!
 //! - [`otlp`]: receive OTLP/gRPC and OTLP/HTTP (protobuf, JSON, gzip) exports.
 //! - [`mapping`]: turn each OTLP LogRecord into an [`mapping::ActivityLog`] (pure).
-//! - [`ingest`]: the one export path: authorize, map, queue for the writer, answer.
+//! - [`ingest`]: the one export path: authorize, map, queue for the writer, answer; a client's
+//!   retry within the dedup window is acknowledged and stored once.
 //! - [`store`]: the embedded tantivy index: schema, the single writer, newest-first queries.
 //! - [`api`]: `GET /logs`, the audit API scoped to the caller's user, with its statistics, tail,
 //!   export, erasure and OpenAPI document, and health checks.
