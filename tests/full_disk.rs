@@ -15,8 +15,8 @@ use common::process::{
 };
 use common::tmpfs::Tmpfs;
 use common::{
-    PATIENCE, activity, assert_each_acknowledged_once, authorized, metric, readyz, request_of,
-    text, wait_for_readyz, with_attr,
+    PATIENCE, activity, assert_each_acknowledged_once, authorized, labeled_metric, metric, readyz,
+    request_of, text, wait_for_readyz, with_attr,
 };
 use logbridge::auth::Secret;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
@@ -226,12 +226,12 @@ async fn the_index_disk_fills_while_the_log_has_room() {
     assert_failing_visibly(&served, &secret, "No space left on device").await;
     let api = format!("http://{}", served.api);
     assert!(
-        metric(
+        labeled_metric(
             &api,
             "logbridge_storage_failures_total{stage=\"index_commit\"}"
         )
         .await
-            + metric(
+            + labeled_metric(
                 &api,
                 "logbridge_storage_failures_total{stage=\"index_write\"}"
             )

@@ -149,12 +149,12 @@ async fn an_index_that_cannot_commit_refuses_until_it_can_and_sdk_exporters_lose
     app.flush().await;
     assert_eq!(app.logs(&app.keys.alice, "limit=1").await["total"], 3000);
     assert!(
-        metric(
+        labeled_metric(
             &app.api_url,
             "logbridge_storage_failures_total{stage=\"index_commit\"}"
         )
         .await
-            + metric(
+            + labeled_metric(
                 &app.api_url,
                 "logbridge_storage_failures_total{stage=\"index_write\"}"
             )

@@ -395,18 +395,40 @@ pub fn authorized<T>(message: T, key: &Secret) -> tonic::Request<T> {
     request
 }
 
-/// The value of one sample line of `/metrics` at `api_url`, e.g. `logbridge_index_logs`
-/// (0 when absent).
+/// The value of one sample line of `/metrics` at `api_url`, e.g. `logbridge_index_logs`; the
+/// test fails when the server does not serve it (a renamed or missing metric).
 pub async fn metric(api_url: &str, sample: &str) -> f64 {
-    let text = reqwest::get(format!("{api_url}/metrics"))
+    let text = metrics_text(api_url).await;
+    sample_value(&text, sample).unwrap_or_else(|| panic!("/metrics has no {sample}:\n{text}"))
+}
+
+/// The value of a sample of a labeled family, e.g. `logbridge_otlp_exports_total{...}`: 0 while
+/// nothing with those labels was counted, but the test fails when the family itself is not
+/// served.
+pub async fn labeled_metric(api_url: &str, sample: &str) -> f64 {
+    let text = metrics_text(api_url).await;
+    let name = sample.split('{').next().unwrap_or(sample);
+    let family = name.strip_suffix("_total").unwrap_or(name);
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with(&format!("# TYPE {family} "))),
+        "/metrics has no family {family}:\n{text}"
+    );
+    sample_value(&text, sample).unwrap_or(0.0)
+}
+
+async fn metrics_text(api_url: &str) -> String {
+    reqwest::get(format!("{api_url}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+fn sample_value(text: &str, sample: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// One export request holding `records` under one resource and scope.
@@ -517,12 +539,12 @@ pub fn assert_each_acknowledged_once(stored: &[String], acked: &[String], when: 
 
 /// Exports refused for overload or failing storage so far: gRPC `UNAVAILABLE` and HTTP 503.
 pub async fn refused_exports(api_url: &str) -> f64 {
-    metric(
+    labeled_metric(
         api_url,
         "logbridge_otlp_exports_total{transport=\"grpc\",status=\"UNAVAILABLE\"}",
     )
     .await
-        + metric(
+        + labeled_metric(
             api_url,
             "logbridge_otlp_exports_total{transport=\"http\",status=\"503\"}",
         )
