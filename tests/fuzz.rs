@@ -6,6 +6,7 @@
 //! --test fuzz`.
 
 use logbridge::api::{ApiError, CursorKey, MAX_LIMIT, parse_logs_params};
+use logbridge::ingest::{EncodedLog, LogKey};
 use logbridge::mapping::{
     ActivityLog, Admission, MAX_DATA_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MappingConfig,
     map_request,
@@ -103,6 +104,31 @@ fn log_record() -> impl Strategy<Value = LogRecord> {
                 ..Default::default()
             },
         )
+}
+
+/// An arbitrary record that names a valid type, status and user, with arbitrary other
+/// attributes besides (none of the mapped ones): it maps.
+fn valid_record() -> impl Strategy<Value = LogRecord> {
+    (
+        log_record(),
+        proptest::sample::select(&["tool_call", "end_call_webhook", "inbound_context_lookup"][..]),
+        proptest::sample::select(&["success", "error"][..]),
+        "[a-z0-9-]{1,40}",
+    )
+        .prop_map(|(mut record, log_type, status, user)| {
+            record
+                .attributes
+                .retain(|kv| kv.key == "other" || kv.key == "event.name");
+            let text = |s: &str| Value::StringValue(s.to_owned());
+            record
+                .attributes
+                .push(attribute("activity.log_type", text(log_type)));
+            record
+                .attributes
+                .push(attribute("activity.status", text(status)));
+            record.attributes.push(attribute("user.id", text(&user)));
+            record
+        })
 }
 
 /// Maps every record of a request; checks what the mapping promises of its output.
@@ -239,6 +265,23 @@ proptest! {
     fn protobuf_decoding_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         if let Ok(request) = ExportLogsServiceRequest::decode(&bytes[..]) {
             map_all(&request, Some("user-a"));
+        }
+    }
+
+    #[test]
+    fn valid_records_map_and_their_encoding_reads_back_to_the_same_key(records in proptest::collection::vec(valid_record(), 1..4)) {
+        let request = request_of(records.clone());
+        let mapped = map_request(&MappingConfig::default(), None, 1, &request, |_| Admission::Keep)
+            .expect("every log is admitted");
+        prop_assert_eq!(mapped.rejected.len(), 0, "{:?}", mapped.rejected);
+        prop_assert_eq!(mapped.logs.len(), records.len());
+        for log in &mapped.logs {
+            check_log(log);
+            // a retry is known after a restart by the key of the log read back from the
+            // write-ahead log: the same as the key it was stored with
+            let encoded = EncodedLog::new(log.clone());
+            let back: ActivityLog = serde_json::from_slice(&encoded.json).unwrap();
+            prop_assert_eq!(LogKey::of_log(&back), encoded.key);
         }
     }
 
