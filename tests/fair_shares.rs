@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{AppOptions, PATIENCE, TestApp, activity, at_ms, spawn_app_with, window};
 use logbridge::auth::Secret;
 use serde_json::Value as Json;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncReadExt as _;
 
 /// The send buffer of the server's REST connections: a reader that stalls stalls the export
 /// after a few pages rather than after the megabytes loopback buffers hold.
@@ -82,12 +82,7 @@ async fn a_stalled_export_is_cut_off_while_another_user_exports_and_searches() {
     ingest_many(&app, &app.keys.bob, 300).await;
 
     // alice's export, whose client reads the head and then nothing
-    let mut stalled = window::connect(&app.api_url).await;
-    let request = format!(
-        "GET /logs/export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-        app.keys.alice.expose()
-    );
-    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut stalled = window::stalled_export(&app.api_url, &app.keys.alice).await;
     let mut received = Vec::new();
     while !received.windows(4).any(|w| w == b"\r\n\r\n") {
         let mut byte = [0u8; 64];

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{AppOptions, PATIENCE, TestApp, activity, at_ms, spawn_app_with, window};
 use logbridge::auth::Secret;
 use serde_json::Value as Json;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncReadExt as _;
 
 /// The idle timeout of these tests; the drain after it is as short, so that a connection taken
 /// for idle is gone one second later.
@@ -228,12 +228,7 @@ async fn a_client_that_stalls_its_export_does_not_hold_up_the_drain() {
     })
     .await;
     ingest_many(&app, &app.keys.alice, 10_000).await;
-    let mut stalled = window::connect(&app.api_url).await;
-    let request = format!(
-        "GET /logs/export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-        app.keys.alice.expose()
-    );
-    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut stalled = window::stalled_export(&app.api_url, &app.keys.alice).await;
     // the export has filled what the connection holds and waits for its client
     let mut head = [0u8; 12];
     stalled.read_exact(&mut head).await.unwrap();
@@ -268,12 +263,7 @@ async fn a_client_that_takes_nothing_of_its_response_is_dropped_after_the_idle_t
     })
     .await;
     ingest_many(&app, &app.keys.alice, 10_000).await;
-    let mut stalled = window::connect(&app.api_url).await;
-    let request = format!(
-        "GET /logs/export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-        app.keys.alice.expose()
-    );
-    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut stalled = window::stalled_export(&app.api_url, &app.keys.alice).await;
     let opened = Instant::now();
     // the export holds the user's one place while its connection is open...
     let deadline = Instant::now() + PATIENCE;

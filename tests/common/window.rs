@@ -8,6 +8,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use logbridge::auth::Secret;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::PATIENCE;
@@ -16,7 +17,7 @@ use super::PATIENCE;
 const WINDOW: u32 = 16 * 1024;
 
 /// A connection to `api_url` (`http://host:port`) with a small receive buffer.
-pub async fn connect(api_url: &str) -> TcpStream {
+async fn connect(api_url: &str) -> TcpStream {
     let address = api_url
         .trim_start_matches("http://")
         .parse()
@@ -26,6 +27,21 @@ pub async fn connect(api_url: &str) -> TcpStream {
         .set_recv_buffer_size(WINDOW)
         .expect("a receive buffer");
     socket.connect(address).await.expect("connects")
+}
+
+/// `GET /logs/export` of `key`'s logs on `api_url`, sent through a small window by a client that
+/// then reads nothing unless the test does: the connection.
+pub async fn stalled_export(api_url: &str, key: &Secret) -> TcpStream {
+    let mut stream = connect(api_url).await;
+    let request = format!(
+        "GET /logs/export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        key.expose()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("the request is sent");
+    stream
 }
 
 /// `GET {path}` on `api_url` with `key`, through a small window: the response, its body not
