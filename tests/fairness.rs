@@ -120,7 +120,13 @@ async fn one_users_flood_does_not_slow_another_users_exports() {
         })
     };
     // the flood is under way before B measures
+    let deadline = Instant::now() + PATIENCE;
     while refused.load(Ordering::Relaxed) < 32 {
+        assert!(
+            !flood.is_finished() && Instant::now() < deadline,
+            "the flood never got 32 refusals ({} so far)",
+            refused.load(Ordering::Relaxed)
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut flooded = measure_b(&served.grpc, &b, "flood", EXPORTS).await;
