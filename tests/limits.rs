@@ -123,11 +123,11 @@ async fn keyless_exports_are_refused_before_their_bodies_are_decompressed() {
         after as f64 / MIB as f64,
         compressed.len()
     );
-    // none of the eight was ever held decoded (15 MiB each): what is left is reading and
-    // dropping the HTTP bodies (72 KB each) so that their clients see the 401, which costs the
-    // allocator about 6 MiB of fresh pages
+    // none of the eight was ever held decoded: one alone would take 15 MiB. What is left is
+    // reading and dropping the HTTP bodies (72 KB each) so that their clients see the 401, which
+    // costs the allocator 2 to 8 MiB of fresh pages, as the machine's load has it
     assert!(
-        after - before < 15 * MIB / 2,
+        after - before < 15 * MIB,
         "keyless exports raised peak RSS by {} KiB",
         (after - before) / 1024
     );
