@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{AppOptions, PATIENCE, TestApp, activity, at_ms, spawn_app_with, window};
+use common::{AppOptions, PATIENCE, TestApp, spawn_app_with, window};
 use logbridge::auth::Secret;
 use serde_json::Value as Json;
 use tokio::io::AsyncReadExt as _;
@@ -16,16 +16,6 @@ use tokio::io::AsyncReadExt as _;
 /// The send buffer of the server's REST connections: a reader that stalls stalls the export
 /// after a few pages rather than after the megabytes loopback buffers hold.
 const SEND_BUFFER: u32 = 16 * 1024;
-
-/// Ingests `count` logs for `key`'s user: messages `log {n}`.
-async fn ingest_many(app: &TestApp, key: &Secret, count: u64) {
-    for first in (0..count).step_by(5_000) {
-        let records = (first..count.min(first + 5_000))
-            .map(|n| activity("tool_call", at_ms(n), &format!("log {n}")))
-            .collect();
-        app.ingest(key, records).await;
-    }
-}
 
 /// `GET /logs/export` with `key`, read whole: the status, `Retry-After`, and the body (the
 /// message of a refusal, the logs' lines of an export).
@@ -78,8 +68,8 @@ async fn a_stalled_export_is_cut_off_while_another_user_exports_and_searches() {
     })
     .await;
     const ALICE: u64 = 10_000;
-    ingest_many(&app, &app.keys.alice, ALICE).await;
-    ingest_many(&app, &app.keys.bob, 300).await;
+    app.ingest_many(&app.keys.alice, ALICE).await;
+    app.ingest_many(&app.keys.bob, 300).await;
 
     // alice's export, whose client reads the head and then nothing
     let mut stalled = window::stalled_export(&app.api_url, &app.keys.alice).await;
@@ -156,8 +146,8 @@ async fn one_users_searches_cannot_take_every_place() {
         ..AppOptions::default()
     })
     .await;
-    ingest_many(&app, &app.keys.alice, 20_000).await;
-    ingest_many(&app, &app.keys.bob, 10).await;
+    app.ingest_many(&app.keys.alice, 20_000).await;
+    app.ingest_many(&app.keys.bob, 10).await;
 
     // alice: eight clients asking for statistics without pause
     let stop = Arc::new(AtomicBool::new(false));
@@ -236,7 +226,7 @@ async fn a_key_revoked_mid_export_cuts_it_off() {
     })
     .await;
     const TOTAL: u64 = 10_000;
-    ingest_many(&app, &app.keys.alice, TOTAL).await;
+    app.ingest_many(&app.keys.alice, TOTAL).await;
     let response = window::get(&app.api_url, "/logs/export", &app.keys.alice_reader).await;
     assert_eq!(response.status(), 200);
     // the export is under way when the key goes

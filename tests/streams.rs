@@ -81,16 +81,6 @@ impl Tail {
     }
 }
 
-/// Ingests `count` logs (about 300 bytes each as served) for `key`'s user: messages `log {n}`.
-async fn ingest_many(app: &TestApp, key: &Secret, count: u64) {
-    for first in (0..count).step_by(5_000) {
-        let records = (first..count.min(first + 5_000))
-            .map(|n| activity("tool_call", at_ms(n), &format!("log {n}")))
-            .collect();
-        app.ingest(key, records).await;
-    }
-}
-
 /// The whole export of `key`'s user, read as fast as it comes.
 async fn export_at_once(app: &TestApp, key: &Secret) -> Vec<u8> {
     let response = app
@@ -136,7 +126,7 @@ async fn a_tail_lasts_through_several_idle_timeouts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowly_read_export_is_complete_through_several_idle_timeouts() {
     let app = spawn_app_with(short_idle()).await;
-    ingest_many(&app, &app.keys.alice, 5_000).await;
+    app.ingest_many(&app.keys.alice, 5_000).await;
     let whole = export_at_once(&app, &app.keys.alice).await;
     assert_eq!(whole.iter().filter(|b| **b == b'\n').count(), 5_000);
 
@@ -169,7 +159,7 @@ async fn shutdown_lets_a_body_being_sent_finish_and_tails_end_themselves() {
         ..AppOptions::default()
     })
     .await;
-    ingest_many(&app, &app.keys.bob, 4_000).await;
+    app.ingest_many(&app.keys.bob, 4_000).await;
     let whole = export_at_once(&app, &app.keys.bob).await;
     let mut tail = Tail::open(&app, &app.keys.alice).await;
     let response = window::get(&app.api_url, "/logs/export", &app.keys.bob).await;
@@ -227,7 +217,7 @@ async fn a_client_that_stalls_its_export_does_not_hold_up_the_drain() {
         ..AppOptions::default()
     })
     .await;
-    ingest_many(&app, &app.keys.alice, 10_000).await;
+    app.ingest_many(&app.keys.alice, 10_000).await;
     let mut stalled = window::stalled_export(&app.api_url, &app.keys.alice).await;
     // the export has filled what the connection holds and waits for its client
     let mut head = [0u8; 12];
@@ -262,7 +252,7 @@ async fn a_client_that_takes_nothing_of_its_response_is_dropped_after_the_idle_t
         ..AppOptions::default()
     })
     .await;
-    ingest_many(&app, &app.keys.alice, 10_000).await;
+    app.ingest_many(&app.keys.alice, 10_000).await;
     let mut stalled = window::stalled_export(&app.api_url, &app.keys.alice).await;
     let opened = Instant::now();
     // the export holds the user's one place while its connection is open...

@@ -324,6 +324,17 @@ impl TestApp {
         self.flush().await;
     }
 
+    /// Ingests `count` tool calls (`log 0`, `log 1`, ...) with `key`, 5,000 an export, and
+    /// commits them.
+    pub async fn ingest_many(&self, key: &Secret, count: u64) {
+        for first in (0..count).step_by(5_000) {
+            let records = (first..count.min(first + 5_000))
+                .map(|n| activity("tool_call", at_ms(n), &format!("log {n}")))
+                .collect();
+            self.ingest(key, records).await;
+        }
+    }
+
     /// `GET /logs?{query}` with `key`: status and JSON body.
     pub async fn get_logs(&self, key: Option<&Secret>, query: &str) -> (u16, Json) {
         self.call_logs(reqwest::Method::GET, key, query).await
