@@ -14,7 +14,7 @@ mod harness;
 mod browser;
 
 #[allow(dead_code)] // the benchmark needs Chromium, not Schemathesis
-#[path = "../tests/common/tools.rs"]
+#[path = "../tests/suite/common/tools.rs"]
 mod tools;
 
 use std::path::PathBuf;

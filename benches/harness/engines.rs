@@ -1,6 +1,6 @@
 //! The engines under cluster mode, as real processes on loopback with their own folders: three
 //! NATS servers (JetStream clustered) and one etcd, on ports the system picked. The cluster
-//! tests (`tests/common/cluster.rs`) and the cluster benchmark run on them.
+//! tests (`tests/suite/common/cluster.rs`) and the cluster benchmark run on them.
 #![allow(dead_code)] // each user takes its own part
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! The benchmark harness: a logbridge server as a child process, pre-encoded OTLP traffic from the
 //! deterministic workload, and timed ingest and query runs. `benches/ingest.rs` and
-//! `benches/query.rs` drive it at full size; `tests/bench_smoke.rs` at a tiny one.
+//! `benches/query.rs` drive it at full size; `tests/suite/bench_smoke.rs` at a tiny one.
 #![allow(dead_code)] // each driver uses its own part
 
 pub mod raw_grpc;

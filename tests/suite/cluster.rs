@@ -1,0 +1,816 @@
+//! Cluster mode on one machine: three NATS servers (JetStream clustered), one etcd, gateways and
+//! indexers, each a real process; real faults (`kill -9`). Every test compares what `/logs`
+//! serves through the gateways (totals, order, cursors, `q`) with what was acknowledged.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::PATIENCE;
+use common::cluster::{Node, TestCluster, USERS, export_until_acknowledged, records};
+use common::process::{sigterm, wait_for_clean_exit, wait_ready};
+use logbridge::emit::{EmitOptions, emit};
+use logbridge::workload::Workload;
+use opentelemetry_otlp::Protocol;
+
+/// Waits until `user`'s total through `gateway` is `expected`.
+async fn wait_for_total(cluster: &TestCluster, gateway: &Node, user: usize, expected: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = cluster.get(gateway, user, "limit=1").await;
+        if status == 200 && body["data"]["total"].as_u64() == Some(expected as u64) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "user {user} never reached {expected} logs through {}: {status} {body}",
+            gateway.api
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many acknowledged logs are missing from `stored`, and how many are there more often than
+/// they were sent (logs compared by message; a message sent twice must be stored twice).
+fn differences(stored: &[String], sent: &[String]) -> (usize, usize) {
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    for message in sent {
+        *counts.entry(message).or_default() += 1;
+    }
+    for message in stored {
+        *counts.entry(message).or_default() -= 1;
+    }
+    let lost = counts.values().filter(|n| **n > 0).sum::<i64>();
+    let doubled = -counts.values().filter(|n| **n < 0).sum::<i64>();
+    (lost as usize, doubled as usize)
+}
+
+/// Asserts that each user's logs, walked through every live gateway and on every ready replica
+/// of its shard, are exactly the acknowledged messages, as many times as sent, newest first.
+async fn assert_exactly(cluster: &TestCluster, acked: &HashMap<usize, Vec<String>>, when: &str) {
+    for (&user, messages) in acked {
+        let compare = |stored: &[String], place: &str| {
+            let (lost, doubled) = differences(stored, messages);
+            assert_eq!(
+                (lost, doubled, stored.len()),
+                (0, 0, messages.len()),
+                "{when}: user {user} through {place}: (lost, stored twice, stored)"
+            );
+        };
+        for gateway in cluster.live_gateways() {
+            wait_for_total(cluster, gateway, user, messages.len()).await;
+            let stored = cluster.walk(gateway, user, "").await;
+            compare(&stored, &format!("gateway {}", gateway.api));
+        }
+        let mut replicas = 0;
+        for indexer in 0..cluster.indexers.len() {
+            if cluster.indexers[indexer].served.is_none() {
+                continue;
+            }
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                match cluster.held(indexer, user).await {
+                    None => break,
+                    Some(total) if total as usize == messages.len() => {
+                        let stored = cluster.walk_replica(indexer, user).await.unwrap();
+                        compare(&stored, &format!("indexer-{indexer}'s replica"));
+                        replicas += 1;
+                        break;
+                    }
+                    Some(_) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "{when}: indexer-{indexer} never caught up on user {user}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        assert!(
+            replicas >= 1,
+            "{when}: no indexer serves user {user}'s shard"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
+    let mut cluster = TestCluster::start(2, 3).await;
+    let options = |gateway: &common::cluster::Node, protocol, user: usize, seed| EmitOptions {
+        protocol,
+        endpoint: Some(match protocol {
+            Protocol::Grpc => format!("http://{}", gateway.grpc),
+            _ => format!("http://{}", gateway.served.as_ref().unwrap().http),
+        }),
+        key: Some(cluster.ingest.expose().to_owned()),
+        count: 1500,
+        user: Some(USERS[user].to_owned()),
+        seed,
+        gzip: seed == 3,
+    };
+    let sends = [
+        (0, Protocol::Grpc, 0, 1),
+        (1, Protocol::HttpBinary, 1, 2),
+        (1, Protocol::Grpc, 2, 3),
+        (0, Protocol::HttpJson, 3, 4),
+    ];
+    for (gateway, protocol, user, seed) in sends {
+        emit(&options(&cluster.gateways[gateway], protocol, user, seed))
+            .await
+            .unwrap();
+    }
+    let mut acked = HashMap::new();
+    for (_, _, user, seed) in sends {
+        let sent: Vec<String> = Workload::new(seed).take(1500).map(|a| a.message).collect();
+        acked.insert(user, sent);
+    }
+    assert_exactly(&cluster, &acked, "after the SDK exports").await;
+
+    // the newest page is the last sent, in order, and `q` finds exactly the matching logs
+    let sent = &acked[&0];
+    let (status, body) = cluster.get(&cluster.gateways[1], 0, "limit=50").await;
+    assert_eq!(status, 200);
+    let newest: Vec<String> = sent.iter().rev().take(50).cloned().collect();
+    assert_eq!(common::messages(&body["data"]), newest);
+    let word = sent[0].split_whitespace().next().unwrap().to_lowercase();
+    let matching = sent
+        .iter()
+        .filter(|m| {
+            m.to_lowercase()
+                .split(|c: char| !c.is_alphanumeric())
+                .any(|w| w == word)
+        })
+        .count();
+    let found = cluster
+        .walk(&cluster.gateways[0], 0, &format!("&q={word}"))
+        .await;
+    assert_eq!(found.len(), matching, "q={word}");
+    // statistics come from the same replica, with the same totals
+    let stats: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/logs/stats", cluster.gateways[0].api))
+        .bearer_auth(cluster.readers[2].expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["data"]["total"], 1500);
+    // an export streams through the gateway whole
+    let client = reqwest::Client::new();
+    let export = client
+        .get(format!(
+            "http://{}/logs/export?format=ndjson",
+            cluster.gateways[1].api
+        ))
+        .bearer_auth(cluster.readers[3].expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.status(), 200);
+    assert_eq!(export.headers()["content-type"], "application/x-ndjson");
+    let exported: Vec<String> = export
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["message"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(differences(&exported, &acked[&3]), (0, 0));
+    assert_eq!(exported.len(), 1500);
+    // a tail through the gateway follows on from a page read through it
+    let page = client
+        .get(format!("http://{}/logs?limit=1", cluster.gateways[0].api))
+        .bearer_auth(cluster.readers[2].expose())
+        .send()
+        .await
+        .unwrap();
+    let sequence = page.headers()["logbridge-sequence"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut tail = client
+        .get(format!(
+            "http://{}/logs/tail?cursor={sequence}",
+            cluster.gateways[0].api
+        ))
+        .bearer_auth(cluster.readers[2].expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 200);
+    assert_eq!(tail.headers()["content-type"], "text/event-stream");
+    let fresh = records(USERS[2], 900_000, 3);
+    export_until_acknowledged(&cluster.grpc(), 1, &cluster.ingest, fresh).await;
+    let mut events = String::new();
+    let mut tailed: Vec<String> = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while tailed.len() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, tail.chunk())
+            .await
+            .expect("tailed logs within the patience")
+            .unwrap()
+            .expect("the tail goes on");
+        events.push_str(std::str::from_utf8(&chunk).unwrap());
+        tailed = events
+            .lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap())
+            .filter_map(|log| log["message"].as_str().map(str::to_owned))
+            .collect();
+    }
+    let expected: Vec<String> = (900_000..900_003)
+        .map(|n| format!("{} record {n}", USERS[2]))
+        .collect();
+    assert_eq!(
+        tailed, expected,
+        "the tail sends the new logs, oldest first, and nothing else"
+    );
+    // a gateway that shuts down ends the tail it passes on with the final event, not a cut
+    sigterm(cluster.gateways[0].served.as_ref().unwrap());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, tail.chunk())
+            .await
+            .expect("the tail ends within the patience")
+            .expect("the tail ends cleanly, not cut");
+        match chunk {
+            Some(chunk) => events.push_str(std::str::from_utf8(&chunk).unwrap()),
+            None => break,
+        }
+    }
+    assert!(
+        events.ends_with(
+            "event: end\ndata: {\"message\":\"logbridge is shutting down: reconnect with \
+             Last-Event-ID to resume\",\"resumable\":true}\n\n"
+        ),
+        "{events}"
+    );
+    wait_for_clean_exit(cluster.gateways[0].served.as_mut().unwrap());
+    cluster.gateways[0].restart();
+    wait_ready(&cluster.gateways[0].api).await;
+    // the explorer and the OpenAPI document come from the gateway itself
+    let page = client
+        .get(format!("http://{}/", cluster.gateways[1].api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let openapi: serde_json::Value = client
+        .get(format!("http://{}/openapi.json", cluster.gateways[1].api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(openapi["openapi"].as_str().unwrap().get(..3), Some("3.1"));
+    // a key reads its own user's logs only, through the gateway and on any replica directly
+    let query = format!("q=user_id:{}", USERS[1]);
+    let (_, body) = cluster.get(&cluster.gateways[0], 0, &query).await;
+    assert_eq!(body["data"]["total"], 0);
+    let shard_of_1 = logbridge::cluster::shard_of(USERS[1], common::cluster::SHARDS);
+    let shard_of_0 = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    let mut asked = 0;
+    for indexer in &cluster.indexers {
+        let response = reqwest::Client::new()
+            .get(format!(
+                "http://{}/shards/{shard_of_1}/logs?limit=100",
+                indexer.api
+            ))
+            .bearer_auth(cluster.readers[0].expose())
+            .send()
+            .await
+            .unwrap();
+        if response.status() != 200 {
+            continue;
+        }
+        asked += 1;
+        let body: serde_json::Value = response.json().await.unwrap();
+        let mine = if shard_of_1 == shard_of_0 { 1500 } else { 0 };
+        assert_eq!(
+            body["data"]["total"], mine,
+            "user-0's key on user-1's shard"
+        );
+        for message in common::messages(&body["data"]) {
+            assert!(acked[&0].contains(&message), "user-0 read {message:?}");
+        }
+    }
+    assert_eq!(asked, 2, "two replicas serve user-1's shard");
+}
+
+/// Which indexer serves which user's shard: indexer by indexer, user by user.
+async fn placement(cluster: &TestCluster) -> Vec<bool> {
+    let mut held = Vec::new();
+    for indexer in 0..cluster.indexers.len() {
+        for user in 0..USERS.len() {
+            held.push(cluster.held(indexer, user).await.is_some());
+        }
+    }
+    held
+}
+
+/// What a load acknowledged, by user, and how many exports it had to send again; shared with
+/// the test while the load runs.
+#[derive(Default)]
+struct Load {
+    acked: HashMap<usize, Vec<String>>,
+    retries: usize,
+}
+
+type Acked = Arc<Mutex<Load>>;
+
+/// Starts sending `batches` batches of `size` records for each user, through the gateways in
+/// turn, each retried (through the next gateway) until acknowledged. Records are numbered from
+/// `first_batch * size`, so later loads are newer.
+fn start_load(
+    cluster: &TestCluster,
+    first_batch: u64,
+    batches: u64,
+    size: u64,
+) -> (Acked, tokio::task::JoinHandle<()>) {
+    let grpc = cluster.grpc();
+    let key = cluster.ingest.clone();
+    let acked: Acked = Arc::default();
+    let shared = acked.clone();
+    let task = tokio::spawn(async move {
+        for batch in first_batch..first_batch + batches {
+            for (user, name) in USERS.iter().enumerate() {
+                let records = records(name, batch * size, size);
+                let messages: Vec<String> = (batch * size..(batch + 1) * size)
+                    .map(|n| format!("{name} record {n}"))
+                    .collect();
+                let attempts =
+                    export_until_acknowledged(&grpc, batch as usize + user, &key, records).await;
+                let mut load = shared.lock().unwrap();
+                load.acked.entry(user).or_default().extend(messages);
+                load.retries += attempts - 1;
+            }
+        }
+    });
+    (acked, task)
+}
+
+/// Waits until the load acknowledged at least `records` records in all.
+async fn wait_acked(acked: &Acked, records: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked
+        .lock()
+        .unwrap()
+        .acked
+        .values()
+        .map(Vec::len)
+        .sum::<usize>()
+        < records
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the load stalled below {records} records"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the load acknowledged, once it ended, and how many exports it sent again.
+async fn finished(
+    acked: Acked,
+    task: tokio::task::JoinHandle<()>,
+) -> (HashMap<usize, Vec<String>>, usize) {
+    task.await.unwrap();
+    let load = acked.lock().unwrap();
+    (load.acked.clone(), load.retries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_stream_leader_mid_load_loses_and_doubles_nothing() {
+    let mut cluster = TestCluster::start(2, 3).await;
+    let shard = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    let (acked, load) = start_load(&cluster, 0, 60, 100);
+    wait_acked(&acked, 4000).await;
+    let leader = cluster
+        .nats
+        .stream_leader(&format!("LOGBRIDGE_logbridge_{shard}"))
+        .await;
+    cluster.nats.kill(leader);
+    wait_acked(&acked, 12_000).await;
+    cluster.nats.restart(leader).await;
+    let (acked, retries) = finished(acked, load).await;
+    assert_eq!(acked.values().map(Vec::len).sum::<usize>(), 24_000);
+    // exports in flight when the leader died were refused and sent again
+    assert!(
+        retries > 0,
+        "no export was refused while the stream leader was down"
+    );
+    eprintln!("{retries} exports sent again");
+    assert_exactly(&cluster, &acked, "after the stream leader's kill -9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_indexer_mid_load_keeps_reads_and_it_catches_up() {
+    let mut cluster = TestCluster::start(2, 3).await;
+    let (acked, load) = start_load(&cluster, 0, 40, 100);
+    wait_acked(&acked, 4000).await;
+    let held_before: Vec<Option<u64>> = {
+        let mut held = Vec::new();
+        for user in 0..USERS.len() {
+            held.push(cluster.held(0, user).await);
+        }
+        held
+    };
+    assert!(
+        held_before.iter().any(Option::is_some),
+        "indexer-0 serves some user"
+    );
+    cluster.indexers[0].kill();
+    // reads go on from the other replicas while it is down and the load goes on
+    wait_acked(&acked, 8000).await;
+    for user in 0..USERS.len() {
+        for gateway in cluster.live_gateways() {
+            let (status, body) = cluster.get(gateway, user, "limit=5").await;
+            assert_eq!(status, 200, "user {user} while indexer-0 is down: {body}");
+        }
+    }
+    wait_acked(&acked, 10_000).await;
+    cluster.indexers[0].restart();
+    let (acked, _) = finished(acked, load).await;
+    assert_exactly(&cluster, &acked, "after an indexer's kill -9").await;
+    // the restarted indexer caught up on the shards it held: it serves every log of them
+    let deadline = Instant::now() + PATIENCE;
+    for (user, before) in held_before.iter().enumerate() {
+        if before.is_none() {
+            continue;
+        }
+        let expected = acked[&user].len() as u64;
+        while cluster.held(0, user).await != Some(expected) {
+            assert!(
+                Instant::now() < deadline,
+                "indexer-0 never caught up on user {user}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_gateway_mid_export_stores_the_retries_once() {
+    let mut cluster = TestCluster::start(2, 3).await;
+    let (acked, load) = start_load(&cluster, 0, 30, 500);
+    wait_acked(&acked, 10_000).await;
+    cluster.gateways[0].kill();
+    let (acked, retries) = finished(acked, load).await;
+    assert_eq!(acked.values().map(Vec::len).sum::<usize>(), 60_000);
+    // the export in flight on the killed gateway, and every later one sent to it, went again
+    // through the other
+    assert!(retries > 0, "no export was sent again");
+    eprintln!("{retries} exports sent again");
+    assert_exactly(&cluster, &acked, "after a gateway's kill -9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_down_ingest_and_reads_go_on_and_nothing_moves() {
+    let mut cluster = TestCluster::start(2, 3).await;
+    let (acked, load) = start_load(&cluster, 0, 20, 100);
+    wait_acked(&acked, 2000).await;
+    let before = placement(&cluster).await;
+    cluster.etcd.kill();
+    wait_acked(&acked, 6000).await;
+    // an indexer dies while etcd is down: its shards are not reassigned, reads use the other
+    // replica
+    cluster.indexers[2].kill();
+    let (acked, _) = finished(acked, load).await;
+    assert_exactly(&cluster, &acked, "with etcd down").await;
+    let mut after = placement(&cluster).await;
+    // the dead indexer's answers are gone; the others hold exactly what they held
+    for user in 0..USERS.len() {
+        after[2 * USERS.len() + user] = before[2 * USERS.len() + user];
+    }
+    assert_eq!(
+        after, before,
+        "no replica opened or closed while etcd was down"
+    );
+    cluster.etcd.restart().await;
+    cluster.indexers[2].restart();
+    let (more, load) = start_load(&cluster, 20, 5, 100);
+    let (more, _) = finished(more, load).await;
+    let mut all = acked;
+    for (user, messages) in more {
+        all.entry(user).or_default().extend(messages);
+    }
+    assert_exactly(&cluster, &all, "after etcd came back").await;
+}
+
+/// A page of 25 of `user`'s logs through the second gateway, from `cursor`: the messages and
+/// the next cursor.
+async fn page(
+    cluster: &TestCluster,
+    user: usize,
+    cursor: &Option<String>,
+) -> (Vec<String>, Option<String>) {
+    let query = match cursor {
+        Some(cursor) => format!("limit=25&cursor={cursor}"),
+        None => "limit=25".to_owned(),
+    };
+    let (status, body) = cluster.get(&cluster.gateways[1], user, &query).await;
+    assert_eq!(status, 200, "user {user}: {body}");
+    let data = &body["data"];
+    let next = data["next_cursor"].as_str().map(str::to_owned);
+    (common::messages(data), next)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
+    let mut cluster = TestCluster::start(2, 3).await;
+    let (acked, load) = start_load(&cluster, 0, 10, 100);
+    let (before, _) = finished(acked, load).await;
+    assert_exactly(&cluster, &before, "before the fourth indexer").await;
+
+    let mut cursors: Vec<Option<String>> = vec![None; USERS.len()];
+    let mut walked: Vec<Vec<String>> = vec![Vec::new(); USERS.len()];
+    // the first pages, then newer logs and the join while the rest of each walk goes on
+    for user in 0..USERS.len() {
+        let (messages, next) = page(&cluster, user, &None).await;
+        walked[user].extend(messages);
+        cursors[user] = next;
+    }
+    let (during, load) = start_load(&cluster, 10, 15, 100);
+    cluster.add_node("indexer", "indexer-3");
+    let joined = Instant::now();
+    let mut moved = false;
+    while cursors.iter().any(Option::is_some) {
+        for user in 0..USERS.len() {
+            if let Some(cursor) = cursors[user].take() {
+                let (messages, next) = page(&cluster, user, &Some(cursor)).await;
+                walked[user].extend(messages);
+                cursors[user] = next;
+            }
+        }
+        if !moved {
+            for user in 0..USERS.len() {
+                moved |= cluster.held(3, user).await.is_some();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the walks began before the newer logs: each is exactly the logs acknowledged before
+    for (user, walk) in walked.iter().enumerate() {
+        let (lost, doubled) = differences(walk, &before[&user]);
+        assert_eq!(
+            (lost, doubled, walk.len()),
+            (0, 0, before[&user].len()),
+            "user {user}'s walk across the move: (gaps, repeats, logs)"
+        );
+    }
+    let (during, _) = finished(during, load).await;
+    let mut all = before;
+    for (user, messages) in during {
+        all.entry(user).or_default().extend(messages);
+    }
+    assert_exactly(&cluster, &all, "after the fourth indexer joined").await;
+    // the new indexer serves shards it took over, and their former owners let go of them
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut taken = Vec::new();
+        for user in 0..USERS.len() {
+            if cluster.held(3, user).await == Some(all[&user].len() as u64) {
+                taken.push(user);
+            }
+        }
+        let placement = placement(&cluster).await;
+        let replicas: Vec<usize> = (0..USERS.len())
+            .map(|user| (0..4).filter(|i| placement[i * USERS.len() + user]).count())
+            .collect();
+        if !taken.is_empty() && replicas.iter().all(|&n| n == 2) {
+            assert!(moved, "the move happened before the walks ended");
+            // the new replicas started from copies of their peers' indexes
+            let copies = common::metric(
+                &format!("http://{}", cluster.indexers[3].api),
+                "logbridge_cluster_replica_copies_total",
+            )
+            .await;
+            assert!(copies >= 1.0, "indexer-3 copied no replica from a peer");
+            eprintln!(
+                "indexer-3 took the shards of users {taken:?}, {} ms after it joined",
+                joined.elapsed().as_millis()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "indexer-3 took no shard, or replicas were not let go: taken {taken:?}, replicas per user {replicas:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_spread_over_three_shards_reads_back_as_one() {
+    let cluster = TestCluster::start(2, 3).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    // whole seconds, so that the printed cut-over is the one given
+    let from = (now / 1_000_000_000 + 61) * 1_000_000_000;
+    let from_text = chrono::DateTime::from_timestamp_nanos(from as i64).to_rfc3339();
+    let config = cluster.gateways[0].config.clone();
+    let output = common::process::run(
+        &config,
+        &[
+            "cluster", "spread", "--user", USERS[0], "--shards", "3", "--from", &from_text,
+        ],
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        printed.trim(),
+        format!(
+            "{}: logs stamped from {from_text} on spread over 3 shards",
+            USERS[0]
+        )
+    );
+    // a cut-over too soon is refused, saying why
+    let soon = chrono::DateTime::from_timestamp_nanos(now as i64).to_rfc3339();
+    let refused = common::process::run(
+        &config,
+        &[
+            "cluster", "spread", "--user", USERS[1], "--shards", "2", "--from", &soon,
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--from must be at least 60 s ahead"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // every gateway knows the spread before logs past the cut-over arrive
+    for gateway in &cluster.gateways {
+        let url = format!("http://{}", gateway.api);
+        let deadline = Instant::now() + PATIENCE;
+        while common::metric(&url, "logbridge_cluster_spread_users").await != 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw the spread",
+                gateway.api
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // 600 logs before the cut-over, 1,800 after, through both gateways
+    let grpc = cluster.grpc();
+    let base = from - 600 * 1_000_000;
+    let mut sent = Vec::new();
+    for batch in 0..12 {
+        let records = common::cluster::records_from(USERS[0], batch * 200, 200, base);
+        export_until_acknowledged(&grpc, batch as usize, &cluster.ingest, records).await;
+        sent.extend((batch * 200..(batch + 1) * 200).map(|n| format!("{} record {n}", USERS[0])));
+    }
+    // the logs past the cut-over are on three shards, the earlier ones on the home shard only
+    let home = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = cluster.get(&cluster.gateways[0], 0, "limit=1").await;
+        if body["data"]["total"] == 2400 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gathered total never reached 2400: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut per_shard = Vec::new();
+    for offset in 0..3 {
+        let shard = (home + offset) % common::cluster::SHARDS;
+        per_shard.push(cluster.shard_total(shard, 0).await.unwrap());
+    }
+    assert_eq!(per_shard.iter().sum::<u64>(), 2400, "{per_shard:?}");
+    assert!(per_shard[0] >= 600, "{per_shard:?}");
+    assert!(
+        per_shard.iter().all(|&n| n > 300),
+        "spread over all three: {per_shard:?}"
+    );
+    // through either gateway: exact totals, newest first, cursors across shards, every log once
+    let mut newest_first = sent.clone();
+    newest_first.reverse();
+    for gateway in cluster.live_gateways() {
+        let walked = cluster.walk(gateway, 0, "").await;
+        assert_eq!(walked, newest_first, "walk through {}", gateway.api);
+    }
+    let mut small_pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(cursor) => format!("limit=7&cursor={cursor}"),
+            None => "limit=7".to_owned(),
+        };
+        let (status, body) = cluster.get(&cluster.gateways[1], 0, &query).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["total"], 2400);
+        small_pages.extend(common::messages(&body["data"]));
+        match body["data"]["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(small_pages, newest_first, "pages of 7");
+    // offsets, filters and text search gather the same way
+    let (_, body) = cluster
+        .get(&cluster.gateways[0], 0, "limit=50&page=3")
+        .await;
+    assert_eq!(common::messages(&body["data"]), newest_first[100..150]);
+    assert_eq!(body["data"]["page"], 3);
+    let (_, body) = cluster
+        .get(&cluster.gateways[0], 0, "status=error&limit=100")
+        .await;
+    assert_eq!(body["data"]["total"], 240);
+    let errors: Vec<String> = newest_first
+        .iter()
+        .filter(|m| m.rsplit(' ').next().unwrap().parse::<u64>().unwrap() % 10 == 0)
+        .take(100)
+        .cloned()
+        .collect();
+    assert_eq!(common::messages(&body["data"]), errors);
+    let (_, body) = cluster.get(&cluster.gateways[1], 0, "q=1234").await;
+    assert_eq!(body["data"]["total"], 1);
+    assert_eq!(
+        common::messages(&body["data"]),
+        [format!("{} record 1234", USERS[0])]
+    );
+    // logs of the same nanosecond on several shards keep one order, page after page
+    let tied: u64 = from + 5_000 * 1_000_000;
+    let ties: Vec<_> = (0..60)
+        .map(|n| {
+            let record = common::activity("tool_call", tied, &format!("tie {n}"));
+            common::with_attr(record, "user.id", common::text(USERS[0]))
+        })
+        .collect();
+    export_until_acknowledged(&grpc, 0, &cluster.ingest, ties).await;
+    let deadline = Instant::now() + PATIENCE;
+    while cluster.get(&cluster.gateways[0], 0, "q=tie").await.1["data"]["total"] != 60 {
+        assert!(Instant::now() < deadline, "the tied logs never all showed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut tied_shards = Vec::new();
+    for offset in 0..3 {
+        let shard = (home + offset) % common::cluster::SHARDS;
+        let total = cluster.shard_total(shard, 0).await.unwrap();
+        tied_shards.push(total - per_shard[offset as usize]);
+    }
+    assert!(
+        tied_shards.iter().filter(|&&n| n > 0).count() >= 2,
+        "the tied logs span shards: {tied_shards:?}"
+    );
+    let one_page = cluster.walk(&cluster.gateways[0], 0, "&q=tie").await;
+    assert_eq!(one_page.len(), 60);
+    let mut in_sevens = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(cursor) => format!("q=tie&limit=7&cursor={cursor}"),
+            None => "q=tie&limit=7".to_owned(),
+        };
+        let (_, body) = cluster.get(&cluster.gateways[1], 0, &query).await;
+        in_sevens.extend(common::messages(&body["data"]));
+        match body["data"]["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(in_sevens, one_page, "tied logs in pages of 7");
+    // what is not gathered yet says so
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/logs/stats", cluster.gateways[0].api))
+        .bearer_auth(cluster.readers[0].expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 501);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("spread over several shards"),
+        "{body}"
+    );
+}

@@ -1,0 +1,238 @@
+//! Keys without restarts: the running binary follows its keys file (changes and `SIGHUP`), keeps
+//! the last good set when the file breaks, and `keys list` / `keys revoke` manage it.
+
+use crate::common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::PATIENCE;
+use common::process::{Served, Setup, run, serve, start, wait_ready, write_config, write_key};
+use logbridge::auth::Secret;
+
+/// Reload must take effect within this.
+const RELOAD_BOUND: Duration = Duration::from_secs(2);
+
+/// Runs `logbridge --config CONFIG keys ARGS`; panics unless it succeeds; stdout.
+fn keys(config: &Path, args: &[&str]) -> String {
+    let output = run(config, &[&["keys"], args].concat());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The status of `GET /logs` with `secret`, and the body's message.
+async fn status(api: &str, secret: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!("http://{api}/logs?limit=1"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    (
+        status,
+        body["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Polls until `secret` gets `expected`; how long that took.
+async fn until_status(api: &str, secret: &str, expected: u16) -> Duration {
+    let started = Instant::now();
+    while status(api, secret).await.0 != expected {
+        assert!(started.elapsed() < PATIENCE, "never answered {expected}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+/// The next line the server prints that contains `text`.
+fn printed(served: &Served, text: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let line = served
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("never printed {text:?}"));
+        if line.contains(text) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_added_and_revoked_without_a_restart() {
+    let Setup {
+        dir: _dir,
+        config,
+        secret: owner,
+        served,
+    } = start().await;
+
+    // requests with the owner's key run without pause while the file changes under them
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (api, secret) = (served.api.clone(), owner.expose().to_owned());
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let counter = if status(&api, &secret).await.0 == 200 {
+                    &ok
+                } else {
+                    &failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    let mut delays = Vec::new();
+    for round in 0..3 {
+        let name = format!("dash-{round}");
+        let secret = keys(&config, &["add", "--user", "u", "--name", &name]);
+        let secret = secret.trim();
+        let added = until_status(&served.api, secret, 200).await;
+        let line = printed(&served, "keys file reloaded");
+        assert!(
+            line.contains("added=1") && line.contains("trigger=changed"),
+            "{line}"
+        );
+        keys(&config, &["revoke", &name]);
+        let revoked = until_status(&served.api, secret, 401).await;
+        let line = printed(&served, "keys file reloaded");
+        assert!(line.contains("removed=1"), "{line}");
+        assert_eq!(
+            status(&served.api, secret).await.1,
+            "unknown API key",
+            "round {round}"
+        );
+        delays.extend([added, revoked]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    println!("reload delays: {delays:?}");
+    assert!(delays.iter().all(|d| *d < RELOAD_BOUND), "{delays:?}");
+    assert!(ok.load(Ordering::Relaxed) > 50, "{ok:?} requests");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during swaps"
+    );
+
+    // SIGHUP re-reads the file even when nothing changed
+    let status_code = std::process::Command::new("kill")
+        .args(["-HUP", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status_code.success());
+    let line = printed(&served, "keys file reloaded");
+    assert!(
+        line.contains("trigger=sighup") && line.contains("added=0"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_keys_file_keeps_the_last_good_keys() {
+    let Setup {
+        dir,
+        config: _,
+        secret: owner,
+        served,
+    } = start().await;
+    let api = format!("http://{}", served.api);
+    let keys_file = dir.path().join("keys.toml");
+    let good = std::fs::read_to_string(&keys_file).unwrap();
+
+    std::fs::write(&keys_file, "[[keys]\nname = ").unwrap();
+    let line = printed(&served, "keys file not reloaded");
+    assert!(line.contains("the last good keys stay in use"), "{line}");
+    assert_eq!(
+        common::metric(&api, "logbridge_keys_file_invalid").await,
+        1.0
+    );
+    assert_eq!(
+        common::metric(&api, "logbridge_keys_reload_failures_total").await,
+        1.0
+    );
+    assert_eq!(status(&served.api, owner.expose()).await.0, 200);
+
+    std::fs::write(&keys_file, good).unwrap();
+    printed(&served, "keys file reloaded");
+    assert_eq!(
+        common::metric(&api, "logbridge_keys_file_invalid").await,
+        0.0
+    );
+    assert_eq!(common::metric(&api, "logbridge_keys_loaded").await, 1.0);
+    assert_eq!(status(&served.api, owner.expose()).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_list_shows_no_secrets_and_expired_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let owner = Secret::generate();
+    write_key(dir.path(), &owner);
+    let expired = keys(
+        &config,
+        &[
+            "add",
+            "--user",
+            "u",
+            "--name",
+            "old dashboard",
+            "--expires-at",
+            "2020-01-31T00:00:00Z",
+        ],
+    );
+    let later = keys(
+        &config,
+        &[
+            "add",
+            "--user",
+            "acme",
+            "--scope",
+            "read,delete",
+            "--name",
+            "acme eraser",
+            "--expires-at",
+            "2999-01-01T00:00:00+02:00",
+        ],
+    );
+    let list = keys(&config, &["list"]);
+    assert_eq!(
+        list,
+        "NAME\tUSER\tSCOPES\tEXPIRES\n\
+         u\tu\tread,ingest,delete\tnever\n\
+         old dashboard\tu\tread\t2020-01-31T00:00:00Z (expired)\n\
+         acme eraser\tacme\tread,delete\t2998-12-31T22:00:00Z\n"
+    );
+    for secret in [&expired, &later] {
+        assert!(!list.contains(secret.trim()));
+    }
+
+    let served = serve(&config);
+    wait_ready(&served.api).await;
+    assert_eq!(
+        status(&served.api, expired.trim()).await,
+        (
+            401,
+            "this API key expired at 2020-01-31T00:00:00Z".to_owned()
+        )
+    );
+    assert_eq!(status(&served.api, later.trim()).await.0, 200);
+    let output = run(&config, &["keys", "revoke", "nobody"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no key named \"nobody\""), "{stderr}");
+}

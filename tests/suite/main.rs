@@ -1,0 +1,34 @@
+//! The end-to-end suite, one binary: every test starts the real logbridge (or a cluster of them)
+//! on ephemeral ports with a temporary index and talks to it with real clients. One binary links
+//! the crate and its dependencies once; each file is one area of the contract.
+
+mod common;
+
+mod bench_smoke;
+mod cli;
+mod cluster;
+mod crash;
+mod dedup;
+mod erasure;
+mod explorer;
+mod export;
+mod fair_shares;
+mod fairness;
+mod full_disk;
+mod fuzz;
+mod hostile;
+mod keys_reload;
+mod limits;
+mod logs_api;
+mod openapi;
+mod operations;
+mod otlp_grpc;
+mod otlp_http;
+mod retention;
+mod snapshot;
+mod stats;
+mod storage_faults;
+mod streams;
+mod tail;
+mod tls;
+mod user_limits;

@@ -1,0 +1,380 @@
+//! TLS on all three listeners of the real binary: the OpenTelemetry SDK exporters (gRPC and
+//! HTTP) with client certificates, an HTTPS client on the API, clean refusals of plaintext and
+//! of clients without a certificate, and certificates reloaded when their files change.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::PATIENCE;
+use common::process::{Served, serve, write_config_with, write_key};
+use logbridge::auth::Secret;
+use logbridge::emit::{EmitOptions, send};
+use opentelemetry_otlp::{
+    LogExporter, Protocol, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// A certificate authority of the tests.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate and its key, PEM: for `localhost` and 127.0.0.1 (a server), or a client.
+    fn issue(&self, server: bool) -> (String, String) {
+        let names = if server {
+            vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+        } else {
+            Vec::new()
+        };
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            if server { "localhost" } else { "worker" },
+        );
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A TLS server: its CA, the files, and a client certificate from the client CA.
+struct TlsServer {
+    served: Served,
+    dir: tempfile::TempDir,
+    server_ca: Ca,
+    client: (String, String),
+    secret: Secret,
+}
+
+impl TlsServer {
+    fn cert_file(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+/// Serves with TLS on every listener, client certificates required on the OTLP ones.
+async fn tls_server() -> TlsServer {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
+    let (cert, key) = server_ca.issue(true);
+    write(&dir.path().join("server.pem"), &cert);
+    write(&dir.path().join("server.key"), &key);
+    write(&dir.path().join("clients.pem"), &client_ca.pem);
+    let tls = format!(
+        "[tls]\ncert_file = \"{0}/server.pem\"\nkey_file = \"{0}/server.key\"\nclient_ca_file = \"{0}/clients.pem\"\n",
+        dir.path().display()
+    );
+    let config = write_config_with(
+        dir.path(),
+        &dir.path().join("index"),
+        "commit_interval_ms = 100",
+        &tls,
+    );
+    let secret = Secret::generate();
+    write_key(dir.path(), &secret);
+    let served = serve(&config);
+    assert!(
+        served.printed.last().unwrap().contains("tls=true"),
+        "{:?}",
+        served.printed
+    );
+    TlsServer {
+        served,
+        dir,
+        server_ca,
+        client: client_ca.issue(false),
+        secret,
+    }
+}
+
+/// An HTTPS client that trusts `ca` only, with a client certificate if given.
+fn https_client(ca: &str, identity: Option<&(String, String)>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+        .timeout(Duration::from_secs(10));
+    if let Some((cert, key)) = identity {
+        let pem = format!("{cert}{key}");
+        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+/// `GET https://localhost:PORT/logs?limit=1` through `client`: the total, or the error.
+async fn https_total(client: &reqwest::Client, api: &str, secret: &Secret) -> Result<u64, String> {
+    let port = api.rsplit(':').next().unwrap();
+    let response = client
+        .get(format!("https://localhost:{port}/logs?limit=1"))
+        .bearer_auth(secret.expose())
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    body["data"]["total"]
+        .as_u64()
+        .ok_or_else(|| body.to_string())
+}
+
+/// Polls `GET /logs` over HTTPS through `client` until the total is `expected`.
+async fn wait_for_total(client: &reqwest::Client, server: &TlsServer, expected: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let total = https_total(client, &server.served.api, &server.secret).await;
+        if total == Ok(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API never answered {expected} over TLS; last: {total:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn emit_options(secret: &Secret, count: usize) -> EmitOptions {
+    EmitOptions {
+        protocol: Protocol::Grpc,
+        endpoint: None,
+        key: Some(secret.expose().to_owned()),
+        count,
+        user: None,
+        seed: 3,
+        gzip: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_exporters_and_https_clients_work_over_tls_with_client_certificates() {
+    let server = tls_server().await;
+    let api = https_client(&server.server_ca.pem, None);
+    wait_for_total(&api, &server, 0).await;
+    let (cert, key) = &server.client;
+    let grpc_port = server.served.grpc.rsplit(':').next().unwrap();
+    let http_port = server.served.http.rsplit(':').next().unwrap();
+
+    // OTLP/gRPC through the SDK's tonic exporter
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            &server.server_ca.pem,
+        ))
+        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .domain_name("localhost");
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(
+        "authorization",
+        format!("Bearer {}", server.secret.expose())
+            .parse()
+            .unwrap(),
+    );
+    let grpc = LogExporter::builder()
+        .with_tonic()
+        .with_endpoint(format!("https://localhost:{grpc_port}"))
+        .with_tls_config(tls)
+        .with_metadata(metadata)
+        .build()
+        .unwrap();
+    send(grpc, &emit_options(&server.secret, 300))
+        .await
+        .unwrap();
+
+    // OTLP/HTTP through the SDK's HTTP exporter, on a blocking client with the certificates
+    let (ca, identity) = (server.server_ca.pem.clone(), format!("{cert}{key}"));
+    let client = std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+            .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    let http = LogExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("https://localhost:{http_port}/v1/logs"))
+        .with_http_client(client)
+        .with_headers(
+            [(
+                "authorization".to_owned(),
+                format!("Bearer {}", server.secret.expose()),
+            )]
+            .into(),
+        )
+        .build()
+        .unwrap();
+    let options = EmitOptions {
+        protocol: Protocol::HttpBinary,
+        ..emit_options(&server.secret, 200)
+    };
+    send(http, &options).await.unwrap();
+
+    // the API over HTTPS, without a client certificate
+    wait_for_total(&api, &server, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_and_clients_without_a_certificate_are_refused_cleanly() {
+    let server = tls_server().await;
+    // plaintext HTTP on the API: an error that says why
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/logs", server.served.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        "this port expects TLS: connect with https://"
+    );
+    // plaintext gRPC: FAILED_PRECONDITION (not worth a retry) with the same message
+    let mut client = opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient::connect(
+        format!("http://{}", server.served.grpc),
+    )
+    .await
+    .unwrap();
+    let status = client
+        .export(common::authorized(
+            common::request_of(vec![common::activity("tool_call", 1, "plain")]),
+            &server.secret,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        status.message(),
+        "this port expects TLS: connect with https://"
+    );
+
+    // TLS without a client certificate: the OTLP listeners refuse the handshake
+    let anonymous = https_client(&server.server_ca.pem, None);
+    let http_port = server.served.http.rsplit(':').next().unwrap();
+    let refused = anonymous
+        .post(format!("https://localhost:{http_port}/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(refused.is_connect() || refused.is_request(), "{refused:?}");
+    // with one, the same request reaches the receiver (and is refused for its missing key)
+    let identified = https_client(&server.server_ca.pem, Some(&server.client));
+    let response = identified
+        .post(format!("https://localhost:{http_port}/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let api = format!(
+        "https://localhost:{}",
+        server.served.api.rsplit(':').next().unwrap()
+    );
+    let metrics = anonymous
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("logbridge_tls_handshake_failures_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(failures >= 3.0, "{failures}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_reloaded_when_their_files_change() {
+    let server = tls_server().await;
+    let old = https_client(&server.server_ca.pem, None);
+    wait_for_total(&old, &server, 0).await;
+
+    // a key that does not parse: the current certificate stays
+    write(
+        &server.key_file(),
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n",
+    );
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let line = server
+            .served
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a reload failure is logged");
+        if line.contains("TLS certificate not reloaded") {
+            break;
+        }
+    }
+    assert_eq!(
+        https_total(&old, &server.served.api, &server.secret).await,
+        Ok(0)
+    );
+
+    // a new certificate from another CA: new connections get it within two seconds
+    let new_ca = Ca::new("new server CA");
+    let (cert, key) = new_ca.issue(true);
+    write(&server.cert_file(), &cert);
+    let written = Instant::now();
+    write(&server.key_file(), &key);
+    let new = https_client(&new_ca.pem, None);
+    while https_total(&new, &server.served.api, &server.secret).await != Ok(0) {
+        assert!(
+            written.elapsed() < PATIENCE,
+            "the new certificate never served"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let delay = written.elapsed();
+    println!("certificate reloaded {delay:?} after its files changed");
+    assert!(delay < Duration::from_secs(2), "{delay:?}");
+    // a fresh client that trusts only the old CA no longer gets in
+    let fresh_old = https_client(&server.server_ca.pem, None);
+    assert!(
+        https_total(&fresh_old, &server.served.api, &server.secret)
+            .await
+            .is_err()
+    );
+}
