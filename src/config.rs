@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::ApiConfig;
+use crate::cluster::{ClusterConfig, MAX_SHARDS};
 use crate::lifecycle::{LimitsConfig, MAX_DAYS, Rate, Retention};
 use crate::mapping::{FieldSources, MappingConfig};
 
@@ -71,36 +73,6 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
 }
 
-/// Cluster mode: roles, the engines it runs on, and how logs are spread (`docs/SCALING.md`).
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    /// Runs the OTLP receivers and the REST API, publishing to the stream and routing reads.
-    pub gateway: bool,
-    /// Consumes shards into local indexes and serves their reads to gateways.
-    pub indexer: bool,
-    /// This node's name, unique in the cluster and stable across restarts.
-    pub node_id: String,
-    /// Prefix of the etcd keys; several clusters may share one etcd.
-    pub name: String,
-    /// NATS servers, `nats://host:port`.
-    pub nats_urls: Vec<String>,
-    /// etcd endpoints, `http://host:port`.
-    pub etcd_endpoints: Vec<String>,
-    /// Shards, fixed for the life of the cluster.
-    pub shards: u32,
-    /// Replicas of each shard's stream.
-    pub stream_replicas: usize,
-    /// Indexers serving each shard.
-    pub indexer_replicas: usize,
-    /// How an export's publishes wait for their acknowledgements.
-    pub publish_timeout: Duration,
-    /// How long the stream remembers a message id, dropping a retry of it.
-    pub dedup_window: Duration,
-    /// The URL gateways reach this indexer's API at; by default `http://` and the bound API
-    /// address.
-    pub advertise_url: Option<String>,
-}
-
 /// The files of the `[tls]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -142,29 +114,6 @@ pub struct OtlpConfig {
     /// Memory that exports in flight may hold (bodies, decoded records, queued logs); past it,
     /// exports are refused as overload.
     pub max_inflight_bytes: usize,
-}
-
-/// The REST API.
-#[derive(Debug, Clone)]
-pub struct ApiConfig {
-    /// Address of the REST listener (`/logs`, `/healthz`, `/readyz`).
-    pub listen: String,
-    /// Searches that may run at once; more are answered 503 with `Retry-After`.
-    pub max_concurrent_searches: usize,
-    /// Of which one user's, at most.
-    pub max_concurrent_searches_per_user: usize,
-    /// `GET /logs/tail` streams that may be open at once; more are answered 503.
-    pub max_tail_subscribers: usize,
-    /// Of which one user's, at most.
-    pub max_tail_subscribers_per_user: usize,
-    /// A tail whose client takes no event for this long is cut off.
-    pub tail_stall_timeout: Duration,
-    /// `GET /logs/export` walks that may run at once; more are answered 503 with `Retry-After`.
-    pub max_concurrent_exports: usize,
-    /// Of which one user's, at most.
-    pub max_concurrent_exports_per_user: usize,
-    /// An export whose client takes nothing for this long is cut off.
-    pub export_stall_timeout: Duration,
 }
 
 /// Timeouts and limits of every listener, and the shutdown drain.
@@ -335,11 +284,7 @@ impl RawCluster {
             name: self.name,
             nats_urls: self.nats_urls,
             etcd_endpoints: self.etcd_endpoints,
-            shards: count(
-                "cluster.shards",
-                self.shards,
-                u64::from(crate::cluster::MAX_SHARDS),
-            )? as u32,
+            shards: count("cluster.shards", self.shards, u64::from(MAX_SHARDS))? as u32,
             stream_replicas: count("cluster.stream_replicas", self.stream_replicas, 5)? as usize,
             indexer_replicas: count("cluster.indexer_replicas", self.indexer_replicas, 16)?
                 as usize,

@@ -323,7 +323,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let listeners = Listeners::bind(&config).await?;
     if let Some(cluster) = &config.cluster {
-        let node = logbridge::cluster::start(&config, cluster, listeners).await?;
+        let node = server::start_cluster(&config, cluster, listeners).await?;
         shutdown_signal().await;
         tracing::info!("shutting down");
         node.shutdown().await;

@@ -9,13 +9,12 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::store::CURSOR_KEY_FILE;
 use crate::store::{LogQuery, SortKey};
 
 const VERSION: u8 = 2;
 const BODY_LEN: usize = 1 + 8 + 8 + 8 + 8;
 const SIGNATURE_LEN: usize = 16;
-/// The file beside the index that holds the secret cursors are signed with.
-pub const CURSOR_KEY_FILE: &str = "cursor.key";
 
 /// The secret cursors are signed with; never printed.
 #[derive(Clone)]

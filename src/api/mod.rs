@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
-pub use cursor::{CURSOR_KEY_FILE, Cursor, CursorKey, CursorKeyError};
+pub use cursor::{Cursor, CursorKey, CursorKeyError};
 pub use error::ApiError;
 pub use export::CSV_COLUMNS;
 pub use openapi::document as openapi_document;
@@ -88,7 +88,7 @@ pub struct ApiParts {
 impl ApiParts {
     /// The parts for the REST API settings of `config`.
     pub fn new(
-        config: &crate::config::ApiConfig,
+        config: &ApiConfig,
         keys: KeyStore,
         health: watch::Receiver<Health>,
         metrics: Arc<Metrics>,
@@ -154,6 +154,29 @@ impl ApiState {
         .await
         .map_err(|e| ApiError::Internal(format!("search task failed: {e}")))
     }
+}
+
+/// The REST API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Address of the REST listener (`/logs`, `/healthz`, `/readyz`).
+    pub listen: String,
+    /// Searches that may run at once; more are answered 503 with `Retry-After`.
+    pub max_concurrent_searches: usize,
+    /// Of which one user's, at most.
+    pub max_concurrent_searches_per_user: usize,
+    /// `GET /logs/tail` streams that may be open at once; more are answered 503.
+    pub max_tail_subscribers: usize,
+    /// Of which one user's, at most.
+    pub max_tail_subscribers_per_user: usize,
+    /// A tail whose client takes no event for this long is cut off.
+    pub tail_stall_timeout: Duration,
+    /// `GET /logs/export` walks that may run at once; more are answered 503 with `Retry-After`.
+    pub max_concurrent_exports: usize,
+    /// Of which one user's, at most.
+    pub max_concurrent_exports_per_user: usize,
+    /// An export whose client takes nothing for this long is cut off.
+    pub export_stall_timeout: Duration,
 }
 
 /// Asked for by a cluster gateway (a request header, any value): the answer to `GET /logs` then

@@ -3,6 +3,7 @@
 //! export only once JetStream acknowledged every chunk; indexers read the chunks back in order.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,10 +12,10 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
+use super::ClusterConfig;
 use super::membership::View;
 use super::shard::shard_for;
-use crate::config::ClusterConfig;
-use crate::ingest::{EncodedLog, WriteError, chunk_ranges};
+use crate::ingest::{EncodedLog, LogSink, Reservation, WriteError, chunk_ranges};
 use crate::mapping::ActivityLog;
 
 /// How long a node waits for JetStream to answer while it sets up streams on start.
@@ -155,16 +156,6 @@ impl Publisher {
         }
     }
 
-    /// Publishes `logs` and waits until JetStream acknowledged every chunk (or reported it a
-    /// duplicate of one it holds). Any refusal or timeout refuses the whole batch: what was
-    /// stored of it is dropped as a duplicate when the client sends it again.
-    pub async fn publish(&self, logs: &[EncodedLog]) -> Result<(), WriteError> {
-        // while the client reconnects, a publish waits to be sent: the whole export has a deadline
-        tokio::time::timeout(self.timeout, self.publish_all(logs))
-            .await
-            .unwrap_or_else(|_| Err(refusal("no acknowledgement in time")))
-    }
-
     async fn publish_all(&self, logs: &[EncodedLog]) -> Result<(), WriteError> {
         let mut by_shard: BTreeMap<u32, Vec<&EncodedLog>> = BTreeMap::new();
         {
@@ -204,6 +195,27 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+}
+
+impl LogSink for Publisher {
+    /// Publishes `logs` and waits until JetStream acknowledged every chunk (or reported it a
+    /// duplicate of one it holds). Any refusal or timeout refuses the whole batch: what was
+    /// stored of it is dropped as a duplicate when the client sends it again.
+    fn write(
+        &self,
+        logs: Vec<EncodedLog>,
+        reservation: Reservation,
+    ) -> Pin<Box<dyn Future<Output = Result<(), WriteError>> + Send + '_>> {
+        Box::pin(async move {
+            // while the client reconnects, a publish waits to be sent: the whole export has a
+            // deadline
+            let published = tokio::time::timeout(self.timeout, self.publish_all(&logs))
+                .await
+                .unwrap_or_else(|_| Err(refusal("no acknowledgement in time")));
+            drop((logs, reservation));
+            published
+        })
     }
 }
 

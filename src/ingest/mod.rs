@@ -8,6 +8,7 @@ mod wal;
 mod writer;
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,29 +69,25 @@ pub(crate) fn now_nanos() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Where accepted logs go: the local writer (a single node) or the cluster's stream.
-#[derive(Clone)]
-pub enum LogSink {
-    Local(IngestQueue),
-    Stream(Box<crate::cluster::Publisher>),
-}
-
-impl LogSink {
-    /// Writes `logs`; once this returns `Ok` they are durable. `reservation` covers their
+/// Where accepted logs go: the single node's writer ([`IngestQueue`]) or, in cluster mode, the
+/// stream; `server` picks one.
+pub trait LogSink: Send + Sync + 'static {
+    /// Writes `logs`; once this resolves to `Ok` they are durable. `reservation` covers their
     /// memory until then.
-    async fn write(
+    fn write(
         &self,
         logs: Vec<EncodedLog>,
         reservation: Reservation,
-    ) -> Result<(), WriteError> {
-        match self {
-            LogSink::Local(queue) => queue.write(logs, reservation).await,
-            LogSink::Stream(publisher) => {
-                let published = publisher.publish(&logs).await;
-                drop((logs, reservation));
-                published
-            }
-        }
+    ) -> Pin<Box<dyn Future<Output = Result<(), WriteError>> + Send + '_>>;
+}
+
+impl LogSink for IngestQueue {
+    fn write(
+        &self,
+        logs: Vec<EncodedLog>,
+        reservation: Reservation,
+    ) -> Pin<Box<dyn Future<Output = Result<(), WriteError>> + Send + '_>> {
+        Box::pin(IngestQueue::write(self, logs, reservation))
     }
 }
 
@@ -118,7 +115,7 @@ pub struct IngestPolicy {
 pub struct ExportService {
     keys: KeyStore,
     mapping: Arc<MappingConfig>,
-    sink: LogSink,
+    sink: Arc<dyn LogSink>,
     budget: MemoryBudget,
     metrics: Arc<Metrics>,
     /// Logs already past their retention are rejected.
@@ -132,7 +129,7 @@ impl ExportService {
     pub fn new(
         keys: KeyStore,
         policy: IngestPolicy,
-        sink: LogSink,
+        sink: Arc<dyn LogSink>,
         budget: MemoryBudget,
         metrics: Arc<Metrics>,
     ) -> Self {

@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use tantivy::Index;
 use tantivy::index::{SegmentId, SegmentMeta};
 
-use crate::api::CURSOR_KEY_FILE;
-use crate::store::payload_last_seq;
+use crate::store::{CURSOR_KEY_FILE, payload_last_seq};
 
 /// Attempts before giving up on an index whose segments keep being merged away.
 const ATTEMPTS: usize = 20;

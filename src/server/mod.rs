@@ -1,6 +1,7 @@
 //! Wiring: open the index, start the writer, serve OTLP/gRPC, OTLP/HTTP and the REST API on
 //! already-bound listeners, and shut all of it down in order.
 
+mod cluster;
 mod listener;
 mod tls;
 
@@ -28,6 +29,7 @@ use crate::lifecycle::watch::{hangups, read_all, watch_files};
 use crate::metrics::{Metrics, StorageLabels};
 use crate::otlp::{self, ReceiveLimits};
 use crate::store::{self, StoreOptions};
+pub use cluster::{ClusterNode, start as start_cluster};
 use listener::{Protocol, Tls};
 use tls::Certificates;
 pub use tls::install_provider;
@@ -136,7 +138,7 @@ pub async fn start_with_faults(
         },
         died,
     )?;
-    let otlp = otlp_routers(config, &keys, LogSink::Local(queue.clone()), &metrics);
+    let otlp = otlp_routers(config, &keys, Arc::new(queue.clone()), &metrics);
     let api_state = ApiState {
         writer: Some(queue.clone()),
         ..ApiParts::new(
@@ -214,16 +216,16 @@ pub async fn start_with_faults(
 }
 
 /// The routers of the two OTLP listeners.
-pub(crate) struct OtlpRouters {
-    pub grpc: axum::Router,
-    pub http: axum::Router,
+struct OtlpRouters {
+    grpc: axum::Router,
+    http: axum::Router,
 }
 
 /// The OTLP receivers of `config`, exporting to `sink`: one export path behind both.
-pub(crate) fn otlp_routers(
+fn otlp_routers(
     config: &Config,
     keys: &KeyStore,
-    sink: LogSink,
+    sink: Arc<dyn LogSink>,
     metrics: &Arc<Metrics>,
 ) -> OtlpRouters {
     let export = ExportService::new(
@@ -249,7 +251,7 @@ pub(crate) fn otlp_routers(
 
 /// The keys of the keys file, and the task that reloads them when the file changes (or on
 /// `SIGHUP`) until `shutdown`.
-pub(crate) fn watched_keys(
+fn watched_keys(
     config: &Config,
     metrics: &Arc<Metrics>,
     hangups: watch::Receiver<u64>,
@@ -270,7 +272,7 @@ pub(crate) fn watched_keys(
 
 /// Serves `router` on `listener` without TLS (cluster mode), HTTP/2 for gRPC and HTTP/1.1
 /// otherwise, with the listener limits of `config`, until `shutdown` and its drain.
-pub(crate) fn serve_plain(
+fn serve_plain(
     listener: TcpListener,
     router: axum::Router,
     grpc: bool,

@@ -62,6 +62,10 @@ pub enum StoreError {
     StoredLog(String),
 }
 
+/// The file beside the index that holds the secret the API signs cursors with: a snapshot or a
+/// copy of the folder carries it, so that cursors stay valid on it.
+pub const CURSOR_KEY_FILE: &str = "cursor.key";
+
 /// Most logs a page may skip by offset (`page`): the work and memory of a page grow with its
 /// offset, so deeper pages are read with a keyset cursor, which costs what the first page does.
 pub const MAX_OFFSET: usize = 100_000;

@@ -1,0 +1,244 @@
+//! Wiring of a cluster node: joins the cluster, then serves the roles of `[cluster] role` on the
+//! listeners with the parts of [`crate::cluster`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Addresses, Listeners, otlp_routers, serve_plain, watched_keys};
+use crate::api;
+use crate::cluster::etcd::Etcd;
+use crate::cluster::gateway::{self, Gateway};
+use crate::cluster::indexer::{self, IndexerContext, Replicas};
+use crate::cluster::membership::{self, Keys, Membership, NodeInfo};
+use crate::cluster::{ClusterConfig, Publisher, copy, stream};
+use crate::config::Config;
+use crate::explorer;
+use crate::ingest::Health;
+use crate::lifecycle::watch::hangups;
+use crate::metrics::{Metrics, StorageLabels};
+use crate::store::{self, StoreOptions};
+
+/// A running cluster node.
+pub struct ClusterNode {
+    pub addresses: Addresses,
+    shutdown: CancellationToken,
+    /// Cancelled after the listeners drained: the node then leaves the cluster.
+    leave: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    indexer: Option<JoinHandle<()>>,
+    membership: Arc<Membership>,
+}
+
+/// Starts a node with the roles of `cluster` on `listeners`. An indexer-only node serves its
+/// shards' reads on the API listener and leaves the OTLP listeners closed.
+pub async fn start(
+    config: &Config,
+    cluster: &ClusterConfig,
+    listeners: Listeners,
+) -> anyhow::Result<ClusterNode> {
+    let addresses = listeners.addresses()?;
+    let shutdown = CancellationToken::new();
+    let leave = CancellationToken::new();
+    let hangups = hangups(shutdown.clone())?;
+    let metrics = Arc::new(Metrics::new());
+    let (keys, keys_watcher) = watched_keys(config, &metrics, hangups, shutdown.clone())?;
+    let mut tasks = vec![keys_watcher];
+
+    let jetstream = stream::connect(cluster).await?;
+    stream::ensure_streams(&jetstream, cluster).await?;
+    let etcd = Etcd::new(&cluster.etcd_endpoints);
+    let etcd_keys = Keys::new(&cluster.name);
+    membership::check_shards(&etcd, &etcd_keys, cluster.shards).await?;
+    let advertise = cluster
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", advertised_addr(addresses.api)));
+    let membership = Arc::new(Membership::join(
+        etcd.clone(),
+        etcd_keys.clone(),
+        cluster.node_id.clone(),
+        NodeInfo {
+            gateway: cluster.gateway,
+            indexer: cluster.indexer,
+            api: advertise.clone(),
+        },
+        metrics.clone(),
+        leave.clone(),
+    ));
+
+    let mut api_router = axum::Router::new();
+    let mut indexer_task = None;
+    if cluster.indexer {
+        std::fs::create_dir_all(&config.index.path)?;
+        let cursor_key = membership::shared_cursor_key(
+            &etcd,
+            &etcd_keys,
+            Some(&config.index.path.join(store::CURSOR_KEY_FILE)),
+            &shutdown,
+        )
+        .await?;
+        let peer_token = cursor_key.peer_token();
+        let (_, health) = watch::channel(Health::Ready);
+        let replicas = Replicas::default();
+        let context = IndexerContext {
+            jetstream: jetstream.clone(),
+            api: api::ApiParts::new(
+                &config.api,
+                keys.clone(),
+                health,
+                metrics.clone(),
+                cursor_key,
+                shutdown.clone(),
+            ),
+            dir: config.index.path.join("shards"),
+            store_options: StoreOptions {
+                merge_failures: metrics
+                    .storage_failures
+                    .get_or_create(&StorageLabels { stage: "merge" })
+                    .clone(),
+                ..StoreOptions::new(config.index.writer_memory_bytes)
+            },
+            commit_interval: config.index.commit_interval,
+            advertise: advertise.clone(),
+            replicas_per_shard: cluster.indexer_replicas,
+            node_id: cluster.node_id.clone(),
+            cluster_name: cluster.name.clone(),
+            retention: config.retention.policy.clone(),
+            sweep_interval: config.retention.sweep_interval,
+            client: Gateway::client(),
+            peer_token: peer_token.clone(),
+        };
+        api_router = api_router
+            .merge(indexer::router(replicas.clone()))
+            .merge(copy::router(
+                replicas.clone(),
+                context.dir.clone(),
+                peer_token,
+            ));
+        if !cluster.gateway {
+            api_router = api_router.merge(indexer::readiness(replicas.clone(), membership.view()));
+        }
+        indexer_task = Some(tokio::spawn(indexer::run(
+            context,
+            replicas,
+            membership.clone(),
+            cluster.shards,
+            leave.clone(),
+        )));
+    }
+    if cluster.gateway {
+        let sink = Arc::new(Publisher::new(
+            jetstream.clone(),
+            cluster,
+            membership.view(),
+        ));
+        let otlp = otlp_routers(config, &keys, sink, &metrics);
+        tasks.push(serve_plain(
+            listeners.grpc,
+            otlp.grpc,
+            true,
+            config,
+            shutdown.clone(),
+        ));
+        tasks.push(serve_plain(
+            listeners.http,
+            otlp.http,
+            false,
+            config,
+            shutdown.clone(),
+        ));
+        let cursor_key = Arc::new(arc_swap::ArcSwapOption::empty());
+        let (etcd, etcd_keys, stop, shared) = (
+            etcd.clone(),
+            etcd_keys.clone(),
+            shutdown.clone(),
+            cursor_key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if let Ok(key) = membership::shared_cursor_key(&etcd, &etcd_keys, None, &stop).await {
+                shared.store(Some(Arc::new(key)));
+            }
+        }));
+        let gateway = Gateway {
+            cursor_key,
+            shutdown: shutdown.clone(),
+            keys: keys.clone(),
+            view: membership.view(),
+            shards: cluster.shards,
+            replicas: cluster.indexer_replicas,
+            metrics: metrics.clone(),
+            client: Gateway::client(),
+        };
+        api_router = api_router
+            .merge(gateway::router(gateway))
+            .merge(explorer::router());
+    } else {
+        let metrics = metrics.clone();
+        api_router = api_router
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move { api::metrics_response(&metrics) }
+                }),
+            );
+    }
+    tasks.push(serve_plain(
+        listeners.api,
+        api_router,
+        false,
+        config,
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        node = %cluster.node_id,
+        gateway = cluster.gateway,
+        indexer = cluster.indexer,
+        otlp_grpc = %addresses.grpc,
+        otlp_http = %addresses.http,
+        api = %addresses.api,
+        advertise = %advertise,
+        "logbridge listening"
+    );
+    Ok(ClusterNode {
+        addresses,
+        shutdown,
+        leave,
+        tasks,
+        indexer: indexer_task,
+        membership,
+    })
+}
+
+/// The address others reach a listener at: a wildcard bind is reached at loopback.
+fn advertised_addr(bound: SocketAddr) -> SocketAddr {
+    let mut addr = bound;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+impl ClusterNode {
+    /// Stops accepting, lets in-flight requests finish, commits the replicas and leaves the
+    /// cluster.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.leave.cancel();
+        if let Some(indexer) = self.indexer {
+            let _ = indexer.await;
+        }
+        if let Ok(membership) = Arc::try_unwrap(self.membership) {
+            membership.leave().await;
+        }
+        tracing::info!("logbridge cluster node stopped");
+    }
+}
