@@ -1,0 +1,360 @@
+//! From the raw sections to the typed [`Config`]: every setting checked, errors naming it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{RawCluster, RawConfig};
+use super::{
+    AuthConfig, Config, ConfigError, IndexConfig, LogConfig, OtlpConfig, RetentionConfig,
+    ServerConfig, TlsFiles,
+};
+use crate::api::ApiConfig;
+use crate::cluster::{ClusterConfig, MAX_SHARDS};
+use crate::lifecycle::{LimitsConfig, MAX_DAYS, Rate, Retention};
+
+/// Longest timeout or interval: a day, in milliseconds.
+const MAX_MILLIS: u64 = 24 * 60 * 60 * 1000;
+/// Largest count of connections, streams or searches.
+const MAX_COUNT: u64 = 1_000_000;
+/// Largest per-user rate or burst, in records.
+const MAX_RATE: u64 = 1_000_000_000;
+/// Largest export: 1 GiB.
+const MAX_MESSAGE_BYTES: u64 = 1 << 30;
+
+/// What the in-flight budget must hold at least, per byte of the largest export: twice what an
+/// export of real records holds at its peak (see `otlp::ADMISSION_PER_BYTE`).
+const MIN_INFLIGHT_PER_MESSAGE_BYTE: u64 = 2 * crate::otlp::ADMISSION_PER_BYTE as u64;
+
+impl RawCluster {
+    fn validate(self) -> Result<Option<ClusterConfig>, ConfigError> {
+        if self.role.is_empty() {
+            return Ok(None);
+        }
+        let invalid =
+            |setting: &'static str, message: String| ConfigError::Invalid { setting, message };
+        let (mut gateway, mut indexer) = (false, false);
+        for role in self.role.split(',').map(str::trim) {
+            match role {
+                "gateway" => gateway = true,
+                "indexer" => indexer = true,
+                other => {
+                    return Err(invalid(
+                        "cluster.role",
+                        format!(
+                            "unknown role {other:?}: expected gateway, indexer or both, comma-separated"
+                        ),
+                    ));
+                }
+            }
+        }
+        let simple_name = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !simple_name(&self.node_id) {
+            return Err(invalid(
+                "cluster.node_id",
+                "must be set in cluster mode: 1 to 64 letters, digits, '-' or '_'".to_owned(),
+            ));
+        }
+        if !simple_name(&self.name) {
+            return Err(invalid(
+                "cluster.name",
+                "must be 1 to 64 letters, digits, '-' or '_'".to_owned(),
+            ));
+        }
+        if self.nats_urls.is_empty() {
+            return Err(invalid(
+                "cluster.nats_urls",
+                "must list at least one server".to_owned(),
+            ));
+        }
+        if self.etcd_endpoints.is_empty() {
+            return Err(invalid(
+                "cluster.etcd_endpoints",
+                "must list at least one endpoint".to_owned(),
+            ));
+        }
+        let count = |setting: &'static str, value: u64, max: u64| match value {
+            v if (1..=max).contains(&v) => Ok(v),
+            _ => Err(invalid(setting, format!("must be between 1 and {max}"))),
+        };
+        let millis = |setting: &'static str, value: u64| {
+            count(setting, value, MAX_MILLIS).map(Duration::from_millis)
+        };
+        Ok(Some(ClusterConfig {
+            gateway,
+            indexer,
+            node_id: self.node_id,
+            name: self.name,
+            nats_urls: self.nats_urls,
+            etcd_endpoints: self.etcd_endpoints,
+            shards: count("cluster.shards", self.shards, u64::from(MAX_SHARDS))? as u32,
+            stream_replicas: count("cluster.stream_replicas", self.stream_replicas, 5)? as usize,
+            indexer_replicas: count("cluster.indexer_replicas", self.indexer_replicas, 16)?
+                as usize,
+            publish_timeout: millis("cluster.publish_timeout_ms", self.publish_timeout_ms)?,
+            dedup_window: millis("cluster.dedup_window_ms", self.dedup_window_ms)?,
+            advertise_url: Some(self.advertise_url).filter(|u| !u.is_empty()),
+        }))
+    }
+}
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<Config, ConfigError> {
+        // upper bounds keep deadlines and pools within what the clock and the runtime take
+        let within = |setting: &'static str, value: u64, max: u64| {
+            let message = match value {
+                0 => "must be at least 1".to_owned(),
+                v if v > max => format!("must be at most {max}"),
+                v => return Ok(v),
+            };
+            Err(ConfigError::Invalid { setting, message })
+        };
+        let positive = |setting: &'static str, value: u64| within(setting, value, MAX_COUNT);
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        let millis = |setting: &'static str, value: u64| {
+            within(setting, value, MAX_MILLIS).map(Duration::from_millis)
+        };
+        let max_message_bytes = within(
+            "otlp.max_message_bytes",
+            self.otlp.max_message_bytes,
+            MAX_MESSAGE_BYTES,
+        )?;
+        let max_inflight_bytes = self.otlp.max_inflight_bytes;
+        if max_inflight_bytes / MIN_INFLIGHT_PER_MESSAGE_BYTE < max_message_bytes {
+            return Err(ConfigError::Invalid {
+                setting: "otlp.max_inflight_bytes",
+                message: format!(
+                    "must be at least {MIN_INFLIGHT_PER_MESSAGE_BYTE} times otlp.max_message_bytes \
+                     ({}), so that the largest export fits",
+                    max_message_bytes.saturating_mul(MIN_INFLIGHT_PER_MESSAGE_BYTE)
+                ),
+            });
+        }
+        let commit_interval_ms = within(
+            "index.commit_interval_ms",
+            self.index.commit_interval_ms,
+            MAX_MILLIS,
+        )?;
+        // zero turns recognizing retries off
+        let dedup_window_ms = match self.index.dedup_window_ms {
+            0 => 0,
+            ms => within("index.dedup_window_ms", ms, MAX_MILLIS)?,
+        };
+        let dedup_max_mb = within("index.dedup_max_mb", self.index.dedup_max_mb, 1 << 20)?;
+        let raw_server = &self.server;
+        let max_concurrent_streams = positive(
+            "server.max_concurrent_streams",
+            raw_server.max_concurrent_streams,
+        )?;
+        let server = ServerConfig {
+            header_read_timeout: millis(
+                "server.header_read_timeout_ms",
+                raw_server.header_read_timeout_ms,
+            )?,
+            body_read_timeout: millis(
+                "server.body_read_timeout_ms",
+                raw_server.body_read_timeout_ms,
+            )?,
+            idle_timeout: millis("server.idle_timeout_ms", raw_server.idle_timeout_ms)?,
+            max_connections: size(positive(
+                "server.max_connections",
+                raw_server.max_connections,
+            )?),
+            max_concurrent_streams: u32::try_from(max_concurrent_streams).unwrap_or(u32::MAX),
+            http2_keepalive_interval: millis(
+                "server.http2_keepalive_interval_ms",
+                raw_server.http2_keepalive_interval_ms,
+            )?,
+            http2_keepalive_timeout: millis(
+                "server.http2_keepalive_timeout_ms",
+                raw_server.http2_keepalive_timeout_ms,
+            )?,
+            drain_timeout: millis("server.drain_timeout_ms", raw_server.drain_timeout_ms)?,
+        };
+        let max_concurrent_searches = positive(
+            "api.max_concurrent_searches",
+            self.api.max_concurrent_searches,
+        )?;
+        let max_tail_subscribers =
+            positive("api.max_tail_subscribers", self.api.max_tail_subscribers)?;
+        let max_tail_subscribers_per_user = positive(
+            "api.max_tail_subscribers_per_user",
+            self.api.max_tail_subscribers_per_user,
+        )?;
+        let tail_stall_timeout =
+            millis("api.tail_stall_timeout_ms", self.api.tail_stall_timeout_ms)?;
+        let max_concurrent_searches_per_user = positive(
+            "api.max_concurrent_searches_per_user",
+            self.api.max_concurrent_searches_per_user,
+        )?;
+        let max_concurrent_exports = positive(
+            "api.max_concurrent_exports",
+            self.api.max_concurrent_exports,
+        )?;
+        let max_concurrent_exports_per_user = positive(
+            "api.max_concurrent_exports_per_user",
+            self.api.max_concurrent_exports_per_user,
+        )?;
+        let export_stall_timeout = millis(
+            "api.export_stall_timeout_ms",
+            self.api.export_stall_timeout_ms,
+        )?;
+        let writer_memory_mb = self.index.writer_memory_mb;
+        if !(16..=4096).contains(&writer_memory_mb) {
+            return Err(ConfigError::Invalid {
+                setting: "index.writer_memory_mb",
+                message: "must be between 16 and 4096".to_owned(),
+            });
+        }
+        let retention_days = |setting: &str, days: u64| {
+            u32::try_from(days)
+                .ok()
+                .filter(|&d| d <= MAX_DAYS)
+                .ok_or_else(|| ConfigError::Invalid {
+                    setting: "retention",
+                    message: format!(
+                        "{setting} must be at most {MAX_DAYS} days (0 keeps logs forever)"
+                    ),
+                })
+        };
+        let retention = RetentionConfig {
+            policy: Retention {
+                days: retention_days("days", self.retention.days)?,
+                users: self
+                    .retention
+                    .users
+                    .iter()
+                    .map(|(user, &days)| {
+                        Ok((
+                            user.clone(),
+                            retention_days(&format!("users.{user:?}"), days)?,
+                        ))
+                    })
+                    .collect::<Result<_, ConfigError>>()?,
+            },
+            sweep_interval: millis(
+                "retention.sweep_interval_ms",
+                self.retention.sweep_interval_ms,
+            )?,
+        };
+        let rate = |setting: &str, records_per_second: u64, burst: u64| {
+            if records_per_second > MAX_RATE || burst > MAX_RATE {
+                return Err(ConfigError::Invalid {
+                    setting: "limits",
+                    message: format!("{setting}: rates and bursts must be at most {MAX_RATE}"),
+                });
+            }
+            Ok(Rate {
+                records_per_second,
+                burst,
+            })
+        };
+        let limits = LimitsConfig {
+            default: rate(
+                "user_records_per_second",
+                self.limits.user_records_per_second,
+                self.limits.user_burst,
+            )?,
+            users: self
+                .limits
+                .users
+                .iter()
+                .map(|(user, r)| {
+                    let setting = format!("users.{user:?}");
+                    Ok((user.clone(), rate(&setting, r.records_per_second, r.burst)?))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+        };
+        let tls_setting = |setting: &'static str, message: &str| ConfigError::Invalid {
+            setting,
+            message: message.to_owned(),
+        };
+        let path = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+        let raw_tls = &self.tls;
+        let tls = match (path(&raw_tls.cert_file), path(&raw_tls.key_file)) {
+            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+                cert_file,
+                key_file,
+                client_ca_file: path(&raw_tls.client_ca_file),
+            }),
+            (None, None) if raw_tls.client_ca_file.is_empty() => None,
+            (None, None) => {
+                return Err(tls_setting(
+                    "tls.client_ca_file",
+                    "needs tls.cert_file and tls.key_file",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(tls_setting(
+                    "tls.key_file",
+                    "must be set when tls.cert_file is",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(tls_setting(
+                    "tls.cert_file",
+                    "must be set when tls.key_file is",
+                ));
+            }
+        };
+        let cluster = self.cluster.validate()?;
+        if cluster.is_some() && tls.is_some() {
+            return Err(ConfigError::Invalid {
+                setting: "tls",
+                message:
+                    "is not supported in cluster mode yet: terminate TLS in front of the gateways"
+                        .to_owned(),
+            });
+        }
+        let mapping = self
+            .mapping
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                setting: "mapping",
+                message,
+            })?;
+        Ok(Config {
+            otlp: OtlpConfig {
+                grpc_listen: self.otlp.grpc_listen,
+                http_listen: self.otlp.http_listen,
+                max_message_bytes: size(max_message_bytes),
+                max_inflight_bytes: size(max_inflight_bytes),
+            },
+            api: ApiConfig {
+                listen: self.api.listen,
+                max_concurrent_searches: size(max_concurrent_searches),
+                max_concurrent_searches_per_user: size(max_concurrent_searches_per_user),
+                max_tail_subscribers: size(max_tail_subscribers),
+                max_tail_subscribers_per_user: size(max_tail_subscribers_per_user),
+                tail_stall_timeout,
+                max_concurrent_exports: size(max_concurrent_exports),
+                max_concurrent_exports_per_user: size(max_concurrent_exports_per_user),
+                export_stall_timeout,
+            },
+            server,
+            index: IndexConfig {
+                path: self.index.path,
+                commit_interval: Duration::from_millis(commit_interval_ms),
+                writer_memory_bytes: usize::try_from(writer_memory_mb * 1024 * 1024)
+                    .unwrap_or(usize::MAX),
+                dedup_window: Duration::from_millis(dedup_window_ms),
+                dedup_max_bytes: usize::try_from(dedup_max_mb << 20).unwrap_or(usize::MAX),
+            },
+            auth: AuthConfig {
+                keys_file: self.auth.keys_file,
+            },
+            mapping,
+            log: LogConfig {
+                level: self.log.level,
+            },
+            retention,
+            limits,
+            tls,
+            cluster,
+        })
+    }
+}
