@@ -15,7 +15,7 @@ const BACKOFF_MAX = 10000;
 
 /** Whether the tail is switched on; its current connection (a newer one supersedes it), the last
  *  event id it resumes after, its backoff, and the logs received but not drawn yet. */
-const live = { on: false, gen: 0, ctl: null, query: null, lastId: null, backoff: BACKOFF_MIN, queue: [], timer: 0 };
+const live = { on: false, gen: 0, ctl: null, lastId: null, backoff: BACKOFF_MIN, queue: [], timer: 0 };
 
 /** Whether the live tail is switched on. */
 export function liveOn() {
@@ -55,7 +55,6 @@ export function stopTail() {
   live.gen++;
   live.ctl?.abort();
   live.ctl = null;
-  live.query = null;
   clearTimeout(live.timer);
   live.timer = 0;
   live.queue = [];
@@ -68,7 +67,6 @@ export function startTail() {
   const gen = live.gen;
   const ctl = new AbortController();
   live.ctl = ctl;
-  live.query = state.query;
   // follow on from the first page shown: logs committed since it was read come first
   live.lastId = state.pageSequence ?? null;
   live.backoff = BACKOFF_MIN;
