@@ -7,31 +7,26 @@ mod assistants;
 mod blocks;
 mod directory;
 mod erase;
+mod reader;
 mod schema;
 mod search;
 mod stats;
 mod upgrade;
+mod writer;
 
-use std::ops::Bound;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
 
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
-use tantivy::collector::TopDocs;
 use tantivy::index::SegmentMeta;
-use tantivy::indexer::{IndexWriterOptions, LogMergePolicy};
-use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery};
-use tantivy::schema::{Field, IndexRecordOption, Value as _};
-use tantivy::{
-    DocAddress, FutureResult, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher,
-    TantivyDocument, Term,
-};
+use tantivy::indexer::IndexWriterOptions;
+use tantivy::query::{Query, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::{FutureResult, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, Term};
 use tokio::sync::watch;
 
 pub use erase::{Expiry, ExpiryUsers};
-use schema::SEQ_FIELD;
 pub use schema::{MAX_WORD_BYTES, ServedLog, format_timestamp, message_terms};
 pub use search::SortKey;
 pub use stats::{
@@ -40,11 +35,12 @@ pub use stats::{
 };
 
 use crate::faults::Faults;
-use crate::mapping::{ActivityLog, LogStatus, LogType};
+use crate::mapping::{LogStatus, LogType};
 use blocks::BlockCache;
 use directory::{IndexDirectory, WriteErrors};
-use schema::{Fields, MESSAGE_TOKENIZER, Scoped, message_analyzer};
-use search::{Prepared, Window};
+use reader::filter_query;
+use schema::{Fields, MESSAGE_TOKENIZER, message_analyzer};
+use writer::{durable_seq, explain, new_writer};
 
 /// A failure of the index.
 #[derive(Debug, thiserror::Error)]
@@ -276,352 +272,6 @@ fn term_query(field: Field, text: &str) -> Box<dyn Query> {
     ))
 }
 
-/// Share of deleted logs past which a segment is merged to reclaim their space.
-const DELETED_SHARE_BEFORE_MERGE: f32 = 0.2;
-
-/// An index writer whose merges also reclaim the space of deleted logs: a segment is rewritten
-/// once a fifth of it is deleted (tantivy's default waits until all of it is).
-fn new_writer(index: &Index, options: &IndexWriterOptions) -> tantivy::Result<IndexWriter> {
-    let writer = index.writer_with_options(options.clone())?;
-    writer.set_merge_policy(merge_policy());
-    Ok(writer)
-}
-
-fn merge_policy() -> Box<LogMergePolicy> {
-    let mut policy = LogMergePolicy::default();
-    policy.set_del_docs_ratio_before_merge(DELETED_SHARE_BEFORE_MERGE);
-    Box::new(policy)
-}
-
-/// The highest sequence number the index holds on disk: that of its last commit's payload, or
-/// higher when tantivy published segments of a commit that failed (a merge that ends after a
-/// failed `meta.json` write saves the new segments under the old payload). Logs are added in
-/// sequence order and segments flushed in that order, so every log up to it is there.
-fn durable_seq(index: &Index, reader: &IndexReader) -> Result<u64, StoreError> {
-    let mut highest = match index.load_metas()?.payload {
-        None => 0,
-        Some(payload) => {
-            payload_last_seq(&payload).ok_or_else(|| StoreError::Payload(payload.clone()))?
-        }
-    };
-    for segment in reader.searcher().segment_readers() {
-        if segment.max_doc() > 0 {
-            highest = highest.max(segment.fast_fields().u64(SEQ_FIELD)?.max_value());
-        }
-    }
-    Ok(highest)
-}
-
-/// Tantivy's error, or the I/O error behind it when the directory saw one.
-fn explain(write_errors: &WriteErrors, error: tantivy::TantivyError) -> StoreError {
-    match write_errors.take() {
-        Some(io) => StoreError::Write(io),
-        None => StoreError::Tantivy(error),
-    }
-}
-
-impl LogWriter {
-    /// The highest sequence number the index holds durably (0 for a new index).
-    pub fn committed_seq(&self) -> u64 {
-        self.committed_seq
-    }
-
-    /// Drops everything added since the last commit and makes the writer work again after a
-    /// failure (a failed writer keeps taking documents into a channel nobody reads). Then
-    /// [`LogWriter::committed_seq`] tells from where to add again.
-    pub fn rollback(&mut self) -> Result<(), StoreError> {
-        if !self.writer_lost {
-            if self.writer.rollback().is_err() {
-                // a failed rollback leaves the writer without its lock: only a new writer works
-                self.writer_lost = true;
-            } else {
-                // a rolled-back writer starts over with tantivy's default merge policy
-                self.writer.set_merge_policy(merge_policy());
-            }
-        }
-        if self.writer_lost {
-            self.writer = new_writer(&self.index, &self.options)?;
-            self.writer_lost = false;
-        }
-        self.reader.reload()?;
-        self.committed_seq = durable_seq(&self.index, &self.reader)?;
-        self.publish_visible();
-        // what went wrong before the rollback explains nothing after it
-        self.write_errors.take();
-        Ok(())
-    }
-
-    /// Number of logs committed and visible.
-    pub fn num_logs(&self) -> u64 {
-        self.reader.searcher().num_docs()
-    }
-
-    /// Number of logs deleted but still on disk, as of the last commit.
-    pub fn num_deleted_logs(&self) -> u64 {
-        let searcher = self.reader.searcher();
-        let segments = searcher.segment_readers().iter();
-        segments.map(|s| u64::from(s.num_deleted_docs())).sum()
-    }
-
-    /// Adds a log; it becomes visible with the next commit.
-    pub fn add(&mut self, log: &ActivityLog, seq: u64) -> Result<(), StoreError> {
-        let added = self.writer.add_document(self.fields.document(log, seq));
-        added.map_err(|e| explain(&self.write_errors, e))?;
-        Ok(())
-    }
-
-    /// Commits everything added so far, recording `last_seq`, and makes it visible.
-    pub fn commit(&mut self, last_seq: u64) -> Result<(), StoreError> {
-        let payload = serde_json::to_string(&CommitPayload { last_seq })
-            .expect("a payload of one integer serializes");
-        let errors = &self.write_errors;
-        let mut prepared = self
-            .writer
-            .prepare_commit()
-            .map_err(|e| explain(errors, e))?;
-        prepared.set_payload(&payload);
-        prepared.commit().map_err(|e| explain(errors, e))?;
-        self.committed_seq = last_seq;
-        self.reader.reload()?;
-        self.publish_visible();
-        self.start_purge();
-        Ok(())
-    }
-
-    /// Tells searches that every log up to the committed sequence number is visible.
-    fn publish_visible(&self) {
-        let seq = self.committed_seq;
-        self.visible.send_if_modified(|visible| {
-            let newer = seq > *visible;
-            *visible = (*visible).max(seq);
-            newer
-        });
-    }
-}
-
-impl Store {
-    /// Number of logs visible to searches.
-    pub fn num_logs(&self) -> u64 {
-        self.reader.searcher().num_docs()
-    }
-
-    /// Runs a query: the exact total and one page, newest first.
-    pub fn search(&self, query: &LogQuery) -> Result<LogPage, SearchError> {
-        self.search_in(&self.reader.searcher(), query)
-    }
-
-    /// The highest sequence number searches see, changing as commits make logs visible.
-    pub fn visible(&self) -> watch::Receiver<u64> {
-        self.visible.clone()
-    }
-
-    /// Up to `limit` of the logs `query` selects (its filters and time window) whose sequence
-    /// numbers are in `(after, upto]`, in sequence order: each with its number and its JSON as
-    /// served.
-    pub fn since(
-        &self,
-        query: &LogQuery,
-        after: u64,
-        upto: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let searcher = self.reader.searcher();
-        let range = |field: Field, lower: Bound<u64>, upper: Bound<u64>| -> Box<dyn Query> {
-            let term = |value| Term::from_field_u64(field, value);
-            Box::new(RangeQuery::new(lower.map(term), upper.map(term)))
-        };
-        let mut clauses = vec![
-            (Occur::Must, filter_query(&self.fields, query)),
-            (
-                Occur::Must,
-                range(
-                    self.fields.seq,
-                    Bound::Excluded(after),
-                    Bound::Included(upto),
-                ),
-            ),
-        ];
-        if query.start.is_some() || query.end.is_some() {
-            let start = query.start.map_or(Bound::Unbounded, Bound::Included);
-            let end = query.end.map_or(Bound::Unbounded, Bound::Excluded);
-            clauses.push((Occur::Must, range(self.fields.timestamp, start, end)));
-        }
-        let collector =
-            TopDocs::with_limit(limit).order_by_fast_field::<u64>(SEQ_FIELD, Order::Asc);
-        let top = searcher.search(&BooleanQuery::new(clauses), &collector)?;
-        top.into_iter()
-            .map(|(seq, address)| Ok((seq.unwrap_or(0), self.served(&searcher, address)?)))
-            .collect()
-    }
-
-    /// The JSON of a log as served, on one line: `request_data` and `response_data` are kept as
-    /// sent, whitespace included, and a line break in them would split an NDJSON line or an SSE
-    /// event, so such a log is written compactly.
-    fn served(&self, searcher: &Searcher, address: DocAddress) -> Result<Vec<u8>, StoreError> {
-        let doc: TantivyDocument = searcher.doc(address)?;
-        let json = doc
-            .get_first(self.fields.doc)
-            .and_then(|value| value.as_bytes());
-        let json = json.unwrap_or(b"{}");
-        if !json.iter().any(|&b| b == b'\n' || b == b'\r') {
-            return Ok(json.to_vec());
-        }
-        let value: serde_json::Value =
-            serde_json::from_slice(json).map_err(|e| StoreError::StoredLog(e.to_string()))?;
-        Ok(serde_json::to_vec(&value).expect("a JSON value serializes"))
-    }
-
-    /// Every log `query` selects (its filters and time window), newest first, page by page,
-    /// all from the index as it is now: logs committed meanwhile are not seen.
-    pub fn scan(&self, query: &LogQuery) -> Scan {
-        Scan {
-            store: self.clone(),
-            searcher: self.reader.searcher(),
-            query: LogQuery {
-                before: None,
-                offset: 0,
-                ..query.clone()
-            },
-            done: false,
-        }
-    }
-
-    /// The statistics of every log `query` selects (its filters and time window). `interval` is
-    /// the width of the histogram's buckets in nanoseconds, `None` for about [`AUTO_BUCKETS`];
-    /// the histogram spans the time window, or the matches where the window is open. Setting
-    /// `cancelled` stops the work early, with [`StatsError::Cancelled`].
-    pub fn stats(
-        &self,
-        query: &LogQuery,
-        interval: Option<u64>,
-        cancelled: &AtomicBool,
-    ) -> Result<Stats, StatsError> {
-        let searcher = self.reader.searcher();
-        let (prepared, window) = self.prepare(&searcher, query)?;
-        // the first and the last nanosecond the histogram spans: the window's, or the matches'
-        // where it is open
-        let span = match (query.start, query.end) {
-            (Some(start), Some(end)) => Some((start, end.saturating_sub(1))),
-            _ => prepared
-                .time_bounds(&window)
-                .map_err(StoreError::from)?
-                .map(|(first, last)| {
-                    let end = query.end.map_or(last, |end| end.saturating_sub(1));
-                    (query.start.unwrap_or(first), end)
-                }),
-        };
-        let histogram = match span {
-            Some((first, last)) if first <= last => {
-                let interval = interval
-                    .unwrap_or_else(|| stats::auto_interval((last - first).saturating_add(1)));
-                stats::buckets(first, last, interval)?
-            }
-            _ => TimeHistogram {
-                interval: interval.unwrap_or_else(|| stats::auto_interval(0)),
-                start: query.start.unwrap_or(0),
-                buckets: Vec::new(),
-            },
-        };
-        let mut visitor = stats::StatsVisitor::new(histogram, cancelled);
-        prepared
-            .visit(&window, &mut visitor)
-            .map_err(StoreError::from)?;
-        visitor.finish()
-    }
-
-    /// `query`'s filters ready to run over `searcher`, and its window.
-    fn prepare<'a>(
-        &self,
-        searcher: &'a Searcher,
-        query: &LogQuery,
-    ) -> Result<(Prepared<'a>, Window), StoreError> {
-        let window = Window {
-            start: query.start.unwrap_or(0),
-            end: query.end,
-            before: query.before,
-        };
-        let prepared = search::prepare(
-            searcher,
-            filter_query(&self.fields, query).as_ref(),
-            &query.selection_key(),
-            &self.blocks,
-        )?;
-        Ok((prepared, window))
-    }
-
-    fn search_in(&self, searcher: &Searcher, query: &LogQuery) -> Result<LogPage, SearchError> {
-        let (prepared, window) = self.prepare(searcher, query)?;
-        let total = prepared.count(&window).map_err(StoreError::from)?;
-        let offset = query.offset;
-        if offset as u64 >= total {
-            // a page past the end: the total only
-            return Ok(LogPage {
-                total,
-                has_more: false,
-                logs: Vec::new(),
-            });
-        }
-        if offset > MAX_OFFSET {
-            return Err(SearchError::TooDeep);
-        }
-        // one more than the page, to know whether more follow
-        let k = offset + query.limit + 1;
-        let top = prepared.top_k(&window, k).map_err(StoreError::from)?;
-        let has_more = top.len() > offset + query.limit;
-        let mut logs = Vec::with_capacity(query.limit.min(top.len()));
-        for (key, address) in top.into_iter().skip(offset).take(query.limit) {
-            logs.push((key, self.served(searcher, address)?));
-        }
-        Ok(LogPage {
-            total,
-            has_more,
-            logs,
-        })
-    }
-}
-
-/// The tantivy query of the filters: the fewest terms that say them, all required.
-fn filter_query(f: &Fields, query: &LogQuery) -> Box<dyn Query> {
-    let user = &query.user_id;
-    let term = term_query;
-    let scoped = |value: Scoped<'_>| term(f.scoped, &value.term_text(user));
-    let mut clauses: Vec<Box<dyn Query>> = Vec::new();
-    match (query.log_type, query.status) {
-        (Some(t), Some(s)) => clauses.push(scoped(Scoped::LogTypeAndStatus(t, s))),
-        (Some(t), None) => clauses.push(scoped(Scoped::LogType(t))),
-        (None, Some(s)) => clauses.push(scoped(Scoped::Status(s))),
-        (None, None) => {}
-    }
-    if let Some(assistant_id) = &query.assistant_id {
-        clauses.push(scoped(Scoped::AssistantId(assistant_id)));
-    }
-    if let Some(room_name) = &query.room_name {
-        clauses.push(scoped(Scoped::RoomName(room_name)));
-    }
-    if clauses.is_empty() {
-        clauses.push(term(f.user, user));
-    }
-    for words in &query.text {
-        match words.as_slice() {
-            [] => {}
-            [word] => clauses.push(term(f.message, word)),
-            phrase => {
-                let terms = phrase
-                    .iter()
-                    .map(|w| Term::from_field_text(f.message, w))
-                    .collect();
-                clauses.push(Box::new(PhraseQuery::new(terms)));
-            }
-        }
-    }
-    if clauses.len() == 1 {
-        return clauses.remove(0);
-    }
-    Box::new(BooleanQuery::new(
-        clauses.into_iter().map(|q| (Occur::Must, q)).collect(),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -629,7 +279,11 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
+    use std::sync::atomic::AtomicBool;
+
+    use super::writer::DELETED_SHARE_BEFORE_MERGE;
     use super::*;
+    use crate::mapping::ActivityLog;
     use crate::mapping::example_log;
 
     /// The same query answered by brute force over the logs as written.

@@ -1,0 +1,242 @@
+//! The read side: pages newest first, logs since a sequence number, scans and statistics.
+
+use std::ops::Bound;
+use std::sync::atomic::AtomicBool;
+
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, RangeQuery};
+use tantivy::schema::{Field, Value as _};
+use tantivy::{DocAddress, Order, Searcher, TantivyDocument, Term};
+use tokio::sync::watch;
+
+use super::schema::{Fields, SEQ_FIELD, Scoped};
+use super::search::{self, Prepared, Window};
+use super::stats::{self, Stats, StatsError, TimeHistogram};
+use super::{LogPage, LogQuery, MAX_OFFSET, Scan, SearchError, Store, StoreError, term_query};
+
+impl Store {
+    /// Number of logs visible to searches.
+    pub fn num_logs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// Runs a query: the exact total and one page, newest first.
+    pub fn search(&self, query: &LogQuery) -> Result<LogPage, SearchError> {
+        self.search_in(&self.reader.searcher(), query)
+    }
+
+    /// The highest sequence number searches see, changing as commits make logs visible.
+    pub fn visible(&self) -> watch::Receiver<u64> {
+        self.visible.clone()
+    }
+
+    /// Up to `limit` of the logs `query` selects (its filters and time window) whose sequence
+    /// numbers are in `(after, upto]`, in sequence order: each with its number and its JSON as
+    /// served.
+    pub fn since(
+        &self,
+        query: &LogQuery,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let searcher = self.reader.searcher();
+        let range = |field: Field, lower: Bound<u64>, upper: Bound<u64>| -> Box<dyn Query> {
+            let term = |value| Term::from_field_u64(field, value);
+            Box::new(RangeQuery::new(lower.map(term), upper.map(term)))
+        };
+        let mut clauses = vec![
+            (Occur::Must, filter_query(&self.fields, query)),
+            (
+                Occur::Must,
+                range(
+                    self.fields.seq,
+                    Bound::Excluded(after),
+                    Bound::Included(upto),
+                ),
+            ),
+        ];
+        if query.start.is_some() || query.end.is_some() {
+            let start = query.start.map_or(Bound::Unbounded, Bound::Included);
+            let end = query.end.map_or(Bound::Unbounded, Bound::Excluded);
+            clauses.push((Occur::Must, range(self.fields.timestamp, start, end)));
+        }
+        let collector =
+            TopDocs::with_limit(limit).order_by_fast_field::<u64>(SEQ_FIELD, Order::Asc);
+        let top = searcher.search(&BooleanQuery::new(clauses), &collector)?;
+        top.into_iter()
+            .map(|(seq, address)| Ok((seq.unwrap_or(0), self.served(&searcher, address)?)))
+            .collect()
+    }
+
+    /// The JSON of a log as served, on one line: `request_data` and `response_data` are kept as
+    /// sent, whitespace included, and a line break in them would split an NDJSON line or an SSE
+    /// event, so such a log is written compactly.
+    fn served(&self, searcher: &Searcher, address: DocAddress) -> Result<Vec<u8>, StoreError> {
+        let doc: TantivyDocument = searcher.doc(address)?;
+        let json = doc
+            .get_first(self.fields.doc)
+            .and_then(|value| value.as_bytes());
+        let json = json.unwrap_or(b"{}");
+        if !json.iter().any(|&b| b == b'\n' || b == b'\r') {
+            return Ok(json.to_vec());
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| StoreError::StoredLog(e.to_string()))?;
+        Ok(serde_json::to_vec(&value).expect("a JSON value serializes"))
+    }
+
+    /// Every log `query` selects (its filters and time window), newest first, page by page,
+    /// all from the index as it is now: logs committed meanwhile are not seen.
+    pub fn scan(&self, query: &LogQuery) -> Scan {
+        Scan {
+            store: self.clone(),
+            searcher: self.reader.searcher(),
+            query: LogQuery {
+                before: None,
+                offset: 0,
+                ..query.clone()
+            },
+            done: false,
+        }
+    }
+
+    /// The statistics of every log `query` selects (its filters and time window). `interval` is
+    /// the width of the histogram's buckets in nanoseconds, `None` for about [`AUTO_BUCKETS`];
+    /// the histogram spans the time window, or the matches where the window is open. Setting
+    /// `cancelled` stops the work early, with [`StatsError::Cancelled`].
+    pub fn stats(
+        &self,
+        query: &LogQuery,
+        interval: Option<u64>,
+        cancelled: &AtomicBool,
+    ) -> Result<Stats, StatsError> {
+        let searcher = self.reader.searcher();
+        let (prepared, window) = self.prepare(&searcher, query)?;
+        // the first and the last nanosecond the histogram spans: the window's, or the matches'
+        // where it is open
+        let span = match (query.start, query.end) {
+            (Some(start), Some(end)) => Some((start, end.saturating_sub(1))),
+            _ => prepared
+                .time_bounds(&window)
+                .map_err(StoreError::from)?
+                .map(|(first, last)| {
+                    let end = query.end.map_or(last, |end| end.saturating_sub(1));
+                    (query.start.unwrap_or(first), end)
+                }),
+        };
+        let histogram = match span {
+            Some((first, last)) if first <= last => {
+                let interval = interval
+                    .unwrap_or_else(|| stats::auto_interval((last - first).saturating_add(1)));
+                stats::buckets(first, last, interval)?
+            }
+            _ => TimeHistogram {
+                interval: interval.unwrap_or_else(|| stats::auto_interval(0)),
+                start: query.start.unwrap_or(0),
+                buckets: Vec::new(),
+            },
+        };
+        let mut visitor = stats::StatsVisitor::new(histogram, cancelled);
+        prepared
+            .visit(&window, &mut visitor)
+            .map_err(StoreError::from)?;
+        visitor.finish()
+    }
+
+    /// `query`'s filters ready to run over `searcher`, and its window.
+    pub(super) fn prepare<'a>(
+        &self,
+        searcher: &'a Searcher,
+        query: &LogQuery,
+    ) -> Result<(Prepared<'a>, Window), StoreError> {
+        let window = Window {
+            start: query.start.unwrap_or(0),
+            end: query.end,
+            before: query.before,
+        };
+        let prepared = search::prepare(
+            searcher,
+            filter_query(&self.fields, query).as_ref(),
+            &query.selection_key(),
+            &self.blocks,
+        )?;
+        Ok((prepared, window))
+    }
+
+    pub(super) fn search_in(
+        &self,
+        searcher: &Searcher,
+        query: &LogQuery,
+    ) -> Result<LogPage, SearchError> {
+        let (prepared, window) = self.prepare(searcher, query)?;
+        let total = prepared.count(&window).map_err(StoreError::from)?;
+        let offset = query.offset;
+        if offset as u64 >= total {
+            // a page past the end: the total only
+            return Ok(LogPage {
+                total,
+                has_more: false,
+                logs: Vec::new(),
+            });
+        }
+        if offset > MAX_OFFSET {
+            return Err(SearchError::TooDeep);
+        }
+        // one more than the page, to know whether more follow
+        let k = offset + query.limit + 1;
+        let top = prepared.top_k(&window, k).map_err(StoreError::from)?;
+        let has_more = top.len() > offset + query.limit;
+        let mut logs = Vec::with_capacity(query.limit.min(top.len()));
+        for (key, address) in top.into_iter().skip(offset).take(query.limit) {
+            logs.push((key, self.served(searcher, address)?));
+        }
+        Ok(LogPage {
+            total,
+            has_more,
+            logs,
+        })
+    }
+}
+
+/// The tantivy query of the filters: the fewest terms that say them, all required.
+pub(super) fn filter_query(f: &Fields, query: &LogQuery) -> Box<dyn Query> {
+    let user = &query.user_id;
+    let term = term_query;
+    let scoped = |value: Scoped<'_>| term(f.scoped, &value.term_text(user));
+    let mut clauses: Vec<Box<dyn Query>> = Vec::new();
+    match (query.log_type, query.status) {
+        (Some(t), Some(s)) => clauses.push(scoped(Scoped::LogTypeAndStatus(t, s))),
+        (Some(t), None) => clauses.push(scoped(Scoped::LogType(t))),
+        (None, Some(s)) => clauses.push(scoped(Scoped::Status(s))),
+        (None, None) => {}
+    }
+    if let Some(assistant_id) = &query.assistant_id {
+        clauses.push(scoped(Scoped::AssistantId(assistant_id)));
+    }
+    if let Some(room_name) = &query.room_name {
+        clauses.push(scoped(Scoped::RoomName(room_name)));
+    }
+    if clauses.is_empty() {
+        clauses.push(term(f.user, user));
+    }
+    for words in &query.text {
+        match words.as_slice() {
+            [] => {}
+            [word] => clauses.push(term(f.message, word)),
+            phrase => {
+                let terms = phrase
+                    .iter()
+                    .map(|w| Term::from_field_text(f.message, w))
+                    .collect();
+                clauses.push(Box::new(PhraseQuery::new(terms)));
+            }
+        }
+    }
+    if clauses.len() == 1 {
+        return clauses.remove(0);
+    }
+    Box::new(BooleanQuery::new(
+        clauses.into_iter().map(|q| (Occur::Must, q)).collect(),
+    ))
+}
