@@ -1,0 +1,258 @@
+//! A replica's consumer: the thread that feeds one replica's index from its shard's stream,
+//! from the message after its last commit on.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+
+use super::RETRY_INTERVAL;
+use crate::cluster::shard::{log_seq, resume_from};
+use crate::cluster::stream::Chunk;
+use crate::ingest::now_nanos;
+use crate::lifecycle::Retention;
+use crate::store::{self, LogWriter};
+
+/// The thread that feeds one replica's index from its shard's stream.
+pub(super) struct Consumer {
+    pub(super) handle: Handle,
+    pub(super) jetstream: jetstream::Context,
+    pub(super) stream: String,
+    pub(super) shard: u32,
+    pub(super) writer: LogWriter,
+    pub(super) commit_interval: Duration,
+    pub(super) ready: watch::Sender<bool>,
+    pub(super) stop: CancellationToken,
+    pub(super) retention: Retention,
+    pub(super) sweep_interval: Duration,
+    /// When expired logs are next deleted.
+    pub(super) sweep_at: Instant,
+}
+
+/// Why a pass over the stream ended.
+enum Pass {
+    Stopped,
+    /// Start over from the last commit after a pause.
+    Retry,
+}
+
+impl Consumer {
+    pub(super) fn run(mut self) {
+        while let Pass::Retry = self.pass() {
+            let stop = self.stop.clone();
+            let stopped = self.handle.block_on(async {
+                tokio::select! {
+                    () = stop.cancelled() => true,
+                    () = tokio::time::sleep(RETRY_INTERVAL) => false,
+                }
+            });
+            if stopped {
+                break;
+            }
+        }
+        // what was added and not committed is consumed again by the next start
+        if let Err(e) = self.writer.rollback() {
+            tracing::warn!(shard = self.shard, error = %e, "cannot roll back on close");
+        }
+    }
+
+    /// Consumes from the message after the last commit until stopped or until something fails.
+    fn pass(&mut self) -> Pass {
+        let shard = self.shard;
+        let start = resume_from(self.writer.committed_seq());
+        let (jetstream, name, stop) = (
+            self.jetstream.clone(),
+            self.stream.clone(),
+            self.stop.clone(),
+        );
+        let setup = self.handle.block_on(async move {
+            let setup = async {
+                let mut stream = jetstream.get_stream(&name).await?;
+                let end = stream.info().await?.state.last_sequence;
+                let consumer = stream
+                    .create_consumer(pull::OrderedConfig {
+                        deliver_policy: DeliverPolicy::ByStartSequence {
+                            start_sequence: start,
+                        },
+                        ..Default::default()
+                    })
+                    .await?;
+                let messages = consumer.messages().await?;
+                anyhow::Ok((end, messages))
+            };
+            tokio::select! {
+                () = stop.cancelled() => None,
+                setup = setup => Some(setup),
+            }
+        });
+        let (end, mut messages) = match setup {
+            None => return Pass::Stopped,
+            Some(Ok(setup)) => setup,
+            Some(Err(e)) => {
+                tracing::warn!(shard, error = %format!("{e:#}"), "cannot consume the shard's stream; retrying");
+                return Pass::Retry;
+            }
+        };
+        if end + 1 < start {
+            // The stream holds less than this replica committed: it was deleted and created
+            // again, or lost messages. Serving on would hide every log published since.
+            self.ready.send_replace(false);
+            tracing::error!(
+                shard,
+                stream = %self.stream,
+                stream_ends_at = end,
+                committed_through = start - 1,
+                "the stream holds less than this replica committed; not serving this shard until an operator restores the stream or removes the replica's folder"
+            );
+            return Pass::Retry;
+        }
+        if end < start {
+            self.ready.send_replace(true);
+        }
+        let mut next = start;
+        let mut added_through: Option<u64> = None;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let wait = deadline.map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            let stop = self.stop.clone();
+            let received = self.handle.block_on(async {
+                tokio::select! {
+                    () = stop.cancelled() => None,
+                    next = tokio::time::timeout(wait, messages.next()) => Some(next),
+                }
+            });
+            match received {
+                None => {
+                    if let Err(e) = self.commit(added_through) {
+                        // the next start consumes again from the last commit
+                        self.failed(&e);
+                    }
+                    return Pass::Stopped;
+                }
+                Some(Err(_elapsed)) => {}
+                Some(Ok(None)) => {
+                    tracing::warn!(shard, "the shard's stream ended; consuming again");
+                    return self.end_pass(added_through);
+                }
+                Some(Ok(Some(Err(e)))) => {
+                    tracing::warn!(shard, error = %e, "consuming the shard's stream failed; consuming again from the last commit");
+                    return self.end_pass(added_through);
+                }
+                Some(Ok(Some(Ok(message)))) => {
+                    let stream_seq = match message.info() {
+                        Ok(info) => info.stream_sequence,
+                        Err(e) => {
+                            tracing::warn!(shard, error = %e, "a message without its stream sequence; consuming again");
+                            return self.end_pass(added_through);
+                        }
+                    };
+                    if stream_seq < next {
+                        continue;
+                    }
+                    next = stream_seq + 1;
+                    match serde_json::from_slice::<Chunk>(&message.payload) {
+                        Ok(chunk) => {
+                            let now = now_nanos();
+                            for (position, log) in chunk.logs.iter().enumerate() {
+                                // what expired meanwhile would only be deleted by the next sweep
+                                if !self.retention.keeps(&log.user_id, log.timestamp_nanos, now) {
+                                    continue;
+                                }
+                                if let Err(e) = self
+                                    .writer
+                                    .add(log, log_seq(self.shard, stream_seq, position))
+                                {
+                                    return self.failed(&e);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(shard, stream_seq, error = %e, "a message of the stream is not a chunk of logs; skipped");
+                        }
+                    }
+                    added_through = Some(stream_seq);
+                    deadline.get_or_insert_with(|| Instant::now() + self.commit_interval);
+                }
+            }
+            if !self.retention.keeps_everything() && Instant::now() >= self.sweep_at {
+                if let Err(e) = self.sweep(added_through) {
+                    return self.failed(&e);
+                }
+                deadline = None;
+                added_through = None;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                if let Err(e) = self.commit(added_through) {
+                    return self.failed(&e);
+                }
+                deadline = None;
+                if added_through.is_some_and(|through| through >= end) {
+                    self.ready.send_replace(true);
+                }
+                added_through = None;
+            }
+        }
+    }
+
+    /// Deletes the logs past their retention and commits that with what was added.
+    fn sweep(&mut self, through: Option<u64>) -> Result<(), store::StoreError> {
+        self.sweep_at = Instant::now() + self.sweep_interval;
+        let mut expired = 0;
+        for expiry in self.retention.expiries(now_nanos()) {
+            expired += self.writer.expire(&expiry)?;
+        }
+        let last = through.map_or(self.writer.committed_seq(), |t| {
+            log_seq(self.shard, t, LAST_POSITION)
+        });
+        if expired > 0 || through.is_some() {
+            self.writer.commit(last)?;
+        }
+        if expired > 0 {
+            tracing::info!(
+                shard = self.shard,
+                expired,
+                "retention sweep deleted expired logs"
+            );
+        }
+        Ok(())
+    }
+
+    /// Ends a pass to consume again from the last commit: what was added is committed first, or
+    /// rolled back when the commit fails, so that nothing is added twice.
+    fn end_pass(&mut self, through: Option<u64>) -> Pass {
+        match self.commit(through) {
+            Ok(()) => Pass::Retry,
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// Commits what was added through the message at `through`, if anything was.
+    fn commit(&mut self, through: Option<u64>) -> Result<(), store::StoreError> {
+        match through {
+            Some(through) => self
+                .writer
+                .commit(log_seq(self.shard, through, LAST_POSITION)),
+            None => Ok(()),
+        }
+    }
+
+    /// The index failed: back to its last commit, and consume again from there.
+    fn failed(&mut self, error: &dyn std::fmt::Display) -> Pass {
+        // reads go to the shard's other replica until this one has caught up again
+        self.ready.send_replace(false);
+        tracing::error!(shard = self.shard, error = %error, "the replica's index failed; rolling back to its last commit");
+        if let Err(e) = self.writer.rollback() {
+            tracing::error!(shard = self.shard, error = %e, "cannot roll the replica's index back yet");
+        }
+        Pass::Retry
+    }
+}
+
+/// The commit payload records the highest sequence number a message may give, so that a
+/// message is either wholly committed or consumed again.
+const LAST_POSITION: usize = crate::cluster::shard::LOGS_PER_MESSAGE - 1;
