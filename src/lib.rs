@@ -4,20 +4,34 @@
 //!
 //! - [`otlp`]: receive OTLP/gRPC and OTLP/HTTP (protobuf, JSON, gzip) exports.
 //! - [`mapping`]: turn each OTLP LogRecord into an [`mapping::ActivityLog`] (pure).
-//! - [`ingest`]: the one export path: authorize, map, queue for the writer, answer; a client's
-//!   retry within the dedup window is acknowledged and stored once.
+//! - [`ingest`]: the one export path: authorize, map, hand the logs to a [`ingest::LogSink`] and
+//!   answer; a client's retry within the dedup window is acknowledged and stored once. The single
+//!   node's sink is the writer thread (write-ahead log, then the index).
 //! - [`store`]: the embedded tantivy index: schema, the single writer, newest-first queries.
 //! - [`api`]: `GET /logs`, the audit API scoped to the caller's user, with its statistics, tail,
 //!   export, erasure and OpenAPI document, and health checks.
 //! - [`explorer`]: the web page at `/` that reads the API.
 //!
-//! [`cluster`] runs the same path over NATS JetStream and etcd, across machines.
+//! [`cluster`] provides the parts of the same path over NATS JetStream and etcd, across machines:
+//! a sink that publishes to the stream, indexers that consume it, gateways that route reads.
 //!
 //! Around them: [`auth`] (API keys and scopes), [`lifecycle`] (retention, per-user limits, watched
-//! files, snapshots), [`config`] (the config file and overrides),
-//! [`metrics`] (what `GET /metrics` serves), [`server`] (wiring, listeners with their timeouts
-//! and limits, shutdown), [`faults`] (storage faults on command, for tests), [`emit`] and
-//! [`workload`] (the worker simulator).
+//! files, snapshots), [`metrics`] (what `GET /metrics` serves), [`faults`] (storage faults on
+//! command, for tests), [`emit`] and [`workload`] (the worker simulator).
+//!
+//! Dependencies point one way, from the wiring down to the data:
+//!
+//! ```text
+//! server                     wiring of a single node and of a cluster node; listeners, TLS
+//!   config                   the config file: composes each room's own settings
+//!     cluster                stream sink, indexers, gateways (over the API's types)
+//!       api   otlp           serve reads; receive exports
+//!         ingest             the export path, the writer, the dedup window
+//!           lifecycle        retention, limits, keys reload, snapshots
+//!             store          the index
+//!               mapping      OTLP to activity log
+//! auth  metrics  faults      below whoever uses them
+//! ```
 
 pub mod api;
 pub mod auth;
