@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::PATIENCE;
-use common::cluster::{Node, TestCluster, USERS, export_until_acknowledged, records};
+use common::cluster::{
+    Node, REPLICAS, SHARDS, TestCluster, USERS, differences, export_until_acknowledged, records,
+};
 use common::process::{sigterm, wait_for_clean_exit, wait_ready};
 use logbridge::emit::{EmitOptions, emit};
 use logbridge::workload::Workload;
@@ -32,67 +34,27 @@ async fn wait_for_total(cluster: &TestCluster, gateway: &Node, user: usize, expe
     }
 }
 
-/// How many acknowledged logs are missing from `stored`, and how many are there more often than
-/// they were sent (logs compared by message; a message sent twice must be stored twice).
-fn differences(stored: &[String], sent: &[String]) -> (usize, usize) {
-    let mut counts: HashMap<&str, i64> = HashMap::new();
-    for message in sent {
-        *counts.entry(message).or_default() += 1;
-    }
-    for message in stored {
-        *counts.entry(message).or_default() -= 1;
-    }
-    let lost = counts.values().filter(|n| **n > 0).sum::<i64>();
-    let doubled = -counts.values().filter(|n| **n < 0).sum::<i64>();
-    (lost as usize, doubled as usize)
-}
-
-/// Asserts that each user's logs, walked through every live gateway and on every ready replica
-/// of its shard, are exactly the acknowledged messages, as many times as sent, newest first.
+/// Asserts that each user's logs, walked through every live gateway and on each replica of its
+/// shard (every one the cluster must have, but those on indexers the test killed), are exactly
+/// the acknowledged messages, as many times as sent, newest first; waits for each replica to
+/// catch up, and fails naming the one that does not.
 async fn assert_exactly(cluster: &TestCluster, acked: &HashMap<usize, Vec<String>>, when: &str) {
     for (&user, messages) in acked {
-        let compare = |stored: &[String], place: &str| {
-            let (lost, doubled) = differences(stored, messages);
-            assert_eq!(
-                (lost, doubled, stored.len()),
-                (0, 0, messages.len()),
-                "{when}: user {user} through {place}: (lost, stored twice, stored)"
-            );
-        };
         for gateway in cluster.live_gateways() {
             wait_for_total(cluster, gateway, user, messages.len()).await;
             let stored = cluster.walk(gateway, user, "").await;
-            compare(&stored, &format!("gateway {}", gateway.api));
+            let (lost, doubled) = differences(&stored, messages);
+            assert_eq!(
+                (lost, doubled, stored.len()),
+                (0, 0, messages.len()),
+                "{when}: user {user} through gateway {}: (lost, stored twice, stored)",
+                gateway.api
+            );
         }
-        let mut replicas = 0;
-        for indexer in 0..cluster.indexers.len() {
-            if cluster.indexers[indexer].served.is_none() {
-                continue;
-            }
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                match cluster.held(indexer, user).await {
-                    None => break,
-                    Some(total) if total as usize == messages.len() => {
-                        let stored = cluster.walk_replica(indexer, user).await.unwrap();
-                        compare(&stored, &format!("indexer-{indexer}'s replica"));
-                        replicas += 1;
-                        break;
-                    }
-                    Some(_) => {
-                        assert!(
-                            Instant::now() < deadline,
-                            "{when}: indexer-{indexer} never caught up on user {user}"
-                        );
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        }
-        assert!(
-            replicas >= 1,
-            "{when}: no indexer serves user {user}'s shard"
-        );
+        let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
+        cluster
+            .assert_replicas_exact(user, &[shard], messages, when)
+            .await;
     }
 }
 
@@ -285,8 +247,8 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
     let query = format!("q=user_id:{}", USERS[1]);
     let (_, body) = cluster.get(&cluster.gateways[0], 0, &query).await;
     assert_eq!(body["data"]["total"], 0);
-    let shard_of_1 = logbridge::cluster::shard_of(USERS[1], common::cluster::SHARDS);
-    let shard_of_0 = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    let shard_of_1 = logbridge::cluster::shard_of(USERS[1], SHARDS);
+    let shard_of_0 = logbridge::cluster::shard_of(USERS[0], SHARDS);
     let mut asked = 0;
     for indexer in &cluster.indexers {
         let response = reqwest::Client::new()
@@ -312,7 +274,7 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
             assert!(acked[&0].contains(&message), "user-0 read {message:?}");
         }
     }
-    assert_eq!(asked, 2, "two replicas serve user-1's shard");
+    assert_eq!(asked, REPLICAS, "{REPLICAS} replicas serve user-1's shard");
 }
 
 /// Which indexer serves which user's shard: indexer by indexer, user by user.
@@ -400,7 +362,7 @@ async fn finished(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_stream_leader_mid_load_loses_and_doubles_nothing() {
     let mut cluster = TestCluster::start(2, 3).await;
-    let shard = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    let shard = logbridge::cluster::shard_of(USERS[0], SHARDS);
     let (acked, load) = start_load(&cluster, 0, 60, 100);
     wait_acked(&acked, 4000).await;
     let leader = cluster
@@ -488,7 +450,7 @@ async fn with_etcd_down_ingest_and_reads_go_on_and_nothing_moves() {
     let (acked, load) = start_load(&cluster, 0, 20, 100);
     wait_acked(&acked, 2000).await;
     let before = placement(&cluster).await;
-    cluster.etcd.kill();
+    cluster.kill_etcd();
     wait_acked(&acked, 6000).await;
     // an indexer dies while etcd is down: its shards are not reassigned, reads use the other
     // replica
@@ -504,7 +466,7 @@ async fn with_etcd_down_ingest_and_reads_go_on_and_nothing_moves() {
         after, before,
         "no replica opened or closed while etcd was down"
     );
-    cluster.etcd.restart().await;
+    cluster.restart_etcd().await;
     cluster.indexers[2].restart();
     let (more, load) = start_load(&cluster, 20, 5, 100);
     let (more, _) = finished(more, load).await;
@@ -684,8 +646,10 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         export_until_acknowledged(&grpc, batch as usize, &cluster.ingest, records).await;
         sent.extend((batch * 200..(batch + 1) * 200).map(|n| format!("{} record {n}", USERS[0])));
     }
-    // the logs past the cut-over are on three shards, the earlier ones on the home shard only
-    let home = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    // the logs past the cut-over are on three shards, the earlier ones on the home shard only;
+    // every replica of the three holds exactly its part
+    let home = logbridge::cluster::shard_of(USERS[0], SHARDS);
+    let spread: Vec<u32> = (0..3).map(|offset| (home + offset) % SHARDS).collect();
     let deadline = Instant::now() + PATIENCE;
     loop {
         let (status, body) = cluster.get(&cluster.gateways[0], 0, "limit=1").await;
@@ -698,11 +662,9 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut per_shard = Vec::new();
-    for offset in 0..3 {
-        let shard = (home + offset) % common::cluster::SHARDS;
-        per_shard.push(cluster.shard_total(shard, 0).await.unwrap());
-    }
+    let per_shard = cluster
+        .assert_replicas_exact(0, &spread, &sent, "after the spread logs")
+        .await;
     assert_eq!(per_shard.iter().sum::<u64>(), 2400, "{per_shard:?}");
     assert!(per_shard[0] >= 600, "{per_shard:?}");
     assert!(
@@ -770,12 +732,15 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         assert!(Instant::now() < deadline, "the tied logs never all showed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut tied_shards = Vec::new();
-    for offset in 0..3 {
-        let shard = (home + offset) % common::cluster::SHARDS;
-        let total = cluster.shard_total(shard, 0).await.unwrap();
-        tied_shards.push(total - per_shard[offset as usize]);
-    }
+    let mut with_ties = sent.clone();
+    with_ties.extend((0..60).map(|n| format!("tie {n}")));
+    let tied_shards: Vec<u64> = cluster
+        .assert_replicas_exact(0, &spread, &with_ties, "after the tied logs")
+        .await
+        .iter()
+        .zip(&per_shard)
+        .map(|(total, before)| total - before)
+        .collect();
     assert!(
         tied_shards.iter().filter(|&&n| n > 0).count() >= 2,
         "the tied logs span shards: {tied_shards:?}"
