@@ -587,8 +587,10 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    // whole seconds, so that the printed cut-over is the one given
-    let from = (now / 1_000_000_000 + 61) * 1_000_000_000;
+    // ten minutes ahead, far past the 60 s the command asks for however late it runs; whole
+    // seconds, so that the printed cut-over is the one given. The logs are stamped around it:
+    // nothing refuses a timestamp ahead of the clock.
+    let from = (now / 1_000_000_000 + 600) * 1_000_000_000;
     let from_text = chrono::DateTime::from_timestamp_nanos(from as i64).to_rfc3339();
     let config = cluster.gateways[0].config.clone();
     let output = common::process::run(
@@ -610,8 +612,8 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
             USERS[0]
         )
     );
-    // a cut-over too soon is refused, saying why
-    let soon = chrono::DateTime::from_timestamp_nanos(now as i64).to_rfc3339();
+    // a cut-over too soon is refused, saying why: 30 s ahead of a clock that only moves on
+    let soon = chrono::DateTime::from_timestamp_nanos((now + 30_000_000_000) as i64).to_rfc3339();
     let refused = common::process::run(
         &config,
         &[
@@ -619,10 +621,14 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         ],
     );
     assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("--from must be at least 60 s ahead"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        said.lines().next(),
+        Some(
+            "Error: --from must be at least 60 s ahead, so that every gateway knows the cut-over \
+             before it comes"
+        ),
+        "{said}"
     );
     // every gateway knows the spread before logs past the cut-over arrive
     for gateway in &cluster.gateways {
