@@ -495,6 +495,22 @@ async fn page(
     (common::messages(data), next)
 }
 
+/// Which indexer should serve which user's shard, in the order of [`placement`]: its owners.
+fn owned(cluster: &TestCluster) -> Vec<bool> {
+    let mut owned = Vec::new();
+    for indexer in 0..cluster.indexers.len() {
+        for user in USERS {
+            let shard = logbridge::cluster::shard_of(user, SHARDS);
+            owned.push(cluster.owners(shard).contains(&indexer));
+        }
+    }
+    owned
+}
+
+/// How long a shard's move may take under load: the join seen by every node, a copy of the
+/// replica, its catching up, and the former owner letting go.
+const MOVE_PATIENCE: Duration = Duration::from_secs(60);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
     let mut cluster = TestCluster::start(2, 3).await;
@@ -513,7 +529,44 @@ async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
     let (during, load) = start_load(&cluster, 10, 15, 100);
     cluster.add_node("indexer", "indexer-3");
     let joined = Instant::now();
-    let mut moved = false;
+    // the users whose shard indexer-3 takes from one of its owners
+    let moving: Vec<usize> = (0..USERS.len())
+        .filter(|&user| {
+            let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
+            cluster.owners(shard).contains(&3)
+        })
+        .collect();
+    assert!(
+        !moving.is_empty(),
+        "indexer-3 owns the shard of a walked user"
+    );
+    // the walks go on while the shards move, up to half of each; once the move is done
+    // (indexer-3 serves the shards it owns, their former owners let go of them), the rest of
+    // each walk reads the shards where they are now: every walk spans the move
+    let owned = owned(&cluster);
+    let deadline = Instant::now() + MOVE_PATIENCE;
+    loop {
+        let placement = placement(&cluster).await;
+        if placement == owned {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move never ended: served {placement:?}, owned {owned:?} (indexer by indexer, user by user)"
+        );
+        for user in 0..USERS.len() {
+            if walked[user].len() < before[&user].len() / 2
+                && let Some(cursor) = cursors[user].take()
+            {
+                let (messages, next) = page(&cluster, user, &Some(cursor)).await;
+                walked[user].extend(messages);
+                cursors[user] = next;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moved_after = joined.elapsed();
+    let before_move: Vec<usize> = walked.iter().map(Vec::len).collect();
     while cursors.iter().any(Option::is_some) {
         for user in 0..USERS.len() {
             if let Some(cursor) = cursors[user].take() {
@@ -522,15 +575,13 @@ async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
                 cursors[user] = next;
             }
         }
-        if !moved {
-            for user in 0..USERS.len() {
-                moved |= cluster.held(3, user).await.is_some();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // the walks began before the newer logs: each is exactly the logs acknowledged before
     for (user, walk) in walked.iter().enumerate() {
+        assert!(
+            before_move[user] < walk.len(),
+            "user {user}'s walk read on after the move"
+        );
         let (lost, doubled) = differences(walk, &before[&user]);
         assert_eq!(
             (lost, doubled, walk.len()),
@@ -538,46 +589,25 @@ async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
             "user {user}'s walk across the move: (gaps, repeats, logs)"
         );
     }
+    eprintln!(
+        "indexer-3 took the shards of users {moving:?}, {} ms after it joined; the walks had read {before_move:?} logs then",
+        moved_after.as_millis()
+    );
     let (during, _) = finished(during, load).await;
     let mut all = before;
     for (user, messages) in during {
         all.entry(user).or_default().extend(messages);
     }
     assert_exactly(&cluster, &all, "after the fourth indexer joined").await;
-    // the new indexer serves shards it took over, and their former owners let go of them
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut taken = Vec::new();
-        for user in 0..USERS.len() {
-            if cluster.held(3, user).await == Some(all[&user].len() as u64) {
-                taken.push(user);
-            }
-        }
-        let placement = placement(&cluster).await;
-        let replicas: Vec<usize> = (0..USERS.len())
-            .map(|user| (0..4).filter(|i| placement[i * USERS.len() + user]).count())
-            .collect();
-        if !taken.is_empty() && replicas.iter().all(|&n| n == 2) {
-            assert!(moved, "the move happened before the walks ended");
-            // the new replicas started from copies of their peers' indexes
-            let copies = common::metric(
-                &format!("http://{}", cluster.indexers[3].api),
-                "logbridge_cluster_replica_copies_total",
-            )
-            .await;
-            assert!(copies >= 1.0, "indexer-3 copied no replica from a peer");
-            eprintln!(
-                "indexer-3 took the shards of users {taken:?}, {} ms after it joined",
-                joined.elapsed().as_millis()
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "indexer-3 took no shard, or replicas were not let go: taken {taken:?}, replicas per user {replicas:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // each user's shard is still served by its owners only, indexer-3 among them for the users
+    // it took, and the new replicas started from copies of their peers' indexes
+    assert_eq!(placement(&cluster).await, owned, "nothing moved back");
+    let copies = common::metric(
+        &format!("http://{}", cluster.indexers[3].api),
+        "logbridge_cluster_replica_copies_total",
+    )
+    .await;
+    assert!(copies >= 1.0, "indexer-3 copied no replica from a peer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
