@@ -17,6 +17,9 @@ use logbridge::emit::{EmitOptions, emit};
 use logbridge::workload::Workload;
 use opentelemetry_otlp::Protocol;
 
+/// Longest wait for one export to be acknowledged, retries included.
+const EXPORT_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Waits until `user`'s total through `gateway` is `expected`.
 async fn wait_for_total(cluster: &TestCluster, gateway: &Node, user: usize, expected: usize) {
     let deadline = Instant::now() + PATIENCE;
@@ -58,6 +61,17 @@ async fn assert_exactly(cluster: &TestCluster, acked: &HashMap<usize, Vec<String
     }
 }
 
+/// `future`, which must end within `patience`: `what` names it when it does not.
+async fn within<T>(
+    patience: Duration,
+    what: &str,
+    future: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(patience, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {patience:?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
     let mut cluster = TestCluster::start(2, 3).await;
@@ -80,7 +94,8 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         (0, Protocol::HttpJson, 3, 4),
     ];
     for (gateway, protocol, user, seed) in sends {
-        emit(&options(&cluster.gateways[gateway], protocol, user, seed))
+        let options = options(&cluster.gateways[gateway], protocol, user, seed);
+        within(EXPORT_PATIENCE, "an SDK export", emit(&options))
             .await
             .unwrap();
     }
@@ -111,7 +126,11 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .await;
     assert_eq!(found.len(), matching, "q={word}");
     // statistics come from the same replica, with the same totals
-    let stats: serde_json::Value = reqwest::Client::new()
+    let client = reqwest::Client::builder()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let stats: serde_json::Value = client
         .get(format!("http://{}/logs/stats", cluster.gateways[0].api))
         .bearer_auth(cluster.readers[2].expose())
         .send()
@@ -122,7 +141,6 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .unwrap();
     assert_eq!(stats["data"]["total"], 1500);
     // an export streams through the gateway whole
-    let client = reqwest::Client::new();
     let export = client
         .get(format!(
             "http://{}/logs/export?format=ndjson",
@@ -159,15 +177,15 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .to_str()
         .unwrap()
         .to_owned();
-    let mut tail = client
+    // no timeout on the whole answer, which goes on: each wait below has its deadline
+    let tail = reqwest::Client::new()
         .get(format!(
             "http://{}/logs/tail?cursor={sequence}",
             cluster.gateways[0].api
         ))
         .bearer_auth(cluster.readers[2].expose())
-        .send()
-        .await
-        .unwrap();
+        .send();
+    let mut tail = within(PATIENCE, "the tail's answer", tail).await.unwrap();
     assert_eq!(tail.status(), 200);
     assert_eq!(tail.headers()["content-type"], "text/event-stream");
     let fresh = records(USERS[2], 900_000, 3);
@@ -251,7 +269,7 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
     let shard_of_0 = logbridge::cluster::shard_of(USERS[0], SHARDS);
     let mut asked = 0;
     for indexer in &cluster.indexers {
-        let response = reqwest::Client::new()
+        let response = client
             .get(format!(
                 "http://{}/shards/{shard_of_1}/logs?limit=100",
                 indexer.api
@@ -602,9 +620,13 @@ async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
     // each user's shard is still served by its owners only, indexer-3 among them for the users
     // it took, and the new replicas started from copies of their peers' indexes
     assert_eq!(placement(&cluster).await, owned, "nothing moved back");
-    let copies = common::metric(
-        &format!("http://{}", cluster.indexers[3].api),
-        "logbridge_cluster_replica_copies_total",
+    let copies = within(
+        PATIENCE,
+        "indexer-3's /metrics",
+        common::metric(
+            &format!("http://{}", cluster.indexers[3].api),
+            "logbridge_cluster_replica_copies_total",
+        ),
     )
     .await;
     assert!(copies >= 1.0, "indexer-3 copied no replica from a peer");
@@ -664,7 +686,14 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
     for gateway in &cluster.gateways {
         let url = format!("http://{}", gateway.api);
         let deadline = Instant::now() + PATIENCE;
-        while common::metric(&url, "logbridge_cluster_spread_users").await != 1.0 {
+        let spread_users = || {
+            within(
+                PATIENCE,
+                "a gateway's /metrics",
+                common::metric(&url, "logbridge_cluster_spread_users"),
+            )
+        };
+        while spread_users().await != 1.0 {
             assert!(
                 Instant::now() < deadline,
                 "{} never saw the spread",
@@ -799,7 +828,10 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
     }
     assert_eq!(in_sevens, one_page, "tied logs in pages of 7");
     // what is not gathered yet says so
-    let response = reqwest::Client::new()
+    let response = reqwest::Client::builder()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap()
         .get(format!("http://{}/logs/stats", cluster.gateways[0].api))
         .bearer_auth(cluster.readers[0].expose())
         .send()
