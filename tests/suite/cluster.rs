@@ -9,11 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::PATIENCE;
-use common::cluster::{Node, TestCluster, USERS, export_until_acknowledged, records};
+use common::cluster::{
+    Node, REPLICAS, SHARDS, TestCluster, USERS, differences, export_until_acknowledged, records,
+};
 use common::process::{sigterm, wait_for_clean_exit, wait_ready};
 use logbridge::emit::{EmitOptions, emit};
 use logbridge::workload::Workload;
 use opentelemetry_otlp::Protocol;
+
+/// Longest wait for one export to be acknowledged, retries included.
+const EXPORT_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Waits until `user`'s total through `gateway` is `expected`.
 async fn wait_for_total(cluster: &TestCluster, gateway: &Node, user: usize, expected: usize) {
@@ -32,68 +37,39 @@ async fn wait_for_total(cluster: &TestCluster, gateway: &Node, user: usize, expe
     }
 }
 
-/// How many acknowledged logs are missing from `stored`, and how many are there more often than
-/// they were sent (logs compared by message; a message sent twice must be stored twice).
-fn differences(stored: &[String], sent: &[String]) -> (usize, usize) {
-    let mut counts: HashMap<&str, i64> = HashMap::new();
-    for message in sent {
-        *counts.entry(message).or_default() += 1;
-    }
-    for message in stored {
-        *counts.entry(message).or_default() -= 1;
-    }
-    let lost = counts.values().filter(|n| **n > 0).sum::<i64>();
-    let doubled = -counts.values().filter(|n| **n < 0).sum::<i64>();
-    (lost as usize, doubled as usize)
-}
-
-/// Asserts that each user's logs, walked through every live gateway and on every ready replica
-/// of its shard, are exactly the acknowledged messages, as many times as sent, newest first.
+/// Asserts that each user's logs, walked through every live gateway and on each replica of its
+/// shard (every one the cluster must have, but those on indexers the test killed), are exactly
+/// the acknowledged messages, as many times as sent, newest first; waits for each replica to
+/// catch up, and fails naming the one that does not.
 async fn assert_exactly(cluster: &TestCluster, acked: &HashMap<usize, Vec<String>>, when: &str) {
     for (&user, messages) in acked {
-        let compare = |stored: &[String], place: &str| {
-            let (lost, doubled) = differences(stored, messages);
-            assert_eq!(
-                (lost, doubled, stored.len()),
-                (0, 0, messages.len()),
-                "{when}: user {user} through {place}: (lost, stored twice, stored)"
-            );
-        };
         for gateway in cluster.live_gateways() {
             wait_for_total(cluster, gateway, user, messages.len()).await;
             let stored = cluster.walk(gateway, user, "").await;
-            compare(&stored, &format!("gateway {}", gateway.api));
+            let (lost, doubled) = differences(&stored, messages);
+            assert_eq!(
+                (lost, doubled, stored.len()),
+                (0, 0, messages.len()),
+                "{when}: user {user} through gateway {}: (lost, stored twice, stored)",
+                gateway.api
+            );
         }
-        let mut replicas = 0;
-        for indexer in 0..cluster.indexers.len() {
-            if cluster.indexers[indexer].served.is_none() {
-                continue;
-            }
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                match cluster.held(indexer, user).await {
-                    None => break,
-                    Some(total) if total as usize == messages.len() => {
-                        let stored = cluster.walk_replica(indexer, user).await.unwrap();
-                        compare(&stored, &format!("indexer-{indexer}'s replica"));
-                        replicas += 1;
-                        break;
-                    }
-                    Some(_) => {
-                        assert!(
-                            Instant::now() < deadline,
-                            "{when}: indexer-{indexer} never caught up on user {user}"
-                        );
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        }
-        assert!(
-            replicas >= 1,
-            "{when}: no indexer serves user {user}'s shard"
-        );
+        let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
+        cluster
+            .assert_replicas_exact(user, &[shard], messages, when)
+            .await;
     }
+}
+
+/// `future`, which must end within `patience`: `what` names it when it does not.
+async fn within<T>(
+    patience: Duration,
+    what: &str,
+    future: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(patience, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {patience:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +94,8 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         (0, Protocol::HttpJson, 3, 4),
     ];
     for (gateway, protocol, user, seed) in sends {
-        emit(&options(&cluster.gateways[gateway], protocol, user, seed))
+        let options = options(&cluster.gateways[gateway], protocol, user, seed);
+        within(EXPORT_PATIENCE, "an SDK export", emit(&options))
             .await
             .unwrap();
     }
@@ -149,7 +126,11 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .await;
     assert_eq!(found.len(), matching, "q={word}");
     // statistics come from the same replica, with the same totals
-    let stats: serde_json::Value = reqwest::Client::new()
+    let client = reqwest::Client::builder()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let stats: serde_json::Value = client
         .get(format!("http://{}/logs/stats", cluster.gateways[0].api))
         .bearer_auth(cluster.readers[2].expose())
         .send()
@@ -160,7 +141,6 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .unwrap();
     assert_eq!(stats["data"]["total"], 1500);
     // an export streams through the gateway whole
-    let client = reqwest::Client::new();
     let export = client
         .get(format!(
             "http://{}/logs/export?format=ndjson",
@@ -197,15 +177,15 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .to_str()
         .unwrap()
         .to_owned();
-    let mut tail = client
+    // no timeout on the whole answer, which goes on: each wait below has its deadline
+    let tail = reqwest::Client::new()
         .get(format!(
             "http://{}/logs/tail?cursor={sequence}",
             cluster.gateways[0].api
         ))
         .bearer_auth(cluster.readers[2].expose())
-        .send()
-        .await
-        .unwrap();
+        .send();
+    let mut tail = within(PATIENCE, "the tail's answer", tail).await.unwrap();
     assert_eq!(tail.status(), 200);
     assert_eq!(tail.headers()["content-type"], "text/event-stream");
     let fresh = records(USERS[2], 900_000, 3);
@@ -285,11 +265,11 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
     let query = format!("q=user_id:{}", USERS[1]);
     let (_, body) = cluster.get(&cluster.gateways[0], 0, &query).await;
     assert_eq!(body["data"]["total"], 0);
-    let shard_of_1 = logbridge::cluster::shard_of(USERS[1], common::cluster::SHARDS);
-    let shard_of_0 = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    let shard_of_1 = logbridge::cluster::shard_of(USERS[1], SHARDS);
+    let shard_of_0 = logbridge::cluster::shard_of(USERS[0], SHARDS);
     let mut asked = 0;
     for indexer in &cluster.indexers {
-        let response = reqwest::Client::new()
+        let response = client
             .get(format!(
                 "http://{}/shards/{shard_of_1}/logs?limit=100",
                 indexer.api
@@ -312,7 +292,7 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
             assert!(acked[&0].contains(&message), "user-0 read {message:?}");
         }
     }
-    assert_eq!(asked, 2, "two replicas serve user-1's shard");
+    assert_eq!(asked, REPLICAS, "{REPLICAS} replicas serve user-1's shard");
 }
 
 /// Which indexer serves which user's shard: indexer by indexer, user by user.
@@ -400,7 +380,7 @@ async fn finished(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_stream_leader_mid_load_loses_and_doubles_nothing() {
     let mut cluster = TestCluster::start(2, 3).await;
-    let shard = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    let shard = logbridge::cluster::shard_of(USERS[0], SHARDS);
     let (acked, load) = start_load(&cluster, 0, 60, 100);
     wait_acked(&acked, 4000).await;
     let leader = cluster
@@ -488,7 +468,7 @@ async fn with_etcd_down_ingest_and_reads_go_on_and_nothing_moves() {
     let (acked, load) = start_load(&cluster, 0, 20, 100);
     wait_acked(&acked, 2000).await;
     let before = placement(&cluster).await;
-    cluster.etcd.kill();
+    cluster.kill_etcd();
     wait_acked(&acked, 6000).await;
     // an indexer dies while etcd is down: its shards are not reassigned, reads use the other
     // replica
@@ -504,7 +484,7 @@ async fn with_etcd_down_ingest_and_reads_go_on_and_nothing_moves() {
         after, before,
         "no replica opened or closed while etcd was down"
     );
-    cluster.etcd.restart().await;
+    cluster.restart_etcd().await;
     cluster.indexers[2].restart();
     let (more, load) = start_load(&cluster, 20, 5, 100);
     let (more, _) = finished(more, load).await;
@@ -533,6 +513,22 @@ async fn page(
     (common::messages(data), next)
 }
 
+/// Which indexer should serve which user's shard, in the order of [`placement`]: its owners.
+fn owned(cluster: &TestCluster) -> Vec<bool> {
+    let mut owned = Vec::new();
+    for indexer in 0..cluster.indexers.len() {
+        for user in USERS {
+            let shard = logbridge::cluster::shard_of(user, SHARDS);
+            owned.push(cluster.owners(shard).contains(&indexer));
+        }
+    }
+    owned
+}
+
+/// How long a shard's move may take under load: the join seen by every node, a copy of the
+/// replica, its catching up, and the former owner letting go.
+const MOVE_PATIENCE: Duration = Duration::from_secs(60);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
     let mut cluster = TestCluster::start(2, 3).await;
@@ -551,7 +547,44 @@ async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
     let (during, load) = start_load(&cluster, 10, 15, 100);
     cluster.add_node("indexer", "indexer-3");
     let joined = Instant::now();
-    let mut moved = false;
+    // the users whose shard indexer-3 takes from one of its owners
+    let moving: Vec<usize> = (0..USERS.len())
+        .filter(|&user| {
+            let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
+            cluster.owners(shard).contains(&3)
+        })
+        .collect();
+    assert!(
+        !moving.is_empty(),
+        "indexer-3 owns the shard of a walked user"
+    );
+    // the walks go on while the shards move, up to half of each; once the move is done
+    // (indexer-3 serves the shards it owns, their former owners let go of them), the rest of
+    // each walk reads the shards where they are now: every walk spans the move
+    let owned = owned(&cluster);
+    let deadline = Instant::now() + MOVE_PATIENCE;
+    loop {
+        let placement = placement(&cluster).await;
+        if placement == owned {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move never ended: served {placement:?}, owned {owned:?} (indexer by indexer, user by user)"
+        );
+        for user in 0..USERS.len() {
+            if walked[user].len() < before[&user].len() / 2
+                && let Some(cursor) = cursors[user].take()
+            {
+                let (messages, next) = page(&cluster, user, &Some(cursor)).await;
+                walked[user].extend(messages);
+                cursors[user] = next;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moved_after = joined.elapsed();
+    let before_move: Vec<usize> = walked.iter().map(Vec::len).collect();
     while cursors.iter().any(Option::is_some) {
         for user in 0..USERS.len() {
             if let Some(cursor) = cursors[user].take() {
@@ -560,15 +593,13 @@ async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
                 cursors[user] = next;
             }
         }
-        if !moved {
-            for user in 0..USERS.len() {
-                moved |= cluster.held(3, user).await.is_some();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // the walks began before the newer logs: each is exactly the logs acknowledged before
     for (user, walk) in walked.iter().enumerate() {
+        assert!(
+            before_move[user] < walk.len(),
+            "user {user}'s walk read on after the move"
+        );
         let (lost, doubled) = differences(walk, &before[&user]);
         assert_eq!(
             (lost, doubled, walk.len()),
@@ -576,46 +607,29 @@ async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
             "user {user}'s walk across the move: (gaps, repeats, logs)"
         );
     }
+    eprintln!(
+        "indexer-3 took the shards of users {moving:?}, {} ms after it joined; the walks had read {before_move:?} logs then",
+        moved_after.as_millis()
+    );
     let (during, _) = finished(during, load).await;
     let mut all = before;
     for (user, messages) in during {
         all.entry(user).or_default().extend(messages);
     }
     assert_exactly(&cluster, &all, "after the fourth indexer joined").await;
-    // the new indexer serves shards it took over, and their former owners let go of them
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut taken = Vec::new();
-        for user in 0..USERS.len() {
-            if cluster.held(3, user).await == Some(all[&user].len() as u64) {
-                taken.push(user);
-            }
-        }
-        let placement = placement(&cluster).await;
-        let replicas: Vec<usize> = (0..USERS.len())
-            .map(|user| (0..4).filter(|i| placement[i * USERS.len() + user]).count())
-            .collect();
-        if !taken.is_empty() && replicas.iter().all(|&n| n == 2) {
-            assert!(moved, "the move happened before the walks ended");
-            // the new replicas started from copies of their peers' indexes
-            let copies = common::metric(
-                &format!("http://{}", cluster.indexers[3].api),
-                "logbridge_cluster_replica_copies_total",
-            )
-            .await;
-            assert!(copies >= 1.0, "indexer-3 copied no replica from a peer");
-            eprintln!(
-                "indexer-3 took the shards of users {taken:?}, {} ms after it joined",
-                joined.elapsed().as_millis()
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "indexer-3 took no shard, or replicas were not let go: taken {taken:?}, replicas per user {replicas:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // each user's shard is still served by its owners only, indexer-3 among them for the users
+    // it took, and the new replicas started from copies of their peers' indexes
+    assert_eq!(placement(&cluster).await, owned, "nothing moved back");
+    let copies = within(
+        PATIENCE,
+        "indexer-3's /metrics",
+        common::metric(
+            &format!("http://{}", cluster.indexers[3].api),
+            "logbridge_cluster_replica_copies_total",
+        ),
+    )
+    .await;
+    assert!(copies >= 1.0, "indexer-3 copied no replica from a peer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,8 +639,10 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    // whole seconds, so that the printed cut-over is the one given
-    let from = (now / 1_000_000_000 + 61) * 1_000_000_000;
+    // ten minutes ahead, far past the 60 s the command asks for however late it runs; whole
+    // seconds, so that the printed cut-over is the one given. The logs are stamped around it:
+    // nothing refuses a timestamp ahead of the clock.
+    let from = (now / 1_000_000_000 + 600) * 1_000_000_000;
     let from_text = chrono::DateTime::from_timestamp_nanos(from as i64).to_rfc3339();
     let config = cluster.gateways[0].config.clone();
     let output = common::process::run(
@@ -648,8 +664,8 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
             USERS[0]
         )
     );
-    // a cut-over too soon is refused, saying why
-    let soon = chrono::DateTime::from_timestamp_nanos(now as i64).to_rfc3339();
+    // a cut-over too soon is refused, saying why: 30 s ahead of a clock that only moves on
+    let soon = chrono::DateTime::from_timestamp_nanos((now + 30_000_000_000) as i64).to_rfc3339();
     let refused = common::process::run(
         &config,
         &[
@@ -657,16 +673,27 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         ],
     );
     assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("--from must be at least 60 s ahead"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        said.lines().next(),
+        Some(
+            "Error: --from must be at least 60 s ahead, so that every gateway knows the cut-over \
+             before it comes"
+        ),
+        "{said}"
     );
     // every gateway knows the spread before logs past the cut-over arrive
     for gateway in &cluster.gateways {
         let url = format!("http://{}", gateway.api);
         let deadline = Instant::now() + PATIENCE;
-        while common::metric(&url, "logbridge_cluster_spread_users").await != 1.0 {
+        let spread_users = || {
+            within(
+                PATIENCE,
+                "a gateway's /metrics",
+                common::metric(&url, "logbridge_cluster_spread_users"),
+            )
+        };
+        while spread_users().await != 1.0 {
             assert!(
                 Instant::now() < deadline,
                 "{} never saw the spread",
@@ -684,8 +711,10 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         export_until_acknowledged(&grpc, batch as usize, &cluster.ingest, records).await;
         sent.extend((batch * 200..(batch + 1) * 200).map(|n| format!("{} record {n}", USERS[0])));
     }
-    // the logs past the cut-over are on three shards, the earlier ones on the home shard only
-    let home = logbridge::cluster::shard_of(USERS[0], common::cluster::SHARDS);
+    // the logs past the cut-over are on three shards, the earlier ones on the home shard only;
+    // every replica of the three holds exactly its part
+    let home = logbridge::cluster::shard_of(USERS[0], SHARDS);
+    let spread: Vec<u32> = (0..3).map(|offset| (home + offset) % SHARDS).collect();
     let deadline = Instant::now() + PATIENCE;
     loop {
         let (status, body) = cluster.get(&cluster.gateways[0], 0, "limit=1").await;
@@ -698,11 +727,9 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut per_shard = Vec::new();
-    for offset in 0..3 {
-        let shard = (home + offset) % common::cluster::SHARDS;
-        per_shard.push(cluster.shard_total(shard, 0).await.unwrap());
-    }
+    let per_shard = cluster
+        .assert_replicas_exact(0, &spread, &sent, "after the spread logs")
+        .await;
     assert_eq!(per_shard.iter().sum::<u64>(), 2400, "{per_shard:?}");
     assert!(per_shard[0] >= 600, "{per_shard:?}");
     assert!(
@@ -770,12 +797,15 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         assert!(Instant::now() < deadline, "the tied logs never all showed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut tied_shards = Vec::new();
-    for offset in 0..3 {
-        let shard = (home + offset) % common::cluster::SHARDS;
-        let total = cluster.shard_total(shard, 0).await.unwrap();
-        tied_shards.push(total - per_shard[offset as usize]);
-    }
+    let mut with_ties = sent.clone();
+    with_ties.extend((0..60).map(|n| format!("tie {n}")));
+    let tied_shards: Vec<u64> = cluster
+        .assert_replicas_exact(0, &spread, &with_ties, "after the tied logs")
+        .await
+        .iter()
+        .zip(&per_shard)
+        .map(|(total, before)| total - before)
+        .collect();
     assert!(
         tied_shards.iter().filter(|&&n| n > 0).count() >= 2,
         "the tied logs span shards: {tied_shards:?}"
@@ -798,7 +828,10 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
     }
     assert_eq!(in_sevens, one_page, "tied logs in pages of 7");
     // what is not gathered yet says so
-    let response = reqwest::Client::new()
+    let response = reqwest::Client::builder()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap()
         .get(format!("http://{}/logs/stats", cluster.gateways[0].api))
         .bearer_auth(cluster.readers[0].expose())
         .send()

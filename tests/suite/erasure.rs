@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{
     Served, Setup, logs_request, serve, start_with, stored_messages, terminate, wait_ready,
+    write_config_with,
 };
 use common::{
     PATIENCE, activity, at_ms, authorized, messages, request_of, spawn_app, text, with_attr,
@@ -147,23 +148,48 @@ async fn erasure_needs_the_delete_scope_and_valid_filters() {
     assert_eq!(app.logs(&app.keys.alice, "").await["total"], 6);
 }
 
+/// `future`, which must end within [`PATIENCE`]: `what` names it when it does not.
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {PATIENCE:?}"))
+}
+
 /// Exports `records` with `secret` over gRPC; panics unless all are accepted.
 async fn export(grpc: &str, secret: &Secret, records: Vec<LogRecord>) {
-    let mut client = LogsServiceClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
-    let response = client
-        .export(authorized(request_of(records), secret))
-        .await
-        .unwrap()
-        .into_inner();
+    let exported = async {
+        let mut client = LogsServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        client
+            .export(authorized(request_of(records), secret))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let response = within("an export", exported).await;
     assert_eq!(response.partial_success, None);
 }
 
 /// `DELETE /logs?{query}` against a served binary: the number erased.
 async fn erase(api: &str, secret: &Secret, query: &str) -> u64 {
-    let body = logs_request(reqwest::Method::DELETE, api, secret, query).await;
+    let erased = logs_request(reqwest::Method::DELETE, api, secret, query);
+    let body = within("an erasure", erased).await;
     body["data"]["deleted"].as_u64().expect("a count")
+}
+
+/// How many logs `secret`'s user has, as `/logs` shows them: those committed.
+async fn visible(served: &Served, secret: &Secret) -> u64 {
+    within("GET /logs", common::process::total(&served.api, secret)).await
+}
+
+/// Waits until `/logs` shows `count` logs of `secret`'s user; `what` names them.
+async fn wait_visible(served: &Served, secret: &Secret, count: u64, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while visible(served, secret).await < count {
+        assert!(Instant::now() < deadline, "{what} never visible");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// 100 logs, half in room `keep`, half in room `erase`, tagged `batch`.
@@ -198,7 +224,7 @@ fn tombstones(index: &std::path::Path) -> usize {
 }
 
 async fn assert_kept(served: &Served, secret: &Secret, kept: &[String], when: &str) {
-    let mut stored = stored_messages(&served.api, secret).await;
+    let mut stored = within("a walk of /logs", stored_messages(&served.api, secret)).await;
     stored.sort();
     let mut expected = kept.to_vec();
     expected.sort();
@@ -207,28 +233,40 @@ async fn assert_kept(served: &Served, secret: &Secret, kept: &[String], when: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erased_logs_never_come_back_after_sigkill_a_merge_or_a_restart() {
-    // a commit every 300 ms: the first batches land in segments of their own, the last is
-    // acknowledged from the write-ahead log alone when the erasure arrives
+    // the first batches land in segments of their own: each is committed (shown by /logs)
+    // before the next is sent
     let Setup {
         dir,
         config,
         secret,
         mut served,
-    } = start_with("commit_interval_ms = 300", "").await;
+    } = start_with("commit_interval_ms = 100", "").await;
     let index = dir.path().join("index");
     let mut kept = Vec::new();
-    for b in 0..3 {
+    for b in 0..2 {
         let (records, keep) = batch(b);
         export(&served.grpc, &secret, records).await;
         kept.extend(keep);
-        if b < 2 {
-            let deadline = Instant::now() + PATIENCE;
-            while common::process::total(&served.api, &secret).await < 100 * (b + 1) {
-                assert!(Instant::now() < deadline, "batch {b} never visible");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        wait_visible(&served, &secret, 100 * (b + 1), &format!("batch {b}")).await;
     }
+    // the last is acknowledged from the write-ahead log alone when the erasure arrives: after a
+    // clean restart with a commit an hour after a batch, nothing but the erasure commits it
+    let printed = terminate(&mut served);
+    assert!(
+        printed.iter().all(|l| !l.contains("panicked")),
+        "{printed:#?}"
+    );
+    write_config_with(dir.path(), &index, "commit_interval_ms = 3600000", "");
+    let mut served = serve(&config);
+    wait_ready(&served.api).await;
+    let (records, keep) = batch(2);
+    export(&served.grpc, &secret, records).await;
+    kept.extend(keep);
+    assert_eq!(
+        visible(&served, &secret).await,
+        200,
+        "the last batch is acknowledged, not committed"
+    );
     assert_eq!(erase(&served.api, &secret, "room_name=erase").await, 150);
     // SIGKILL right after the answer: no clean shutdown, no later commit
     served.child.kill().unwrap();
@@ -243,6 +281,8 @@ async fn erased_logs_never_come_back_after_sigkill_a_merge_or_a_restart() {
         assert!(line.contains(part), "{part} in {line}");
     }
 
+    // from here on a commit follows a batch within 100 ms again
+    write_config_with(dir.path(), &index, "commit_interval_ms = 100", "");
     let mut served = serve(&config);
     wait_ready(&served.api).await;
     assert_kept(
@@ -263,11 +303,7 @@ async fn erased_logs_never_come_back_after_sigkill_a_merge_or_a_restart() {
         assert!(Instant::now() < deadline, "deleted logs never merged away");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let deadline = Instant::now() + PATIENCE;
-    while common::process::total(&served.api, &secret).await < 151 {
-        assert!(Instant::now() < deadline, "the last log never visible");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_visible(&served, &secret, 151, "the last log").await;
     assert_kept(&served, &secret, &kept, "after the merge").await;
     let printed = terminate(&mut served);
     assert!(

@@ -2,6 +2,7 @@
 //! servers (JetStream clustered), one etcd, gateways and indexers running the `logbridge`
 //! binary. Ports are free ones the system picked.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -16,15 +17,19 @@ mod engines;
 pub use engines::{Etcd, Nats};
 
 use super::process::{Served, serve};
-use super::{activity, authorized, kv, messages, request_of, text};
+use super::{PATIENCE, activity, authorized, kv, messages, request_of, text};
 
 /// Shards of the test cluster: enough that users spread over indexers.
 pub const SHARDS: u32 = 6;
 /// The users the tests read as.
 pub const USERS: [&str; 4] = ["user-0", "user-1", "user-2", "user-3"];
+/// Indexers serving each shard (`[cluster] indexer_replicas`).
+pub const REPLICAS: usize = 2;
 
 /// A logbridge node of the cluster.
 pub struct Node {
+    /// Its `node_id`, e.g. `indexer-0`.
+    pub id: String,
     pub served: Option<Served>,
     pub config: PathBuf,
     pub api: String,
@@ -56,6 +61,11 @@ pub struct TestCluster {
     pub ingest: Secret,
     /// One read key per user of [`USERS`].
     pub readers: Vec<Secret>,
+    /// While etcd is down: the indexers (positions in `indexers`) of the view every node
+    /// works from meanwhile, the live ones when etcd went down.
+    frozen_view: Option<Vec<usize>>,
+    /// Every request gives up after [`PATIENCE`]: a test fails, it never hangs.
+    client: reqwest::Client,
 }
 
 impl TestCluster {
@@ -96,6 +106,11 @@ impl TestCluster {
             indexers: Vec::new(),
             ingest,
             readers,
+            frozen_view: None,
+            client: reqwest::Client::builder()
+                .timeout(PATIENCE)
+                .build()
+                .unwrap(),
         };
         for n in 0..indexers {
             cluster.add_node("indexer", &format!("indexer-{n}"));
@@ -126,7 +141,7 @@ impl TestCluster {
                  [index]\npath = \"{}\"\ncommit_interval_ms = 200\n\
                  [auth]\nkeys_file = \"{}\"\n\
                  [cluster]\nrole = \"{role}\"\nnode_id = \"{id}\"\nshards = {SHARDS}\n\
-                 nats_urls = [{}]\netcd_endpoints = [\"{}\"]\n",
+                 indexer_replicas = {REPLICAS}\nnats_urls = [{}]\netcd_endpoints = [\"{}\"]\n",
                 folder.join("index").display(),
                 self.dir.path().join("keys.toml").display(),
                 quoted(self.nats.urls()),
@@ -136,6 +151,7 @@ impl TestCluster {
         .unwrap();
         let served = serve(&config);
         let node = Node {
+            id: id.to_owned(),
             api: served.api.clone(),
             grpc: served.grpc.clone(),
             served: Some(served),
@@ -182,68 +198,269 @@ impl TestCluster {
         self.gateways.iter().map(|g| g.grpc.clone()).collect()
     }
 
-    /// `GET /shards/<shard>/logs?{query}` on indexer `indexer` as user `user`: the body, when
-    /// it answers 200 (it holds a caught-up replica of the shard).
+    /// `kill -9` of etcd: every node goes on with the view it last read, so the indexers of
+    /// that view keep their shards, killed ones included.
+    pub fn kill_etcd(&mut self) {
+        self.frozen_view = Some(self.live_indexers());
+        self.etcd.kill();
+    }
+
+    pub async fn restart_etcd(&mut self) {
+        self.etcd.restart().await;
+        self.frozen_view = None;
+    }
+
+    /// The live indexers, by position in `indexers`.
+    fn live_indexers(&self) -> Vec<usize> {
+        (0..self.indexers.len())
+            .filter(|&n| self.indexers[n].served.is_some())
+            .collect()
+    }
+
+    /// The indexers (positions in `indexers`) that own `shard` once the cluster's view has
+    /// settled: the [`REPLICAS`] of the view's indexers with the highest rendezvous hash of
+    /// (shard, node id), as `docs/SCALING.md` says. The view's indexers are the live ones, or
+    /// while etcd is down those of the view every node kept. Computed here from the node ids,
+    /// so that a test names every replica that must hold a shard.
+    pub fn owners(&self, shard: u32) -> Vec<usize> {
+        let members = self
+            .frozen_view
+            .clone()
+            .unwrap_or_else(|| self.live_indexers());
+        let mut ranked: Vec<(u64, usize)> = members
+            .into_iter()
+            .map(|n| {
+                let mut key = shard.to_be_bytes().to_vec();
+                key.extend_from_slice(self.indexers[n].id.as_bytes());
+                (mix(fnv1a(&key)), n)
+            })
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        ranked.into_iter().take(REPLICAS).map(|(_, n)| n).collect()
+    }
+
+    /// `GET /shards/<shard>/logs?{query}` on indexer `indexer` as user `user`: the body when it
+    /// answers 200 (it holds a caught-up replica of the shard), else what it answered instead.
     async fn on_replica(
         &self,
         indexer: usize,
         shard: u32,
         user: usize,
         query: &str,
-    ) -> Option<Json> {
+    ) -> Result<Json, String> {
         let url = format!(
             "http://{}/shards/{shard}/logs?{query}",
             self.indexers[indexer].api
         );
-        let response = reqwest::Client::new()
+        let response = self
+            .client
             .get(url)
             .bearer_auth(self.readers[user].expose())
             .send()
             .await
-            .ok()?;
-        if response.status() != 200 {
-            return None;
+            .map_err(|e| format!("no answer ({e})"))?;
+        let status = response.status();
+        if status != 200 {
+            let text = response.text().await.unwrap_or_default();
+            return Err(format!("answered {status}: {text}"));
         }
-        response.json().await.ok()
+        response
+            .json()
+            .await
+            .map_err(|e| format!("answered 200 without a page ({e})"))
     }
 
-    /// Asks indexer `indexer` directly for user `user`'s shard: its total of that user's logs
-    /// when it serves the shard, `None` when it holds no caught-up replica of it (or is down).
+    /// User `user`'s total on indexer `indexer`'s replica of `shard`, asked directly; what it
+    /// answered instead when it does not serve the shard (holds no caught-up replica, is down).
+    pub async fn replica_total(
+        &self,
+        indexer: usize,
+        shard: u32,
+        user: usize,
+    ) -> Result<u64, String> {
+        let body = self.on_replica(indexer, shard, user, "limit=1").await?;
+        body["data"]["total"]
+            .as_u64()
+            .ok_or_else(|| format!("answered a page without a total: {body}"))
+    }
+
+    /// Asks indexer `indexer` directly for user `user`'s (home) shard: its total of that user's
+    /// logs when it serves the shard, `None` when it holds no caught-up replica of it (or is
+    /// down).
     pub async fn held(&self, indexer: usize, user: usize) -> Option<u64> {
         let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
-        let body = self.on_replica(indexer, shard, user, "limit=1").await?;
-        body["data"]["total"].as_u64()
+        self.replica_total(indexer, shard, user).await.ok()
     }
 
-    /// Every message of `user` in indexer `indexer`'s replica of the user's shard, newest first,
-    /// walking it directly with cursors; `None` when the indexer holds no ready replica of it.
-    pub async fn walk_replica(&self, indexer: usize, user: usize) -> Option<Vec<String>> {
-        let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
+    /// Every message of `user` in indexer `indexer`'s replica of `shard`, newest first (checked),
+    /// walking it directly with cursors; what it answered instead when it does not serve it.
+    pub async fn walk_replica(
+        &self,
+        indexer: usize,
+        shard: u32,
+        user: usize,
+    ) -> Result<Vec<String>, String> {
         let mut all = Vec::new();
         let mut query = "limit=500".to_owned();
+        let mut last_timestamp: Option<String> = None;
         loop {
             let body = self.on_replica(indexer, shard, user, &query).await?;
+            for log in body["data"]["logs"].as_array().into_iter().flatten() {
+                let timestamp = log["timestamp"].as_str().unwrap_or_default().to_owned();
+                if let Some(last) = &last_timestamp {
+                    assert!(
+                        timestamp <= *last,
+                        "indexer-{indexer}'s replica of shard {shard}: newest first, but {timestamp} after {last}"
+                    );
+                }
+                last_timestamp = Some(timestamp);
+            }
             all.extend(messages(&body["data"]));
             match body["data"]["next_cursor"].as_str() {
                 Some(cursor) => query = format!("limit=500&cursor={cursor}"),
-                None => return Some(all),
+                None => return Ok(all),
             }
         }
     }
 
-    /// User `user`'s total on shard `shard`, from the first indexer that serves it.
-    pub async fn shard_total(&self, shard: u32, user: usize) -> Option<u64> {
-        for indexer in 0..self.indexers.len() {
-            if let Some(body) = self.on_replica(indexer, shard, user, "limit=1").await {
-                return body["data"]["total"].as_u64();
+    /// Waits until every replica of `shards` that the cluster must have (their [`owners`])
+    /// holds exactly its part of `sent`, user `user`'s acknowledged logs: the replicas of a shard
+    /// the same logs, and the shards together every log of `sent`, as many times as it was sent.
+    /// A replica on an indexer the test killed is left out, and named so; any other that does
+    /// not answer, or holds anything else, fails the test after [`PATIENCE`], naming it and what
+    /// it held. The totals by shard, in the order of `shards`.
+    ///
+    /// [`owners`]: TestCluster::owners
+    pub async fn assert_replicas_exact(
+        &self,
+        user: usize,
+        shards: &[u32],
+        sent: &[String],
+        when: &str,
+    ) -> Vec<u64> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (totals, report) = self.replicas_exact(user, shards, sent).await;
+            if let Some(totals) = totals {
+                return totals;
             }
+            assert!(
+                Instant::now() < deadline,
+                "{when}: the replicas of user {user}'s shards never held exactly the {} acknowledged logs:\n{}",
+                sent.len(),
+                report.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        None
+    }
+
+    /// One look at the replicas of [`TestCluster::assert_replicas_exact`]: the totals by shard
+    /// when they hold exactly `sent`; and what each replica held.
+    async fn replicas_exact(
+        &self,
+        user: usize,
+        shards: &[u32],
+        sent: &[String],
+    ) -> (Option<Vec<u64>>, Vec<String>) {
+        let mut report = Vec::new();
+        let mut settled = true;
+        // the live owners of each shard, and the total each holds
+        let mut holders: Vec<Vec<(usize, u64)>> = Vec::new();
+        for &shard in shards {
+            let mut held = Vec::new();
+            for indexer in self.owners(shard) {
+                let replica = format!("indexer-{indexer}'s replica of shard {shard}");
+                if self.indexers[indexer].served.is_none() {
+                    report.push(format!(
+                        "{replica}: left out, the test killed indexer-{indexer}"
+                    ));
+                    continue;
+                }
+                match self.replica_total(indexer, shard, user).await {
+                    Ok(total) => {
+                        report.push(format!("{replica}: {total} logs"));
+                        held.push((indexer, total));
+                    }
+                    Err(why) => {
+                        report.push(format!("{replica}: {why}"));
+                        settled = false;
+                    }
+                }
+            }
+            if held.is_empty() {
+                report.push(format!("shard {shard}: no live replica"));
+                settled = false;
+            }
+            if held.windows(2).any(|pair| pair[0].1 != pair[1].1) {
+                report.push(format!("shard {shard}: its replicas disagree"));
+                settled = false;
+            }
+            holders.push(held);
+        }
+        let totals: Vec<u64> = holders
+            .iter()
+            .map(|held| held.first().map_or(0, |&(_, total)| total))
+            .collect();
+        if totals.iter().sum::<u64>() != sent.len() as u64 {
+            report.push(format!(
+                "the shards' totals {totals:?} add up to {}, not {}",
+                totals.iter().sum::<u64>(),
+                sent.len()
+            ));
+            settled = false;
+        }
+        if !settled {
+            return (None, report);
+        }
+        // the totals agree: the logs themselves, replica by replica
+        let mut together = Vec::new();
+        for (&shard, held) in shards.iter().zip(&holders) {
+            let mut first: Option<Vec<String>> = None;
+            for &(indexer, total) in held {
+                let replica = format!("indexer-{indexer}'s replica of shard {shard}");
+                let mut walked = match self.walk_replica(indexer, shard, user).await {
+                    Ok(walked) => walked,
+                    Err(why) => {
+                        report.push(format!("{replica}, walked: {why}"));
+                        return (None, report);
+                    }
+                };
+                if walked.len() as u64 != total {
+                    report.push(format!(
+                        "{replica}: a walk found {} logs of its total {total}",
+                        walked.len()
+                    ));
+                    return (None, report);
+                }
+                walked.sort();
+                match &first {
+                    None => first = Some(walked),
+                    Some(other) if *other != walked => {
+                        let (lost, doubled) = differences(&walked, other);
+                        report.push(format!(
+                            "{replica}: other logs than the shard's first replica ({lost} of its missing, {doubled} more)"
+                        ));
+                        return (None, report);
+                    }
+                    Some(_) => {}
+                }
+            }
+            together.extend(first.unwrap_or_default());
+        }
+        let (lost, doubled) = differences(&together, sent);
+        if (lost, doubled) != (0, 0) {
+            report.push(format!(
+                "together: {lost} acknowledged logs missing, {doubled} stored more often than sent"
+            ));
+            return (None, report);
+        }
+        (Some(totals), report)
     }
 
     /// `GET /logs?{query}` through `gateway` as user `user`: status and body.
     pub async fn get(&self, gateway: &Node, user: usize, query: &str) -> (u16, Json) {
-        let response = reqwest::Client::new()
+        let response = self
+            .client
             .get(format!("http://{}/logs?{query}", gateway.api))
             .bearer_auth(self.readers[user].expose())
             .send()
@@ -284,6 +501,37 @@ impl TestCluster {
             }
         }
     }
+}
+
+/// How many acknowledged logs are missing from `stored`, and how many are there more often than
+/// they were sent (logs compared by message; a message sent twice must be stored twice).
+pub fn differences(stored: &[String], sent: &[String]) -> (usize, usize) {
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    for message in sent {
+        *counts.entry(message).or_default() += 1;
+    }
+    for message in stored {
+        *counts.entry(message).or_default() -= 1;
+    }
+    let lost = counts.values().filter(|n| **n > 0).sum::<i64>();
+    let doubled = -counts.values().filter(|n| **n < 0).sum::<i64>();
+    (lost as usize, doubled as usize)
+}
+
+/// The shard map's rendezvous hash: FNV-1a...
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// ...and its finalizer, as `src/cluster/shard.rs` has them.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
 }
 
 /// Records of `user` numbered `first..first + count`: message `"{user} record {n}"`, one
