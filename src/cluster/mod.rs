@@ -20,7 +20,7 @@ pub(crate) mod stream;
 
 use std::time::Duration;
 
-pub use shard::{MAX_SHARDS, Spread, shard_of};
+pub use shard::{MAX_SHARDS, Spread, owners, shard_of};
 pub use stream::Publisher;
 
 use etcd::Etcd;

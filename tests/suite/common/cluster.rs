@@ -218,25 +218,27 @@ impl TestCluster {
     }
 
     /// The indexers (positions in `indexers`) that own `shard` once the cluster's view has
-    /// settled: the [`REPLICAS`] of the view's indexers with the highest rendezvous hash of
-    /// (shard, node id), as `docs/SCALING.md` says. The view's indexers are the live ones, or
-    /// while etcd is down those of the view every node kept. Computed here from the node ids,
-    /// so that a test names every replica that must hold a shard.
+    /// settled: the shard map's owners among the view's indexers (`docs/SCALING.md`). The view's
+    /// indexers are the live ones, or while etcd is down those of the view every node kept; a
+    /// test names every replica that must hold a shard.
     pub fn owners(&self, shard: u32) -> Vec<usize> {
         let members = self
             .frozen_view
             .clone()
             .unwrap_or_else(|| self.live_indexers());
-        let mut ranked: Vec<(u64, usize)> = members
-            .into_iter()
-            .map(|n| {
-                let mut key = shard.to_be_bytes().to_vec();
-                key.extend_from_slice(self.indexers[n].id.as_bytes());
-                (mix(fnv1a(&key)), n)
-            })
+        let ids: Vec<&str> = members
+            .iter()
+            .map(|&n| self.indexers[n].id.as_str())
             .collect();
-        ranked.sort_unstable_by(|a, b| b.cmp(a));
-        ranked.into_iter().take(REPLICAS).map(|(_, n)| n).collect()
+        logbridge::cluster::owners(shard, &ids, REPLICAS)
+            .into_iter()
+            .map(|id| {
+                members[ids
+                    .iter()
+                    .position(|m| *m == id)
+                    .expect("an owner is a member")]
+            })
+            .collect()
     }
 
     /// `GET /shards/<shard>/logs?{query}` on indexer `indexer` as user `user`: the body when it
@@ -516,22 +518,6 @@ pub fn differences(stored: &[String], sent: &[String]) -> (usize, usize) {
     let lost = counts.values().filter(|n| **n > 0).sum::<i64>();
     let doubled = -counts.values().filter(|n| **n < 0).sum::<i64>();
     (lost as usize, doubled as usize)
-}
-
-/// The shard map's rendezvous hash: FNV-1a...
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// ...and its finalizer, as `src/cluster/shard.rs` has them.
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^ (x >> 33)
 }
 
 /// Records of `user` numbered `first..first + count`: message `"{user} record {n}"`, one
