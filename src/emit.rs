@@ -2,17 +2,19 @@
 //! OpenTelemetry SDK, exactly as an instrumented worker does.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use opentelemetry::logs::{AnyValue, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry_otlp::{
-    Compression, LogExporter, Protocol, WithExportConfig as _, WithHttpConfig as _,
+    Compression, LogExporter, Protocol, RetryPolicy, WithExportConfig as _, WithHttpConfig as _,
     WithTonicConfig as _,
 };
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkError;
-use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::logs::{LogBatch, SdkLoggerProvider};
 use serde_json::Value;
 
 use crate::mapping::LogStatus;
@@ -24,6 +26,14 @@ const CHUNK: usize = 2000;
 
 /// Longest wait for the SDK to export one chunk, retries included.
 const FLUSH_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How an export is retried: a server refusing with overload asks for a second (`Retry-After`);
+/// the SDK's own policy gives up after three quick retries, which a busy server can outlast.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_retries(10)
+        .with_max_delay(Duration::from_secs(5))
+}
 
 /// How the simulator sends.
 #[derive(Debug, Clone)]
@@ -52,7 +62,8 @@ pub fn exporter(options: &EmitOptions) -> anyhow::Result<LogExporter> {
             let mut builder = LogExporter::builder()
                 .with_tonic()
                 .with_protocol(Protocol::Grpc)
-                .with_timeout(timeout);
+                .with_timeout(timeout)
+                .with_retry_policy(retry_policy());
             if let Some(endpoint) = &options.endpoint {
                 builder = builder.with_endpoint(endpoint.clone());
             }
@@ -75,7 +86,8 @@ pub fn exporter(options: &EmitOptions) -> anyhow::Result<LogExporter> {
             let mut builder = LogExporter::builder()
                 .with_http()
                 .with_protocol(protocol)
-                .with_timeout(timeout);
+                .with_timeout(timeout)
+                .with_retry_policy(retry_policy());
             if let Some(endpoint) = &options.endpoint {
                 let base = endpoint.trim_end_matches('/');
                 builder = builder.with_endpoint(format!("{base}/v1/logs"));
@@ -101,8 +113,14 @@ pub async fn emit(options: &EmitOptions) -> anyhow::Result<()> {
 }
 
 /// Sends `options.count` activity logs through `exporter` (built by the caller, e.g. with TLS
-/// settings of its own) and waits until the SDK has exported them all.
+/// settings of its own) and waits until the SDK has exported them all. Fails when the SDK gave
+/// up on any of them.
 pub async fn send(exporter: LogExporter, options: &EmitOptions) -> anyhow::Result<()> {
+    let undelivered = Arc::new(AtomicU64::new(0));
+    let exporter = Counted {
+        inner: exporter,
+        undelivered: undelivered.clone(),
+    };
     let provider = SdkLoggerProvider::builder()
         .with_resource(
             Resource::builder()
@@ -124,7 +142,39 @@ pub async fn send(exporter: LogExporter, options: &EmitOptions) -> anyhow::Resul
     tokio::task::spawn_blocking(move || provider.shutdown())
         .await?
         .context("shutting down the exporter failed")?;
-    Ok(())
+    match undelivered.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        n => {
+            anyhow::bail!("{n} activity logs were not delivered: the SDK gave up on their exports")
+        }
+    }
+}
+
+/// The exporter, counting the logs of exports it gave up on: the SDK drops such a batch and says
+/// so only in its own diagnostics.
+#[derive(Debug)]
+struct Counted {
+    inner: LogExporter,
+    undelivered: Arc<AtomicU64>,
+}
+
+impl opentelemetry_sdk::logs::LogExporter for Counted {
+    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+        let logs = batch.iter().count() as u64;
+        let exported = self.inner.export(batch).await;
+        if exported.is_err() {
+            self.undelivered.fetch_add(logs, Ordering::Relaxed);
+        }
+        exported
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// Waits until the SDK has exported everything handed to it. The SDK gives up waiting on a flush
