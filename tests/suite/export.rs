@@ -274,7 +274,7 @@ async fn an_export_of_200000_logs_streams_in_bounded_memory() {
 
     // a small export first (5 pages), so that what any export sets up once (the blocking
     // threads, the connection's buffers) is there before the measure
-    let warm_up = reqwest::Client::new()
+    let warm_up = common::client()
         .get(format!(
             "http://{}/logs/export?end_time=2026-03-10T09:15:47Z",
             served.api
@@ -377,7 +377,7 @@ async fn an_export_of_200000_logs_streams_in_bounded_memory() {
 
     // two exports whose clients stop reading hold the user's two places; a third is told to
     // retry
-    let client = reqwest::Client::new();
+    let client = common::client();
     let export = || {
         client
             .get(format!("http://{}/logs/export", served.api))

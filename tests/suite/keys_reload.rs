@@ -29,7 +29,7 @@ fn keys(config: &Path, args: &[&str]) -> String {
 
 /// The status of `GET /logs` with `secret`, and the body's message.
 async fn status(api: &str, secret: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
+    let response = common::client()
         .get(format!("http://{api}/logs?limit=1"))
         .bearer_auth(secret)
         .send()

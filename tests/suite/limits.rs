@@ -84,7 +84,7 @@ async fn keyless_exports_are_refused_before_their_bodies_are_decompressed() {
         }
     };
     // and four over HTTP, with a key nobody has
-    let client = reqwest::Client::new();
+    let client = common::client();
     let keyless_http = |body: Vec<u8>| {
         let exports: Vec<_> = (0..4)
             .map(|_| {
@@ -177,7 +177,7 @@ async fn a_flood_of_maximum_size_exports_stays_within_the_memory_bound() {
     let probe = {
         let (api, secret, flooding) = (served.api.clone(), secret.clone(), flooding.clone());
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = common::client();
             let mut slowest = Duration::ZERO;
             while flooding.load(Ordering::Relaxed) {
                 for path in ["healthz", "logs?limit=5"] {
@@ -207,7 +207,12 @@ async fn a_flood_of_maximum_size_exports_stays_within_the_memory_bound() {
         let (channel, body, authorization) = (channel.clone(), body.clone(), authorization.clone());
         let http = format!("http://{}/v1/logs", served.http);
         clients.push(tokio::spawn(async move {
-            let http_client = reqwest::Client::new();
+            // an export of 16 MiB may wait long on a loaded machine: the server's 60 s body
+            // timeout bounds it, and this far past it the client gives up
+            let http_client = reqwest::Client::builder()
+                .read_timeout(Duration::from_secs(180))
+                .build()
+                .unwrap();
             let mut outcomes = Vec::new();
             for _ in 0..2 {
                 let accepted = if n % 2 == 0 {
@@ -281,7 +286,9 @@ async fn a_flood_of_maximum_size_exports_stays_within_the_memory_bound() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(total(&served.api, &secret).await, records as u64);
-    let duplicates = reqwest::get(format!("http://{}/metrics", served.api))
+    let duplicates = common::client()
+        .get(format!("http://{}/metrics", served.api))
+        .send()
         .await
         .unwrap()
         .text()
@@ -535,7 +542,7 @@ async fn connections_past_the_cap_wait_until_one_closes() {
         .expect("the waiting connection is served once one closes")
         .unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
-    let response = reqwest::Client::new()
+    let response = common::client()
         .get(format!("http://{}/healthz", served.api))
         .send()
         .await

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::process::{serve, stored_messages, terminate, write_config, write_key};
 use common::*;
 use logbridge::auth::Secret;
-use logbridge::emit::{EmitOptions, emit};
+use logbridge::emit::EmitOptions;
 use opentelemetry_otlp::Protocol;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use prost::Message as _;
@@ -248,7 +248,7 @@ async fn sdk_exporters_retry_through_overload_and_lose_nothing() {
             seed: n as u64,
             gzip: false,
         };
-        tasks.push(tokio::spawn(async move { emit(&options).await }));
+        tasks.push(tokio::spawn(async move { emit_patiently(&options).await }));
     }
     for task in tasks {
         task.await.unwrap().unwrap();

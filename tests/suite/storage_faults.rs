@@ -7,7 +7,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use logbridge::emit::{EmitOptions, emit};
+use logbridge::emit::EmitOptions;
 use logbridge::faults::{Fault, Faults, WritePoint};
 use opentelemetry_otlp::Protocol;
 use prost::Message as _;
@@ -124,7 +124,7 @@ async fn an_index_that_cannot_commit_refuses_until_it_can_and_sdk_exporters_lose
                 seed: n as u64,
                 gzip: false,
             };
-            tokio::spawn(async move { emit(&options).await })
+            tokio::spawn(async move { emit_patiently(&options).await })
         })
         .collect();
 

@@ -318,7 +318,7 @@ async fn sdk_exporters_and_https_clients_work_over_tls_with_client_certificates(
 async fn plaintext_and_clients_without_a_certificate_are_refused_cleanly() {
     let mut server = tls_server().await;
     // plaintext HTTP on the API: an error that says why
-    let response = reqwest::Client::new()
+    let response = common::client()
         .get(format!("http://{}/logs", server.served.api))
         .send()
         .await

@@ -156,10 +156,20 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         grpc_url: String::new(),
         http_url: String::new(),
         api_url: String::new(),
-        client: reqwest::Client::new(),
+        client: client(),
     };
     app.start(&options).await;
     app
+}
+
+/// An HTTP client whose every wait (to connect, for the next bytes) fails after [`PATIENCE`]:
+/// a server that stops answering fails the test rather than hanging it.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(PATIENCE)
+        .read_timeout(PATIENCE)
+        .build()
+        .expect("an HTTP client")
 }
 
 fn init_test_logging() {
@@ -376,7 +386,11 @@ impl TestApp {
 
 /// `GET /readyz`: status and body.
 pub async fn readyz(api_url: &str) -> (u16, String) {
-    let response = reqwest::get(format!("{api_url}/readyz")).await.unwrap();
+    let response = client()
+        .get(format!("{api_url}/readyz"))
+        .send()
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }
@@ -430,7 +444,9 @@ pub async fn labeled_metric(api_url: &str, sample: &str) -> f64 {
 }
 
 async fn metrics_text(api_url: &str) -> String {
-    reqwest::get(format!("{api_url}/metrics"))
+    client()
+        .get(format!("{api_url}/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
@@ -571,6 +587,44 @@ pub fn messages(data: &Json) -> Vec<String> {
         .iter()
         .map(|log| log["message"].as_str().expect("message").to_owned())
         .collect()
+}
+
+/// Sends `options.count` logs through the OpenTelemetry SDK as `logbridge emit` does, with an
+/// exporter patient enough for a loaded machine: each export waits up to [`PATIENCE`] for its
+/// answer and is retried up to 60 times (the SDK's default gives up after 3, and drops the
+/// batch, when overload refusals outlast them).
+pub async fn emit_patiently(options: &logbridge::emit::EmitOptions) -> anyhow::Result<()> {
+    use opentelemetry_otlp::{
+        LogExporter, Protocol, RetryPolicy, WithExportConfig as _, WithHttpConfig as _,
+        WithTonicConfig as _,
+    };
+    let retries = RetryPolicy::default().with_max_retries(60);
+    let endpoint = options.endpoint.clone().expect("an endpoint");
+    let authorization = format!("Bearer {}", options.key.as_deref().expect("a key"));
+    assert!(!options.gzip, "no compression here");
+    let exporter = match options.protocol {
+        Protocol::Grpc => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("authorization", authorization.parse().unwrap());
+            LogExporter::builder()
+                .with_tonic()
+                .with_protocol(Protocol::Grpc)
+                .with_timeout(PATIENCE)
+                .with_endpoint(endpoint)
+                .with_metadata(metadata)
+                .with_retry_policy(retries)
+                .build()?
+        }
+        protocol => LogExporter::builder()
+            .with_http()
+            .with_protocol(protocol)
+            .with_timeout(PATIENCE)
+            .with_endpoint(format!("{}/v1/logs", endpoint.trim_end_matches('/')))
+            .with_headers(HashMap::from([("authorization".to_owned(), authorization)]))
+            .with_retry_policy(retries)
+            .build()?,
+    };
+    logbridge::emit::send(exporter, options).await
 }
 
 /// How long a test waits for something that should take far less.

@@ -213,7 +213,7 @@ pub async fn logs_request(
     secret: &Secret,
     query: &str,
 ) -> serde_json::Value {
-    reqwest::Client::new()
+    super::client()
         .request(method, format!("http://{api}/logs?{query}"))
         .bearer_auth(secret.expose())
         .send()
@@ -279,6 +279,8 @@ pub async fn stored_messages(api: &str, secret: &Secret) -> Vec<String> {
         let body = get_logs(api, secret, &query).await;
         let data = &body["data"];
         all.extend(messages(data));
+        let total = data["total"].as_u64().expect("a total") as usize;
+        assert!(all.len() <= total, "pages past the total of {total}");
         match data["next_cursor"].as_str() {
             Some(cursor) => query = format!("limit=100&cursor={cursor}"),
             None => {
