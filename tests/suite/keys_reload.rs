@@ -131,6 +131,16 @@ async fn keys_are_added_and_revoked_without_a_restart() {
             "round {round}"
         );
         delays.extend([added, revoked]);
+        // the owner's requests went on through the swaps
+        let before = ok.load(Ordering::Relaxed);
+        let deadline = Instant::now() + PATIENCE;
+        while ok.load(Ordering::Relaxed) < before + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the owner's requests stopped after round {round}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for task in load {
@@ -138,7 +148,7 @@ async fn keys_are_added_and_revoked_without_a_restart() {
     }
     // each waited for with the patience as deadline: how long is a figure, not a contract
     println!("reload delays: {delays:?}");
-    assert!(ok.load(Ordering::Relaxed) > 50, "{ok:?} requests");
+    println!("{ok:?} of the owner's requests ran during the swaps");
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
