@@ -15,6 +15,7 @@ use common::process::{
     Served, Setup, run, serve, serve_with_env, start, wait_ready, write_config, write_key,
 };
 use logbridge::auth::Secret;
+use logbridge::lifecycle::watch::POLL_INTERVAL;
 
 /// Runs `logbridge --config CONFIG keys ARGS`; panics unless it succeeds; stdout.
 fn keys(config: &Path, args: &[&str]) -> String {
@@ -170,6 +171,9 @@ async fn sighup_applies_what_the_file_watcher_has_not_seen() {
     // a key added to the file is not known until SIGHUP, then works
     let added = keys(&config, &["add", "--user", "u", "--name", "dash"]);
     let added = added.trim();
+    // six polls of the watcher's usual interval go by: it does not apply the change (this can
+    // only pass more surely on a slower machine)
+    tokio::time::sleep(6 * POLL_INTERVAL).await;
     assert_eq!(status(&served.api, added).await, unknown, "before SIGHUP");
     hang_up(&served);
     let took = until_status(&served.api, added, 200).await;
@@ -178,6 +182,7 @@ async fn sighup_applies_what_the_file_watcher_has_not_seen() {
 
     // a key revoked in the file keeps working until SIGHUP, then is refused
     keys(&config, &["revoke", "dash"]);
+    tokio::time::sleep(6 * POLL_INTERVAL).await;
     assert_eq!(status(&served.api, added).await.0, 200, "before SIGHUP");
     hang_up(&served);
     let took = until_status(&served.api, added, 401).await;
