@@ -219,9 +219,12 @@ const EXPORT_OVERHEAD: u64 = 12 * 1024 * 1024;
 /// (and the last document that overflows each).
 const STORE_CACHE_PER_SEGMENT: u64 = 100 * (16 + 2) * 1024;
 
-/// The pace of the slow reader: far below what the server can send, so that pages pile up if
-/// anything lets them.
+/// The pace of the reader: a client that takes its time, though the debug server sends slower.
 const READ_BYTES_PER_SECOND: f64 = 12.0 * 1024.0 * 1024.0;
+
+/// How long the reader stops after the first chunk: an export whose pages piled up while its
+/// client took nothing would grow by megabytes a second meanwhile; a bounded one waits.
+const STALL: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_of_200000_logs_streams_in_bounded_memory() {
@@ -303,6 +306,7 @@ async fn an_export_of_200000_logs_streams_in_bounded_memory() {
     let started = Instant::now();
     let (mut lines, mut bytes, mut previous, mut partial) = (0u64, 0usize, u64::MAX, Vec::new());
     let mut most_anon = anon_before;
+    let mut stalled_at = None;
     loop {
         let frame = tokio::time::timeout(PATIENCE, body.frame())
             .await
@@ -329,8 +333,19 @@ async fn an_export_of_200000_logs_streams_in_bounded_memory() {
             lines += 1;
         }
         most_anon = most_anon.max(served.status_bytes("RssAnon"));
+        if lines > 0 && stalled_at.is_none() {
+            // the reader stops a while, looking at the server's memory meanwhile
+            let stalled = Instant::now();
+            while stalled.elapsed() < STALL {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                most_anon = most_anon.max(served.status_bytes("RssAnon"));
+            }
+            stalled_at = Some(stalled.elapsed());
+        }
         // the pace of a slow reader, not a wait for the server
-        let due = started + Duration::from_secs_f64(bytes as f64 / READ_BYTES_PER_SECOND);
+        let due = started
+            + stalled_at.unwrap_or_default()
+            + Duration::from_secs_f64(bytes as f64 / READ_BYTES_PER_SECOND);
         tokio::time::sleep_until(due.into()).await;
     }
     assert!(partial.is_empty());
