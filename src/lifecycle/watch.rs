@@ -101,7 +101,12 @@ pub fn watch_files(
         let mut applied = Some(loaded);
         // contents seen once, applied if the next poll sees them again
         let mut pending: Option<io::Result<Contents>> = None;
-        let mut ticks = tokio::time::interval(POLL_INTERVAL);
+        // a test hook: with polls far apart, only `SIGHUP` can explain a reload
+        let poll = std::env::var("LB_TEST_WATCH_POLL_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .filter(|&ms| ms > 0);
+        let mut ticks = tokio::time::interval(poll.map_or(POLL_INTERVAL, Duration::from_millis));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let hangup = tokio::select! {

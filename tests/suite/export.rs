@@ -7,8 +7,9 @@ use crate::common::harness::raw_grpc;
 
 use std::time::{Duration, Instant};
 
-use common::process::{Setup, start, total};
-use common::{PATIENCE, activity, at_ms, request_of, spawn_app, text, with_attr};
+use common::process::{Setup, serve, start_with, terminate, total, wait_ready};
+use common::{PATIENCE, activity, at_ms, request_of, spawn_app, text, window, with_attr};
+use http_body_util::BodyExt as _;
 use logbridge::api::CSV_COLUMNS;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use prost::Message as _;
@@ -201,14 +202,44 @@ async fn csv_cells_a_spreadsheet_would_run_are_neutralised() {
     assert_eq!(oldest["message"], cells[0].1);
 }
 
+/// Logs the export reads from the index at a time (`PAGE` in `src/api/export.rs`).
+const EXPORT_PAGE: u64 = 1_000;
+
+/// What the export's design holds at once, in pages: the encoded chunks waiting for the client
+/// (4, and the place kept for an error), the page being read and the one being encoded, and
+/// what the response's writer holds, with room to spare.
+const PAGES_HELD: u64 = 10;
+
+/// What the export may take besides its pages and the index's document caches: the allocator's
+/// slack (pages are made on blocking threads and freed on the runtime's). Seen here: 3 to 10 MiB,
+/// flat from the first tenth of the export to its end.
+const EXPORT_OVERHEAD: u64 = 12 * 1024 * 1024;
+
+/// What tantivy's document store caches per segment read: 100 decompressed blocks of 16 KiB
+/// (and the last document that overflows each).
+const STORE_CACHE_PER_SEGMENT: u64 = 100 * (16 + 2) * 1024;
+
+/// The pace of the reader: a client that takes its time, though the debug server sends slower.
+const READ_BYTES_PER_SECOND: f64 = 12.0 * 1024.0 * 1024.0;
+
+/// How long the reader stops after the first chunk: an export whose pages piled up while its
+/// client took nothing would grow by megabytes a second meanwhile; a bounded one waits.
+const STALL: Duration = Duration::from_secs(10);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_of_200000_logs_streams_in_bounded_memory() {
     let Setup {
-        dir: _dir,
+        dir,
+        config,
         secret,
-        served,
-        ..
-    } = start().await;
+        mut served,
+    } = start_with(
+        // no commit until the shutdown below, and room for every log in one segment per
+        // indexing thread: few segments, so that the index's caches are small and fixed
+        "commit_interval_ms = 600000\nwriter_memory_mb = 1024",
+        "",
+    )
+    .await;
     const RECORDS: u64 = 200_000;
     const BATCH: u64 = 2_000;
     let channel = tonic::transport::Endpoint::new(format!("http://{}", served.grpc))
@@ -233,23 +264,57 @@ async fn an_export_of_200000_logs_streams_in_bounded_memory() {
             .await
             .expect("export");
     }
-    let deadline = Instant::now() + PATIENCE;
-    while total(&served.api, &secret).await < RECORDS {
-        assert!(Instant::now() < deadline, "ingest never visible");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let before = served.peak_rss();
+    // committed at shutdown; a fresh server on the index: no merge or memory of the ingest left
+    // to blur the figures
+    terminate(&mut served);
+    let served = serve(&config);
+    wait_ready(&served.api).await;
+    assert_eq!(total(&served.api, &secret).await, RECORDS);
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("index/meta.json")).unwrap())
+            .unwrap();
+    let segments = meta["segments"].as_array().expect("segments").len() as u64;
 
-    let mut response = reqwest::Client::new()
-        .get(format!("http://{}/logs/export", served.api))
+    // a small export first (5 pages), so that what any export sets up once (the blocking
+    // threads, the connection's buffers) is there before the measure
+    let warm_up = common::client()
+        .get(format!(
+            "http://{}/logs/export?end_time=2026-03-10T09:15:47Z",
+            served.api
+        ))
         .bearer_auth(secret.expose())
         .send()
         .await
         .unwrap();
+    assert_eq!(warm_up.status().as_u16(), 200);
+    assert_eq!(warm_up.text().await.unwrap().lines().count(), 5_000);
+
+    // the peak from here on is the export's; what the server maps of the index files is
+    // counted apart (it is the page cache's, and grows with what is read, not with what is held)
+    served.reset_peak_rss();
+    let (peak_before, anon_before, files_before) = (
+        served.status_bytes("VmHWM"),
+        served.status_bytes("RssAnon"),
+        served.status_bytes("RssFile"),
+    );
+    let api_url = format!("http://{}", served.api);
+    let response = window::get(&api_url, "/logs/export", &secret).await;
     assert_eq!(response.status().as_u16(), 200);
-    // read as it streams: count lines and check the order, keeping nothing
+    let mut body = response.into_body();
+    // read slowly as it streams, counting lines and checking the order, keeping nothing, and
+    // looking at the server's memory all along
+    let started = Instant::now();
     let (mut lines, mut bytes, mut previous, mut partial) = (0u64, 0usize, u64::MAX, Vec::new());
-    while let Some(chunk) = response.chunk().await.unwrap() {
+    let mut most_anon = anon_before;
+    let mut stalled_at = None;
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, body.frame())
+            .await
+            .expect("a chunk of the export, or its end, within the patience");
+        let Some(frame) = frame else { break };
+        let Ok(chunk) = frame.expect("the export is not cut").into_data() else {
+            continue;
+        };
         bytes += chunk.len();
         partial.extend_from_slice(&chunk);
         while let Some(end) = partial.iter().position(|b| *b == b'\n') {
@@ -267,28 +332,67 @@ async fn an_export_of_200000_logs_streams_in_bounded_memory() {
             previous = n;
             lines += 1;
         }
+        most_anon = most_anon.max(served.status_bytes("RssAnon"));
+        if lines > 0 && stalled_at.is_none() {
+            // the reader stops a while, looking at the server's memory meanwhile
+            let stalled = Instant::now();
+            while stalled.elapsed() < STALL {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                most_anon = most_anon.max(served.status_bytes("RssAnon"));
+            }
+            stalled_at = Some(stalled.elapsed());
+        }
+        // the pace of a slow reader, not a wait for the server
+        let due = started
+            + stalled_at.unwrap_or_default()
+            + Duration::from_secs_f64(bytes as f64 / READ_BYTES_PER_SECOND);
+        tokio::time::sleep_until(due.into()).await;
     }
     assert!(partial.is_empty());
     assert_eq!(lines, RECORDS);
     assert_eq!(previous, 0);
-    let after = served.peak_rss();
-    let rise = after.saturating_sub(before);
+    let (peak_after, files_after) = (served.status_bytes("VmHWM"), served.status_bytes("RssFile"));
+    // the highest the server's own memory went during the export: its peak, less what the
+    // index files it mapped added (they only grow while it reads, so this is at most the
+    // growth of its anonymous memory at the peak)
+    let growth = peak_after
+        .saturating_sub(peak_before)
+        .saturating_sub(files_after.saturating_sub(files_before));
+    let sampled = most_anon - anon_before;
+    let page = bytes as u64 * EXPORT_PAGE / RECORDS;
+    let bound = PAGES_HELD * page + segments * STORE_CACHE_PER_SEGMENT + EXPORT_OVERHEAD;
+    let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "export of {RECORDS} logs ({:.1} MiB of NDJSON): peak RSS {:.1} MiB before, {:.1} MiB after",
-        bytes as f64 / 1048576.0,
-        before as f64 / 1048576.0,
-        after as f64 / 1048576.0
+        "export of {RECORDS} logs ({:.1} MiB of NDJSON, pages of {:.2} MiB) read in {:?}: the \
+         server's memory grew by {:.1} MiB at its peak ({:.1} MiB of index files mapped besides), \
+         by {:.1} MiB anonymous as sampled; bound {:.1} MiB ({segments} segments)",
+        mib(bytes as u64),
+        mib(page),
+        started.elapsed(),
+        mib(growth),
+        mib(files_after.saturating_sub(files_before)),
+        mib(sampled),
+        mib(bound),
+    );
+    // the bound is a few pages: an export that held its whole result (or a growing part of it)
+    // could not stay under it
+    assert!(
+        3 * bound < bytes as u64,
+        "the test cannot tell: bound {bound} for {bytes} bytes"
     );
     assert!(
-        rise < 16 * 1024 * 1024,
-        "the export raised peak RSS by {} KiB for {} KiB of output",
-        rise / 1024,
-        bytes / 1024
+        growth < bound && sampled < bound,
+        "the export grew the server's memory by {:.1} MiB at its peak ({:.1} MiB sampled), over \
+         {PAGES_HELD} pages of {:.2} MiB and {:.0} MiB besides",
+        mib(growth),
+        mib(sampled),
+        mib(page),
+        mib(EXPORT_OVERHEAD)
     );
 
     // two exports whose clients stop reading hold the user's two places; a third is told to
     // retry
-    let client = reqwest::Client::new();
+    let client = common::client();
     let export = || {
         client
             .get(format!("http://{}/logs/export", served.api))

@@ -1,7 +1,8 @@
-//! One user's flood does not slow another user's exports: user A, limited to 200 records a
-//! second, floods the real binary far past that while user B's export latency is measured, and
-//! compared with B's latency alone. A test binary of its own, so that no other test shares the
-//! machine while it measures.
+//! One user's flood does not shut another user out: user A, limited to 200 records a second,
+//! floods the real binary far past that while user B exports. Every one of B's exports is taken,
+//! A's excess is refused with RESOURCE_EXHAUSTED saying why, and A gets no more than its limit.
+//! How much the flood slows B is a measurement, not a contract: `cargo bench --bench fairness`
+//! (`benches/fairness.rs`, figures in BENCHMARKS.md).
 
 use crate::common;
 
@@ -17,30 +18,27 @@ use logbridge::auth::{KeyRecord, Scope, Secret};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use prost::Message as _;
 
-/// The `q`-th quantile of `samples`.
-fn quantile(samples: &mut [Duration], q: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() - 1) as f64 * q).round() as usize]
-}
-
-/// `exports` exports of 20 records for user B, one after another; their latencies.
-async fn measure_b(grpc: &str, key: &Secret, round: &str, exports: usize) -> Vec<Duration> {
+/// `exports` exports of 20 records for user B, one after another, each taken whole.
+async fn export_b(grpc: &str, key: &Secret, exports: usize) {
     let mut client = LogsServiceClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
-    let mut latencies = Vec::with_capacity(exports);
     for e in 0..exports {
         let records = (0..20u64)
-            .map(|i| activity("tool_call", at_ms(i), &format!("b-{round}-{e}-{i}")))
+            .map(|i| activity("tool_call", at_ms(i), &format!("b-{e}-{i}")))
             .collect();
         let request = authorized(request_of(records), key);
-        let started = Instant::now();
-        let response = client.export(request).await.expect("B's export");
-        latencies.push(started.elapsed());
+        let response = tokio::time::timeout(PATIENCE, client.export(request))
+            .await
+            .unwrap_or_else(|_| panic!("B's export {e} unanswered during A's flood"))
+            .unwrap_or_else(|status| panic!("B's export {e} refused during A's flood: {status:?}"));
         assert_eq!(response.into_inner().partial_success, None);
     }
-    latencies
 }
+
+/// The refusal of A's excess.
+const A_REFUSED: &str =
+    "user \"user-a\" is over its ingest limit of 200 records per second; retry in";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_users_flood_does_not_slow_another_users_exports() {
@@ -59,9 +57,6 @@ async fn one_users_flood_does_not_slow_another_users_exports() {
     let served = serve(&config);
     wait_ready(&served.api).await;
     const EXPORTS: usize = 300;
-
-    measure_b(&served.grpc, &b, "warm", 50).await;
-    let mut alone = measure_b(&served.grpc, &b, "alone", EXPORTS).await;
 
     // A floods from 2 connections with 16 exports of 100 records in flight on each, sending
     // again as soon as an answer comes whatever it says, from a thread of its own so that B's
@@ -104,7 +99,15 @@ async fn one_users_flood_does_not_slow_another_users_exports() {
                                 match sent {
                                     Ok(_) => accepted.fetch_add(100, Ordering::Relaxed),
                                     Err(status) => {
-                                        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+                                        assert_eq!(
+                                            status.code(),
+                                            tonic::Code::ResourceExhausted,
+                                            "{status:?}"
+                                        );
+                                        assert!(
+                                            status.message().starts_with(A_REFUSED),
+                                            "{status:?}"
+                                        );
                                         refused.fetch_add(1, Ordering::Relaxed)
                                     }
                                 };
@@ -128,8 +131,21 @@ async fn one_users_flood_does_not_slow_another_users_exports() {
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let mut flooded = measure_b(&served.grpc, &b, "flood", EXPORTS).await;
+    // B exports while A is being refused, and A still is after B is done
+    let refused_before_b = refused.load(Ordering::Relaxed);
+    export_b(&served.grpc, &b, EXPORTS).await;
+    let deadline = Instant::now() + PATIENCE;
+    while refused.load(Ordering::Relaxed) < refused_before_b + 32 {
+        assert!(
+            !flood.is_finished() && Instant::now() < deadline,
+            "the flood stopped being refused ({} refusals before B, {} now)",
+            refused_before_b,
+            refused.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     stop.store(true, Ordering::Relaxed);
+    // a panic of the flood (a refusal other than A_REFUSED) fails the test here
     flood.join().unwrap();
     let flood_seconds = flood_started.elapsed().as_secs_f64();
 
@@ -137,40 +153,19 @@ async fn one_users_flood_does_not_slow_another_users_exports() {
         accepted.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
     );
-    let (p50_alone, p99_alone) = (quantile(&mut alone, 0.5), quantile(&mut alone, 0.99));
-    let (p50_flood, p99_flood) = (quantile(&mut flooded, 0.5), quantile(&mut flooded, 0.99));
     println!(
-        "B alone: p50 {p50_alone:?} p99 {p99_alone:?}; B during A's flood: p50 {p50_flood:?} \
-         p99 {p99_flood:?}; A: {accepted} records accepted, {refused} exports refused in \
-         {flood_seconds:.1} s"
+        "A: {accepted} records accepted, {refused} exports of 100 refused in {flood_seconds:.1} s \
+         ({:.0} records a second offered)",
+        (accepted + 100 * refused) as f64 / flood_seconds
     );
-    // A got its limit (a full bucket, then 200 a second), not more
+    // A got its limit (a full bucket, then 200 a second), not more, however long the flood took
     assert!(
-        accepted as f64 <= 200.0 + 200.0 * flood_seconds + 100.0,
+        accepted as f64 <= 200.0 + 200.0 * flood_seconds,
         "A got {accepted} records in {flood_seconds:.1} s"
     );
-    // A offered far more than it got: every refused export was 100 records
-    let offered = (accepted + 100 * refused) as f64 / flood_seconds;
-    println!(
-        "A offered {offered:.0} records a second, {:.0} times its limit",
-        offered / 200.0
-    );
-    assert!(
-        offered > 10.0 * 200.0,
-        "A offered only {offered:.0} records a second"
-    );
-    // B's typical export is as fast as alone; its p99 within twice that alone, give or take
-    // 10 ms for a debug build sharing two cores with both clients
-    assert!(
-        p50_flood <= 2 * p50_alone,
-        "B's p50 {p50_flood:?} during the flood, {p50_alone:?} alone"
-    );
-    assert!(
-        p99_flood <= 2 * p99_alone + Duration::from_millis(10),
-        "B's p99 {p99_flood:?} during the flood, {p99_alone:?} alone"
-    );
+    assert!(accepted >= 200, "A's burst was not taken: {accepted}");
     // every one of B's records is there, once committed
-    let expected = 20 * (50 + 2 * EXPORTS) as u64;
+    let expected = 20 * EXPORTS as u64;
     let deadline = Instant::now() + PATIENCE;
     while total(&served.api, &b).await < expected {
         assert!(Instant::now() < deadline, "B's records never all visible");

@@ -3,7 +3,9 @@
 //! out must respect the documented limits.
 //!
 //! The suite runs a short smoke pass; a longer one: `PROPTEST_CASES=100000 cargo test --release
-//! --test fuzz`.
+//! --test suite fuzz::`. Arbitrary records rarely name a valid type and user, so valid ones are
+//! generated too (alone and mixed with arbitrary ones): the properties of a mapped log run on
+//! every case of those.
 
 use logbridge::api::{ApiError, CursorKey, MAX_LIMIT, parse_logs_params};
 use logbridge::ingest::{EncodedLog, LogKey};
@@ -128,6 +130,19 @@ fn valid_record() -> impl Strategy<Value = LogRecord> {
                 .push(attribute("activity.status", text(status)));
             record.attributes.push(attribute("user.id", text(&user)));
             record
+        })
+}
+
+/// The string value of the last attribute `key` of `record`, as JSON.
+fn attr_json(record: &LogRecord, key: &str) -> Option<Json> {
+    record
+        .attributes
+        .iter()
+        .rev()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(Json::from(s.clone())),
+            _ => None,
         })
 }
 
@@ -275,8 +290,13 @@ proptest! {
             .expect("every log is admitted");
         prop_assert_eq!(mapped.rejected.len(), 0, "{:?}", mapped.rejected);
         prop_assert_eq!(mapped.logs.len(), records.len());
-        for log in &mapped.logs {
+        for (record, log) in records.iter().zip(&mapped.logs) {
             check_log(log);
+            // the named type, status and user, as sent
+            let served = serde_json::to_value(log).unwrap();
+            prop_assert_eq!(Some(served["log_type"].clone()), attr_json(record, "activity.log_type"));
+            prop_assert_eq!(Some(served["status"].clone()), attr_json(record, "activity.status"));
+            prop_assert_eq!(Some(Json::from(log.user_id.clone())), attr_json(record, "user.id"));
             // a retry is known after a restart by the key of the log read back from the
             // write-ahead log: the same as the key it was stored with
             let encoded = EncodedLog::new(log.clone());
@@ -292,6 +312,33 @@ proptest! {
         prop_assert_eq!(&decoded, &request);
         map_all(&decoded, None);
         map_all(&decoded, Some("user-a"));
+    }
+
+    #[test]
+    fn every_valid_record_of_a_batch_maps_whatever_is_beside_it(
+        valid in proptest::collection::vec(valid_record(), 1..4),
+        arbitrary in proptest::collection::vec(log_record(), 0..4),
+        first in any::<bool>(),
+    ) {
+        let records: Vec<LogRecord> = if first {
+            valid.iter().chain(&arbitrary).cloned().collect()
+        } else {
+            arbitrary.iter().chain(&valid).cloned().collect()
+        };
+        let request = request_of(records);
+        let mapped = map_request(&MappingConfig::default(), None, 1, &request, |_| Admission::Keep)
+            .expect("every log is admitted");
+        prop_assert_eq!(mapped.logs.len() + mapped.rejected.len(), mapped.records);
+        prop_assert!(mapped.logs.len() >= valid.len(), "{:?}", mapped.rejected);
+        mapped.logs.iter().for_each(check_log);
+        // each valid record is among the logs, under its user
+        let mut users: Vec<&str> = mapped.logs.iter().map(|log| log.user_id.as_str()).collect();
+        for record in &valid {
+            let user = attr_json(record, "user.id").unwrap();
+            let at = users.iter().position(|u| Some(*u) == user.as_str());
+            prop_assert!(at.is_some(), "{} not mapped", user);
+            users.remove(at.unwrap());
+        }
     }
 
     #[test]

@@ -81,10 +81,9 @@ async fn a_failed_fsync_is_refused_retryably_and_ingest_resumes_by_itself() {
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
 
-    // back by itself, without a restart, and the client's retry is stored once
-    let recovered = Instant::now();
+    // back by itself (within the patience), without a restart, and the client's retry is
+    // stored once
     wait_for_readyz(&app.api_url, 200).await;
-    assert!(recovered.elapsed() < Duration::from_secs(5));
     app.ingest(&app.keys.alice, batch).await;
     assert_eq!(
         messages(&app.logs(&app.keys.alice, "").await),

@@ -137,6 +137,70 @@ fn https_client(ca: &str, identity: Option<&(String, String)>) -> reqwest::Clien
     builder.build().unwrap()
 }
 
+/// The DER of the (first) certificate of `pem`.
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("a PEM certificate")
+        .to_vec()
+}
+
+/// An error and its sources, as one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A new TLS handshake with the API (a client of its own, trusting every CA of `cas`, that keeps
+/// no connection): the certificate the server presented, with the total its `GET /logs` gave,
+/// or the error.
+async fn served_certificate(
+    cas: &[&str],
+    api: &str,
+    secret: &Secret,
+) -> Result<(Vec<u8>, u64), String> {
+    let client = reqwest::Client::builder()
+        .tls_certs_only(
+            cas.iter()
+                .map(|ca| reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()),
+        )
+        .tls_info(true)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let port = api.rsplit(':').next().unwrap();
+    let response = client
+        .get(format!("https://localhost:{port}/logs?limit=1"))
+        .bearer_auth(secret.expose())
+        .send()
+        .await
+        .map_err(|e| chain(&e))?;
+    let certificate = response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|info| info.peer_certificate())
+        .expect("the handshake's certificate")
+        .to_vec();
+    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    let total = body["data"]["total"]
+        .as_u64()
+        .ok_or_else(|| body.to_string())?;
+    Ok((certificate, total))
+}
+
+/// Panics unless the server is still running.
+fn assert_alive(server: &mut TlsServer) {
+    let exit = server.served.child.try_wait().unwrap();
+    assert!(exit.is_none(), "the server exited: {exit:?}");
+}
+
 /// `GET https://localhost:PORT/logs?limit=1` through `client`: the total, or the error.
 async fn https_total(client: &reqwest::Client, api: &str, secret: &Secret) -> Result<u64, String> {
     let port = api.rsplit(':').next().unwrap();
@@ -187,7 +251,7 @@ async fn sdk_exporters_and_https_clients_work_over_tls_with_client_certificates(
     wait_for_total(&api, &server, 0).await;
     let (cert, key) = &server.client;
     let grpc_port = server.served.grpc.rsplit(':').next().unwrap();
-    let http_port = server.served.http.rsplit(':').next().unwrap();
+    let http_port = server.served.http.rsplit(':').next().unwrap().to_owned();
 
     // OTLP/gRPC through the SDK's tonic exporter
     let tls = tonic::transport::ClientTlsConfig::new()
@@ -252,9 +316,9 @@ async fn sdk_exporters_and_https_clients_work_over_tls_with_client_certificates(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_and_clients_without_a_certificate_are_refused_cleanly() {
-    let server = tls_server().await;
+    let mut server = tls_server().await;
     // plaintext HTTP on the API: an error that says why
-    let response = reqwest::Client::new()
+    let response = common::client()
         .get(format!("http://{}/logs", server.served.api))
         .send()
         .await
@@ -286,7 +350,7 @@ async fn plaintext_and_clients_without_a_certificate_are_refused_cleanly() {
 
     // TLS without a client certificate: the OTLP listeners refuse the handshake
     let anonymous = https_client(&server.server_ca.pem, None);
-    let http_port = server.served.http.rsplit(':').next().unwrap();
+    let http_port = server.served.http.rsplit(':').next().unwrap().to_owned();
     let refused = anonymous
         .post(format!("https://localhost:{http_port}/v1/logs"))
         .header("content-type", "application/x-protobuf")
@@ -294,7 +358,13 @@ async fn plaintext_and_clients_without_a_certificate_are_refused_cleanly() {
         .send()
         .await
         .unwrap_err();
-    assert!(refused.is_connect() || refused.is_request(), "{refused:?}");
+    // TLS 1.3: the server's alert that a certificate was required, not a dropped connection
+    let refusal = chain(&refused);
+    assert!(
+        refusal.contains("received fatal alert: CertificateRequired"),
+        "{refusal}"
+    );
+    assert_alive(&mut server);
     // with one, the same request reaches the receiver (and is refused for its missing key)
     let identified = https_client(&server.server_ca.pem, Some(&server.client));
     let response = identified
@@ -324,57 +394,96 @@ async fn plaintext_and_clients_without_a_certificate_are_refused_cleanly() {
         .parse()
         .unwrap();
     assert!(failures >= 3.0, "{failures}");
+    assert_alive(&mut server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_are_reloaded_when_their_files_change() {
-    let server = tls_server().await;
+    let mut server = tls_server().await;
     let old = https_client(&server.server_ca.pem, None);
     wait_for_total(&old, &server, 0).await;
+    let old_certificate = der(&std::fs::read_to_string(server.cert_file()).unwrap());
+    let new_ca = Ca::new("new server CA");
+    let both = [server.server_ca.pem.as_str(), new_ca.pem.as_str()];
+    let api = server.served.api.clone();
 
-    // a key that does not parse: the current certificate stays
+    // a key that does not parse: the reload fails (counted) and the current certificate stays
     write(
         &server.key_file(),
         "-----BEGIN PRIVATE KEY-----\nnot a key\n",
     );
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let line = server
-            .served
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("a reload failure is logged");
-        if line.contains("TLS certificate not reloaded") {
+        let failures = https_metric(&old, &api, "logbridge_tls_reload_failures_total").await;
+        if failures >= 1.0 {
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the broken key was never tried; reload failures: {failures}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        https_total(&old, &server.served.api, &server.secret).await,
-        Ok(0)
-    );
+    // new handshakes (clients of their own, no pooled connection) get the old certificate
+    for _ in 0..3 {
+        let (served, total) = served_certificate(&both, &api, &server.secret)
+            .await
+            .expect("a handshake with the current certificate");
+        assert!(served == old_certificate, "another certificate was served");
+        assert_eq!(total, 0);
+    }
 
-    // a new certificate from another CA: new connections get it within two seconds
-    let new_ca = Ca::new("new server CA");
+    // a new certificate from another CA: new handshakes get it once it is loaded
     let (cert, key) = new_ca.issue(true);
+    let new_certificate = der(&cert);
     write(&server.cert_file(), &cert);
     let written = Instant::now();
     write(&server.key_file(), &key);
-    let new = https_client(&new_ca.pem, None);
-    while https_total(&new, &server.served.api, &server.secret).await != Ok(0) {
+    loop {
+        let served = served_certificate(&both, &api, &server.secret).await;
+        match &served {
+            Ok((certificate, 0)) if *certificate == new_certificate => break,
+            Ok((certificate, 0)) if *certificate == old_certificate => {}
+            _ => panic!("neither certificate served, or not the API: {served:?}"),
+        }
         assert!(
             written.elapsed() < PATIENCE,
-            "the new certificate never served"
+            "the new certificate was never served"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let delay = written.elapsed();
-    println!("certificate reloaded {delay:?} after its files changed");
-    assert!(delay < Duration::from_secs(2), "{delay:?}");
-    // a fresh client that trusts only the old CA no longer gets in
-    let fresh_old = https_client(&server.server_ca.pem, None);
-    assert!(
-        https_total(&fresh_old, &server.served.api, &server.secret)
-            .await
-            .is_err()
+    println!(
+        "new handshakes got the new certificate {:?} after its files changed",
+        written.elapsed()
     );
+    // and keep getting it
+    let (served, _) = served_certificate(&[&new_ca.pem], &api, &server.secret)
+        .await
+        .expect("a handshake trusting the new CA only");
+    assert!(served == new_certificate);
+    // a fresh client that trusts only the old CA no longer gets in: the certificate is refused
+    let refused = served_certificate(&[&server.server_ca.pem], &api, &server.secret)
+        .await
+        .expect_err("a client of the old CA only is refused");
+    assert!(
+        refused.contains("invalid peer certificate: UnknownIssuer"),
+        "{refused}"
+    );
+    assert_alive(&mut server);
+}
+
+/// A sample of `/metrics` over HTTPS through `client`; the test fails when it is not served.
+async fn https_metric(client: &reqwest::Client, api: &str, sample: &str) -> f64 {
+    let port = api.rsplit(':').next().unwrap();
+    let text = client
+        .get(format!("https://localhost:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("/metrics has no {sample}:\n{text}"))
 }

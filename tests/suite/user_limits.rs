@@ -1,9 +1,9 @@
 //! Per-user ingest limits: over the limit an export is refused whole, with retry advice in each
-//! transport's terms. (That one user's flood does not slow another's is `tests/fairness.rs`.)
+//! transport's terms. (One user's flood beside another's is `fairness.rs`.)
 
 use crate::common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{AppOptions, activity, at_ms, metric, request_of, spawn_app_with, text, with_attr};
 use prost::Message as _;
@@ -15,32 +15,43 @@ fn records(who: &str, n: u64) -> Vec<opentelemetry_proto::tonic::logs::v1::LogRe
         .collect()
 }
 
+/// Alice's limit: one record a second, and a burst she spends at once. What comes back while
+/// the test runs (a token a second) is far less than any export she sends after the burst, so
+/// what is accepted and refused is exact however slow the machine is: only the retry advice
+/// depends on the time gone by, and the test knows an upper bound of that.
+const RATE: u64 = 1;
+const BURST: u64 = 5_000;
+
 #[tokio::test]
 async fn over_the_limit_an_export_is_refused_whole_with_retry_advice() {
     let app = spawn_app_with(AppOptions {
         settings: vec![(
             "LOGBRIDGE_LIMITS_USERS",
-            r#"{ "user-alice" = { records_per_second = 2, burst = 20 } }"#.to_owned(),
+            format!(r#"{{ "user-alice" = {{ records_per_second = {RATE}, burst = {BURST} }} }}"#),
         )],
         ..AppOptions::default()
     })
     .await;
     let alice = &app.keys.alice;
+    // no token of alice's bucket can have come back before this
+    let began = Instant::now();
     assert_eq!(
-        app.export(alice, records("a", 15))
+        app.export(alice, records("a", BURST))
             .await
             .unwrap()
             .partial_success,
         None
     );
 
-    // five left, two more a second: the next export is refused before its body is read, until
-    // there is room for one of the size alice sent last (15 records, in 5 seconds)
+    // the bucket is empty, a token a second comes back: the next export is refused before its
+    // body is read, until there is room for one of the size alice sent last (the whole burst,
+    // in BURST seconds less the time gone by)
     let status = app.export(alice, records("b", 10)).await.unwrap_err();
+    let gone_by = began.elapsed();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     assert!(
         status.message().starts_with(
-            "user \"user-alice\" is over its ingest limit of 2 records per second; retry in"
+            "user \"user-alice\" is over its ingest limit of 1 records per second; retry in"
         ),
         "{}",
         status.message()
@@ -50,9 +61,10 @@ async fn over_the_limit_an_export_is_refused_whole_with_retry_advice() {
         .expect("RetryInfo")
         .retry_delay
         .expect("a delay");
+    let full = Duration::from_secs(BURST / RATE);
     assert!(
-        delay > Duration::from_secs(4) && delay <= Duration::from_secs(5),
-        "{delay:?}"
+        delay <= full && delay >= full - gone_by,
+        "retry in {delay:?}, {gone_by:?} after the burst was spent"
     );
 
     // OTLP/HTTP: 429 and Retry-After in whole seconds
@@ -67,11 +79,16 @@ async fn over_the_limit_an_export_is_refused_whole_with_retry_advice() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 429);
-    let retry_after = response.headers()["retry-after"]
+    let retry_after: u64 = response.headers()["retry-after"]
         .to_str()
         .unwrap()
-        .to_owned();
-    assert!(["4", "5"].contains(&retry_after.as_str()), "{retry_after}");
+        .parse()
+        .expect("Retry-After in whole seconds");
+    let gone_by = began.elapsed().as_secs();
+    assert!(
+        retry_after <= BURST / RATE && retry_after + gone_by + 1 >= BURST / RATE,
+        "Retry-After: {retry_after}, {gone_by} s after the burst was spent"
+    );
 
     // a platform export with a user over the limit is refused for every user in it
     let mut mixed = vec![with_attr(
@@ -79,8 +96,9 @@ async fn over_the_limit_an_export_is_refused_whole_with_retry_advice() {
         "user.id",
         text("user-carol"),
     )];
+    // (more of alice's than could have come back while the test runs)
     mixed.extend(
-        records("alice", 15)
+        records("alice", 1_000)
             .into_iter()
             .map(|r| with_attr(r, "user.id", text("user-alice"))),
     );
@@ -95,7 +113,7 @@ async fn over_the_limit_an_export_is_refused_whole_with_retry_advice() {
         None
     );
     app.flush().await;
-    assert_eq!(app.logs(alice, "").await["total"], 15);
+    assert_eq!(app.logs(alice, "").await["total"], BURST);
     assert_eq!(app.logs(&app.keys.bob, "").await["total"], 500);
     assert_eq!(
         metric(&app.api_url, "logbridge_exports_throttled_total").await,

@@ -156,10 +156,20 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         grpc_url: String::new(),
         http_url: String::new(),
         api_url: String::new(),
-        client: reqwest::Client::new(),
+        client: client(),
     };
     app.start(&options).await;
     app
+}
+
+/// An HTTP client whose every wait (to connect, for the next bytes) fails after [`PATIENCE`]:
+/// a server that stops answering fails the test rather than hanging it.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(PATIENCE)
+        .read_timeout(PATIENCE)
+        .build()
+        .expect("an HTTP client")
 }
 
 fn init_test_logging() {
@@ -376,7 +386,11 @@ impl TestApp {
 
 /// `GET /readyz`: status and body.
 pub async fn readyz(api_url: &str) -> (u16, String) {
-    let response = reqwest::get(format!("{api_url}/readyz")).await.unwrap();
+    let response = client()
+        .get(format!("{api_url}/readyz"))
+        .send()
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }
@@ -430,7 +444,9 @@ pub async fn labeled_metric(api_url: &str, sample: &str) -> f64 {
 }
 
 async fn metrics_text(api_url: &str) -> String {
-    reqwest::get(format!("{api_url}/metrics"))
+    client()
+        .get(format!("{api_url}/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

@@ -69,11 +69,17 @@ pub fn field(line: &str, name: &str) -> Option<String> {
 }
 
 pub fn serve(config: &Path) -> Served {
+    serve_with_env(config, &[])
+}
+
+/// [`serve`] with more environment variables.
+pub fn serve_with_env(config: &Path, env: &[(&str, &str)]) -> Served {
     // the tests' HTTP clients take the process's rustls provider
     logbridge::server::install_provider();
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -128,6 +134,38 @@ impl Served {
         assert!(peak > 0, "cannot read the server's VmHWM");
         peak
     }
+
+    /// A line of the server's `/proc/PID/status` (`VmHWM`, `RssAnon`, `RssFile`, ...), in bytes.
+    pub fn status_bytes(&self, name: &str) -> u64 {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kb = status
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"));
+        kb * 1024
+    }
+
+    /// Resets the server's peak resident memory (`VmHWM`) to its current resident memory, so
+    /// that the peak read later is that of what ran since (needs root, as CI runs).
+    pub fn reset_peak_rss(&self) {
+        let pid = self.child.id();
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+            .unwrap_or_else(|e| panic!("cannot reset the peak RSS of {pid} (needs root): {e}"));
+        let (peak, now) = (self.status_bytes("VmHWM"), self.status_bytes("VmRSS"));
+        assert!(
+            peak <= now + 4 * 1024 * 1024,
+            "VmHWM {peak} not reset to VmRSS {now}"
+        );
+    }
 }
 
 /// Sends SIGTERM and waits for a clean exit; what the server printed since start-up.
@@ -175,7 +213,7 @@ pub async fn logs_request(
     secret: &Secret,
     query: &str,
 ) -> serde_json::Value {
-    reqwest::Client::new()
+    super::client()
         .request(method, format!("http://{api}/logs?{query}"))
         .bearer_auth(secret.expose())
         .send()
@@ -241,6 +279,8 @@ pub async fn stored_messages(api: &str, secret: &Secret) -> Vec<String> {
         let body = get_logs(api, secret, &query).await;
         let data = &body["data"];
         all.extend(messages(data));
+        let total = data["total"].as_u64().expect("a total") as usize;
+        assert!(all.len() <= total, "pages past the total of {total}");
         match data["next_cursor"].as_str() {
             Some(cursor) => query = format!("limit=100&cursor={cursor}"),
             None => {

@@ -67,32 +67,51 @@ pub async fn get(api_url: &str, path: &str, key: &Secret) -> http::Response<Inco
         .expect("an answer")
 }
 
-/// What reading a body gave: its bytes, and the error that ended it early, if one did.
+/// What reading a body gave: its bytes, the error that ended it early, if one did, and when the
+/// reader had taken the mark's bytes (see [`read_marking`]).
 pub struct Read {
     pub bytes: Vec<u8>,
     pub error: Option<hyper::Error>,
+    pub passed_mark: Option<Instant>,
 }
 
 /// Reads `body` to its end at about `bytes_per_second` (unlimited when `None`); every wait for a
 /// frame has the patience as deadline.
-pub async fn read(mut body: Incoming, bytes_per_second: Option<f64>) -> Read {
+pub async fn read(body: Incoming, bytes_per_second: Option<f64>) -> Read {
+    read_marking(body, bytes_per_second, usize::MAX).await
+}
+
+/// [`read`], noting when the reader had taken `mark` bytes: the server cannot have sent more
+/// than that plus what the buffers between them hold before then.
+pub async fn read_marking(mut body: Incoming, bytes_per_second: Option<f64>, mark: usize) -> Read {
     let started = Instant::now();
     let mut bytes = Vec::new();
+    let mut passed_mark = None;
     loop {
         let frame = tokio::time::timeout(PATIENCE, body.frame())
             .await
             .expect("a frame, or the end, within the patience");
         match frame {
-            None => return Read { bytes, error: None },
+            None => {
+                return Read {
+                    bytes,
+                    error: None,
+                    passed_mark,
+                };
+            }
             Some(Err(error)) => {
                 return Read {
                     bytes,
                     error: Some(error),
+                    passed_mark,
                 };
             }
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     bytes.extend_from_slice(&data);
+                }
+                if passed_mark.is_none() && bytes.len() >= mark {
+                    passed_mark = Some(Instant::now());
                 }
             }
         }
