@@ -13,16 +13,12 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
-use std::io::{BufRead as _, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use harness::{median, percentile, raw_grpc};
-use logbridge::auth::Secret;
+use harness::{BenchKeys, LARGE_USER, Server, median, percentile, raw_grpc};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -54,71 +50,6 @@ fn args() -> Args {
         }
     }
     args
-}
-
-/// The release binary with users A (limited) and B on ephemeral ports; killed when dropped.
-struct Served {
-    child: Child,
-    grpc: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &Path, a: &Secret, b: &Secret) -> Served {
-    let key = |name: &str, secret: &Secret| {
-        format!(
-            "[[keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [\"read\", \"ingest\"]\nuser_id = \"user-{name}\"\n",
-            hex::encode(secret.sha256())
-        )
-    };
-    std::fs::write(dir.join("keys.toml"), key("a", a) + &key("b", b)).unwrap();
-    let config = dir.join("logbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
-             [api]\nlisten = \"127.0.0.1:0\"\n\
-             [index]\npath = \"{}\"\n\
-             [auth]\nkeys_file = \"{}\"\n[log]\nlevel = \"warn,logbridge::server=info\"\n\
-             [limits.users.\"user-a\"]\nrecords_per_second = {A_LIMIT}\nburst = {A_LIMIT}\n",
-            dir.join("index").display(),
-            dir.join("keys.toml").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_logbridge"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn logbridge");
-    let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
-    let listening = loop {
-        let line = lines
-            .next()
-            .expect("logbridge exited before listening")
-            .unwrap();
-        if line.contains("logbridge listening") {
-            break line;
-        }
-    };
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    let grpc = listening
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("otlp_grpc="))
-        .expect("the gRPC address in the listening line")
-        .to_owned();
-    Served {
-        child,
-        grpc: format!("http://{grpc}"),
-    }
 }
 
 /// An export request of `count` tool calls whose messages start with `prefix`.
@@ -159,16 +90,15 @@ fn request(prefix: &str, count: u64) -> ExportLogsServiceRequest {
 /// `exports` exports of 20 records for B, one after another; their latencies.
 async fn measure_b(
     channel: &tonic::transport::Channel,
-    b: &Secret,
+    authorization: &str,
     round: &str,
     exports: usize,
 ) -> Vec<Duration> {
-    let authorization = format!("Bearer {}", b.expose());
     let mut latencies = Vec::with_capacity(exports);
     for e in 0..exports {
         let body = Bytes::from(request(&format!("b-{round}-{e}"), 20).encode_to_vec());
         let started = Instant::now();
-        let answer = raw_grpc::export(channel.clone(), &authorization, body)
+        let answer = raw_grpc::export(channel.clone(), authorization, body)
             .await
             .expect("B's export is accepted");
         latencies.push(started.elapsed());
@@ -192,8 +122,19 @@ struct Run {
 
 async fn run(exports: usize) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (Secret::generate(), Secret::generate());
-    let served = serve(dir.path(), &a, &b);
+    // A is the large user's key, limited; B the probe's
+    let limit = format!(
+        "[limits.users.\"{LARGE_USER}\"]\nrecords_per_second = {A_LIMIT}\nburst = {A_LIMIT}\n"
+    );
+    let served = Server::start_with(
+        env!("CARGO_BIN_EXE_logbridge"),
+        dir.path(),
+        "",
+        &BenchKeys::generate(),
+        &limit,
+    )
+    .await;
+    let b = served.probe.clone();
     let b_channel = tonic::transport::Endpoint::new(served.grpc.clone())
         .unwrap()
         .connect()
@@ -208,7 +149,7 @@ async fn run(exports: usize) -> Run {
     let flood = {
         let (stop, accepted, refused) = (stop.clone(), accepted.clone(), refused.clone());
         let grpc = served.grpc.clone();
-        let authorization = format!("Bearer {}", a.expose());
+        let authorization = served.large_reader.clone();
         // a thread of its own, so that B's client is not queued behind A's
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()

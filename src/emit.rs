@@ -27,11 +27,12 @@ const CHUNK: usize = 2000;
 /// Longest wait for the SDK to export one chunk, retries included.
 const FLUSH_PATIENCE: Duration = Duration::from_secs(60);
 
-/// How an export is retried: a server refusing with overload asks for a second (`Retry-After`);
-/// the SDK's own policy gives up after three quick retries, which a busy server can outlast.
+/// How an export is retried: a server refusing with overload asks for a second (`Retry-After`),
+/// and the SDK waits just that; its own policy gives up after three retries, which a busy server
+/// outlasts. Sixty retries wait out about a minute of overload.
 fn retry_policy() -> RetryPolicy {
     RetryPolicy::default()
-        .with_max_retries(10)
+        .with_max_retries(60)
         .with_max_delay(Duration::from_secs(5))
 }
 

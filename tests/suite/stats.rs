@@ -368,39 +368,6 @@ fn write_many_assistants(path: &Path) -> u64 {
     num_logs
 }
 
-/// A line of `/proc/PID/status`, in bytes.
-fn proc_status_bytes(pid: u32, name: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb = status
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"));
-    kb * 1024
-}
-
-/// Resets the peak resident memory (`VmHWM`) of `pid` to its current resident memory.
-fn reset_peak_rss(pid: u32) {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
-        .unwrap_or_else(|e| panic!("cannot reset the peak RSS of {pid} (needs root): {e}"));
-    let (peak, now) = (
-        proc_status_bytes(pid, "VmHWM"),
-        proc_status_bytes(pid, "VmRSS"),
-    );
-    // the reset took: the peak is the current figure again (give or take what moved since)
-    assert!(
-        peak <= now + 4 * MIB,
-        "VmHWM {peak} not reset to VmRSS {now}"
-    );
-}
-
 /// Over a million distinct assistants, more than the summary of the busiest keeps (so they are
 /// counted again, exactly), the busiest ten are exact and the server's peak memory grows by less
 /// than [`STATS_MEMORY_BOUND`] during the request; one map entry per assistant took 158 MiB here.
@@ -433,17 +400,16 @@ async fn a_million_distinct_assistants_give_the_exact_busiest_in_bounded_memory(
     let page: Json = get("logs?limit=1").await.unwrap().json().await.unwrap();
     assert_eq!(page["data"]["total"], num_logs);
 
-    let pid = served.child.id();
-    reset_peak_rss(pid);
-    let baseline = proc_status_bytes(pid, "VmHWM");
-    let resident = |name| proc_status_bytes(pid, name) as f64 / MIB as f64;
+    served.reset_peak_rss();
+    let baseline = served.status_bytes("VmHWM");
+    let resident = |name| served.status_bytes(name) as f64 / MIB as f64;
     let (anon, file) = (resident("RssAnon"), resident("RssFile"));
     let started = Instant::now();
     let response = get("logs/stats").await.unwrap();
     assert_eq!(response.status(), 200);
     let body: Json = response.json().await.unwrap();
     let took = started.elapsed();
-    let peak = proc_status_bytes(pid, "VmHWM");
+    let peak = served.status_bytes("VmHWM");
     let growth = peak.saturating_sub(baseline);
     eprintln!(
         "stats over {num_logs} logs took {took:?}; peak RSS {:.1} MiB, {:.1} MiB over the \
