@@ -13,11 +13,10 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use harness::flood::{Flood, FloodReport};
 use harness::{BenchKeys, LARGE_USER, Server, median, percentile, raw_grpc};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -143,75 +142,35 @@ async fn run(exports: usize) -> Run {
     measure_b(&b_channel, &b, "warm", 50).await;
     let mut alone = measure_b(&b_channel, &b, "alone", exports).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let flood_started = Instant::now();
-    let flood = {
-        let (stop, accepted, refused) = (stop.clone(), accepted.clone(), refused.clone());
-        let grpc = served.grpc.clone();
-        let authorization = served.large_reader.clone();
-        // a thread of its own, so that B's client is not queued behind A's
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let body = Bytes::from(request("a", 100).encode_to_vec());
-                let mut senders = Vec::new();
-                for _ in 0..2 {
-                    let channel = tonic::transport::Endpoint::new(grpc.clone())
-                        .unwrap()
-                        .connect()
-                        .await
-                        .unwrap();
-                    for _ in 0..16 {
-                        let (stop, accepted, refused) =
-                            (stop.clone(), accepted.clone(), refused.clone());
-                        let (channel, authorization, body) =
-                            (channel.clone(), authorization.clone(), body.clone());
-                        senders.push(tokio::spawn(async move {
-                            while !stop.load(Ordering::Relaxed) {
-                                match raw_grpc::export(
-                                    channel.clone(),
-                                    &authorization,
-                                    body.clone(),
-                                )
-                                .await
-                                {
-                                    Ok(_) => accepted.fetch_add(100, Ordering::Relaxed),
-                                    Err(_) => refused.fetch_add(1, Ordering::Relaxed),
-                                };
-                            }
-                        }));
-                    }
-                }
-                for sender in senders {
-                    sender.await.unwrap();
-                }
-            });
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while refused.load(Ordering::Relaxed) < 32 {
-        assert!(Instant::now() < deadline, "the flood never got 32 refusals");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let mut flooded = measure_b(&b_channel, &b, "flood", exports).await;
-    stop.store(true, Ordering::Relaxed);
-    flood.join().unwrap();
-    let seconds = flood_started.elapsed().as_secs_f64();
-    let (accepted, refused) = (
-        accepted.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed),
+    // A's excess is refused; the test checks how, this only counts
+    let flood = Flood::start(
+        served.grpc.clone(),
+        served.large_reader.clone(),
+        Bytes::from(request("a", 100).encode_to_vec()),
+        100,
+        |_| {},
     );
+    flood
+        .wait_refused(
+            32,
+            Duration::from_secs(60),
+            "the flood never got 32 refusals",
+        )
+        .await;
+    let mut flooded = measure_b(&b_channel, &b, "flood", exports).await;
+    let FloodReport {
+        accepted,
+        refused,
+        offered_per_second,
+        ..
+    } = flood.stop();
     Run {
         alone: (percentile(&mut alone, 50.0), percentile(&mut alone, 99.0)),
         flood: (
             percentile(&mut flooded, 50.0),
             percentile(&mut flooded, 99.0),
         ),
-        offered_per_second: (accepted + 100 * refused) as f64 / seconds,
+        offered_per_second,
         accepted,
         refused,
     }

@@ -13,14 +13,24 @@ use serde_json::Value as Json;
 /// another binary (a newer release, say).
 pub const NATS_SERVER_VARIABLE: &str = "NATS_SERVER_BINARY";
 
-/// A port nobody listens on now. Servers that must know each other's ports before they start
-/// (NATS routes, etcd peers) get these.
+/// A port nobody listens on now, for servers that must know each other's ports before they
+/// start (NATS routes, etcd peers) or keep them across a restart. It is taken below the range the
+/// system hands out itself (`net.ipv4.ip_local_port_range`): a port from that range, released
+/// here, could be given to any client's outgoing connection or another server's port 0 before
+/// the daemon binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let range = 10_000..ephemeral_low.max(10_001);
+    for _ in 0..1000 {
+        let port = rand::random_range(range.clone());
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {range:?} after 1000 tries")
 }
 
 /// A program the cluster runs on, killed when dropped.
@@ -65,6 +75,11 @@ impl Daemon {
         self.child = Some(child);
     }
 
+    /// How it ended, if it has.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -83,8 +98,9 @@ impl Drop for Daemon {
     }
 }
 
-/// Polls `url` until it answers 200 with a body containing `expected`.
-async fn wait_healthy(url: &str, expected: &str, what: &str) {
+/// Polls `url` until it answers 200 with a body containing `expected`; fails, with the end of
+/// its log, if `daemon` exits first.
+async fn wait_healthy(daemon: &mut Daemon, url: &str, expected: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let client = reqwest::Client::new();
     loop {
@@ -94,9 +110,18 @@ async fn wait_healthy(url: &str, expected: &str, what: &str) {
         {
             return;
         }
+        if let Some(status) = daemon.exited() {
+            let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "{what} exited ({status}) before it was healthy; its log ends:\n{}",
+                tail.join("\n")
+            );
+        }
         assert!(
             Instant::now() < deadline,
-            "{what} did not become healthy at {url}"
+            "{what} did not become healthy at {url} in 60 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -179,7 +204,7 @@ impl Nats {
                 folder.join("nats.log"),
             ));
         }
-        let nats = Self {
+        let mut nats = Self {
             servers,
             client_ports,
             monitor_ports,
@@ -190,9 +215,15 @@ impl Nats {
         nats
     }
 
-    async fn wait_healthy(&self, n: usize) {
+    async fn wait_healthy(&mut self, n: usize) {
         let url = format!("http://127.0.0.1:{}/healthz", self.monitor_ports[n]);
-        wait_healthy(&url, "ok", &format!("nats-server n{n}")).await;
+        wait_healthy(
+            &mut self.servers[n],
+            &url,
+            "ok",
+            &format!("nats-server n{n}"),
+        )
+        .await;
     }
 
     /// The servers' process ids (of those running).
@@ -274,7 +305,7 @@ impl Etcd {
         ]
         .map(str::to_owned)
         .to_vec();
-        let etcd = Self {
+        let mut etcd = Self {
             daemon: Daemon::spawn("etcd", args, dir.join("etcd.log")),
             url,
         };
@@ -282,8 +313,9 @@ impl Etcd {
         etcd
     }
 
-    async fn wait_healthy(&self) {
-        wait_healthy(&format!("{}/health", self.url), "true", "etcd").await;
+    async fn wait_healthy(&mut self) {
+        let url = format!("{}/health", self.url);
+        wait_healthy(&mut self.daemon, &url, "true", "etcd").await;
     }
 
     /// `kill -9`.

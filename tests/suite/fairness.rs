@@ -6,10 +6,8 @@
 
 use crate::common;
 
-use crate::common::harness::raw_grpc;
+use crate::common::harness::flood::{Flood, FloodReport};
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::process::{serve, stored_messages, total, wait_ready, write_config_with};
@@ -58,105 +56,45 @@ async fn one_users_flood_does_not_slow_another_users_exports() {
     wait_ready(&served.api).await;
     const EXPORTS: usize = 300;
 
-    // A floods from 2 connections with 16 exports of 100 records in flight on each, sending
-    // again as soon as an answer comes whatever it says, from a thread of its own so that B's
-    // client is not queued behind it
-    let stop = Arc::new(AtomicBool::new(false));
-    let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let flood_started = Instant::now();
-    let flood = {
-        let (stop, accepted, refused) = (stop.clone(), accepted.clone(), refused.clone());
-        let (grpc, a) = (served.grpc.clone(), a.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                // encoded once: the flood costs its client next to nothing
-                let records = (0..100)
-                    .map(|i| activity("tool_call", at_ms(i), &format!("a {i}")))
-                    .collect();
-                let body = bytes::Bytes::from(request_of(records).encode_to_vec());
-                let authorization = format!("Bearer {}", a.expose());
-                let mut senders = Vec::new();
-                for _ in 0..2 {
-                    let channel = tonic::transport::Endpoint::new(format!("http://{grpc}"))
-                        .unwrap()
-                        .connect()
-                        .await
-                        .unwrap();
-                    for _ in 0..16 {
-                        let (stop, accepted, refused) =
-                            (stop.clone(), accepted.clone(), refused.clone());
-                        let (channel, authorization, body) =
-                            (channel.clone(), authorization.clone(), body.clone());
-                        senders.push(tokio::spawn(async move {
-                            while !stop.load(Ordering::Relaxed) {
-                                let sent =
-                                    raw_grpc::export(channel.clone(), &authorization, body.clone())
-                                        .await;
-                                match sent {
-                                    Ok(_) => accepted.fetch_add(100, Ordering::Relaxed),
-                                    Err(status) => {
-                                        assert_eq!(
-                                            status.code(),
-                                            tonic::Code::ResourceExhausted,
-                                            "{status:?}"
-                                        );
-                                        assert!(
-                                            status.message().starts_with(A_REFUSED),
-                                            "{status:?}"
-                                        );
-                                        refused.fetch_add(1, Ordering::Relaxed)
-                                    }
-                                };
-                            }
-                        }));
-                    }
-                }
-                for sender in senders {
-                    sender.await.unwrap();
-                }
-            });
-        })
-    };
-    // the flood is under way before B measures
-    let deadline = Instant::now() + PATIENCE;
-    while refused.load(Ordering::Relaxed) < 32 {
-        assert!(
-            !flood.is_finished() && Instant::now() < deadline,
-            "the flood never got 32 refusals ({} so far)",
-            refused.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    // B exports while A is being refused, and A still is after B is done
-    let refused_before_b = refused.load(Ordering::Relaxed);
-    export_b(&served.grpc, &b, EXPORTS).await;
-    let deadline = Instant::now() + PATIENCE;
-    while refused.load(Ordering::Relaxed) < refused_before_b + 32 {
-        assert!(
-            !flood.is_finished() && Instant::now() < deadline,
-            "the flood stopped being refused ({} refusals before B, {} now)",
-            refused_before_b,
-            refused.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    // a panic of the flood (a refusal other than A_REFUSED) fails the test here
-    flood.join().unwrap();
-    let flood_seconds = flood_started.elapsed().as_secs_f64();
-
-    let (accepted, refused) = (
-        accepted.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed),
+    // A floods from 2 connections with 16 exports of 100 records in flight on each (encoded once:
+    // the flood costs its client next to nothing); every refusal must be A_REFUSED
+    let records = (0..100)
+        .map(|i| activity("tool_call", at_ms(i), &format!("a {i}")))
+        .collect();
+    let flood = Flood::start(
+        format!("http://{}", served.grpc),
+        format!("Bearer {}", a.expose()),
+        bytes::Bytes::from(request_of(records).encode_to_vec()),
+        100,
+        |status| {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            assert!(status.message().starts_with(A_REFUSED), "{status:?}");
+        },
     );
+    // the flood is under way before B measures
+    flood
+        .wait_refused(32, PATIENCE, "the flood never got 32 refusals")
+        .await;
+    // B exports while A is being refused, and A still is after B is done
+    let refused_before_b = flood.refused();
+    export_b(&served.grpc, &b, EXPORTS).await;
+    flood
+        .wait_refused(
+            refused_before_b + 32,
+            PATIENCE,
+            "the flood stopped being refused after B's exports",
+        )
+        .await;
+    // a panic of the flood (a refusal other than A_REFUSED) fails the test here
+    let FloodReport {
+        accepted,
+        refused,
+        seconds: flood_seconds,
+        offered_per_second,
+    } = flood.stop();
     println!(
         "A: {accepted} records accepted, {refused} exports of 100 refused in {flood_seconds:.1} s \
-         ({:.0} records a second offered)",
-        (accepted + 100 * refused) as f64 / flood_seconds
+         ({offered_per_second:.0} records a second offered)"
     );
     // A got its limit (a full bucket, then 200 a second), not more, however long the flood took
     assert!(

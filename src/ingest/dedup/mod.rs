@@ -179,8 +179,9 @@ impl Window {
     }
 
     /// Which of `keys` (one export's logs, in order) were stored already. A batch too short to
-    /// hold an anchor is recognized when it goes on, two logs at least, where a run of
-    /// duplicates of a batch before it stopped (the next batch of the same retry).
+    /// hold an anchor is recognized when it goes on where a run of duplicates of a batch before
+    /// it stopped (the next batch of the same retry): two logs at least from any of the last
+    /// places, or one log from the newest.
     pub fn duplicates(&mut self, keys: &[LogKey]) -> Vec<bool> {
         let mut seen = vec![false; keys.len()];
         if self.chunks.is_empty() {
@@ -206,7 +207,7 @@ impl Window {
             resume = (last + 1 == keys.len()).then_some((chunk, at + 1));
             i = last + 1;
         }
-        if !seen.contains(&true) && keys.len() >= 2 {
+        if !seen.contains(&true) && !keys.is_empty() {
             self.go_on(keys, &mut seen);
         }
         if let Some((chunk, next)) = resume {
@@ -246,25 +247,30 @@ impl Window {
     }
 
     /// Marks `keys` from its start as duplicates where they go on from a place a run stopped at,
-    /// the newest place first; two tags must agree (one in 2^64 by chance).
+    /// the newest place first: where two tags agree (one in 2^64 by chance), or, for a batch of
+    /// one log, where its tag agrees at the newest place (one in 2^32, as a retried log's
+    /// neighbour in an export).
     fn go_on(&mut self, keys: &[LogKey], seen: &mut [bool]) {
+        let newest_only = keys.len() == 1;
         let places: Vec<(u64, usize)> = self.resumes.iter().rev().copied().collect();
         for (chunk, next) in places {
             let Some(stored) = self.get(chunk).copied() else {
                 continue;
             };
-            if next + 1 >= stored.len as usize
-                || keys[0].tag() != self.tag(&stored, next)
-                || keys[1].tag() != self.tag(&stored, next + 1)
-            {
-                continue;
+            let agree = |k: usize| {
+                next + k < stored.len as usize && keys[k].tag() == self.tag(&stored, next + k)
+            };
+            if agree(0) && (newest_only || agree(1)) {
+                let (last, at) = self.extend(&stored, keys, 0, next);
+                seen[..=last].fill(true);
+                if last + 1 == keys.len() {
+                    self.resume_at(chunk, at + 1);
+                }
+                return;
             }
-            let (last, at) = self.extend(&stored, keys, 0, next);
-            seen[..=last].fill(true);
-            if last + 1 == keys.len() {
-                self.resume_at(chunk, at + 1);
+            if newest_only {
+                return;
             }
-            return;
         }
     }
 

@@ -264,3 +264,20 @@ fn a_retry_in_batches_too_short_for_an_anchor_goes_on_from_its_last_batch() {
     assert_eq!(store(&mut window, &new, 2), 0);
     assert_eq!(store(&mut window, &logs[602..], 100), 398);
 }
+
+#[test]
+fn a_retry_batch_of_one_log_goes_on_from_the_batch_just_before() {
+    let mut window = Window::new(Duration::from_secs(600));
+    let logs = keys(0..1000);
+    store(&mut window, &logs, 512);
+    // batches of one log and of a few, between anchors, each going on from the one before
+    let mut sent = 0;
+    for size in [100, 1, 3, 1, 1, 2, 1, 91] {
+        assert_eq!(store(&mut window, &logs[sent..sent + size], size), size);
+        sent += size;
+    }
+    // a new log of its own after a retry is new, and the retry goes on after it
+    assert_eq!(store(&mut window, &keys(1000..1001), 1), 0);
+    assert_eq!(store(&mut window, &logs[sent..sent + 1], 1), 1);
+    assert_eq!(store(&mut window, &logs[sent + 1..], 100), 1000 - sent - 1);
+}
