@@ -9,14 +9,12 @@
 //!
 //! `NATS_SERVER_BINARY=/path/to/nats-server` runs another NATS release than the one on the PATH.
 
-#[path = "harness/engines.rs"]
-mod engines;
 #[path = "harness/mod.rs"]
 mod harness;
 
 use std::time::Duration;
 
-use engines::{Etcd, Nats, nats_server, nats_version};
+use harness::engines::{Etcd, Nats, nats_server, nats_version};
 use harness::{BenchKeys, RequestEncoder, SEED, Server, Transport, ingest, median};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
@@ -231,7 +229,7 @@ struct Row {
 
 /// Polls an indexer's `/readyz` until it answers 200: its replicas caught up.
 async fn wait_ready(api: &str) {
-    let client = reqwest::Client::new();
+    let client = harness::plain_http().build().expect("an HTTP client");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !client
         .get(format!("{api}/readyz"))

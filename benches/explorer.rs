@@ -10,9 +10,6 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
-#[path = "harness/browser.rs"]
-mod browser;
-
 #[allow(dead_code)] // the benchmark needs Chromium, not Schemathesis
 #[path = "../tests/suite/common/tools.rs"]
 mod tools;
@@ -20,8 +17,8 @@ mod tools;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use browser::{js, wait_for};
 use harness::Server;
+use harness::browser::{self, js, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
 

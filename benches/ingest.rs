@@ -23,7 +23,11 @@ type Run = (IngestReport, u64, f64);
 
 /// The value of a gauge in the server's `/metrics`.
 async fn gauge(server: &Server, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", server.api))
+    let text = harness::plain_http()
+        .build()
+        .expect("an HTTP client")
+        .get(format!("{}/metrics", server.api))
+        .send()
         .await
         .expect("metrics")
         .text()

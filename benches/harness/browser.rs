@@ -1,6 +1,5 @@
 //! Headless Chromium through WebDriver (a chromedriver of its own, on a free port), for the
 //! explorer's tests and its benchmark.
-#![allow(dead_code)] // the tests and the benchmark each use their own part
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -45,7 +44,7 @@ pub async fn driver(chromedriver: &Path) -> Driver {
         url: format!("http://127.0.0.1:{port}"),
     };
     let deadline = Instant::now() + PATIENCE;
-    let client = reqwest::Client::new();
+    let client = super::plain_http().build().expect("an HTTP client");
     loop {
         let ready = client.get(format!("{}/status", driver.url)).send().await;
         if let Ok(response) = ready

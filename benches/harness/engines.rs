@@ -1,7 +1,7 @@
 //! The engines under cluster mode, as real processes on loopback with their own folders: three
-//! NATS servers (JetStream clustered) and one etcd, on ports the system picked. The cluster
-//! tests (`tests/suite/common/cluster.rs`) and the cluster benchmark run on them.
-#![allow(dead_code)] // each user takes its own part
+//! NATS servers (JetStream clustered) and one etcd, on free ports below the system's ephemeral
+//! range. The cluster tests (`tests/suite/common/cluster.rs`) and the cluster benchmark run on
+//! them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -102,7 +102,7 @@ impl Drop for Daemon {
 /// its log, if `daemon` exits first.
 async fn wait_healthy(daemon: &mut Daemon, url: &str, expected: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let client = reqwest::Client::new();
+    let client = super::plain_http().build().expect("an HTTP client");
     loop {
         if let Ok(response) = client.get(url).send().await
             && response.status() == 200
@@ -256,7 +256,16 @@ impl Nats {
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let jsz: Json = reqwest::get(&url).await.unwrap().json().await.unwrap();
+            let jsz: Json = super::plain_http()
+                .build()
+                .expect("an HTTP client")
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             let streams = jsz["account_details"]
                 .as_array()
                 .into_iter()

@@ -3,6 +3,8 @@
 //! `benches/query.rs` drive it at full size; `tests/suite/bench_smoke.rs` at a tiny one.
 #![allow(dead_code)] // each driver uses its own part
 
+pub mod browser;
+pub mod engines;
 pub mod flood;
 pub mod raw_grpc;
 pub mod rss;
@@ -30,6 +32,13 @@ pub const SMALL_USER: &str = "user-090";
 pub const SEED: u64 = 42;
 /// Records per export, as SDK batch processors send them.
 pub const BATCH: usize = 512;
+
+/// An HTTP client builder for the servers here, which speak plain HTTP on loopback: it trusts
+/// no certificate, so a client is built without reading and parsing the system's CA bundle (tens
+/// of milliseconds in a debug build, where the tests build many).
+pub fn plain_http() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_certs_only([])
+}
 
 /// A logbridge child process with its keys.
 pub struct Server {
@@ -166,7 +175,7 @@ impl Server {
             probe: bearer(&secrets[3]),
             startup: Duration::ZERO,
         };
-        let client = reqwest::Client::new();
+        let client = plain_http().build().expect("an HTTP client");
         loop {
             let ready = client
                 .get(format!("{}/readyz", server.api))
@@ -349,7 +358,7 @@ pub async fn ingest(
         .connect()
         .await
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = plain_http().build().expect("an HTTP client");
 
     let probe = tokio::spawn(probe_visibility(
         channel.clone(),
@@ -488,7 +497,7 @@ async fn probe_once(
     // a probe refused for overload measures nothing
     raw_grpc::export(channel, &key, body.into()).await.ok()?;
     let acked = Instant::now();
-    let client = reqwest::Client::new();
+    let client = plain_http().build().expect("an HTTP client");
     loop {
         let body: serde_json::Value = client
             .get(format!("{api}/logs?q=probe{n}&limit=1"))
@@ -529,7 +538,7 @@ pub async fn query(
     requests: usize,
 ) -> QueryReport {
     let url = format!("{}{path}?{query}", server.api);
-    let client = reqwest::Client::new();
+    let client = plain_http().build().expect("an HTTP client");
     let get = |client: reqwest::Client, url: String, key: String| async move {
         let response = client
             .get(&url)

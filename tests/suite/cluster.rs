@@ -12,6 +12,7 @@ use common::PATIENCE;
 use common::cluster::{
     Node, REPLICAS, SHARDS, TestCluster, USERS, differences, export_until_acknowledged, records,
 };
+use common::harness::plain_http;
 use common::process::{sigterm, wait_for_clean_exit, wait_ready};
 use logbridge::emit::{EmitOptions, emit};
 use logbridge::workload::Workload;
@@ -126,10 +127,7 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .await;
     assert_eq!(found.len(), matching, "q={word}");
     // statistics come from the same replica, with the same totals
-    let client = reqwest::Client::builder()
-        .timeout(PATIENCE)
-        .build()
-        .unwrap();
+    let client = plain_http().timeout(PATIENCE).build().unwrap();
     let stats: serde_json::Value = client
         .get(format!("http://{}/logs/stats", cluster.gateways[0].api))
         .bearer_auth(cluster.readers[2].expose())
@@ -178,7 +176,9 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .unwrap()
         .to_owned();
     // no timeout on the whole answer, which goes on: each wait below has its deadline
-    let tail = reqwest::Client::new()
+    let tail = plain_http()
+        .build()
+        .unwrap()
         .get(format!(
             "http://{}/logs/tail?cursor={sequence}",
             cluster.gateways[0].api
@@ -828,7 +828,7 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
     }
     assert_eq!(in_sevens, one_page, "tied logs in pages of 7");
     // what is not gathered yet says so
-    let response = reqwest::Client::builder()
+    let response = plain_http()
         .timeout(PATIENCE)
         .build()
         .unwrap()

@@ -87,7 +87,9 @@ async fn send(
 
 /// The value of a counter in `/metrics`; the test fails if the server does not report it.
 async fn counter(served: &Served, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", served.api))
+    let text = common::client()
+        .get(format!("http://{}/metrics", served.api))
+        .send()
         .await
         .unwrap()
         .text()

@@ -4,10 +4,7 @@
 
 use crate::common;
 
-#[path = "../../benches/harness/browser.rs"]
-mod browser;
-
-use browser::{Driver, js, wait_for};
+use common::harness::browser::{self, Driver, js, wait_for};
 use common::{
     AppOptions, PATIENCE, TestApp, activity, at_ms, spawn_app_with, text, tools, with_attr,
 };

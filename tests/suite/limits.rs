@@ -209,7 +209,7 @@ async fn a_flood_of_maximum_size_exports_stays_within_the_memory_bound() {
         clients.push(tokio::spawn(async move {
             // an export of 16 MiB may wait long on a loaded machine: the server's 60 s body
             // timeout bounds it, and this far past it the client gives up
-            let http_client = reqwest::Client::builder()
+            let http_client = common::harness::plain_http()
                 .read_timeout(Duration::from_secs(180))
                 .build()
                 .unwrap();
@@ -519,7 +519,7 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     first.write_all(b"GET /heal").await.unwrap();
     let mut second = TcpStream::connect(&served.api).await.unwrap();
     second.write_all(b"GET /heal").await.unwrap();
-    let client = reqwest::Client::builder()
+    let client = common::harness::plain_http()
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();

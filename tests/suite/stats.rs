@@ -389,7 +389,7 @@ async fn a_million_distinct_assistants_give_the_exact_busiest_in_bounded_memory(
     write_key(dir.path(), &secret);
     let served = serve(&config);
     wait_ready(&served.api).await;
-    let client = reqwest::Client::new();
+    let client = common::harness::plain_http().build().unwrap();
     let get = |path: &str| {
         client
             .get(format!("http://{}/{path}", served.api))

@@ -1,6 +1,7 @@
 //! A whole cluster on loopback, each part a real process with its own folder: three NATS
 //! servers (JetStream clustered), one etcd, gateways and indexers running the `logbridge`
-//! binary. Ports are free ones the system picked.
+//! binary. The nodes listen on ports the system picks (port 0); the engines on free ones
+//! [`super::harness::engines`] picks.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,10 +12,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde_json::Value as Json;
 
-#[path = "../../../benches/harness/engines.rs"]
-mod engines;
-
-pub use engines::{Etcd, Nats};
+pub use super::harness::engines::{Etcd, Nats};
 
 use super::process::{Served, serve};
 use super::{PATIENCE, activity, authorized, kv, messages, request_of, text};
@@ -107,7 +105,7 @@ impl TestCluster {
             ingest,
             readers,
             frozen_view: None,
-            client: reqwest::Client::builder()
+            client: super::harness::plain_http()
                 .timeout(PATIENCE)
                 .build()
                 .unwrap(),

@@ -165,7 +165,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 /// An HTTP client whose every wait (to connect, for the next bytes) fails after [`PATIENCE`]:
 /// a server that stops answering fails the test rather than hanging it.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    harness::plain_http()
         .connect_timeout(PATIENCE)
         .read_timeout(PATIENCE)
         .build()
