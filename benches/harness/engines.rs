@@ -255,17 +255,9 @@ impl Nats {
             self.monitor_ports[0]
         );
         let deadline = Instant::now() + Duration::from_secs(20);
+        let client = super::plain_http().build().expect("an HTTP client");
         loop {
-            let jsz: Json = super::plain_http()
-                .build()
-                .expect("an HTTP client")
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let jsz: Json = client.get(&url).send().await.unwrap().json().await.unwrap();
             let streams = jsz["account_details"]
                 .as_array()
                 .into_iter()
