@@ -3,8 +3,10 @@
 //! range. The cluster tests (`tests/suite/common/cluster.rs`) and the cluster benchmark run on
 //! them.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -17,16 +19,26 @@ pub const NATS_SERVER_VARIABLE: &str = "NATS_SERVER_BINARY";
 /// start (NATS routes, etcd peers) or keep them across a restart. It is taken below the range the
 /// system hands out itself (`net.ipv4.ip_local_port_range`): a port from that range, released
 /// here, could be given to any client's outgoing connection or another server's port 0 before
-/// the daemon binds it.
+/// the daemon binds it. A port is handed out once per process, so the servers of one test never
+/// get the same one.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let range = 10_000..ephemeral_low.max(10_001);
+    assert!(
+        ephemeral_low > 12_000,
+        "the ephemeral port range starts at {ephemeral_low}: no room below it for the engines' ports"
+    );
+    let range = 10_000..ephemeral_low;
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     for _ in 0..1000 {
         let port = rand::random_range(range.clone());
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
@@ -104,12 +116,7 @@ async fn wait_healthy(daemon: &mut Daemon, url: &str, expected: &str, what: &str
     let deadline = Instant::now() + Duration::from_secs(60);
     let client = super::plain_http().build().expect("an HTTP client");
     loop {
-        if let Ok(response) = client.get(url).send().await
-            && response.status() == 200
-            && response.text().await.unwrap_or_default().contains(expected)
-        {
-            return;
-        }
+        // first whether it ended: another program could be answering on its port
         if let Some(status) = daemon.exited() {
             let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -118,6 +125,12 @@ async fn wait_healthy(daemon: &mut Daemon, url: &str, expected: &str, what: &str
                 "{what} exited ({status}) before it was healthy; its log ends:\n{}",
                 tail.join("\n")
             );
+        }
+        if let Ok(response) = client.get(url).send().await
+            && response.status() == 200
+            && response.text().await.unwrap_or_default().contains(expected)
+        {
+            return;
         }
         assert!(
             Instant::now() < deadline,

@@ -98,6 +98,8 @@ pub struct Window {
     /// Where the latest runs of duplicates stopped inside a chunk (chunk, next position), newest
     /// last: the next batch of the same retry may go on from there.
     resumes: VecDeque<(u64, usize)>,
+    /// Whether the batch looked at last left the newest of `resumes`.
+    last_batch_resumed: bool,
 }
 
 /// Places a retry's run of duplicates stopped at that are kept for its next batch.
@@ -115,6 +117,7 @@ impl Window {
             stale: 0,
             fresh: Vec::new(),
             resumes: VecDeque::new(),
+            last_batch_resumed: false,
         }
     }
 
@@ -181,8 +184,9 @@ impl Window {
     /// Which of `keys` (one export's logs, in order) were stored already. A batch too short to
     /// hold an anchor is recognized when it goes on where a run of duplicates of a batch before
     /// it stopped (the next batch of the same retry): two logs at least from any of the last
-    /// places, or one log from the newest.
+    /// places, one log only from where the batch just before it stopped.
     pub fn duplicates(&mut self, keys: &[LogKey]) -> Vec<bool> {
+        let after_run = std::mem::take(&mut self.last_batch_resumed);
         let mut seen = vec![false; keys.len()];
         if self.chunks.is_empty() {
             return seen;
@@ -208,7 +212,7 @@ impl Window {
             i = last + 1;
         }
         if !seen.contains(&true) && !keys.is_empty() {
-            self.go_on(keys, &mut seen);
+            self.go_on(keys, &mut seen, after_run);
         }
         if let Some((chunk, next)) = resume {
             self.resume_at(chunk, next);
@@ -220,6 +224,7 @@ impl Window {
     /// chunk goes on there.
     fn resume_at(&mut self, chunk: u64, next: usize) {
         if self.get(chunk).is_some_and(|c| next < c.len as usize) {
+            self.last_batch_resumed = true;
             self.resumes.push_back((chunk, next));
             if self.resumes.len() > RESUMES {
                 self.resumes.pop_front();
@@ -246,29 +251,34 @@ impl Window {
         (last, at)
     }
 
-    /// Marks `keys` from its start as duplicates where they go on from a place a run stopped at,
-    /// the newest place first: where two tags agree (one in 2^64 by chance), or, for a batch of
-    /// one log, where its tag agrees at the newest place (one in 2^32, as a retried log's
-    /// neighbour in an export).
-    fn go_on(&mut self, keys: &[LogKey], seen: &mut [bool]) {
-        let newest_only = keys.len() == 1;
-        let places: Vec<(u64, usize)> = self.resumes.iter().rev().copied().collect();
+    /// Marks `keys` from its start as duplicates where they go on from a place a run stopped at:
+    /// two logs or more where their first two tags agree at one of the last places, the newest
+    /// first (one in 2^64 by chance); one log where its tag agrees at the place the batch just
+    /// before it stopped, `after_run` (one in 2^32, as a retried log's neighbour in an export).
+    fn go_on(&mut self, keys: &[LogKey], seen: &mut [bool], after_run: bool) {
+        let places: Vec<(u64, usize)> = match keys.len() {
+            1 => self
+                .resumes
+                .back()
+                .copied()
+                .filter(|_| after_run)
+                .into_iter()
+                .collect(),
+            _ => self.resumes.iter().rev().copied().collect(),
+        };
         for (chunk, next) in places {
             let Some(stored) = self.get(chunk).copied() else {
                 continue;
             };
-            let agree = |k: usize| {
+            let agrees = |k: usize| {
                 next + k < stored.len as usize && keys[k].tag() == self.tag(&stored, next + k)
             };
-            if agree(0) && (newest_only || agree(1)) {
+            if (0..keys.len().min(2)).all(agrees) {
                 let (last, at) = self.extend(&stored, keys, 0, next);
                 seen[..=last].fill(true);
                 if last + 1 == keys.len() {
                     self.resume_at(chunk, at + 1);
                 }
-                return;
-            }
-            if newest_only {
                 return;
             }
         }

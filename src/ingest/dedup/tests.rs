@@ -270,14 +270,32 @@ fn a_retry_batch_of_one_log_goes_on_from_the_batch_just_before() {
     let mut window = Window::new(Duration::from_secs(600));
     let logs = keys(0..1000);
     store(&mut window, &logs, 512);
-    // batches of one log and of a few, between anchors, each going on from the one before
-    let mut sent = 0;
-    for size in [100, 1, 3, 1, 1, 2, 1, 91] {
-        assert_eq!(store(&mut window, &logs[sent..sent + size], size), size);
-        sent += size;
+    // positions no anchor finds, nor the next, 20 apart at least: a batch of one of them is
+    // recognized only by going on from where the batch before it stopped
+    let mut lone: Vec<usize> = Vec::new();
+    for p in 100..990 {
+        let unanchored = |p: usize| window.anchor(&logs[p]).is_none();
+        if unanchored(p) && unanchored(p + 1) && lone.last().is_none_or(|&l| p >= l + 20) {
+            lone.push(p);
+        }
     }
-    // a new log of its own after a retry is new, and the retry goes on after it
+    let [a, b, c, d, e] = lone[..5] else {
+        panic!("too few positions without an anchor: {lone:?}")
+    };
+    // a retry cut into batches, among them two of one log in a row
+    assert_eq!(store(&mut window, &logs[..a], 100), a);
+    assert_eq!(store(&mut window, &logs[a..a + 1], 1), 1);
+    assert_eq!(store(&mut window, &logs[a + 1..a + 2], 1), 1);
+    assert_eq!(store(&mut window, &logs[a + 2..b], 100), b - a - 2);
+    // a new log after a retry is new, and so is a retried log alone after it (it does not go on
+    // from the batch just before it): stored again
     assert_eq!(store(&mut window, &keys(1000..1001), 1), 0);
-    assert_eq!(store(&mut window, &logs[sent..sent + 1], 1), 1);
-    assert_eq!(store(&mut window, &logs[sent + 1..], 100), 1000 - sent - 1);
+    assert_eq!(store(&mut window, &logs[b..b + 1], 1), 0);
+    // three runs stop at c, e and d, the newest last
+    for p in [c, e, d] {
+        assert_eq!(store(&mut window, &logs[p - 10..p], 10), 10);
+    }
+    // one log where an older run stopped is new; two logs where another stopped go on from it
+    assert_eq!(store(&mut window, &logs[c..c + 1], 1), 0);
+    assert_eq!(store(&mut window, &logs[e..e + 2], 2), 2);
 }
