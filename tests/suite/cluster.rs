@@ -381,18 +381,17 @@ async fn finished(
 async fn killing_the_stream_leader_mid_load_loses_and_doubles_nothing() {
     let mut cluster = TestCluster::start(2, 3).await;
     let shard = logbridge::cluster::shard_of(USERS[0], SHARDS);
-    // 16,000 records: 4,000 before the kill, 4,000 with the leader down, 8,000 after its restart
-    let (acked, load) = start_load(&cluster, 0, 40, 100);
+    let (acked, load) = start_load(&cluster, 0, 60, 100);
     wait_acked(&acked, 4000).await;
     let leader = cluster
         .nats
         .stream_leader(&format!("LOGBRIDGE_logbridge_{shard}"))
         .await;
     cluster.nats.kill(leader);
-    wait_acked(&acked, 8000).await;
+    wait_acked(&acked, 12_000).await;
     cluster.nats.restart(leader).await;
     let (acked, retries) = finished(acked, load).await;
-    assert_eq!(acked.values().map(Vec::len).sum::<usize>(), 16_000);
+    assert_eq!(acked.values().map(Vec::len).sum::<usize>(), 24_000);
     // exports in flight when the leader died were refused and sent again
     assert!(
         retries > 0,
