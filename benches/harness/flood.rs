@@ -48,6 +48,7 @@ impl Flood {
         records: u64,
         check_refusal: impl Fn(&tonic::Status) + Send + Sync + 'static,
     ) -> Flood {
+        let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let check_refusal = Arc::new(check_refusal);
@@ -105,7 +106,7 @@ impl Flood {
             accepted,
             refused,
             records,
-            started: Instant::now(),
+            started,
             thread,
         }
     }

@@ -339,6 +339,8 @@ impl Window {
 
     /// Forgets what was remembered since `mark`: those logs were not stored after all.
     pub fn rollback(&mut self, mark: Mark) {
+        // the batches looked at since were not stored: a lone log next goes on from none of them
+        self.last_batch_resumed = false;
         if self.end() <= mark.chunks {
             return;
         }
