@@ -95,8 +95,8 @@ async fn main() {
     let mut rows = Vec::new();
     for run in 0..args.runs {
         let dir = tempfile::tempdir().unwrap();
-        let nats = Nats::start(dir.path()).await;
-        let etcd = Etcd::start(dir.path()).await;
+        let nats = Nats::start(dir.path(), None).await;
+        let etcd = Etcd::start(dir.path(), None).await;
         let keys = BenchKeys::generate();
         let cluster = |role: &str, id: String| {
             let urls: Vec<String> = nats.urls().iter().map(|u| format!("\"{u}\"")).collect();

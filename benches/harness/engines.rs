@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use super::certs::TlsFiles;
+
 /// The NATS server the engines run: `nats-server` on the PATH unless this variable names
 /// another binary (a newer release, say).
 pub const NATS_SERVER_VARIABLE: &str = "NATS_SERVER_BINARY";
@@ -172,13 +174,16 @@ pub struct Nats {
     servers: Vec<Daemon>,
     pub client_ports: Vec<u16>,
     monitor_ports: Vec<u16>,
+    /// Whether clients and routes speak TLS.
+    tls: bool,
 }
 
 impl Nats {
     /// Starts the three servers in folders under `dir`, with `sync_interval: always` (an fsync
     /// before every acknowledgement) where the server has it (2.10 and later), and waits until
-    /// each is healthy.
-    pub async fn start(dir: &Path) -> Self {
+    /// each is healthy. With `tls`, clients must connect over TLS with a certificate of its CA,
+    /// and the servers' routes to each other are TLS too, verified both ways.
+    pub async fn start(dir: &Path, tls: Option<&TlsFiles>) -> Self {
         let program = nats_server();
         let sync = if sync_always_supported(&program) {
             ", sync_interval: always"
@@ -192,6 +197,14 @@ impl Nats {
             .iter()
             .map(|p| format!("\"nats://127.0.0.1:{p}\""))
             .collect();
+        let tls_block = tls.map_or(String::new(), |files| {
+            format!(
+                "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true }}",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            )
+        });
         let mut servers = Vec::new();
         for n in 0..3 {
             let folder = dir.join(format!("nats-{n}"));
@@ -200,9 +213,9 @@ impl Nats {
             std::fs::write(
                 &config,
                 format!(
-                    "server_name: n{n}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                    "server_name: n{n}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n{tls_block}\n\
                      jetstream {{ store_dir: \"{}\"{sync} }}\n\
-                     cluster {{ name: logbridge, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                     cluster {{ name: logbridge, listen: 127.0.0.1:{}, routes: [{}]\n{tls_block}\n}}\n",
                     client_ports[n],
                     monitor_ports[n],
                     folder.join("jetstream").display(),
@@ -221,6 +234,7 @@ impl Nats {
             servers,
             client_ports,
             monitor_ports,
+            tls: tls.is_some(),
         };
         for n in 0..3 {
             nats.wait_healthy(n).await;
@@ -244,10 +258,12 @@ impl Nats {
         self.servers.iter().filter_map(Daemon::pid).collect()
     }
 
+    /// The client URLs: `tls://` when clients must speak TLS.
     pub fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls { "tls" } else { "nats" };
         self.client_ports
             .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .map(|p| format!("{scheme}://127.0.0.1:{p}"))
             .collect()
     }
 
@@ -294,14 +310,20 @@ impl Nats {
 pub struct Etcd {
     daemon: Daemon,
     pub url: String,
+    /// Plain HTTP, for the health check whether clients speak TLS or not.
+    metrics_url: String,
 }
 
 impl Etcd {
-    pub async fn start(dir: &Path) -> Self {
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let args = [
+    /// Starts the member in `dir`. With `tls`, clients must connect over HTTPS with a certificate
+    /// of its CA, and its peer listener is TLS too.
+    pub async fn start(dir: &Path, tls: Option<&TlsFiles>) -> Self {
+        let (client, peer, metrics) = (free_port(), free_port(), free_port());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{client}");
+        let peer_url = format!("{scheme}://127.0.0.1:{peer}");
+        let metrics_url = format!("http://127.0.0.1:{metrics}");
+        let mut args: Vec<String> = [
             "--name",
             "e0",
             "--data-dir",
@@ -316,19 +338,40 @@ impl Etcd {
             &peer_url,
             "--initial-cluster",
             &format!("e0={peer_url}"),
+            "--listen-metrics-urls",
+            &metrics_url,
         ]
         .map(str::to_owned)
         .to_vec();
+        if let Some(files) = tls {
+            let (cert, key, ca) = (
+                files.cert.display().to_string(),
+                files.key.display().to_string(),
+                files.ca.display().to_string(),
+            );
+            for (flag, value) in [
+                ("--cert-file", &cert),
+                ("--key-file", &key),
+                ("--trusted-ca-file", &ca),
+                ("--peer-cert-file", &cert),
+                ("--peer-key-file", &key),
+                ("--peer-trusted-ca-file", &ca),
+            ] {
+                args.extend([flag.to_owned(), value.clone()]);
+            }
+            args.extend(["--client-cert-auth", "--peer-client-cert-auth"].map(str::to_owned));
+        }
         let mut etcd = Self {
             daemon: Daemon::spawn("etcd", args, dir.join("etcd.log")),
             url,
+            metrics_url,
         };
         etcd.wait_healthy().await;
         etcd
     }
 
     async fn wait_healthy(&mut self) {
-        let url = format!("{}/health", self.url);
+        let url = format!("{}/health", self.metrics_url);
         wait_healthy(&mut self.daemon, &url, "true", "etcd").await;
     }
 

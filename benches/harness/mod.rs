@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each driver uses its own part
 
 pub mod browser;
+pub mod certs;
 pub mod engines;
 pub mod flood;
 pub mod raw_grpc;

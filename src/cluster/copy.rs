@@ -17,14 +17,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use subtle::ConstantTimeEq as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::indexer::{Replicas, shard_dir};
+use super::tls::HttpClient;
 use crate::lifecycle::snapshot;
 
 /// The header of a copy that tells the last sequence number its commit holds.
@@ -168,7 +167,7 @@ impl std::io::Write for ChannelWriter {
 /// must not exist; the last sequence number the copy holds. Nothing is left at `dest` unless
 /// the whole copy arrived and unpacked.
 pub async fn fetch(
-    client: &Client<HttpConnector, Body>,
+    client: &HttpClient<Body>,
     peer: &str,
     token: &str,
     shard: u32,

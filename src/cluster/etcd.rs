@@ -8,11 +8,11 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use rustls::ClientConfig;
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use super::tls::{HttpClient, http_client};
 
 /// Longest wait for one etcd call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -21,7 +21,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Etcd {
     endpoints: Vec<String>,
-    http: Client<HttpConnector, Full<bytes::Bytes>>,
+    http: HttpClient<Full<bytes::Bytes>>,
 }
 
 /// A key and its value, as read.
@@ -48,15 +48,14 @@ struct RawKeyValue {
 }
 
 impl Etcd {
-    pub fn new(endpoints: &[String]) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CALL_TIMEOUT));
+    /// A client of `endpoints`, over HTTPS only when `tls` is set.
+    pub fn new(endpoints: &[String], tls: Option<&ClientConfig>) -> Self {
         Self {
             endpoints: endpoints
                 .iter()
                 .map(|e| e.trim_end_matches('/').to_owned())
                 .collect(),
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            http: http_client(tls),
         }
     }
 

@@ -13,9 +13,6 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -27,6 +24,7 @@ use serde_json::value::RawValue;
 use super::indexer::NOT_HERE;
 use super::membership::View;
 use super::shard::shards_of_user;
+use super::tls::HttpClient;
 use crate::api::{
     self, ApiError, Cursor, CursorKey, ERASURE_NOT_IN_CLUSTER, LogsRequest, POSITIONS_HEADER,
 };
@@ -53,23 +51,12 @@ pub struct Gateway {
     pub shards: u32,
     pub replicas: usize,
     pub metrics: Arc<Metrics>,
-    pub client: Client<HttpConnector, Body>,
+    /// Reaches the indexers: over HTTPS only when the cluster's listeners serve TLS.
+    pub client: HttpClient<Body>,
     /// The cluster's cursor key, once read from etcd: gathered pages make cursors.
     pub cursor_key: Arc<ArcSwapOption<CursorKey>>,
     /// Cancelled when the node begins to shut down: tails passed on end then.
     pub shutdown: CancellationToken,
-}
-
-impl Gateway {
-    /// No timeout on an answer's body: a proxied tail or export lasts as long as its client
-    /// reads. A client that stops reading stops this one, and the indexer's listener and the
-    /// stream's own stall timeout end what stalls.
-    pub fn client() -> Client<HttpConnector, Body> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
-        connector.set_nodelay(true);
-        Client::builder(TokioExecutor::new()).build(connector)
-    }
 }
 
 /// The REST routes of a gateway.

@@ -17,14 +17,19 @@ pub(crate) mod indexer;
 pub(crate) mod membership;
 mod shard;
 pub(crate) mod stream;
+pub mod tls;
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use rustls::ClientConfig;
 
 pub use shard::{MAX_SHARDS, Spread, owners, shard_of};
 pub use stream::Publisher;
 
 use etcd::Etcd;
 use membership::Keys;
+use tls::ClientTlsFiles;
 
 /// Cluster mode: roles, the engines it runs on, and how logs are spread (`docs/SCALING.md`).
 #[derive(Debug, Clone)]
@@ -37,10 +42,17 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// Prefix of the etcd keys; several clusters may share one etcd.
     pub name: String,
-    /// NATS servers, `nats://host:port`.
+    /// NATS servers, `nats://host:port` (`tls://host:port` with [`ClusterConfig::nats_tls`]).
     pub nats_urls: Vec<String>,
-    /// etcd endpoints, `http://host:port`.
+    /// TLS to NATS: every server is reached over it when set.
+    pub nats_tls: Option<ClientTlsFiles>,
+    /// etcd endpoints, `http://host:port` (`https://` with [`ClusterConfig::etcd_tls`]).
     pub etcd_endpoints: Vec<String>,
+    /// TLS to etcd: every endpoint is reached over it when set.
+    pub etcd_tls: Option<ClientTlsFiles>,
+    /// The CA indexers' certificates chain to, when the listeners serve TLS (`[tls]`): gateways
+    /// reach indexers, and indexers each other, over HTTPS only, verified against it.
+    pub peer_ca_file: Option<PathBuf>,
     /// Shards, fixed for the life of the cluster.
     pub shards: u32,
     /// Replicas of each shard's stream.
@@ -51,9 +63,30 @@ pub struct ClusterConfig {
     pub publish_timeout: Duration,
     /// How long the stream remembers a message id, dropping a retry of it.
     pub dedup_window: Duration,
-    /// The URL gateways reach this indexer's API at; by default `http://` and the bound API
-    /// address.
+    /// The URL gateways reach this indexer's API at; by default `http://` (`https://` with TLS)
+    /// and the bound API address.
     pub advertise_url: Option<String>,
+}
+
+impl ClusterConfig {
+    /// The TLS configuration of the hops to indexers, when they are encrypted.
+    pub fn peer_tls(&self) -> anyhow::Result<Option<ClientConfig>> {
+        self.peer_ca_file
+            .as_ref()
+            .map(|ca_file| {
+                tls::client_config(&ClientTlsFiles {
+                    ca_file: ca_file.clone(),
+                    identity: None,
+                })
+            })
+            .transpose()
+    }
+
+    /// An etcd client of the cluster's endpoints, over TLS when configured.
+    pub fn etcd(&self) -> anyhow::Result<Etcd> {
+        let tls = self.etcd_tls.as_ref().map(tls::client_config).transpose()?;
+        Ok(Etcd::new(&self.etcd_endpoints, tls.as_ref()))
+    }
 }
 
 /// How far ahead a spread's cut-over must be: every gateway reads etcd within a second, and one
@@ -80,7 +113,7 @@ pub async fn spread(
         "--from must be at least {} s ahead, so that every gateway knows the cut-over before it comes",
         SPREAD_NOTICE.as_secs()
     );
-    let etcd = Etcd::new(&cluster.etcd_endpoints);
+    let etcd = cluster.etcd()?;
     let key = Keys::new(&cluster.name).spreads(user_id);
     let (_, listed) = etcd.list(&key).await?;
     let mut spreads: Vec<Spread> = match listed.iter().find(|kv| kv.key == key) {

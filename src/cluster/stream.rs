@@ -81,11 +81,18 @@ fn message_id(payload: &[u8]) -> String {
     hex::encode(Sha256::digest(payload))
 }
 
-/// Connects to NATS; the client reconnects by itself after a server goes away.
+/// Connects to NATS, over TLS only when configured; the client reconnects by itself after a
+/// server goes away.
 pub async fn connect(config: &ClusterConfig) -> anyhow::Result<jetstream::Context> {
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(format!("logbridge {}", config.node_id))
-        .retry_on_initial_connect()
+        .retry_on_initial_connect();
+    if let Some(files) = &config.nats_tls {
+        options = options
+            .require_tls(true)
+            .tls_client_config(super::tls::client_config(files)?);
+    }
+    let client = options
         .connect(config.nats_urls.as_slice())
         .await
         .with_context(|| {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::cluster::tls::ClientTlsFiles;
 use crate::lifecycle::Rate;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -51,14 +52,113 @@ fn cluster_settings_are_validated_and_named() {
         refusal(&[node[0], node[1], ("LOGBRIDGE_CLUSTER_SHARDS", "5000")]),
         "invalid setting cluster.shards: must be between 1 and 4096"
     );
+}
+
+#[test]
+fn cluster_tls_covers_every_hop_or_is_refused() {
+    let cluster = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs));
+    let refusal = |pairs: &[(&str, &str)]| cluster(pairs).unwrap_err().to_string();
+    let listeners = [
+        ("LOGBRIDGE_CLUSTER_ROLE", "gateway,indexer"),
+        ("LOGBRIDGE_CLUSTER_NODE_ID", "node-1"),
+        ("LOGBRIDGE_TLS_CERT_FILE", "node.pem"),
+        ("LOGBRIDGE_TLS_KEY_FILE", "node.key"),
+    ];
+    let hops = [
+        (
+            "LOGBRIDGE_CLUSTER_NATS_URLS",
+            r#"["tls://a:4222", "tls://b:4222"]"#,
+        ),
+        ("LOGBRIDGE_CLUSTER_NATS_CA_FILE", "nats-ca.pem"),
+        ("LOGBRIDGE_CLUSTER_NATS_CERT_FILE", "nats-client.pem"),
+        ("LOGBRIDGE_CLUSTER_NATS_KEY_FILE", "nats-client.key"),
+        ("LOGBRIDGE_CLUSTER_ETCD_ENDPOINTS", r#"["https://e:2379"]"#),
+        ("LOGBRIDGE_CLUSTER_ETCD_CA_FILE", "etcd-ca.pem"),
+        ("LOGBRIDGE_CLUSTER_PEER_CA_FILE", "peer-ca.pem"),
+    ];
+    let all: Vec<_> = listeners.iter().chain(&hops).copied().collect();
+    let config = cluster(&all).unwrap().cluster.unwrap();
     assert_eq!(
-        refusal(&[
-            node[0],
-            node[1],
-            ("LOGBRIDGE_TLS_CERT_FILE", "cert.pem"),
-            ("LOGBRIDGE_TLS_KEY_FILE", "key.pem"),
-        ]),
-        "invalid setting tls: is not supported in cluster mode yet: terminate TLS in front of the gateways"
+        config.nats_tls,
+        Some(ClientTlsFiles {
+            ca_file: "nats-ca.pem".into(),
+            identity: Some(("nats-client.pem".into(), "nats-client.key".into())),
+        })
+    );
+    assert_eq!(
+        config.etcd_tls,
+        Some(ClientTlsFiles {
+            ca_file: "etcd-ca.pem".into(),
+            identity: None,
+        })
+    );
+    assert_eq!(config.peer_ca_file, Some("peer-ca.pem".into()));
+    // a hop left in plaintext (its CA and TLS URLs dropped) is refused with [tls]
+    for (hop, setting) in [
+        ("NATS", "nats_ca_file"),
+        ("ETCD", "etcd_ca_file"),
+        ("PEER", "peer_ca_file"),
+    ] {
+        let prefix = format!("LOGBRIDGE_CLUSTER_{hop}_");
+        let without: Vec<_> = all
+            .iter()
+            .filter(|(k, _)| !k.starts_with(&prefix))
+            .copied()
+            .collect();
+        assert_eq!(
+            refusal(&without),
+            format!(
+                "invalid setting cluster.{setting}: must be set when [tls] is: cluster mode then encrypts every hop"
+            )
+        );
+    }
+    let with = |pair: (&'static str, &'static str)| {
+        let mut pairs: Vec<_> = all.iter().filter(|(k, _)| *k != pair.0).copied().collect();
+        pairs.push(pair);
+        refusal(&pairs)
+    };
+    assert_eq!(
+        with((
+            "LOGBRIDGE_CLUSTER_NATS_URLS",
+            r#"["tls://a:4222", "nats://b:4222"]"#
+        )),
+        "invalid setting cluster.nats_urls: nats://b:4222 is not tls://: with cluster.nats_ca_file set every one is reached over TLS"
+    );
+    assert_eq!(
+        with(("LOGBRIDGE_CLUSTER_ETCD_ENDPOINTS", r#"["http://e:2379"]"#)),
+        "invalid setting cluster.etcd_endpoints: http://e:2379 is not https://: with cluster.etcd_ca_file set every one is reached over TLS"
+    );
+    assert_eq!(
+        with(("LOGBRIDGE_CLUSTER_ADVERTISE_URL", "http://10.0.0.7:8080")),
+        "invalid setting cluster.advertise_url: must start with https://, as the API listener serves it"
+    );
+    assert_eq!(
+        with(("LOGBRIDGE_CLUSTER_NATS_KEY_FILE", "")),
+        "invalid setting cluster.nats_key_file: must be set when cluster.nats_cert_file is"
+    );
+    // without [tls]: a TLS URL needs its CA, and indexers serve plain HTTP
+    let plain = [listeners[0], listeners[1]];
+    let without_listeners =
+        |extra: (&'static str, &'static str)| refusal(&[plain[0], plain[1], extra]);
+    assert_eq!(
+        without_listeners(("LOGBRIDGE_CLUSTER_ETCD_ENDPOINTS", r#"["https://e:2379"]"#)),
+        "invalid setting cluster.etcd_ca_file: must be set to reach https://e:2379 over TLS"
+    );
+    assert_eq!(
+        without_listeners(("LOGBRIDGE_CLUSTER_PEER_CA_FILE", "peer-ca.pem")),
+        "invalid setting cluster.peer_ca_file: needs [tls]: indexers serve HTTPS only with tls.cert_file and tls.key_file"
+    );
+    let nats_only = cluster(&[plain[0], plain[1], hops[0], hops[1]])
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(
+        (
+            nats_only.nats_tls.is_some(),
+            nats_only.etcd_tls,
+            nats_only.peer_ca_file
+        ),
+        (true, None, None)
     );
 }
 

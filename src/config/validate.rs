@@ -9,6 +9,7 @@ use super::{
     ServerConfig, TlsFiles,
 };
 use crate::api::ApiConfig;
+use crate::cluster::tls::ClientTlsFiles;
 use crate::cluster::{ClusterConfig, MAX_SHARDS};
 use crate::lifecycle::{LimitsConfig, MAX_DAYS, Rate, Retention};
 
@@ -25,8 +26,61 @@ const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 /// export of real records holds at its peak (see `otlp::ADMISSION_PER_BYTE`).
 const MIN_INFLIGHT_PER_MESSAGE_BYTE: u64 = 2 * crate::otlp::ADMISSION_PER_BYTE as u64;
 
+/// The settings of one of the cluster's TLS client hops: the CA, the client certificate and the
+/// key, and the servers' setting with the URL scheme TLS takes.
+struct ClientHop {
+    ca_file: (&'static str, String),
+    cert_file: (&'static str, String),
+    key_file: (&'static str, String),
+    urls: (&'static str, &'static str),
+}
+
+impl ClientHop {
+    /// The hop's TLS files: set when its CA is. Then every URL in `urls` must be of the TLS
+    /// scheme (no plaintext fallback); a TLS URL without a CA, or half an identity, is refused.
+    fn validate(self, urls: &[String]) -> Result<Option<ClientTlsFiles>, ConfigError> {
+        let invalid =
+            |setting: &'static str, message: String| ConfigError::Invalid { setting, message };
+        let path = |(_, p): &(&'static str, String)| (!p.is_empty()).then(|| PathBuf::from(p));
+        let (urls_setting, scheme) = self.urls;
+        let identity = match (path(&self.cert_file), path(&self.key_file)) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                let message = format!("must be set when {} is", self.cert_file.0);
+                return Err(invalid(self.key_file.0, message));
+            }
+            (None, Some(_)) => {
+                let message = format!("must be set when {} is", self.key_file.0);
+                return Err(invalid(self.cert_file.0, message));
+            }
+        };
+        let Some(ca_file) = path(&self.ca_file) else {
+            if identity.is_some() {
+                let message = format!("must be set when {} is", self.cert_file.0);
+                return Err(invalid(self.ca_file.0, message));
+            }
+            if let Some(url) = urls.iter().find(|u| u.starts_with(scheme)) {
+                let message = format!("must be set to reach {url} over TLS");
+                return Err(invalid(self.ca_file.0, message));
+            }
+            return Ok(None);
+        };
+        if let Some(url) = urls.iter().find(|u| !u.starts_with(scheme)) {
+            let message = format!(
+                "{url} is not {scheme}: with {} set every one is reached over TLS",
+                self.ca_file.0
+            );
+            return Err(invalid(urls_setting, message));
+        }
+        Ok(Some(ClientTlsFiles { ca_file, identity }))
+    }
+}
+
 impl RawCluster {
-    fn validate(self) -> Result<Option<ClusterConfig>, ConfigError> {
+    /// Cluster mode's settings, when a role is set; `tls` says whether the listeners serve TLS,
+    /// which then every hop of the cluster must too.
+    fn validate(self, tls: bool) -> Result<Option<ClusterConfig>, ConfigError> {
         if self.role.is_empty() {
             return Ok(None);
         }
@@ -77,6 +131,47 @@ impl RawCluster {
                 "must list at least one endpoint".to_owned(),
             ));
         }
+        let nats_tls = ClientHop {
+            ca_file: ("cluster.nats_ca_file", self.nats_ca_file),
+            cert_file: ("cluster.nats_cert_file", self.nats_cert_file),
+            key_file: ("cluster.nats_key_file", self.nats_key_file),
+            urls: ("cluster.nats_urls", "tls://"),
+        }
+        .validate(&self.nats_urls)?;
+        let etcd_tls = ClientHop {
+            ca_file: ("cluster.etcd_ca_file", self.etcd_ca_file),
+            cert_file: ("cluster.etcd_cert_file", self.etcd_cert_file),
+            key_file: ("cluster.etcd_key_file", self.etcd_key_file),
+            urls: ("cluster.etcd_endpoints", "https://"),
+        }
+        .validate(&self.etcd_endpoints)?;
+        let peer_ca_file =
+            (!self.peer_ca_file.is_empty()).then(|| PathBuf::from(&self.peer_ca_file));
+        if tls {
+            let every_hop = "must be set when [tls] is: cluster mode then encrypts every hop";
+            for (setting, set) in [
+                ("cluster.nats_ca_file", nats_tls.is_some()),
+                ("cluster.etcd_ca_file", etcd_tls.is_some()),
+                ("cluster.peer_ca_file", peer_ca_file.is_some()),
+            ] {
+                if !set {
+                    return Err(invalid(setting, every_hop.to_owned()));
+                }
+            }
+        } else if peer_ca_file.is_some() {
+            return Err(invalid(
+                "cluster.peer_ca_file",
+                "needs [tls]: indexers serve HTTPS only with tls.cert_file and tls.key_file"
+                    .to_owned(),
+            ));
+        }
+        let scheme = if tls { "https://" } else { "http://" };
+        if !self.advertise_url.is_empty() && !self.advertise_url.starts_with(scheme) {
+            return Err(invalid(
+                "cluster.advertise_url",
+                format!("must start with {scheme}, as the API listener serves it"),
+            ));
+        }
         let count = |setting: &'static str, value: u64, max: u64| match value {
             v if (1..=max).contains(&v) => Ok(v),
             _ => Err(invalid(setting, format!("must be between 1 and {max}"))),
@@ -90,7 +185,10 @@ impl RawCluster {
             node_id: self.node_id,
             name: self.name,
             nats_urls: self.nats_urls,
+            nats_tls,
             etcd_endpoints: self.etcd_endpoints,
+            etcd_tls,
+            peer_ca_file,
             shards: count("cluster.shards", self.shards, u64::from(MAX_SHARDS))? as u32,
             stream_replicas: count("cluster.stream_replicas", self.stream_replicas, 5)? as usize,
             indexer_replicas: count("cluster.indexer_replicas", self.indexer_replicas, 16)?
@@ -301,15 +399,7 @@ impl RawConfig {
                 ));
             }
         };
-        let cluster = self.cluster.validate()?;
-        if cluster.is_some() && tls.is_some() {
-            return Err(ConfigError::Invalid {
-                setting: "tls",
-                message:
-                    "is not supported in cluster mode yet: terminate TLS in front of the gateways"
-                        .to_owned(),
-            });
-        }
+        let cluster = self.cluster.validate(tls.is_some())?;
         let mapping = self
             .mapping
             .validate()

@@ -8,13 +8,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Addresses, Listeners, otlp_routers, serve_plain, watched_keys};
+use super::listener::Protocol;
+use super::{Addresses, Listeners, listener_certificates, otlp_routers, serve, watched_keys};
 use crate::api;
-use crate::cluster::etcd::Etcd;
 use crate::cluster::gateway::{self, Gateway};
 use crate::cluster::indexer::{self, IndexerContext, Replicas};
 use crate::cluster::membership::{self, Keys, Membership, NodeInfo};
-use crate::cluster::{ClusterConfig, Publisher, copy, stream};
+use crate::cluster::{ClusterConfig, Publisher, copy, stream, tls};
 use crate::config::Config;
 use crate::explorer;
 use crate::ingest::Health;
@@ -45,18 +45,32 @@ pub async fn start(
     let leave = CancellationToken::new();
     let hangups = hangups(shutdown.clone())?;
     let metrics = Arc::new(Metrics::new());
-    let (keys, keys_watcher) = watched_keys(config, &metrics, hangups, shutdown.clone())?;
+    let (keys, keys_watcher) = watched_keys(config, &metrics, hangups.clone(), shutdown.clone())?;
     let mut tasks = vec![keys_watcher];
+    let certificates = match listener_certificates(config, &metrics, hangups, shutdown.clone())? {
+        None => None,
+        Some((certificates, watcher)) => {
+            tasks.push(watcher);
+            Some(certificates)
+        }
+    };
+    // the hops to indexers: HTTPS only when the listeners serve TLS
+    let peer_tls = cluster.peer_tls()?;
 
     let jetstream = stream::connect(cluster).await?;
     stream::ensure_streams(&jetstream, cluster).await?;
-    let etcd = Etcd::new(&cluster.etcd_endpoints);
+    let etcd = cluster.etcd()?;
     let etcd_keys = Keys::new(&cluster.name);
     membership::check_shards(&etcd, &etcd_keys, cluster.shards).await?;
+    let scheme = if certificates.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let advertise = cluster
         .advertise_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", advertised_addr(addresses.api)));
+        .unwrap_or_else(|| format!("{scheme}://{}", advertised_addr(addresses.api)));
     let membership = Arc::new(Membership::join(
         etcd.clone(),
         etcd_keys.clone(),
@@ -109,7 +123,7 @@ pub async fn start(
             cluster_name: cluster.name.clone(),
             retention: config.retention.policy.clone(),
             sweep_interval: config.retention.sweep_interval,
-            client: Gateway::client(),
+            client: tls::http_client(peer_tls.as_ref()),
             peer_token: peer_token.clone(),
         };
         api_router = api_router
@@ -137,17 +151,21 @@ pub async fn start(
             membership.view(),
         ));
         let otlp = otlp_routers(config, &keys, sink, &metrics);
-        tasks.push(serve_plain(
+        tasks.push(serve(
             listeners.grpc,
             otlp.grpc,
-            true,
+            Protocol::Http2,
+            certificates.as_ref().map(|c| &c.grpc),
+            &metrics,
             config,
             shutdown.clone(),
         ));
-        tasks.push(serve_plain(
+        tasks.push(serve(
             listeners.http,
             otlp.http,
-            false,
+            Protocol::Http1,
+            certificates.as_ref().map(|c| &c.http),
+            &metrics,
             config,
             shutdown.clone(),
         ));
@@ -171,7 +189,7 @@ pub async fn start(
             shards: cluster.shards,
             replicas: cluster.indexer_replicas,
             metrics: metrics.clone(),
-            client: Gateway::client(),
+            client: tls::http_client(peer_tls.as_ref()),
         };
         api_router = api_router
             .merge(gateway::router(gateway))
@@ -188,10 +206,12 @@ pub async fn start(
                 }),
             );
     }
-    tasks.push(serve_plain(
+    tasks.push(serve(
         listeners.api,
         api_router,
-        false,
+        Protocol::Http1,
+        certificates.as_ref().map(|c| &c.api),
+        &metrics,
         config,
         shutdown.clone(),
     ));
@@ -203,6 +223,7 @@ pub async fn start(
         otlp_http = %addresses.http,
         api = %addresses.api,
         advertise = %advertise,
+        tls = certificates.is_some(),
         "logbridge listening"
     );
     Ok(ClusterNode {

@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiParts, ApiState, CursorKey};
 use crate::auth::KeyStore;
 use crate::config::Config;
-use crate::config::TlsFiles;
 use crate::explorer;
 use crate::faults::Faults;
 use crate::ingest::{
@@ -152,29 +151,23 @@ pub async fn start_with_faults(
         .with_store(store)
     };
     let mut watchers = vec![keys_watcher];
-    let certificates = match &config.tls {
+    let certificates = match listener_certificates(config, &metrics, hangups, shutdown.clone())? {
         None => None,
-        Some(files) => {
-            let (certificates, watcher) =
-                watch_certificates(files, &metrics, hangups.clone(), shutdown.clone())?;
+        Some((certificates, watcher)) => {
             watchers.push(watcher);
             Some(certificates)
         }
     };
-    let handshake_failures = metrics.tls_handshake_failures.clone();
     let serve = |listener, router, protocol, acceptor: Option<&tls::Acceptor>| {
-        let tls = acceptor.map(|acceptor| Tls {
-            acceptor: acceptor.clone(),
-            handshake_failures: handshake_failures.clone(),
-        });
-        tokio::spawn(listener::serve(
+        serve(
             listener,
             router,
             protocol,
-            tls,
-            config.server.clone(),
+            acceptor,
+            &metrics,
+            config,
             shutdown.clone(),
-        ))
+        )
     };
     let servers = vec![
         serve(
@@ -270,38 +263,42 @@ fn watched_keys(
     Ok((keys, watcher))
 }
 
-/// Serves `router` on `listener` without TLS (cluster mode), HTTP/2 for gRPC and HTTP/1.1
-/// otherwise, with the listener limits of `config`, until `shutdown` and its drain.
-fn serve_plain(
+/// Serves `router` on `listener` in `protocol`, over TLS with `acceptor` when set, with the
+/// listener limits of `config`, until `shutdown` and its drain.
+fn serve(
     listener: TcpListener,
     router: axum::Router,
-    grpc: bool,
+    protocol: Protocol,
+    acceptor: Option<&tls::Acceptor>,
+    metrics: &Metrics,
     config: &Config,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    let protocol = if grpc {
-        Protocol::Http2
-    } else {
-        Protocol::Http1
-    };
+    let tls = acceptor.map(|acceptor| Tls {
+        acceptor: acceptor.clone(),
+        handshake_failures: metrics.tls_handshake_failures.clone(),
+    });
     tokio::spawn(listener::serve(
         listener,
         router,
         protocol,
-        None,
+        tls,
         config.server.clone(),
         shutdown,
     ))
 }
 
-/// The listeners' TLS configurations from `files`, and the task that rebuilds them when the
-/// files change (or on `SIGHUP`); files that no longer make a configuration keep the last one.
-fn watch_certificates(
-    files: &TlsFiles,
+/// The listeners' TLS configurations when `[tls]` is set, and the task that rebuilds them when
+/// its files change (or on `SIGHUP`); files that no longer make a configuration keep the last one.
+fn listener_certificates(
+    config: &Config,
     metrics: &Arc<Metrics>,
     hangups: watch::Receiver<u64>,
     stop: CancellationToken,
-) -> anyhow::Result<(Certificates, JoinHandle<()>)> {
+) -> anyhow::Result<Option<(Certificates, JoinHandle<()>)>> {
+    let Some(files) = &config.tls else {
+        return Ok(None);
+    };
     let paths = files.paths();
     let contents = read_all(&paths).context("cannot read the TLS files")?;
     let certificates = Certificates::new(files, &contents)?;
@@ -322,7 +319,7 @@ fn watch_certificates(
             }
         }
     });
-    Ok((certificates, watcher))
+    Ok(Some((certificates, watcher)))
 }
 
 impl RunningServer {

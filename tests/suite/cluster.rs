@@ -12,7 +12,6 @@ use common::PATIENCE;
 use common::cluster::{
     Node, REPLICAS, SHARDS, TestCluster, USERS, differences, export_until_acknowledged, records,
 };
-use common::harness::plain_http;
 use common::process::{sigterm, wait_for_clean_exit, wait_ready};
 use logbridge::emit::{EmitOptions, emit};
 use logbridge::workload::Workload;
@@ -75,7 +74,9 @@ async fn within<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
-    let mut cluster = TestCluster::start(2, 3).await;
+    // the exporters of `emit` speak plaintext, and so does this cluster; the other tests run
+    // theirs with TLS on every hop
+    let mut cluster = TestCluster::start_plaintext(2, 3).await;
     let options = |gateway: &common::cluster::Node, protocol, user: usize, seed| EmitOptions {
         protocol,
         endpoint: Some(match protocol {
@@ -127,9 +128,12 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .await;
     assert_eq!(found.len(), matching, "q={word}");
     // statistics come from the same replica, with the same totals
-    let client = plain_http().timeout(PATIENCE).build().unwrap();
+    let client = cluster.http_client().timeout(PATIENCE).build().unwrap();
     let stats: serde_json::Value = client
-        .get(format!("http://{}/logs/stats", cluster.gateways[0].api))
+        .get(format!(
+            "{}/logs/stats",
+            cluster.api_url(&cluster.gateways[0])
+        ))
         .bearer_auth(cluster.readers[2].expose())
         .send()
         .await
@@ -141,8 +145,8 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
     // an export streams through the gateway whole
     let export = client
         .get(format!(
-            "http://{}/logs/export?format=ndjson",
-            cluster.gateways[1].api
+            "{}/logs/export?format=ndjson",
+            cluster.api_url(&cluster.gateways[1])
         ))
         .bearer_auth(cluster.readers[3].expose())
         .send()
@@ -166,7 +170,10 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
     assert_eq!(exported.len(), 1500);
     // a tail through the gateway follows on from a page read through it
     let page = client
-        .get(format!("http://{}/logs?limit=1", cluster.gateways[0].api))
+        .get(format!(
+            "{}/logs?limit=1",
+            cluster.api_url(&cluster.gateways[0])
+        ))
         .bearer_auth(cluster.readers[2].expose())
         .send()
         .await
@@ -176,12 +183,13 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
         .unwrap()
         .to_owned();
     // no timeout on the whole answer, which goes on: each wait below has its deadline
-    let tail = plain_http()
+    let tail = cluster
+        .http_client()
         .build()
         .unwrap()
         .get(format!(
-            "http://{}/logs/tail?cursor={sequence}",
-            cluster.gateways[0].api
+            "{}/logs/tail?cursor={sequence}",
+            cluster.api_url(&cluster.gateways[0])
         ))
         .bearer_auth(cluster.readers[2].expose())
         .send();
@@ -241,7 +249,7 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
     wait_ready(&cluster.gateways[0].api).await;
     // the explorer and the OpenAPI document come from the gateway itself
     let page = client
-        .get(format!("http://{}/", cluster.gateways[1].api))
+        .get(format!("{}/", cluster.api_url(&cluster.gateways[1])))
         .send()
         .await
         .unwrap();
@@ -253,7 +261,10 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
             .starts_with("text/html")
     );
     let openapi: serde_json::Value = client
-        .get(format!("http://{}/openapi.json", cluster.gateways[1].api))
+        .get(format!(
+            "{}/openapi.json",
+            cluster.api_url(&cluster.gateways[1])
+        ))
         .send()
         .await
         .unwrap()
@@ -271,8 +282,8 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
     for indexer in &cluster.indexers {
         let response = client
             .get(format!(
-                "http://{}/shards/{shard_of_1}/logs?limit=100",
-                indexer.api
+                "{}/shards/{shard_of_1}/logs?limit=100",
+                cluster.api_url(indexer)
             ))
             .bearer_auth(cluster.readers[0].expose())
             .send()
@@ -625,8 +636,8 @@ async fn a_fourth_indexer_takes_shards_while_a_cursor_walk_spans_the_move() {
     let copies = within(
         PATIENCE,
         "indexer-3's /metrics",
-        common::metric(
-            &format!("http://{}", cluster.indexers[3].api),
+        cluster.metric(
+            &cluster.indexers[3],
             "logbridge_cluster_replica_copies_total",
         ),
     )
@@ -686,13 +697,12 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
     );
     // every gateway knows the spread before logs past the cut-over arrive
     for gateway in &cluster.gateways {
-        let url = format!("http://{}", gateway.api);
         let deadline = Instant::now() + PATIENCE;
         let spread_users = || {
             within(
                 PATIENCE,
                 "a gateway's /metrics",
-                common::metric(&url, "logbridge_cluster_spread_users"),
+                cluster.metric(gateway, "logbridge_cluster_spread_users"),
             )
         };
         while spread_users().await != 1.0 {
@@ -830,11 +840,15 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
     }
     assert_eq!(in_sevens, one_page, "tied logs in pages of 7");
     // what is not gathered yet says so
-    let response = plain_http()
+    let response = cluster
+        .http_client()
         .timeout(PATIENCE)
         .build()
         .unwrap()
-        .get(format!("http://{}/logs/stats", cluster.gateways[0].api))
+        .get(format!(
+            "{}/logs/stats",
+            cluster.api_url(&cluster.gateways[0])
+        ))
         .bearer_auth(cluster.readers[0].expose())
         .send()
         .await

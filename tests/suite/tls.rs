@@ -8,64 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::PATIENCE;
+use common::harness::certs::Ca;
 use common::process::{Served, serve, write_config_with, write_key};
 use logbridge::auth::Secret;
 use logbridge::emit::{EmitOptions, send};
 use opentelemetry_otlp::{
     LogExporter, Protocol, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-
-/// A certificate authority of the tests.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate and its key, PEM: for `localhost` and 127.0.0.1 (a server), or a client.
-    fn issue(&self, server: bool) -> (String, String) {
-        let names = if server {
-            vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
-        } else {
-            Vec::new()
-        };
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            if server { "localhost" } else { "worker" },
-        );
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// A TLS server: its CA, the files, and a client certificate from the client CA.
 struct TlsServer {

@@ -20,8 +20,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +28,7 @@ use tower::ServiceExt as _;
 use super::copy;
 use super::membership::{Membership, ReplicaStatus, View};
 use super::stream::stream_name;
+use super::tls::HttpClient;
 use crate::api::{self, ApiError, ApiParts};
 use crate::lifecycle::Retention;
 use crate::store::{self, StoreOptions};
@@ -60,8 +59,8 @@ pub struct IndexerContext {
     /// How long logs are kept, and how often expired ones are deleted.
     pub retention: Retention,
     pub sweep_interval: Duration,
-    /// Fetches copies of replicas from peers.
-    pub client: Client<HttpConnector, Body>,
+    /// Fetches copies of replicas from peers (over HTTPS only when the listeners serve TLS).
+    pub client: HttpClient<Body>,
     /// Shown to peers for copies.
     pub peer_token: String,
 }

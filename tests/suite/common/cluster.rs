@@ -1,7 +1,8 @@
 //! A whole cluster on loopback, each part a real process with its own folder: three NATS
 //! servers (JetStream clustered), one etcd, gateways and indexers running the `logbridge`
 //! binary. The nodes listen on ports the system picks (port 0); the engines on free ones
-//! [`super::harness::engines`] picks.
+//! [`super::harness::engines`] picks. Every hop is TLS, verified against one CA (clients of NATS
+//! and etcd present certificates too), unless a test asks for plaintext.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,7 +12,9 @@ use logbridge::auth::{KeyRecord, Scope, Secret};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde_json::Value as Json;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use super::harness::certs::TlsFiles;
 pub use super::harness::engines::{Etcd, Nats};
 
 use super::process::{Served, serve};
@@ -64,19 +67,55 @@ pub struct TestCluster {
     frozen_view: Option<Vec<usize>>,
     /// Every request gives up after [`PATIENCE`]: a test fails, it never hangs.
     client: reqwest::Client,
+    /// The CA and certificates of every hop; none when the cluster speaks plaintext.
+    tls: Option<TlsFiles>,
+}
+
+/// The gateways' OTLP/gRPC endpoints, and the CA their certificates chain to (with TLS).
+#[derive(Clone)]
+pub struct GrpcTargets {
+    pub urls: Vec<String>,
+    ca_pem: Option<String>,
+}
+
+impl GrpcTargets {
+    /// A client of the endpoint `n` (modulo their number).
+    async fn connect(&self, n: usize) -> anyhow::Result<LogsServiceClient<Channel>> {
+        let url = &self.urls[n % self.urls.len()];
+        let mut endpoint = Endpoint::from_shared(url.clone())?;
+        if let Some(ca) = &self.ca_pem {
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?;
+        }
+        Ok(LogsServiceClient::new(endpoint.connect().await?))
+    }
 }
 
 impl TestCluster {
-    /// NATS, etcd, `gateways` gateways and `indexers` indexers, ready: every shard has its
-    /// replicas caught up.
+    /// NATS, etcd, `gateways` gateways and `indexers` indexers, TLS on every hop, ready: every
+    /// shard has its replicas caught up.
     pub async fn start(gateways: usize, indexers: usize) -> Self {
+        Self::start_with(gateways, indexers, true).await
+    }
+
+    /// [`TestCluster::start`] with every hop in plaintext.
+    pub async fn start_plaintext(gateways: usize, indexers: usize) -> Self {
+        Self::start_with(gateways, indexers, false).await
+    }
+
+    async fn start_with(gateways: usize, indexers: usize, tls: bool) -> Self {
         // the tests' HTTP clients take the process's rustls provider
         logbridge::server::install_provider();
         // nats-server and etcd, installed when missing
         super::tools::installed();
         let dir = tempfile::tempdir().unwrap();
-        let nats = Nats::start(dir.path()).await;
-        let etcd = Etcd::start(dir.path()).await;
+        let tls = tls.then(|| {
+            let folder = dir.path().join("tls");
+            std::fs::create_dir_all(&folder).unwrap();
+            TlsFiles::write(&folder)
+        });
+        let nats = Nats::start(dir.path(), tls.as_ref()).await;
+        let etcd = Etcd::start(dir.path(), tls.as_ref()).await;
         let ingest = Secret::generate();
         let readers: Vec<Secret> = USERS.iter().map(|_| Secret::generate()).collect();
         let mut keys = vec![KeyRecord {
@@ -105,10 +144,11 @@ impl TestCluster {
             ingest,
             readers,
             frozen_view: None,
-            client: super::harness::plain_http()
+            client: Self::client_trusting(tls.as_ref())
                 .timeout(PATIENCE)
                 .build()
                 .unwrap(),
+            tls,
         };
         for n in 0..indexers {
             cluster.add_node("indexer", &format!("indexer-{n}"));
@@ -120,11 +160,59 @@ impl TestCluster {
         cluster
     }
 
+    /// An HTTP client builder that trusts the cluster's CA only (none when it is plaintext).
+    fn client_trusting(tls: Option<&TlsFiles>) -> reqwest::ClientBuilder {
+        let ca = tls.map(|files| reqwest::Certificate::from_pem(files.ca_pem.as_bytes()).unwrap());
+        reqwest::Client::builder().tls_certs_only(ca)
+    }
+
+    /// An HTTP client builder for the cluster's listeners: HTTPS, trusting its CA, when they
+    /// serve TLS.
+    pub fn http_client(&self) -> reqwest::ClientBuilder {
+        Self::client_trusting(self.tls.as_ref())
+    }
+
+    /// The value of a sample of `node`'s `/metrics` (see [`super::metric`]).
+    pub async fn metric(&self, node: &Node, sample: &str) -> f64 {
+        super::metric_of(&self.client, &self.api_url(node), sample).await
+    }
+
+    /// The URL of `node`'s REST API.
+    pub fn api_url(&self, node: &Node) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", node.api)
+    }
+
+    /// The TLS settings of a node: its listeners' certificate, and the CA and client
+    /// certificate of each hop it makes.
+    fn tls_settings(&self) -> (String, String) {
+        let Some(files) = &self.tls else {
+            return (String::new(), String::new());
+        };
+        let listeners = format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            files.cert.display(),
+            files.key.display()
+        );
+        let (ca, cert, key) = (
+            files.ca.display(),
+            files.client_cert.display(),
+            files.client_key.display(),
+        );
+        let hops = format!(
+            "peer_ca_file = \"{ca}\"\n\
+             nats_ca_file = \"{ca}\"\nnats_cert_file = \"{cert}\"\nnats_key_file = \"{key}\"\n\
+             etcd_ca_file = \"{ca}\"\netcd_cert_file = \"{cert}\"\netcd_key_file = \"{key}\"\n"
+        );
+        (listeners, hops)
+    }
+
     /// Starts a node with `role` named `id`.
     pub fn add_node(&mut self, role: &str, id: &str) {
         let folder = self.dir.path().join(id);
         std::fs::create_dir_all(&folder).unwrap();
         let config = folder.join("logbridge.toml");
+        let (listeners, hops) = self.tls_settings();
         let quoted = |urls: Vec<String>| {
             urls.iter()
                 .map(|u| format!("\"{u}\""))
@@ -137,9 +225,9 @@ impl TestCluster {
                 "[otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
                  [api]\nlisten = \"127.0.0.1:0\"\n\
                  [index]\npath = \"{}\"\ncommit_interval_ms = 200\n\
-                 [auth]\nkeys_file = \"{}\"\n\
+                 [auth]\nkeys_file = \"{}\"\n{listeners}\
                  [cluster]\nrole = \"{role}\"\nnode_id = \"{id}\"\nshards = {SHARDS}\n\
-                 indexer_replicas = {REPLICAS}\nnats_urls = [{}]\netcd_endpoints = [\"{}\"]\n",
+                 indexer_replicas = {REPLICAS}\nnats_urls = [{}]\netcd_endpoints = [\"{}\"]\n{hops}",
                 folder.join("index").display(),
                 self.dir.path().join("keys.toml").display(),
                 quoted(self.nats.urls()),
@@ -148,6 +236,14 @@ impl TestCluster {
         )
         .unwrap();
         let served = serve(&config);
+        // the node says how it is reached: over TLS (and so advertised to gateways) or not
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let listening = served.printed.last().unwrap();
+        assert!(
+            listening.contains(&format!("tls={}", self.tls.is_some()))
+                && listening.contains(&format!("advertise={scheme}://")),
+            "{listening}"
+        );
         let node = Node {
             id: id.to_owned(),
             api: served.api.clone(),
@@ -191,9 +287,17 @@ impl TestCluster {
             .collect()
     }
 
-    /// The gateways' OTLP/gRPC addresses, dead ones included (a client tries them in turn).
-    pub fn grpc(&self) -> Vec<String> {
-        self.gateways.iter().map(|g| g.grpc.clone()).collect()
+    /// The gateways' OTLP/gRPC endpoints, dead ones included (a client tries them in turn).
+    pub fn grpc(&self) -> GrpcTargets {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        GrpcTargets {
+            urls: self
+                .gateways
+                .iter()
+                .map(|g| format!("{scheme}://{}", g.grpc))
+                .collect(),
+            ca_pem: self.tls.as_ref().map(|files| files.ca_pem.clone()),
+        }
     }
 
     /// `kill -9` of etcd: every node goes on with the view it last read, so the indexers of
@@ -249,8 +353,8 @@ impl TestCluster {
         query: &str,
     ) -> Result<Json, String> {
         let url = format!(
-            "http://{}/shards/{shard}/logs?{query}",
-            self.indexers[indexer].api
+            "{}/shards/{shard}/logs?{query}",
+            self.api_url(&self.indexers[indexer])
         );
         let response = self
             .client
@@ -461,7 +565,7 @@ impl TestCluster {
     pub async fn get(&self, gateway: &Node, user: usize, query: &str) -> (u16, Json) {
         let response = self
             .client
-            .get(format!("http://{}/logs?{query}", gateway.api))
+            .get(format!("{}/logs?{query}", self.api_url(gateway)))
             .bearer_auth(self.readers[user].expose())
             .send()
             .await;
@@ -543,7 +647,7 @@ pub fn records_from(user: &str, first: u64, count: u64, base: u64) -> Vec<LogRec
 /// failure (a refusal, a broken connection, no answer in 10 s), until one acknowledges them; how
 /// many attempts it took.
 pub async fn export_until_acknowledged(
-    grpc: &[String],
+    grpc: &GrpcTargets,
     first: usize,
     key: &Secret,
     records: Vec<LogRecord>,
@@ -552,10 +656,10 @@ pub async fn export_until_acknowledged(
     let request = request_of(records);
     let mut attempt = 0;
     loop {
-        let target = &grpc[(first + attempt) % grpc.len()];
+        let target = first + attempt;
         attempt += 1;
         let sent = async {
-            let mut client = LogsServiceClient::connect(format!("http://{target}")).await?;
+            let mut client = grpc.connect(target).await?;
             let response = client.export(authorized(request.clone(), key)).await?;
             anyhow::Ok(response.into_inner())
         };

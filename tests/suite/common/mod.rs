@@ -424,7 +424,12 @@ pub fn authorized<T>(message: T, key: &Secret) -> tonic::Request<T> {
 /// The value of one sample line of `/metrics` at `api_url`, e.g. `logbridge_index_logs`; the
 /// test fails when the server does not serve it (a renamed or missing metric).
 pub async fn metric(api_url: &str, sample: &str) -> f64 {
-    let text = metrics_text(api_url).await;
+    metric_of(&client(), api_url, sample).await
+}
+
+/// [`metric`], asked with `client` (one that trusts a server's TLS certificate, say).
+pub async fn metric_of(client: &reqwest::Client, api_url: &str, sample: &str) -> f64 {
+    let text = metrics_text(client, api_url).await;
     sample_value(&text, sample).unwrap_or_else(|| panic!("/metrics has no {sample}:\n{text}"))
 }
 
@@ -432,7 +437,7 @@ pub async fn metric(api_url: &str, sample: &str) -> f64 {
 /// nothing with those labels was counted, but the test fails when the family itself is not
 /// served.
 pub async fn labeled_metric(api_url: &str, sample: &str) -> f64 {
-    let text = metrics_text(api_url).await;
+    let text = metrics_text(&client(), api_url).await;
     let name = sample.split('{').next().unwrap_or(sample);
     let family = name.strip_suffix("_total").unwrap_or(name);
     assert!(
@@ -443,8 +448,8 @@ pub async fn labeled_metric(api_url: &str, sample: &str) -> f64 {
     sample_value(&text, sample).unwrap_or(0.0)
 }
 
-async fn metrics_text(api_url: &str) -> String {
-    client()
+async fn metrics_text(client: &reqwest::Client, api_url: &str) -> String {
+    client
         .get(format!("{api_url}/metrics"))
         .send()
         .await
