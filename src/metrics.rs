@@ -29,6 +29,12 @@ pub struct StorageLabels {
     pub stage: &'static str,
 }
 
+/// Labels of a shard replica's metrics (cluster mode).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: u32,
+}
+
 /// Labels of a `/logs` request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -73,6 +79,9 @@ pub struct Metrics {
     pub cluster_etcd_reachable: Gauge,
     /// Cluster mode: replicas this node started from a copy of a peer's index.
     pub cluster_replica_copies: Counter,
+    /// Messages of its stream a replica of this node lacks: gone from the stream before it
+    /// indexed them. 0 for a complete replica.
+    pub cluster_replica_missing: Family<ShardLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -114,6 +123,7 @@ impl Metrics {
             cluster_spread_users: Gauge::default(),
             cluster_etcd_reachable: Gauge::default(),
             cluster_replica_copies: Counter::default(),
+            cluster_replica_missing: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -256,6 +266,11 @@ impl Metrics {
             "cluster_replica_copies",
             "Cluster mode: replicas this node started from a copy of a peer's committed index",
             m.cluster_replica_copies.clone(),
+        );
+        r.register(
+            "cluster_replica_missing_messages",
+            "Cluster mode: messages of its stream a replica lacks (gone from the stream before it indexed them); such a replica is never read",
+            m.cluster_replica_missing.clone(),
         );
         m
     }

@@ -9,7 +9,9 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
-use super::RETRY_INTERVAL;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::{RETRY_INTERVAL, ReplicaState};
 use crate::cluster::shard::{log_seq, resume_from};
 use crate::cluster::stream::Chunk;
 use crate::ingest::now_nanos;
@@ -24,7 +26,9 @@ pub(super) struct Consumer {
     pub(super) shard: u32,
     pub(super) writer: LogWriter,
     pub(super) commit_interval: Duration,
-    pub(super) ready: watch::Sender<bool>,
+    pub(super) state: watch::Sender<ReplicaState>,
+    /// Messages of the stream this replica lacks (`logbridge_cluster_replica_missing_messages`).
+    pub(super) missing: Gauge,
     pub(super) stop: CancellationToken,
     pub(super) retention: Retention,
     pub(super) sweep_interval: Duration,
@@ -37,11 +41,22 @@ enum Pass {
     Stopped,
     /// Start over from the last commit after a pause.
     Retry,
+    /// The stream no longer holds messages this replica never indexed: it consumes no more.
+    Gap,
 }
 
 impl Consumer {
     pub(super) fn run(mut self) {
-        while let Pass::Retry = self.pass() {
+        loop {
+            match self.pass() {
+                Pass::Retry => {}
+                Pass::Stopped => break,
+                Pass::Gap => {
+                    // the replica stays as it is, unread, until it is replaced or closed
+                    self.handle.block_on(self.stop.cancelled());
+                    break;
+                }
+            }
             let stop = self.stop.clone();
             let stopped = self.handle.block_on(async {
                 tokio::select! {
@@ -71,7 +86,8 @@ impl Consumer {
         let setup = self.handle.block_on(async move {
             let setup = async {
                 let mut stream = jetstream.get_stream(&name).await?;
-                let end = stream.info().await?.state.last_sequence;
+                let state = &stream.info().await?.state;
+                let (first, end) = (state.first_sequence, state.last_sequence);
                 let consumer = stream
                     .create_consumer(pull::OrderedConfig {
                         deliver_policy: DeliverPolicy::ByStartSequence {
@@ -81,14 +97,14 @@ impl Consumer {
                     })
                     .await?;
                 let messages = consumer.messages().await?;
-                anyhow::Ok((end, messages))
+                anyhow::Ok((first, end, messages))
             };
             tokio::select! {
                 () = stop.cancelled() => None,
                 setup = setup => Some(setup),
             }
         });
-        let (end, mut messages) = match setup {
+        let (first, end, mut messages) = match setup {
             None => return Pass::Stopped,
             Some(Ok(setup)) => setup,
             Some(Err(e)) => {
@@ -99,7 +115,7 @@ impl Consumer {
         if end + 1 < start {
             // The stream holds less than this replica committed: it was deleted and created
             // again, or lost messages. Serving on would hide every log published since.
-            self.ready.send_replace(false);
+            self.state.send_replace(ReplicaState::CatchingUp);
             tracing::error!(
                 shard,
                 stream = %self.stream,
@@ -109,8 +125,12 @@ impl Consumer {
             );
             return Pass::Retry;
         }
+        if start < first {
+            // the stream dropped messages (its limits, a purge) before this replica indexed them
+            return self.gap(start, first - 1, None);
+        }
         if end < start {
-            self.ready.send_replace(true);
+            self.state.send_replace(ReplicaState::Ready);
         }
         let mut next = start;
         let mut added_through: Option<u64> = None;
@@ -154,6 +174,10 @@ impl Consumer {
                     if stream_seq < next {
                         continue;
                     }
+                    if stream_seq > next {
+                        // messages dropped from the stream while this replica consumed it
+                        return self.gap(next, stream_seq - 1, added_through);
+                    }
                     next = stream_seq + 1;
                     match serde_json::from_slice::<Chunk>(&message.payload) {
                         Ok(chunk) => {
@@ -192,11 +216,32 @@ impl Consumer {
                 }
                 deadline = None;
                 if added_through.is_some_and(|through| through >= end) {
-                    self.ready.send_replace(true);
+                    self.state.send_replace(ReplicaState::Ready);
                 }
                 added_through = None;
             }
         }
+    }
+
+    /// The stream no longer holds its messages `first..=last`, which this replica never
+    /// indexed: what it added before them is committed, and it consumes no more. It is never
+    /// read or copied; the indexer replaces it with a complete peer's copy when one is ready.
+    fn gap(&mut self, first: u64, last: u64, through: Option<u64>) -> Pass {
+        if let Err(e) = self.commit(through) {
+            return self.failed(&e);
+        }
+        self.missing
+            .set(i64::try_from(last - first + 1).unwrap_or(i64::MAX));
+        self.state
+            .send_replace(ReplicaState::Missing { first, last });
+        tracing::error!(
+            shard = self.shard,
+            stream = %self.stream,
+            first_missing = first,
+            last_missing = last,
+            "the stream no longer holds messages this replica never indexed; not serving this shard until a complete peer's replica is copied"
+        );
+        Pass::Gap
     }
 
     /// Deletes the logs past their retention and commits that with what was added.
@@ -244,7 +289,7 @@ impl Consumer {
     /// The index failed: back to its last commit, and consume again from there.
     fn failed(&mut self, error: &dyn std::fmt::Display) -> Pass {
         // reads go to the shard's other replica until this one has caught up again
-        self.ready.send_replace(false);
+        self.state.send_replace(ReplicaState::CatchingUp);
         tracing::error!(shard = self.shard, error = %error, "the replica's index failed; rolling back to its last commit");
         if let Err(e) = self.writer.rollback() {
             tracing::error!(shard = self.shard, error = %e, "cannot roll the replica's index back yet");

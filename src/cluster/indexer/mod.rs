@@ -27,10 +27,12 @@ use tower::ServiceExt as _;
 
 use super::copy;
 use super::membership::{Membership, ReplicaStatus, View};
+use super::shard::resume_from;
 use super::stream::stream_name;
 use super::tls::HttpClient;
 use crate::api::{self, ApiError, ApiParts};
 use crate::lifecycle::Retention;
+use crate::metrics::ShardLabels;
 use crate::store::{self, StoreOptions};
 use consume::Consumer;
 
@@ -65,11 +67,31 @@ pub struct IndexerContext {
     pub peer_token: String,
 }
 
+/// Where a replica stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaState {
+    /// Consuming its stream, not caught up with its end yet (or again, after a failure).
+    CatchingUp,
+    /// Caught up: read by gateways and copied by peers.
+    Ready,
+    /// The stream no longer holds its messages `first..=last`, which the replica never indexed:
+    /// it is never read or copied, and is replaced by a complete peer's copy once one is ready.
+    Missing { first: u64, last: u64 },
+}
+
 struct Replica {
     router: Router,
-    ready: watch::Receiver<bool>,
+    state: watch::Receiver<ReplicaState>,
     stop: CancellationToken,
     thread: std::thread::JoinHandle<()>,
+    /// When a replica with a gap next asks its peers for a copy.
+    recopy_at: Instant,
+}
+
+impl Replica {
+    fn ready(&self) -> bool {
+        *self.state.borrow() == ReplicaState::Ready
+    }
 }
 
 /// The replicas this node holds, by shard.
@@ -80,13 +102,13 @@ impl Replicas {
     /// Whether this node holds a caught-up replica of `shard`.
     pub fn is_ready(&self, shard: u32) -> bool {
         let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
-        replicas.get(&shard).is_some_and(|r| *r.ready.borrow())
+        replicas.get(&shard).is_some_and(Replica::ready)
     }
 
     /// The REST API of this node's replica of `shard`, once it has caught up.
     fn router(&self, shard: u32) -> Option<Router> {
         let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let replica = replicas.get(&shard).filter(|r| *r.ready.borrow())?;
+        let replica = replicas.get(&shard).filter(|r| r.ready())?;
         Some(replica.router.clone())
     }
 }
@@ -112,17 +134,24 @@ pub fn readiness(replicas: Replicas, view: watch::Receiver<View>) -> Router {
                     .into_response();
             }
             let held = replicas.0.read().unwrap_or_else(|e| e.into_inner());
-            let behind: Vec<String> = held
-                .iter()
-                .filter(|(_, r)| !*r.ready.borrow())
-                .map(|(shard, _)| shard.to_string())
-                .collect();
-            if behind.is_empty() {
-                "ready".into_response()
-            } else {
-                let message = format!("not ready: catching up on shards {}", behind.join(", "));
-                (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+            let (mut behind, mut missing) = (Vec::new(), Vec::new());
+            for (shard, replica) in held.iter() {
+                match *replica.state.borrow() {
+                    ReplicaState::Ready => {}
+                    ReplicaState::CatchingUp => behind.push(shard.to_string()),
+                    ReplicaState::Missing { first, last } => missing.push(format!(
+                        "shard {shard} lacks messages {first} to {last} of its stream, gone before it indexed them; waiting for a complete peer to copy"
+                    )),
+                }
             }
+            if behind.is_empty() && missing.is_empty() {
+                return "ready".into_response();
+            }
+            if !behind.is_empty() {
+                missing.insert(0, format!("catching up on shards {}", behind.join(", ")));
+            }
+            let message = format!("not ready: {}", missing.join("; "));
+            (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
         }
     };
     Router::new().route("/readyz", axum::routing::get(ready))
@@ -180,16 +209,16 @@ pub async fn run(
             });
         }
         // replicas becoming ready are reported as they do
-        let readiness: Vec<(u32, watch::Receiver<bool>)> = {
+        let readiness: Vec<(u32, bool)> = {
             let held = replicas.0.read().unwrap_or_else(|e| e.into_inner());
-            held.iter().map(|(s, r)| (*s, r.ready.clone())).collect()
+            held.iter().map(|(s, r)| (*s, r.ready())).collect()
         };
-        for (shard, ready) in &readiness {
+        for (shard, ready) in readiness {
             let status = ReplicaStatus {
                 api: context.advertise.clone(),
-                ready: *ready.borrow(),
+                ready,
             };
-            membership.set_replica(*shard, Some(status));
+            membership.set_replica(shard, Some(status));
         }
         tokio::select! {
             () = stop.cancelled() => break,
@@ -242,11 +271,24 @@ fn reconcile(
     for shard in 0..shards {
         let owners = view.owners(shard, context.replicas_per_shard);
         let mine = owners.contains(&context.node_id.as_str());
-        let held = replicas
+        let (held, gap) = match replicas
             .0
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&shard);
+            .get(&shard)
+        {
+            None => (false, None),
+            Some(replica) => match *replica.state.borrow() {
+                ReplicaState::Missing { last, .. } if Instant::now() >= replica.recopy_at => {
+                    (true, Some(last))
+                }
+                _ => (true, None),
+            },
+        };
+        if let Some(last) = gap.filter(|_| mine) {
+            recopy(context, replicas, shard, view, last);
+            continue;
+        }
         if mine && !held {
             match open(context, shard, view) {
                 Ok(replica) => {
@@ -296,6 +338,63 @@ fn reconcile(
     }
 }
 
+/// How long a replica with a gap waits between asking its peers for a copy that fills it.
+const RECOPY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Replaces this node's replica of `shard`, which lacks stream messages through `last`, with a
+/// copy of a ready peer's replica that holds them (its commit is past `last`); while no peer's
+/// copy does, the replica stays as it is, unread, and asks again later.
+fn recopy(context: &IndexerContext, replicas: &Replicas, shard: u32, view: &View, last: u64) {
+    let staging = context
+        .dir
+        .join(format!("recopy-{shard}-{}", rand::random::<u64>()));
+    let covers = match copy_from_peer(context, shard, view, &staging) {
+        Some(committed) => resume_from(committed) > last,
+        None => false,
+    };
+    let mut held = replicas.0.write().unwrap_or_else(|e| e.into_inner());
+    if !covers {
+        let _ = std::fs::remove_dir_all(&staging);
+        if let Some(replica) = held.get_mut(&shard) {
+            replica.recopy_at = Instant::now() + RECOPY_INTERVAL;
+        }
+        return;
+    }
+    let Some(replica) = held.remove(&shard) else {
+        let _ = std::fs::remove_dir_all(&staging);
+        return;
+    };
+    drop(held);
+    replica.stop.cancel();
+    let _ = replica.thread.join();
+    let dir = shard_dir(&context.dir, shard);
+    let closed = context
+        .dir
+        .join(format!("closed-{shard}-{}", rand::random::<u64>()));
+    let swapped = std::fs::rename(&dir, &closed).and_then(|()| std::fs::rename(&staging, &dir));
+    if let Err(e) = swapped.and_then(|()| std::fs::remove_dir_all(&closed)) {
+        tracing::warn!(shard, error = %e, "cannot put the copy in place of the replica with a gap");
+    }
+    // opened from the copy; a copy that did not land in place leaves no index, and the shard is
+    // opened afresh (copied or replayed) by the next reconciliation
+    match open(context, shard, view) {
+        Ok(replica) => {
+            tracing::info!(
+                shard,
+                "replica with a gap replaced by a complete peer's copy"
+            );
+            replicas
+                .0
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(shard, replica);
+        }
+        Err(e) => {
+            tracing::error!(shard, error = %format!("{e:#}"), "cannot open the copied replica")
+        }
+    }
+}
+
 /// The folder of this node's replica of `shard`.
 pub fn shard_dir(dir: &Path, shard: u32) -> PathBuf {
     dir.join(shard.to_string())
@@ -311,8 +410,7 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
-        copy_from_peer(context, shard, view, &dir);
-        copied = dir.exists();
+        copied = copy_from_peer(context, shard, view, &dir).is_some();
     }
     std::fs::create_dir_all(&dir)?;
     let (store, writer) = match store::open(&dir, &context.store_options) {
@@ -325,7 +423,14 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
             return Err(e.into());
         }
     };
-    let (ready_tx, ready) = watch::channel(false);
+    let (state_tx, state) = watch::channel(ReplicaState::CatchingUp);
+    let missing = context
+        .api
+        .metrics
+        .cluster_replica_missing
+        .get_or_create(&ShardLabels { shard })
+        .clone();
+    missing.set(0);
     let stop = CancellationToken::new();
     let consumer = Consumer {
         handle: Handle::current(),
@@ -334,7 +439,8 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
         shard,
         writer,
         commit_interval: context.commit_interval,
-        ready: ready_tx,
+        state: state_tx,
+        missing,
         stop: stop.clone(),
         retention: context.retention.clone(),
         sweep_interval: context.sweep_interval,
@@ -346,15 +452,16 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
     let router = api::router(context.api.with_store(store));
     Ok(Replica {
         router,
-        ready,
+        state,
         stop,
         thread,
+        recopy_at: Instant::now(),
     })
 }
 
-/// Copies `shard`'s committed index from a ready peer into `dir`, when one serves it; a failed
-/// copy leaves nothing, and the replica replays the stream instead.
-fn copy_from_peer(context: &IndexerContext, shard: u32, view: &View, dir: &Path) {
+/// Copies `shard`'s committed index from a ready peer into `dir`, when one serves it: the last
+/// sequence number the copy holds. A failed copy leaves nothing.
+fn copy_from_peer(context: &IndexerContext, shard: u32, view: &View, dir: &Path) -> Option<u64> {
     let peers: Vec<String> = view
         .replicas
         .get(&shard)
@@ -382,7 +489,7 @@ fn copy_from_peer(context: &IndexerContext, shard: u32, view: &View, dir: &Path)
                     took_ms = started.elapsed().as_millis() as u64,
                     "replica copied from a peer; consuming the stream from after its commit"
                 );
-                return;
+                return Some(committed);
             }
             Err(e) => tracing::warn!(
                 shard,
@@ -392,4 +499,5 @@ fn copy_from_peer(context: &IndexerContext, shard: u32, view: &View, dir: &Path)
             ),
         }
     }
+    None
 }

@@ -172,6 +172,33 @@ impl TestCluster {
         Self::client_trusting(self.tls.as_ref())
     }
 
+    /// A JetStream client of the cluster's NATS servers, over TLS with a client certificate
+    /// when the cluster speaks it.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(files) = &self.tls {
+            options = options
+                .require_tls(true)
+                .add_root_certificates(files.ca.clone())
+                .add_client_certificate(files.client_cert.clone(), files.client_key.clone());
+        }
+        let client = options
+            .connect(self.nats.urls().as_slice())
+            .await
+            .expect("a NATS client");
+        async_nats::jetstream::new(client)
+    }
+
+    /// The stream of `shard`.
+    pub async fn stream(&self, shard: u32) -> async_nats::jetstream::stream::Stream {
+        let name = format!("LOGBRIDGE_logbridge_{shard}");
+        self.jetstream()
+            .await
+            .get_stream(&name)
+            .await
+            .unwrap_or_else(|e| panic!("no stream {name}: {e}"))
+    }
+
     /// The value of a sample of `node`'s `/metrics` (see [`super::metric`]).
     pub async fn metric(&self, node: &Node, sample: &str) -> f64 {
         super::metric_of(&self.client, &self.api_url(node), sample).await

@@ -128,6 +128,27 @@ impl Drop for Served {
 }
 
 impl Served {
+    /// The first line printed that contains `needle`, waiting up to [`PATIENCE`] for it; fails
+    /// with what was printed.
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
+        if let Some(line) = self.printed.iter().find(|line| line.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!("no line with {needle:?}; printed: {:#?}", self.printed)
+                });
+            self.printed.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
     /// The peak resident memory of the server so far (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> u64 {
         let peak = rss::peak_rss(self.child.id());
