@@ -40,7 +40,7 @@ pub use tail::shutting_down_event as tail_shutting_down_event;
 use crate::auth::{KeyStore, Scope};
 use crate::ingest::{Health, IngestQueue, WriteError};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::store::{MAX_OFFSET, SearchError, ServedLog, Store};
+use crate::store::{LogQuery, MAX_OFFSET, SearchError, ServedLog, Store};
 
 /// What the REST handlers share.
 #[derive(Clone)]
@@ -70,7 +70,7 @@ pub struct ApiState {
 }
 
 /// An [`ApiState`] but for the store and the writer: what the REST APIs of a cluster indexer's
-/// replicas share (they have no writer: erasure is not offered in cluster mode).
+/// replicas share (they have no writer: erasures come to them through their stream).
 #[derive(Clone)]
 pub struct ApiParts {
     pub keys: KeyStore,
@@ -327,13 +327,37 @@ fn caller(
             principal.key_name
         )));
     };
-    let pairs = serde_urlencoded::from_str(raw_query.unwrap_or(""))
-        .map_err(|_| ApiError::BadRequest("the query string is malformed".to_owned()))?;
+    let pairs = query_pairs(raw_query)?;
     Ok(Caller {
         key_name: principal.key_name,
         user_id,
         pairs,
     })
+}
+
+/// The decoded pairs of a query string.
+fn query_pairs(raw_query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(raw_query.unwrap_or(""))
+        .map_err(|_| ApiError::BadRequest("the query string is malformed".to_owned()))
+}
+
+/// The logs `DELETE /logs?{raw_query}` erases of `user_id`'s: its filters, validated (errors
+/// name the parameter).
+pub fn erasure_query(raw_query: Option<&str>, user_id: &str) -> Result<LogQuery, ApiError> {
+    params::parse_filters_only(&query_pairs(raw_query)?, user_id, ERASES)
+}
+
+/// What `DELETE /logs` does, for the messages of the parameters it refuses.
+const ERASES: &str = "DELETE /logs, which erases";
+
+/// The answer to an erasure of `deleted` logs.
+pub fn erased_response(deleted: u64) -> Response {
+    let body = EraseBody {
+        success: true,
+        message: "Activity logs deleted",
+        data: EraseData { deleted },
+    };
+    axum::Json(body).into_response()
 }
 
 /// A request's handle on its connection, put among its extensions by the listener: cancelled,
@@ -383,16 +407,15 @@ struct EraseData {
     deleted: u64,
 }
 
-/// The answer to `DELETE /logs` in cluster mode.
-pub const ERASURE_NOT_IN_CLUSTER: ApiError = ApiError::NotImplemented(
-    "DELETE /logs is not available in cluster mode: erase on a single node, or let retention remove the logs",
-);
+/// The answer to `DELETE /logs` asked of one replica of a cluster directly: erasure goes through
+/// the shard's stream, so that every replica applies it.
+const ERASURE_THROUGH_GATEWAYS: ApiError =
+    ApiError::NotImplemented("DELETE /logs of a cluster goes through a gateway");
 
 /// `DELETE /logs`: erases the caller's logs that match the filters, and answers once the
 /// erasure is durable.
 #[utoipa::path(delete, path = "/logs", tag = "logs", params(Filters),
-    responses((status = 200, description = "The matching logs are erased for good.", body = EraseBody), ApiError,
-        (status = 501, description = "Cluster mode: erasure is not offered.", body = error::ErrorBody)),
+    responses((status = 200, description = "The matching logs are erased for good.", body = EraseBody), ApiError),
     security(("bearer" = [])))]
 async fn erase(
     State(state): State<ApiState>,
@@ -404,9 +427,9 @@ async fn erase(
         user_id,
         pairs,
     } = caller(&state, &headers, raw_query.as_deref(), Scope::Delete)?;
-    let query = params::parse_filters_only(&pairs, &user_id, "DELETE /logs, which erases")?;
+    let query = params::parse_filters_only(&pairs, &user_id, ERASES)?;
     let Some(writer) = &state.writer else {
-        return Err(ERASURE_NOT_IN_CLUSTER);
+        return Err(ERASURE_THROUGH_GATEWAYS);
     };
     let deleted = writer.erase(query).await.map_err(|e| match e {
         WriteError::Closed => ApiError::Unavailable("logbridge is shutting down, retry later"),
@@ -424,12 +447,7 @@ async fn erase(
         deleted,
         "activity logs erased"
     );
-    let body = EraseBody {
-        success: true,
-        message: "Activity logs deleted",
-        data: EraseData { deleted },
-    };
-    Ok(axum::Json(body).into_response())
+    Ok(erased_response(deleted))
 }
 
 /// `GET /logs`: a page of the caller's logs matching the filters, newest first.

@@ -56,18 +56,23 @@ pub fn router(replicas: Replicas, dir: PathBuf, token: String) -> Router {
         })
 }
 
+/// Whether a peer's request shows the cluster's peer token.
+pub(super) fn peer_authorized(headers: &HeaderMap, token: &str) -> bool {
+    let shown = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(shown.as_bytes().ct_eq(token.as_bytes()))
+}
+
 /// A snapshot of this node's ready replica of `shard`, as a tar archive.
 async fn serve_copy(
     State(serving): State<Serving>,
     UrlPath(shard): UrlPath<u32>,
     headers: HeaderMap,
 ) -> Response {
-    let shown = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !bool::from(shown.as_bytes().ct_eq(serving.token.as_bytes())) {
+    if !peer_authorized(&headers, &serving.token) {
         return (StatusCode::UNAUTHORIZED, "a peer token is required").into_response();
     }
     if !serving.replicas.is_ready(shard) {

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
@@ -25,9 +25,7 @@ use super::indexer::NOT_HERE;
 use super::membership::View;
 use super::shard::shards_of_user;
 use super::tls::HttpClient;
-use crate::api::{
-    self, ApiError, Cursor, CursorKey, ERASURE_NOT_IN_CLUSTER, LogsRequest, POSITIONS_HEADER,
-};
+use crate::api::{self, ApiError, Cursor, CursorKey, LogsRequest, POSITIONS_HEADER};
 use crate::auth::{KeyStore, Scope};
 use crate::metrics::Metrics;
 use crate::store::SortKey;
@@ -47,6 +45,10 @@ const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30)
 #[derive(Clone)]
 pub struct Gateway {
     pub keys: KeyStore,
+    /// Erasures are published to the shards' streams.
+    pub jetstream: async_nats::jetstream::Context,
+    /// The cluster's name, in its streams' subjects.
+    pub cluster_name: String,
     pub view: watch::Receiver<View>,
     pub shards: u32,
     pub replicas: usize,
@@ -102,11 +104,13 @@ async fn readyz(State(gateway): State<Gateway>) -> Response {
     "ready".into_response()
 }
 
-/// `DELETE /logs`: the key is checked as on a single node, then the erasure is declined.
-async fn erase(State(gateway): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    gateway.keys.authorize(authorization, Scope::Delete)?;
-    Err(ERASURE_NOT_IN_CLUSTER)
+/// `DELETE /logs`: an erasure through the caller's shards' streams (see [`super::erasure`]).
+async fn erase(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
+) -> Result<Response, ApiError> {
+    super::erasure::erase(&gateway, &headers, raw_query).await
 }
 
 /// Forwards a read to a ready replica of the caller's shard and streams its answer back. The

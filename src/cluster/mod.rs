@@ -6,11 +6,13 @@
 //! - [`stream`]: the streams, and publishing with content-derived deduplication ids.
 //! - [`etcd`], [`membership`]: leases, the cluster's view, the shared cursor key.
 //! - [`indexer`]: replicas consuming their shards, and their reads.
+//! - [`erasure`]: `DELETE /logs`, a message every replica of a shard applies in order.
 //! - [`gateway`]: routing each user's reads to a ready replica.
 //!
 //! These are the parts; `server` wires them into a running node.
 
 pub(crate) mod copy;
+pub(crate) mod erasure;
 pub(crate) mod etcd;
 pub(crate) mod gateway;
 pub(crate) mod indexer;

@@ -26,7 +26,8 @@ pub fn stream_name(cluster: &str, shard: u32) -> String {
     format!("LOGBRIDGE_{cluster}_{shard}")
 }
 
-fn subject(cluster: &str, shard: u32) -> String {
+/// The subject shard `shard`'s stream takes its messages on.
+pub(super) fn subject(cluster: &str, shard: u32) -> String {
     format!("logbridge.{cluster}.shard.{shard}")
 }
 

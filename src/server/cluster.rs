@@ -14,7 +14,7 @@ use crate::api;
 use crate::cluster::gateway::{self, Gateway};
 use crate::cluster::indexer::{self, IndexerContext, Replicas};
 use crate::cluster::membership::{self, Keys, Membership, NodeInfo};
-use crate::cluster::{ClusterConfig, Publisher, copy, stream, tls};
+use crate::cluster::{ClusterConfig, Publisher, copy, erasure, stream, tls};
 use crate::config::Config;
 use crate::explorer;
 use crate::ingest::Health;
@@ -131,8 +131,9 @@ pub async fn start(
             .merge(copy::router(
                 replicas.clone(),
                 context.dir.clone(),
-                peer_token,
-            ));
+                peer_token.clone(),
+            ))
+            .merge(erasure::router(replicas.clone(), peer_token));
         if !cluster.gateway {
             api_router = api_router.merge(indexer::readiness(replicas.clone(), membership.view()));
         }
@@ -182,6 +183,8 @@ pub async fn start(
             }
         }));
         let gateway = Gateway {
+            jetstream: jetstream.clone(),
+            cluster_name: cluster.name.clone(),
             cursor_key,
             shutdown: shutdown.clone(),
             keys: keys.clone(),

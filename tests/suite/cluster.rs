@@ -306,6 +306,12 @@ async fn sdk_exporters_through_both_gateways_are_read_back_exactly() {
     assert_eq!(asked, REPLICAS, "{REPLICAS} replicas serve user-1's shard");
 }
 
+/// Whether the record of `message` is an error: every tenth of [`records`]'s.
+fn errors_of(message: &str) -> bool {
+    message.starts_with("user-")
+        && message.rsplit(' ').next().unwrap().parse::<u64>().unwrap() % 10 == 0
+}
+
 /// Which indexer serves which user's shard: indexer by indexer, user by user.
 async fn placement(cluster: &TestCluster) -> Vec<bool> {
     let mut held = Vec::new();
@@ -784,7 +790,7 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
     assert_eq!(body["data"]["total"], 240);
     let errors: Vec<String> = newest_first
         .iter()
-        .filter(|m| m.rsplit(' ').next().unwrap().parse::<u64>().unwrap() % 10 == 0)
+        .filter(|m| errors_of(m))
         .take(100)
         .cloned()
         .collect();
@@ -839,6 +845,23 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         }
     }
     assert_eq!(in_sevens, one_page, "tied logs in pages of 7");
+    // an erasure goes to each of the user's shards: the errors, exactly, from all three
+    let (status, body) = cluster
+        .delete(&cluster.gateways[1], 0, "status=error")
+        .await;
+    assert_eq!(
+        (status, &body["data"]),
+        (200, &serde_json::json!({ "deleted": 240 })),
+        "{body}"
+    );
+    let without_errors: Vec<String> = with_ties
+        .iter()
+        .filter(|m| !errors_of(m))
+        .cloned()
+        .collect();
+    cluster
+        .assert_replicas_exact(0, &spread, &without_errors, "after erasing the errors")
+        .await;
     // what is not gathered yet says so
     let response = cluster
         .http_client()

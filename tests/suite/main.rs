@@ -7,6 +7,7 @@ mod common;
 mod bench_smoke;
 mod cli;
 mod cluster;
+mod cluster_erasure;
 mod cluster_gaps;
 mod crash;
 mod dedup;

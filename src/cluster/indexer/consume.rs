@@ -1,6 +1,7 @@
 //! A replica's consumer: the thread that feeds one replica's index from its shard's stream,
 //! from the message after its last commit on.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
@@ -9,9 +10,11 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::{RETRY_INTERVAL, ReplicaState};
+use crate::cluster::erasure::{ERASURE_HEADER, Erasure, Erasures};
 use crate::cluster::shard::{log_seq, resume_from};
 use crate::cluster::stream::Chunk;
 use crate::ingest::now_nanos;
@@ -29,6 +32,10 @@ pub(super) struct Consumer {
     pub(super) state: watch::Sender<ReplicaState>,
     /// Messages of the stream this replica lacks (`logbridge_cluster_replica_missing_messages`).
     pub(super) missing: Gauge,
+    /// The erasures applied, and how far the stream was consumed.
+    pub(super) erasures: Arc<Erasures>,
+    /// Logs erased (`logbridge_records_erased_total`).
+    pub(super) erased: Counter,
     pub(super) stop: CancellationToken,
     pub(super) retention: Retention,
     pub(super) sweep_interval: Duration,
@@ -179,6 +186,21 @@ impl Consumer {
                         return self.gap(next, stream_seq - 1, added_through);
                     }
                     next = stream_seq + 1;
+                    let erasure = message
+                        .headers
+                        .as_ref()
+                        .is_some_and(|headers| headers.get(ERASURE_HEADER).is_some());
+                    if erasure {
+                        if let Err(e) = self.erase(stream_seq, &message.payload, added_through) {
+                            return self.failed(&e);
+                        }
+                        added_through = None;
+                        deadline = None;
+                        if stream_seq >= end {
+                            self.state.send_replace(ReplicaState::Ready);
+                        }
+                        continue;
+                    }
                     match serde_json::from_slice::<Chunk>(&message.payload) {
                         Ok(chunk) => {
                             let now = now_nanos();
@@ -200,6 +222,7 @@ impl Consumer {
                         }
                     }
                     added_through = Some(stream_seq);
+                    self.erasures.consumed(stream_seq);
                     deadline.get_or_insert_with(|| Instant::now() + self.commit_interval);
                 }
             }
@@ -242,6 +265,49 @@ impl Consumer {
             "the stream no longer holds messages this replica never indexed; not serving this shard until a complete peer's replica is copied"
         );
         Pass::Gap
+    }
+
+    /// Applies the erasure at `stream_seq` where it stands in the stream: what came before it is
+    /// committed, the logs its filters select are deleted, and the deletion is committed with the
+    /// erasure's sequence as the position, so that a restart resumes after it. One that cannot
+    /// be read (from a newer version) is logged and passed, erasing nothing.
+    fn erase(
+        &mut self,
+        stream_seq: u64,
+        payload: &[u8],
+        added_through: Option<u64>,
+    ) -> Result<(), store::StoreError> {
+        self.commit(added_through)?;
+        let erasure = serde_json::from_slice::<Erasure>(payload)
+            .map_err(|e| e.to_string())
+            .and_then(|erasure| Ok((erasure.query().map_err(|e| e.to_string())?, erasure)));
+        let deleted = match erasure {
+            Ok((query, erasure)) => {
+                let deleted = self.writer.delete(&query)?;
+                tracing::info!(
+                    shard = self.shard,
+                    stream_seq,
+                    user = %erasure.user_id,
+                    filters = %erasure.filters,
+                    deleted,
+                    "erasure applied"
+                );
+                deleted
+            }
+            Err(e) => {
+                tracing::error!(shard = self.shard, stream_seq, error = %e, "an erasure that cannot be read; passed");
+                0
+            }
+        };
+        self.writer
+            .commit(log_seq(self.shard, stream_seq, LAST_POSITION))?;
+        if deleted > 0 {
+            self.erased.inc_by(deleted);
+            // erased logs leave the disk now, not when merges get to them
+            self.writer.purge_deleted();
+        }
+        self.erasures.applied(stream_seq, deleted);
+        Ok(())
     }
 
     /// Deletes the logs past their retention and commits that with what was added.

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use super::copy;
+use super::erasure::Erasures;
 use super::membership::{Membership, ReplicaStatus, View};
 use super::shard::resume_from;
 use super::stream::stream_name;
@@ -82,6 +83,8 @@ pub enum ReplicaState {
 struct Replica {
     router: Router,
     state: watch::Receiver<ReplicaState>,
+    /// The erasures it applied, for gateways to learn their counts.
+    erasures: Arc<Erasures>,
     stop: CancellationToken,
     thread: std::thread::JoinHandle<()>,
     /// When a replica with a gap next asks its peers for a copy.
@@ -103,6 +106,12 @@ impl Replicas {
     pub fn is_ready(&self, shard: u32) -> bool {
         let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
         replicas.get(&shard).is_some_and(Replica::ready)
+    }
+
+    /// What this node's replica of `shard` recorded of the erasures it applied.
+    pub fn erasures(&self, shard: u32) -> Option<Arc<Erasures>> {
+        let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
+        replicas.get(&shard).map(|r| r.erasures.clone())
     }
 
     /// The REST API of this node's replica of `shard`, once it has caught up.
@@ -431,6 +440,9 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
         .get_or_create(&ShardLabels { shard })
         .clone();
     missing.set(0);
+    let erasures = Arc::new(Erasures::resuming_after(
+        resume_from(writer.committed_seq()) - 1,
+    ));
     let stop = CancellationToken::new();
     let consumer = Consumer {
         handle: Handle::current(),
@@ -441,6 +453,8 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
         commit_interval: context.commit_interval,
         state: state_tx,
         missing,
+        erasures: erasures.clone(),
+        erased: context.api.metrics.records_erased.clone(),
         stop: stop.clone(),
         retention: context.retention.clone(),
         sweep_interval: context.sweep_interval,
@@ -453,6 +467,7 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
     Ok(Replica {
         router,
         state,
+        erasures,
         stop,
         thread,
         recopy_at: Instant::now(),

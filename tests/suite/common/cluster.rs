@@ -605,6 +605,19 @@ impl TestCluster {
         }
     }
 
+    /// `DELETE /logs?{query}` through `gateway` as user `user`: status and body.
+    pub async fn delete(&self, gateway: &Node, user: usize, query: &str) -> (u16, Json) {
+        let response = self
+            .client
+            .delete(format!("{}/logs?{query}", self.api_url(gateway)))
+            .bearer_auth(self.readers[user].expose())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DELETE /logs?{query} through {}: {e}", gateway.api));
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Json::Null))
+    }
+
     /// Every message of `user`, newest first, walking `/logs` with cursors through `gateway`;
     /// asserts the walk's total and order.
     pub async fn walk(&self, gateway: &Node, user: usize, filters: &str) -> Vec<String> {
