@@ -1,11 +1,16 @@
 //! Self-observability: the counters, gauges and histograms served at `GET /metrics`.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// A gauge of seconds, with their fractions.
+pub type Seconds = Gauge<f64, AtomicU64>;
 
 /// Labels of an OTLP export answer.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +87,15 @@ pub struct Metrics {
     /// Messages of its stream a replica of this node lacks: gone from the stream before it
     /// indexed them. 0 for a complete replica.
     pub cluster_replica_missing: Family<ShardLabels, Gauge>,
+    /// Messages of its stream a replica's reads do not show yet.
+    pub cluster_replica_lag_messages: Family<ShardLabels, Gauge>,
+    /// How long ago the oldest message a replica's reads do not show was published.
+    pub cluster_replica_lag: Family<ShardLabels, Seconds>,
+    /// A gateway's view: how long its oldest acknowledged publish to a shard has not been
+    /// visible on any ready replica.
+    pub cluster_shard_lag: Family<ShardLabels, Seconds>,
+    /// Exports a gateway refused because no replica of a shard was within the lag bound.
+    pub cluster_lag_refusals: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -124,6 +138,10 @@ impl Metrics {
             cluster_etcd_reachable: Gauge::default(),
             cluster_replica_copies: Counter::default(),
             cluster_replica_missing: Family::default(),
+            cluster_replica_lag_messages: Family::default(),
+            cluster_replica_lag: Family::default(),
+            cluster_shard_lag: Family::default(),
+            cluster_lag_refusals: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -271,6 +289,26 @@ impl Metrics {
             "cluster_replica_missing_messages",
             "Cluster mode: messages of its stream a replica lacks (gone from the stream before it indexed them); such a replica is never read",
             m.cluster_replica_missing.clone(),
+        );
+        r.register(
+            "cluster_replica_lag_messages",
+            "Cluster mode: messages of its stream a replica's reads do not show yet",
+            m.cluster_replica_lag_messages.clone(),
+        );
+        r.register(
+            "cluster_replica_lag_seconds",
+            "Cluster mode: how long ago the oldest message a replica's reads do not show yet was published",
+            m.cluster_replica_lag.clone(),
+        );
+        r.register(
+            "cluster_shard_lag_seconds",
+            "Cluster mode, gateways: how long the oldest export this gateway acknowledged for a shard has not been visible on a ready replica",
+            m.cluster_shard_lag.clone(),
+        );
+        r.register(
+            "cluster_lag_refusals",
+            "Cluster mode, gateways: exports refused (retryably) because no ready replica of a shard was within cluster.max_lag_ms",
+            m.cluster_lag_refusals.clone(),
         );
         m
     }

@@ -286,7 +286,11 @@ mod tests {
         erasures.applied(12, 3);
         erasures.consumed(13);
         assert_eq!(erasures.count(12), Count::Deleted(3));
-        assert_eq!(erasures.count(13), Count::Unknown, "13 was logs, not an erasure");
+        assert_eq!(
+            erasures.count(13),
+            Count::Unknown,
+            "13 was logs, not an erasure"
+        );
         assert_eq!(erasures.count(14), Count::NotYet);
         // only the newest counts are kept
         for seq in 100..100 + COUNTS_KEPT as u64 {

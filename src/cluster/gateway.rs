@@ -21,7 +21,7 @@ use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::indexer::NOT_HERE;
+use super::indexer::{INDEXED_HEADER, NOT_HERE};
 use super::membership::View;
 use super::shard::shards_of_user;
 use super::tls::HttpClient;
@@ -220,6 +220,8 @@ struct ShardPage {
     logs: Vec<(SortKey, Box<RawValue>)>,
     /// Whether the shard holds more matching logs past these.
     more: bool,
+    /// How fresh its replica's reads were (the [`INDEXED_HEADER`] it answered).
+    indexed: Option<String>,
 }
 
 /// `GET /logs` of a user spread over several shards: the same page a single index would give.
@@ -269,6 +271,7 @@ async fn gather_logs(
         });
     }
     let (mut total, mut more, mut merged) = (0, false, Vec::new());
+    let mut indexed = Vec::new();
     while let Some(joined) = pages.join_next().await {
         let part = joined.map_err(|e| ApiError::Internal(format!("gather task failed: {e}")))??;
         let part = match part {
@@ -278,6 +281,7 @@ async fn gather_logs(
         };
         total += part.total;
         more |= part.more;
+        indexed.extend(part.indexed);
         merged.extend(part.logs);
     }
     merged.sort_unstable_by_key(|(key, _)| std::cmp::Reverse(*key));
@@ -307,7 +311,12 @@ async fn gather_logs(
         "message": "Activity logs fetched successfully",
         "data": data,
     });
-    Ok(axum::Json(body).into_response())
+    let mut response = axum::Json(body).into_response();
+    indexed.sort();
+    if let Ok(value) = http::HeaderValue::from_str(&indexed.join(",")) {
+        response.headers_mut().insert(INDEXED_HEADER, value);
+    }
+    Ok(response)
 }
 
 /// Up to `wanted` of the logs of `shard` after `cursor`, walking its pages.
@@ -324,6 +333,7 @@ async fn shard_page(
         total: 0,
         logs: Vec::new(),
         more: false,
+        indexed: None,
     };
     loop {
         let mut pairs = filters.clone();
@@ -340,12 +350,17 @@ async fn shard_page(
         if response.status() != http::StatusCode::OK {
             return Ok(Err(response.map(Body::new)));
         }
-        let positions = response
-            .headers()
-            .get(POSITIONS_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let positions = header(POSITIONS_HEADER);
+        // the first page read of the shard: it shows at least that much
+        part.indexed.get_or_insert_with(|| header(INDEXED_HEADER));
         let body = response
             .into_body()
             .collect()

@@ -7,6 +7,7 @@
 //! - [`etcd`], [`membership`]: leases, the cluster's view, the shared cursor key.
 //! - [`indexer`]: replicas consuming their shards, and their reads.
 //! - [`erasure`]: `DELETE /logs`, a message every replica of a shard applies in order.
+//! - [`lag`]: replicas report what their reads see; gateways bound how far behind that is.
 //! - [`gateway`]: routing each user's reads to a ready replica.
 //!
 //! These are the parts; `server` wires them into a running node.
@@ -16,6 +17,7 @@ pub(crate) mod erasure;
 pub(crate) mod etcd;
 pub(crate) mod gateway;
 pub(crate) mod indexer;
+pub(crate) mod lag;
 pub(crate) mod membership;
 mod shard;
 pub(crate) mod stream;
@@ -65,6 +67,9 @@ pub struct ClusterConfig {
     pub publish_timeout: Duration,
     /// How long the stream remembers a message id, dropping a retry of it.
     pub dedup_window: Duration,
+    /// How far a shard's reads may fall behind the exports a gateway acknowledged before it
+    /// refuses new ones for the shard (retryably).
+    pub max_lag: Duration,
     /// The URL gateways reach this indexer's API at; by default `http://` (`https://` with TLS)
     /// and the bound API address.
     pub advertise_url: Option<String>,

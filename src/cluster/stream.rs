@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use super::ClusterConfig;
+use super::lag::Freshness;
 use super::membership::View;
 use super::shard::shard_for;
 use crate::ingest::{EncodedLog, LogSink, Reservation, WriteError, chunk_ranges};
@@ -144,6 +146,8 @@ pub struct Publisher {
     context: jetstream::Context,
     /// The cluster's view: which users are spread over several shards.
     view: watch::Receiver<View>,
+    /// How far behind each shard's reads are: a shard past the bound takes no new exports.
+    freshness: Arc<Freshness>,
     cluster: String,
     shards: u32,
     timeout: Duration,
@@ -154,10 +158,12 @@ impl Publisher {
         context: jetstream::Context,
         config: &ClusterConfig,
         view: watch::Receiver<View>,
+        freshness: Arc<Freshness>,
     ) -> Self {
         Self {
             context,
             view,
+            freshness,
             cluster: config.name.clone(),
             shards: config.shards,
             timeout: config.publish_timeout,
@@ -181,7 +187,17 @@ impl Publisher {
                 by_shard.entry(shard).or_default().push(encoded);
             }
         }
-        let mut acks: Vec<PublishAckFuture> = Vec::new();
+        // a shard whose reads are too far behind takes nothing until they catch up
+        for &shard in by_shard.keys() {
+            if let Err(lag) = self.freshness.within_bound(shard) {
+                return Err(WriteError::Storage(format!(
+                    "the reads of shard {shard} are {:.1} s behind the exports acknowledged, \
+                     past cluster.max_lag_ms: retry later",
+                    lag.as_secs_f64()
+                )));
+            }
+        }
+        let mut acks: Vec<(u32, PublishAckFuture)> = Vec::new();
         for (shard, logs) in by_shard {
             for payload in chunks(&logs) {
                 let publish = PublishMessage::build()
@@ -192,15 +208,16 @@ impl Publisher {
                     .send_publish(subject(&self.cluster, shard), publish)
                     .await
                     .map_err(refusal)?;
-                acks.push(ack);
+                acks.push((shard, ack));
             }
         }
-        for ack in acks {
+        for (shard, ack) in acks {
             let ack = ack.await.map_err(refusal)?;
             // a "duplicate" of nothing stored (seen around leader changes in nats-server 2.10)
             if ack.sequence == 0 {
                 return Err(refusal("an acknowledgement without a stream sequence"));
             }
+            self.freshness.acknowledged(shard, ack.sequence);
         }
         Ok(())
     }

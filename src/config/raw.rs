@@ -44,6 +44,7 @@ pub(super) struct RawCluster {
     pub(super) indexer_replicas: u64,
     pub(super) publish_timeout_ms: u64,
     pub(super) dedup_window_ms: u64,
+    pub(super) max_lag_ms: u64,
     pub(super) advertise_url: String,
 }
 
@@ -67,6 +68,7 @@ impl Default for RawCluster {
             indexer_replicas: 2,
             publish_timeout_ms: 5_000,
             dedup_window_ms: 600_000,
+            max_lag_ms: 3_000,
             advertise_url: String::new(),
         }
     }

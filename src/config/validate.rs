@@ -195,6 +195,7 @@ impl RawCluster {
                 as usize,
             publish_timeout: millis("cluster.publish_timeout_ms", self.publish_timeout_ms)?,
             dedup_window: millis("cluster.dedup_window_ms", self.dedup_window_ms)?,
+            max_lag: millis("cluster.max_lag_ms", self.max_lag_ms)?,
             advertise_url: Some(self.advertise_url).filter(|u| !u.is_empty()),
         }))
     }

@@ -13,6 +13,7 @@ use super::{Addresses, Listeners, listener_certificates, otlp_routers, serve, wa
 use crate::api;
 use crate::cluster::gateway::{self, Gateway};
 use crate::cluster::indexer::{self, IndexerContext, Replicas};
+use crate::cluster::lag::Freshness;
 use crate::cluster::membership::{self, Keys, Membership, NodeInfo};
 use crate::cluster::{ClusterConfig, Publisher, copy, erasure, stream, tls};
 use crate::config::Config;
@@ -146,10 +147,21 @@ pub async fn start(
         )));
     }
     if cluster.gateway {
+        let freshness = Arc::new(Freshness::new(
+            cluster.max_lag,
+            membership.view(),
+            metrics.clone(),
+        ));
+        tasks.push(tokio::spawn(freshness.clone().follow(
+            jetstream.client(),
+            cluster.name.clone(),
+            shutdown.clone(),
+        )));
         let sink = Arc::new(Publisher::new(
             jetstream.clone(),
             cluster,
             membership.view(),
+            freshness,
         ));
         let otlp = otlp_routers(config, &keys, sink, &metrics);
         tasks.push(serve(

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod cluster_erasure;
 mod cluster_gaps;
+mod cluster_lag;
 mod crash;
 mod dedup;
 mod erasure;

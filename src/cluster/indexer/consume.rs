@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::{RETRY_INTERVAL, ReplicaState};
 use crate::cluster::erasure::{ERASURE_HEADER, Erasure, Erasures};
+use crate::cluster::lag::ReplicaLag;
 use crate::cluster::shard::{log_seq, resume_from};
 use crate::cluster::stream::Chunk;
 use crate::ingest::now_nanos;
@@ -36,6 +37,8 @@ pub(super) struct Consumer {
     pub(super) erasures: Arc<Erasures>,
     /// Logs erased (`logbridge_records_erased_total`).
     pub(super) erased: Counter,
+    /// How far behind the stream the replica's reads are: reported to gateways and in metrics.
+    pub(super) lag: ReplicaLag,
     pub(super) stop: CancellationToken,
     pub(super) retention: Retention,
     pub(super) sweep_interval: Duration,
@@ -172,7 +175,15 @@ impl Consumer {
                 }
                 Some(Ok(Some(Ok(message)))) => {
                     let stream_seq = match message.info() {
-                        Ok(info) => info.stream_sequence,
+                        Ok(info) => {
+                            let published = info.published.unix_timestamp_nanos();
+                            self.lag.delivered(
+                                info.stream_sequence,
+                                info.pending,
+                                u64::try_from(published).unwrap_or(0),
+                            );
+                            info.stream_sequence
+                        }
                         Err(e) => {
                             tracing::warn!(shard, error = %e, "a message without its stream sequence; consuming again");
                             return self.end_pass(added_through);
@@ -199,31 +210,14 @@ impl Consumer {
                         if stream_seq >= end {
                             self.state.send_replace(ReplicaState::Ready);
                         }
-                        continue;
-                    }
-                    match serde_json::from_slice::<Chunk>(&message.payload) {
-                        Ok(chunk) => {
-                            let now = now_nanos();
-                            for (position, log) in chunk.logs.iter().enumerate() {
-                                // what expired meanwhile would only be deleted by the next sweep
-                                if !self.retention.keeps(&log.user_id, log.timestamp_nanos, now) {
-                                    continue;
-                                }
-                                if let Err(e) = self
-                                    .writer
-                                    .add(log, log_seq(self.shard, stream_seq, position))
-                                {
-                                    return self.failed(&e);
-                                }
-                            }
+                    } else {
+                        if let Err(e) = self.add(stream_seq, &message.payload) {
+                            return self.failed(&e);
                         }
-                        Err(e) => {
-                            tracing::error!(shard, stream_seq, error = %e, "a message of the stream is not a chunk of logs; skipped");
-                        }
+                        added_through = Some(stream_seq);
+                        self.erasures.consumed(stream_seq);
+                        deadline.get_or_insert_with(|| Instant::now() + self.commit_interval);
                     }
-                    added_through = Some(stream_seq);
-                    self.erasures.consumed(stream_seq);
-                    deadline.get_or_insert_with(|| Instant::now() + self.commit_interval);
                 }
             }
             if !self.retention.keeps_everything() && Instant::now() >= self.sweep_at {
@@ -243,7 +237,29 @@ impl Consumer {
                 }
                 added_through = None;
             }
+            self.lag.update(&self.handle);
         }
+    }
+
+    /// Adds the logs of the chunk at `stream_seq` that are not past their retention (what
+    /// expired meanwhile would only be deleted by the next sweep). A message that is no chunk
+    /// (from a newer version) is logged and passed.
+    fn add(&mut self, stream_seq: u64, payload: &[u8]) -> Result<(), store::StoreError> {
+        let chunk = match serde_json::from_slice::<Chunk>(payload) {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                tracing::error!(shard = self.shard, stream_seq, error = %e, "a message of the stream is not a chunk of logs; skipped");
+                return Ok(());
+            }
+        };
+        let now = now_nanos();
+        for (position, log) in chunk.logs.iter().enumerate() {
+            if self.retention.keeps(&log.user_id, log.timestamp_nanos, now) {
+                self.writer
+                    .add(log, log_seq(self.shard, stream_seq, position))?;
+            }
+        }
+        Ok(())
     }
 
     /// The stream no longer holds its messages `first..=last`, which this replica never
@@ -299,8 +315,7 @@ impl Consumer {
                 0
             }
         };
-        self.writer
-            .commit(log_seq(self.shard, stream_seq, LAST_POSITION))?;
+        self.commit_through(stream_seq)?;
         if deleted > 0 {
             self.erased.inc_by(deleted);
             // erased logs leave the disk now, not when merges get to them
@@ -317,11 +332,9 @@ impl Consumer {
         for expiry in self.retention.expiries(now_nanos()) {
             expired += self.writer.expire(&expiry)?;
         }
-        let last = through.map_or(self.writer.committed_seq(), |t| {
-            log_seq(self.shard, t, LAST_POSITION)
-        });
         if expired > 0 || through.is_some() {
-            self.writer.commit(last)?;
+            let through = through.unwrap_or(resume_from(self.writer.committed_seq()) - 1);
+            self.commit_through(through)?;
         }
         if expired > 0 {
             tracing::info!(
@@ -345,11 +358,17 @@ impl Consumer {
     /// Commits what was added through the message at `through`, if anything was.
     fn commit(&mut self, through: Option<u64>) -> Result<(), store::StoreError> {
         match through {
-            Some(through) => self
-                .writer
-                .commit(log_seq(self.shard, through, LAST_POSITION)),
+            Some(through) => self.commit_through(through),
             None => Ok(()),
         }
+    }
+
+    /// Commits with the message at `through` as the position: reads see the stream through it.
+    fn commit_through(&mut self, through: u64) -> Result<(), store::StoreError> {
+        self.writer
+            .commit(log_seq(self.shard, through, LAST_POSITION))?;
+        self.lag.visible(through);
+        Ok(())
     }
 
     /// The index failed: back to its last commit, and consume again from there.

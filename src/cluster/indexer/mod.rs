@@ -11,6 +11,7 @@ mod consume;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{StatusCode, Uri};
+use http::{HeaderValue, StatusCode, Uri};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,7 @@ use tower::ServiceExt as _;
 
 use super::copy;
 use super::erasure::Erasures;
+use super::lag::ReplicaLag;
 use super::membership::{Membership, ReplicaStatus, View};
 use super::shard::resume_from;
 use super::stream::stream_name;
@@ -83,6 +85,8 @@ pub enum ReplicaState {
 struct Replica {
     router: Router,
     state: watch::Receiver<ReplicaState>,
+    /// The stream sequence its reads see through.
+    seen: Arc<AtomicU64>,
     /// The erasures it applied, for gateways to learn their counts.
     erasures: Arc<Erasures>,
     stop: CancellationToken,
@@ -114,11 +118,12 @@ impl Replicas {
         replicas.get(&shard).map(|r| r.erasures.clone())
     }
 
-    /// The REST API of this node's replica of `shard`, once it has caught up.
-    fn router(&self, shard: u32) -> Option<Router> {
+    /// The REST API of this node's replica of `shard`, once it has caught up, and the position
+    /// in the shard's stream its reads see.
+    fn router(&self, shard: u32) -> Option<(Router, Arc<AtomicU64>)> {
         let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
         let replica = replicas.get(&shard).filter(|r| r.ready())?;
-        Some(replica.router.clone())
+        Some((replica.router.clone(), replica.seen.clone()))
     }
 }
 
@@ -176,7 +181,7 @@ async fn dispatch(State(replicas): State<Replicas>, mut request: Request) -> Res
     let Ok(shard) = shard.parse::<u32>() else {
         return ApiError::NotFound.into_response();
     };
-    let Some(router) = replicas.router(shard) else {
+    let Some((router, seen)) = replicas.router(shard) else {
         return (
             NOT_HERE,
             "this indexer holds no caught-up replica of that shard",
@@ -191,11 +196,21 @@ async fn dispatch(State(replicas): State<Replicas>, mut request: Request) -> Res
         Ok(rewritten) => *request.uri_mut() = rewritten,
         Err(_) => return ApiError::NotFound.into_response(),
     }
-    match router.oneshot(request).await {
+    // read before the answer: the page shows at least this much of the stream
+    let through = seen.load(Ordering::Relaxed);
+    let mut response = match router.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
+    };
+    if let Ok(value) = HeaderValue::from_str(&format!("{shard}:{through}")) {
+        response.headers_mut().insert(INDEXED_HEADER, value);
     }
+    response
 }
+
+/// The header of a replica's answer that says how fresh it is: the shard and the sequence of
+/// its stream the replica's reads see through (`3:1200`); a gathered page lists each shard's.
+pub const INDEXED_HEADER: &str = "logbridge-indexed-through";
 
 /// Opens and closes replicas as the shard map changes: a shard assigned to this node is opened
 /// and consumed; one no longer assigned is closed (and its folder removed) once every owner
@@ -440,9 +455,17 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
         .get_or_create(&ShardLabels { shard })
         .clone();
     missing.set(0);
-    let erasures = Arc::new(Erasures::resuming_after(
-        resume_from(writer.committed_seq()) - 1,
-    ));
+    let through = resume_from(writer.committed_seq()) - 1;
+    let erasures = Arc::new(Erasures::resuming_after(through));
+    let lag = ReplicaLag::new(
+        context.jetstream.client(),
+        &context.cluster_name,
+        &context.node_id,
+        shard,
+        through,
+        &context.api.metrics,
+    );
+    let seen = lag.seen();
     let stop = CancellationToken::new();
     let consumer = Consumer {
         handle: Handle::current(),
@@ -455,6 +478,7 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
         missing,
         erasures: erasures.clone(),
         erased: context.api.metrics.records_erased.clone(),
+        lag,
         stop: stop.clone(),
         retention: context.retention.clone(),
         sweep_interval: context.sweep_interval,
@@ -467,6 +491,7 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
     Ok(Replica {
         router,
         state,
+        seen,
         erasures,
         stop,
         thread,

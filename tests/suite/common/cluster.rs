@@ -69,6 +69,8 @@ pub struct TestCluster {
     client: reqwest::Client,
     /// The CA and certificates of every hop; none when the cluster speaks plaintext.
     tls: Option<TlsFiles>,
+    /// More `[cluster]` settings of every node.
+    cluster_settings: String,
 }
 
 /// The gateways' OTLP/gRPC endpoints, and the CA their certificates chain to (with TLS).
@@ -80,7 +82,7 @@ pub struct GrpcTargets {
 
 impl GrpcTargets {
     /// A client of the endpoint `n` (modulo their number).
-    async fn connect(&self, n: usize) -> anyhow::Result<LogsServiceClient<Channel>> {
+    pub async fn connect(&self, n: usize) -> anyhow::Result<LogsServiceClient<Channel>> {
         let url = &self.urls[n % self.urls.len()];
         let mut endpoint = Endpoint::from_shared(url.clone())?;
         if let Some(ca) = &self.ca_pem {
@@ -95,15 +97,21 @@ impl TestCluster {
     /// NATS, etcd, `gateways` gateways and `indexers` indexers, TLS on every hop, ready: every
     /// shard has its replicas caught up.
     pub async fn start(gateways: usize, indexers: usize) -> Self {
-        Self::start_with(gateways, indexers, true).await
+        Self::start_with(gateways, indexers, true, "").await
     }
 
     /// [`TestCluster::start`] with every hop in plaintext.
     pub async fn start_plaintext(gateways: usize, indexers: usize) -> Self {
-        Self::start_with(gateways, indexers, false).await
+        Self::start_with(gateways, indexers, false, "").await
     }
 
-    async fn start_with(gateways: usize, indexers: usize, tls: bool) -> Self {
+    /// [`TestCluster::start`], every node with more `[cluster]` settings (TOML lines).
+    pub async fn start_with(
+        gateways: usize,
+        indexers: usize,
+        tls: bool,
+        cluster_settings: &str,
+    ) -> Self {
         // the tests' HTTP clients take the process's rustls provider
         logbridge::server::install_provider();
         // nats-server and etcd, installed when missing
@@ -144,6 +152,7 @@ impl TestCluster {
             ingest,
             readers,
             frozen_view: None,
+            cluster_settings: cluster_settings.to_owned(),
             client: Self::client_trusting(tls.as_ref())
                 .timeout(PATIENCE)
                 .build()
@@ -254,11 +263,12 @@ impl TestCluster {
                  [index]\npath = \"{}\"\ncommit_interval_ms = 200\n\
                  [auth]\nkeys_file = \"{}\"\n{listeners}\
                  [cluster]\nrole = \"{role}\"\nnode_id = \"{id}\"\nshards = {SHARDS}\n\
-                 indexer_replicas = {REPLICAS}\nnats_urls = [{}]\netcd_endpoints = [\"{}\"]\n{hops}",
+                 indexer_replicas = {REPLICAS}\nnats_urls = [{}]\netcd_endpoints = [\"{}\"]\n{hops}{}\n",
                 folder.join("index").display(),
                 self.dir.path().join("keys.toml").display(),
                 quoted(self.nats.urls()),
                 self.etcd.url,
+                self.cluster_settings,
             ),
         )
         .unwrap();

@@ -196,11 +196,16 @@ pub fn terminate(served: &mut Served) -> Vec<String> {
 }
 
 pub fn sigterm(served: &Served) {
+    signal(served, "TERM");
+}
+
+/// Sends `SIG{name}` (`TERM`, `STOP`, `CONT`) to the server.
+pub fn signal(served: &Served, name: &str) {
     let status = Command::new("kill")
-        .args(["-TERM", &served.child.id().to_string()])
+        .args([&format!("-{name}"), &served.child.id().to_string()])
         .status()
         .unwrap();
-    assert!(status.success());
+    assert!(status.success(), "kill -{name} failed");
 }
 
 /// Waits for the server to exit with status 0; what it printed since start-up.
