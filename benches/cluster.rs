@@ -5,17 +5,27 @@
 //! `docs/SCALING.md` builds its capacity model.
 //!
 //!     cargo bench --bench cluster -- [--records 300000] [--exporters 8] [--gateways 1]
-//!         [--indexers 2] [--shards 8] [--runs 3]
+//!         [--indexers 2] [--shards 8] [--runs 3] [--overload 0] [--indexer-cpu 0]
+//!         [--max-lag-ms 3000]
+//!
+//! `--overload N` runs N busy processes beside the cluster for the whole run: the machine is
+//! overloaded, as at a traffic peak. `--indexer-cpu P` holds the indexers together to P% of one
+//! core (a cgroup's CPU quota, as a container's limit does; needs root and the cgroup v1 `cpu`
+//! controller): they index more slowly than the gateway acknowledges. The gateway's `logbridge_cluster_shard_lag_seconds` is
+//! sampled every 200 ms: how long its oldest acknowledged export has not been visible, the worst
+//! shard; the run also times the last acknowledgement to everything visible.
 //!
 //! `NATS_SERVER_BINARY=/path/to/nats-server` runs another NATS release than the one on the PATH.
 
 #[path = "harness/mod.rs"]
 mod harness;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use harness::engines::{Etcd, Nats, nats_server, nats_version};
-use harness::{BenchKeys, RequestEncoder, SEED, Server, Transport, ingest, median};
+use harness::{BenchKeys, RequestEncoder, SEED, Server, Transport, ingest, median, percentile};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
 
@@ -26,6 +36,9 @@ struct Args {
     indexers: usize,
     shards: u32,
     runs: usize,
+    overload: usize,
+    indexer_cpu: u32,
+    max_lag_ms: u64,
 }
 
 fn args() -> Args {
@@ -36,6 +49,9 @@ fn args() -> Args {
         indexers: 2,
         shards: 8,
         runs: 3,
+        overload: 0,
+        indexer_cpu: 0,
+        max_lag_ms: 3000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,6 +63,9 @@ fn args() -> Args {
             "--indexers" => args.indexers = value().parse().expect("--indexers N"),
             "--shards" => args.shards = value().parse().expect("--shards N"),
             "--runs" => args.runs = value().parse().expect("--runs N"),
+            "--overload" => args.overload = value().parse().expect("--overload N"),
+            "--max-lag-ms" => args.max_lag_ms = value().parse().expect("--max-lag-ms N"),
+            "--indexer-cpu" => args.indexer_cpu = value().parse().expect("--indexer-cpu PERCENT"),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -84,13 +103,17 @@ async fn main() {
     logbridge::server::install_provider();
     let program = nats_server();
     println!(
-        "{}, {} gateway(s), {} indexer(s) (2 replicas per shard), {} shards, {} records, {} exporters",
+        "{}, {} gateway(s), {} indexer(s) (2 replicas per shard), {} shards, {} records, {} exporters, \
+         {} busy processes beside, indexers held to {}% of a core (0: not held), max_lag_ms {}",
         nats_version(&program),
         args.gateways,
         args.indexers,
         args.shards,
         args.records,
-        args.exporters
+        args.exporters,
+        args.overload,
+        args.indexer_cpu,
+        args.max_lag_ms,
     );
     let mut rows = Vec::new();
     for run in 0..args.runs {
@@ -102,10 +125,11 @@ async fn main() {
             let urls: Vec<String> = nats.urls().iter().map(|u| format!("\"{u}\"")).collect();
             format!(
                 "[cluster]\nrole = \"{role}\"\nnode_id = \"{id}\"\nshards = {}\n\
-                 nats_urls = [{}]\netcd_endpoints = [\"{}\"]\n",
+                 nats_urls = [{}]\netcd_endpoints = [\"{}\"]\nmax_lag_ms = {}\n",
                 args.shards,
                 urls.join(", "),
-                etcd.url
+                etcd.url,
+                args.max_lag_ms
             )
         };
         let mut indexers = Vec::new();
@@ -152,7 +176,26 @@ async fn main() {
             total_cpu(&indexer_pids),
             total_cpu(&nats_pids),
         );
+        let busy = Busy::start(args.overload);
+        let _quota =
+            (args.indexer_cpu > 0).then(|| CpuQuota::hold(&indexer_pids, args.indexer_cpu));
+        let stop_sampling = Arc::new(AtomicBool::new(false));
+        let sampler = (
+            stop_sampling.clone(),
+            sample_lag(gateways[0].api.clone(), stop_sampling),
+        );
         let report = ingest(&gateways[0], requests, args.exporters, Transport::Grpc).await;
+        let acked = std::time::Instant::now();
+        let (mut lags, drained) = sampler_until_visible(sampler, &gateways[0].api).await;
+        let drain = drained.duration_since(acked);
+        if std::env::var("LAG_SAMPLES").is_ok() {
+            let text: Vec<String> = lags
+                .iter()
+                .map(|l| format!("{:.1}", l.as_secs_f64()))
+                .collect();
+            println!("lag samples: {}", text.join(" "));
+        }
+        drop(busy);
         let after = (
             total_cpu(&gateway_pids),
             total_cpu(&indexer_pids),
@@ -172,6 +215,9 @@ async fn main() {
             indexer_records_per_cpu_second: 2.0 * records / indexer_cpu,
             nats_cpu_seconds_per_mb: nats_cpu / (bytes as f64 / 1e6),
             refused: report.refused,
+            lag_p99_s: percentile(&mut lags, 99.0).as_secs_f64(),
+            lag_max_s: lags.iter().max().copied().unwrap_or_default().as_secs_f64(),
+            drain_s: drain.as_secs_f64(),
         };
         println!("run {}: {row:?}", run + 1);
         rows.push(row);
@@ -212,6 +258,133 @@ async fn main() {
         "  NATS (3 servers, R=3)       {:>10.3} CPU seconds per MB of OTLP exports",
         column(|r| r.nats_cpu_seconds_per_mb)
     );
+    println!(
+        "  ack → visible, worst shard: p99 {:.2} s, max {:.2} s; last ack → all visible {:.2} s",
+        column(|r| r.lag_p99_s),
+        column(|r| r.lag_max_s),
+        column(|r| r.drain_s)
+    );
+}
+
+/// A cgroup (v1 `cpu` controller) holding processes to a share of one core; removed, the
+/// processes back in the root group, when dropped.
+struct CpuQuota(std::path::PathBuf);
+
+impl CpuQuota {
+    fn hold(pids: &[u32], percent: u32) -> Self {
+        let group = std::path::PathBuf::from(format!(
+            "/sys/fs/cgroup/cpu/logbridge-bench-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&group).unwrap_or_else(|e| {
+            panic!(
+                "--indexer-cpu needs root and the cgroup v1 cpu controller: {}: {e}",
+                group.display()
+            )
+        });
+        std::fs::write(group.join("cpu.cfs_period_us"), "100000").unwrap();
+        std::fs::write(group.join("cpu.cfs_quota_us"), (percent * 1000).to_string()).unwrap();
+        for pid in pids {
+            std::fs::write(group.join("cgroup.procs"), pid.to_string()).unwrap();
+        }
+        Self(group)
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            let _ = std::fs::write("/sys/fs/cgroup/cpu/cgroup.procs", pid);
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Busy processes, as many as asked, killed when dropped.
+struct Busy(Vec<std::process::Child>);
+
+impl Busy {
+    fn start(count: usize) -> Self {
+        Self(
+            (0..count)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("a busy shell")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The gateway's worst `logbridge_cluster_shard_lag_seconds` now.
+async fn worst_lag(client: &reqwest::Client, api: &str) -> Option<Duration> {
+    let text = client
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let worst = text
+        .lines()
+        .filter(|line| line.starts_with("logbridge_cluster_shard_lag_seconds{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    Some(Duration::from_secs_f64(worst))
+}
+
+/// Samples the gateway's worst shard lag every 200 ms until `stop`.
+fn sample_lag(api: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Duration>> {
+    tokio::spawn(async move {
+        let client = harness::plain_http()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client");
+        let mut samples = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            samples.extend(worst_lag(&client, &api).await);
+        }
+        samples
+    })
+}
+
+/// Waits until every shard shows what the gateway acknowledged (its worst lag is 0): when; then
+/// stops `sampler` and takes its samples.
+async fn sampler_until_visible(
+    sampler: (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<Duration>>),
+    api: &str,
+) -> (Vec<Duration>, std::time::Instant) {
+    let client = harness::plain_http()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while worst_lag(&client, api).await != Some(Duration::ZERO) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the acknowledged exports never all became visible"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained = std::time::Instant::now();
+    let (stop, task) = sampler;
+    stop.store(true, Ordering::Relaxed);
+    (task.await.expect("the lag sampler"), drained)
 }
 
 #[derive(Debug)]
@@ -225,6 +398,9 @@ struct Row {
     indexer_records_per_cpu_second: f64,
     nats_cpu_seconds_per_mb: f64,
     refused: usize,
+    lag_p99_s: f64,
+    lag_max_s: f64,
+    drain_s: f64,
 }
 
 /// Polls an indexer's `/readyz` until it answers 200: its replicas caught up.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use super::blackhole::Blackhole;
 use super::certs::TlsFiles;
 
 /// The NATS server the engines run: `nats-server` on the PATH unless this variable names
@@ -176,6 +177,9 @@ pub struct Nats {
     monitor_ports: Vec<u16>,
     /// Whether clients and routes speak TLS.
     tls: bool,
+    /// With [`Nats::start_partitionable`]: the proxy each server's route to another goes
+    /// through, as (from, to, proxy).
+    routes: Vec<(usize, usize, Blackhole)>,
 }
 
 impl Nats {
@@ -184,6 +188,17 @@ impl Nats {
     /// each is healthy. With `tls`, clients must connect over TLS with a certificate of its CA,
     /// and the servers' routes to each other are TLS too, verified both ways.
     pub async fn start(dir: &Path, tls: Option<&TlsFiles>) -> Self {
+        Self::start_with(dir, tls, false).await
+    }
+
+    /// [`Nats::start`] with every route between two servers through a proxy, so that a test can
+    /// cut a server off from its peers ([`Nats::isolate`]); the servers ping each other every
+    /// second, so that a silent route is given up within seconds.
+    pub async fn start_partitionable(dir: &Path, tls: Option<&TlsFiles>) -> Self {
+        Self::start_with(dir, tls, true).await
+    }
+
+    async fn start_with(dir: &Path, tls: Option<&TlsFiles>, partitionable: bool) -> Self {
         let program = nats_server();
         let sync = if sync_always_supported(&program) {
             ", sync_interval: always"
@@ -193,10 +208,49 @@ impl Nats {
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let monitor_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let routes: Vec<String> = cluster_ports
-            .iter()
-            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
-            .collect();
+        let mut route_proxies = Vec::new();
+        if partitionable {
+            for from in 0..3 {
+                for to in (0..3).filter(|&to| to != from) {
+                    let proxy =
+                        Blackhole::start(free_port(), format!("127.0.0.1:{}", cluster_ports[to]))
+                            .await;
+                    route_proxies.push((from, to, proxy));
+                }
+            }
+        }
+        // server n's routes: straight to the others' cluster ports, or through its proxies
+        let routes = |n: usize| -> String {
+            let ports: Vec<u16> = if partitionable {
+                route_proxies
+                    .iter()
+                    .filter(|(from, _, _)| *from == n)
+                    .map(|(_, _, proxy)| proxy.port)
+                    .collect()
+            } else {
+                cluster_ports.clone()
+            };
+            ports
+                .iter()
+                .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let pings = if partitionable {
+            "ping_interval: \"1s\"\nping_max: 3\n"
+        } else {
+            ""
+        };
+        // gossip would have the servers also meet at their real cluster ports, past the
+        // proxies: they advertise a port nobody listens on, so that they meet only through them
+        let no_advertise = if partitionable {
+            format!(
+                ", no_advertise: true, advertise: \"127.0.0.1:{}\"",
+                free_port()
+            )
+        } else {
+            String::new()
+        };
         let tls_block = tls.map_or(String::new(), |files| {
             format!(
                 "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true }}",
@@ -213,14 +267,14 @@ impl Nats {
             std::fs::write(
                 &config,
                 format!(
-                    "server_name: n{n}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n{tls_block}\n\
+                    "server_name: n{n}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n{tls_block}\n{pings}\
                      jetstream {{ store_dir: \"{}\"{sync} }}\n\
-                     cluster {{ name: logbridge, listen: 127.0.0.1:{}, routes: [{}]\n{tls_block}\n}}\n",
+                     cluster {{ name: logbridge, listen: 127.0.0.1:{}, routes: [{}]{no_advertise}\n{tls_block}\n}}\n",
                     client_ports[n],
                     monitor_ports[n],
                     folder.join("jetstream").display(),
                     cluster_ports[n],
-                    routes.join(", ")
+                    routes(n)
                 ),
             )
             .unwrap();
@@ -235,6 +289,7 @@ impl Nats {
             client_ports,
             monitor_ports,
             tls: tls.is_some(),
+            routes: route_proxies,
         };
         for n in 0..3 {
             nats.wait_healthy(n).await;
@@ -267,6 +322,26 @@ impl Nats {
             .collect()
     }
 
+    /// Cuts server `n` off from its peers, both ways: it is the minority side of a partition,
+    /// its clients still connected to it.
+    pub fn isolate(&self, n: usize) {
+        assert!(!self.routes.is_empty(), "started without route proxies");
+        for (from, to, proxy) in &self.routes {
+            if *from == n || *to == n {
+                proxy.cut();
+            }
+        }
+    }
+
+    /// Heals what [`Nats::isolate`] cut.
+    pub fn rejoin(&self, n: usize) {
+        for (from, to, proxy) in &self.routes {
+            if *from == n || *to == n {
+                proxy.heal();
+            }
+        }
+    }
+
     /// `kill -9` of server `n`.
     pub fn kill(&mut self, n: usize) {
         self.servers[n].kill();
@@ -279,9 +354,20 @@ impl Nats {
 
     /// The server that leads the stream `stream`, as its monitor reports it.
     pub async fn stream_leader(&self, stream: &str) -> usize {
+        self.stream_leader_seen_by(0, stream, None).await
+    }
+
+    /// The server that leads the stream `stream` as server `by` sees it; with `not`, once it is
+    /// another than that one (a new leader elected).
+    pub async fn stream_leader_seen_by(
+        &self,
+        by: usize,
+        stream: &str,
+        not: Option<usize>,
+    ) -> usize {
         let url = format!(
             "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
-            self.monitor_ports[0]
+            self.monitor_ports[by]
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = super::plain_http().build().expect("an HTTP client");
@@ -296,6 +382,7 @@ impl Nats {
                 if detail["name"] == stream
                     && let Some(leader) = detail["cluster"]["leader"].as_str()
                     && let Some(n) = leader.strip_prefix('n').and_then(|n| n.parse().ok())
+                    && not != Some(n)
                 {
                     return n;
                 }

@@ -3,6 +3,7 @@
 //! `benches/query.rs` drive it at full size; `tests/suite/bench_smoke.rs` at a tiny one.
 #![allow(dead_code)] // each driver uses its own part
 
+pub mod blackhole;
 pub mod browser;
 pub mod certs;
 pub mod engines;

@@ -31,17 +31,23 @@ const REPORT_TTL: Duration = Duration::from_secs(3);
 /// (the shard is then refused anyway, its replicas being that far behind).
 const ACKS_KEPT: usize = 100_000;
 
+/// Busy time below which a replica's pace is not measured: too little to tell.
+const MIN_BUSY: Duration = Duration::from_millis(20);
+
 /// The subject positions are reported on.
 pub fn subject(cluster: &str) -> String {
     format!("logbridge.{cluster}.visible")
 }
 
-/// A replica's report: its reads see the shard's stream through `through`.
+/// A replica's report: its reads see the shard's stream through `through`, and it indexes about
+/// `pace` messages a second while it has messages to index (0: not measured yet).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Visible {
     pub shard: u32,
     pub node: String,
     pub through: u64,
+    #[serde(default)]
+    pub pace: f64,
 }
 
 /// A gateway's knowledge of how far behind each shard's reads are.
@@ -49,42 +55,68 @@ pub struct Freshness {
     max_lag: Duration,
     view: watch::Receiver<View>,
     metrics: Arc<Metrics>,
-    state: Mutex<State>,
+    shards: Mutex<HashMap<u32, Shard>>,
 }
 
+/// How far behind a shard's reads are.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lag {
+    /// How long the oldest acknowledgement of this gateway not yet visible has waited.
+    pub oldest: Duration,
+    /// How long an acknowledgement now would wait to be visible: what was acknowledged and is
+    /// not visible yet, over the pace its replica indexes at.
+    pub expected: Option<Duration>,
+}
+
+impl Lag {
+    fn within(&self, bound: Duration) -> bool {
+        self.oldest <= bound && self.expected.is_none_or(|wait| wait <= bound)
+    }
+}
+
+/// What a gateway knows of one shard.
 #[derive(Default)]
-struct State {
-    /// By shard: this gateway's acknowledged publishes not yet seen visible, by sequence.
-    acks: HashMap<u32, BTreeMap<u64, Instant>>,
-    /// By shard, then node: the position a replica last reported, and when.
-    reports: HashMap<u32, HashMap<String, (u64, Instant)>>,
+struct Shard {
+    /// This gateway's acknowledged publishes not yet seen visible, by sequence.
+    acks: BTreeMap<u64, Instant>,
+    /// The highest sequence it saw acknowledged.
+    newest: u64,
+    /// By node: the position a replica last reported, its pace, and when.
+    reports: HashMap<String, (u64, f64, Instant)>,
 }
 
-impl State {
-    /// How far the reads of `shard` see: the best position a ready replica reported lately.
-    fn visible(&self, shard: u32, view: &View, now: Instant) -> Option<u64> {
+impl Shard {
+    /// How far the reads of `shard` see, and at what pace they advance: the best position a
+    /// ready replica reported lately.
+    fn visible(&self, shard: u32, view: &View, now: Instant) -> Option<(u64, f64)> {
         let ready = view.replicas.get(&shard)?;
         self.reports
-            .get(&shard)?
             .iter()
-            .filter(|(node, (_, at))| {
+            .filter(|(node, (_, _, at))| {
                 now.duration_since(*at) < REPORT_TTL && ready.get(*node).is_some_and(|r| r.ready)
             })
-            .map(|(_, (through, _))| *through)
-            .max()
+            .map(|(_, &(through, pace, _))| (through, pace))
+            .max_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)))
     }
 
-    /// How long the oldest acknowledgement of `shard` not yet visible has waited.
-    fn lag(&mut self, shard: u32, view: &View, now: Instant) -> Duration {
+    /// How far behind the reads of `shard` are at `now`.
+    fn lag(&mut self, shard: u32, view: &View, now: Instant) -> Lag {
         let visible = self.visible(shard, view, now);
-        let Some(acks) = self.acks.get_mut(&shard) else {
-            return Duration::ZERO;
-        };
-        if let Some(visible) = visible {
-            *acks = acks.split_off(&(visible + 1));
+        if let Some((through, _)) = visible {
+            self.acks = self.acks.split_off(&(through + 1));
         }
-        acks.first_key_value()
-            .map_or(Duration::ZERO, |(_, at)| now.duration_since(*at))
+        let oldest = self
+            .acks
+            .first_key_value()
+            .map_or(Duration::ZERO, |(_, at)| now.duration_since(*at));
+        let expected = match visible {
+            _ if self.acks.is_empty() => None,
+            Some((through, pace)) if pace > 0.0 => Some(Duration::from_secs_f64(
+                self.newest.saturating_sub(through) as f64 / pace,
+            )),
+            _ => None,
+        };
+        Lag { oldest, expected }
     }
 }
 
@@ -94,34 +126,45 @@ impl Freshness {
             max_lag,
             view,
             metrics,
-            state: Mutex::default(),
+            shards: Mutex::default(),
         }
     }
 
     /// JetStream acknowledged a publish to `shard` at `seq`.
     pub fn acknowledged(&self, shard: u32, seq: u64) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let acks = state.acks.entry(shard).or_default();
-        acks.insert(seq, Instant::now());
-        if acks.len() > ACKS_KEPT {
-            acks.pop_first();
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        let state = shards.entry(shard).or_default();
+        state.acks.insert(seq, Instant::now());
+        state.newest = state.newest.max(seq);
+        if state.acks.len() > ACKS_KEPT {
+            state.acks.pop_first();
         }
     }
 
-    /// Whether `shard` takes new exports: its reads are within the bound of its last
-    /// acknowledgements. Otherwise how far behind they are.
-    pub fn within_bound(&self, shard: u32) -> Result<(), Duration> {
-        let now = Instant::now();
+    /// How far behind `shard`'s reads are now; the age of the oldest acknowledgement not
+    /// visible is set in `/metrics`.
+    fn measure(&self, shard: u32) -> Lag {
         let lag = {
             let view = self.view.borrow();
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.lag(shard, &view, now)
+            let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+            shards
+                .entry(shard)
+                .or_default()
+                .lag(shard, &view, Instant::now())
         };
         self.metrics
             .cluster_shard_lag
             .get_or_create(&ShardLabels { shard })
-            .set(lag.as_secs_f64());
-        if lag > self.max_lag {
+            .set(lag.oldest.as_secs_f64());
+        lag
+    }
+
+    /// Whether `shard` takes new exports: what this gateway acknowledged has been visible within
+    /// the bound, and an export now would be too, at the pace the shard's reads advance.
+    /// Otherwise how far behind they are.
+    pub fn within_bound(&self, shard: u32) -> Result<(), Lag> {
+        let lag = self.measure(shard);
+        if !lag.within(self.max_lag) {
             self.metrics.cluster_lag_refusals.inc();
             return Err(lag);
         }
@@ -156,9 +199,15 @@ impl Freshness {
             let Ok(report) = serde_json::from_slice::<Visible>(&message.payload) else {
                 continue;
             };
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let replicas = state.reports.entry(report.shard).or_default();
-            replicas.insert(report.node, (report.through, Instant::now()));
+            {
+                let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+                let state = shards.entry(report.shard).or_default();
+                state
+                    .reports
+                    .insert(report.node, (report.through, report.pace, Instant::now()));
+            }
+            // the gauge follows the replicas, exports or not
+            self.measure(report.shard);
         }
     }
 }
@@ -182,6 +231,11 @@ pub struct ReplicaLag {
     unseen_since: Option<u64>,
     last_published: u64,
     reported: Option<(u64, Instant)>,
+    /// Since the last report: messages indexed, and the time spent waiting for messages.
+    indexed: u64,
+    waited: Duration,
+    /// Messages indexed a second while busy, smoothed over the reports; 0 until measured.
+    pace: f64,
 }
 
 impl ReplicaLag {
@@ -210,6 +264,17 @@ impl ReplicaLag {
             unseen_since: None,
             last_published: 0,
             reported: None,
+            indexed: 0,
+            waited: Duration::ZERO,
+            pace: 0.0,
+        }
+    }
+
+    /// The replica waited `waited` for a message: idle, unless the stream held more for it
+    /// (then the wait was the machine's, starved of CPU, and counts as busy).
+    pub fn waited(&mut self, waited: Duration) {
+        if self.pending == 0 {
+            self.waited += waited;
         }
     }
 
@@ -221,6 +286,7 @@ impl ReplicaLag {
     /// The message at `seq`, published at `published` (nanoseconds), was delivered, with
     /// `pending` more in the stream after it.
     pub fn delivered(&mut self, seq: u64, pending: u64, published: u64) {
+        self.indexed += 1;
         self.delivered = seq;
         self.pending = pending;
         self.last_published = published;
@@ -254,11 +320,26 @@ impl ReplicaLag {
         if !due {
             return;
         }
-        self.reported = Some((through, Instant::now()));
+        let now = Instant::now();
+        if let Some((_, since)) = self.reported {
+            // the pace while busy: what was indexed over the time not spent waiting for it
+            let busy = now.duration_since(since).saturating_sub(self.waited);
+            if self.indexed > 0 && busy >= MIN_BUSY {
+                let pace = self.indexed as f64 / busy.as_secs_f64();
+                self.pace = if self.pace > 0.0 {
+                    (self.pace + pace) / 2.0
+                } else {
+                    pace
+                };
+            }
+        }
+        (self.indexed, self.waited) = (0, Duration::ZERO);
+        self.reported = Some((through, now));
         let report = Visible {
             shard: self.shard,
             node: self.node.clone(),
             through,
+            pace: self.pace,
         };
         let payload = serde_json::to_vec(&report).expect("a report serializes");
         let (client, subject) = (self.client.clone(), self.subject.clone());
@@ -291,49 +372,64 @@ mod tests {
     #[test]
     fn lag_is_the_age_of_the_oldest_acknowledgement_no_ready_replica_shows() {
         let start = Instant::now();
-        let mut state = State::default();
+        let mut shard = Shard::default();
         let view = view(&[(1, "a", true), (1, "b", false)]);
         let second = Duration::from_secs(1);
         for seq in 10..20 {
-            state
-                .acks
-                .entry(1)
-                .or_default()
-                .insert(seq, start + second * (seq as u32 - 10));
+            shard.acks.insert(seq, start + second * (seq as u32 - 10));
+            shard.newest = seq;
         }
         let now = start + second * 12;
-        // nothing reported: the oldest acknowledgement's age
-        assert_eq!(state.lag(1, &view, now), second * 12);
-        // a ready replica through 14: from the acknowledgement of 15 on
-        state
-            .reports
-            .entry(1)
-            .or_default()
-            .insert("a".into(), (14, now));
-        assert_eq!(state.lag(1, &view, now), second * 7);
-        // a replica not ready counts for nothing, however far it is
-        state
-            .reports
-            .entry(1)
-            .or_default()
-            .insert("b".into(), (19, now));
-        assert_eq!(state.lag(1, &view, now), second * 7);
-        // a report that grew old no longer counts; the acknowledgements seen stay forgotten
+        // nothing reported: the oldest acknowledgement's age, and no pace to expect anything by
+        let lag = shard.lag(1, &view, now);
         assert_eq!(
-            state.lag(1, &view, now + REPORT_TTL),
-            second * 7 + REPORT_TTL
+            lag,
+            Lag {
+                oldest: second * 12,
+                expected: None
+            }
         );
-        // all seen: no lag
-        state
-            .reports
-            .entry(1)
-            .or_default()
-            .insert("a".into(), (19, now));
-        assert_eq!(state.lag(1, &view, now), Duration::ZERO);
+        // a ready replica through 14, at two messages a second: from the acknowledgement of 15 on,
+        // and five more to go take 2.5 s
+        shard.reports.insert("a".into(), (14, 2.0, now));
+        let lag = shard.lag(1, &view, now);
         assert_eq!(
-            state.lag(2, &view, now),
-            Duration::ZERO,
-            "nothing published"
+            lag,
+            Lag {
+                oldest: second * 7,
+                expected: Some(second * 5 / 2)
+            }
+        );
+        assert!(lag.within(second * 7));
+        assert!(!lag.within(second * 6), "the oldest waited past the bound");
+        let paced = Lag {
+            oldest: second,
+            expected: Some(second * 3),
+        };
+        assert!(
+            !paced.within(second * 2),
+            "an export now would wait past the bound"
+        );
+        // a replica not ready counts for nothing, however far it is
+        shard.reports.insert("b".into(), (19, 100.0, now));
+        assert_eq!(shard.lag(1, &view, now).oldest, second * 7);
+        // a report that grew old no longer counts; the acknowledgements seen stay forgotten
+        let lag = shard.lag(1, &view, now + REPORT_TTL);
+        assert_eq!(
+            lag,
+            Lag {
+                oldest: second * 7 + REPORT_TTL,
+                expected: None
+            }
+        );
+        // all seen: no lag, nothing expected
+        shard.reports.insert("a".into(), (19, 2.0, now));
+        assert_eq!(
+            shard.lag(1, &view, now),
+            Lag {
+                oldest: Duration::ZERO,
+                expected: None
+            }
         );
     }
 }

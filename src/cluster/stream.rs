@@ -190,10 +190,13 @@ impl Publisher {
         // a shard whose reads are too far behind takes nothing until they catch up
         for &shard in by_shard.keys() {
             if let Err(lag) = self.freshness.within_bound(shard) {
+                let expected = lag.expected.map_or(String::new(), |e| {
+                    format!(", {:.1} s for an export now", e.as_secs_f64())
+                });
                 return Err(WriteError::Storage(format!(
-                    "the reads of shard {shard} are {:.1} s behind the exports acknowledged, \
-                     past cluster.max_lag_ms: retry later",
-                    lag.as_secs_f64()
+                    "the reads of shard {shard} are behind the exports acknowledged ({:.1} s for \
+                     the oldest not visible{expected}), past cluster.max_lag_ms: retry later",
+                    lag.oldest.as_secs_f64()
                 )));
             }
         }

@@ -5,12 +5,12 @@
 use crate::common;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::PATIENCE;
 use common::cluster::{
-    Node, REPLICAS, SHARDS, TestCluster, USERS, differences, export_until_acknowledged, records,
+    REPLICAS, SHARDS, TestCluster, USERS, assert_exactly, differences, export_until_acknowledged,
+    finished, records, start_load, wait_acked,
 };
 use common::process::{sigterm, wait_for_clean_exit, wait_ready};
 use logbridge::emit::{EmitOptions, emit};
@@ -19,47 +19,6 @@ use opentelemetry_otlp::Protocol;
 
 /// Longest wait for one export to be acknowledged, retries included.
 const EXPORT_PATIENCE: Duration = Duration::from_secs(120);
-
-/// Waits until `user`'s total through `gateway` is `expected`.
-async fn wait_for_total(cluster: &TestCluster, gateway: &Node, user: usize, expected: usize) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (status, body) = cluster.get(gateway, user, "limit=1").await;
-        if status == 200 && body["data"]["total"].as_u64() == Some(expected as u64) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "user {user} never reached {expected} logs through {}: {status} {body}",
-            gateway.api
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Asserts that each user's logs, walked through every live gateway and on each replica of its
-/// shard (every one the cluster must have, but those on indexers the test killed), are exactly
-/// the acknowledged messages, as many times as sent, newest first; waits for each replica to
-/// catch up, and fails naming the one that does not.
-async fn assert_exactly(cluster: &TestCluster, acked: &HashMap<usize, Vec<String>>, when: &str) {
-    for (&user, messages) in acked {
-        for gateway in cluster.live_gateways() {
-            wait_for_total(cluster, gateway, user, messages.len()).await;
-            let stored = cluster.walk(gateway, user, "").await;
-            let (lost, doubled) = differences(&stored, messages);
-            assert_eq!(
-                (lost, doubled, stored.len()),
-                (0, 0, messages.len()),
-                "{when}: user {user} through gateway {}: (lost, stored twice, stored)",
-                gateway.api
-            );
-        }
-        let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
-        cluster
-            .assert_replicas_exact(user, &[shard], messages, when)
-            .await;
-    }
-}
 
 /// `future`, which must end within `patience`: `what` names it when it does not.
 async fn within<T>(
@@ -321,77 +280,6 @@ async fn placement(cluster: &TestCluster) -> Vec<bool> {
         }
     }
     held
-}
-
-/// What a load acknowledged, by user, and how many exports it had to send again; shared with
-/// the test while the load runs.
-#[derive(Default)]
-struct Load {
-    acked: HashMap<usize, Vec<String>>,
-    retries: usize,
-}
-
-type Acked = Arc<Mutex<Load>>;
-
-/// Starts sending `batches` batches of `size` records for each user, through the gateways in
-/// turn, each retried (through the next gateway) until acknowledged. Records are numbered from
-/// `first_batch * size`, so later loads are newer.
-fn start_load(
-    cluster: &TestCluster,
-    first_batch: u64,
-    batches: u64,
-    size: u64,
-) -> (Acked, tokio::task::JoinHandle<()>) {
-    let grpc = cluster.grpc();
-    let key = cluster.ingest.clone();
-    let acked: Acked = Arc::default();
-    let shared = acked.clone();
-    let task = tokio::spawn(async move {
-        for batch in first_batch..first_batch + batches {
-            for (user, name) in USERS.iter().enumerate() {
-                let records = records(name, batch * size, size);
-                let messages: Vec<String> = (batch * size..(batch + 1) * size)
-                    .map(|n| format!("{name} record {n}"))
-                    .collect();
-                let attempts =
-                    export_until_acknowledged(&grpc, batch as usize + user, &key, records).await;
-                let mut load = shared.lock().unwrap();
-                load.acked.entry(user).or_default().extend(messages);
-                load.retries += attempts - 1;
-            }
-        }
-    });
-    (acked, task)
-}
-
-/// Waits until the load acknowledged at least `records` records in all.
-async fn wait_acked(acked: &Acked, records: usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while acked
-        .lock()
-        .unwrap()
-        .acked
-        .values()
-        .map(Vec::len)
-        .sum::<usize>()
-        < records
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the load stalled below {records} records"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// What the load acknowledged, once it ended, and how many exports it sent again.
-async fn finished(
-    acked: Acked,
-    task: tokio::task::JoinHandle<()>,
-) -> (HashMap<usize, Vec<String>>, usize) {
-    task.await.unwrap();
-    let load = acked.lock().unwrap();
-    (load.acked.clone(), load.retries)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::PATIENCE;
-use common::cluster::{SHARDS, TestCluster, USERS, export_until_acknowledged, records};
+use common::cluster::{Options, SHARDS, TestCluster, USERS, export_until_acknowledged, records};
 use common::process::signal;
 use common::{authorized, request_of};
 
@@ -39,7 +39,11 @@ impl Load {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_wait_while_no_replica_is_within_the_lag_bound() {
     // two indexers: each holds every shard
-    let cluster = TestCluster::start_with(1, 2, true, "max_lag_ms = 1000").await;
+    let options = Options {
+        cluster_settings: "max_lag_ms = 1000",
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(1, 2, options).await;
     let shard = logbridge::cluster::shard_of(USERS[0], SHARDS);
     let grpc = cluster.grpc();
     let mut load = Load::default();

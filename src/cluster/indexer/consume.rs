@@ -150,12 +150,14 @@ impl Consumer {
                 d.saturating_duration_since(Instant::now())
             });
             let stop = self.stop.clone();
+            let waiting = Instant::now();
             let received = self.handle.block_on(async {
                 tokio::select! {
                     () = stop.cancelled() => None,
                     next = tokio::time::timeout(wait, messages.next()) => Some(next),
                 }
             });
+            self.lag.waited(waiting.elapsed());
             match received {
                 None => {
                     if let Err(e) = self.commit(added_through) {

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use logbridge::auth::{KeyRecord, Scope, Secret};
@@ -14,6 +15,7 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde_json::Value as Json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+pub use super::harness::blackhole::Blackhole;
 use super::harness::certs::TlsFiles;
 pub use super::harness::engines::{Etcd, Nats};
 
@@ -35,12 +37,31 @@ pub struct Node {
     pub config: PathBuf,
     pub api: String,
     pub grpc: String,
+    /// Out of the cluster's view while running: paused (`SIGSTOP`), or cut off from etcd.
+    pub out_of_view: bool,
 }
 
 impl Node {
     /// `kill -9`.
     pub fn kill(&mut self) {
         self.served = None;
+    }
+
+    /// `SIGSTOP`: the process stands still, its connections open, its lease running out.
+    pub fn pause(&mut self) {
+        super::process::signal(self.served.as_ref().expect("a running node"), "STOP");
+        self.out_of_view = true;
+    }
+
+    /// `SIGCONT`.
+    pub fn resume(&mut self) {
+        super::process::signal(self.served.as_ref().expect("a running node"), "CONT");
+        self.out_of_view = false;
+    }
+
+    /// Running and in the cluster's view.
+    pub fn live(&self) -> bool {
+        self.served.is_some() && !self.out_of_view
     }
 
     pub fn restart(&mut self) {
@@ -73,6 +94,17 @@ pub struct TestCluster {
     cluster_settings: String,
 }
 
+/// How a test cluster differs from the usual one.
+#[derive(Default)]
+pub struct Options {
+    /// Every hop in plaintext rather than TLS.
+    pub plaintext: bool,
+    /// More `[cluster]` settings of every node (TOML lines).
+    pub cluster_settings: &'static str,
+    /// The NATS servers' routes through proxies a test can cut ([`Nats::isolate`]).
+    pub partitionable: bool,
+}
+
 /// The gateways' OTLP/gRPC endpoints, and the CA their certificates chain to (with TLS).
 #[derive(Clone)]
 pub struct GrpcTargets {
@@ -97,21 +129,26 @@ impl TestCluster {
     /// NATS, etcd, `gateways` gateways and `indexers` indexers, TLS on every hop, ready: every
     /// shard has its replicas caught up.
     pub async fn start(gateways: usize, indexers: usize) -> Self {
-        Self::start_with(gateways, indexers, true, "").await
+        Self::start_with(gateways, indexers, Options::default()).await
     }
 
     /// [`TestCluster::start`] with every hop in plaintext.
     pub async fn start_plaintext(gateways: usize, indexers: usize) -> Self {
-        Self::start_with(gateways, indexers, false, "").await
+        let options = Options {
+            plaintext: true,
+            ..Options::default()
+        };
+        Self::start_with(gateways, indexers, options).await
     }
 
-    /// [`TestCluster::start`], every node with more `[cluster]` settings (TOML lines).
-    pub async fn start_with(
-        gateways: usize,
-        indexers: usize,
-        tls: bool,
-        cluster_settings: &str,
-    ) -> Self {
+    /// [`TestCluster::start`] with `options`.
+    pub async fn start_with(gateways: usize, indexers: usize, options: Options) -> Self {
+        let Options {
+            plaintext,
+            cluster_settings,
+            partitionable,
+        } = options;
+        let tls = !plaintext;
         // the tests' HTTP clients take the process's rustls provider
         logbridge::server::install_provider();
         // nats-server and etcd, installed when missing
@@ -122,7 +159,11 @@ impl TestCluster {
             std::fs::create_dir_all(&folder).unwrap();
             TlsFiles::write(&folder)
         });
-        let nats = Nats::start(dir.path(), tls.as_ref()).await;
+        let nats = if partitionable {
+            Nats::start_partitionable(dir.path(), tls.as_ref()).await
+        } else {
+            Nats::start(dir.path(), tls.as_ref()).await
+        };
         let etcd = Etcd::start(dir.path(), tls.as_ref()).await;
         let ingest = Secret::generate();
         let readers: Vec<Secret> = USERS.iter().map(|_| Secret::generate()).collect();
@@ -245,11 +286,40 @@ impl TestCluster {
 
     /// Starts a node with `role` named `id`.
     pub fn add_node(&mut self, role: &str, id: &str) {
+        let (nats, etcd) = (self.nats.urls(), self.etcd.url.clone());
+        self.add_node_via(role, id, &nats, &etcd);
+    }
+
+    /// Proxies to the NATS servers' client ports, and the URLs a node reaches NATS by through
+    /// them: cutting them cuts that node off from NATS.
+    pub async fn nats_proxies(&self) -> (Vec<Blackhole>, Vec<String>) {
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        let mut proxies = Vec::new();
+        for port in &self.nats.client_ports {
+            proxies.push(Blackhole::start(0, format!("127.0.0.1:{port}")).await);
+        }
+        let urls = proxies
+            .iter()
+            .map(|p| format!("{scheme}://{}", p.addr))
+            .collect();
+        (proxies, urls)
+    }
+
+    /// A proxy to etcd, and the URL a node reaches etcd by through it.
+    pub async fn etcd_proxy(&self) -> (Blackhole, String) {
+        let (scheme, target) = self.etcd.url.split_once("://").expect("a URL");
+        let proxy = Blackhole::start(0, target.to_owned()).await;
+        let url = format!("{scheme}://{}", proxy.addr);
+        (proxy, url)
+    }
+
+    /// Starts a node with `role` named `id` that reaches NATS at `nats` and etcd at `etcd`.
+    pub fn add_node_via(&mut self, role: &str, id: &str, nats: &[String], etcd: &str) {
         let folder = self.dir.path().join(id);
         std::fs::create_dir_all(&folder).unwrap();
         let config = folder.join("logbridge.toml");
         let (listeners, hops) = self.tls_settings();
-        let quoted = |urls: Vec<String>| {
+        let quoted = |urls: &[String]| {
             urls.iter()
                 .map(|u| format!("\"{u}\""))
                 .collect::<Vec<_>>()
@@ -266,8 +336,8 @@ impl TestCluster {
                  indexer_replicas = {REPLICAS}\nnats_urls = [{}]\netcd_endpoints = [\"{}\"]\n{hops}{}\n",
                 folder.join("index").display(),
                 self.dir.path().join("keys.toml").display(),
-                quoted(self.nats.urls()),
-                self.etcd.url,
+                quoted(nats),
+                etcd,
                 self.cluster_settings,
             ),
         )
@@ -287,6 +357,7 @@ impl TestCluster {
             grpc: served.grpc.clone(),
             served: Some(served),
             config,
+            out_of_view: false,
         };
         match role {
             "gateway" => self.gateways.push(node),
@@ -318,10 +389,7 @@ impl TestCluster {
 
     /// The live gateways.
     pub fn live_gateways(&self) -> Vec<&Node> {
-        self.gateways
-            .iter()
-            .filter(|g| g.served.is_some())
-            .collect()
+        self.gateways.iter().filter(|g| g.live()).collect()
     }
 
     /// The gateways' OTLP/gRPC endpoints, dead ones included (a client tries them in turn).
@@ -352,7 +420,7 @@ impl TestCluster {
     /// The live indexers, by position in `indexers`.
     fn live_indexers(&self) -> Vec<usize> {
         (0..self.indexers.len())
-            .filter(|&n| self.indexers[n].served.is_some())
+            .filter(|&n| self.indexers[n].live())
             .collect()
     }
 
@@ -511,9 +579,9 @@ impl TestCluster {
             let mut held = Vec::new();
             for indexer in self.owners(shard) {
                 let replica = format!("indexer-{indexer}'s replica of shard {shard}");
-                if self.indexers[indexer].served.is_none() {
+                if !self.indexers[indexer].live() {
                     report.push(format!(
-                        "{replica}: left out, the test killed indexer-{indexer}"
+                        "{replica}: left out, the test killed indexer-{indexer} or took it out of the view"
                     ));
                     continue;
                 }
@@ -726,5 +794,121 @@ pub async fn export_until_acknowledged(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// What a load acknowledged, by user, and how many exports it had to send again; shared with
+/// the test while the load runs.
+#[derive(Default)]
+pub struct Load {
+    pub acked: HashMap<usize, Vec<String>>,
+    pub retries: usize,
+}
+
+pub type Acked = Arc<Mutex<Load>>;
+
+/// Starts sending `batches` batches of `size` records for each user, through the gateways in
+/// turn, each retried (through the next gateway) until acknowledged. Records are numbered from
+/// `first_batch * size`, so later loads are newer.
+pub fn start_load(
+    cluster: &TestCluster,
+    first_batch: u64,
+    batches: u64,
+    size: u64,
+) -> (Acked, tokio::task::JoinHandle<()>) {
+    let grpc = cluster.grpc();
+    let key = cluster.ingest.clone();
+    let acked: Acked = Arc::default();
+    let shared = acked.clone();
+    let task = tokio::spawn(async move {
+        for batch in first_batch..first_batch + batches {
+            for (user, name) in USERS.iter().enumerate() {
+                let records = records(name, batch * size, size);
+                let messages: Vec<String> = (batch * size..(batch + 1) * size)
+                    .map(|n| format!("{name} record {n}"))
+                    .collect();
+                let attempts =
+                    export_until_acknowledged(&grpc, batch as usize + user, &key, records).await;
+                let mut load = shared.lock().unwrap();
+                load.acked.entry(user).or_default().extend(messages);
+                load.retries += attempts - 1;
+            }
+        }
+    });
+    (acked, task)
+}
+
+/// Waits until the load acknowledged at least `records` records in all.
+pub async fn wait_acked(acked: &Acked, records: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked
+        .lock()
+        .unwrap()
+        .acked
+        .values()
+        .map(Vec::len)
+        .sum::<usize>()
+        < records
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the load stalled below {records} records"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the load acknowledged, once it ended, and how many exports it sent again.
+pub async fn finished(
+    acked: Acked,
+    task: tokio::task::JoinHandle<()>,
+) -> (HashMap<usize, Vec<String>>, usize) {
+    task.await.unwrap();
+    let load = acked.lock().unwrap();
+    (load.acked.clone(), load.retries)
+}
+
+/// Waits until `user`'s total through `gateway` is `expected`.
+pub async fn wait_for_total(cluster: &TestCluster, gateway: &Node, user: usize, expected: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = cluster.get(gateway, user, "limit=1").await;
+        if status == 200 && body["data"]["total"].as_u64() == Some(expected as u64) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "user {user} never reached {expected} logs through {}: {status} {body}",
+            gateway.api
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts that each user's logs, walked through every live gateway and on each replica of its
+/// shard (every one the cluster must have, but those on indexers the test killed), are exactly
+/// the acknowledged messages, as many times as sent, newest first; waits for each replica to
+/// catch up, and fails naming the one that does not.
+pub async fn assert_exactly(
+    cluster: &TestCluster,
+    acked: &HashMap<usize, Vec<String>>,
+    when: &str,
+) {
+    for (&user, messages) in acked {
+        for gateway in cluster.live_gateways() {
+            wait_for_total(cluster, gateway, user, messages.len()).await;
+            let stored = cluster.walk(gateway, user, "").await;
+            let (lost, doubled) = differences(&stored, messages);
+            assert_eq!(
+                (lost, doubled, stored.len()),
+                (0, 0, messages.len()),
+                "{when}: user {user} through gateway {}: (lost, stored twice, stored)",
+                gateway.api
+            );
+        }
+        let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
+        cluster
+            .assert_replicas_exact(user, &[shard], messages, when)
+            .await;
     }
 }
