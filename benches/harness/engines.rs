@@ -14,8 +14,8 @@ use serde_json::Value as Json;
 use super::blackhole::Blackhole;
 use super::certs::TlsFiles;
 
-/// The NATS server the engines run: `nats-server` on the PATH unless this variable names
-/// another binary (a newer release, say).
+/// The NATS server the engines run: the release `tests/tools/install` installs from PyPI, unless
+/// this variable names another binary (an older release, say).
 pub const NATS_SERVER_VARIABLE: &str = "NATS_SERVER_BINARY";
 
 /// A port nobody listens on now, for servers that must know each other's ports before they
@@ -83,7 +83,7 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
-                    "cannot run {} ({e}): tests/tools/install installs it (Debian: apt-get install nats-server etcd-server)",
+                    "cannot run {} ({e}): tests/tools/install installs it",
                     self.program
                 )
             });
@@ -143,9 +143,17 @@ async fn wait_healthy(daemon: &mut Daemon, url: &str, expected: &str, what: &str
     }
 }
 
-/// The NATS server binary the engines run.
+/// The NATS server binary the engines run: [`NATS_SERVER_VARIABLE`]'s, else the one
+/// `tests/tools/install` installed, else `nats-server` on the PATH.
 pub fn nats_server() -> String {
-    std::env::var(NATS_SERVER_VARIABLE).unwrap_or_else(|_| "nats-server".to_owned())
+    if let Ok(program) = std::env::var(NATS_SERVER_VARIABLE) {
+        return program;
+    }
+    let installed = super::tool_venv("NATS_SERVER_VERSION", "nats-server").join("bin/nats-server");
+    if installed.is_file() {
+        return installed.display().to_string();
+    }
+    "nats-server".to_owned()
 }
 
 /// What `program --version` prints, e.g. `nats-server: v2.9.10`.

@@ -42,6 +42,24 @@ pub fn plain_http() -> reqwest::ClientBuilder {
     reqwest::Client::builder().tls_certs_only([])
 }
 
+/// Where `tests/tools/install` puts the virtualenv of a tool it installs from PyPI: the user's
+/// cache folder, `logbridge/<name>-<version>`, the version being the script's `<variable>=`.
+pub fn tool_venv(variable: &str, name: &str) -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/install");
+    let install = std::fs::read_to_string(script).expect("tests/tools/install is readable");
+    let version = install
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{variable}=")))
+        .unwrap_or_else(|| panic!("tests/tools/install names no {variable}"));
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
+        });
+    cache.join(format!("logbridge/{name}-{version}"))
+}
+
 /// A logbridge child process with its keys.
 pub struct Server {
     child: Child,

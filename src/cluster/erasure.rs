@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::copy::peer_authorized;
 use super::gateway::Gateway;
-use super::indexer::Replicas;
+use super::indexer::{NOT_HERE, Replicas};
 use super::shard::shards_of_user;
 use super::stream::subject;
 use crate::api::{self, ApiError};
@@ -113,7 +113,7 @@ impl Erasures {
 
 /// The route gateways ask an erasure's count at: `/peer/shards/<n>/erasures/<seq>`, behind the
 /// peer token. 200 with `{"deleted": n}`; 404 while the replica has not applied it yet; 410
-/// when it cannot tell (it applied it before it last started).
+/// when it cannot tell (it applied it before it last started); 421 when it holds no replica.
 pub fn router(replicas: Replicas, token: String) -> Router {
     Router::new()
         .route(
@@ -136,7 +136,10 @@ async fn serve_count(
             axum::Json(serde_json::json!({ "deleted": deleted })).into_response()
         }
         Some(Count::NotYet) => (StatusCode::NOT_FOUND, "not applied yet").into_response(),
-        Some(Count::Unknown) | None => (StatusCode::GONE, "not known here").into_response(),
+        Some(Count::Unknown) => {
+            (StatusCode::GONE, "applied before this replica started").into_response()
+        }
+        None => (NOT_HERE, "this indexer holds no replica of that shard").into_response(),
     }
 }
 
@@ -226,8 +229,9 @@ struct Counted {
     deleted: u64,
 }
 
-/// How many logs the erasure at `seq` of `shard` deleted, as a ready replica of the shard
-/// recorded it; waits for one to apply it.
+/// How many logs the erasure at `seq` of `shard` deleted, once every ready replica of the shard
+/// that answers has applied it (so that no read shows the erased logs after the answer); the
+/// count is the one a replica recorded as it applied it.
 async fn count(
     gateway: &Gateway,
     shard: u32,
@@ -241,34 +245,64 @@ async fn count(
             .view
             .borrow()
             .read_targets(shard, gateway.replicas, user_id);
+        let (mut counted, mut pending, mut applied) = (None, false, false);
         for target in targets {
-            let request =
-                http::Request::get(format!("{target}/peer/shards/{shard}/erasures/{seq}"))
-                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                    .body(Body::empty())
-                    .map_err(|e| ApiError::Internal(format!("cannot build a request: {e}")))?;
-            let asked = async {
-                let response = gateway.client.request(request).await?;
-                let status = response.status();
-                let body = response.into_body().collect().await?.to_bytes();
-                anyhow::Ok((status, body))
-            };
-            // a replica that has not applied it yet, or cannot tell, is passed for the next
-            if let Ok(Ok((StatusCode::OK, body))) =
-                tokio::time::timeout(COUNT_POLL * 20, asked).await
-                && let Ok(counted) = serde_json::from_slice::<Counted>(&body)
-            {
-                return Ok(counted.deleted);
+            match ask_count(gateway, &target, shard, seq, token).await {
+                Some(Count::Deleted(deleted)) => counted = Some(deleted),
+                Some(Count::NotYet) => pending = true,
+                Some(Count::Unknown) => applied = true,
+                // a replica that does not answer serves no read either
+                None => {}
             }
         }
+        match counted {
+            Some(deleted) if !pending => return Ok(deleted),
+            None if applied && !pending => {
+                return Err(ApiError::Unavailable(
+                    "the erasure is applied, but the replicas restarted since and no longer know \
+                     how many logs it erased (a retry counts only what is left)",
+                ));
+            }
+            _ => {}
+        }
         if Instant::now() >= deadline {
-            tracing::warn!(shard, seq, "no replica applied the erasure in time");
+            tracing::warn!(shard, seq, "the replicas did not apply the erasure in time");
             return Err(ApiError::Unavailable(
-                "the erasure is stored and every replica will apply it, but none has yet: \
+                "the erasure is stored and every replica will apply it, but not all have yet: \
                  retry to learn it is done (a retry counts only what is left)",
             ));
         }
         tokio::time::sleep(COUNT_POLL).await;
+    }
+}
+
+/// What the replica at `target` knows of the erasure at `seq` of `shard`; `None` when it does
+/// not answer in time.
+async fn ask_count(
+    gateway: &Gateway,
+    target: &str,
+    shard: u32,
+    seq: u64,
+    token: &str,
+) -> Option<Count> {
+    let request = http::Request::get(format!("{target}/peer/shards/{shard}/erasures/{seq}"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .ok()?;
+    let asked = async {
+        let response = gateway.client.request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    };
+    match tokio::time::timeout(COUNT_POLL * 20, asked).await {
+        Ok(Ok((StatusCode::OK, body))) => {
+            let counted: Counted = serde_json::from_slice(&body).ok()?;
+            Some(Count::Deleted(counted.deleted))
+        }
+        Ok(Ok((StatusCode::NOT_FOUND, _))) => Some(Count::NotYet),
+        Ok(Ok((StatusCode::GONE, _))) => Some(Count::Unknown),
+        _ => None,
     }
 }
 

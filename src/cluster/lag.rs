@@ -24,11 +24,13 @@ use crate::metrics::{Metrics, Seconds, ShardLabels};
 /// How often a replica reports its position when it commits nothing.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A report older than this is not taken as a replica's position: the replica stopped.
-const REPORT_TTL: Duration = Duration::from_secs(3);
+/// A report older than this is not taken as a replica's position: the replica stopped. Several
+/// report intervals, so that a long commit does not make a working replica look gone.
+const REPORT_TTL: Duration = Duration::from_secs(10);
 
-/// Acknowledgements a gateway remembers by shard, at most: past this the oldest are dropped
-/// (the shard is then refused anyway, its replicas being that far behind).
+/// Acknowledgements a gateway remembers by shard, at most: past this the newest are dropped
+/// (the oldest, which the lag is measured by, stay; the shard is refused anyway, its replicas
+/// being that far behind).
 const ACKS_KEPT: usize = 100_000;
 
 /// Busy time below which a replica's pace is not measured: too little to tell.
@@ -66,11 +68,14 @@ pub struct Lag {
     /// How long an acknowledgement now would wait to be visible: what was acknowledged and is
     /// not visible yet, over the pace its replica indexes at.
     pub expected: Option<Duration>,
+    /// Whether a replica of the shard ever reported: without, the shard's indexers do not
+    /// report (a version before the bound, during a rolling upgrade), and nothing is refused.
+    pub reported: bool,
 }
 
 impl Lag {
     fn within(&self, bound: Duration) -> bool {
-        self.oldest <= bound && self.expected.is_none_or(|wait| wait <= bound)
+        !self.reported || (self.oldest <= bound && self.expected.is_none_or(|wait| wait <= bound))
     }
 }
 
@@ -103,7 +108,7 @@ impl Shard {
     fn lag(&mut self, shard: u32, view: &View, now: Instant) -> Lag {
         let visible = self.visible(shard, view, now);
         if let Some((through, _)) = visible {
-            self.acks = self.acks.split_off(&(through + 1));
+            self.acks = self.acks.split_off(&through.saturating_add(1));
         }
         let oldest = self
             .acks
@@ -111,12 +116,18 @@ impl Shard {
             .map_or(Duration::ZERO, |(_, at)| now.duration_since(*at));
         let expected = match visible {
             _ if self.acks.is_empty() => None,
-            Some((through, pace)) if pace > 0.0 => Some(Duration::from_secs_f64(
-                self.newest.saturating_sub(through) as f64 / pace,
-            )),
+            // a pace below one message in a thousand seconds tells nothing
+            Some((through, pace)) if pace.is_finite() && pace >= 1e-3 => Some(
+                Duration::try_from_secs_f64(self.newest.saturating_sub(through) as f64 / pace)
+                    .unwrap_or(Duration::MAX),
+            ),
             _ => None,
         };
-        Lag { oldest, expected }
+        Lag {
+            oldest,
+            expected,
+            reported: !self.reports.is_empty(),
+        }
     }
 }
 
@@ -137,7 +148,7 @@ impl Freshness {
         state.acks.insert(seq, Instant::now());
         state.newest = state.newest.max(seq);
         if state.acks.len() > ACKS_KEPT {
-            state.acks.pop_first();
+            state.acks.pop_last();
         }
     }
 
@@ -380,56 +391,40 @@ mod tests {
             shard.newest = seq;
         }
         let now = start + second * 12;
-        // nothing reported: the oldest acknowledgement's age, and no pace to expect anything by
+        let lag_of = |oldest, expected, reported| Lag {
+            oldest,
+            expected,
+            reported,
+        };
+        // nothing reported: the oldest acknowledgement's age, and no pace to expect anything by;
+        // a shard whose replicas never reported (older indexers) refuses nothing
         let lag = shard.lag(1, &view, now);
-        assert_eq!(
-            lag,
-            Lag {
-                oldest: second * 12,
-                expected: None
-            }
-        );
+        assert_eq!(lag, lag_of(second * 12, None, false));
+        assert!(lag.within(second));
         // a ready replica through 14, at two messages a second: from the acknowledgement of 15 on,
         // and five more to go take 2.5 s
         shard.reports.insert("a".into(), (14, 2.0, now));
         let lag = shard.lag(1, &view, now);
-        assert_eq!(
-            lag,
-            Lag {
-                oldest: second * 7,
-                expected: Some(second * 5 / 2)
-            }
-        );
+        assert_eq!(lag, lag_of(second * 7, Some(second * 5 / 2), true));
         assert!(lag.within(second * 7));
         assert!(!lag.within(second * 6), "the oldest waited past the bound");
-        let paced = Lag {
-            oldest: second,
-            expected: Some(second * 3),
-        };
+        let paced = lag_of(second, Some(second * 3), true);
         assert!(
             !paced.within(second * 2),
             "an export now would wait past the bound"
         );
+        // a pace that tells nothing (a report from elsewhere) expects nothing, and panics nothing
+        shard.reports.insert("a".into(), (14, 5e-324, now));
+        assert_eq!(shard.lag(1, &view, now).expected, None);
+        shard.reports.insert("a".into(), (14, 2.0, now));
         // a replica not ready counts for nothing, however far it is
         shard.reports.insert("b".into(), (19, 100.0, now));
         assert_eq!(shard.lag(1, &view, now).oldest, second * 7);
         // a report that grew old no longer counts; the acknowledgements seen stay forgotten
         let lag = shard.lag(1, &view, now + REPORT_TTL);
-        assert_eq!(
-            lag,
-            Lag {
-                oldest: second * 7 + REPORT_TTL,
-                expected: None
-            }
-        );
+        assert_eq!(lag, lag_of(second * 7 + REPORT_TTL, None, true));
         // all seen: no lag, nothing expected
         shard.reports.insert("a".into(), (19, 2.0, now));
-        assert_eq!(
-            shard.lag(1, &view, now),
-            Lag {
-                oldest: Duration::ZERO,
-                expected: None
-            }
-        );
+        assert_eq!(shard.lag(1, &view, now), lag_of(Duration::ZERO, None, true));
     }
 }

@@ -143,6 +143,8 @@ impl Consumer {
             self.state.send_replace(ReplicaState::Ready);
         }
         let mut next = start;
+        // when a message last came, or the stream was last found to hold nothing more
+        let mut heard = Instant::now();
         let mut added_through: Option<u64> = None;
         let mut deadline: Option<Instant> = None;
         loop {
@@ -166,7 +168,19 @@ impl Consumer {
                     }
                     return Pass::Stopped;
                 }
-                Some(Err(_elapsed)) => {}
+                Some(Err(_elapsed)) => {
+                    if heard.elapsed() >= STALL_CHECK {
+                        if self.stalled(next) {
+                            tracing::warn!(
+                                shard,
+                                next,
+                                "the stream holds messages its consumer does not deliver; consuming again"
+                            );
+                            return self.end_pass(added_through);
+                        }
+                        heard = Instant::now();
+                    }
+                }
                 Some(Ok(None)) => {
                     tracing::warn!(shard, "the shard's stream ended; consuming again");
                     return self.end_pass(added_through);
@@ -176,6 +190,7 @@ impl Consumer {
                     return self.end_pass(added_through);
                 }
                 Some(Ok(Some(Ok(message)))) => {
+                    heard = Instant::now();
                     let stream_seq = match message.info() {
                         Ok(info) => {
                             let published = info.published.unix_timestamp_nanos();
@@ -226,6 +241,10 @@ impl Consumer {
                 if let Err(e) = self.sweep(added_through) {
                     return self.failed(&e);
                 }
+                // the sweep committed what was added: caught up, if that was the end
+                if added_through.is_some_and(|through| through >= end) {
+                    self.state.send_replace(ReplicaState::Ready);
+                }
                 deadline = None;
                 added_through = None;
             }
@@ -241,6 +260,21 @@ impl Consumer {
             }
             self.lag.update(&self.handle);
         }
+    }
+
+    /// Whether the stream holds the message at `next` (or later) while the consumer delivers
+    /// nothing: a consumer left behind by a NATS server that was cut off and came back.
+    fn stalled(&self, next: u64) -> bool {
+        let (jetstream, name) = (self.jetstream.clone(), self.stream.clone());
+        let last = self.handle.block_on(async move {
+            let asked = async {
+                let mut stream = jetstream.get_stream(&name).await?;
+                anyhow::Ok(stream.info().await?.state.last_sequence)
+            };
+            tokio::time::timeout(STALL_CHECK, asked).await
+        });
+        // a stream that does not answer is no proof: the next check asks again
+        matches!(last, Ok(Ok(last)) if last >= next)
     }
 
     /// Adds the logs of the chunk at `stream_seq` that are not past their retention (what
@@ -384,6 +418,9 @@ impl Consumer {
         Pass::Retry
     }
 }
+
+/// How long a consumer may deliver nothing before the stream is asked whether it holds more.
+const STALL_CHECK: Duration = Duration::from_secs(5);
 
 /// The commit payload records the highest sequence number a message may give, so that a
 /// message is either wholly committed or consumed again.

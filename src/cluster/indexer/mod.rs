@@ -91,8 +91,10 @@ struct Replica {
     erasures: Arc<Erasures>,
     stop: CancellationToken,
     thread: std::thread::JoinHandle<()>,
-    /// When a replica with a gap next asks its peers for a copy.
+    /// When a replica with a gap next asks its peers for a copy, and how long it waits after
+    /// that one if it does not fill the gap (doubling, up to [`RECOPY_BACKOFF_MAX`]).
     recopy_at: Instant,
+    recopy_backoff: Duration,
 }
 
 impl Replica {
@@ -362,8 +364,11 @@ fn reconcile(
     }
 }
 
-/// How long a replica with a gap waits between asking its peers for a copy that fills it.
+/// How long a replica with a gap first waits between asking its peers for a copy that fills it.
 const RECOPY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The longest it waits between two such copies.
+const RECOPY_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Replaces this node's replica of `shard`, which lacks stream messages through `last`, with a
 /// copy of a ready peer's replica that holds them (its commit is past `last`); while no peer's
@@ -380,7 +385,8 @@ fn recopy(context: &IndexerContext, replicas: &Replicas, shard: u32, view: &View
     if !covers {
         let _ = std::fs::remove_dir_all(&staging);
         if let Some(replica) = held.get_mut(&shard) {
-            replica.recopy_at = Instant::now() + RECOPY_INTERVAL;
+            replica.recopy_at = Instant::now() + replica.recopy_backoff;
+            replica.recopy_backoff = (replica.recopy_backoff * 2).min(RECOPY_BACKOFF_MAX);
         }
         return;
     }
@@ -496,6 +502,7 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
         stop,
         thread,
         recopy_at: Instant::now(),
+        recopy_backoff: RECOPY_INTERVAL,
     })
 }
 

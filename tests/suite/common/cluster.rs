@@ -885,16 +885,21 @@ pub async fn wait_for_total(cluster: &TestCluster, gateway: &Node, user: usize, 
     }
 }
 
-/// Asserts that each user's logs, walked through every live gateway and on each replica of its
-/// shard (every one the cluster must have, but those on indexers the test killed), are exactly
-/// the acknowledged messages, as many times as sent, newest first; waits for each replica to
-/// catch up, and fails naming the one that does not.
+/// Asserts that each user's logs, on each replica of its shard (every one the cluster must have,
+/// but those on indexers the test killed) and walked through every live gateway, are exactly the
+/// acknowledged messages, as many times as sent, newest first; waits for each replica to catch
+/// up, and fails naming the one that does not.
 pub async fn assert_exactly(
     cluster: &TestCluster,
     acked: &HashMap<usize, Vec<String>>,
     when: &str,
 ) {
     for (&user, messages) in acked {
+        // each replica first: a failure names the one that does not hold what was acknowledged
+        let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
+        cluster
+            .assert_replicas_exact(user, &[shard], messages, when)
+            .await;
         for gateway in cluster.live_gateways() {
             wait_for_total(cluster, gateway, user, messages.len()).await;
             let stored = cluster.walk(gateway, user, "").await;
@@ -906,9 +911,5 @@ pub async fn assert_exactly(
                 gateway.api
             );
         }
-        let shard = logbridge::cluster::shard_of(USERS[user], SHARDS);
-        cluster
-            .assert_replicas_exact(user, &[shard], messages, when)
-            .await;
     }
 }

@@ -41,20 +41,7 @@ pub fn installed() -> &'static Tools {
     })
 }
 
-/// Where `tests/tools/install` puts Schemathesis's virtualenv: the user's cache folder, named by
-/// the version the script installs.
+/// Where `tests/tools/install` puts Schemathesis's virtualenv.
 fn schemathesis_venv() -> PathBuf {
-    let install = std::fs::read_to_string(format!("{ROOT}/tests/tools/install"))
-        .expect("tests/tools/install is readable");
-    let version = install
-        .lines()
-        .find_map(|line| line.strip_prefix("SCHEMATHESIS_VERSION="))
-        .expect("tests/tools/install names the Schemathesis version");
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
-        });
-    cache.join(format!("logbridge/schemathesis-{version}"))
+    super::harness::tool_venv("SCHEMATHESIS_VERSION", "schemathesis")
 }
