@@ -751,19 +751,7 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         .assert_replicas_exact(0, &spread, &without_errors, "after erasing the errors")
         .await;
     // what is not gathered yet says so
-    let response = cluster
-        .http_client()
-        .timeout(PATIENCE)
-        .build()
-        .unwrap()
-        .get(format!(
-            "{}/logs/stats",
-            cluster.api_url(&cluster.gateways[0])
-        ))
-        .bearer_auth(cluster.readers[0].expose())
-        .send()
-        .await
-        .unwrap();
+    let response = cluster.get_as(&cluster.gateways[0], 0, "/logs/stats").await;
     assert_eq!(response.status(), 501);
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(

@@ -7,8 +7,9 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::PATIENCE;
-use common::cluster::{Options, SHARDS, TestCluster, USERS, export_until_acknowledged, records};
-use common::process::signal;
+use common::cluster::{
+    GrpcTargets, Options, SHARDS, TestCluster, USERS, export_until_acknowledged, records,
+};
 use common::{authorized, request_of};
 
 /// The bound of the test cluster.
@@ -36,6 +37,17 @@ impl Load {
     }
 }
 
+/// The load's next batch, exported once through the first gateway: its answer.
+async fn export_once(
+    grpc: &GrpcTargets,
+    cluster: &TestCluster,
+    load: &Load,
+) -> Result<(), tonic::Status> {
+    let request = authorized(request_of(load.next()), &cluster.ingest);
+    let mut client = grpc.connect(0).await.expect("a connection to the gateway");
+    client.export(request).await.map(|_| ())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_wait_while_no_replica_is_within_the_lag_bound() {
     // two indexers: each holds every shard
@@ -43,7 +55,7 @@ async fn exports_wait_while_no_replica_is_within_the_lag_bound() {
         cluster_settings: "max_lag_ms = 1000",
         ..Options::default()
     };
-    let cluster = TestCluster::start_with(1, 2, options).await;
+    let mut cluster = TestCluster::start_with(1, 2, options).await;
     let shard = logbridge::cluster::shard_of(USERS[0], SHARDS);
     let grpc = cluster.grpc();
     let mut load = Load::default();
@@ -57,18 +69,8 @@ async fn exports_wait_while_no_replica_is_within_the_lag_bound() {
     let mut stream = cluster.stream(shard).await;
     let last = stream.info().await.unwrap().state.last_sequence;
     let response = cluster
-        .http_client()
-        .timeout(PATIENCE)
-        .build()
-        .unwrap()
-        .get(format!(
-            "{}/logs?limit=1",
-            cluster.api_url(&cluster.gateways[0])
-        ))
-        .bearer_auth(cluster.readers[0].expose())
-        .send()
-        .await
-        .unwrap();
+        .get_as(&cluster.gateways[0], 0, "/logs?limit=1")
+        .await;
     assert_eq!(
         response.headers()["logbridge-indexed-through"],
         format!("{shard}:{last}").as_str()
@@ -84,14 +86,9 @@ async fn exports_wait_while_no_replica_is_within_the_lag_bound() {
     }
 
     // one replica paused: the other keeps the shard within the bound, nothing is refused
-    signal(cluster.indexers[0].served.as_ref().unwrap(), "STOP");
+    cluster.indexers[0].pause();
     for _ in 0..3 {
-        let answer = grpc
-            .connect(0)
-            .await
-            .unwrap()
-            .export(authorized(request_of(load.next()), &cluster.ingest))
-            .await;
+        let answer = export_once(&grpc, &cluster, &load).await;
         assert!(answer.is_ok(), "refused with one replica up: {answer:?}");
         load.acknowledged();
         tokio::time::sleep(MAX_LAG / 2).await;
@@ -99,16 +96,11 @@ async fn exports_wait_while_no_replica_is_within_the_lag_bound() {
 
     // both paused: what is acknowledged stops becoming visible, and once the oldest of it has
     // waited the bound, exports for the shard are refused retryably, storing nothing
-    signal(cluster.indexers[1].served.as_ref().unwrap(), "STOP");
+    cluster.indexers[1].pause();
     let paused = Instant::now();
     let deadline = paused + PATIENCE;
     let refusal = loop {
-        let answer = grpc
-            .connect(0)
-            .await
-            .unwrap()
-            .export(authorized(request_of(load.next()), &cluster.ingest))
-            .await;
+        let answer = export_once(&grpc, &cluster, &load).await;
         match answer {
             Ok(_) => load.acknowledged(),
             Err(status) => break status,
@@ -147,8 +139,8 @@ async fn exports_wait_while_no_replica_is_within_the_lag_bound() {
 
     // resumed, the replicas catch up and the shard takes exports again; every acknowledged log
     // is there once, none of the refused ones
-    signal(cluster.indexers[0].served.as_ref().unwrap(), "CONT");
-    signal(cluster.indexers[1].served.as_ref().unwrap(), "CONT");
+    cluster.indexers[0].resume();
+    cluster.indexers[1].resume();
     export_until_acknowledged(&grpc, 0, &cluster.ingest, load.next()).await;
     load.acknowledged();
     cluster

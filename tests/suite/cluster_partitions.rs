@@ -28,24 +28,9 @@ const RECORDS: usize = BATCHES as usize * 100 * USERS.len();
 /// `gateway`'s count of OTLP/gRPC exports answered with `status`.
 async fn exports_answered(cluster: &TestCluster, gateway: usize, status: &str) -> f64 {
     let sample = format!("logbridge_otlp_exports_total{{transport=\"grpc\",status=\"{status}\"}}");
-    let text = cluster
-        .http_client()
-        .timeout(PATIENCE)
-        .build()
-        .unwrap()
-        .get(format!(
-            "{}/metrics",
-            cluster.api_url(&cluster.gateways[gateway])
-        ))
-        .send()
+    cluster
+        .labeled_metric(&cluster.gateways[gateway], &sample)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Waits until the cluster's view no longer has `indexer` (marked out of view): every user's

@@ -254,6 +254,27 @@ impl TestCluster {
         super::metric_of(&self.client, &self.api_url(node), sample).await
     }
 
+    /// The value of a sample of a labeled family of `node`'s `/metrics` (see
+    /// [`super::labeled_metric`]): 0 while nothing with those labels was counted.
+    pub async fn labeled_metric(&self, node: &Node, sample: &str) -> f64 {
+        super::labeled_metric_of(&self.client, &self.api_url(node), sample).await
+    }
+
+    /// `GET {path_and_query}` on `node` as user `user`: the answer, whatever its status.
+    pub async fn get_as(
+        &self,
+        node: &Node,
+        user: usize,
+        path_and_query: &str,
+    ) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path_and_query}", self.api_url(node)))
+            .bearer_auth(self.readers[user].expose())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path_and_query} on {}: {e}", node.api))
+    }
+
     /// The URL of `node`'s REST API.
     pub fn api_url(&self, node: &Node) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };

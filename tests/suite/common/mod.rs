@@ -437,7 +437,12 @@ pub async fn metric_of(client: &reqwest::Client, api_url: &str, sample: &str) ->
 /// nothing with those labels was counted, but the test fails when the family itself is not
 /// served.
 pub async fn labeled_metric(api_url: &str, sample: &str) -> f64 {
-    let text = metrics_text(&client(), api_url).await;
+    labeled_metric_of(&client(), api_url, sample).await
+}
+
+/// [`labeled_metric`], asked with `client`.
+pub async fn labeled_metric_of(client: &reqwest::Client, api_url: &str, sample: &str) -> f64 {
+    let text = metrics_text(client, api_url).await;
     let name = sample.split('{').next().unwrap_or(sample);
     let family = name.strip_suffix("_total").unwrap_or(name);
     assert!(
