@@ -246,7 +246,7 @@ async fn count(
             .borrow()
             .read_targets(shard, gateway.replicas, user_id);
         let (mut counted, mut pending, mut applied) = (None, false, false);
-        for target in targets {
+        for (_, target) in targets {
             match ask_count(gateway, &target, shard, seq, token).await {
                 Some(Count::Deleted(deleted)) => counted = Some(deleted),
                 Some(Count::NotYet) => pending = true,

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::indexer::{INDEXED_HEADER, NOT_HERE};
+use super::lag::Freshness;
 use super::membership::View;
 use super::shard::shards_of_user;
 use super::tls::HttpClient;
@@ -53,6 +54,8 @@ pub struct Gateway {
     pub shards: u32,
     pub replicas: usize,
     pub metrics: Arc<Metrics>,
+    /// How far behind each replica's reads are: reads go to those within the lag bound first.
+    pub freshness: Arc<Freshness>,
     /// Reaches the indexers: over HTTPS only when the cluster's listeners serve TLS.
     pub client: HttpClient<Body>,
     /// The cluster's cursor key, once read from etcd: gathered pages make cursors.
@@ -172,13 +175,15 @@ async fn ask(
     path_and_query: &str,
     headers: &HeaderMap,
 ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
-    let targets = gateway
+    let mut targets = gateway
         .view
         .borrow()
         .read_targets(shard, gateway.replicas, user_id);
+    // a replica whose reads are past the lag bound is asked only when no other answers
+    targets.sort_by_key(|(node, _)| !gateway.freshness.fresh(shard, node));
     // the last replica that answered 503 (busy), passed on when no other answers
     let mut busy = None;
-    for target in targets {
+    for (_, target) in targets {
         let mut upstream = http::Request::get(format!("{target}/shards/{shard}{path_and_query}"));
         for name in &FORWARDED {
             if let Some(value) = headers.get(name) {

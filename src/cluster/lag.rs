@@ -79,6 +79,14 @@ impl Lag {
     }
 }
 
+/// A replica's last report, as a gateway keeps it.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    through: u64,
+    pace: f64,
+    at: Instant,
+}
+
 /// What a gateway knows of one shard.
 #[derive(Default)]
 struct Shard {
@@ -86,8 +94,11 @@ struct Shard {
     acks: BTreeMap<u64, Instant>,
     /// The highest sequence it saw acknowledged.
     newest: u64,
-    /// By node: the position a replica last reported, its pace, and when.
-    reports: HashMap<String, (u64, f64, Instant)>,
+    /// By node: what a replica last reported, and when.
+    reports: HashMap<String, Report>,
+    /// When the best position any replica reported moved, and to where: as far back as the
+    /// bound needs (the last one older than it, and those since).
+    best: std::collections::VecDeque<(Instant, u64)>,
 }
 
 impl Shard {
@@ -97,11 +108,57 @@ impl Shard {
         let ready = view.replicas.get(&shard)?;
         self.reports
             .iter()
-            .filter(|(node, (_, _, at))| {
-                now.duration_since(*at) < REPORT_TTL && ready.get(*node).is_some_and(|r| r.ready)
+            .filter(|(node, report)| {
+                now.duration_since(report.at) < REPORT_TTL
+                    && ready.get(*node).is_some_and(|r| r.ready)
             })
-            .map(|(_, &(through, pace, _))| (through, pace))
+            .map(|(_, report)| (report.through, report.pace))
             .max_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)))
+    }
+
+    /// Whether `node`'s replica reads within `bound`: it reported within the bound (and a report
+    /// interval), and its position is at least where the best replica's was the bound ago. A
+    /// shard none of whose replicas ever reported tells nothing: every replica counts as fresh.
+    fn fresh(&self, node: &str, now: Instant, bound: Duration) -> bool {
+        if self.reports.is_empty() {
+            return true;
+        }
+        let Some(report) = self.reports.get(node) else {
+            return false;
+        };
+        let then = now.checked_sub(bound);
+        let best_then = self
+            .best
+            .iter()
+            .rev()
+            .find(|(at, _)| then.is_some_and(|then| *at <= then))
+            .map_or(0, |(_, best)| *best);
+        now.duration_since(report.at) <= bound + REPORT_INTERVAL && report.through >= best_then
+    }
+
+    /// Takes a replica's report, received at `now`; remembers the best position as far back as
+    /// `bound` needs.
+    fn report(&mut self, node: String, through: u64, pace: f64, now: Instant, bound: Duration) {
+        self.reports.insert(
+            node,
+            Report {
+                through,
+                pace,
+                at: now,
+            },
+        );
+        if self.best.back().is_none_or(|&(_, best)| through > best) {
+            self.best.push_back((now, through));
+        }
+        // the oldest entry needed is the last one at least the bound old
+        while self.best.len() > 1
+            && self
+                .best
+                .get(1)
+                .is_some_and(|(at, _)| now.duration_since(*at) >= bound)
+        {
+            self.best.pop_front();
+        }
     }
 
     /// How far behind the reads of `shard` are at `now`.
@@ -170,6 +227,14 @@ impl Freshness {
         lag
     }
 
+    /// Whether `node`'s replica of `shard` reads within the bound (see [`Shard::fresh`]).
+    pub fn fresh(&self, shard: u32, node: &str) -> bool {
+        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        shards
+            .get(&shard)
+            .is_none_or(|state| state.fresh(node, Instant::now(), self.max_lag))
+    }
+
     /// Whether `shard` takes new exports: what this gateway acknowledged has been visible within
     /// the bound, and an export now would be too, at the pace the shard's reads advance.
     /// Otherwise how far behind they are.
@@ -213,9 +278,8 @@ impl Freshness {
             {
                 let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
                 let state = shards.entry(report.shard).or_default();
-                state
-                    .reports
-                    .insert(report.node, (report.through, report.pace, Instant::now()));
+                let now = Instant::now();
+                state.report(report.node, report.through, report.pace, now, self.max_lag);
             }
             // the gauge follows the replicas, exports or not
             self.measure(report.shard);
@@ -380,6 +444,40 @@ mod tests {
         view
     }
 
+    /// The bound the tests' reports are kept for.
+    const BOUND: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn a_replica_behind_the_others_or_silent_past_the_bound_is_not_fresh() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let bound = BOUND;
+        let mut shard = Shard::default();
+        assert!(
+            shard.fresh("a", start, bound),
+            "nothing reported: nothing known"
+        );
+        shard.report("a".into(), 10, 1.0, start, BOUND);
+        shard.report("b".into(), 10, 1.0, start, BOUND);
+        assert!(
+            !shard.fresh("c", start, bound),
+            "never reported while others did"
+        );
+        // b falls behind a: fresh for the bound, then not
+        shard.report("a".into(), 20, 1.0, start + second, BOUND);
+        shard.report("b".into(), 12, 1.0, start + second, BOUND);
+        assert!(shard.fresh("b", start + second * 2, bound));
+        shard.report("b".into(), 15, 1.0, start + second * 4, BOUND);
+        assert!(!shard.fresh("b", start + second * 4, bound));
+        // caught up again: fresh again
+        shard.report("b".into(), 20, 1.0, start + second * 5, BOUND);
+        assert!(shard.fresh("b", start + second * 5, bound));
+        // a falls silent (paused): not fresh once its last report is older than the bound and
+        // an interval
+        assert!(shard.fresh("a", start + second * 4, bound));
+        assert!(!shard.fresh("a", start + second * 6, bound));
+    }
+
     #[test]
     fn lag_is_the_age_of_the_oldest_acknowledgement_no_ready_replica_shows() {
         let start = Instant::now();
@@ -403,7 +501,7 @@ mod tests {
         assert!(lag.within(second));
         // a ready replica through 14, at two messages a second: from the acknowledgement of 15 on,
         // and five more to go take 2.5 s
-        shard.reports.insert("a".into(), (14, 2.0, now));
+        shard.report("a".into(), 14, 2.0, now, BOUND);
         let lag = shard.lag(1, &view, now);
         assert_eq!(lag, lag_of(second * 7, Some(second * 5 / 2), true));
         assert!(lag.within(second * 7));
@@ -414,17 +512,17 @@ mod tests {
             "an export now would wait past the bound"
         );
         // a pace that tells nothing (a report from elsewhere) expects nothing, and panics nothing
-        shard.reports.insert("a".into(), (14, 5e-324, now));
+        shard.report("a".into(), 14, 5e-324, now, BOUND);
         assert_eq!(shard.lag(1, &view, now).expected, None);
-        shard.reports.insert("a".into(), (14, 2.0, now));
+        shard.report("a".into(), 14, 2.0, now, BOUND);
         // a replica not ready counts for nothing, however far it is
-        shard.reports.insert("b".into(), (19, 100.0, now));
+        shard.report("b".into(), 19, 100.0, now, BOUND);
         assert_eq!(shard.lag(1, &view, now).oldest, second * 7);
         // a report that grew old no longer counts; the acknowledgements seen stay forgotten
         let lag = shard.lag(1, &view, now + REPORT_TTL);
         assert_eq!(lag, lag_of(second * 7 + REPORT_TTL, None, true));
         // all seen: no lag, nothing expected
-        shard.reports.insert("a".into(), (19, 2.0, now));
+        shard.report("a".into(), 19, 2.0, now, BOUND);
         assert_eq!(shard.lag(1, &view, now), lag_of(Duration::ZERO, None, true));
     }
 }

@@ -68,10 +68,15 @@ impl View {
         owners(shard, &self.indexers(), replicas)
     }
 
-    /// The APIs of the ready replicas of `shard` to read `user_id`'s logs from, in the order to
-    /// try them: owners first, and among them an order of the user's own, so that one user's
+    /// The ready replicas of `shard` to read `user_id`'s logs from (node and API), in the order
+    /// to try them: owners first, and among them an order of the user's own, so that one user's
     /// reads go to one replica (its pages agree with each other) and users spread over both.
-    pub fn read_targets(&self, shard: u32, replicas: usize, user_id: &str) -> Vec<String> {
+    pub fn read_targets(
+        &self,
+        shard: u32,
+        replicas: usize,
+        user_id: &str,
+    ) -> Vec<(String, String)> {
         let Some(serving) = self.replicas.get(&shard) else {
             return Vec::new();
         };
@@ -85,7 +90,7 @@ impl View {
         ordered.dedup();
         ordered
             .into_iter()
-            .map(|node| serving[node].api.clone())
+            .map(|node| (node.to_owned(), serving[node].api.clone()))
             .collect()
     }
 

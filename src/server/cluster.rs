@@ -161,7 +161,7 @@ pub async fn start(
             jetstream.clone(),
             cluster,
             membership.view(),
-            freshness,
+            freshness.clone(),
         ));
         let otlp = otlp_routers(config, &keys, sink, &metrics);
         tasks.push(serve(
@@ -195,6 +195,7 @@ pub async fn start(
             }
         }));
         let gateway = Gateway {
+            freshness,
             jetstream: jetstream.clone(),
             cluster_name: cluster.name.clone(),
             cursor_key,

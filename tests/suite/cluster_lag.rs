@@ -94,6 +94,15 @@ async fn exports_wait_while_no_replica_is_within_the_lag_bound() {
         tokio::time::sleep(MAX_LAG / 2).await;
     }
 
+    // reads go to the replica within the bound: the paused one is asked only when no other
+    // answers (it would not answer at all)
+    let (status, body) = cluster.get(&cluster.gateways[0], 0, "limit=1").await;
+    assert_eq!(
+        (status, body["data"]["total"].as_u64()),
+        (200, Some(load.sent.len() as u64)),
+        "{body}"
+    );
+
     // both paused: what is acknowledged stops becoming visible, and once the oldest of it has
     // waited the bound, exports for the shard are refused retryably, storing nothing
     cluster.indexers[1].pause();
