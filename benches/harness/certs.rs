@@ -73,6 +73,8 @@ pub struct TlsFiles {
     pub ca_pem: String,
     /// The client certificate and its key, PEM.
     pub client_pem: (String, String),
+    /// The CA, to issue more.
+    authority: Ca,
 }
 
 impl TlsFiles {
@@ -92,8 +94,20 @@ impl TlsFiles {
             key: write("server.key", &key),
             client_cert: write("client.pem", &client_pem.0),
             client_key: write("client.key", &client_pem.1),
-            ca_pem: ca.pem,
+            ca_pem: ca.pem.clone(),
             client_pem,
+            authority: ca,
+        }
+    }
+
+    /// A new server certificate and key of the same CA in place of the files, each replaced
+    /// whole (written beside, then renamed), as an operator's rotation does.
+    pub fn reissue(&self) {
+        let (cert, key) = self.authority.issue(true);
+        for (path, text) in [(&self.key, key), (&self.cert, cert)] {
+            let beside = path.with_extension("new");
+            std::fs::write(&beside, text).unwrap();
+            std::fs::rename(&beside, path).unwrap();
         }
     }
 }

@@ -762,3 +762,35 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_on_every_node_and_the_hops_between_them_go_on() {
+    let cluster = TestCluster::start(1, 2).await;
+    let nodes: Vec<&common::cluster::Node> =
+        cluster.gateways.iter().chain(&cluster.indexers).collect();
+    let mut before = Vec::new();
+    for node in &nodes {
+        before.push(cluster.served_certificate(node).await);
+    }
+    // the operator rotates the certificate: every node serves the new one, without a restart
+    cluster.reissue_certificates();
+    for (node, before) in nodes.iter().zip(&before) {
+        let deadline = Instant::now() + PATIENCE;
+        while cluster.served_certificate(node).await == *before {
+            assert!(
+                Instant::now() < deadline,
+                "{} still serves the old certificate",
+                node.id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // and the gateway's reads reach the indexers over their new certificates
+    let records = records(USERS[0], 0, 10);
+    export_until_acknowledged(&cluster.grpc(), 0, &cluster.ingest, records).await;
+    let sent: Vec<String> = (0..10)
+        .map(|n| format!("{} record {n}", USERS[0]))
+        .collect();
+    let acked = HashMap::from([(0, sent)]);
+    assert_exactly(&cluster, &acked, "after the certificates were rotated").await;
+}

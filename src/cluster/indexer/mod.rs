@@ -343,6 +343,12 @@ fn reconcile(
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&shard);
             membership.set_replica(shard, None);
+            // the shard's gauges leave with it, rather than keep its last values
+            let metrics = &context.api.metrics;
+            let labels = ShardLabels { shard };
+            metrics.cluster_replica_missing.remove(&labels);
+            metrics.cluster_replica_lag_messages.remove(&labels);
+            metrics.cluster_replica_lag.remove(&labels);
             if let Some(replica) = replica {
                 tracing::info!(shard, "shard moved to its new owners; replica closed");
                 // renamed at once, so that a shard coming back before the removal is done

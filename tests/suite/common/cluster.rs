@@ -275,6 +275,33 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("GET {path_and_query} on {}: {e}", node.api))
     }
 
+    /// The certificate `node`'s API listener serves now (DER), read from a fresh handshake.
+    pub async fn served_certificate(&self, node: &Node) -> Vec<u8> {
+        let client = self
+            .http_client()
+            .tls_info(true)
+            .pool_max_idle_per_host(0)
+            .timeout(PATIENCE)
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("{}/healthz", self.api_url(node)))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("no TLS answer from {}: {e}", node.id));
+        response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|info| info.peer_certificate())
+            .expect("the handshake's certificate")
+            .to_vec()
+    }
+
+    /// Replaces the certificate and key every node serves with new ones of the same CA.
+    pub fn reissue_certificates(&self) {
+        self.tls.as_ref().expect("a cluster with TLS").reissue();
+    }
+
     /// The URL of `node`'s REST API.
     pub fn api_url(&self, node: &Node) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
