@@ -4,21 +4,20 @@
 //! publishes, by shard; the oldest of them that no ready replica of the shard shows yet is how
 //! far behind the shard's reads are. Past `[cluster] max_lag_ms`, the gateway refuses new exports
 //! for the shard retryably, until a replica catches up: ack → visible stays bounded under
-//! overload rather than growing.
+//! overload rather than growing. Reads go first to the replicas within the bound.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::membership::View;
-use prometheus_client::metrics::gauge::Gauge;
-
 use crate::metrics::{Metrics, Seconds, ShardLabels};
 
 /// How often a replica reports its position when it commits nothing.
