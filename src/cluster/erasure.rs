@@ -164,6 +164,12 @@ pub async fn erase(
         filters: raw_query.unwrap_or_default(),
     };
     erasure.query()?;
+    if let Some(refusal) = gateway.shard_check.borrow().refusal() {
+        tracing::warn!(%refusal, "erasure refused");
+        return Err(ApiError::Unavailable(
+            "the cluster's shard count is not confirmed by etcd: retry later",
+        ));
+    }
     let Some(cursor_key) = gateway.cursor_key.load_full() else {
         return Err(ApiError::Unavailable(
             "the cluster's shared key is not known yet (is etcd reachable?), retry later",

@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 
 use super::indexer::{INDEXED_HEADER, NOT_HERE};
 use super::lag::Freshness;
-use super::membership::View;
+use super::membership::{ShardCheck, View};
 use super::shard::shards_of_user;
 use super::tls::HttpClient;
 use crate::api::{self, ApiError, Cursor, CursorKey, LogsRequest, POSITIONS_HEADER};
@@ -56,6 +56,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// How far behind each replica's reads are: reads go to those within the lag bound first.
     pub freshness: Arc<Freshness>,
+    /// Nothing is published (erasures) before etcd confirmed the shard count.
+    pub shard_check: watch::Receiver<ShardCheck>,
     /// Reaches the indexers: over HTTPS only when the cluster's listeners serve TLS.
     pub client: HttpClient<Body>,
     /// The cluster's cursor key, once read from etcd: gathered pages make cursors.

@@ -375,33 +375,90 @@ const SHARDS_CHECK_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Records the cluster's shard count in etcd on the first start, and refuses a node configured
 /// with another: it would publish and read each user's logs on other shards. A node that cannot
-/// reach etcd in time starts unchecked, with a warning.
-pub async fn check_shards(etcd: &Etcd, keys: &Keys, shards: u32) -> anyhow::Result<()> {
-    let stored = tokio::time::timeout(
-        SHARDS_CHECK_PATIENCE,
-        etcd.put_if_absent(&keys.shards(), shards.to_string().as_bytes()),
-    )
-    .await;
-    match stored {
-        Ok(Ok(value)) => {
-            let value = String::from_utf8_lossy(&value).into_owned();
-            anyhow::ensure!(
-                value == shards.to_string(),
-                "this cluster has {value} shards, but [cluster] shards = {shards}: the shard count is fixed for the life of a cluster"
-            );
-            Ok(())
+/// reach etcd in time starts, but publishes and consumes nothing until etcd confirms its count
+/// (asked every second); a mismatch found then leaves it refusing, saying why.
+pub async fn check_shards(
+    etcd: &Etcd,
+    keys: &Keys,
+    shards: u32,
+    stop: &CancellationToken,
+) -> anyhow::Result<watch::Receiver<ShardCheck>> {
+    let asked =
+        tokio::time::timeout(SHARDS_CHECK_PATIENCE, compare_shards(etcd, keys, shards)).await;
+    match asked {
+        Ok(Ok(check)) => {
+            if let ShardCheck::Mismatch(message) = &check {
+                anyhow::bail!("{message}");
+            }
+            Ok(watch::channel(check).1)
         }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %format!("{e:#}"), "etcd unreachable; starting without checking the shard count");
-            Ok(())
-        }
-        Err(_) => {
+        Ok(Err(_)) | Err(_) => {
             tracing::warn!(
-                "etcd did not answer in time; starting without checking the shard count"
+                "etcd does not answer: starting, but publishing and consuming nothing until it confirms the shard count"
             );
-            Ok(())
+            let (checked, check) = watch::channel(ShardCheck::Pending);
+            let (etcd, keys, stop) = (etcd.clone(), keys.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    if let Ok(check) = compare_shards(&etcd, &keys, shards).await {
+                        match &check {
+                            ShardCheck::Mismatch(message) => tracing::error!(
+                                "{message}; this node publishes and consumes nothing"
+                            ),
+                            _ => tracing::info!("etcd confirmed the shard count"),
+                        }
+                        checked.send_replace(check);
+                        return;
+                    }
+                }
+            });
+            Ok(check)
         }
     }
+}
+
+/// Where this node stands with the cluster's shard count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardCheck {
+    /// etcd has not answered yet.
+    Pending,
+    /// etcd holds this node's count (or took it, as the first node's).
+    Confirmed,
+    /// etcd holds another count: the message says which.
+    Mismatch(String),
+}
+
+impl ShardCheck {
+    /// Why this node may not publish or consume yet, if it may not.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            Self::Confirmed => None,
+            Self::Pending => Some(
+                "the cluster's shard count is not confirmed yet: etcd has not answered this node"
+                    .to_owned(),
+            ),
+            Self::Mismatch(message) => Some(message.clone()),
+        }
+    }
+}
+
+/// etcd's shard count against `shards` (stored first if the cluster has none yet).
+async fn compare_shards(etcd: &Etcd, keys: &Keys, shards: u32) -> anyhow::Result<ShardCheck> {
+    let value = etcd
+        .put_if_absent(&keys.shards(), shards.to_string().as_bytes())
+        .await?;
+    let value = String::from_utf8_lossy(&value).into_owned();
+    Ok(if value == shards.to_string() {
+        ShardCheck::Confirmed
+    } else {
+        ShardCheck::Mismatch(format!(
+            "this cluster has {value} shards, but [cluster] shards = {shards}: the shard count is fixed for the life of a cluster"
+        ))
+    })
 }
 
 /// The secret every node signs and checks cursors with: created once in etcd, kept beside the

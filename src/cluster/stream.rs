@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::ClusterConfig;
 use super::lag::Freshness;
-use super::membership::View;
+use super::membership::{ShardCheck, View};
 use super::shard::shard_for;
 use crate::ingest::{EncodedLog, LogSink, Reservation, WriteError, chunk_ranges};
 use crate::mapping::ActivityLog;
@@ -148,6 +148,8 @@ pub struct Publisher {
     view: watch::Receiver<View>,
     /// How far behind each shard's reads are: a shard past the bound takes no new exports.
     freshness: Arc<Freshness>,
+    /// Nothing is published before etcd confirmed the shard count logs are routed by.
+    shard_check: watch::Receiver<ShardCheck>,
     cluster: String,
     shards: u32,
     timeout: Duration,
@@ -159,11 +161,13 @@ impl Publisher {
         config: &ClusterConfig,
         view: watch::Receiver<View>,
         freshness: Arc<Freshness>,
+        shard_check: watch::Receiver<ShardCheck>,
     ) -> Self {
         Self {
             context,
             view,
             freshness,
+            shard_check,
             cluster: config.name.clone(),
             shards: config.shards,
             timeout: config.publish_timeout,
@@ -171,6 +175,9 @@ impl Publisher {
     }
 
     async fn publish_all(&self, logs: &[EncodedLog]) -> Result<(), WriteError> {
+        if let Some(refusal) = self.shard_check.borrow().refusal() {
+            return Err(WriteError::Storage(refusal));
+        }
         let mut by_shard: BTreeMap<u32, Vec<&EncodedLog>> = BTreeMap::new();
         {
             let view = self.view.borrow();
@@ -195,7 +202,7 @@ impl Publisher {
                 });
                 return Err(WriteError::Storage(format!(
                     "the reads of shard {shard} are behind the exports acknowledged ({:.1} s for \
-                     the oldest not visible{expected}), past cluster.max_lag_ms: retry later",
+                     the oldest not visible{expected}), past cluster.max_lag_ms",
                     lag.oldest.as_secs_f64()
                 )));
             }

@@ -62,7 +62,8 @@ pub async fn start(
     stream::ensure_streams(&jetstream, cluster).await?;
     let etcd = cluster.etcd()?;
     let etcd_keys = Keys::new(&cluster.name);
-    membership::check_shards(&etcd, &etcd_keys, cluster.shards).await?;
+    let shard_check =
+        membership::check_shards(&etcd, &etcd_keys, cluster.shards, &shutdown).await?;
     let scheme = if certificates.is_some() {
         "https"
     } else {
@@ -143,6 +144,7 @@ pub async fn start(
             replicas,
             membership.clone(),
             cluster.shards,
+            shard_check.clone(),
             leave.clone(),
         )));
     }
@@ -162,6 +164,7 @@ pub async fn start(
             cluster,
             membership.view(),
             freshness.clone(),
+            shard_check.clone(),
         ));
         let otlp = otlp_routers(config, &keys, sink, &metrics);
         tasks.push(serve(
@@ -196,6 +199,7 @@ pub async fn start(
         }));
         let gateway = Gateway {
             freshness,
+            shard_check,
             jetstream: jetstream.clone(),
             cluster_name: cluster.name.clone(),
             cursor_key,

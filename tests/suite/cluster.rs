@@ -794,3 +794,98 @@ async fn certificates_reload_on_every_node_and_the_hops_between_them_go_on() {
     let acked = HashMap::from([(0, sent)]);
     assert_exactly(&cluster, &acked, "after the certificates were rotated").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_while_etcd_is_down_publishes_nothing_until_etcd_confirms_its_shards() {
+    let mut cluster = TestCluster::start(1, 2).await;
+    cluster.kill_etcd();
+    // two gateways start without etcd: one with the cluster's shard count, one with another
+    let (nats, etcd) = (cluster.nats.urls(), cluster.etcd.url.clone());
+    cluster.add_node_via("gateway", "gateway-1", &nats, &etcd, &[]);
+    let wrong = (SHARDS + 1).to_string();
+    let env = [("LOGBRIDGE_CLUSTER_SHARDS", wrong.as_str())];
+    cluster.add_node_via("gateway", "gateway-2", &nats, &etcd, &env);
+    let (grpc, ingest) = (cluster.grpc(), cluster.ingest.clone());
+    let export_through = async |gateway: usize, first: u64| {
+        let records = records(USERS[0], first, 10);
+        let mut client = grpc.connect(gateway).await.expect("a connection");
+        client
+            .export(common::authorized(common::request_of(records), &ingest))
+            .await
+    };
+    for gateway in [1, 2] {
+        let refused = export_through(gateway, 0).await.unwrap_err();
+        assert_eq!(
+            (refused.code(), refused.message()),
+            (
+                tonic::Code::Unavailable,
+                "logbridge cannot store logs now (the cluster's shard count is not confirmed \
+                 yet: etcd has not answered this node), retry later"
+            ),
+            "gateway-{gateway}"
+        );
+    }
+    // etcd back: the right one takes exports, the other keeps refusing, saying why
+    cluster.restart_etcd().await;
+    let deadline = Instant::now() + PATIENCE;
+    while export_through(1, 0).await.is_err() {
+        assert!(Instant::now() < deadline, "gateway-1 never took an export");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let refusal = loop {
+        let refused = export_through(2, 10).await.unwrap_err();
+        if !refused.message().contains("not confirmed yet") {
+            break refused;
+        }
+        assert!(Instant::now() < deadline, "gateway-2 never heard from etcd");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        refusal.message(),
+        format!(
+            "logbridge cannot store logs now (this cluster has {SHARDS} shards, but [cluster] \
+             shards = {wrong}: the shard count is fixed for the life of a cluster), retry later"
+        )
+    );
+    // only what gateway-1 acknowledged is stored, once
+    cluster.gateways[2].kill();
+    let sent: Vec<String> = (0..10)
+        .map(|n| format!("{} record {n}", USERS[0]))
+        .collect();
+    assert_exactly(
+        &cluster,
+        &HashMap::from([(0, sent)]),
+        "after etcd came back",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_catches_up_through_a_retention_sweep_is_ready_without_new_traffic() {
+    // retention on, swept often: the commit that catches a replica up is often a sweep's
+    let options = common::cluster::Options {
+        cluster_settings: "\n[retention]\ndays = 3650\nsweep_interval_ms = 100",
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::start_with(1, 2, options).await;
+    let grpc = cluster.grpc();
+    let sent: Vec<String> = (0..300)
+        .map(|n| format!("{} record {n}", USERS[0]))
+        .collect();
+    export_until_acknowledged(&grpc, 0, &cluster.ingest, records(USERS[0], 0, 100)).await;
+    cluster.indexers[0].kill();
+    for batch in 1..3 {
+        let records = records(USERS[0], batch * 100, 100);
+        export_until_acknowledged(&grpc, 0, &cluster.ingest, records).await;
+    }
+    // back, indexer-0 catches up and is ready, with no traffic after it
+    cluster.indexers[0].restart();
+    let acked = HashMap::from([(0, sent)]);
+    assert_exactly(
+        &cluster,
+        &acked,
+        "after indexer-0 caught up on a quiet shard",
+    )
+    .await;
+}

@@ -132,7 +132,7 @@ async fn exports_wait_while_no_replica_is_within_the_lag_bound() {
             .contains(&format!("the reads of shard {shard} are"))
             && refusal
                 .message()
-                .contains("past cluster.max_lag_ms: retry later"),
+                .contains("past cluster.max_lag_ms), retry later"),
         "{}",
         refusal.message()
     );

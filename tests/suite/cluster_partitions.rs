@@ -87,7 +87,7 @@ async fn a_gateway_cut_off_from_nats_refuses_retryably_and_loses_nothing() {
     // gateway-1 reaches NATS through proxies the test cuts
     let (proxies, urls) = cluster.nats_proxies().await;
     let etcd = cluster.etcd.url.clone();
-    cluster.add_node_via("gateway", "gateway-1", &urls, &etcd);
+    cluster.add_node_via("gateway", "gateway-1", &urls, &etcd, &[]);
     cluster.wait_all_shards_served().await;
     let (acked, load) = start_load(&cluster, 0, BATCHES, 100);
     wait_acked(&acked, 2000).await;
@@ -118,7 +118,7 @@ async fn an_indexer_cut_off_from_etcd_loses_and_doubles_nothing() {
     // indexer-2 reaches etcd through a proxy the test cuts
     let (proxy, etcd) = cluster.etcd_proxy().await;
     let nats = cluster.nats.urls();
-    cluster.add_node_via("indexer", "indexer-2", &nats, &etcd);
+    cluster.add_node_via("indexer", "indexer-2", &nats, &etcd, &[]);
     cluster.wait_all_shards_served().await;
     let (acked, load) = start_load(&cluster, 0, BATCHES, 100);
     wait_acked(&acked, 2000).await;

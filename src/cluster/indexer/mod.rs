@@ -29,7 +29,7 @@ use tower::ServiceExt as _;
 use super::copy;
 use super::erasure::Erasures;
 use super::lag::ReplicaLag;
-use super::membership::{Membership, ReplicaStatus, View};
+use super::membership::{Membership, ReplicaStatus, ShardCheck, View};
 use super::shard::resume_from;
 use super::stream::stream_name;
 use super::tls::HttpClient;
@@ -222,8 +222,19 @@ pub async fn run(
     replicas: Replicas,
     membership: Arc<Membership>,
     shards: u32,
+    mut shard_check: watch::Receiver<ShardCheck>,
     stop: CancellationToken,
 ) {
+    // nothing is consumed before etcd confirmed the shard count this node reads by
+    let confirmed = tokio::select! {
+        () = stop.cancelled() => false,
+        checked = shard_check.wait_for(|check| *check != ShardCheck::Pending) => {
+            checked.is_ok_and(|check| *check == ShardCheck::Confirmed)
+        }
+    };
+    if !confirmed {
+        return;
+    }
     tokio::task::block_in_place(|| remove_leftovers(&context.dir));
     let mut view = membership.view();
     loop {

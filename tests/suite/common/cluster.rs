@@ -19,7 +19,7 @@ pub use super::harness::blackhole::Blackhole;
 use super::harness::certs::TlsFiles;
 pub use super::harness::engines::{Etcd, Nats};
 
-use super::process::{Served, serve};
+use super::process::{Served, serve, serve_with_env};
 use super::{PATIENCE, activity, authorized, kv, messages, request_of, text};
 
 /// Shards of the test cluster: enough that users spread over indexers.
@@ -335,7 +335,7 @@ impl TestCluster {
     /// Starts a node with `role` named `id`.
     pub fn add_node(&mut self, role: &str, id: &str) {
         let (nats, etcd) = (self.nats.urls(), self.etcd.url.clone());
-        self.add_node_via(role, id, &nats, &etcd);
+        self.add_node_via(role, id, &nats, &etcd, &[]);
     }
 
     /// Proxies to the NATS servers' client ports, and the URLs a node reaches NATS by through
@@ -361,8 +361,16 @@ impl TestCluster {
         (proxy, url)
     }
 
-    /// Starts a node with `role` named `id` that reaches NATS at `nats` and etcd at `etcd`.
-    pub fn add_node_via(&mut self, role: &str, id: &str, nats: &[String], etcd: &str) {
+    /// Starts a node with `role` named `id` that reaches NATS at `nats` and etcd at `etcd`, with
+    /// `env` (`LOGBRIDGE_*` overrides of its settings).
+    pub fn add_node_via(
+        &mut self,
+        role: &str,
+        id: &str,
+        nats: &[String],
+        etcd: &str,
+        env: &[(&str, &str)],
+    ) {
         let folder = self.dir.path().join(id);
         std::fs::create_dir_all(&folder).unwrap();
         let config = folder.join("logbridge.toml");
@@ -390,7 +398,7 @@ impl TestCluster {
             ),
         )
         .unwrap();
-        let served = serve(&config);
+        let served = serve_with_env(&config, env);
         // the node says how it is reached: over TLS (and so advertised to gateways) or not
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let listening = served.printed.last().unwrap();
