@@ -120,6 +120,22 @@ impl Replicas {
         replicas.get(&shard).map(|r| r.erasures.clone())
     }
 
+    /// Whether this node holds a replica of `shard`, in whatever state.
+    fn holds(&self, shard: u32) -> bool {
+        let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
+        replicas.contains_key(&shard)
+    }
+
+    fn insert(&self, shard: u32, replica: Replica) {
+        let mut replicas = self.0.write().unwrap_or_else(|e| e.into_inner());
+        replicas.insert(shard, replica);
+    }
+
+    fn remove(&self, shard: u32) -> Option<Replica> {
+        let mut replicas = self.0.write().unwrap_or_else(|e| e.into_inner());
+        replicas.remove(&shard)
+    }
+
     /// The REST API of this node's replica of `shard`, once it has caught up, and the position
     /// in the shard's stream its reads see.
     fn router(&self, shard: u32) -> Option<(Router, Arc<AtomicU64>)> {
@@ -308,24 +324,23 @@ fn reconcile(
     for shard in 0..shards {
         let owners = view.owners(shard, context.replicas_per_shard);
         let mine = owners.contains(&context.node_id.as_str());
-        let (held, gap) = match replicas
+        let gap = match replicas
             .0
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&shard)
         {
-            None => (false, None),
-            Some(replica) => match *replica.state.borrow() {
-                ReplicaState::Missing { last, .. } if Instant::now() >= replica.recopy_at => {
-                    (true, Some(last))
-                }
-                _ => (true, None),
+            Some(replica) if Instant::now() >= replica.recopy_at => match *replica.state.borrow() {
+                ReplicaState::Missing { last, .. } => Some(last),
+                _ => None,
             },
+            _ => None,
         };
         if let Some(last) = gap.filter(|_| mine) {
             recopy(context, replicas, shard, view, last);
-            continue;
         }
+        // a replica replaced by a copy is opened below, from the copy
+        let held = replicas.holds(shard);
         if mine && !held {
             match open(context, shard, view) {
                 Ok(replica) => {
@@ -337,22 +352,14 @@ fn reconcile(
                             ready: false,
                         }),
                     );
-                    replicas
-                        .0
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(shard, replica);
+                    replicas.insert(shard, replica);
                 }
                 Err(e) => {
                     tracing::error!(shard, error = %format!("{e:#}"), "cannot open a replica")
                 }
             }
         } else if !mine && held && view.owners_ready(shard, context.replicas_per_shard) {
-            let replica = replicas
-                .0
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&shard);
+            let replica = replicas.remove(shard);
             membership.set_replica(shard, None);
             // the shard's gauges leave with it, rather than keep its last values
             let metrics = &context.api.metrics;
@@ -388,8 +395,9 @@ const RECOPY_INTERVAL: Duration = Duration::from_secs(5);
 const RECOPY_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Replaces this node's replica of `shard`, which lacks stream messages through `last`, with a
-/// copy of a ready peer's replica that holds them (its commit is past `last`); while no peer's
-/// copy does, the replica stays as it is, unread, and asks again later.
+/// copy of a ready peer's replica that holds them (its commit is past `last`): the replica is
+/// closed and the copy put in its folder, for the caller to open. While no peer's copy covers
+/// the gap, the replica stays as it is, unread, and asks again later.
 fn recopy(context: &IndexerContext, replicas: &Replicas, shard: u32, view: &View, last: u64) {
     let staging = context
         .dir
@@ -419,25 +427,15 @@ fn recopy(context: &IndexerContext, replicas: &Replicas, shard: u32, view: &View
         .dir
         .join(format!("closed-{shard}-{}", rand::random::<u64>()));
     let swapped = std::fs::rename(&dir, &closed).and_then(|()| std::fs::rename(&staging, &dir));
-    if let Err(e) = swapped.and_then(|()| std::fs::remove_dir_all(&closed)) {
-        tracing::warn!(shard, error = %e, "cannot put the copy in place of the replica with a gap");
-    }
-    // opened from the copy; a copy that did not land in place leaves no index, and the shard is
-    // opened afresh (copied or replayed) by the next reconciliation
-    match open(context, shard, view) {
-        Ok(replica) => {
-            tracing::info!(
-                shard,
-                "replica with a gap replaced by a complete peer's copy"
-            );
-            replicas
-                .0
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(shard, replica);
-        }
+    match swapped.and_then(|()| std::fs::remove_dir_all(&closed)) {
+        Ok(()) => tracing::info!(
+            shard,
+            "replica with a gap replaced by a complete peer's copy"
+        ),
+        // a copy that did not land in place leaves no index: the shard opens afresh (copied or
+        // replayed)
         Err(e) => {
-            tracing::error!(shard, error = %format!("{e:#}"), "cannot open the copied replica")
+            tracing::warn!(shard, error = %e, "cannot put the copy in place of the replica with a gap")
         }
     }
 }
