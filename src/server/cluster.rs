@@ -48,13 +48,8 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new());
     let (keys, keys_watcher) = watched_keys(config, &metrics, hangups.clone(), shutdown.clone())?;
     let mut tasks = vec![keys_watcher];
-    let certificates = match listener_certificates(config, &metrics, hangups, shutdown.clone())? {
-        None => None,
-        Some((certificates, watcher)) => {
-            tasks.push(watcher);
-            Some(certificates)
-        }
-    };
+    let certificates =
+        listener_certificates(config, &metrics, hangups, shutdown.clone(), &mut tasks)?;
     // the hops to indexers: HTTPS only when the listeners serve TLS
     let peer_tls = cluster.peer_tls()?;
 

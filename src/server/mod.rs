@@ -151,13 +151,8 @@ pub async fn start_with_faults(
         .with_store(store)
     };
     let mut watchers = vec![keys_watcher];
-    let certificates = match listener_certificates(config, &metrics, hangups, shutdown.clone())? {
-        None => None,
-        Some((certificates, watcher)) => {
-            watchers.push(watcher);
-            Some(certificates)
-        }
-    };
+    let certificates =
+        listener_certificates(config, &metrics, hangups, shutdown.clone(), &mut watchers)?;
     let serve = |listener, router, protocol, acceptor: Option<&tls::Acceptor>| {
         serve(
             listener,
@@ -288,14 +283,16 @@ fn serve(
     ))
 }
 
-/// The listeners' TLS configurations when `[tls]` is set, and the task that rebuilds them when
-/// its files change (or on `SIGHUP`); files that no longer make a configuration keep the last one.
+/// The listeners' TLS configurations when `[tls]` is set; the task that rebuilds them when its
+/// files change (or on `SIGHUP`) joins `tasks`. Files that no longer make a configuration keep
+/// the last one.
 fn listener_certificates(
     config: &Config,
     metrics: &Arc<Metrics>,
     hangups: watch::Receiver<u64>,
     stop: CancellationToken,
-) -> anyhow::Result<Option<(Certificates, JoinHandle<()>)>> {
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<Option<Certificates>> {
     let Some(files) = &config.tls else {
         return Ok(None);
     };
@@ -319,7 +316,8 @@ fn listener_certificates(
             }
         }
     });
-    Ok(Some((certificates, watcher)))
+    tasks.push(watcher);
+    Ok(Some(certificates))
 }
 
 impl RunningServer {
