@@ -163,8 +163,11 @@ impl Shard {
     /// How far behind the reads of `shard` are at `now`.
     fn lag(&mut self, shard: u32, view: &View, now: Instant) -> Lag {
         let visible = self.visible(shard, view, now);
-        if let Some((through, _)) = visible {
-            self.acks = self.acks.split_off(&through.saturating_add(1));
+        // what is visible is forgotten, one acknowledgement at a time: each is removed once
+        while let Some(entry) = self.acks.first_entry()
+            && visible.is_some_and(|(through, _)| *entry.key() <= through)
+        {
+            entry.remove();
         }
         let oldest = self
             .acks
