@@ -80,6 +80,8 @@ pub struct Metrics {
     pub exports_throttled: Counter,
     /// Cluster mode: users whose logs are spread over several shards, as this node last read.
     pub cluster_spread_users: Gauge,
+    /// Cluster mode: live gateways, as this node last read; they share each user's ingest limit.
+    pub cluster_gateways: Gauge,
     /// Cluster mode: 1 while etcd answers this node.
     pub cluster_etcd_reachable: Gauge,
     /// Cluster mode: replicas this node started from a copy of a peer's index.
@@ -135,6 +137,7 @@ impl Metrics {
             tls_handshake_failures: Counter::default(),
             exports_throttled: Counter::default(),
             cluster_spread_users: Gauge::default(),
+            cluster_gateways: Gauge::default(),
             cluster_etcd_reachable: Gauge::default(),
             cluster_replica_copies: Counter::default(),
             cluster_replica_missing: Family::default(),
@@ -274,6 +277,11 @@ impl Metrics {
             "cluster_spread_users",
             "Cluster mode: users whose logs are spread over several shards, in this node's view",
             m.cluster_spread_users.clone(),
+        );
+        r.register(
+            "cluster_gateways",
+            "Cluster mode: live gateways in this node's view; each enforces its share of every user's ingest limit",
+            m.cluster_gateways.clone(),
         );
         r.register(
             "cluster_etcd_reachable",

@@ -63,6 +63,11 @@ impl View {
         indexers.map(|(id, _)| id.as_str()).collect()
     }
 
+    /// How many gateways are live.
+    pub fn gateways(&self) -> usize {
+        self.nodes.values().filter(|n| n.gateway).count()
+    }
+
     /// The indexers that own `shard` in this view.
     pub fn owners(&self, shard: u32, replicas: usize) -> Vec<&str> {
         owners(shard, &self.indexers(), replicas)
@@ -248,6 +253,7 @@ impl Registration {
                     self.metrics
                         .cluster_spread_users
                         .set(read.spreads.len() as i64);
+                    self.metrics.cluster_gateways.set(read.gateways() as i64);
                     view.send_if_modified(|current| {
                         let changed = current.nodes != read.nodes
                             || current.replicas != read.replicas

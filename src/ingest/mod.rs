@@ -19,7 +19,7 @@ pub use chunk::{EncodedLog, LogKey, MAX_LOGS as LOGS_PER_CHUNK, ranges as chunk_
 pub use writer::{Health, IngestQueue, WriteError, WriterOptions, WriterThread, spawn_writer};
 
 use crate::auth::{AuthError, KeyStore, Scope};
-use crate::lifecycle::{Hold, LimitsConfig, Retention, Throttled, UserLimits};
+use crate::lifecycle::{Hold, LimitShare, LimitsConfig, Retention, Throttled, UserLimits};
 use crate::mapping::{Admission, MappedRequest, MappingConfig, RejectReason, map_request};
 use crate::metrics::{Metrics, RejectLabels};
 
@@ -108,6 +108,8 @@ pub struct IngestPolicy {
     pub mapping: MappingConfig,
     pub retention: Retention,
     pub limits: LimitsConfig,
+    /// The part of each user's limit this node enforces.
+    pub limit_share: LimitShare,
 }
 
 /// Exports logs; shared by the gRPC and HTTP receivers.
@@ -140,7 +142,7 @@ impl ExportService {
             budget,
             metrics,
             retention: Arc::new(policy.retention),
-            limits: Arc::new(UserLimits::new(policy.limits)),
+            limits: Arc::new(UserLimits::new(policy.limits, policy.limit_share)),
         }
     }
 

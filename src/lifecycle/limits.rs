@@ -6,8 +6,13 @@
 //! debt, so that no export is refused forever and the long-run rate still holds. (The `governor`
 //! crate has one quota per limiter and refuses batches over the burst for good, so it fits
 //! neither per-user overrides nor that.)
+//!
+//! A limit is the user's across every node that takes its exports: of `n` such nodes (the
+//! cluster's live gateways), each enforces `1/n` of the rate and of the burst, its
+//! [`LimitShare`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,6 +39,44 @@ impl Rate {
         } else {
             self.burst as f64
         }
+    }
+}
+
+/// Among how many nodes every user's limit is shared: each enforces its part of the rate and
+/// the burst. 1 on a single node; a cluster's gateways set it to the live gateways they see.
+#[derive(Debug, Clone)]
+pub struct LimitShare(Arc<AtomicU32>);
+
+impl Default for LimitShare {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU32::new(1)))
+    }
+}
+
+impl LimitShare {
+    /// Shares the limits among `nodes` (at least one).
+    pub fn set(&self, nodes: u32) {
+        self.0.store(nodes.max(1), Ordering::Relaxed);
+    }
+
+    fn nodes(&self) -> f64 {
+        f64::from(self.0.load(Ordering::Relaxed).max(1))
+    }
+}
+
+/// What this node allows a user: its part of the user's [`Rate`].
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    /// The user's whole limit, as configured (what a refusal names).
+    records_per_second: u64,
+    /// This node's part of it.
+    per_second: f64,
+    capacity: f64,
+}
+
+impl Allowance {
+    fn unlimited(self) -> bool {
+        self.records_per_second == 0
     }
 }
 
@@ -87,6 +130,7 @@ pub struct UserLimits {
     config: LimitsConfig,
     /// Whether no user is ever limited, from `config`.
     unlimited: bool,
+    share: LimitShare,
     buckets: Mutex<Buckets>,
 }
 
@@ -98,11 +142,13 @@ struct Buckets {
 }
 
 impl UserLimits {
-    pub fn new(config: LimitsConfig) -> Self {
+    /// The limits of `config`, of which this node enforces its `share`.
+    pub fn new(config: LimitsConfig, share: LimitShare) -> Self {
         let limited = |rate: &Rate| rate.records_per_second > 0;
         Self {
             unlimited: !limited(&config.default) && !config.users.values().any(limited),
             config,
+            share,
             buckets: Mutex::new(Buckets {
                 by_user: HashMap::new(),
                 prune_at: PRUNE_AT,
@@ -115,12 +161,19 @@ impl UserLimits {
         self.unlimited
     }
 
-    fn rate(&self, user: &str) -> Rate {
-        self.config
+    fn allowance(&self, user: &str) -> Allowance {
+        let rate = self
+            .config
             .users
             .get(user)
             .copied()
-            .unwrap_or(self.config.default)
+            .unwrap_or(self.config.default);
+        let nodes = self.share.nodes();
+        Allowance {
+            records_per_second: rate.records_per_second,
+            per_second: rate.records_per_second as f64 / nodes,
+            capacity: rate.capacity() / nodes,
+        }
     }
 
     /// Whether `user` has room now for an export of the size it sent last: a cheap check before
@@ -128,8 +181,8 @@ impl UserLimits {
     /// held for the export until [`UserLimits::take`] charges it (or the hold is dropped), so
     /// that of many exports arriving at once only as many as fit are read and decoded.
     pub fn check(self: &Arc<Self>, user: &str) -> Result<Option<Hold>, Throttled> {
-        let rate = self.rate(user);
-        if rate.records_per_second == 0 {
+        let rate = self.allowance(user);
+        if rate.unlimited() {
             return Ok(None);
         }
         let now = Instant::now();
@@ -147,9 +200,9 @@ impl UserLimits {
 
     /// Gives back `records` to `user`'s bucket.
     fn release(&self, user: &str, records: f64) {
-        let rate = self.rate(user);
+        let rate = self.allowance(user);
         if let Some(bucket) = self.lock().by_user.get_mut(user) {
-            bucket.tokens = (bucket.tokens + records).min(rate.capacity());
+            bucket.tokens = (bucket.tokens + records).min(rate.capacity);
         }
     }
 
@@ -169,13 +222,13 @@ impl UserLimits {
         let buckets = &mut guard.by_user;
         let mut refused: Option<Throttled> = None;
         for (user, &count) in records {
-            let rate = self.rate(user);
-            if rate.records_per_second == 0 {
+            let rate = self.allowance(user);
+            if rate.unlimited() {
                 continue;
             }
             let bucket = bucket(buckets, user, rate, now);
             // an export over the burst needs a full bucket, and leaves it in debt
-            let wanted = (count as f64).min(rate.capacity());
+            let wanted = (count as f64).min(rate.capacity);
             bucket.last_wanted = wanted;
             if let Err(throttled) = need(user, bucket, rate, wanted) {
                 refused = Some(match refused {
@@ -188,8 +241,8 @@ impl UserLimits {
             return Err(throttled);
         }
         for (user, &count) in records {
-            let rate = self.rate(user);
-            if rate.records_per_second > 0 {
+            let rate = self.allowance(user);
+            if !rate.unlimited() {
                 bucket(buckets, user, rate, now).tokens -= count as f64;
             }
         }
@@ -200,9 +253,9 @@ impl UserLimits {
     /// [`MAX_BUCKETS`], all of them.
     fn prune(&self, buckets: &mut Buckets, now: Instant) {
         buckets.by_user.retain(|user, bucket| {
-            let rate = self.rate(user);
+            let rate = self.allowance(user);
             refill(bucket, rate, now);
-            bucket.tokens < rate.capacity()
+            bucket.tokens < rate.capacity
         });
         if buckets.by_user.len() > MAX_BUCKETS {
             tracing::warn!(
@@ -231,11 +284,11 @@ impl UserLimits {
 fn bucket<'a>(
     buckets: &'a mut HashMap<String, Bucket>,
     user: &str,
-    rate: Rate,
+    rate: Allowance,
     now: Instant,
 ) -> &'a mut Bucket {
     let bucket = buckets.entry(user.to_owned()).or_insert(Bucket {
-        tokens: rate.capacity(),
+        tokens: rate.capacity,
         at: now,
         last_wanted: 1.0,
     });
@@ -243,14 +296,14 @@ fn bucket<'a>(
     bucket
 }
 
-fn refill(bucket: &mut Bucket, rate: Rate, now: Instant) {
+fn refill(bucket: &mut Bucket, rate: Allowance, now: Instant) {
     let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-    bucket.tokens = (bucket.tokens + elapsed * rate.records_per_second as f64).min(rate.capacity());
+    bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.capacity);
     bucket.at = now;
 }
 
 /// Whether the bucket holds `wanted` records; else when it will.
-fn need(user: &str, bucket: &Bucket, rate: Rate, wanted: f64) -> Result<(), Throttled> {
+fn need(user: &str, bucket: &Bucket, rate: Allowance, wanted: f64) -> Result<(), Throttled> {
     if bucket.tokens >= wanted {
         return Ok(());
     }
@@ -258,7 +311,7 @@ fn need(user: &str, bucket: &Bucket, rate: Rate, wanted: f64) -> Result<(), Thro
     Err(Throttled {
         user: user.to_owned(),
         records_per_second: rate.records_per_second,
-        retry_after: Duration::from_secs_f64(missing / rate.records_per_second as f64),
+        retry_after: Duration::from_secs_f64(missing / rate.per_second),
     })
 }
 
@@ -267,19 +320,26 @@ mod tests {
     use super::*;
 
     fn limits() -> Arc<UserLimits> {
-        Arc::new(UserLimits::new(LimitsConfig {
-            default: Rate {
-                records_per_second: 10,
-                burst: 20,
-            },
-            users: BTreeMap::from([(
-                "free".to_owned(),
-                Rate {
-                    records_per_second: 0,
-                    burst: 0,
+        shared_limits(LimitShare::default())
+    }
+
+    fn shared_limits(share: LimitShare) -> Arc<UserLimits> {
+        Arc::new(UserLimits::new(
+            LimitsConfig {
+                default: Rate {
+                    records_per_second: 10,
+                    burst: 20,
                 },
-            )]),
-        }))
+                users: BTreeMap::from([(
+                    "free".to_owned(),
+                    Rate {
+                        records_per_second: 0,
+                        burst: 0,
+                    },
+                )]),
+            },
+            share,
+        ))
     }
 
     fn records(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
@@ -363,5 +423,28 @@ mod tests {
         );
         limits.give_back(&records(&[("a", 50)]));
         assert!(limits.check("a").is_ok());
+    }
+
+    #[test]
+    fn each_node_enforces_its_share_of_the_rate_and_the_burst() {
+        let share = LimitShare::default();
+        share.set(2);
+        let limits = shared_limits(share.clone());
+        // half the burst of 20
+        assert_eq!(limits.take(&records(&[("a", 10)]), None), Ok(()));
+        let err = limits.take(&records(&[("a", 5)]), None).unwrap_err();
+        // at half the rate of 10 a second: five records come back in a second
+        assert!(
+            (0.95..=1.0).contains(&err.retry_after.as_secs_f64()),
+            "{err:?}"
+        );
+        // the refusal names the user's whole limit
+        assert_eq!(err.records_per_second, 10);
+        // unlimited users stay unlimited whatever the share
+        assert_eq!(limits.take(&records(&[("free", 1_000_000)]), None), Ok(()));
+        // a node left alone enforces the whole limit: a new user's bucket holds the whole burst
+        share.set(0);
+        assert_eq!(limits.take(&records(&[("b", 20)]), None), Ok(()));
+        assert!(limits.take(&records(&[("b", 1)]), None).is_err());
     }
 }

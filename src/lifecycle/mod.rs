@@ -7,6 +7,6 @@ mod retention;
 mod snapshot;
 pub mod watch;
 
-pub use limits::{Hold, LimitsConfig, Rate, Throttled, UserLimits};
+pub use limits::{Hold, LimitShare, LimitsConfig, Rate, Throttled, UserLimits};
 pub use retention::{MAX_DAYS, Retention};
 pub use snapshot::{SnapshotError, SnapshotReport, snapshot};

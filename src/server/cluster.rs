@@ -14,11 +14,12 @@ use crate::api;
 use crate::cluster::gateway::{self, Gateway};
 use crate::cluster::indexer::{self, IndexerContext, Replicas};
 use crate::cluster::lag::Freshness;
-use crate::cluster::membership::{self, Keys, Membership, NodeInfo};
+use crate::cluster::membership::{self, Keys, Membership, NodeInfo, View};
 use crate::cluster::{ClusterConfig, Publisher, copy, erasure, stream, tls};
 use crate::config::Config;
 use crate::explorer;
 use crate::ingest::Health;
+use crate::lifecycle::LimitShare;
 use crate::lifecycle::watch::hangups;
 use crate::metrics::{Metrics, StorageLabels};
 use crate::store::{self, StoreOptions};
@@ -161,7 +162,13 @@ pub async fn start(
             freshness.clone(),
             shard_check.clone(),
         ));
-        let otlp = otlp_routers(config, &keys, sink, &metrics);
+        let limit_share = LimitShare::default();
+        tasks.push(tokio::spawn(share_limits_among_gateways(
+            membership.view(),
+            limit_share.clone(),
+            shutdown.clone(),
+        )));
+        let otlp = otlp_routers(config, &keys, sink, limit_share, &metrics);
         tasks.push(serve(
             listeners.grpc,
             otlp.grpc,
@@ -276,5 +283,22 @@ impl ClusterNode {
             membership.leave().await;
         }
         tracing::info!("logbridge cluster node stopped");
+    }
+}
+
+/// Keeps `share` at the number of live gateways in the cluster's view, so that each enforces
+/// its part of every user's ingest limit and together they hold the whole.
+async fn share_limits_among_gateways(
+    mut view: watch::Receiver<View>,
+    share: LimitShare,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let gateways = view.borrow_and_update().gateways();
+        share.set(u32::try_from(gateways).unwrap_or(u32::MAX));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = view.changed() => if changed.is_err() { return },
+        }
     }
 }

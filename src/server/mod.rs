@@ -24,6 +24,7 @@ use crate::ingest::{
     WriterOptions, WriterThread, spawn_writer,
 };
 use crate::lifecycle;
+use crate::lifecycle::LimitShare;
 use crate::lifecycle::watch::{hangups, read_all, watch_files};
 use crate::metrics::{Metrics, StorageLabels};
 use crate::otlp::{self, ReceiveLimits};
@@ -137,7 +138,13 @@ pub async fn start_with_faults(
         },
         died,
     )?;
-    let otlp = otlp_routers(config, &keys, Arc::new(queue.clone()), &metrics);
+    let otlp = otlp_routers(
+        config,
+        &keys,
+        Arc::new(queue.clone()),
+        LimitShare::default(),
+        &metrics,
+    );
     let api_state = ApiState {
         writer: Some(queue.clone()),
         ..ApiParts::new(
@@ -209,11 +216,13 @@ struct OtlpRouters {
     http: axum::Router,
 }
 
-/// The OTLP receivers of `config`, exporting to `sink`: one export path behind both.
+/// The OTLP receivers of `config`, exporting to `sink` and enforcing `limit_share` of each
+/// user's limit: one export path behind both.
 fn otlp_routers(
     config: &Config,
     keys: &KeyStore,
     sink: Arc<dyn LogSink>,
+    limit_share: LimitShare,
     metrics: &Arc<Metrics>,
 ) -> OtlpRouters {
     let export = ExportService::new(
@@ -222,6 +231,7 @@ fn otlp_routers(
             mapping: config.mapping.clone(),
             retention: config.retention.policy.clone(),
             limits: config.limits.clone(),
+            limit_share,
         },
         sink,
         MemoryBudget::new(config.otlp.max_inflight_bytes),

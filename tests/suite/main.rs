@@ -10,6 +10,7 @@ mod cluster;
 mod cluster_erasure;
 mod cluster_gaps;
 mod cluster_lag;
+mod cluster_limits;
 mod cluster_partitions;
 mod crash;
 mod dedup;
