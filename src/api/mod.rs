@@ -35,7 +35,7 @@ pub use openapi::document as openapi_document;
 use params::{Filters, Paging};
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 pub use slots::Slots;
-pub use tail::shutting_down_event as tail_shutting_down_event;
+pub use tail::{shutting_down_event as tail_shutting_down_event, tail_resumes_after};
 
 use crate::auth::{KeyStore, Scope};
 use crate::ingest::{Health, IngestQueue, WriteError};

@@ -134,24 +134,7 @@ pub async fn tail(
     let given = TailParams {
         cursor: params::lookup(&pairs, "cursor"),
     };
-    let event_id = |name: &'static str, value: Option<&str>| {
-        value.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "{name} must be the id of an event of this stream, a whole number"
-            ))
-        })
-    };
-    let cursor = given
-        .cursor
-        .map(|v| event_id("cursor", Some(v)).map(|id| ("cursor", id)))
-        .transpose()?;
-    let resume = match headers.get("last-event-id") {
-        Some(value) => Some((
-            "Last-Event-ID",
-            event_id("Last-Event-ID", value.to_str().ok())?,
-        )),
-        None => cursor,
-    };
+    let resume = resumes_after(&headers, given.cursor)?;
     let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "cursor").collect();
     let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/tail, which streams")?;
     let slot = state.tails.take(&user_id)?;
@@ -192,6 +175,36 @@ pub async fn tail(
     // proxies such as nginx would otherwise hold events back
     response_headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// The event a stream resumes after, and which of `Last-Event-ID` (which wins) and `cursor`
+/// named it; none for a stream that starts with the next new log.
+fn resumes_after(
+    headers: &HeaderMap,
+    cursor: Option<&str>,
+) -> Result<Option<(&'static str, u64)>, ApiError> {
+    let (name, value) = match (headers.get("last-event-id"), cursor) {
+        (Some(header), _) => ("Last-Event-ID", header.to_str().ok()),
+        (None, Some(cursor)) => ("cursor", Some(cursor)),
+        (None, None) => return Ok(None),
+    };
+    match value.and_then(|v| v.parse::<u64>().ok()) {
+        Some(id) => Ok(Some((name, id))),
+        None => Err(ApiError::BadRequest(format!(
+            "{name} must be the id of an event of this stream, a whole number"
+        ))),
+    }
+}
+
+/// The event a tail request resumes after, from its headers and query string; none when it
+/// starts with the next new log or names no valid id (its answer says so).
+pub fn tail_resumes_after(headers: &HeaderMap, query: Option<&str>) -> Option<u64> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or("")).ok()?;
+    let cursor = params::lookup(&pairs, "cursor");
+    resumes_after(headers, cursor)
+        .ok()
+        .flatten()
+        .map(|(_, id)| id)
 }
 
 /// One stream's reader of the index.

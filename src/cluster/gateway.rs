@@ -24,7 +24,7 @@ use serde_json::value::RawValue;
 use super::indexer::{INDEXED_HEADER, NOT_HERE};
 use super::lag::Freshness;
 use super::membership::{ShardCheck, View};
-use super::shard::shards_of_user;
+use super::shard::{message_of, shards_of_user};
 use super::tls::HttpClient;
 use crate::api::{self, ApiError, Cursor, CursorKey, LogsRequest, POSITIONS_HEADER};
 use crate::auth::{KeyStore, Scope};
@@ -181,8 +181,20 @@ async fn ask(
         .view
         .borrow()
         .read_targets(shard, gateway.replicas, user_id);
-    // a replica whose reads are past the lag bound is asked only when no other answers
-    targets.sort_by_key(|(node, _)| !gateway.freshness.fresh(shard, node));
+    // a tail resumed after an event goes first to the replicas that reported showing it (it may
+    // come from one a commit ahead); a replica whose reads are past the lag bound is asked only
+    // when no other answers
+    let (path, query) = path_and_query
+        .split_once('?')
+        .map_or((path_and_query, None), |(path, query)| (path, Some(query)));
+    let resumed = (path == "/logs/tail")
+        .then(|| api::tail_resumes_after(headers, query))
+        .flatten()
+        .map(message_of);
+    targets.sort_by_key(|(node, _)| {
+        let shows = resumed.is_none_or(|message| gateway.freshness.reached(shard, node, message));
+        (!shows, !gateway.freshness.fresh(shard, node))
+    });
     // the last replica that answered 503 (busy), passed on when no other answers
     let mut busy = None;
     for (_, target) in targets {

@@ -237,6 +237,15 @@ impl Freshness {
             .is_none_or(|state| state.fresh(node, Instant::now(), self.max_lag))
     }
 
+    /// Whether `node`'s replica of `shard` last reported reads through the message `message`.
+    pub fn reached(&self, shard: u32, node: &str, message: u64) -> bool {
+        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        shards
+            .get(&shard)
+            .and_then(|state| state.reports.get(node))
+            .is_some_and(|report| report.through >= message)
+    }
+
     /// Whether `shard` takes new exports: what this gateway acknowledged has been visible within
     /// the bound, and an export now would be too, at the pace the shard's reads advance.
     /// Otherwise how far behind they are.

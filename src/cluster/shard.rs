@@ -101,9 +101,14 @@ pub fn log_seq(shard: u32, stream_seq: u64, position: usize) -> u64 {
     stream_seq * MESSAGE_SPAN + u64::from(shard) * LOGS_PER_MESSAGE as u64 + position as u64
 }
 
+/// The stream sequence of the message that holds the log numbered `seq`.
+pub fn message_of(seq: u64) -> u64 {
+    seq / MESSAGE_SPAN
+}
+
 /// The stream sequence to consume from when the index holds every log up to `committed`.
 pub fn resume_from(committed: u64) -> u64 {
-    committed / MESSAGE_SPAN + 1
+    message_of(committed) + 1
 }
 
 #[cfg(test)]
@@ -155,6 +160,7 @@ mod tests {
             42
         );
         assert!(log_seq(7, 42, 0) > last);
+        assert_eq!(message_of(last), 41);
         // two shards never share a number
         assert_ne!(log_seq(3, 41, 17), log_seq(4, 41, 17));
     }

@@ -12,6 +12,7 @@ mod cluster_gaps;
 mod cluster_lag;
 mod cluster_limits;
 mod cluster_partitions;
+mod cluster_tail;
 mod crash;
 mod dedup;
 mod erasure;

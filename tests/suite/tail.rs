@@ -6,57 +6,16 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
+use common::sse::Events;
 use common::{AppOptions, PATIENCE, TestApp, activity, at_ms, spawn_app_with, text, with_attr};
 use logbridge::auth::Secret;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One event of a stream.
-#[derive(Debug, Clone, PartialEq)]
-struct Event {
-    id: Option<u64>,
-    kind: Option<String>,
-    data: Json,
-}
-
-/// A tail stream being read.
-struct Tail {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Tail {
-    async fn open(app: &TestApp, key: &Secret, query: &str, last_event_id: Option<u64>) -> Self {
-        let response = request(app, key, query, last_event_id).await;
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        Tail {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next event, keep-alives and `retry` lines skipped; panics after [`PATIENCE`].
-    async fn next(&mut self) -> Event {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                if let Some(event) = parse(&block) {
-                    return event;
-                }
-                continue;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let chunk = tokio::time::timeout(left, self.response.chunk())
-                .await
-                .expect("an event within the patience")
-                .expect("the stream reads")
-                .expect("the stream goes on");
-            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    }
+/// A tail stream of `key`'s logs, being read.
+async fn open_tail(app: &TestApp, key: &Secret, query: &str, last_event_id: Option<u64>) -> Events {
+    Events::new(request(app, key, query, last_event_id).await)
 }
 
 async fn request(
@@ -75,27 +34,6 @@ async fn request(
     request.send().await.unwrap()
 }
 
-/// An event block, or `None` for one with no data (a comment, `retry`).
-fn parse(block: &str) -> Option<Event> {
-    let mut event = Event {
-        id: None,
-        kind: None,
-        data: Json::Null,
-    };
-    let mut data = None;
-    for line in block.lines() {
-        if let Some(id) = line.strip_prefix("id: ") {
-            event.id = Some(id.parse().unwrap());
-        } else if let Some(kind) = line.strip_prefix("event: ") {
-            event.kind = Some(kind.to_owned());
-        } else if let Some(json) = line.strip_prefix("data: ") {
-            data = Some(serde_json::from_str(json).unwrap());
-        }
-    }
-    event.data = data?;
-    Some(event)
-}
-
 fn options() -> AppOptions {
     AppOptions {
         // the product's default: tails see logs as commits make them visible
@@ -111,8 +49,8 @@ fn numbered(n: u64) -> LogRecord {
 #[tokio::test]
 async fn new_matching_logs_arrive_oldest_first_once_committed() {
     let app = spawn_app_with(options()).await;
-    let mut tail = Tail::open(&app, &app.keys.alice, "status=error", None).await;
-    let mut other = Tail::open(&app, &app.keys.bob, "", None).await;
+    let mut tail = open_tail(&app, &app.keys.alice, "status=error", None).await;
+    let mut other = open_tail(&app, &app.keys.bob, "", None).await;
 
     let failed = |n| with_attr(numbered(n), "activity.status", text("error"));
     // request data as the worker sent it, pretty-printed: line breaks between its tokens
@@ -134,7 +72,7 @@ async fn new_matching_logs_arrive_oldest_first_once_committed() {
         assert_eq!(event.kind, None);
         assert_eq!(event.data["message"], expected);
         assert_eq!(event.data["status"], "error");
-        ids.push(event.id.unwrap());
+        ids.push(event.seq());
         if expected == "log 1" {
             assert_eq!(
                 event.data["request_data"],
@@ -177,7 +115,7 @@ async fn new_matching_logs_arrive_oldest_first_once_committed() {
 async fn a_reconnect_with_last_event_id_misses_nothing_and_repeats_nothing() {
     let app = spawn_app_with(options()).await;
     const TOTAL: u64 = 600;
-    let mut tail = Some(Tail::open(&app, &app.keys.alice, "log_type=tool_call", None).await);
+    let mut tail = Some(open_tail(&app, &app.keys.alice, "log_type=tool_call", None).await);
     let sender = {
         let client = app.grpc_client().await;
         let key = app.keys.alice.clone();
@@ -198,7 +136,7 @@ async fn a_reconnect_with_last_event_id_misses_nothing_and_repeats_nothing() {
         // each connection takes at most 150 events, then drops while logs keep arriving
         let mut tail = match tail.take() {
             Some(tail) => tail,
-            None => Tail::open(&app, &app.keys.alice, "log_type=tool_call", last_id).await,
+            None => open_tail(&app, &app.keys.alice, "log_type=tool_call", last_id).await,
         };
         connections += 1;
         for _ in 0..150 {
@@ -207,7 +145,7 @@ async fn a_reconnect_with_last_event_id_misses_nothing_and_repeats_nothing() {
             }
             let event = tail.next().await;
             seen.push(event.data["message"].as_str().unwrap().to_owned());
-            last_id = event.id;
+            last_id = Some(event.seq());
         }
     }
     sender.await.unwrap();
@@ -236,7 +174,7 @@ async fn a_tail_from_the_sequence_of_a_page_follows_on_from_it() {
     assert_eq!(sequence, 2);
     // committed after the page was read, before the tail connects
     app.ingest(&app.keys.alice, vec![numbered(3)]).await;
-    let mut tail = Tail::open(&app, &app.keys.alice, &format!("cursor={sequence}"), None).await;
+    let mut tail = open_tail(&app, &app.keys.alice, &format!("cursor={sequence}"), None).await;
     app.export(&app.keys.alice, vec![numbered(4)])
         .await
         .unwrap();
@@ -320,13 +258,13 @@ async fn subscribers_are_bounded_in_all_and_per_user() {
         let body: Json = response.json().await.unwrap();
         body["message"].as_str().unwrap().to_owned()
     };
-    let first = Tail::open(&app, &app.keys.alice, "", None).await;
-    let _second = Tail::open(&app, &app.keys.alice_reader, "", None).await;
+    let first = open_tail(&app, &app.keys.alice, "", None).await;
+    let _second = open_tail(&app, &app.keys.alice_reader, "", None).await;
     assert_eq!(
         refused(request(&app, &app.keys.alice, "", None).await).await,
         "too many tail streams for this user, close one first"
     );
-    let _third = Tail::open(&app, &app.keys.bob, "", None).await;
+    let _third = open_tail(&app, &app.keys.bob, "", None).await;
     assert_eq!(
         refused(request(&app, &app.keys.bob, "", None).await).await,
         "too many tail subscribers, retry later"
@@ -349,7 +287,7 @@ async fn subscribers_are_bounded_in_all_and_per_user() {
 #[tokio::test]
 async fn a_revoked_key_ends_its_stream() {
     let app = spawn_app_with(options()).await;
-    let mut tail = Tail::open(&app, &app.keys.alice_reader, "", None).await;
+    let mut tail = open_tail(&app, &app.keys.alice_reader, "", None).await;
     let keys_file = app.dir.path().join("keys.toml");
     let kept: Vec<_> = app
         .keys
@@ -397,7 +335,7 @@ async fn a_reader_that_falls_behind_is_cut_off_with_a_final_event() {
     stalled.write_all(request.as_bytes()).await.unwrap();
     // a reader that keeps up, beside it
     const TOTAL: u64 = 20_000;
-    let mut reader = Tail::open(&app, &app.keys.alice, "", None).await;
+    let mut reader = open_tail(&app, &app.keys.alice, "", None).await;
     let reading = tokio::spawn(async move {
         for n in 0..TOTAL {
             let event = reader.next().await;

@@ -4,6 +4,7 @@ pub mod cluster;
 #[path = "../../../benches/harness/mod.rs"]
 pub mod harness;
 pub mod process;
+pub mod sse;
 pub mod tmpfs;
 pub mod tools;
 pub mod window;
