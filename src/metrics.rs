@@ -86,6 +86,8 @@ pub struct Metrics {
     pub cluster_etcd_reachable: Gauge,
     /// Cluster mode: replicas this node started from a copy of a peer's index.
     pub cluster_replica_copies: Counter,
+    /// Cluster mode: copies of peers' replicas this node is fetching.
+    pub cluster_replica_copies_in_flight: Gauge,
     /// Messages of its stream a replica of this node lacks: gone from the stream before it
     /// indexed them. 0 for a complete replica.
     pub cluster_replica_missing: Family<ShardLabels, Gauge>,
@@ -140,6 +142,7 @@ impl Metrics {
             cluster_gateways: Gauge::default(),
             cluster_etcd_reachable: Gauge::default(),
             cluster_replica_copies: Counter::default(),
+            cluster_replica_copies_in_flight: Gauge::default(),
             cluster_replica_missing: Family::default(),
             cluster_replica_lag_messages: Family::default(),
             cluster_replica_lag: Family::default(),
@@ -292,6 +295,11 @@ impl Metrics {
             "cluster_replica_copies",
             "Cluster mode: replicas this node started from a copy of a peer's committed index",
             m.cluster_replica_copies.clone(),
+        );
+        r.register(
+            "cluster_replica_copies_in_flight",
+            "Cluster mode: copies of peers' replicas this node is fetching, beside the replicas it serves",
+            m.cluster_replica_copies_in_flight.clone(),
         );
         r.register(
             "cluster_replica_missing_messages",

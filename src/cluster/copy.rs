@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 
 use super::indexer::{Replicas, shard_dir};
 use super::tls::HttpClient;
@@ -170,15 +171,21 @@ impl std::io::Write for ChannelWriter {
 
 /// Copies `shard`'s committed index from the peer at `peer` (its API URL) into `dest`, which
 /// must not exist; the last sequence number the copy holds. Nothing is left at `dest` unless
-/// the whole copy arrived and unpacked.
+/// the whole copy arrived and unpacked; a copy that fails, or is cancelled through `cancel`,
+/// removes what it received at once.
 pub async fn fetch(
     client: &HttpClient<Body>,
     peer: &str,
     token: &str,
     shard: u32,
     dest: &Path,
+    cancel: &CancellationToken,
 ) -> anyhow::Result<u64> {
-    tokio::time::timeout(PATIENCE, async {
+    let parent = dest.parent().context("a shard folder has a parent")?;
+    let partial = parent.join(format!("incoming-{shard}-{}", rand::random::<u64>()));
+    let archive = partial.with_extension("tar");
+    let _received = Received([archive.clone(), partial.clone()]);
+    let copied = async {
         let request = http::Request::get(format!("{peer}/peer/shards/{shard}/copy"))
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Body::empty())?;
@@ -195,48 +202,67 @@ pub async fn fetch(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .context("the copy does not say what it holds")?;
-        let parent = dest.parent().context("a shard folder has a parent")?;
-        let partial = parent.join(format!("incoming-{shard}-{}", rand::random::<u64>()));
-        let archive = partial.with_extension("tar");
-        let received = async {
-            let mut file = tokio::fs::File::create(&archive).await?;
-            let mut body = response.into_body();
-            while let Some(frame) = tokio::time::timeout(STALL, body.frame())
-                .await
-                .map_err(|_| anyhow::anyhow!("the copy stalled"))?
-            {
-                if let Ok(data) = frame?.into_data() {
-                    file.write_all(&data).await?;
-                }
+        // (the first replica a joining indexer opens may be a copy)
+        tokio::fs::create_dir_all(parent).await?;
+        let mut file = tokio::fs::File::create(&archive).await?;
+        let mut body = response.into_body();
+        while let Some(frame) = tokio::time::timeout(STALL, body.frame())
+            .await
+            .map_err(|_| anyhow::anyhow!("the copy stalled"))?
+        {
+            if let Ok(data) = frame?.into_data() {
+                file.write_all(&data).await?;
             }
-            file.sync_all().await?;
-            anyhow::Ok(())
         }
-        .await;
-        let unpacked = match received {
-            Ok(()) => {
-                let (archive, partial, dest) = (archive.clone(), partial.clone(), dest.to_owned());
-                tokio::task::spawn_blocking(move || unpack(&archive, &partial, &dest)).await?
+        file.sync_all().await?;
+        let (archive, partial, dest) = (archive.clone(), partial.clone(), dest.to_owned());
+        let cancel = cancel.clone();
+        // (what it unpacked goes if it fails, even after this future was dropped)
+        tokio::task::spawn_blocking(move || {
+            let unpacked = unpack(&archive, &partial, &dest, &cancel);
+            if unpacked.is_err() {
+                let _ = std::fs::remove_dir_all(&partial);
             }
-            Err(e) => Err(e),
-        };
-        let _ = std::fs::remove_file(&archive);
-        if unpacked.is_err() {
-            let _ = std::fs::remove_dir_all(&partial);
-        }
-        unpacked.map(|()| committed)
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("the copy took longer than {} s", PATIENCE.as_secs()))?
+            unpacked
+        })
+        .await??;
+        anyhow::Ok(committed)
+    };
+    tokio::select! {
+        copied = tokio::time::timeout(PATIENCE, copied) => copied.map_err(|_| {
+            anyhow::anyhow!("the copy took longer than {} s", PATIENCE.as_secs())
+        })?,
+        () = cancel.cancelled() => bail!("the copy was cancelled"),
+    }
 }
 
-/// Unpacks the archive into `partial`, makes every file durable, and renames it to `dest`. An
-/// index is a flat folder of regular files: any other entry (a link, a device, a path with a
-/// folder in it) is refused.
-fn unpack(archive: &Path, partial: &Path, dest: &Path) -> anyhow::Result<()> {
+/// What a copy received, removed when it ends: the archive always, the unpacked folder unless
+/// it was renamed into place.
+struct Received([PathBuf; 2]);
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        let [archive, partial] = &self.0;
+        let _ = std::fs::remove_file(archive);
+        let _ = std::fs::remove_dir_all(partial);
+    }
+}
+
+/// Unpacks the archive into `partial`, makes every file durable, and renames it to `dest`,
+/// unless `cancel` is cancelled first. An index is a flat folder of regular files: any other
+/// entry (a link, a device, a path with a folder in it) is refused.
+fn unpack(
+    archive: &Path,
+    partial: &Path,
+    dest: &Path,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(partial)?;
     let mut archive = tar::Archive::new(std::fs::File::open(archive)?);
     for entry in archive.entries()? {
+        if cancel.is_cancelled() {
+            bail!("the copy was cancelled");
+        }
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
         let kind = entry.header().entry_type();
@@ -256,6 +282,9 @@ fn unpack(archive: &Path, partial: &Path, dest: &Path) -> anyhow::Result<()> {
         std::fs::File::open(&target)?.sync_all()?;
     }
     std::fs::File::open(partial)?.sync_all()?;
+    if cancel.is_cancelled() {
+        bail!("the copy was cancelled");
+    }
     std::fs::rename(partial, dest)?;
     std::fs::File::open(dest.parent().context("a parent")?)?.sync_all()?;
     Ok(())

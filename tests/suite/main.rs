@@ -7,6 +7,7 @@ mod common;
 mod bench_smoke;
 mod cli;
 mod cluster;
+mod cluster_copies;
 mod cluster_erasure;
 mod cluster_gaps;
 mod cluster_lag;

@@ -8,6 +8,8 @@
 //! it starts over from the commit: nothing is indexed twice, nothing is skipped.
 
 mod consume;
+mod copying;
+mod reconcile;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +28,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use super::copy;
 use super::erasure::Erasures;
 use super::lag::ReplicaLag;
 use super::membership::{Membership, ReplicaStatus, ShardCheck, View};
@@ -38,6 +39,8 @@ use crate::lifecycle::Retention;
 use crate::metrics::ShardLabels;
 use crate::store::{self, StoreOptions};
 use consume::Consumer;
+use copying::Copies;
+use reconcile::{RECOPY_INTERVAL, Reconcile};
 
 /// How long a replica whose stream or index fails waits before it starts over.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -126,6 +129,19 @@ impl Replicas {
     fn holds(&self, shard: u32) -> bool {
         let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
         replicas.contains_key(&shard)
+    }
+
+    /// The last stream message this node's replica of `shard` lacks, when it has a hole and is
+    /// due to ask its peers for a copy again.
+    fn hole_due(&self, shard: u32) -> Option<u64> {
+        let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let replica = replicas
+            .get(&shard)
+            .filter(|r| Instant::now() >= r.recopy_at)?;
+        match *replica.state.borrow() {
+            ReplicaState::Missing { last, .. } => Some(last),
+            _ => None,
+        }
     }
 
     fn insert(&self, shard: u32, replica: Replica) {
@@ -282,12 +298,22 @@ pub async fn run(
     }
     tokio::task::block_in_place(|| remove_leftovers(&context.dir));
     let mut view = membership.view();
+    let mut copies = Copies::new(context.api.metrics.cluster_replica_copies_in_flight.clone());
     loop {
         let current: View = view.borrow_and_update().clone();
         if current.revision > 0 {
             // opening an index reads its files (and may upgrade it): off the async workers
             tokio::task::block_in_place(|| {
-                reconcile(&context, &replicas, &membership, shards, &current);
+                let mut reconcile = Reconcile {
+                    context: &context,
+                    replicas: &replicas,
+                    copies: &mut copies,
+                    membership: &membership,
+                    view: &current,
+                };
+                for shard in 0..shards {
+                    reconcile.shard(shard);
+                }
             });
         }
         // replicas becoming ready are reported as they do
@@ -308,6 +334,7 @@ pub async fn run(
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
+    copies.cancel_all().await;
     let held = std::mem::take(&mut *replicas.0.write().unwrap_or_else(|e| e.into_inner()));
     let closing: Vec<_> = held.into_values().collect();
     for replica in &closing {
@@ -343,148 +370,17 @@ fn remove_leftovers(dir: &Path) {
     }
 }
 
-fn reconcile(
-    context: &IndexerContext,
-    replicas: &Replicas,
-    membership: &Membership,
-    shards: u32,
-    view: &View,
-) {
-    for shard in 0..shards {
-        let owners = view.owners(shard, context.replicas_per_shard);
-        let mine = owners.contains(&context.node_id.as_str());
-        let gap = match replicas
-            .0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&shard)
-        {
-            Some(replica) if Instant::now() >= replica.recopy_at => match *replica.state.borrow() {
-                ReplicaState::Missing { last, .. } => Some(last),
-                _ => None,
-            },
-            _ => None,
-        };
-        if let Some(last) = gap.filter(|_| mine) {
-            recopy(context, replicas, shard, view, last);
-        }
-        // a replica replaced by a copy is opened below, from the copy
-        let held = replicas.holds(shard);
-        if mine && !held {
-            match open(context, shard, view) {
-                Ok(replica) => {
-                    tracing::info!(shard, "replica opened; catching up with the stream");
-                    membership.set_replica(
-                        shard,
-                        Some(ReplicaStatus {
-                            api: context.advertise.clone(),
-                            ready: false,
-                        }),
-                    );
-                    replicas.insert(shard, replica);
-                }
-                Err(e) => {
-                    tracing::error!(shard, error = %format!("{e:#}"), "cannot open a replica")
-                }
-            }
-        } else if !mine && held && view.owners_ready(shard, context.replicas_per_shard) {
-            let replica = replicas.remove(shard);
-            membership.set_replica(shard, None);
-            // the shard's gauges leave with it, rather than keep its last values
-            let metrics = &context.api.metrics;
-            let labels = ShardLabels { shard };
-            metrics.cluster_replica_missing.remove(&labels);
-            metrics.cluster_replica_lag_messages.remove(&labels);
-            metrics.cluster_replica_lag.remove(&labels);
-            if let Some(replica) = replica {
-                tracing::info!(shard, "shard moved to its new owners; replica closed");
-                // renamed at once, so that a shard coming back before the removal is done
-                // opens a fresh folder
-                let dir = shard_dir(&context.dir, shard);
-                let closed = context
-                    .dir
-                    .join(format!("closed-{shard}-{}", rand::random::<u64>()));
-                let renamed = std::fs::rename(&dir, &closed);
-                std::thread::spawn(move || {
-                    replica.stop.cancel();
-                    let _ = replica.thread.join();
-                    if let Err(e) = renamed.and_then(|()| std::fs::remove_dir_all(&closed)) {
-                        tracing::warn!(shard, error = %e, "cannot remove a closed replica's folder");
-                    }
-                });
-            }
-        }
-    }
-}
-
-/// How long a replica with a gap first waits between asking its peers for a copy that fills it.
-const RECOPY_INTERVAL: Duration = Duration::from_secs(5);
-
-/// The longest it waits between two such copies.
-const RECOPY_BACKOFF_MAX: Duration = Duration::from_secs(300);
-
-/// Replaces this node's replica of `shard`, which lacks stream messages through `last`, with a
-/// copy of a ready peer's replica that holds them (its commit is past `last`): the replica is
-/// closed and the copy put in its folder, for the caller to open. While no peer's copy covers
-/// the gap, the replica stays as it is, unread, and asks again later.
-fn recopy(context: &IndexerContext, replicas: &Replicas, shard: u32, view: &View, last: u64) {
-    let staging = context
-        .dir
-        .join(format!("recopy-{shard}-{}", rand::random::<u64>()));
-    let covers = match copy_from_peer(context, shard, view, &staging) {
-        Some(committed) => resume_from(committed) > last,
-        None => false,
-    };
-    let mut held = replicas.0.write().unwrap_or_else(|e| e.into_inner());
-    if !covers {
-        let _ = std::fs::remove_dir_all(&staging);
-        if let Some(replica) = held.get_mut(&shard) {
-            replica.recopy_at = Instant::now() + replica.recopy_backoff;
-            replica.recopy_backoff = (replica.recopy_backoff * 2).min(RECOPY_BACKOFF_MAX);
-        }
-        return;
-    }
-    let Some(replica) = held.remove(&shard) else {
-        let _ = std::fs::remove_dir_all(&staging);
-        return;
-    };
-    drop(held);
-    replica.stop.cancel();
-    let _ = replica.thread.join();
-    let dir = shard_dir(&context.dir, shard);
-    let closed = context
-        .dir
-        .join(format!("closed-{shard}-{}", rand::random::<u64>()));
-    let swapped = std::fs::rename(&dir, &closed).and_then(|()| std::fs::rename(&staging, &dir));
-    match swapped.and_then(|()| std::fs::remove_dir_all(&closed)) {
-        Ok(()) => tracing::info!(
-            shard,
-            "replica with a gap replaced by a complete peer's copy"
-        ),
-        // a copy that did not land in place leaves no index: the shard opens afresh (copied or
-        // replayed)
-        Err(e) => {
-            tracing::warn!(shard, error = %e, "cannot put the copy in place of the replica with a gap")
-        }
-    }
-}
-
 /// The folder of this node's replica of `shard`.
 pub fn shard_dir(dir: &Path, shard: u32) -> PathBuf {
     dir.join(shard.to_string())
 }
 
-/// Opens shard `shard`'s index and starts its consuming thread. A shard this node never held
-/// starts from a copy of a ready peer's committed index where there is one (the stream is then
-/// consumed from the sequence after it), else from the start of the stream.
-fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Replica> {
+/// Opens shard `shard`'s index and starts its consuming thread: the index in its folder
+/// (`copied` there from a peer), or a new one.
+fn open(context: &IndexerContext, shard: u32, copied: bool) -> anyhow::Result<Replica> {
     let dir = shard_dir(&context.dir, shard);
-    let mut copied = false;
-    if !dir.join("meta.json").exists() {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        copied = copy_from_peer(context, shard, view, &dir).is_some();
+    if !dir.join("meta.json").exists() && dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
     let (store, writer) = match store::open(&dir, &context.store_options) {
@@ -550,47 +446,4 @@ fn open(context: &IndexerContext, shard: u32, view: &View) -> anyhow::Result<Rep
         recopy_at: Instant::now(),
         recopy_backoff: RECOPY_INTERVAL,
     })
-}
-
-/// Copies `shard`'s committed index from a ready peer into `dir`, when one serves it: the last
-/// sequence number the copy holds. A failed copy leaves nothing.
-fn copy_from_peer(context: &IndexerContext, shard: u32, view: &View, dir: &Path) -> Option<u64> {
-    let peers: Vec<String> = view
-        .replicas
-        .get(&shard)
-        .into_iter()
-        .flatten()
-        .filter(|(node, status)| status.ready && **node != context.node_id)
-        .map(|(_, status)| status.api.clone())
-        .collect();
-    for peer in peers {
-        let started = Instant::now();
-        let copied = Handle::current().block_on(copy::fetch(
-            &context.client,
-            &peer,
-            &context.peer_token,
-            shard,
-            dir,
-        ));
-        match copied {
-            Ok(committed) => {
-                context.api.metrics.cluster_replica_copies.inc();
-                tracing::info!(
-                    shard,
-                    %peer,
-                    committed,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "replica copied from a peer; consuming the stream from after its commit"
-                );
-                return Some(committed);
-            }
-            Err(e) => tracing::warn!(
-                shard,
-                %peer,
-                error = %format!("{e:#}"),
-                "cannot copy the replica from this peer"
-            ),
-        }
-    }
-    None
 }
