@@ -35,6 +35,10 @@ pub use openapi::document as openapi_document;
 use params::{Filters, Paging};
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 pub use slots::Slots;
+pub use stats::{
+    PARTS_HEADER as STATS_PARTS_HEADER, PARTS_TOP as STATS_PARTS_TOP, StatsRequest,
+    parse as parse_stats_params, parts_over as stats_parts_over, stats_error, stats_response,
+};
 pub use tail::{shutting_down_event as tail_shutting_down_event, tail_resumes_after};
 
 use crate::auth::{KeyStore, Scope};

@@ -15,7 +15,9 @@ use super::params::Filters;
 use super::{ApiState, Caller, caller, params};
 use crate::auth::Scope;
 use crate::mapping::{LogStatus, LogType};
-use crate::store::{Latency, MAX_BUCKETS, Stats, StatsError, format_timestamp};
+use crate::store::{
+    Latency, LogQuery, MAX_BUCKETS, Stats, StatsError, TimeHistogram, format_timestamp,
+};
 
 /// The intervals a caller may ask for, by name, in seconds.
 const INTERVALS: [(&str, u64); 4] = [("1m", 60), ("5m", 300), ("1h", 3600), ("1d", 86_400)];
@@ -125,8 +127,100 @@ pub async fn stats(
 ) -> Result<Response, ApiError> {
     let Caller { user_id, pairs, .. } =
         caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
+    let StatsRequest { query, interval } = parse(&pairs, &user_id)?;
+    let part = headers
+        .get(PARTS_HEADER)
+        .map(|value| Part::parse(value.to_str().unwrap_or("")))
+        .transpose()?;
+    // a client that goes away (a new filter in the explorer) stops the work it asked for
+    let cancel = CancelOnDrop::default();
+    let cancelled = cancel.0.clone();
+    let answer = state
+        .search(&user_id, move |store| match part {
+            None => store
+                .stats(&query, interval, &cancelled)
+                .map(|stats| axum::Json(body(&stats)).into_response()),
+            Some(Part::Span) => store
+                .stats_span(&query)
+                .map(|span| axum::Json(span).into_response())
+                .map_err(StatsError::Store),
+            Some(Part::Over(histogram)) => store
+                .stats_parts(&query, histogram, PARTS_TOP, &cancelled)
+                .map(|parts| axum::Json(parts).into_response()),
+        })
+        .await?
+        .map_err(stats_error)?;
+    drop(cancel);
+    Ok(answer)
+}
+
+/// A peer's request for its part of the statistics of a user spread over several shards: the
+/// time its matches span, or the parts of its statistics over given buckets.
+pub const PARTS_HEADER: &str = "logbridge-stats-parts";
+
+/// Assistants a part lists, so that the busiest ones of all parts can be told exactly.
+pub const PARTS_TOP: usize = 1_000;
+
+/// What a [`PARTS_HEADER`] asks for.
+enum Part {
+    /// `span`: the first and the last nanosecond of the matches (JSON `[first, last]` or null).
+    Span,
+    /// `<start>,<interval>,<buckets>` (nanoseconds, nanoseconds, a count): the statistics over
+    /// those buckets, before percentiles are taken ([`crate::store::StatsParts`]).
+    Over(TimeHistogram),
+}
+
+impl Part {
+    fn parse(value: &str) -> Result<Self, ApiError> {
+        if value == "span" {
+            return Ok(Part::Span);
+        }
+        let bad = || {
+            ApiError::BadRequest(format!(
+                "{PARTS_HEADER} must be span or start,interval,buckets"
+            ))
+        };
+        let numbers: Vec<u64> = value
+            .split(',')
+            .map(|n| n.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        let [start, interval, buckets] = numbers[..] else {
+            return Err(bad());
+        };
+        if interval == 0 || buckets > MAX_BUCKETS {
+            return Err(bad());
+        }
+        Ok(Part::Over(TimeHistogram {
+            interval,
+            start,
+            buckets: vec![[0; 2]; buckets as usize],
+        }))
+    }
+}
+
+/// The [`PARTS_HEADER`] that asks for a shard's parts of the statistics over `histogram`'s
+/// buckets.
+pub fn parts_over(histogram: &TimeHistogram) -> String {
+    format!(
+        "{},{},{}",
+        histogram.start,
+        histogram.interval,
+        histogram.buckets.len()
+    )
+}
+
+/// What `GET /logs/stats` asks for.
+pub struct StatsRequest {
+    /// The filters.
+    pub query: LogQuery,
+    /// The histogram's interval in nanoseconds; none for about [`crate::store::AUTO_BUCKETS`].
+    pub interval: Option<u64>,
+}
+
+/// The parameters of `GET /logs/stats` of `user_id`, or the error that names the bad one.
+pub fn parse(pairs: &[(String, String)], user_id: &str) -> Result<StatsRequest, ApiError> {
     let given = StatsParams {
-        interval: params::lookup(&pairs, "interval"),
+        interval: params::lookup(pairs, "interval"),
     };
     let interval = match given.interval {
         None => None,
@@ -139,31 +233,34 @@ pub async fn stats(
             Some(seconds * 1_000_000_000)
         }
     };
-    let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/stats, which counts")?;
-    // a client that goes away (a new filter in the explorer) stops the work it asked for
-    let cancel = CancelOnDrop::default();
-    let cancelled = cancel.0.clone();
-    let stats = state
-        .search(&user_id, move |store| {
-            store.stats(&query, interval, &cancelled)
-        })
-        .await?
-        .map_err(|e| match e {
-            StatsError::TooManyBuckets { buckets } => ApiError::BadRequest(format!(
-                "interval cuts the time range into {buckets} buckets, more than {MAX_BUCKETS}: \
+    let query = params::parse_filters_only(pairs, user_id, "GET /logs/stats, which counts")?;
+    Ok(StatsRequest { query, interval })
+}
+
+/// The answer of statistics that could not be computed.
+pub fn stats_error(e: StatsError) -> ApiError {
+    match e {
+        StatsError::TooManyBuckets { buckets } => ApiError::BadRequest(format!(
+            "interval cuts the time range into {buckets} buckets, more than {MAX_BUCKETS}: \
              choose a wider interval or a narrower start_time and end_time"
-            )),
-            StatsError::Store(e) => ApiError::Internal(e.to_string()),
-            // only a request that is gone is cancelled: nobody reads this
-            StatsError::Cancelled => ApiError::Unavailable("the statistics were cancelled"),
-        })?;
-    drop(cancel);
-    let body = StatsBody {
+        )),
+        StatsError::Store(e) => ApiError::Internal(e.to_string()),
+        // only a request that is gone is cancelled: nobody reads this
+        StatsError::Cancelled => ApiError::Unavailable("the statistics were cancelled"),
+    }
+}
+
+/// The answer of `GET /logs/stats` with `stats`.
+pub fn stats_response(stats: &Stats) -> Response {
+    axum::Json(body(stats)).into_response()
+}
+
+fn body(stats: &Stats) -> StatsBody {
+    StatsBody {
         success: true,
         message: "Activity log statistics fetched successfully",
-        data: data(&stats),
-    };
-    Ok(axum::Json(body).into_response())
+        data: data(stats),
+    }
 }
 
 /// Set when dropped: when the request's future is dropped because its client left, or when the

@@ -17,27 +17,28 @@ use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use arc_swap::ArcSwapOption;
-use http_body_util::BodyExt as _;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
-use super::indexer::{INDEXED_HEADER, NOT_HERE};
+use super::indexer::NOT_HERE;
 use super::lag::Freshness;
 use super::membership::{ShardCheck, View};
 use super::shard::{message_of, shards_of_user};
 use super::tls::HttpClient;
-use crate::api::{self, ApiError, Cursor, CursorKey, LogsRequest, POSITIONS_HEADER};
+use crate::api::{self, ApiError, CursorKey, POSITIONS_HEADER, STATS_PARTS_HEADER};
 use crate::auth::{KeyStore, Scope};
 use crate::metrics::Metrics;
-use crate::store::SortKey;
 
 /// The request headers a replica needs; the rest stay at the gateway.
-const FORWARDED: [header::HeaderName; 4] = [
+const FORWARDED: [header::HeaderName; 5] = [
     header::AUTHORIZATION,
     header::ACCEPT,
     header::HeaderName::from_static("last-event-id"),
     header::HeaderName::from_static(POSITIONS_HEADER),
+    header::HeaderName::from_static(STATS_PARTS_HEADER),
 ];
+
+/// The headers a gateway sets on the reads it gathers, never a client: they are dropped from
+/// what clients send.
+const GATHERING: [&str; 2] = [POSITIONS_HEADER, STATS_PARTS_HEADER];
 
 /// Longest wait for a replica's answer to begin (its body may then stream for as long as it
 /// takes: an export, a tail).
@@ -122,7 +123,10 @@ async fn erase(
 /// logs of a user spread over several shards are gathered from each (`GET /logs`).
 async fn forward(State(gateway): State<Gateway>, request: Request) -> Result<Response, ApiError> {
     // a read has no body; what is held across the awaits is the request's head
-    let (request, _) = request.into_parts();
+    let (mut request, _) = request.into_parts();
+    for name in GATHERING {
+        request.headers.remove(name);
+    }
     let authorization = request
         .headers
         .get(header::AUTHORIZATION)
@@ -134,7 +138,6 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Result<Res
             principal.key_name
         )));
     };
-    let gathered = request.uri.path() == "/logs";
     let shards = {
         let view = gateway.view.borrow();
         shards_of_user(&user_id, view.spreads_of(&user_id), gateway.shards)
@@ -159,18 +162,19 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Result<Res
         }
         return Ok(response.map(Body::new));
     }
-    if !gathered {
-        return Err(ApiError::NotImplemented(
-            "this user's logs are spread over several shards: GET /logs gathers them, but \
-             /logs/stats, /logs/tail and /logs/export do not yet",
-        ));
+    match request.uri.path() {
+        "/logs" => super::gather::logs(&gateway, &user_id, &shards, &request).await,
+        "/logs/stats" => super::gather::stats(&gateway, &user_id, &shards, &request).await,
+        _ => Err(ApiError::NotImplemented(
+            "this user's logs are spread over several shards: GET /logs and /logs/stats gather \
+             them, but /logs/tail and /logs/export do not yet",
+        )),
     }
-    gather_logs(&gateway, &user_id, &shards, &request).await
 }
 
 /// Sends a read to a ready replica of `shard`, trying the next one when a replica cannot be
 /// reached, no longer holds the shard, is busy or does not answer in time.
-async fn ask(
+pub(super) async fn ask(
     gateway: &Gateway,
     shard: u32,
     user_id: &str,
@@ -227,209 +231,6 @@ async fn ask(
     busy.ok_or(ApiError::Unavailable(
         "no caught-up replica of this user's shard answers now, retry later",
     ))
-}
-
-/// Deepest offset (`page`) a gathered `GET /logs` reads to: each shard is walked that far.
-const MAX_GATHERED_OFFSET: usize = 1_000;
-
-/// One shard's part of a gathered page.
-struct ShardPage {
-    total: u64,
-    /// Newest first, each with its sort key.
-    logs: Vec<(SortKey, Box<RawValue>)>,
-    /// Whether the shard holds more matching logs past these.
-    more: bool,
-    /// How fresh its replica's reads were (the [`INDEXED_HEADER`] it answered).
-    indexed: Option<String>,
-}
-
-/// `GET /logs` of a user spread over several shards: the same page a single index would give.
-/// Every shard is asked for the logs after the same position (the cursor is valid on each: the
-/// same filters, signed with the cluster's key, and sequence numbers never repeat across
-/// shards); the answers merge newest first by (timestamp, sequence), totals add up (the shards
-/// are disjoint), and the next cursor is made from the last log of the merged page.
-async fn gather_logs(
-    gateway: &Gateway,
-    user_id: &str,
-    shards: &[u32],
-    request: &http::request::Parts,
-) -> Result<Response, ApiError> {
-    let Some(key) = gateway.cursor_key.load_full() else {
-        return Err(ApiError::Unavailable(
-            "the cluster's cursor key is not known yet (is etcd reachable?), retry later",
-        ));
-    };
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(request.uri.query().unwrap_or(""))
-            .map_err(|_| ApiError::BadRequest("the query string is malformed".to_owned()))?;
-    let LogsRequest { query, page } = api::parse_logs_params(&pairs, user_id, &key)?;
-    if query.offset > MAX_GATHERED_OFFSET {
-        return Err(ApiError::BadRequest(format!(
-            "page {page} with limit {} starts past the first {MAX_GATHERED_OFFSET} logs of a user spread over several shards; \
-             follow data.next_cursor to read further",
-            query.limit
-        )));
-    }
-    let wanted = query.offset + query.limit;
-    let cursor = pairs
-        .iter()
-        .find(|(name, value)| name == "cursor" && !value.is_empty())
-        .map(|(_, value)| value.clone());
-    let filters: Vec<(String, String)> = pairs
-        .into_iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "cursor" | "page" | "limit"))
-        .collect();
-    let mut headers = request.headers.clone();
-    headers.insert(POSITIONS_HEADER, http::HeaderValue::from_static("1"));
-    let mut pages = tokio::task::JoinSet::new();
-    for &shard in shards {
-        let (gateway, user_id, headers) = (gateway.clone(), user_id.to_owned(), headers.clone());
-        let (filters, cursor) = (filters.clone(), cursor.clone());
-        pages.spawn(async move {
-            shard_page(&gateway, shard, &user_id, &headers, filters, cursor, wanted).await
-        });
-    }
-    let (mut total, mut more, mut merged) = (0, false, Vec::new());
-    let mut indexed = Vec::new();
-    while let Some(joined) = pages.join_next().await {
-        let part = joined.map_err(|e| ApiError::Internal(format!("gather task failed: {e}")))??;
-        let part = match part {
-            Ok(part) => part,
-            // a refusal of one shard (a bad parameter, a key gone) is the answer
-            Err(response) => return Ok(response),
-        };
-        total += part.total;
-        more |= part.more;
-        indexed.extend(part.indexed);
-        merged.extend(part.logs);
-    }
-    merged.sort_unstable_by_key(|(key, _)| std::cmp::Reverse(*key));
-    more |= merged.len() > wanted;
-    let logs: Vec<(SortKey, Box<RawValue>)> = merged
-        .into_iter()
-        .skip(query.offset)
-        .take(query.limit)
-        .collect();
-    let next_cursor = match logs.last() {
-        Some((last, _)) if more => {
-            Some(Cursor::next(&query, *last, page.saturating_add(1)).encode(&key))
-        }
-        _ => None,
-    };
-    let mut data = serde_json::json!({
-        "logs": logs.iter().map(|(_, log)| log.as_ref()).collect::<Vec<&RawValue>>(),
-        "total": total,
-        "page": page,
-        "limit": query.limit,
-    });
-    if let Some(next_cursor) = next_cursor {
-        data["next_cursor"] = next_cursor.into();
-    }
-    let body = serde_json::json!({
-        "success": true,
-        "message": "Activity logs fetched successfully",
-        "data": data,
-    });
-    let mut response = axum::Json(body).into_response();
-    indexed.sort();
-    if let Ok(value) = http::HeaderValue::from_str(&indexed.join(",")) {
-        response.headers_mut().insert(INDEXED_HEADER, value);
-    }
-    Ok(response)
-}
-
-/// Up to `wanted` of the logs of `shard` after `cursor`, walking its pages.
-async fn shard_page(
-    gateway: &Gateway,
-    shard: u32,
-    user_id: &str,
-    headers: &HeaderMap,
-    filters: Vec<(String, String)>,
-    mut cursor: Option<String>,
-    wanted: usize,
-) -> Result<Result<ShardPage, Response>, ApiError> {
-    let mut part = ShardPage {
-        total: 0,
-        logs: Vec::new(),
-        more: false,
-        indexed: None,
-    };
-    loop {
-        let mut pairs = filters.clone();
-        pairs.push((
-            "limit".to_owned(),
-            (wanted - part.logs.len()).min(api::MAX_LIMIT).to_string(),
-        ));
-        if let Some(cursor) = &cursor {
-            pairs.push(("cursor".to_owned(), cursor.clone()));
-        }
-        let query = serde_urlencoded::to_string(&pairs)
-            .map_err(|e| ApiError::Internal(format!("cannot encode a shard's query: {e}")))?;
-        let response = ask(gateway, shard, user_id, &format!("/logs?{query}"), headers).await?;
-        if response.status() != http::StatusCode::OK {
-            return Ok(Err(response.map(Body::new)));
-        }
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let positions = header(POSITIONS_HEADER);
-        // the first page read of the shard: it shows at least that much
-        part.indexed.get_or_insert_with(|| header(INDEXED_HEADER));
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ApiError::Internal(format!("a shard's answer broke off: {e}")))?
-            .to_bytes();
-        let answer: ShardAnswer = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Internal(format!("a shard's answer is not a page: {e}")))?;
-        let keys: Vec<SortKey> = positions
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .filter_map(|p| {
-                let (timestamp, seq) = p.split_once(':')?;
-                Some(SortKey {
-                    timestamp: timestamp.parse().ok()?,
-                    seq: seq.parse().ok()?,
-                })
-            })
-            .collect();
-        if keys.len() != answer.data.logs.len() {
-            return Err(ApiError::Internal(format!(
-                "shard {shard} gave {} positions for {} logs",
-                keys.len(),
-                answer.data.logs.len()
-            )));
-        }
-        part.total = answer.data.total;
-        part.logs.extend(keys.into_iter().zip(answer.data.logs));
-        match answer.data.next_cursor {
-            Some(next) if part.logs.len() < wanted => cursor = Some(next),
-            Some(_) => {
-                part.more = true;
-                return Ok(Ok(part));
-            }
-            None => return Ok(Ok(part)),
-        }
-    }
-}
-
-/// What a shard answers to `GET /logs`, as far as a gathered page needs it.
-#[derive(Deserialize)]
-struct ShardAnswer {
-    data: ShardData,
-}
-
-#[derive(Deserialize)]
-struct ShardData {
-    logs: Vec<Box<RawValue>>,
-    total: u64,
-    next_cursor: Option<String>,
 }
 
 /// A tail passed on from a replica that ends, as a single node's does, with a final `end` event

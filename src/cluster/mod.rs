@@ -9,6 +9,7 @@
 //! - [`erasure`]: `DELETE /logs`, a message every replica of a shard applies in order.
 //! - [`lag`]: replicas report what their reads see; gateways bound how far behind that is.
 //! - [`gateway`]: routing each user's reads to a ready replica.
+//! - [`gather`]: the reads of a user spread over several shards, gathered from each.
 //!
 //! These are the parts; `server` wires them into a running node.
 
@@ -16,6 +17,7 @@ pub(crate) mod copy;
 pub(crate) mod erasure;
 pub(crate) mod etcd;
 pub(crate) mod gateway;
+mod gather;
 pub(crate) mod indexer;
 pub(crate) mod lag;
 pub(crate) mod membership;
@@ -28,7 +30,7 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 
-pub use shard::{MAX_SHARDS, Spread, owners, shard_of};
+pub use shard::{MAX_SHARDS, Spread, owners, shard_for, shard_of};
 pub use stream::Publisher;
 
 use etcd::Etcd;

@@ -24,7 +24,7 @@ pub const DENSE_TERMS: usize = 1 << 16;
 const WORDS_PER_CHECK: usize = 32;
 
 /// One assistant's matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AssistantCount {
     pub assistant_id: String,
     pub count: u64,

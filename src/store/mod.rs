@@ -30,8 +30,8 @@ pub use erase::{Expiry, ExpiryUsers};
 pub use schema::{MAX_WORD_BYTES, ServedLog, format_timestamp, message_terms};
 pub use search::SortKey;
 pub use stats::{
-    AUTO_BUCKETS, AssistantCount, Latency, MAX_BUCKETS, Stats, StatsError, TOP_ASSISTANTS,
-    TimeHistogram,
+    AUTO_BUCKETS, AssistantCount, Latency, MAX_BUCKETS, Mismatch, Stats, StatsError, StatsParts,
+    TOP_ASSISTANTS, TimeHistogram, histogram_over,
 };
 
 use crate::faults::Faults;

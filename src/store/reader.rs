@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::schema::{Fields, SEQ_FIELD, Scoped};
 use super::search::{self, Prepared, Window};
-use super::stats::{self, Stats, StatsError, TimeHistogram};
+use super::stats::{self, Stats, StatsError, StatsParts, TOP_ASSISTANTS, TimeHistogram};
 use super::{LogPage, LogQuery, MAX_OFFSET, Scan, SearchError, Store, StoreError, term_query};
 
 impl Store {
@@ -111,37 +111,42 @@ impl Store {
         interval: Option<u64>,
         cancelled: &AtomicBool,
     ) -> Result<Stats, StatsError> {
+        let histogram = stats::histogram_over(self.stats_span(query)?, query, interval)?;
+        Ok(self
+            .stats_parts(query, histogram, TOP_ASSISTANTS, cancelled)?
+            .finish(TOP_ASSISTANTS))
+    }
+
+    /// The first and the last nanosecond the statistics of `query` span: its time window's,
+    /// or its matches' where the window is open; none when nothing matches an open window.
+    pub fn stats_span(&self, query: &LogQuery) -> Result<Option<(u64, u64)>, StoreError> {
+        if let (Some(start), Some(end)) = (query.start, query.end) {
+            return Ok(Some((start, end.saturating_sub(1))));
+        }
         let searcher = self.reader.searcher();
         let (prepared, window) = self.prepare(&searcher, query)?;
-        // the first and the last nanosecond the histogram spans: the window's, or the matches'
-        // where it is open
-        let span = match (query.start, query.end) {
-            (Some(start), Some(end)) => Some((start, end.saturating_sub(1))),
-            _ => prepared
-                .time_bounds(&window)
-                .map_err(StoreError::from)?
-                .map(|(first, last)| {
-                    let end = query.end.map_or(last, |end| end.saturating_sub(1));
-                    (query.start.unwrap_or(first), end)
-                }),
-        };
-        let histogram = match span {
-            Some((first, last)) if first <= last => {
-                let interval = interval
-                    .unwrap_or_else(|| stats::auto_interval((last - first).saturating_add(1)));
-                stats::buckets(first, last, interval)?
-            }
-            _ => TimeHistogram {
-                interval: interval.unwrap_or_else(|| stats::auto_interval(0)),
-                start: query.start.unwrap_or(0),
-                buckets: Vec::new(),
-            },
-        };
+        Ok(prepared.time_bounds(&window)?.map(|(first, last)| {
+            let end = query.end.map_or(last, |end| end.saturating_sub(1));
+            (query.start.unwrap_or(first), end)
+        }))
+    }
+
+    /// The statistics of `query` over the buckets of `histogram`, before percentiles are taken,
+    /// with the `top` busiest assistants: what the shards of a spread user add up.
+    pub fn stats_parts(
+        &self,
+        query: &LogQuery,
+        histogram: TimeHistogram,
+        top: usize,
+        cancelled: &AtomicBool,
+    ) -> Result<StatsParts, StatsError> {
+        let searcher = self.reader.searcher();
+        let (prepared, window) = self.prepare(&searcher, query)?;
         let mut visitor = stats::StatsVisitor::new(histogram, cancelled);
         prepared
             .visit(&window, &mut visitor)
             .map_err(StoreError::from)?;
-        visitor.finish()
+        visitor.finish(top)
     }
 
     /// `query`'s filters ready to run over `searcher`, and its window.

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 use tantivy::columnar::Column;
 use tantivy::{DocId, SegmentReader};
 
@@ -61,7 +62,7 @@ impl Stats {
 }
 
 /// Matches over time, split by status.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeHistogram {
     /// Width of a bucket, in nanoseconds.
     pub interval: u64,
@@ -132,6 +133,27 @@ pub fn buckets(first: u64, last: u64, interval: u64) -> Result<TimeHistogram, St
     })
 }
 
+/// The buckets of a query's histogram over `span` (see [`super::Store::stats_span`]), at
+/// `interval`, or one for about [`AUTO_BUCKETS`] buckets.
+pub fn histogram_over(
+    span: Option<(u64, u64)>,
+    query: &super::LogQuery,
+    interval: Option<u64>,
+) -> Result<TimeHistogram, StatsError> {
+    match span {
+        Some((first, last)) if first <= last => {
+            let interval =
+                interval.unwrap_or_else(|| auto_interval((last - first).saturating_add(1)));
+            buckets(first, last, interval)
+        }
+        _ => Ok(TimeHistogram {
+            interval: interval.unwrap_or_else(|| auto_interval(0)),
+            start: query.start.unwrap_or(0),
+            buckets: Vec::new(),
+        }),
+    }
+}
+
 struct SegmentColumns {
     kinds: Column<u64>,
     latencies: Column<u64>,
@@ -162,25 +184,115 @@ impl<'a> StatsVisitor<'a> {
         cancelled: &'a AtomicBool,
         assistants: Assistants,
     ) -> Self {
-        let latency = || Histogram::new(3).expect("3 significant digits are supported");
         Self {
             cancelled,
             counts: [[0; 2]; 3],
             histogram,
-            latencies: [latency(), latency(), latency()],
+            latencies: [
+                latency_histogram(),
+                latency_histogram(),
+                latency_histogram(),
+            ],
             max_latency: [0; 3],
             assistants,
             segment: None,
         }
     }
 
-    /// The statistics of every match visited; none when cancelled.
-    pub fn finish(self) -> Result<Stats, StatsError> {
+    /// What every match visited adds up to, with the `top` busiest assistants; none when
+    /// cancelled.
+    pub fn finish(self, top: usize) -> Result<StatsParts, StatsError> {
         if self.cancelled.load(Ordering::Relaxed) {
             return Err(StatsError::Cancelled);
         }
+        let assistants = self
+            .assistants
+            .top(top, self.cancelled)
+            .map_err(|unfinished| match unfinished {
+                Unfinished::Cancelled => StatsError::Cancelled,
+                Unfinished::Read(e) => {
+                    super::StoreError::from(tantivy::TantivyError::from(e)).into()
+                }
+            })?;
+        // every assistant not listed has at most the last one's matches
+        let unlisted_at_most = match assistants.len() {
+            listed if listed < top => 0,
+            _ => assistants.last().map_or(0, |a| a.count),
+        };
+        Ok(StatsParts {
+            counts: self.counts,
+            histogram: self.histogram,
+            latencies: self.latencies.each_ref().map(|histogram| {
+                histogram
+                    .iter_recorded()
+                    .map(|bucket| (bucket.value_iterated_to(), bucket.count_at_value()))
+                    .collect()
+            }),
+            max_latency: self.max_latency,
+            assistants,
+            unlisted_at_most,
+        })
+    }
+}
+
+/// Statistics before percentiles are taken: what the shards of a user spread over several add
+/// up to ([`StatsParts::add`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsParts {
+    pub counts: [[u64; 2]; 3],
+    pub histogram: TimeHistogram,
+    /// Per type: the latency histogram's buckets that hold matches, as (a value of the bucket,
+    /// its matches).
+    latencies: [Vec<(u64, u64)>; 3],
+    max_latency: [u64; 3],
+    /// The busiest assistants, most matches first, each counted exactly.
+    pub assistants: Vec<AssistantCount>,
+    /// Most matches any assistant not listed has: 0 when every one is listed.
+    pub unlisted_at_most: u64,
+}
+
+/// Why statistics of two parts of the logs cannot be added.
+#[derive(Debug, thiserror::Error)]
+#[error("the histograms differ: {0}")]
+pub struct Mismatch(&'static str);
+
+impl StatsParts {
+    /// Adds `other`, of logs disjoint from these, over the same histogram buckets. The
+    /// assistants are left to the caller, who knows how to make them exact
+    /// ([`StatsParts::unlisted_at_most`]).
+    pub fn add(&mut self, other: &StatsParts) -> Result<(), Mismatch> {
+        let (mine, theirs) = (&mut self.histogram, &other.histogram);
+        if mine.interval != theirs.interval || mine.start != theirs.start {
+            return Err(Mismatch("interval or start"));
+        }
+        if mine.buckets.len() != theirs.buckets.len() {
+            return Err(Mismatch("number of buckets"));
+        }
+        for (bucket, added) in mine.buckets.iter_mut().zip(&theirs.buckets) {
+            bucket[0] += added[0];
+            bucket[1] += added[1];
+        }
+        for (counts, added) in self.counts.iter_mut().zip(&other.counts) {
+            counts[0] += added[0];
+            counts[1] += added[1];
+        }
+        for t in 0..3 {
+            self.latencies[t].extend_from_slice(&other.latencies[t]);
+            self.max_latency[t] = self.max_latency[t].max(other.max_latency[t]);
+        }
+        Ok(())
+    }
+
+    /// The statistics, with up to `top` busiest assistants of those listed.
+    pub fn finish(mut self, top: usize) -> Stats {
         let latency = std::array::from_fn(|t| {
-            let histogram = &self.latencies[t];
+            let mut histogram = latency_histogram();
+            for &(value, count) in &self.latencies[t] {
+                // a bucket's value lands in the same bucket of a histogram of the same precision
+                if histogram.record_n(value, count).is_err() {
+                    histogram.saturating_record_n(value, count);
+                }
+            }
             let max = self.max_latency[t];
             // a percentile is the top of its bucket, which may pass the largest value
             let at = |quantile| histogram.value_at_quantile(quantile).min(max);
@@ -192,22 +304,19 @@ impl<'a> StatsVisitor<'a> {
                 max,
             })
         });
-        let top = self
-            .assistants
-            .top(TOP_ASSISTANTS, self.cancelled)
-            .map_err(|unfinished| match unfinished {
-                Unfinished::Cancelled => StatsError::Cancelled,
-                Unfinished::Read(e) => {
-                    super::StoreError::from(tantivy::TantivyError::from(e)).into()
-                }
-            })?;
-        Ok(Stats {
+        self.assistants.truncate(top);
+        Stats {
             counts: self.counts,
             histogram: self.histogram,
             latency,
-            top_assistants: top,
-        })
+            top_assistants: self.assistants,
+        }
     }
+}
+
+/// A histogram of latencies: three significant digits (exact below 2,048 ms, within 0.1% above).
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant digits are supported")
 }
 
 impl Visitor for StatsVisitor<'_> {
@@ -337,7 +446,10 @@ mod tests {
                 let assistants = Assistants::new(32, dense_terms);
                 let mut visitor = StatsVisitor::with_assistants(histogram, &cancelled, assistants);
                 prepared.visit(&window, &mut visitor).unwrap();
-                let stats = visitor.finish().unwrap();
+                let stats = visitor
+                    .finish(TOP_ASSISTANTS)
+                    .unwrap()
+                    .finish(TOP_ASSISTANTS);
                 assert_eq!(stats.top_assistants, expected, "{status:?} {dense_terms}");
             }
         }

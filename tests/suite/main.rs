@@ -13,6 +13,7 @@ mod cluster_gaps;
 mod cluster_lag;
 mod cluster_limits;
 mod cluster_partitions;
+mod cluster_spread;
 mod cluster_tail;
 mod crash;
 mod dedup;

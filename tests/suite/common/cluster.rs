@@ -969,3 +969,57 @@ pub async fn assert_exactly(
         }
     }
 }
+
+/// Spreads `user`'s logs over `shards` shards from ten minutes ahead on (far past the 60 s the
+/// command asks for however late it runs; whole seconds, so that the printed cut-over is the one
+/// given), and waits until every gateway knows it: the cut-over, in nanoseconds. Logs stamped
+/// around it are taken: nothing refuses a timestamp ahead of the clock.
+pub async fn spread(cluster: &TestCluster, user: usize, shards: u32) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let from = (now / 1_000_000_000 + 600) * 1_000_000_000;
+    let from_text = chrono::DateTime::from_timestamp_nanos(from as i64).to_rfc3339();
+    let output = super::process::run(
+        &cluster.gateways[0].config,
+        &[
+            "cluster",
+            "spread",
+            "--user",
+            USERS[user],
+            "--shards",
+            &shards.to_string(),
+            "--from",
+            &from_text,
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!(
+            "{}: logs stamped from {from_text} on spread over {shards} shards",
+            USERS[user]
+        )
+    );
+    for gateway in &cluster.gateways {
+        let deadline = Instant::now() + PATIENCE;
+        while cluster
+            .metric(gateway, "logbridge_cluster_spread_users")
+            .await
+            < 1.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw the spread",
+                gateway.api
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    from
+}

@@ -1,0 +1,66 @@
+//! Reads of a user spread over several shards, gathered from a ready replica of each: the
+//! answer a single index holding all of the user's logs would give.
+
+mod logs;
+mod stats;
+
+pub use logs::logs;
+pub use stats::stats;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use http_body_util::BodyExt as _;
+use serde::de::DeserializeOwned;
+
+use super::gateway::{Gateway, ask};
+use crate::api::ApiError;
+
+/// The query string of `request`, decoded.
+fn query_pairs(request: &http::request::Parts) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(request.uri.query().unwrap_or(""))
+        .map_err(|_| ApiError::BadRequest("the query string is malformed".to_owned()))
+}
+
+/// Asks a ready replica of each of `shards`, all at once, for `path_and_query` with `headers`:
+/// their JSON answers, in the order of `shards`; or the first refusal (a bad parameter, a key
+/// gone), which is the answer to the caller.
+async fn ask_each<T: DeserializeOwned + Send + 'static>(
+    gateway: &Gateway,
+    user_id: &str,
+    shards: &[u32],
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> Result<Result<Vec<T>, Response>, ApiError> {
+    let mut asked = tokio::task::JoinSet::new();
+    for (n, &shard) in shards.iter().enumerate() {
+        let (gateway, user_id) = (gateway.clone(), user_id.to_owned());
+        let (path_and_query, headers) = (path_and_query.to_owned(), headers.clone());
+        asked.spawn(async move {
+            let response = ask(&gateway, shard, &user_id, &path_and_query, &headers).await?;
+            if response.status() != http::StatusCode::OK {
+                return Ok((n, Err(response.map(Body::new))));
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ApiError::Internal(format!("shard {shard}'s answer broke off: {e}")))?
+                .to_bytes();
+            let answer: T = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::Internal(format!("shard {shard}'s answer is not what was asked: {e}"))
+            })?;
+            Ok::<_, ApiError>((n, Ok(answer)))
+        });
+    }
+    let mut answers: Vec<Option<T>> = shards.iter().map(|_| None).collect();
+    while let Some(joined) = asked.join_next().await {
+        let (n, answer) =
+            joined.map_err(|e| ApiError::Internal(format!("a shard's task failed: {e}")))??;
+        match answer {
+            Ok(answer) => answers[n] = Some(answer),
+            Err(refusal) => return Ok(Err(refusal)),
+        }
+    }
+    Ok(Ok(answers.into_iter().flatten().collect()))
+}

@@ -1,0 +1,190 @@
+//! `GET /logs/stats` of a user spread over several shards. Two rounds: each shard says the time
+//! its matches span, the gateway cuts the whole span into the buckets a single index would, and
+//! each shard counts its matches into those buckets ([`StatsParts`]). Counts and buckets add up;
+//! latency percentiles come from the shards' latency histograms added bucket by bucket, with
+//! the single node's precision; the busiest assistants are exact (see [`busiest`]).
+
+use std::collections::BTreeMap;
+
+use axum::response::Response;
+use http::HeaderValue;
+
+use super::super::gateway::Gateway;
+use super::ask_each;
+use crate::api::{self, ApiError, STATS_PARTS_HEADER, StatsRequest};
+use crate::store::{self, AssistantCount, StatsParts, TOP_ASSISTANTS, TimeHistogram};
+
+/// The statistics of `user_id`'s logs over `shards`, as `request` asks for them.
+pub async fn stats(
+    gateway: &Gateway,
+    user_id: &str,
+    shards: &[u32],
+    request: &http::request::Parts,
+) -> Result<Response, ApiError> {
+    let pairs = super::query_pairs(request)?;
+    let StatsRequest { query, interval } = api::parse_stats_params(&pairs, user_id)?;
+    let path = format!("/logs/stats?{}", request.uri.query().unwrap_or(""));
+    let mut headers = request.headers.clone();
+    headers.insert(STATS_PARTS_HEADER, HeaderValue::from_static("span"));
+    let spans: Vec<Option<(u64, u64)>> =
+        match ask_each(gateway, user_id, shards, &path, &headers).await? {
+            Ok(spans) => spans,
+            Err(refusal) => return Ok(refusal),
+        };
+    let span = spans
+        .into_iter()
+        .flatten()
+        .reduce(|(first, last), (f, l)| (first.min(f), last.max(l)));
+    let histogram = store::histogram_over(span, &query, interval).map_err(api::stats_error)?;
+    let parts: Vec<StatsParts> = match ask_each(
+        gateway,
+        user_id,
+        shards,
+        &path,
+        &over(&request.headers, &histogram)?,
+    )
+    .await?
+    {
+        Ok(parts) => parts,
+        Err(refusal) => return Ok(refusal),
+    };
+    let assistants =
+        match busiest(gateway, user_id, shards, &pairs, &request.headers, &parts).await? {
+            Ok(assistants) => assistants,
+            Err(refusal) => return Ok(refusal),
+        };
+    let mut parts = parts.into_iter();
+    let mut merged = parts
+        .next()
+        .ok_or_else(|| ApiError::Internal("a spread user has no shard".to_owned()))?;
+    for part in parts {
+        merged
+            .add(&part)
+            .map_err(|e| ApiError::Internal(format!("a shard's statistics do not add up: {e}")))?;
+    }
+    merged.assistants = assistants;
+    Ok(api::stats_response(&merged.finish(TOP_ASSISTANTS)))
+}
+
+/// `headers` asking for a shard's parts of the statistics over `histogram`'s buckets.
+fn over(headers: &http::HeaderMap, histogram: &TimeHistogram) -> Result<http::HeaderMap, ApiError> {
+    let mut headers = headers.clone();
+    let value = HeaderValue::from_str(&api::stats_parts_over(histogram))
+        .map_err(|e| ApiError::Internal(format!("cannot ask for a shard's statistics: {e}")))?;
+    headers.insert(STATS_PARTS_HEADER, value);
+    Ok(headers)
+}
+
+/// One assistant's matches over the shards, as far as their lists tell.
+#[derive(Default)]
+struct Candidate {
+    count: u64,
+    errors: u64,
+    /// The shards that listed it.
+    listed: Vec<bool>,
+}
+
+/// The busiest assistants of all `parts`, most matches first, each counted exactly. Each shard
+/// lists its [`api::STATS_PARTS_TOP`] busiest and bounds the others' matches; an assistant that
+/// could be among the busiest but is not listed by every shard is counted on the shards that
+/// left it out.
+async fn busiest(
+    gateway: &Gateway,
+    user_id: &str,
+    shards: &[u32],
+    pairs: &[(String, String)],
+    headers: &http::HeaderMap,
+    parts: &[StatsParts],
+) -> Result<Result<Vec<AssistantCount>, Response>, ApiError> {
+    let mut candidates: BTreeMap<&str, Candidate> = BTreeMap::new();
+    for (n, part) in parts.iter().enumerate() {
+        for assistant in &part.assistants {
+            let candidate = candidates
+                .entry(&assistant.assistant_id)
+                .or_insert_with(|| Candidate {
+                    listed: vec![false; parts.len()],
+                    ..Candidate::default()
+                });
+            candidate.count += assistant.count;
+            candidate.errors += assistant.errors;
+            candidate.listed[n] = true;
+        }
+    }
+    // the least of the busiest counts known so far: an assistant that cannot reach it is not
+    // among them
+    let mut known: Vec<u64> = candidates.values().map(|c| c.count).collect();
+    known.sort_unstable_by(|a, b| b.cmp(a));
+    let floor = known.get(TOP_ASSISTANTS - 1).copied().unwrap_or(0);
+    let unknown = |candidate: &Candidate| -> Vec<usize> {
+        (0..parts.len())
+            .filter(|&n| !candidate.listed[n] && parts[n].unlisted_at_most > 0)
+            .collect()
+    };
+    let uncertain: Vec<(String, Vec<usize>)> = candidates
+        .iter()
+        .filter(|(_, candidate)| {
+            let missing = unknown(candidate);
+            let most = missing
+                .iter()
+                .map(|&n| parts[n].unlisted_at_most)
+                .sum::<u64>();
+            !missing.is_empty() && candidate.count + most >= floor
+        })
+        .map(|(id, candidate)| ((*id).to_owned(), unknown(candidate)))
+        .collect();
+    for (assistant_id, missing) in uncertain {
+        let mut pairs: Vec<(String, String)> = pairs
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "assistant_id" | "interval"))
+            .cloned()
+            .collect();
+        pairs.push(("assistant_id".to_owned(), assistant_id.clone()));
+        let query = serde_urlencoded::to_string(&pairs)
+            .map_err(|e| ApiError::Internal(format!("cannot encode a shard's query: {e}")))?;
+        let none = TimeHistogram {
+            interval: 1,
+            start: 0,
+            buckets: Vec::new(),
+        };
+        let shards: Vec<u32> = missing.iter().map(|&n| shards[n]).collect();
+        let counted: Vec<StatsParts> = match ask_each(
+            gateway,
+            user_id,
+            &shards,
+            &format!("/logs/stats?{query}"),
+            &over(headers, &none)?,
+        )
+        .await?
+        {
+            Ok(counted) => counted,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let candidate = candidates
+            .get_mut(assistant_id.as_str())
+            .expect("an uncertain assistant is a candidate");
+        for part in counted {
+            candidate.count += part.counts.iter().flatten().sum::<u64>();
+            candidate.errors += part.counts.iter().map(|c| c[1]).sum::<u64>();
+        }
+    }
+    let mut busiest: Vec<AssistantCount> = candidates
+        .into_iter()
+        .map(|(id, candidate)| AssistantCount {
+            assistant_id: id.to_owned(),
+            count: candidate.count,
+            errors: candidate.errors,
+        })
+        .collect();
+    busiest.sort_unstable_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
+    busiest.truncate(TOP_ASSISTANTS);
+    // an assistant no shard listed has at most this many matches
+    let unlisted: u64 = parts.iter().map(|p| p.unlisted_at_most).sum();
+    if unlisted > 0 && busiest.last().is_none_or(|last| last.count <= unlisted) {
+        tracing::warn!(
+            user = user_id,
+            unlisted,
+            "the busiest assistants of a spread user may miss one no shard listed"
+        );
+    }
+    Ok(Ok(busiest))
+}

@@ -1,0 +1,182 @@
+//! A user spread over several shards gets the answers a single node holding all of its logs
+//! gives: `/logs/stats` (counts, buckets, latency percentiles, the busiest assistants).
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{SHARDS, TestCluster, USERS, export_until_acknowledged, spread};
+use common::{PATIENCE, TestApp, activity, spawn_app, text, with_attr};
+use logbridge::auth::Secret;
+use logbridge::cluster::{shard_for, shard_of};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use serde_json::Value as Json;
+
+const TYPES: [&str; 3] = ["tool_call", "end_call_webhook", "inbound_context_lookup"];
+
+/// A log of the data set: its type, stamp, assistant and latency by its number.
+fn log(n: u64, at: u64, assistant: &str) -> LogRecord {
+    let mut record = activity(TYPES[(n % 3) as usize], at, &format!("log {n}"));
+    record = with_attr(record, "activity.assistant_id", text(assistant));
+    // latencies past 2,048 ms too, where buckets are wider than a millisecond
+    let latency = (n * 37) % 5_000;
+    record = with_attr(
+        record,
+        "activity.latency_ms",
+        Value::IntValue(latency as i64),
+    );
+    if n % 7 == 0 {
+        record = with_attr(record, "activity.status", text("error"));
+    }
+    record
+}
+
+/// The data set around the cut-over `from`, as a single node takes it (no user attribute).
+/// Before the cut-over, on the home shard: 1,100 assistants with one log each (more than a shard
+/// lists), one log of `z-late`, and 20 logs of each of eight busy assistants. After it, over
+/// the three shards: 200 more of each busy assistant, and 60 of `z-late`, all on shards other
+/// than the home shard, which does not list its one log there: it must be counted.
+fn data_set(from: u64) -> Vec<LogRecord> {
+    let ms = 1_000_000;
+    let before = from - 3_600_000 * ms;
+    let mut logs = Vec::new();
+    let mut n = 0;
+    let mut next = |logs: &mut Vec<LogRecord>, at: u64, assistant: &str| {
+        logs.push(log(n, at, assistant));
+        n += 1;
+    };
+    for i in 0..1_100 {
+        next(
+            &mut logs,
+            before + i * 1_000 * ms,
+            &format!("one-off-{i:04}"),
+        );
+    }
+    next(&mut logs, before + 1_100_000 * ms, "z-late");
+    for i in 0..160 {
+        next(
+            &mut logs,
+            before + (1_200 + i) * 1_000 * ms,
+            &format!("busy-{}", i % 8),
+        );
+    }
+    for i in 0..1_600 {
+        next(&mut logs, from + i * 500 * ms, &format!("busy-{}", i % 8));
+    }
+    let home = shard_of(USERS[0], SHARDS);
+    let spread = [logbridge::cluster::Spread { from, shards: 3 }];
+    let mut late = 0;
+    let mut at = from + 1_000_000 * ms;
+    while late < 60 {
+        at += 777 * ms;
+        let record = log(n, at, "z-late");
+        let message = format!("log {n}");
+        if shard_for(USERS[0], at, &message, &spread, SHARDS) != home {
+            logs.push(record);
+            late += 1;
+        }
+        n += 1;
+    }
+    logs
+}
+
+async fn single_node_stats(app: &TestApp, key: &Secret, query: &str) -> Json {
+    let response = app
+        .client
+        .get(format!("{}/logs/stats?{query}", app.api_url))
+        .bearer_auth(key.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn gathered_stats(cluster: &TestCluster, query: &str) -> (u16, Json) {
+    let response = cluster
+        .http_client()
+        .build()
+        .unwrap()
+        .get(format!(
+            "{}/logs/stats?{query}",
+            cluster.api_url(&cluster.gateways[0])
+        ))
+        .bearer_auth(cluster.readers[0].expose())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_spread_users_statistics_are_a_single_nodes() {
+    let cluster = TestCluster::start(1, 2).await;
+    let from = spread(&cluster, 0, 3).await;
+    let logs = data_set(from);
+    let total = logs.len();
+
+    let app = spawn_app().await;
+    for chunk in logs.chunks(1_000) {
+        app.ingest(&app.keys.alice, chunk.to_vec()).await;
+    }
+    let grpc = cluster.grpc();
+    for chunk in logs.chunks(1_000) {
+        let records = chunk
+            .iter()
+            .map(|r| with_attr(r.clone(), "user.id", text(USERS[0])))
+            .collect();
+        export_until_acknowledged(&grpc, 0, &cluster.ingest, records).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = gathered_stats(&cluster, "").await;
+        if status == 200 && body["data"]["total"] == total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never all gathered: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let start = chrono::DateTime::from_timestamp_nanos((from - 1_800_000_000_000) as i64)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for query in [
+        String::new(),
+        "interval=1h".to_owned(),
+        "status=error".to_owned(),
+        "log_type=end_call_webhook&interval=5m".to_owned(),
+        format!("start_time={start}"),
+        "assistant_id=z-late".to_owned(),
+        "q=nothing-matches".to_owned(),
+    ] {
+        let (status, gathered) = gathered_stats(&cluster, &query).await;
+        assert_eq!(status, 200, "{query}: {gathered}");
+        let single = single_node_stats(&app, &app.keys.alice, &query).await;
+        assert_eq!(gathered, single, "{query}");
+    }
+    // the busiest: eight busy assistants, z-late with its 61 logs (one on a shard that did not
+    // list it), then the first of the assistants with one log
+    let (_, body) = gathered_stats(&cluster, "").await;
+    let top: Vec<(String, u64)> = body["data"]["top_assistants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["assistant_id"].as_str().unwrap().to_owned(),
+                a["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut expected: Vec<(String, u64)> = (0..8).map(|i| (format!("busy-{i}"), 220)).collect();
+    expected.push(("z-late".to_owned(), 61));
+    expected.push(("one-off-0000".to_owned(), 1));
+    assert_eq!(top, expected);
+    // a bad parameter is named, as by a single node
+    let (status, body) = gathered_stats(&cluster, "interval=2m").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["message"], "interval must be 1m, 5m, 1h or 1d");
+}
