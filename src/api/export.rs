@@ -21,14 +21,14 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
 use super::error::ApiError;
 use super::params::Filters;
 use super::slots::Slot;
 use super::{ApiState, Caller, ConnectionCut, Grant, caller, params};
 use crate::auth::Scope;
-use crate::store::Scan;
+use crate::store::{Scan, SortKey};
 
 /// Logs read from the index at a time.
 const PAGE: usize = 1000;
@@ -57,11 +57,65 @@ pub const CSV_COLUMNS: [&str; 12] = [
     "severity_text",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
-#[schema(rename_all = "lowercase")]
-enum Format {
+/// The formats a caller may ask for.
+fn format_names() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["ndjson", "csv"]))
+        .build()
+}
+
+/// How an export is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
     Ndjson,
     Csv,
+    /// NDJSON with each line's sort key before it (`<timestamp>:<seq> {...}`): what a gateway
+    /// merges the exports of a spread user's shards from. Asked for with the
+    /// [`super::POSITIONS_HEADER`], never by `format`.
+    Positioned,
+}
+
+impl Format {
+    /// The `format` parameter of `pairs`.
+    pub fn of(pairs: &[(String, String)]) -> Result<Self, ApiError> {
+        let given = ExportParams {
+            format: params::lookup(pairs, "format"),
+        };
+        match given.format {
+            None | Some("ndjson") => Ok(Format::Ndjson),
+            Some("csv") => Ok(Format::Csv),
+            Some(_) => Err(ApiError::BadRequest("format must be ndjson or csv".into())),
+        }
+    }
+
+    /// Logs as this format has them; the CSV header row first when `first`. `None` when there
+    /// is nothing to send.
+    pub fn encode(self, page: &[(SortKey, Vec<u8>)], first: bool) -> Option<Bytes> {
+        match self {
+            Format::Csv if page.is_empty() && !first => None,
+            Format::Csv => Some(csv(page, first)),
+            _ if page.is_empty() => None,
+            Format::Ndjson => Some(ndjson(page, false)),
+            Format::Positioned => Some(ndjson(page, true)),
+        }
+    }
+
+    /// The answer streaming `body` as an export of this format.
+    pub fn response(self, body: Body) -> Response {
+        let (content_type, file) = match self {
+            Format::Ndjson | Format::Positioned => ("application/x-ndjson", "logs.ndjson"),
+            Format::Csv => ("text/csv; charset=utf-8", "logs.csv"),
+        };
+        let mut response = body.into_response();
+        let response_headers = response.headers_mut();
+        response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        let disposition = format!("attachment; filename=\"{file}\"");
+        if let Ok(value) = HeaderValue::from_str(&disposition) {
+            response_headers.insert(header::CONTENT_DISPOSITION, value);
+        }
+        response
+    }
 }
 
 /// The parameters of `GET /logs/export` besides the filters.
@@ -69,7 +123,7 @@ enum Format {
 #[into_params(parameter_in = Query)]
 pub struct ExportParams<'a> {
     /// `ndjson` (the default): one log per line as `GET /logs` serves it; or `csv`.
-    #[param(value_type = Option<Format>, inline)]
+    #[param(schema_with = format_names)]
     format: Option<&'a str>,
 }
 
@@ -78,8 +132,7 @@ pub struct ExportParams<'a> {
     responses(
         (status = 200, description = "Every matching log, newest first. An export cut off (its client took nothing for the stall timeout, or its key was revoked or expired) ends with a broken transfer, never a clean end.",
             content((String = "application/x-ndjson"), (String = "text/csv"))),
-        ApiError,
-        (status = 501, description = "Cluster mode: the caller's logs are spread over several shards, which this endpoint does not gather yet.", body = super::error::ErrorBody)),
+        ApiError),
     security(("bearer" = [])))]
 pub async fn export(
     State(state): State<ApiState>,
@@ -89,13 +142,9 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let Caller { user_id, pairs, .. } =
         caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
-    let given = ExportParams {
-        format: params::lookup(&pairs, "format"),
-    };
-    let format = match given.format {
-        None | Some("ndjson") => Format::Ndjson,
-        Some("csv") => Format::Csv,
-        Some(_) => return Err(ApiError::BadRequest("format must be ndjson or csv".into())),
+    let format = match Format::of(&pairs)? {
+        _ if headers.contains_key(super::POSITIONS_HEADER) => Format::Positioned,
+        format => format,
     };
     let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/export, which exports")?;
     let slot = state.exports.take(&user_id)?;
@@ -109,23 +158,12 @@ pub async fn export(
         connection: connection.map(|Extension(cut)| cut).unwrap_or_default(),
     };
     tokio::spawn(walk.run());
-    let (content_type, file) = match format {
-        Format::Ndjson => ("application/x-ndjson", "logs.ndjson"),
-        Format::Csv => ("text/csv; charset=utf-8", "logs.csv"),
-    };
     // the place is the body's: what a cut export left to send is freed with it, not before
     let body = Holding {
         stream: ReceiverStream::new(body),
         _slot: slot,
     };
-    let mut response = Body::from_stream(body).into_response();
-    let response_headers = response.headers_mut();
-    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    let disposition = format!("attachment; filename=\"{file}\"");
-    if let Ok(value) = HeaderValue::from_str(&disposition) {
-        response_headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    Ok(response)
+    Ok(format.response(Body::from_stream(body)))
 }
 
 /// One export's walk of the index.
@@ -206,15 +244,9 @@ impl Walk {
         };
         let format = self.format;
         let read = tokio::task::spawn_blocking(move || {
-            let page = scan.next_page(PAGE).map(|page| {
-                let chunk = match format {
-                    Format::Ndjson if page.is_empty() => None,
-                    Format::Ndjson => Some(ndjson(&page)),
-                    Format::Csv if page.is_empty() && !first => None,
-                    Format::Csv => Some(csv(&page, first)),
-                };
-                (chunk, page.is_empty())
-            });
+            let page = scan
+                .next_page(PAGE)
+                .map(|page| (format.encode(&page, first), page.is_empty()));
             (scan, page)
         })
         .await;
@@ -246,10 +278,13 @@ impl Walk {
     }
 }
 
-/// One log per line, as `GET /logs` serves it.
-fn ndjson(page: &[Vec<u8>]) -> Bytes {
-    let mut out = Vec::with_capacity(page.iter().map(|json| json.len() + 1).sum());
-    for json in page {
+/// One log per line, as `GET /logs` serves it; after its sort key when `positioned`.
+fn ndjson(page: &[(SortKey, Vec<u8>)], positioned: bool) -> Bytes {
+    let mut out = Vec::with_capacity(page.iter().map(|(_, json)| json.len() + 40).sum());
+    for (key, json) in page {
+        if positioned {
+            out.extend_from_slice(format!("{}:{} ", key.timestamp, key.seq).as_bytes());
+        }
         out.extend_from_slice(json);
         out.push(b'\n');
     }
@@ -261,7 +296,7 @@ fn ndjson(page: &[Vec<u8>]) -> Bytes {
 /// (so that no separator a spreadsheet's locale splits on, such as `;`, starts a cell of its
 /// own) and a cell that a spreadsheet would run as a formula starts with `'` (numbers stay
 /// numbers: none is a formula).
-fn csv(page: &[Vec<u8>], header: bool) -> Bytes {
+fn csv(page: &[(SortKey, Vec<u8>)], header: bool) -> Bytes {
     let mut writer = csv::WriterBuilder::new()
         .quote_style(csv::QuoteStyle::Always)
         .from_writer(Vec::new());
@@ -274,7 +309,7 @@ fn csv(page: &[Vec<u8>], header: bool) -> Bytes {
     if header {
         write(&CSV_COLUMNS.map(str::to_owned));
     }
-    for json in page {
+    for (_, json) in page {
         let log: Map<String, Value> = serde_json::from_slice(json).unwrap_or_default();
         let row = CSV_COLUMNS.map(|column| match log.get(column) {
             None | Some(Value::Null) => String::new(),
@@ -331,7 +366,11 @@ mod tests {
             "latency_ms": -5,
             "request_data": {"a": 1},
         });
-        let page = vec![serde_json::to_vec(&log).unwrap()];
+        let key = SortKey {
+            timestamp: 0,
+            seq: 0,
+        };
+        let page = vec![(key, serde_json::to_vec(&log).unwrap())];
         let text = String::from_utf8(csv(&page, false).to_vec()).unwrap();
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)

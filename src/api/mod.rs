@@ -30,7 +30,7 @@ use utoipa::ToSchema;
 
 pub use cursor::{Cursor, CursorKey, CursorKeyError};
 pub use error::ApiError;
-pub use export::CSV_COLUMNS;
+pub use export::{CSV_COLUMNS, Format as ExportFormat};
 pub use openapi::document as openapi_document;
 use params::{Filters, Paging};
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};

@@ -117,8 +117,7 @@ pub struct StatsParams<'a> {
 
 /// `GET /logs/stats`: what the caller's logs matching the filters hold, in numbers.
 #[utoipa::path(get, path = "/logs/stats", tag = "logs", params(Filters, StatsParams),
-    responses((status = 200, description = "Statistics of the matching logs.", body = StatsBody), ApiError,
-        (status = 501, description = "Cluster mode: the caller's logs are spread over several shards, which this endpoint does not gather yet.", body = super::error::ErrorBody)),
+    responses((status = 200, description = "Statistics of the matching logs.", body = StatsBody), ApiError),
     security(("bearer" = [])))]
 pub async fn stats(
     State(state): State<ApiState>,

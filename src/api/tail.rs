@@ -183,16 +183,18 @@ fn resumes_after(
     headers: &HeaderMap,
     cursor: Option<&str>,
 ) -> Result<Option<(&'static str, u64)>, ApiError> {
-    let (name, value) = match (headers.get("last-event-id"), cursor) {
-        (Some(header), _) => ("Last-Event-ID", header.to_str().ok()),
-        (None, Some(cursor)) => ("cursor", Some(cursor)),
-        (None, None) => return Ok(None),
-    };
-    match value.and_then(|v| v.parse::<u64>().ok()) {
-        Some(id) => Ok(Some((name, id))),
-        None => Err(ApiError::BadRequest(format!(
-            "{name} must be the id of an event of this stream, a whole number"
-        ))),
+    let event_id =
+        |name: &'static str, value: Option<&str>| match value.and_then(|v| v.parse::<u64>().ok()) {
+            Some(id) => Ok((name, id)),
+            None => Err(ApiError::BadRequest(format!(
+                "{name} must be the id of an event of this stream, a whole number"
+            ))),
+        };
+    // a bad cursor is refused even where the header wins
+    let cursor = cursor.map(|v| event_id("cursor", Some(v))).transpose()?;
+    match headers.get("last-event-id") {
+        Some(header) => event_id("Last-Event-ID", header.to_str().ok()).map(Some),
+        None => Ok(cursor),
     }
 }
 

@@ -165,9 +165,10 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Result<Res
     match request.uri.path() {
         "/logs" => super::gather::logs(&gateway, &user_id, &shards, &request).await,
         "/logs/stats" => super::gather::stats(&gateway, &user_id, &shards, &request).await,
+        "/logs/export" => super::gather::export(&gateway, &user_id, &shards, &request).await,
         _ => Err(ApiError::NotImplemented(
-            "this user's logs are spread over several shards: GET /logs and /logs/stats gather \
-             them, but /logs/tail and /logs/export do not yet",
+            "this user's logs are spread over several shards: GET /logs, /logs/stats and \
+             /logs/export gather them, but /logs/tail does not yet",
         )),
     }
 }

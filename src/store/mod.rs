@@ -145,8 +145,9 @@ pub struct Scan {
 }
 
 impl Scan {
-    /// The next (at most) `size` logs as served, newest first; empty once all were given.
-    pub fn next_page(&mut self, size: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    /// The next (at most) `size` logs as served, newest first, each with its sort key; empty
+    /// once all were given.
+    pub fn next_page(&mut self, size: usize) -> Result<Vec<(SortKey, Vec<u8>)>, StoreError> {
         if self.done {
             return Ok(Vec::new());
         }
@@ -159,7 +160,7 @@ impl Scan {
         };
         self.done = !page.has_more;
         self.query.before = page.logs.last().map(|(key, _)| *key);
-        Ok(page.logs.into_iter().map(|(_, json)| json).collect())
+        Ok(page.logs)
     }
 }
 

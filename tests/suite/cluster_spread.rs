@@ -1,5 +1,6 @@
 //! A user spread over several shards gets the answers a single node holding all of its logs
-//! gives: `/logs/stats` (counts, buckets, latency percentiles, the busiest assistants).
+//! gives: `/logs/stats` (counts, buckets, latency percentiles, the busiest assistants) and
+//! `/logs/export` (every log, newest first, in either format).
 
 use crate::common;
 
@@ -93,6 +94,49 @@ async fn single_node_stats(app: &TestApp, key: &Secret, query: &str) -> Json {
     response.json().await.unwrap()
 }
 
+/// `path?query` of the single node as alice: status, content type and body.
+async fn single_node(app: &TestApp, path: &str, query: &str) -> (u16, String, Vec<u8>) {
+    let response = app
+        .client
+        .get(format!("{}{path}?{query}", app.api_url))
+        .bearer_auth(app.keys.alice.expose())
+        .send()
+        .await
+        .unwrap();
+    answer(response).await
+}
+
+/// `path?query` through the cluster's gateway as user 0: status, content type and body.
+async fn gathered(cluster: &TestCluster, path: &str, query: &str) -> (u16, String, Vec<u8>) {
+    let response = cluster
+        .http_client()
+        .build()
+        .unwrap()
+        .get(format!(
+            "{}{path}?{query}",
+            cluster.api_url(&cluster.gateways[0])
+        ))
+        .bearer_auth(cluster.readers[0].expose())
+        .send()
+        .await
+        .unwrap();
+    answer(response).await
+}
+
+async fn answer(response: reqwest::Response) -> (u16, String, Vec<u8>) {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (
+        status,
+        content_type,
+        response.bytes().await.unwrap().to_vec(),
+    )
+}
+
 async fn gathered_stats(cluster: &TestCluster, query: &str) -> (u16, Json) {
     let response = cluster
         .http_client()
@@ -110,7 +154,7 @@ async fn gathered_stats(cluster: &TestCluster, query: &str) -> (u16, Json) {
 }
 
 #[tokio::test]
-async fn a_spread_users_statistics_are_a_single_nodes() {
+async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
     let cluster = TestCluster::start(1, 2).await;
     let from = spread(&cluster, 0, 3).await;
     let logs = data_set(from);
@@ -179,4 +223,30 @@ async fn a_spread_users_statistics_are_a_single_nodes() {
     let (status, body) = gathered_stats(&cluster, "interval=2m").await;
     assert_eq!(status, 400);
     assert_eq!(body["message"], "interval must be 1m, 5m, 1h or 1d");
+
+    // every log, newest first, as the single node exports it, in either format
+    for query in [
+        "",
+        "format=csv",
+        "status=error&format=ndjson",
+        "log_type=tool_call&format=csv",
+        "q=nothing-matches",
+        "q=nothing-matches&format=csv",
+    ] {
+        let (status, content_type, body) = gathered(&cluster, "/logs/export", query).await;
+        assert_eq!(status, 200, "{query}: {}", String::from_utf8_lossy(&body));
+        let single = single_node(&app, "/logs/export", query).await;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (single.0, single.1.as_str()),
+            "{query}"
+        );
+        assert!(body == single.2, "{query}: the exports differ");
+    }
+    let (_, _, body) = gathered(&cluster, "/logs/export", "").await;
+    assert_eq!(body.iter().filter(|&&b| b == b'\n').count(), total);
+    let (status, _, body) = gathered(&cluster, "/logs/export", "format=xml").await;
+    assert_eq!(status, 400);
+    let body: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["message"], "format must be ndjson or csv");
 }

@@ -1,9 +1,11 @@
 //! Reads of a user spread over several shards, gathered from a ready replica of each: the
 //! answer a single index holding all of the user's logs would give.
 
+mod export;
 mod logs;
 mod stats;
 
+pub use export::export;
 pub use logs::logs;
 pub use stats::stats;
 
