@@ -39,7 +39,10 @@ pub use stats::{
     PARTS_HEADER as STATS_PARTS_HEADER, PARTS_TOP as STATS_PARTS_TOP, StatsRequest,
     parse as parse_stats_params, parts_over as stats_parts_over, stats_error, stats_response,
 };
-pub use tail::{shutting_down_event as tail_shutting_down_event, tail_resumes_after};
+pub use tail::{
+    end_event as tail_end_event, event_stream, shutting_down_event as tail_shutting_down_event,
+    tail_resumes_after,
+};
 
 use crate::auth::{KeyStore, Scope};
 use crate::ingest::{Health, IngestQueue, WriteError};
@@ -191,6 +194,26 @@ pub const POSITIONS_HEADER: &str = "logbridge-positions";
 /// The header of `GET /logs` answers that tells the sequence number the page was read at: a
 /// tail given it as `cursor` follows on from the page without a gap.
 pub const SEQUENCE_HEADER: &str = "logbridge-sequence";
+
+/// The [`POSITIONS_HEADER`] value that asks `GET /logs` for the positions through the end of
+/// the page and their total only, with no log ([`Positions`]).
+pub const POSITIONS_ONLY: &str = "only";
+
+/// What `GET /logs` answers with [`POSITIONS_ONLY`]: the sort keys (timestamp, sequence) of the
+/// matches through the end of the page and one more, newest first, and their total.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Positions {
+    pub total: u64,
+    pub positions: Vec<(u64, u64)>,
+}
+
+/// The refusal of a page that starts past the deepest offset.
+pub fn too_deep(page: u64, limit: usize) -> ApiError {
+    ApiError::BadRequest(format!(
+        "page {page} with limit {limit} starts past the first {MAX_OFFSET} logs; \
+         follow data.next_cursor to read further"
+    ))
+}
 
 /// The REST routes.
 pub fn router(state: ApiState) -> Router {
@@ -471,16 +494,27 @@ async fn logs(
 
     // read before the search: every log up to it is in what the search sees
     let sequence = *state.store.visible().borrow();
+    if headers
+        .get(POSITIONS_HEADER)
+        .is_some_and(|value| value == POSITIONS_ONLY)
+    {
+        let (total, keys) = state
+            .search(&user_id, move |store| store.positions(&query))
+            .await?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let positions = keys.iter().map(|k| (k.timestamp, k.seq)).collect();
+        let mut response = axum::Json(Positions { total, positions }).into_response();
+        response
+            .headers_mut()
+            .insert(SEQUENCE_HEADER, HeaderValue::from(sequence));
+        return Ok(response);
+    }
     let search_query = query.clone();
     let result = state
         .search(&user_id, move |store| store.search(&search_query))
         .await?
         .map_err(|e| match e {
-            SearchError::TooDeep => ApiError::BadRequest(format!(
-                "page {page} with limit {} starts past the first {MAX_OFFSET} logs; \
-             follow data.next_cursor to read further",
-                query.limit
-            )),
+            SearchError::TooDeep => too_deep(page, query.limit),
             SearchError::Store(e) => ApiError::Internal(e.to_string()),
         })?;
 

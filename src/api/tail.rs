@@ -120,7 +120,8 @@ impl TailEvent {
         ("Last-Event-ID" = Option<u64>, Header, description = "The id of the last event received: the stream resumes after it.")),
     responses(
         (status = 200, description = "New matching logs, in the order they were acknowledged, as they become visible.",
-            body = TailEvent, content_type = "text/event-stream"),
+            body = TailEvent, content_type = "text/event-stream",
+            headers(("Logbridge-Sequence" = String, description = "The event the stream starts after."))),
         ApiError,
         (status = 501, description = "Cluster mode: the caller's logs are spread over several shards, which this endpoint does not gather yet.", body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -165,7 +166,16 @@ pub async fn tail(
         _slot: slot,
     };
     tokio::spawn(follower.run());
-    let mut response = Body::from_stream(ReceiverStream::new(body)).into_response();
+    let mut response = event_stream(Body::from_stream(ReceiverStream::new(body)));
+    response
+        .headers_mut()
+        .insert(super::SEQUENCE_HEADER, HeaderValue::from(after));
+    Ok(response)
+}
+
+/// A response streaming `body` as Server-Sent Events.
+pub fn event_stream(body: Body) -> Response {
+    let mut response = body.into_response();
     let response_headers = response.headers_mut();
     response_headers.insert(
         header::CONTENT_TYPE,
@@ -174,7 +184,7 @@ pub async fn tail(
     response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // proxies such as nginx would otherwise hold events back
     response_headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 /// The event a stream resumes after, and which of `Last-Event-ID` (which wins) and `cursor`
@@ -369,5 +379,11 @@ fn shutting_down() -> String {
 /// The final event of a stream that ends because logbridge shuts down: a cluster's gateway
 /// sends it to end a tail it passes on.
 pub fn shutting_down_event() -> Bytes {
-    TailEvent::end(&shutting_down(), true).encode()
+    end_event(&shutting_down(), true)
+}
+
+/// A stream's final event, saying why it ends and whether reconnecting with `Last-Event-ID`
+/// resumes it.
+pub fn end_event(message: &str, resumable: bool) -> Bytes {
+    TailEvent::end(message, resumable).encode()
 }

@@ -166,10 +166,7 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Result<Res
         "/logs" => super::gather::logs(&gateway, &user_id, &shards, &request).await,
         "/logs/stats" => super::gather::stats(&gateway, &user_id, &shards, &request).await,
         "/logs/export" => super::gather::export(&gateway, &user_id, &shards, &request).await,
-        _ => Err(ApiError::NotImplemented(
-            "this user's logs are spread over several shards: GET /logs, /logs/stats and \
-             /logs/export gather them, but /logs/tail does not yet",
-        )),
+        _ => super::gather::tail(&gateway, &user_id, &shards, &request).await,
     }
 }
 

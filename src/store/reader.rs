@@ -10,6 +10,7 @@ use tantivy::{DocAddress, Order, Searcher, TantivyDocument, Term};
 use tokio::sync::watch;
 
 use super::schema::{Fields, SEQ_FIELD, Scoped};
+use super::search::SortKey;
 use super::search::{self, Prepared, Window};
 use super::stats::{self, Stats, StatsError, StatsParts, TOP_ASSISTANTS, TimeHistogram};
 use super::{LogPage, LogQuery, MAX_OFFSET, Scan, SearchError, Store, StoreError, term_query};
@@ -167,6 +168,21 @@ impl Store {
             &self.blocks,
         )?;
         Ok((prepared, window))
+    }
+
+    /// The sort keys of the logs `query` selects through the end of its page (its offset and
+    /// its limit, and one more to tell whether more follow), newest first, and their total:
+    /// what the pages of a user spread over several shards are merged from. A page starting
+    /// past [`MAX_OFFSET`] gets the total only.
+    pub fn positions(&self, query: &LogQuery) -> Result<(u64, Vec<SortKey>), StoreError> {
+        let searcher = self.reader.searcher();
+        let (prepared, window) = self.prepare(&searcher, query)?;
+        let total = prepared.count(&window)?;
+        if query.offset > MAX_OFFSET {
+            return Ok((total, Vec::new()));
+        }
+        let top = prepared.top_k(&window, query.offset + query.limit + 1)?;
+        Ok((total, top.into_iter().map(|(key, _)| key).collect()))
     }
 
     pub(super) fn search_in(

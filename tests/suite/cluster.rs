@@ -708,17 +708,6 @@ async fn a_user_spread_over_three_shards_reads_back_as_one() {
     cluster
         .assert_replicas_exact(0, &spread, &without_errors, "after erasing the errors")
         .await;
-    // what is not gathered yet says so
-    let response = cluster.get_as(&cluster.gateways[0], 0, "/logs/stats").await;
-    assert_eq!(response.status(), 501);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("spread over several shards"),
-        "{body}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,15 @@
 //! A user spread over several shards gets the answers a single node holding all of its logs
-//! gives: `/logs/stats` (counts, buckets, latency percentiles, the busiest assistants) and
-//! `/logs/export` (every log, newest first, in either format).
+//! gives: `GET /logs` pages at any offset, `/logs/stats` (counts, buckets, latency percentiles,
+//! the busiest assistants) and `/logs/export` (every log, newest first, in either format); and
+//! `/logs/tail` follows on from a page and resumes across reconnects, missing and repeating
+//! nothing.
 
 use crate::common;
 
 use std::time::{Duration, Instant};
 
 use common::cluster::{SHARDS, TestCluster, USERS, export_until_acknowledged, spread};
+use common::sse::Events;
 use common::{PATIENCE, TestApp, activity, spawn_app, text, with_attr};
 use logbridge::auth::Secret;
 use logbridge::cluster::{shard_for, shard_of};
@@ -249,4 +252,134 @@ async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
     assert_eq!(status, 400);
     let body: Json = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["message"], "format must be ndjson or csv");
+
+    // pages at any offset, and past the end, as the single node's (cursors are signed with
+    // another key: whether there is one is compared)
+    for query in [
+        "limit=100",
+        "limit=100&page=5",
+        "limit=7&page=3&status=error",
+        "limit=100&page=30",
+        "limit=100&page=31",
+        "limit=50&page=2001",
+        "q=nothing-matches",
+    ] {
+        let (status, _, body) = gathered(&cluster, "/logs", query).await;
+        assert_eq!(status, 200, "{query}: {}", String::from_utf8_lossy(&body));
+        let mut gathered: Json = serde_json::from_slice(&body).unwrap();
+        let (_, _, body) = single_node(&app, "/logs", query).await;
+        let mut single: Json = serde_json::from_slice(&body).unwrap();
+        for data in [&mut gathered["data"], &mut single["data"]] {
+            let cursor = data.as_object_mut().unwrap().remove("next_cursor");
+            data["has_cursor"] = cursor.is_some().into();
+        }
+        assert_eq!(gathered, single, "{query}");
+    }
+}
+
+/// Records of user 0 numbered `first..first + count`, stamped past the cut-over `from`: they
+/// land on all three shards.
+fn fresh(from: u64, first: u64, count: u64) -> Vec<LogRecord> {
+    (first..first + count)
+        .map(|n| {
+            let record = activity(
+                "tool_call",
+                from + 5_000_000_000_000 + n,
+                &format!("fresh {n}"),
+            );
+            with_attr(record, "user.id", text(USERS[0]))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_spread_users_tail_follows_on_from_a_page_and_resumes_every_shard() {
+    let cluster = TestCluster::start(1, 2).await;
+    let from = spread(&cluster, 0, 3).await;
+    let grpc = cluster.grpc();
+    export_until_acknowledged(&grpc, 0, &cluster.ingest, fresh(from, 0, 30)).await;
+    let deadline = Instant::now() + PATIENCE;
+    let sequence = loop {
+        let response = cluster
+            .http_client()
+            .build()
+            .unwrap()
+            .get(format!(
+                "{}/logs?limit=1",
+                cluster.api_url(&cluster.gateways[0])
+            ))
+            .bearer_auth(cluster.readers[0].expose())
+            .send()
+            .await
+            .unwrap();
+        let sequence = response.headers()["logbridge-sequence"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Json = response.json().await.unwrap();
+        if body["data"]["total"] == 30 {
+            break sequence;
+        }
+        assert!(Instant::now() < deadline, "never all 30: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // a position per shard of the user
+    let home = shard_of(USERS[0], SHARDS);
+    let mut shards: Vec<u32> = (0..3).map(|k| (home + k) % SHARDS).collect();
+    shards.sort();
+    let named: Vec<u32> = sequence
+        .split(',')
+        .map(|pair| pair.split_once(':').unwrap().0.parse().unwrap())
+        .collect();
+    assert_eq!(named, shards, "{sequence}");
+
+    // a tail from the page: the logs acknowledged since, each once, none from before
+    let url = format!("{}/logs/tail", cluster.api_url(&cluster.gateways[0]));
+    let client = cluster.http_client().build().unwrap();
+    let open = |last: Option<String>, cursor: Option<String>| {
+        let url = match cursor {
+            Some(cursor) => format!("{url}?cursor={cursor}"),
+            None => url.clone(),
+        };
+        let mut request = client.get(url).bearer_auth(cluster.readers[0].expose());
+        if let Some(last) = last {
+            request = request.header("Last-Event-ID", last);
+        }
+        request.send()
+    };
+    let mut tail = Events::new(open(None, Some(sequence)).await.unwrap());
+    export_until_acknowledged(&grpc, 0, &cluster.ingest, fresh(from, 30, 60)).await;
+    let mut seen = Vec::new();
+    let mut last_id = String::new();
+    for _ in 0..30 {
+        let event = tail.next().await;
+        assert_eq!(event.kind, None, "{event:?}");
+        seen.push(event.data["message"].as_str().unwrap().to_owned());
+        last_id = event.id.unwrap();
+    }
+    drop(tail);
+    // resumed from the 30th event: the other 30, and the logs sent meanwhile, each once
+    export_until_acknowledged(&grpc, 0, &cluster.ingest, fresh(from, 90, 10)).await;
+    let mut resumed = Events::new(open(Some(last_id), None).await.unwrap());
+    for _ in 0..40 {
+        let event = resumed.next().await;
+        assert_eq!(event.kind, None, "{event:?}");
+        seen.push(event.data["message"].as_str().unwrap().to_owned());
+    }
+    seen.sort();
+    let mut expected: Vec<String> = (30..100).map(|n| format!("fresh {n}")).collect();
+    expected.sort();
+    assert_eq!(
+        seen, expected,
+        "every new log once, none from before the page"
+    );
+    // an id that names another user's shard, or no shard, is refused by name
+    let stranger = (0..SHARDS).find(|s| !shards.contains(s)).unwrap();
+    let response = open(Some(format!("{stranger}:5")), None).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Json = response.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        format!("Last-Event-ID names shard {stranger}, which holds none of this user's logs")
+    );
 }

@@ -1,36 +1,33 @@
-//! `GET /logs` of a user spread over several shards: the page a single index would give.
+//! `GET /logs` of a user spread over several shards: the page a single index would give, in two
+//! rounds. Each shard first gives the positions (timestamp, sequence) of its matches through the
+//! end of the page, and their total; merged newest first, they say which logs the page holds
+//! and which shard holds each. Each shard holding some then gives those logs, read after the
+//! position before them (a cursor is valid on every shard: the same filters, signed with the
+//! cluster's key, and sequence numbers never repeat across shards). Totals add up (the shards
+//! are disjoint), offsets and pages past the end answer as a single node does, and the next
+//! cursor is made from the last log of the merged page.
 
-use axum::body::Body;
-use axum::http::HeaderMap;
+use std::collections::BTreeMap;
+
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt as _;
+use http::HeaderValue;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::super::gateway::{Gateway, ask};
+use super::super::gateway::Gateway;
 use super::super::indexer::INDEXED_HEADER;
-use crate::api::{self, ApiError, Cursor, LogsRequest, POSITIONS_HEADER};
-use crate::store::SortKey;
+use super::{Answer, ask_each};
+use crate::api::{
+    self, ApiError, Cursor, CursorKey, LogsRequest, POSITIONS_HEADER, POSITIONS_ONLY, Positions,
+    SEQUENCE_HEADER,
+};
+use crate::store::{LogQuery, MAX_OFFSET, SortKey};
 
-/// Deepest offset (`page`) a gathered `GET /logs` reads to: each shard is walked that far.
-const MAX_GATHERED_OFFSET: usize = 1_000;
+/// Times a page is read again when a shard's logs changed between the two rounds (a log
+/// stamped in the past arrived) before the caller is asked to retry.
+const ATTEMPTS: usize = 3;
 
-/// One shard's part of a gathered page.
-struct ShardPage {
-    total: u64,
-    /// Newest first, each with its sort key.
-    logs: Vec<(SortKey, Box<RawValue>)>,
-    /// Whether the shard holds more matching logs past these.
-    more: bool,
-    /// How fresh its replica's reads were (the [`INDEXED_HEADER`] it answered).
-    indexed: Option<String>,
-}
-
-/// `GET /logs` of a user spread over several shards: the same page a single index would give.
-/// Every shard is asked for the logs after the same position (the cursor is valid on each: the
-/// same filters, signed with the cluster's key, and sequence numbers never repeat across
-/// shards); the answers merge newest first by (timestamp, sequence), totals add up (the shards
-/// are disjoint), and the next cursor is made from the last log of the merged page.
+/// The page of `user_id`'s logs over `shards` that `request` asks for.
 pub async fn logs(
     gateway: &Gateway,
     user_id: &str,
@@ -44,160 +41,225 @@ pub async fn logs(
     };
     let pairs = super::query_pairs(request)?;
     let LogsRequest { query, page } = api::parse_logs_params(&pairs, user_id, &key)?;
-    if query.offset > MAX_GATHERED_OFFSET {
-        return Err(ApiError::BadRequest(format!(
-            "page {page} with limit {} starts past the first {MAX_GATHERED_OFFSET} logs of a user spread over several shards; \
-             follow data.next_cursor to read further",
-            query.limit
-        )));
-    }
-    let wanted = query.offset + query.limit;
-    let cursor = pairs
-        .iter()
-        .find(|(name, value)| name == "cursor" && !value.is_empty())
-        .map(|(_, value)| value.clone());
-    let filters: Vec<(String, String)> = pairs
-        .into_iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "cursor" | "page" | "limit"))
-        .collect();
-    let mut headers = request.headers.clone();
-    headers.insert(POSITIONS_HEADER, http::HeaderValue::from_static("1"));
-    let mut pages = tokio::task::JoinSet::new();
-    for &shard in shards {
-        let (gateway, user_id, headers) = (gateway.clone(), user_id.to_owned(), headers.clone());
-        let (filters, cursor) = (filters.clone(), cursor.clone());
-        pages.spawn(async move {
-            shard_page(&gateway, shard, &user_id, &headers, filters, cursor, wanted).await
-        });
-    }
-    let (mut total, mut more, mut merged) = (0, false, Vec::new());
-    let mut indexed = Vec::new();
-    while let Some(joined) = pages.join_next().await {
-        let part = joined.map_err(|e| ApiError::Internal(format!("gather task failed: {e}")))??;
-        let part = match part {
-            Ok(part) => part,
-            // a refusal of one shard (a bad parameter, a key gone) is the answer
-            Err(response) => return Ok(response),
-        };
-        total += part.total;
-        more |= part.more;
-        indexed.extend(part.indexed);
-        merged.extend(part.logs);
-    }
-    merged.sort_unstable_by_key(|(key, _)| std::cmp::Reverse(*key));
-    more |= merged.len() > wanted;
-    let logs: Vec<(SortKey, Box<RawValue>)> = merged
-        .into_iter()
-        .skip(query.offset)
-        .take(query.limit)
-        .collect();
-    let next_cursor = match logs.last() {
-        Some((last, _)) if more => {
-            Some(Cursor::next(&query, *last, page.saturating_add(1)).encode(&key))
-        }
-        _ => None,
+    let gather = Gather {
+        gateway,
+        user_id,
+        shards,
+        request,
+        pairs: &pairs,
+        query: &query,
+        key: &key,
     };
-    let mut data = serde_json::json!({
-        "logs": logs.iter().map(|(_, log)| log.as_ref()).collect::<Vec<&RawValue>>(),
-        "total": total,
-        "page": page,
-        "limit": query.limit,
-    });
-    if let Some(next_cursor) = next_cursor {
-        data["next_cursor"] = next_cursor.into();
+    for _ in 0..ATTEMPTS {
+        match gather.page(page).await? {
+            Read::Page(response) | Read::Refused(response) => return Ok(response),
+            Read::Changed => continue,
+        }
     }
-    let body = serde_json::json!({
-        "success": true,
-        "message": "Activity logs fetched successfully",
-        "data": data,
-    });
-    let mut response = axum::Json(body).into_response();
-    indexed.sort();
-    if let Ok(value) = http::HeaderValue::from_str(&indexed.join(",")) {
-        response.headers_mut().insert(INDEXED_HEADER, value);
-    }
-    Ok(response)
+    Err(ApiError::Unavailable(
+        "this user's logs kept changing while the page was read, retry later",
+    ))
 }
 
-/// Up to `wanted` of the logs of `shard` after `cursor`, walking its pages.
-async fn shard_page(
-    gateway: &Gateway,
-    shard: u32,
-    user_id: &str,
-    headers: &HeaderMap,
-    filters: Vec<(String, String)>,
-    mut cursor: Option<String>,
-    wanted: usize,
-) -> Result<Result<ShardPage, Response>, ApiError> {
-    let mut part = ShardPage {
-        total: 0,
-        logs: Vec::new(),
-        more: false,
-        indexed: None,
-    };
-    loop {
-        let mut pairs = filters.clone();
-        pairs.push((
-            "limit".to_owned(),
-            (wanted - part.logs.len()).min(api::MAX_LIMIT).to_string(),
-        ));
-        if let Some(cursor) = &cursor {
-            pairs.push(("cursor".to_owned(), cursor.clone()));
+/// What one reading of a page came to.
+enum Read {
+    Page(Response),
+    /// A shard refused (a bad parameter, a key gone): its answer is the caller's.
+    Refused(Response),
+    /// A shard's logs changed between the two rounds.
+    Changed,
+}
+
+/// One gathered page's request.
+struct Gather<'a> {
+    gateway: &'a Gateway,
+    user_id: &'a str,
+    shards: &'a [u32],
+    request: &'a http::request::Parts,
+    pairs: &'a [(String, String)],
+    query: &'a LogQuery,
+    key: &'a CursorKey,
+}
+
+impl Gather<'_> {
+    async fn page(&self, page: u64) -> Result<Read, ApiError> {
+        let query = self.query;
+        let path = format!("/logs?{}", self.request.uri.query().unwrap_or(""));
+        let mut headers = self.request.headers.clone();
+        headers.insert(POSITIONS_HEADER, HeaderValue::from_static(POSITIONS_ONLY));
+        let found: Vec<Answer<Positions>> =
+            match ask_each(self.gateway, self.user_id, self.shards, &path, &headers).await? {
+                Ok(found) => found,
+                Err(refusal) => return Ok(Read::Refused(refusal)),
+            };
+        let total: u64 = found.iter().map(|p| p.body.total).sum();
+        let positions: Vec<Vec<SortKey>> = found
+            .iter()
+            .map(|part| {
+                let keys = part.body.positions.iter();
+                keys.map(|&(timestamp, seq)| SortKey { timestamp, seq })
+                    .collect()
+            })
+            .collect();
+        let mut merged: Vec<(SortKey, usize)> = Vec::new();
+        if query.offset as u64 >= total {
+            // a page past the end: the total only
+        } else if query.offset > MAX_OFFSET {
+            return Err(api::too_deep(page, query.limit));
+        } else {
+            for (n, keys) in positions.iter().enumerate() {
+                merged.extend(keys.iter().map(|&key| (key, n)));
+            }
+            merged.sort_unstable_by_key(|&(key, _)| std::cmp::Reverse(key));
+        }
+        let more = merged.len() > query.offset + query.limit;
+        let on_page: Vec<(SortKey, usize)> = merged
+            .into_iter()
+            .skip(query.offset)
+            .take(query.limit)
+            .collect();
+        let mut read: BTreeMap<usize, std::vec::IntoIter<Box<RawValue>>> = BTreeMap::new();
+        let mut indexed = Vec::new();
+        for (n, keys) in positions.iter().enumerate() {
+            let wanted: Vec<SortKey> = on_page
+                .iter()
+                .filter(|(_, shard)| *shard == n)
+                .map(|(key, _)| *key)
+                .collect();
+            let Some(first) = wanted.first() else {
+                continue;
+            };
+            // the position before the shard's first log on the page, in that shard
+            let before = keys.iter().take_while(|key| *key != first).last().copied();
+            match self.logs_of(self.shards[n], &wanted, before).await? {
+                Ok(Some(ShardLogs {
+                    logs,
+                    indexed: fresh,
+                })) => {
+                    read.insert(n, logs.into_iter());
+                    indexed.push(fresh);
+                }
+                Ok(None) => return Ok(Read::Changed),
+                Err(refusal) => return Ok(Read::Refused(refusal)),
+            }
+        }
+        let logs: Vec<Box<RawValue>> = on_page
+            .iter()
+            .filter_map(|(_, n)| read.get_mut(n).and_then(Iterator::next))
+            .collect();
+        let next_cursor = match on_page.last() {
+            Some((last, _)) if more => {
+                Some(Cursor::next(query, *last, page.saturating_add(1)).encode(self.key))
+            }
+            _ => None,
+        };
+        let mut data = serde_json::json!({
+            "logs": logs,
+            "total": total,
+            "page": page,
+            "limit": query.limit,
+        });
+        if let Some(next_cursor) = next_cursor {
+            data["next_cursor"] = next_cursor.into();
+        }
+        let body = serde_json::json!({
+            "success": true,
+            "message": "Activity logs fetched successfully",
+            "data": data,
+        });
+        let mut response = axum::Json(body).into_response();
+        let response_headers = response.headers_mut();
+        // a tail from it follows on from this page in every shard
+        let sequences = found.iter().map(|part| {
+            part.headers
+                .get(SEQUENCE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        });
+        let sequence = super::stream_id(self.shards.iter().copied().zip(sequences));
+        if let Ok(value) = HeaderValue::from_str(&sequence) {
+            response_headers.insert(SEQUENCE_HEADER, value);
+        }
+        indexed.sort();
+        if let Ok(value) = HeaderValue::from_str(&indexed.join(",")) {
+            response_headers.insert(INDEXED_HEADER, value);
+        }
+        Ok(Read::Page(response))
+    }
+
+    /// The logs of `shard` at `wanted`, read after `before` (or from the caller's cursor, or
+    /// the newest, where none comes before them); none when the shard holds other logs there
+    /// now.
+    async fn logs_of(
+        &self,
+        shard: u32,
+        wanted: &[SortKey],
+        before: Option<SortKey>,
+    ) -> Result<Result<Option<ShardLogs>, Response>, ApiError> {
+        let mut pairs: Vec<(String, String)> = self
+            .pairs
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "page" | "limit" | "cursor"))
+            .cloned()
+            .collect();
+        pairs.push(("limit".to_owned(), wanted.len().to_string()));
+        let cursor = match before {
+            Some(before) => Some(Cursor::next(self.query, before, 1).encode(self.key)),
+            None => self
+                .pairs
+                .iter()
+                .find(|(name, value)| name == "cursor" && !value.is_empty())
+                .map(|(_, value)| value.clone()),
+        };
+        if let Some(cursor) = cursor {
+            pairs.push(("cursor".to_owned(), cursor));
         }
         let query = serde_urlencoded::to_string(&pairs)
             .map_err(|e| ApiError::Internal(format!("cannot encode a shard's query: {e}")))?;
-        let response = ask(gateway, shard, user_id, &format!("/logs?{query}"), headers).await?;
-        if response.status() != http::StatusCode::OK {
-            return Ok(Err(response.map(Body::new)));
-        }
+        let mut headers = self.request.headers.clone();
+        headers.insert(POSITIONS_HEADER, HeaderValue::from_static("1"));
+        let path = format!("/logs?{query}");
+        let answers: Vec<Answer<ShardAnswer>> =
+            match ask_each(self.gateway, self.user_id, &[shard], &path, &headers).await? {
+                Ok(answers) => answers,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+        let Some(answer) = answers.into_iter().next() else {
+            return Err(ApiError::Internal(format!("shard {shard} gave no answer")));
+        };
         let header = |name: &str| {
-            response
-                .headers()
+            answer
+                .headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned()
         };
-        let positions = header(POSITIONS_HEADER);
-        // the first page read of the shard: it shows at least that much
-        part.indexed.get_or_insert_with(|| header(INDEXED_HEADER));
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ApiError::Internal(format!("a shard's answer broke off: {e}")))?
-            .to_bytes();
-        let answer: ShardAnswer = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Internal(format!("a shard's answer is not a page: {e}")))?;
-        let keys: Vec<SortKey> = positions
+        let given: Vec<String> = header(POSITIONS_HEADER)
             .split(',')
             .filter(|p| !p.is_empty())
-            .filter_map(|p| {
-                let (timestamp, seq) = p.split_once(':')?;
-                Some(SortKey {
-                    timestamp: timestamp.parse().ok()?,
-                    seq: seq.parse().ok()?,
-                })
-            })
+            .map(str::to_owned)
             .collect();
-        if keys.len() != answer.data.logs.len() {
-            return Err(ApiError::Internal(format!(
-                "shard {shard} gave {} positions for {} logs",
-                keys.len(),
-                answer.data.logs.len()
-            )));
+        let expected: Vec<String> = wanted
+            .iter()
+            .map(|key| format!("{}:{}", key.timestamp, key.seq))
+            .collect();
+        if given != expected {
+            return Ok(Ok(None));
         }
-        part.total = answer.data.total;
-        part.logs.extend(keys.into_iter().zip(answer.data.logs));
-        match answer.data.next_cursor {
-            Some(next) if part.logs.len() < wanted => cursor = Some(next),
-            Some(_) => {
-                part.more = true;
-                return Ok(Ok(part));
-            }
-            None => return Ok(Ok(part)),
-        }
+        Ok(Ok(Some(ShardLogs {
+            logs: answer.body.data.logs,
+            indexed: header(INDEXED_HEADER),
+        })))
     }
+}
+
+/// A shard's logs on a page.
+struct ShardLogs {
+    logs: Vec<Box<RawValue>>,
+    /// How fresh the replica's reads were (the [`INDEXED_HEADER`] it answered).
+    indexed: String,
 }
 
 /// What a shard answers to `GET /logs`, as far as a gathered page needs it.
@@ -209,6 +271,4 @@ struct ShardAnswer {
 #[derive(Deserialize)]
 struct ShardData {
     logs: Vec<Box<RawValue>>,
-    total: u64,
-    next_cursor: Option<String>,
 }

@@ -4,10 +4,12 @@
 mod export;
 mod logs;
 mod stats;
+mod tail;
 
 pub use export::export;
 pub use logs::logs;
 pub use stats::stats;
+pub use tail::{stream_id, tail};
 
 use axum::body::Body;
 use axum::http::HeaderMap;
@@ -24,6 +26,12 @@ fn query_pairs(request: &http::request::Parts) -> Result<Vec<(String, String)>, 
         .map_err(|_| ApiError::BadRequest("the query string is malformed".to_owned()))
 }
 
+/// A shard's answer: its JSON body, and its headers.
+struct Answer<T> {
+    body: T,
+    headers: HeaderMap,
+}
+
 /// Asks a ready replica of each of `shards`, all at once, for `path_and_query` with `headers`:
 /// their JSON answers, in the order of `shards`; or the first refusal (a bad parameter, a key
 /// gone), which is the answer to the caller.
@@ -33,7 +41,7 @@ async fn ask_each<T: DeserializeOwned + Send + 'static>(
     shards: &[u32],
     path_and_query: &str,
     headers: &HeaderMap,
-) -> Result<Result<Vec<T>, Response>, ApiError> {
+) -> Result<Result<Vec<Answer<T>>, Response>, ApiError> {
     let mut asked = tokio::task::JoinSet::new();
     for (n, &shard) in shards.iter().enumerate() {
         let (gateway, user_id) = (gateway.clone(), user_id.to_owned());
@@ -43,19 +51,25 @@ async fn ask_each<T: DeserializeOwned + Send + 'static>(
             if response.status() != http::StatusCode::OK {
                 return Ok((n, Err(response.map(Body::new))));
             }
-            let body = response
-                .into_body()
+            let (parts, body) = response.into_parts();
+            let body = body
                 .collect()
                 .await
                 .map_err(|e| ApiError::Internal(format!("shard {shard}'s answer broke off: {e}")))?
                 .to_bytes();
-            let answer: T = serde_json::from_slice(&body).map_err(|e| {
+            let body: T = serde_json::from_slice(&body).map_err(|e| {
                 ApiError::Internal(format!("shard {shard}'s answer is not what was asked: {e}"))
             })?;
-            Ok::<_, ApiError>((n, Ok(answer)))
+            Ok::<_, ApiError>((
+                n,
+                Ok(Answer {
+                    body,
+                    headers: parts.headers,
+                }),
+            ))
         });
     }
-    let mut answers: Vec<Option<T>> = shards.iter().map(|_| None).collect();
+    let mut answers: Vec<Option<Answer<T>>> = shards.iter().map(|_| None).collect();
     while let Some(joined) = asked.join_next().await {
         let (n, answer) =
             joined.map_err(|e| ApiError::Internal(format!("a shard's task failed: {e}")))??;

@@ -10,7 +10,7 @@ use axum::response::Response;
 use http::HeaderValue;
 
 use super::super::gateway::Gateway;
-use super::ask_each;
+use super::{Answer, ask_each};
 use crate::api::{self, ApiError, STATS_PARTS_HEADER, StatsRequest};
 use crate::store::{self, AssistantCount, StatsParts, TOP_ASSISTANTS, TimeHistogram};
 
@@ -26,17 +26,17 @@ pub async fn stats(
     let path = format!("/logs/stats?{}", request.uri.query().unwrap_or(""));
     let mut headers = request.headers.clone();
     headers.insert(STATS_PARTS_HEADER, HeaderValue::from_static("span"));
-    let spans: Vec<Option<(u64, u64)>> =
+    let spans: Vec<Answer<Option<(u64, u64)>>> =
         match ask_each(gateway, user_id, shards, &path, &headers).await? {
             Ok(spans) => spans,
             Err(refusal) => return Ok(refusal),
         };
     let span = spans
         .into_iter()
-        .flatten()
+        .filter_map(|answer| answer.body)
         .reduce(|(first, last), (f, l)| (first.min(f), last.max(l)));
     let histogram = store::histogram_over(span, &query, interval).map_err(api::stats_error)?;
-    let parts: Vec<StatsParts> = match ask_each(
+    let parts: Vec<StatsParts> = match ask_each::<StatsParts>(
         gateway,
         user_id,
         shards,
@@ -45,7 +45,7 @@ pub async fn stats(
     )
     .await?
     {
-        Ok(parts) => parts,
+        Ok(parts) => parts.into_iter().map(|answer| answer.body).collect(),
         Err(refusal) => return Ok(refusal),
     };
     let assistants =
@@ -147,7 +147,7 @@ async fn busiest(
             buckets: Vec::new(),
         };
         let shards: Vec<u32> = missing.iter().map(|&n| shards[n]).collect();
-        let counted: Vec<StatsParts> = match ask_each(
+        let counted: Vec<Answer<StatsParts>> = match ask_each(
             gateway,
             user_id,
             &shards,
@@ -162,7 +162,7 @@ async fn busiest(
         let candidate = candidates
             .get_mut(assistant_id.as_str())
             .expect("an uncertain assistant is a candidate");
-        for part in counted {
+        for Answer { body: part, .. } in counted {
             candidate.count += part.counts.iter().flatten().sum::<u64>();
             candidate.errors += part.counts.iter().map(|c| c[1]).sum::<u64>();
         }
