@@ -480,7 +480,7 @@ async fn erase(
 /// `GET /logs`: a page of the caller's logs matching the filters, newest first.
 #[utoipa::path(get, path = "/logs", tag = "logs", params(Filters, Paging),
     responses((status = 200, description = "A page of logs, newest first.", body = LogsBody,
-        headers(("Logbridge-Sequence" = u64, description = "The sequence number the page was read at: `GET /logs/tail?cursor=` it follows on from this page without a gap."))),
+        headers(("Logbridge-Sequence" = String, description = "Where the page was read: `GET /logs/tail?cursor=` it follows on from this page without a gap. A sequence number; in cluster mode, for a user spread over several shards, a sequence number per shard (`<shard>:<seq>` pairs separated by commas)."))),
         ApiError),
     security(("bearer" = [])))]
 async fn logs(

@@ -66,8 +66,9 @@ fn event_id() -> utoipa::openapi::Object {
 #[derive(ToSchema)]
 pub struct TailEvent {
     /// The log's sequence number, a whole number: send it back as `Last-Event-ID` to resume
-    /// after it.
-    #[schema(value_type = Option<String>, pattern = "^[0-9]+$")]
+    /// after it. In cluster mode, for a user spread over several shards, a sequence number per
+    /// shard (`<shard>:<seq>` pairs separated by commas), resumed the same way.
+    #[schema(value_type = Option<String>, pattern = "^([0-9]+|[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*)$")]
     id: Option<u64>,
     /// Absent for a log; `end` for the final event.
     event: Option<&'static str>,
@@ -122,8 +123,7 @@ impl TailEvent {
         (status = 200, description = "New matching logs, in the order they were acknowledged, as they become visible.",
             body = TailEvent, content_type = "text/event-stream",
             headers(("Logbridge-Sequence" = String, description = "The event the stream starts after."))),
-        ApiError,
-        (status = 501, description = "Cluster mode: the caller's logs are spread over several shards, which this endpoint does not gather yet.", body = super::error::ErrorBody)),
+        ApiError),
     security(("bearer" = [])))]
 pub async fn tail(
     State(state): State<ApiState>,

@@ -433,3 +433,117 @@ async fn a_phone_width_page_fits_and_errors_say_so() {
     .await;
     client.close().await.unwrap();
 }
+
+/// The explorer of a cluster's gateway, for a user spread over three shards: the page, its
+/// statistics, scrolling through cursors that go on across shards, and the live tail following
+/// on from the page, all as for a user of one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_spread_over_shards_reads_the_explorer_as_on_one_node() {
+    use common::cluster::{TestCluster, USERS, export_until_acknowledged, spread};
+    // plaintext: the browser trusts no test CA
+    let cluster = TestCluster::start_plaintext(1, 2).await;
+    let from = spread(&cluster, 0, 3).await;
+    // the data set of the other tests, stamped past the cut-over: on all three shards
+    let spread_record = |i: u64| {
+        let mut record = record(i);
+        record.time_unix_nano = from + i * 1_000_000_000;
+        with_attr(record, "user.id", text(USERS[0]))
+    };
+    let grpc = cluster.grpc();
+    let records = (0..LOGS).map(spread_record).collect();
+    export_until_acknowledged(&grpc, 0, &cluster.ingest, records).await;
+    let gateway = cluster.api_url(&cluster.gateways[0]);
+    common::cluster::wait_for_total(&cluster, &cluster.gateways[0], 0, LOGS as usize).await;
+
+    let driver = driver().await;
+    let client = browser(&driver, 1280, 900).await;
+    client.goto(&format!("{gateway}/")).await.unwrap();
+    let key = client
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css("#key"))
+        .await
+        .unwrap();
+    key.send_keys(cluster.readers[0].expose()).await.unwrap();
+    click(&client, "#key-submit").await;
+    wait_for(
+        &client,
+        "document.querySelectorAll('#logs tr.log-row').length === 50",
+    )
+    .await;
+    assert_eq!(text_of(&client, "#total").await, "130");
+    let newest: Vec<String> = (80..LOGS).rev().map(message).collect();
+    assert_eq!(messages(&client, "#logs").await, newest);
+    // the statistics, gathered: bars of both statuses, a latency row per type
+    wait_for(
+        &client,
+        "document.querySelectorAll('#histogram rect.bar.error').length > 0",
+    )
+    .await;
+    assert_eq!(
+        js(
+            &client,
+            "document.querySelectorAll('#latency tr[data-log-type]').length"
+        )
+        .await,
+        json!(3)
+    );
+    // filtered: the 26 failed logs
+    click(&client, "#f-status option[value=error]").await;
+    wait_for(
+        &client,
+        "document.getElementById('total').textContent === '26'",
+    )
+    .await;
+    click(&client, "#f-status option[value='']").await;
+    wait_for(
+        &client,
+        "document.getElementById('total').textContent === '130'",
+    )
+    .await;
+    // scrolling reads on through cursors across the shards
+    for shown in [100, 130] {
+        js(&client, "window.scrollTo(0, document.body.scrollHeight)").await;
+        wait_for(
+            &client,
+            &format!("document.querySelectorAll('#logs tr.log-row').length === {shown}"),
+        )
+        .await;
+    }
+    let all: Vec<String> = (0..LOGS).rev().map(message).collect();
+    assert_eq!(messages(&client, "#logs").await, all);
+
+    // a log acknowledged after the page was read, then the live tail: it follows on from the
+    // page in every shard, so that log arrives, then one sent while live
+    let between = with_attr(
+        activity("tool_call", from + 400_000_000_000, "committed in between"),
+        "user.id",
+        text(USERS[0]),
+    );
+    export_until_acknowledged(&grpc, 0, &cluster.ingest, vec![between]).await;
+    common::cluster::wait_for_total(&cluster, &cluster.gateways[0], 0, 131).await;
+    click(&client, "#live").await;
+    wait_for(&client, "document.getElementById('live').checked").await;
+    wait_for(
+        &client,
+        "document.querySelector('#logs tr.log-row .c-message').textContent === 'committed in between'",
+    )
+    .await;
+    let live = with_attr(
+        activity("tool_call", from + 500_000_000_000, "a live one"),
+        "user.id",
+        text(USERS[0]),
+    );
+    export_until_acknowledged(&grpc, 0, &cluster.ingest, vec![live]).await;
+    wait_for(
+        &client,
+        "document.querySelector('#logs tr.log-row .c-message').textContent === 'a live one'",
+    )
+    .await;
+    wait_for(
+        &client,
+        "document.getElementById('total').textContent === '132'",
+    )
+    .await;
+    client.close().await.unwrap();
+}

@@ -67,16 +67,17 @@ export async function api(path, params, signal) {
     throw new ApiError(res.status, message);
   }
   const data = isObj(body.data) ? body.data : {};
-  // GET /logs tells the sequence number it read at: a tail from there misses nothing after it
+  // GET /logs tells where it read: a tail from there misses nothing after it (a sequence
+  // number, or one per shard for a user spread over several: "3:120,4:97")
   const sequence = res.headers.get('Logbridge-Sequence');
-  if (sequence && /^[0-9]+$/.test(sequence)) sequences.set(data, sequence);
+  if (sequence && /^([0-9]+|[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*)$/.test(sequence)) sequences.set(data, sequence);
   return data;
 }
 
-/** The sequence number each GET /logs answer was read at. */
+/** Where each GET /logs answer was read. */
 const sequences = new WeakMap();
 
-/** The sequence number a GET /logs answer was read at, or null. */
+/** Where a GET /logs answer was read, or null. */
 export function sequenceOf(data) {
   return sequences.get(data) ?? null;
 }
