@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use harness::engines::{Etcd, Nats, nats_server, nats_version};
-use harness::{BenchKeys, RequestEncoder, SEED, Server, Transport, ingest, median, percentile};
+use harness::{
+    BenchKeys, RequestEncoder, SEED, Server, Transport, ingest, median, percentile, wait_ready,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
 
@@ -401,19 +403,4 @@ struct Row {
     lag_p99_s: f64,
     lag_max_s: f64,
     drain_s: f64,
-}
-
-/// Polls an indexer's `/readyz` until it answers 200: its replicas caught up.
-async fn wait_ready(api: &str) {
-    let client = harness::plain_http().build().expect("an HTTP client");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !client
-        .get(format!("{api}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(std::time::Instant::now() < deadline, "{api} never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

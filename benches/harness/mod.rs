@@ -259,6 +259,9 @@ pub fn disk_bytes(dir: &Path) -> u64 {
 pub struct RequestEncoder {
     workload: Workload,
     encoded: u64,
+    base_nanos: u64,
+    /// Every record's user, in place of the workload's.
+    user: Option<String>,
 }
 
 impl RequestEncoder {
@@ -266,6 +269,17 @@ impl RequestEncoder {
         Self {
             workload: Workload::new(seed),
             encoded: 0,
+            base_nanos: BASE_NANOS,
+            user: None,
+        }
+    }
+
+    /// An encoder of `user`'s records only, record n stamped `base_nanos` + n ms.
+    pub fn of_user(seed: u64, user: &str, base_nanos: u64) -> Self {
+        Self {
+            base_nanos,
+            user: Some(user.to_owned()),
+            ..Self::new(seed)
         }
     }
 
@@ -278,9 +292,11 @@ impl RequestEncoder {
             let records = (0..size)
                 .map(|_| {
                     self.encoded += 1;
-                    self.workload
-                        .next_activity()
-                        .to_log_record(BASE_NANOS + self.encoded * 1_000_000)
+                    let mut activity = self.workload.next_activity();
+                    if let Some(user) = &self.user {
+                        activity.user_id.clone_from(user);
+                    }
+                    activity.to_log_record(self.base_nanos + self.encoded * 1_000_000)
                 })
                 .collect();
             let request = ExportLogsServiceRequest {
@@ -680,4 +696,19 @@ pub fn query_types(newest_nanos: u64) -> Vec<(&'static str, bool, &'static str, 
         .map(on("/logs"))
         .chain(stats.into_iter().map(on("/logs/stats")))
         .collect()
+}
+
+/// Polls a server's `/readyz` until it answers 200 (an indexer: its replicas caught up).
+pub async fn wait_ready(api: &str) {
+    let client = plain_http().build().expect("an HTTP client");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !client
+        .get(format!("{api}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "{api} never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
