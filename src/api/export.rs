@@ -283,7 +283,7 @@ fn ndjson(page: &[(SortKey, Vec<u8>)], positioned: bool) -> Bytes {
     let mut out = Vec::with_capacity(page.iter().map(|(_, json)| json.len() + 40).sum());
     for (key, json) in page {
         if positioned {
-            out.extend_from_slice(format!("{}:{} ", key.timestamp, key.seq).as_bytes());
+            out.extend_from_slice(format!("{key} ").as_bytes());
         }
         out.extend_from_slice(json);
         out.push(b'\n');

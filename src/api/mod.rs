@@ -72,6 +72,10 @@ pub struct ApiState {
     pub tails: Slots,
     /// A tail whose client takes no event for this long is cut off.
     pub tail_stall_timeout: Duration,
+    /// How long a tail resumed after an event its index does not show yet waits for it before
+    /// the id is refused as unknown: none on a single node; in cluster mode, another replica
+    /// may show the event a commit earlier.
+    pub tail_resume_wait: Duration,
     /// Cancelled when the server begins to shut down: tails end then.
     pub shutdown: CancellationToken,
 }
@@ -89,6 +93,7 @@ pub struct ApiParts {
     pub export_stall_timeout: Duration,
     pub tails: Slots,
     pub tail_stall_timeout: Duration,
+    pub tail_resume_wait: Duration,
     pub shutdown: CancellationToken,
 }
 
@@ -121,6 +126,7 @@ impl ApiParts {
                 config.max_tail_subscribers_per_user,
             ),
             tail_stall_timeout: config.tail_stall_timeout,
+            tail_resume_wait: Duration::ZERO,
             shutdown,
         }
     }
@@ -139,6 +145,7 @@ impl ApiParts {
             export_stall_timeout: self.export_stall_timeout,
             tails: self.tails.clone(),
             tail_stall_timeout: self.tail_stall_timeout,
+            tail_resume_wait: self.tail_resume_wait,
             shutdown: self.shutdown.clone(),
         }
     }
@@ -544,11 +551,7 @@ async fn logs(
         },
     };
     let positions = headers.contains_key(POSITIONS_HEADER).then(|| {
-        let keys: Vec<String> = result
-            .logs
-            .iter()
-            .map(|(key, _)| format!("{}:{}", key.timestamp, key.seq))
-            .collect();
+        let keys: Vec<String> = result.logs.iter().map(|(key, _)| key.to_string()).collect();
         keys.join(",")
     });
     let mut response = axum::Json(body).into_response();

@@ -139,13 +139,21 @@ pub async fn tail(
     let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "cursor").collect();
     let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/tail, which streams")?;
     let slot = state.tails.take(&user_id)?;
-    let visible = state.store.visible();
+    let mut visible = state.store.visible();
     let newest = *visible.borrow();
     let after = match resume {
         Some((name, id)) if id > newest => {
-            return Err(ApiError::BadRequest(format!(
-                "{name} {id} is ahead of the newest event of this stream"
-            )));
+            // in cluster mode, a replica a commit behind another (the one the client left, in
+            // a failover) shows the event a moment later
+            let shown =
+                tokio::time::timeout(state.tail_resume_wait, visible.wait_for(|seq| *seq >= id))
+                    .await;
+            if !matches!(shown, Ok(Ok(_))) {
+                return Err(ApiError::BadRequest(format!(
+                    "{name} {id} is ahead of the newest event of this stream"
+                )));
+            }
+            id
         }
         Some((_, id)) => id,
         None => newest,

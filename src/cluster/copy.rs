@@ -185,6 +185,9 @@ pub async fn fetch(
     let partial = parent.join(format!("incoming-{shard}-{}", rand::random::<u64>()));
     let archive = partial.with_extension("tar");
     let _received = Received([archive.clone(), partial.clone()]);
+    // however this ends (cancelled, timed out, failed, dropped), an unpack still running stops
+    let cancel = cancel.child_token();
+    let _stop_unpacking = cancel.clone().drop_guard();
     let copied = async {
         let request = http::Request::get(format!("{peer}/peer/shards/{shard}/copy"))
             .header(header::AUTHORIZATION, format!("Bearer {token}"))

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::sync::watch;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use arc_swap::ArcSwapOption;
 
@@ -157,8 +157,8 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Result<Res
         )
         .await?;
         if request.uri.path() == "/logs/tail" && response.status().is_success() {
-            let shutdown = gateway.shutdown.clone().cancelled_owned();
-            return Ok(response.map(|body| Body::new(EndsOnShutdown::new(body, shutdown))));
+            let end = tail_ends(&gateway, &user_id, &shards);
+            return Ok(response.map(|body| Body::new(EndsWith::new(body, end))));
         }
         return Ok(response.map(Body::new));
     }
@@ -231,32 +231,65 @@ pub(super) async fn ask(
     ))
 }
 
+/// What ends a tail the gateway passes on, resumably: the node's shutdown, or the user's logs
+/// going to other shards than those the tail follows (a spread: the tail would miss the new
+/// shards' logs; reconnecting, the client follows all of them). Its final event.
+pub(super) fn tail_ends(gateway: &Gateway, user_id: &str, shards: &[u32]) -> TailEnd {
+    let shutdown = gateway.shutdown.clone().cancelled_owned();
+    let (mut view, user_id, shards) = (gateway.view.clone(), user_id.to_owned(), shards.to_vec());
+    let total = gateway.shards;
+    Box::pin(async move {
+        let moved = async {
+            loop {
+                if view.changed().await.is_err() {
+                    // no view any more: the node stops, and says so
+                    std::future::pending::<()>().await;
+                }
+                let now = shards_of_user(&user_id, view.borrow().spreads_of(&user_id), total);
+                if now != shards {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = shutdown => api::tail_shutting_down_event(),
+            () = moved => api::tail_end_event(
+                "this user's logs now go to more shards: reconnect with Last-Event-ID to resume",
+                true,
+            ),
+        }
+    })
+}
+
+/// The final event of a tail the gateway passes on, once it is due.
+pub(super) type TailEnd = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+
 /// A tail passed on from a replica that ends, as a single node's does, with a final `end` event
-/// once the node begins to shut down: at the first boundary between events after that, so that
-/// no event is cut.
-struct EndsOnShutdown {
+/// once [`tail_ends`] says so: at the first boundary between events after that, so that no event
+/// is cut.
+struct EndsWith {
     body: Incoming,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    end: TailEnd,
     /// The line ends (up to two) that what was passed on so far ends with: two end an event.
     trailing_newlines: usize,
-    /// Whether the final event is due (shutdown began), and whether it was sent.
-    ending: bool,
+    /// The final event, once due; whether it was sent.
+    ending: Option<Bytes>,
     ended: bool,
 }
 
-impl EndsOnShutdown {
-    fn new(body: Incoming, shutdown: WaitForCancellationFutureOwned) -> Self {
+impl EndsWith {
+    fn new(body: Incoming, end: TailEnd) -> Self {
         Self {
             body,
-            shutdown: Box::pin(shutdown),
+            end,
             trailing_newlines: 2,
-            ending: false,
+            ending: None,
             ended: false,
         }
     }
 }
 
-impl HttpBody for EndsOnShutdown {
+impl HttpBody for EndsWith {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -268,12 +301,16 @@ impl HttpBody for EndsOnShutdown {
         if this.ended {
             return Poll::Ready(None);
         }
-        if !this.ending && this.shutdown.as_mut().poll(cx).is_ready() {
-            this.ending = true;
+        if this.ending.is_none()
+            && let Poll::Ready(event) = this.end.as_mut().poll(cx)
+        {
+            this.ending = Some(event);
         }
-        if this.ending && this.trailing_newlines == 2 {
+        if this.trailing_newlines == 2
+            && let Some(event) = this.ending.take()
+        {
             this.ended = true;
-            return Poll::Ready(Some(Ok(Frame::data(api::tail_shutting_down_event()))));
+            return Poll::Ready(Some(Ok(Frame::data(event))));
         }
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {

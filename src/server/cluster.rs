@@ -98,14 +98,17 @@ pub async fn start(
         let replicas = Replicas::default();
         let context = IndexerContext {
             jetstream: jetstream.clone(),
-            api: api::ApiParts::new(
-                &config.api,
-                keys.clone(),
-                health,
-                metrics.clone(),
-                cursor_key,
-                shutdown.clone(),
-            ),
+            api: api::ApiParts {
+                tail_resume_wait: indexer::TAIL_RESUME_WAIT,
+                ..api::ApiParts::new(
+                    &config.api,
+                    keys.clone(),
+                    health,
+                    metrics.clone(),
+                    cursor_key,
+                    shutdown.clone(),
+                )
+            },
             dir: config.index.path.join("shards"),
             store_options: StoreOptions {
                 merge_failures: metrics

@@ -25,6 +25,26 @@ pub struct SortKey {
     pub seq: u64,
 }
 
+/// A log's position as text, `<timestamp>:<seq>`: how the shards of a spread user tell the
+/// gateway where each of their logs sorts.
+impl std::fmt::Display for SortKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.timestamp, self.seq)
+    }
+}
+
+impl std::str::FromStr for SortKey {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let (timestamp, seq) = text.split_once(':').ok_or(())?;
+        Ok(SortKey {
+            timestamp: timestamp.parse().map_err(|_| ())?,
+            seq: seq.parse().map_err(|_| ())?,
+        })
+    }
+}
+
 /// Which matches a search counts and keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {

@@ -382,4 +382,24 @@ async fn a_spread_users_tail_follows_on_from_a_page_and_resumes_every_shard() {
         body["message"],
         format!("Last-Event-ID names shard {stranger}, which holds none of this user's logs")
     );
+    // a tail of a user not spread yet ends, resumably, once its logs go to more shards: it
+    // would miss theirs; reconnecting, the client follows them all
+    let mut single = Events::new(
+        client
+            .get(&url)
+            .bearer_auth(cluster.readers[1].expose())
+            .send()
+            .await
+            .unwrap(),
+    );
+    spread(&cluster, 1, 2).await;
+    let end = single.next().await;
+    assert_eq!(end.kind.as_deref(), Some("end"));
+    assert_eq!(
+        end.data,
+        serde_json::json!({
+            "message": "this user's logs now go to more shards: reconnect with Last-Event-ID to resume",
+            "resumable": true,
+        })
+    );
 }

@@ -4,6 +4,7 @@
 //! client that reads slowly slows the shards' exports down, and one that goes away stops them.
 
 use std::collections::BinaryHeap;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::response::Response;
@@ -20,8 +21,13 @@ use crate::store::SortKey;
 /// Logs encoded and sent at a time.
 const PAGE: usize = 1000;
 
-/// Pages waiting for a slow client, at most.
+/// Pages waiting for a slow client, at most (one more place is kept for the error that cuts an
+/// export off).
 const PAGES_IN_FLIGHT: usize = 4;
+
+/// An export whose client takes nothing for this long is cut off (the shards' exports, which
+/// it stops reading, would be cut off by their own stall timeout).
+const STALL: Duration = Duration::from_secs(60);
 
 /// The export of `user_id`'s logs over `shards`, as `request` asks for it.
 pub async fn export(
@@ -52,7 +58,7 @@ pub async fn export(
         }
         exports.push(Lines::new(response.into_body()));
     }
-    let (pages, body) = mpsc::channel(PAGES_IN_FLIGHT);
+    let (pages, body) = mpsc::channel(PAGES_IN_FLIGHT + 1);
     tokio::spawn(merge(exports, format, pages));
     Ok(format.response(Body::from_stream(ReceiverStream::new(body))))
 }
@@ -92,20 +98,26 @@ async fn merge(
     .await;
     if let Err(e) = merged {
         tracing::info!(error = %e, "a gathered export was cut off");
-        let _ = pages.send(Err(e)).await;
+        // an error, not the end: the client sees the transfer was cut (if it still reads)
+        let _ = pages.try_send(Err(e));
     }
 }
 
+/// Hands a page to the client, waiting up to [`STALL`] for room.
 async fn send(
     pages: &mpsc::Sender<Result<Bytes, std::io::Error>>,
     page: Option<Bytes>,
 ) -> Result<(), std::io::Error> {
-    match page {
-        Some(page) => pages
-            .send(Ok(page))
-            .await
-            .map_err(|_| std::io::Error::other("the client went away")),
-        None => Ok(()),
+    let Some(page) = page else {
+        return Ok(());
+    };
+    match tokio::time::timeout(STALL, pages.send(Ok(page))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(std::io::Error::other("the client went away")),
+        Err(_) => Err(std::io::Error::other(format!(
+            "the client took nothing for {} s",
+            STALL.as_secs()
+        ))),
     }
 }
 
@@ -113,6 +125,10 @@ async fn send(
 struct Lines {
     body: Incoming,
     buffer: Vec<u8>,
+    /// Where the next line begins in the buffer (what comes before was taken).
+    start: usize,
+    /// How far past `start` the buffer is known to hold no line end.
+    scanned: usize,
     ended: bool,
 }
 
@@ -121,6 +137,8 @@ impl Lines {
         Self {
             body,
             buffer: Vec::new(),
+            start: 0,
+            scanned: 0,
             ended: false,
         }
     }
@@ -128,16 +146,23 @@ impl Lines {
     /// The next log and its sort key; none once the export ended.
     async fn next(&mut self) -> Result<Option<(SortKey, Vec<u8>)>, std::io::Error> {
         loop {
-            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                return parse(&line[..end]).map(Some);
+            let unread = &self.buffer[self.start + self.scanned..];
+            if let Some(at) = unread.iter().position(|&b| b == b'\n') {
+                let end = self.start + self.scanned + at;
+                let line = parse(&self.buffer[self.start..end]);
+                (self.start, self.scanned) = (end + 1, 0);
+                return line.map(Some);
             }
+            self.scanned = self.buffer.len() - self.start;
             if self.ended {
-                if self.buffer.is_empty() {
+                if self.scanned == 0 {
                     return Ok(None);
                 }
                 return Err(std::io::Error::other("a shard's export ended mid-line"));
             }
+            // what was taken goes before more is read
+            self.buffer.drain(..self.start);
+            self.start = 0;
             match self.body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
@@ -160,10 +185,6 @@ fn parse(line: &[u8]) -> Result<(SortKey, Vec<u8>), std::io::Error> {
     let bad = || std::io::Error::other("a shard's export line has no position");
     let space = line.iter().position(|&b| b == b' ').ok_or_else(bad)?;
     let position = std::str::from_utf8(&line[..space]).map_err(|_| bad())?;
-    let (timestamp, seq) = position.split_once(':').ok_or_else(bad)?;
-    let key = SortKey {
-        timestamp: timestamp.parse().map_err(|_| bad())?,
-        seq: seq.parse().map_err(|_| bad())?,
-    };
+    let key: SortKey = position.parse().map_err(|()| bad())?;
     Ok((key, line[space + 1..].to_vec()))
 }

@@ -120,18 +120,16 @@ impl Gather<'_> {
             .collect();
         let mut read: BTreeMap<usize, std::vec::IntoIter<Box<RawValue>>> = BTreeMap::new();
         let mut indexed = Vec::new();
-        for (n, keys) in positions.iter().enumerate() {
+        for n in 0..positions.len() {
             let wanted: Vec<SortKey> = on_page
                 .iter()
                 .filter(|(_, shard)| *shard == n)
                 .map(|(key, _)| *key)
                 .collect();
-            let Some(first) = wanted.first() else {
+            if wanted.is_empty() {
                 continue;
-            };
-            // the position before the shard's first log on the page, in that shard
-            let before = keys.iter().take_while(|key| *key != first).last().copied();
-            match self.logs_of(self.shards[n], &wanted, before).await? {
+            }
+            match self.logs_of(self.shards[n], &wanted).await? {
                 Ok(Some(ShardLogs {
                     logs,
                     indexed: fresh,
@@ -170,13 +168,18 @@ impl Gather<'_> {
         let mut response = axum::Json(body).into_response();
         let response_headers = response.headers_mut();
         // a tail from it follows on from this page in every shard
-        let sequences = found.iter().map(|part| {
-            part.headers
-                .get(SEQUENCE_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        });
+        let sequences = found
+            .iter()
+            .map(|part| {
+                part.headers
+                    .get(SEQUENCE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| {
+                        ApiError::Internal("a shard's page says not where it was read".into())
+                    })
+            })
+            .collect::<Result<Vec<u64>, _>>()?;
         let sequence = super::stream_id(self.shards.iter().copied().zip(sequences));
         if let Ok(value) = HeaderValue::from_str(&sequence) {
             response_headers.insert(SEQUENCE_HEADER, value);
@@ -188,14 +191,12 @@ impl Gather<'_> {
         Ok(Read::Page(response))
     }
 
-    /// The logs of `shard` at `wanted`, read after `before` (or from the caller's cursor, or
-    /// the newest, where none comes before them); none when the shard holds other logs there
-    /// now.
+    /// The logs of `shard` at `wanted` (newest first), read from just above the first; none
+    /// when the shard holds other logs there now.
     async fn logs_of(
         &self,
         shard: u32,
         wanted: &[SortKey],
-        before: Option<SortKey>,
     ) -> Result<Result<Option<ShardLogs>, Response>, ApiError> {
         let mut pairs: Vec<(String, String)> = self
             .pairs
@@ -204,17 +205,15 @@ impl Gather<'_> {
             .cloned()
             .collect();
         pairs.push(("limit".to_owned(), wanted.len().to_string()));
-        let cursor = match before {
-            Some(before) => Some(Cursor::next(self.query, before, 1).encode(self.key)),
-            None => self
-                .pairs
-                .iter()
-                .find(|(name, value)| name == "cursor" && !value.is_empty())
-                .map(|(_, value)| value.clone()),
+        // a cursor reads what comes after its position: just above the first log wanted, so
+        // that logs committed since the positions were read, newer than the page, change nothing
+        let first = wanted[0];
+        let above = SortKey {
+            timestamp: first.timestamp,
+            seq: first.seq.saturating_add(1),
         };
-        if let Some(cursor) = cursor {
-            pairs.push(("cursor".to_owned(), cursor));
-        }
+        let cursor = Cursor::next(self.query, above, 1).encode(self.key);
+        pairs.push(("cursor".to_owned(), cursor));
         let query = serde_urlencoded::to_string(&pairs)
             .map_err(|e| ApiError::Internal(format!("cannot encode a shard's query: {e}")))?;
         let mut headers = self.request.headers.clone();
@@ -241,10 +240,7 @@ impl Gather<'_> {
             .filter(|p| !p.is_empty())
             .map(str::to_owned)
             .collect();
-        let expected: Vec<String> = wanted
-            .iter()
-            .map(|key| format!("{}:{}", key.timestamp, key.seq))
-            .collect();
+        let expected: Vec<String> = wanted.iter().map(SortKey::to_string).collect();
         if given != expected {
             return Ok(Ok(None));
         }

@@ -75,6 +75,9 @@ fn over(headers: &http::HeaderMap, histogram: &TimeHistogram) -> Result<http::He
     Ok(headers)
 }
 
+/// An assistant's id and what the shards' lists tell of it.
+type Named<'a> = (&'a str, Candidate);
+
 /// One assistant's matches over the shards, as far as their lists tell.
 #[derive(Default)]
 struct Candidate {
@@ -110,35 +113,48 @@ async fn busiest(
             candidate.listed[n] = true;
         }
     }
-    // the least of the busiest counts known so far: an assistant that cannot reach it is not
-    // among them
-    let mut known: Vec<u64> = candidates.values().map(|c| c.count).collect();
-    known.sort_unstable_by(|a, b| b.cmp(a));
-    let floor = known.get(TOP_ASSISTANTS - 1).copied().unwrap_or(0);
-    let unknown = |candidate: &Candidate| -> Vec<usize> {
+    // the shards that left each out while they list not all of theirs: there it may have up
+    // to their bound
+    let missing = |candidate: &Candidate| -> Vec<usize> {
         (0..parts.len())
             .filter(|&n| !candidate.listed[n] && parts[n].unlisted_at_most > 0)
             .collect()
     };
-    let uncertain: Vec<(String, Vec<usize>)> = candidates
-        .iter()
-        .filter(|(_, candidate)| {
-            let missing = unknown(candidate);
-            let most = missing
-                .iter()
-                .map(|&n| parts[n].unlisted_at_most)
-                .sum::<u64>();
-            !missing.is_empty() && candidate.count + most >= floor
-        })
-        .map(|(id, candidate)| ((*id).to_owned(), unknown(candidate)))
+    let most = |candidate: &Candidate| -> u64 {
+        let bound: u64 = missing(candidate)
+            .iter()
+            .map(|&n| parts[n].unlisted_at_most)
+            .sum();
+        candidate.count + bound
+    };
+    let (exact, mut uncertain): (Vec<Named>, Vec<Named>) = candidates
+        .into_iter()
+        .partition(|(_, candidate)| missing(candidate).is_empty());
+    let mut busiest: Vec<AssistantCount> = exact
+        .into_iter()
+        .map(|(id, candidate)| count(id, &candidate))
         .collect();
-    for (assistant_id, missing) in uncertain {
+    // the uncertain ones that could reach furthest first; once the tenth busiest counted
+    // exactly has more than the next one could reach, none of the rest can be among them
+    uncertain.sort_by(|(a, ca), (b, cb)| most(cb).cmp(&most(ca)).then(a.cmp(b)));
+    for (recounted, (assistant_id, mut candidate)) in uncertain.into_iter().enumerate() {
+        let tenth = tenth_busiest(&mut busiest);
+        if tenth.is_some_and(|tenth| tenth > most(&candidate)) {
+            break;
+        }
+        if recounted == MAX_RECOUNTS {
+            tracing::warn!(
+                user = user_id,
+                "the busiest assistants of a spread user were not all counted exactly"
+            );
+            break;
+        }
         let mut pairs: Vec<(String, String)> = pairs
             .iter()
             .filter(|(name, _)| !matches!(name.as_str(), "assistant_id" | "interval"))
             .cloned()
             .collect();
-        pairs.push(("assistant_id".to_owned(), assistant_id.clone()));
+        pairs.push(("assistant_id".to_owned(), assistant_id.to_owned()));
         let query = serde_urlencoded::to_string(&pairs)
             .map_err(|e| ApiError::Internal(format!("cannot encode a shard's query: {e}")))?;
         let none = TimeHistogram {
@@ -146,7 +162,7 @@ async fn busiest(
             start: 0,
             buckets: Vec::new(),
         };
-        let shards: Vec<u32> = missing.iter().map(|&n| shards[n]).collect();
+        let shards: Vec<u32> = missing(&candidate).iter().map(|&n| shards[n]).collect();
         let counted: Vec<Answer<StatsParts>> = match ask_each(
             gateway,
             user_id,
@@ -159,22 +175,12 @@ async fn busiest(
             Ok(counted) => counted,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let candidate = candidates
-            .get_mut(assistant_id.as_str())
-            .expect("an uncertain assistant is a candidate");
         for Answer { body: part, .. } in counted {
             candidate.count += part.counts.iter().flatten().sum::<u64>();
             candidate.errors += part.counts.iter().map(|c| c[1]).sum::<u64>();
         }
+        busiest.push(count(assistant_id, &candidate));
     }
-    let mut busiest: Vec<AssistantCount> = candidates
-        .into_iter()
-        .map(|(id, candidate)| AssistantCount {
-            assistant_id: id.to_owned(),
-            count: candidate.count,
-            errors: candidate.errors,
-        })
-        .collect();
     busiest.sort_unstable_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
     busiest.truncate(TOP_ASSISTANTS);
     // an assistant no shard listed has at most this many matches
@@ -187,4 +193,26 @@ async fn busiest(
         );
     }
     Ok(Ok(busiest))
+}
+
+/// Assistants counted again at most, per statistics: each is a request to the shards that left
+/// it out.
+const MAX_RECOUNTS: usize = 100;
+
+fn count(assistant_id: &str, candidate: &Candidate) -> AssistantCount {
+    AssistantCount {
+        assistant_id: assistant_id.to_owned(),
+        count: candidate.count,
+        errors: candidate.errors,
+    }
+}
+
+/// The matches of the tenth busiest of `counted`, once there are ten.
+fn tenth_busiest(counted: &mut [AssistantCount]) -> Option<u64> {
+    if counted.len() < TOP_ASSISTANTS {
+        return None;
+    }
+    let (_, tenth, _) =
+        counted.select_nth_unstable_by(TOP_ASSISTANTS - 1, |a, b| b.count.cmp(&a.count));
+    Some(tenth.count)
 }

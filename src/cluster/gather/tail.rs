@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::super::gateway::{Gateway, ask};
+use super::super::gateway::{Gateway, TailEnd, ask, tail_ends};
 use crate::api::{self, ApiError, SEQUENCE_HEADER};
 
 /// A comment sent when nothing else was for this long, so that proxies keep the stream open.
@@ -154,9 +154,9 @@ pub async fn tail(
     if let Ok(id) = HeaderValue::from_str(&positions.id()) {
         response.headers_mut().insert(SEQUENCE_HEADER, id);
     }
-    let shutdown = gateway.shutdown.clone();
+    let end = tail_ends(gateway, user_id, shards);
     tokio::spawn(async move {
-        pass_on(positions, arriving, out, shutdown).await;
+        pass_on(positions, arriving, out, end).await;
         // the shards' tails stop with the merged one
         stop.cancel();
     });
@@ -164,12 +164,13 @@ pub async fn tail(
 }
 
 /// Passes the shards' events on to the client, each log with the id of the positions after it;
-/// the first final event of a shard ends the stream, as does the node's shutdown.
+/// the first final event of a shard ends the stream, as does `end` (the node's shutdown, the
+/// user's logs going to more shards).
 async fn pass_on(
     mut positions: Positions,
     mut arriving: mpsc::Receiver<(u32, ShardEvent)>,
     out: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    shutdown: tokio_util::sync::CancellationToken,
+    mut end: TailEnd,
 ) {
     let send = |chunk: Bytes| {
         let out = out.clone();
@@ -186,8 +187,8 @@ async fn pass_on(
     loop {
         let event = tokio::select! {
             event = arriving.recv() => event,
-            () = shutdown.cancelled() => {
-                send(api::tail_shutting_down_event()).await;
+            event = &mut end => {
+                send(event).await;
                 return;
             }
             () = tokio::time::sleep(KEEP_ALIVE) => {
@@ -231,8 +232,15 @@ async fn read_events(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut buffer: Vec<u8> = Vec::new();
+    // how much of the buffer is known to hold no event's end
+    let mut scanned = 0;
     loop {
-        while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+        while let Some(at) = buffer[scanned.min(buffer.len())..]
+            .windows(2)
+            .position(|w| w == b"\n\n")
+        {
+            let end = scanned + at;
+            scanned = 0;
             let block: Vec<u8> = buffer.drain(..end + 2).collect();
             match parse(&block) {
                 Some(event) => {
@@ -244,6 +252,8 @@ async fn read_events(
                 None => continue,
             }
         }
+        // an event's end may straddle what was read and what comes next
+        scanned = buffer.len().saturating_sub(1);
         let frame = tokio::select! {
             frame = body.frame() => frame,
             () = stop.cancelled() => return,

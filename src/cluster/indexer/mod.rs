@@ -90,8 +90,6 @@ struct Replica {
     state: watch::Receiver<ReplicaState>,
     /// The stream sequence its reads see through.
     seen: Arc<AtomicU64>,
-    /// The last log sequence number its reads see.
-    visible: watch::Receiver<u64>,
     /// The erasures it applied, for gateways to learn their counts.
     erasures: Arc<Erasures>,
     stop: CancellationToken,
@@ -154,30 +152,19 @@ impl Replicas {
         replicas.remove(&shard)
     }
 
-    /// The reads of this node's replica of `shard`, once it has caught up.
-    fn reads(&self, shard: u32) -> Option<Reads> {
+    /// The REST API of this node's replica of `shard`, once it has caught up, and the position
+    /// in the shard's stream its reads see.
+    fn reads(&self, shard: u32) -> Option<(Router, Arc<AtomicU64>)> {
         let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
         let replica = replicas.get(&shard).filter(|r| r.ready())?;
-        Some(Reads {
-            router: replica.router.clone(),
-            seen: replica.seen.clone(),
-            visible: replica.visible.clone(),
-        })
+        Some((replica.router.clone(), replica.seen.clone()))
     }
 }
 
-/// A caught-up replica's REST API, and how far its reads see: the position in the shard's
-/// stream, and the last log's sequence number.
-struct Reads {
-    router: Router,
-    seen: Arc<AtomicU64>,
-    visible: watch::Receiver<u64>,
-}
-
-/// Longest a tail resumed after an event this replica's reads do not show yet waits for them
-/// (another replica showed it: this one commits a moment later). Past it the tail is answered
-/// as the replica stands: an event id it does not know is refused.
-const RESUME_WAIT: Duration = Duration::from_secs(10);
+/// Longest a tail resumed after an event its replica's reads do not show yet waits for them
+/// (another replica showed it: this one commits a moment later); past it the id is refused as
+/// unknown.
+pub const TAIL_RESUME_WAIT: Duration = Duration::from_secs(10);
 
 /// The routes gateways read through: `/shards/<n>/<REST path>`.
 pub fn router(replicas: Replicas) -> Router {
@@ -233,12 +220,7 @@ async fn dispatch(State(replicas): State<Replicas>, mut request: Request) -> Res
     let Ok(shard) = shard.parse::<u32>() else {
         return ApiError::NotFound.into_response();
     };
-    let Some(Reads {
-        router,
-        seen,
-        mut visible,
-    }) = replicas.reads(shard)
-    else {
+    let Some((router, seen)) = replicas.reads(shard) else {
         return (
             NOT_HERE,
             "this indexer holds no caught-up replica of that shard",
@@ -249,15 +231,9 @@ async fn dispatch(State(replicas): State<Replicas>, mut request: Request) -> Res
         Some(query) => format!("/{path}?{query}"),
         None => format!("/{path}"),
     };
-    let tail = path == "logs/tail";
     match rewritten.parse::<Uri>() {
         Ok(rewritten) => *request.uri_mut() = rewritten,
         Err(_) => return ApiError::NotFound.into_response(),
-    }
-    if tail && let Some(after) = api::tail_resumes_after(request.headers(), request.uri().query()) {
-        // a tail resumed (after a failover) from a replica a commit ahead of this one waits for
-        // this one to show that event rather than refusing it as unknown
-        let _ = tokio::time::timeout(RESUME_WAIT, visible.wait_for(|seq| *seq >= after)).await;
     }
     // read before the answer: the page shows at least this much of the stream
     let through = seen.load(Ordering::Relaxed);
@@ -433,13 +409,11 @@ fn open(context: &IndexerContext, shard: u32, copied: bool) -> anyhow::Result<Re
     let thread = std::thread::Builder::new()
         .name(format!("shard-{shard}"))
         .spawn(move || consumer.run())?;
-    let visible = store.visible();
     let router = api::router(context.api.with_store(store));
     Ok(Replica {
         router,
         state,
         seen,
-        visible,
         erasures,
         stop,
         thread,

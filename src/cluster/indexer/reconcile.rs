@@ -34,7 +34,11 @@ impl Reconcile<'_> {
         let mut copied = None;
         if let Some(copy) = self.copies.finished(shard) {
             match copy.hole {
-                Some(last) => self.replace_with(shard, copy, last),
+                Some(last) => {
+                    if self.replace_with(shard, copy, last) {
+                        copied = Some(true);
+                    }
+                }
                 None => copied = Some(self.put_in_place(shard, copy)),
             }
         }
@@ -81,6 +85,8 @@ impl Reconcile<'_> {
     /// Puts the copy of a shard this node does not hold yet in its folder; whether it is there.
     fn put_in_place(&self, shard: u32, copy: Copied) -> bool {
         if copy.committed.is_none() {
+            // a failed copy leaves nothing, but an unpack that finished as it was given up
+            let _ = std::fs::remove_dir_all(&copy.staging);
             return false;
         }
         let dir = shard_dir(&self.context.dir, shard);
@@ -98,9 +104,9 @@ impl Reconcile<'_> {
 
     /// Replaces this node's replica of `shard`, which lacks stream messages through `last`,
     /// with `copy` when it holds them (its commit is past `last`): the replica is closed and the
-    /// copy put in its folder, for the loop to open. While no peer's copy covers the hole, the
-    /// replica stays as it is, unread, and asks again later.
-    fn replace_with(&self, shard: u32, copy: Copied, last: u64) {
+    /// copy put in its folder, for the loop to open; whether it is there. While no peer's copy
+    /// covers the hole, the replica stays as it is, unread, and asks again later.
+    fn replace_with(&self, shard: u32, copy: Copied, last: u64) -> bool {
         let context = self.context;
         let covers = copy
             .committed
@@ -112,11 +118,11 @@ impl Reconcile<'_> {
                 replica.recopy_at = Instant::now() + replica.recopy_backoff;
                 replica.recopy_backoff = (replica.recopy_backoff * 2).min(RECOPY_BACKOFF_MAX);
             }
-            return;
+            return false;
         }
         let Some(replica) = held.remove(&shard) else {
             let _ = std::fs::remove_dir_all(&copy.staging);
-            return;
+            return false;
         };
         drop(held);
         replica.stop.cancel();
@@ -128,14 +134,18 @@ impl Reconcile<'_> {
         let swapped =
             std::fs::rename(&dir, &closed).and_then(|()| std::fs::rename(&copy.staging, &dir));
         match swapped.and_then(|()| std::fs::remove_dir_all(&closed)) {
-            Ok(()) => tracing::info!(
-                shard,
-                "replica with a gap replaced by a complete peer's copy"
-            ),
+            Ok(()) => {
+                tracing::info!(
+                    shard,
+                    "replica with a gap replaced by a complete peer's copy"
+                );
+                true
+            }
             // a copy that did not land in place leaves no index: the shard opens afresh
             // (copied or replayed)
             Err(e) => {
-                tracing::warn!(shard, error = %e, "cannot put the copy in place of the replica with a gap")
+                tracing::warn!(shard, error = %e, "cannot put the copy in place of the replica with a gap");
+                dir.join("meta.json").exists()
             }
         }
     }

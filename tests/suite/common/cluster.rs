@@ -981,6 +981,14 @@ pub async fn spread(cluster: &TestCluster, user: usize, shards: u32) -> u64 {
         .as_nanos() as u64;
     let from = (now / 1_000_000_000 + 600) * 1_000_000_000;
     let from_text = chrono::DateTime::from_timestamp_nanos(from as i64).to_rfc3339();
+    let mut spread_users = Vec::new();
+    for gateway in &cluster.gateways {
+        spread_users.push(
+            cluster
+                .metric(gateway, "logbridge_cluster_spread_users")
+                .await,
+        );
+    }
     let output = super::process::run(
         &cluster.gateways[0].config,
         &[
@@ -1006,12 +1014,12 @@ pub async fn spread(cluster: &TestCluster, user: usize, shards: u32) -> u64 {
             USERS[user]
         )
     );
-    for gateway in &cluster.gateways {
+    for (gateway, before) in cluster.gateways.iter().zip(spread_users) {
         let deadline = Instant::now() + PATIENCE;
         while cluster
             .metric(gateway, "logbridge_cluster_spread_users")
             .await
-            < 1.0
+            <= before
         {
             assert!(
                 Instant::now() < deadline,
