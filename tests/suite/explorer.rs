@@ -9,6 +9,7 @@ use common::{
     AppOptions, PATIENCE, TestApp, activity, at_ms, spawn_app_with, text, tools, with_attr,
 };
 use fantoccini::{Client, Locator};
+use logbridge::auth::Secret;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde_json::{Value as Json, json};
 
@@ -93,14 +94,19 @@ async fn app_with_logs() -> TestApp {
 }
 
 async fn sign_in(client: &Client, app: &TestApp) {
-    client.goto(&format!("{}/", app.api_url)).await.unwrap();
-    let key = client
+    sign_in_at(client, &app.api_url, &app.keys.alice).await;
+}
+
+/// Signs in with `key` to the page at `base`: its first 50 rows show.
+async fn sign_in_at(client: &Client, base: &str, key: &Secret) {
+    client.goto(&format!("{base}/")).await.unwrap();
+    let field = client
         .wait()
         .at_most(PATIENCE)
         .for_element(Locator::Css("#key"))
         .await
         .unwrap();
-    key.send_keys(app.keys.alice.expose()).await.unwrap();
+    field.send_keys(key.expose()).await.unwrap();
     click(client, "#key-submit").await;
     wait_for(
         client,
@@ -457,20 +463,7 @@ async fn a_user_spread_over_shards_reads_the_explorer_as_on_one_node() {
 
     let driver = driver().await;
     let client = browser(&driver, 1280, 900).await;
-    client.goto(&format!("{gateway}/")).await.unwrap();
-    let key = client
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css("#key"))
-        .await
-        .unwrap();
-    key.send_keys(cluster.readers[0].expose()).await.unwrap();
-    click(&client, "#key-submit").await;
-    wait_for(
-        &client,
-        "document.querySelectorAll('#logs tr.log-row').length === 50",
-    )
-    .await;
+    sign_in_at(&client, &gateway, &cluster.readers[0]).await;
     assert_eq!(text_of(&client, "#total").await, "130");
     let newest: Vec<String> = (80..LOGS).rev().map(message).collect();
     assert_eq!(messages(&client, "#logs").await, newest);

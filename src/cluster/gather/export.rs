@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::super::gateway::{Gateway, ask};
+use super::super::gateway::Gateway;
+use super::ask_all;
 use crate::api::{ApiError, ExportFormat, POSITIONS_HEADER};
 use crate::store::SortKey;
 
@@ -42,22 +43,18 @@ pub async fn export(
     let mut headers = request.headers.clone();
     headers.insert(POSITIONS_HEADER, HeaderValue::from_static("1"));
     let path = format!("/logs/export?{}", request.uri.query().unwrap_or(""));
-    let mut opening = tokio::task::JoinSet::new();
-    for &shard in shards {
-        let (gateway, user_id) = (gateway.clone(), user_id.to_owned());
-        let (path, headers) = (path.clone(), headers.clone());
-        opening.spawn(async move { ask(&gateway, shard, &user_id, &path, &headers).await });
-    }
-    let mut exports = Vec::new();
-    while let Some(opened) = opening.join_next().await {
-        let response =
-            opened.map_err(|e| ApiError::Internal(format!("a shard's task failed: {e}")))??;
-        if response.status() != http::StatusCode::OK {
-            // a refusal of one shard (a bad parameter, too many exports) is the answer
-            return Ok(response.map(Body::new));
-        }
-        exports.push(Lines::new(response.into_body()));
-    }
+    let requests = shards
+        .iter()
+        .map(|&shard| (shard, path.clone(), headers.clone()))
+        .collect();
+    let exports = match ask_all(gateway, user_id, requests).await? {
+        Ok(responses) => responses
+            .into_iter()
+            .map(|response| Lines::new(response.into_body()))
+            .collect(),
+        // a refusal of one shard (a bad parameter, too many exports) is the answer
+        Err(refusal) => return Ok(refusal),
+    };
     let (pages, body) = mpsc::channel(PAGES_IN_FLIGHT + 1);
     tokio::spawn(merge(exports, format, pages));
     Ok(format.response(Body::from_stream(ReceiverStream::new(body))))

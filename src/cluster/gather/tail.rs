@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::super::gateway::{Gateway, TailEnd, ask, tail_ends};
+use super::super::gateway::{Gateway, TailEnd, tail_ends};
+use super::ask_all;
 use crate::api::{self, ApiError, SEQUENCE_HEADER};
 
 /// A comment sent when nothing else was for this long, so that proxies keep the stream open.
@@ -109,29 +110,25 @@ pub async fn tail(
     let query = serde_urlencoded::to_string(&rest)
         .map_err(|e| ApiError::Internal(format!("cannot encode a shard's query: {e}")))?;
     let path = format!("/logs/tail?{query}");
-    let mut opening = tokio::task::JoinSet::new();
-    for &shard in shards {
-        let mut headers = request.headers.clone();
-        headers.remove("last-event-id");
-        if let Some(resume) = &resume {
-            headers.insert("last-event-id", HeaderValue::from(resume.0[&shard]));
-        }
-        let (gateway, user_id, path) = (gateway.clone(), user_id.to_owned(), path.clone());
-        opening.spawn(async move {
-            let response = ask(&gateway, shard, &user_id, &path, &headers).await;
-            (shard, response)
-        });
-    }
+    let requests = shards
+        .iter()
+        .map(|&shard| {
+            let mut headers = request.headers.clone();
+            headers.remove("last-event-id");
+            if let Some(resume) = &resume {
+                headers.insert("last-event-id", HeaderValue::from(resume.0[&shard]));
+            }
+            (shard, path.clone(), headers)
+        })
+        .collect();
+    let responses = match ask_all(gateway, user_id, requests).await? {
+        Ok(responses) => responses,
+        // a refusal of one shard (a bad filter, too many tails) is the answer
+        Err(refusal) => return Ok(refusal),
+    };
     let mut positions = Positions(BTreeMap::new());
     let mut tails = Vec::new();
-    while let Some(opened) = opening.join_next().await {
-        let (shard, response) =
-            opened.map_err(|e| ApiError::Internal(format!("a shard's task failed: {e}")))?;
-        let response = response?;
-        if response.status() != http::StatusCode::OK {
-            // a refusal of one shard (a bad filter, too many tails) is the answer
-            return Ok(response.map(Body::new));
-        }
+    for (response, &shard) in responses.into_iter().zip(shards) {
         let started = response
             .headers()
             .get(SEQUENCE_HEADER)
