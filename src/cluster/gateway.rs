@@ -241,13 +241,13 @@ pub(super) fn tail_ends(gateway: &Gateway, user_id: &str, shards: &[u32]) -> Tai
     Box::pin(async move {
         let moved = async {
             loop {
-                if view.changed().await.is_err() {
-                    // no view any more: the node stops, and says so
-                    std::future::pending::<()>().await;
-                }
                 let now = shards_of_user(&user_id, view.borrow().spreads_of(&user_id), total);
                 if now != shards {
                     return;
+                }
+                if view.changed().await.is_err() {
+                    // no view any more: the node stops, and says so
+                    std::future::pending::<()>().await;
                 }
             }
         };
@@ -327,6 +327,10 @@ impl HttpBody for EndsWith {
                 } else {
                     ends
                 };
+                // the replica's own final event ends the stream: no second one follows it
+                if data.windows(11).any(|w| w == b"event: end\n") {
+                    this.ended = true;
+                }
             }
         }
         polled

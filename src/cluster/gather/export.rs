@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::super::gateway::Gateway;
 use super::ask_all;
-use crate::api::{ApiError, ExportFormat, POSITIONS_HEADER};
+use crate::api::{ApiError, ConnectionCut, ExportFormat, POSITIONS_HEADER};
 use crate::store::SortKey;
 
 /// Logs encoded and sent at a time.
@@ -56,7 +56,12 @@ pub async fn export(
         Err(refusal) => return Ok(refusal),
     };
     let (pages, body) = mpsc::channel(PAGES_IN_FLIGHT + 1);
-    tokio::spawn(merge(exports, format, pages));
+    let connection = request
+        .extensions
+        .get::<ConnectionCut>()
+        .cloned()
+        .unwrap_or_default();
+    tokio::spawn(merge(exports, format, pages, connection));
     Ok(format.response(Body::from_stream(ReceiverStream::new(body))))
 }
 
@@ -66,7 +71,12 @@ async fn merge(
     mut exports: Vec<Lines>,
     format: ExportFormat,
     pages: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    connection: ConnectionCut,
 ) {
+    // kept from the start for the error that cuts the export off, whatever the client's pace
+    let Ok(last_place) = pages.clone().reserve_owned().await else {
+        return;
+    };
     let mut next = BinaryHeap::new();
     let mut waiting: Vec<Option<Vec<u8>>> = vec![None; exports.len()];
     let mut page = Vec::with_capacity(PAGE);
@@ -95,8 +105,9 @@ async fn merge(
     .await;
     if let Err(e) = merged {
         tracing::info!(error = %e, "a gathered export was cut off");
-        // an error, not the end: the client sees the transfer was cut (if it still reads)
-        let _ = pages.try_send(Err(e));
+        // an error, not the end: the client sees the transfer was cut, at once
+        last_place.send(Err(e));
+        connection.0.cancel();
     }
 }
 

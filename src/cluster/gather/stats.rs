@@ -137,7 +137,9 @@ async fn busiest(
     // the uncertain ones that could reach furthest first; once the tenth busiest counted
     // exactly has more than the next one could reach, none of the rest can be among them
     uncertain.sort_by(|(a, ca), (b, cb)| most(cb).cmp(&most(ca)).then(a.cmp(b)));
-    for (recounted, (assistant_id, mut candidate)) in uncertain.into_iter().enumerate() {
+    let mut uncertain = uncertain.into_iter();
+    let mut recounted = 0;
+    while let Some((assistant_id, mut candidate)) = uncertain.next() {
         let tenth = tenth_busiest(&mut busiest);
         if tenth.is_some_and(|tenth| tenth > most(&candidate)) {
             break;
@@ -147,8 +149,12 @@ async fn busiest(
                 user = user_id,
                 "the busiest assistants of a spread user were not all counted exactly"
             );
+            // the rest as far as the lists tell: at least that many
+            busiest.push(count(assistant_id, &candidate));
+            busiest.extend(uncertain.map(|(id, candidate)| count(id, &candidate)));
             break;
         }
+        recounted += 1;
         let mut pairs: Vec<(String, String)> = pairs
             .iter()
             .filter(|(name, _)| !matches!(name.as_str(), "assistant_id" | "interval"))

@@ -145,6 +145,8 @@ impl Reconcile<'_> {
             // (copied or replayed)
             Err(e) => {
                 tracing::warn!(shard, error = %e, "cannot put the copy in place of the replica with a gap");
+                let _ = std::fs::remove_dir_all(&copy.staging);
+                let _ = std::fs::remove_dir_all(&closed);
                 dir.join("meta.json").exists()
             }
         }
