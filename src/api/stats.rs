@@ -143,9 +143,18 @@ pub async fn stats(
                 .stats_span(&query)
                 .map(|span| axum::Json(span).into_response())
                 .map_err(StatsError::Store),
-            Some(Part::Over(histogram)) => store
-                .stats_parts(&query, histogram, PARTS_TOP, &cancelled)
-                .map(|parts| axum::Json(parts).into_response()),
+            Some(Part::Over { histogram, within }) => {
+                // what the first round saw: logs arriving since, outside it, are left out of
+                // the counts as of the buckets
+                let query = LogQuery {
+                    start: Some(within.0),
+                    end: Some(within.1.saturating_add(1)),
+                    ..query
+                };
+                store
+                    .stats_parts(&query, histogram, PARTS_TOP, &cancelled)
+                    .map(|parts| axum::Json(parts).into_response())
+            }
         })
         .await?
         .map_err(stats_error)?;
@@ -164,9 +173,14 @@ pub const PARTS_TOP: usize = 1_000;
 enum Part {
     /// `span`: the first and the last nanosecond of the matches (JSON `[first, last]` or null).
     Span,
-    /// `<start>,<interval>,<buckets>` (nanoseconds, nanoseconds, a count): the statistics over
-    /// those buckets, before percentiles are taken ([`crate::store::StatsParts`]).
-    Over(TimeHistogram),
+    /// `<start>,<interval>,<buckets>,<first>,<last>` (nanoseconds but for the count of
+    /// buckets): the statistics over those buckets of the matches stamped from `first` to `last`
+    /// (the span the first round found), before percentiles are taken
+    /// ([`crate::store::StatsParts`]).
+    Over {
+        histogram: TimeHistogram,
+        within: (u64, u64),
+    },
 }
 
 impl Part {
@@ -176,35 +190,40 @@ impl Part {
         }
         let bad = || {
             ApiError::BadRequest(format!(
-                "{PARTS_HEADER} must be span or start,interval,buckets"
+                "{PARTS_HEADER} must be span or start,interval,buckets,first,last"
             ))
         };
         let numbers: Vec<u64> = value
             .split(',')
             .map(|n| n.parse().map_err(|_| bad()))
             .collect::<Result<_, _>>()?;
-        let [start, interval, buckets] = numbers[..] else {
+        let [start, interval, buckets, first, last] = numbers[..] else {
             return Err(bad());
         };
-        if interval == 0 || buckets > MAX_BUCKETS {
+        if interval == 0 || buckets > MAX_BUCKETS || first > last {
             return Err(bad());
         }
-        Ok(Part::Over(TimeHistogram {
-            interval,
-            start,
-            buckets: vec![[0; 2]; buckets as usize],
-        }))
+        Ok(Part::Over {
+            histogram: TimeHistogram {
+                interval,
+                start,
+                buckets: vec![[0; 2]; buckets as usize],
+            },
+            within: (first, last),
+        })
     }
 }
 
 /// The [`PARTS_HEADER`] that asks for a shard's parts of the statistics over `histogram`'s
-/// buckets.
-pub fn parts_over(histogram: &TimeHistogram) -> String {
+/// buckets, of the matches stamped from `first` to `last` (`within`).
+pub fn parts_over(histogram: &TimeHistogram, within: (u64, u64)) -> String {
     format!(
-        "{},{},{}",
+        "{},{},{},{},{}",
         histogram.start,
         histogram.interval,
-        histogram.buckets.len()
+        histogram.buckets.len(),
+        within.0,
+        within.1
     )
 }
 

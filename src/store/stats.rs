@@ -257,6 +257,18 @@ pub struct StatsParts {
 pub struct Mismatch(&'static str);
 
 impl StatsParts {
+    /// The statistics of no log, over `histogram`'s buckets.
+    pub fn empty(histogram: TimeHistogram) -> Self {
+        Self {
+            counts: [[0; 2]; 3],
+            histogram,
+            latencies: Default::default(),
+            max_latency: [0; 3],
+            assistants: Vec::new(),
+            unlisted_at_most: 0,
+        }
+    }
+
     /// Adds `other`, of logs disjoint from these, over the same histogram buckets. The
     /// assistants are left to the caller, who knows how to make them exact
     /// ([`StatsParts::unlisted_at_most`]).

@@ -36,23 +36,35 @@ pub async fn stats(
         .filter_map(|answer| answer.body)
         .reduce(|(first, last), (f, l)| (first.min(f), last.max(l)));
     let histogram = store::histogram_over(span, &query, interval).map_err(api::stats_error)?;
+    let Some(within) = span else {
+        // nothing matched: no log arriving since changes that answer
+        let none = StatsParts::empty(histogram);
+        return Ok(api::stats_response(&none.finish(TOP_ASSISTANTS)));
+    };
     let parts: Vec<StatsParts> = match ask_each::<StatsParts>(
         gateway,
         user_id,
         shards,
         &path,
-        &over(&request.headers, &histogram)?,
+        &over(&request.headers, &histogram, within)?,
     )
     .await?
     {
         Ok(parts) => parts.into_iter().map(|answer| answer.body).collect(),
         Err(refusal) => return Ok(refusal),
     };
-    let assistants =
-        match busiest(gateway, user_id, shards, &pairs, &request.headers, &parts).await? {
-            Ok(assistants) => assistants,
-            Err(refusal) => return Ok(refusal),
-        };
+    let asked = Asked {
+        gateway,
+        user_id,
+        shards,
+        pairs: &pairs,
+        headers: &request.headers,
+        within,
+    };
+    let assistants = match busiest(&asked, &parts).await? {
+        Ok(assistants) => assistants,
+        Err(refusal) => return Ok(refusal),
+    };
     let mut parts = parts.into_iter();
     let mut merged = parts
         .next()
@@ -66,10 +78,26 @@ pub async fn stats(
     Ok(api::stats_response(&merged.finish(TOP_ASSISTANTS)))
 }
 
-/// `headers` asking for a shard's parts of the statistics over `histogram`'s buckets.
-fn over(headers: &http::HeaderMap, histogram: &TimeHistogram) -> Result<http::HeaderMap, ApiError> {
+/// What the statistics asked the shards: the caller, its parameters, the span the first round
+/// found.
+struct Asked<'a> {
+    gateway: &'a Gateway,
+    user_id: &'a str,
+    shards: &'a [u32],
+    pairs: &'a [(String, String)],
+    headers: &'a http::HeaderMap,
+    within: (u64, u64),
+}
+
+/// `headers` asking for a shard's parts of the statistics over `histogram`'s buckets, of the
+/// matches `within` the span the first round found.
+fn over(
+    headers: &http::HeaderMap,
+    histogram: &TimeHistogram,
+    within: (u64, u64),
+) -> Result<http::HeaderMap, ApiError> {
     let mut headers = headers.clone();
-    let value = HeaderValue::from_str(&api::stats_parts_over(histogram))
+    let value = HeaderValue::from_str(&api::stats_parts_over(histogram, within))
         .map_err(|e| ApiError::Internal(format!("cannot ask for a shard's statistics: {e}")))?;
     headers.insert(STATS_PARTS_HEADER, value);
     Ok(headers)
@@ -92,13 +120,17 @@ struct Candidate {
 /// could be among the busiest but is not listed by every shard is counted on the shards that
 /// left it out.
 async fn busiest(
-    gateway: &Gateway,
-    user_id: &str,
-    shards: &[u32],
-    pairs: &[(String, String)],
-    headers: &http::HeaderMap,
+    asked: &Asked<'_>,
     parts: &[StatsParts],
 ) -> Result<Result<Vec<AssistantCount>, Response>, ApiError> {
+    let Asked {
+        gateway,
+        user_id,
+        shards,
+        pairs,
+        headers,
+        within,
+    } = *asked;
     let mut candidates: BTreeMap<&str, Candidate> = BTreeMap::new();
     for (n, part) in parts.iter().enumerate() {
         for assistant in &part.assistants {
@@ -174,7 +206,7 @@ async fn busiest(
             user_id,
             &shards,
             &format!("/logs/stats?{query}"),
-            &over(headers, &none)?,
+            &over(headers, &none, within)?,
         )
         .await?
         {
