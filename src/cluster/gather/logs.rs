@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use super::super::gateway::Gateway;
 use super::super::indexer::INDEXED_HEADER;
-use super::{Answer, ask_each};
+use super::{Answer, ask_each, ask_json};
 use crate::api::{
     self, ApiError, Cursor, CursorKey, LogsRequest, POSITIONS_HEADER, POSITIONS_ONLY, Positions,
     SEQUENCE_HEADER,
@@ -118,28 +118,52 @@ impl Gather<'_> {
             .skip(query.offset)
             .take(query.limit)
             .collect();
-        let mut read: BTreeMap<usize, std::vec::IntoIter<Box<RawValue>>> = BTreeMap::new();
-        let mut indexed = Vec::new();
+        // every shard holding some of the page's logs gives them, all at once
+        let mut holding = Vec::new();
+        let mut requests = Vec::new();
         for n in 0..positions.len() {
             let wanted: Vec<SortKey> = on_page
                 .iter()
                 .filter(|(_, shard)| *shard == n)
                 .map(|(key, _)| *key)
                 .collect();
-            if wanted.is_empty() {
-                continue;
+            if !wanted.is_empty() {
+                requests.push((
+                    self.shards[n],
+                    self.request_of(&wanted)?,
+                    self.page_headers(),
+                ));
+                holding.push((n, wanted));
             }
-            match self.logs_of(self.shards[n], &wanted).await? {
-                Ok(Some(ShardLogs {
-                    logs,
-                    indexed: fresh,
-                })) => {
-                    read.insert(n, logs.into_iter());
-                    indexed.push(fresh);
-                }
-                Ok(None) => return Ok(Read::Changed),
+        }
+        let answers: Vec<Answer<ShardAnswer>> =
+            match ask_json(self.gateway, self.user_id, requests).await? {
+                Ok(answers) => answers,
                 Err(refusal) => return Ok(Read::Refused(refusal)),
+            };
+        let mut read: BTreeMap<usize, std::vec::IntoIter<Box<RawValue>>> = BTreeMap::new();
+        let mut indexed = Vec::new();
+        for ((n, wanted), answer) in holding.into_iter().zip(answers) {
+            let header = |name: &str| {
+                answer
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let given: Vec<String> = header(POSITIONS_HEADER)
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let expected: Vec<String> = wanted.iter().map(SortKey::to_string).collect();
+            if given != expected {
+                // the shard holds other logs there now
+                return Ok(Read::Changed);
             }
+            indexed.push(header(INDEXED_HEADER));
+            read.insert(n, answer.body.data.logs.into_iter());
         }
         let logs: Vec<Box<RawValue>> = on_page
             .iter()
@@ -191,13 +215,9 @@ impl Gather<'_> {
         Ok(Read::Page(response))
     }
 
-    /// The logs of `shard` at `wanted` (newest first), read from just above the first; none
-    /// when the shard holds other logs there now.
-    async fn logs_of(
-        &self,
-        shard: u32,
-        wanted: &[SortKey],
-    ) -> Result<Result<Option<ShardLogs>, Response>, ApiError> {
+    /// The path and query reading a shard's logs at `wanted` (newest first): from just above
+    /// the first.
+    fn request_of(&self, wanted: &[SortKey]) -> Result<String, ApiError> {
         let mut pairs: Vec<(String, String)> = self
             .pairs
             .iter()
@@ -216,46 +236,15 @@ impl Gather<'_> {
         pairs.push(("cursor".to_owned(), cursor));
         let query = serde_urlencoded::to_string(&pairs)
             .map_err(|e| ApiError::Internal(format!("cannot encode a shard's query: {e}")))?;
+        Ok(format!("/logs?{query}"))
+    }
+
+    /// The headers of the second round: the page's logs, with their positions.
+    fn page_headers(&self) -> http::HeaderMap {
         let mut headers = self.request.headers.clone();
         headers.insert(POSITIONS_HEADER, HeaderValue::from_static("1"));
-        let path = format!("/logs?{query}");
-        let answers: Vec<Answer<ShardAnswer>> =
-            match ask_each(self.gateway, self.user_id, &[shard], &path, &headers).await? {
-                Ok(answers) => answers,
-                Err(refusal) => return Ok(Err(refusal)),
-            };
-        let Some(answer) = answers.into_iter().next() else {
-            return Err(ApiError::Internal(format!("shard {shard} gave no answer")));
-        };
-        let header = |name: &str| {
-            answer
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let given: Vec<String> = header(POSITIONS_HEADER)
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let expected: Vec<String> = wanted.iter().map(SortKey::to_string).collect();
-        if given != expected {
-            return Ok(Ok(None));
-        }
-        Ok(Ok(Some(ShardLogs {
-            logs: answer.body.data.logs,
-            indexed: header(INDEXED_HEADER),
-        })))
+        headers
     }
-}
-
-/// A shard's logs on a page.
-struct ShardLogs {
-    logs: Vec<Box<RawValue>>,
-    /// How fresh the replica's reads were (the [`INDEXED_HEADER`] it answered).
-    indexed: String,
 }
 
 /// What a shard answers to `GET /logs`, as far as a gathered page needs it.

@@ -77,6 +77,16 @@ async fn ask_each<T: DeserializeOwned>(
         .iter()
         .map(|&shard| (shard, path_and_query.to_owned(), headers.clone()))
         .collect();
+    ask_json(gateway, user_id, requests).await
+}
+
+/// [`ask_all`], with each answer's JSON body read.
+async fn ask_json<T: DeserializeOwned>(
+    gateway: &Gateway,
+    user_id: &str,
+    requests: Vec<(u32, String, HeaderMap)>,
+) -> Result<Result<Vec<Answer<T>>, Response>, ApiError> {
+    let shards: Vec<u32> = requests.iter().map(|(shard, _, _)| *shard).collect();
     let responses = match ask_all(gateway, user_id, requests).await? {
         Ok(responses) => responses,
         Err(refusal) => return Ok(Err(refusal)),
