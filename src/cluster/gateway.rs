@@ -1,6 +1,7 @@
 //! The gateway's REST API: reads are authorized here, then forwarded to a ready replica of the
 //! caller's shard, whose answer (a page, statistics, an export or a tail) streams back as it
-//! is. The explorer and the OpenAPI document are served here.
+//! is, or gathered from every shard of a spread user ([`super::gather`]). The explorer and the
+//! OpenAPI document are served here.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -120,7 +121,7 @@ async fn erase(
 }
 
 /// Forwards a read to a ready replica of the caller's shard and streams its answer back. The
-/// logs of a user spread over several shards are gathered from each (`GET /logs`).
+/// reads of a user spread over several shards are gathered from each ([`super::gather`]).
 async fn forward(State(gateway): State<Gateway>, request: Request) -> Result<Response, ApiError> {
     // a read has no body; what is held across the awaits is the request's head
     let (mut request, _) = request.into_parts();
