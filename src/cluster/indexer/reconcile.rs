@@ -128,9 +128,7 @@ impl Reconcile<'_> {
         replica.stop.cancel();
         let _ = replica.thread.join();
         let dir = shard_dir(&context.dir, shard);
-        let closed = context
-            .dir
-            .join(format!("closed-{shard}-{}", rand::random::<u64>()));
+        let closed = closed_dir(context, shard);
         let swapped =
             std::fs::rename(&dir, &closed).and_then(|()| std::fs::rename(&copy.staging, &dir));
         match swapped.and_then(|()| std::fs::remove_dir_all(&closed)) {
@@ -168,9 +166,7 @@ impl Reconcile<'_> {
             // renamed at once, so that a shard coming back before the removal is done opens a
             // fresh folder
             let dir = shard_dir(&context.dir, shard);
-            let closed = context
-                .dir
-                .join(format!("closed-{shard}-{}", rand::random::<u64>()));
+            let closed = closed_dir(context, shard);
             let renamed = std::fs::rename(&dir, &closed);
             std::thread::spawn(move || {
                 replica.stop.cancel();
@@ -188,3 +184,12 @@ pub(super) const RECOPY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The longest it waits between two such copies.
 const RECOPY_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// A new folder beside the replicas' for a replica of `shard` being removed: a shard opened
+/// again meanwhile gets a fresh folder of its own, and a crash leaves it to the next start's
+/// clean-up.
+fn closed_dir(context: &IndexerContext, shard: u32) -> std::path::PathBuf {
+    context
+        .dir
+        .join(format!("closed-{shard}-{}", rand::random::<u64>()))
+}
