@@ -25,11 +25,15 @@ use crate::workload::{Activity, Workload};
 const CHUNK: usize = 2000;
 
 /// Longest wait for the SDK to export one chunk, retries included.
-const FLUSH_PATIENCE: Duration = Duration::from_secs(60);
+const FLUSH_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Longest time the SDK spends on one export: its retries share this budget with the export
+/// itself, so it is what bounds waiting out an overloaded server, not the count of retries.
+const EXPORT_PATIENCE: Duration = Duration::from_secs(60);
 
 /// How an export is retried: a server refusing with overload asks for a second (`Retry-After`),
 /// and the SDK waits just that; its own policy gives up after three retries, which a busy server
-/// outlasts. Sixty retries wait out about a minute of overload.
+/// outlasts. Sixty retries, at most 5 s apart, last the whole [`EXPORT_PATIENCE`].
 fn retry_policy() -> RetryPolicy {
     RetryPolicy::default()
         .with_max_retries(60)
@@ -57,13 +61,12 @@ pub struct EmitOptions {
 
 /// Builds the SDK exporter for the options. Must run inside a tokio runtime (gRPC).
 pub fn exporter(options: &EmitOptions) -> anyhow::Result<LogExporter> {
-    let timeout = Duration::from_secs(10);
     let exporter = match options.protocol {
         Protocol::Grpc => {
             let mut builder = LogExporter::builder()
                 .with_tonic()
                 .with_protocol(Protocol::Grpc)
-                .with_timeout(timeout)
+                .with_timeout(EXPORT_PATIENCE)
                 .with_retry_policy(retry_policy());
             if let Some(endpoint) = &options.endpoint {
                 builder = builder.with_endpoint(endpoint.clone());
@@ -87,7 +90,7 @@ pub fn exporter(options: &EmitOptions) -> anyhow::Result<LogExporter> {
             let mut builder = LogExporter::builder()
                 .with_http()
                 .with_protocol(protocol)
-                .with_timeout(timeout)
+                .with_timeout(EXPORT_PATIENCE)
                 .with_retry_policy(retry_policy());
             if let Some(endpoint) = &options.endpoint {
                 let base = endpoint.trim_end_matches('/');
