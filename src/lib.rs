@@ -45,6 +45,7 @@ pub mod lifecycle;
 pub mod mapping;
 pub mod metrics;
 pub mod otlp;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod workload;

@@ -147,6 +147,7 @@ pub async fn export(
         format => format,
     };
     let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/export, which exports")?;
+    state.check(&query).await?;
     let slot = state.exports.take(&user_id)?;
     let (chunks, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT + 1);
     let walk = Walk {

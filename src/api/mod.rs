@@ -168,7 +168,34 @@ impl ApiState {
         .await
         .map_err(|e| ApiError::Internal(format!("search task failed: {e}")))
     }
+
+    /// Checks `query`'s `q` against the index ([`Store::check`]): a 400 naming the problem.
+    async fn check(&self, query: &LogQuery) -> Result<(), ApiError> {
+        if query.text.is_none() {
+            return Ok(());
+        }
+        let checked = query.clone();
+        self.search(&query.user_id, move |store| store.check(&checked))
+            .await?
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
 }
+
+/// The words a page's logs match `q` by, for the explorer to mark in their messages: each
+/// as `w=<word>` (a prefix ends with `*`), form-encoded; none without such words.
+pub fn highlight_header(query: &LogQuery) -> Option<HeaderValue> {
+    let words = query.text.as_ref()?.highlights();
+    if words.is_empty() {
+        return None;
+    }
+    let pairs: Vec<(&str, &str)> = words.iter().map(|w| ("w", w.as_str())).collect();
+    let encoded = serde_urlencoded::to_string(pairs).ok()?;
+    HeaderValue::from_str(&encoded).ok()
+}
+
+/// The header of [`highlight_header`].
+pub const HIGHLIGHT_HEADER: &str = "logbridge-highlight";
 
 /// The REST API.
 #[derive(Debug, Clone)]
@@ -462,6 +489,7 @@ async fn erase(
         pairs,
     } = caller(&state, &headers, raw_query.as_deref(), Scope::Delete)?;
     let query = params::parse_filters_only(&pairs, &user_id, ERASES)?;
+    state.check(&query).await?;
     let Some(writer) = &state.writer else {
         return Err(ERASURE_THROUGH_GATEWAYS);
     };
@@ -498,6 +526,7 @@ async fn logs(
     let Caller { user_id, pairs, .. } =
         caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
     let LogsRequest { query, page } = params::parse(&pairs, &user_id, &state.cursor_key)?;
+    state.check(&query).await?;
 
     // read before the search: every log up to it is in what the search sees
     let sequence = *state.store.visible().borrow();
@@ -557,6 +586,9 @@ async fn logs(
     let mut response = axum::Json(body).into_response();
     let response_headers = response.headers_mut();
     response_headers.insert(SEQUENCE_HEADER, HeaderValue::from(sequence));
+    if let Some(words) = highlight_header(&query) {
+        response_headers.insert(HIGHLIGHT_HEADER, words);
+    }
     if let Some(positions) = positions.and_then(|p| HeaderValue::from_str(&p).ok()) {
         response_headers.insert(POSITIONS_HEADER, positions);
     }

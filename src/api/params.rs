@@ -7,14 +7,13 @@ use utoipa::IntoParams;
 use super::cursor::{Cursor, CursorKey};
 use super::error::ApiError;
 use crate::mapping::{LogStatus, LogType, MAX_NAME_BYTES};
-use crate::store::{LogQuery, MAX_WORD_BYTES, message_terms};
+use crate::search::{self, Expr};
+use crate::store::LogQuery;
 
 /// Page size when `limit` is absent.
 pub const DEFAULT_LIMIT: usize = 50;
 /// Largest page size; larger limits are clamped to it.
 pub const MAX_LIMIT: usize = 100;
-/// Longest accepted `q`, in bytes.
-pub const MAX_Q_BYTES: usize = 1024;
 
 /// A validated `GET /logs` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,8 +156,15 @@ pub struct Filters<'a> {
     /// Only logs before this time, RFC 3339; after `start_time`.
     #[param(value_type = Option<String>, format = DateTime)]
     end_time: Option<&'a str>,
-    /// Full text: words that must all be in the message, and `"quoted phrases"`; case and
-    /// punctuation are ignored; at most 1024 bytes.
+    /// Search, at most 1024 bytes. Words must all be in the message (case and punctuation
+    /// are ignored); `"a phrase"`; `-word` or `-"a phrase"` excludes; `a OR b`; parentheses
+    /// group; `timeo*` is a prefix (2 characters or more, standing for at most 10,000 words);
+    /// `field:value` for `status`, `log_type`, `assistant_id`, `room_name` (exact; `value*`
+    /// for a prefix), `message`, and paths into the payloads such as
+    /// `request_data.payload.caller_number:"+919876543210"` or
+    /// `response_data.context_keys:customer_name` (a whole string, number or boolean there,
+    /// ignoring case, or its words in this order). Errors name the character where the problem
+    /// is. Example: `(timeout OR "rate limit") -retry status:error`.
     #[param(value_type = Option<String>)]
     q: Option<&'a str>,
 }
@@ -196,7 +202,7 @@ fn filters(pairs: &[(String, String)], user_id: &str) -> Result<LogQuery, ApiErr
                 .map_err(|()| bad("status must be success or error"))
         })
         .transpose()?;
-    let text = given.q.map(parse_text).transpose()?.unwrap_or_default();
+    let text = given.q.map(parse_text).transpose()?;
     let start = given
         .start_time
         .map(|v| timestamp("start_time", v))
@@ -276,33 +282,9 @@ fn time_window(start: Option<i128>, end: Option<i128>) -> (Option<u64>, Option<u
     (start, end)
 }
 
-/// `q`: words that must all match, and `"quoted phrases"`; no operators, punctuation ignored.
-fn parse_text(q: &str) -> Result<Vec<Vec<String>>, ApiError> {
-    if q.len() > MAX_Q_BYTES {
-        return Err(bad(format!("q must be at most {MAX_Q_BYTES} bytes")));
-    }
-    if q.matches('"').count() % 2 == 1 {
-        return Err(bad("q has an unbalanced double quote"));
-    }
-    let mut clauses = Vec::new();
-    for (i, part) in q.split('"').enumerate() {
-        let terms = message_terms(part);
-        if terms.iter().any(|t| t.len() > MAX_WORD_BYTES) {
-            return Err(bad(format!(
-                "q has a word longer than {MAX_WORD_BYTES} bytes"
-            )));
-        }
-        let quoted = i % 2 == 1;
-        if quoted && !terms.is_empty() {
-            clauses.push(terms);
-        } else {
-            clauses.extend(terms.into_iter().map(|t| vec![t]));
-        }
-    }
-    if clauses.is_empty() {
-        return Err(bad("q must contain at least one word"));
-    }
-    Ok(clauses)
+/// `q`, in the grammar of [`search::parse`].
+fn parse_text(q: &str) -> Result<Expr, ApiError> {
+    search::parse(q).map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]
@@ -389,7 +371,10 @@ mod tests {
                 "start_time=2026-03-10T10:00:00Z&end_time=2026-03-10T10:00:00Z",
                 "start_time must be before end_time",
             ),
-            ("q=%22unbalanced", "q has an unbalanced double quote"),
+            (
+                "q=%22unbalanced",
+                "q has an unbalanced double quote (at character 1)",
+            ),
             ("q=%2A%20%3A%20-", "q must contain at least one word"),
             (
                 "cursor=abc",
@@ -411,12 +396,12 @@ mod tests {
         );
         let at_limit = format!("room_name={}", "r".repeat(MAX_NAME_BYTES));
         assert!(parse_str(&at_limit).is_ok());
-        let long = format!("q={}", "a".repeat(MAX_WORD_BYTES + 1));
+        let long = format!("q={}", "a".repeat(search::MAX_WORD_BYTES + 1));
         assert_eq!(
             parse_str(&long).unwrap_err(),
-            "q has a word longer than 100 bytes"
+            "q has a word longer than 100 bytes (at character 1)"
         );
-        let huge = format!("q={}", "a ".repeat(MAX_Q_BYTES));
+        let huge = format!("q={}", "a ".repeat(search::MAX_Q_BYTES));
         assert_eq!(
             parse_str(&huge).unwrap_err(),
             "q must be at most 1024 bytes"
@@ -424,20 +409,11 @@ mod tests {
     }
 
     #[test]
-    fn q_words_phrases_and_field_syntax_as_plain_words() {
-        let req =
-            parse_str("q=Timeout%20%22HTTP%20500%20error%22%20user_id%3Ax%20OR%20NOT%20*").unwrap();
+    fn q_is_parsed_in_the_search_grammar() {
+        let req = parse_str("q=Timeout%20%22HTTP%20500%22%20OR%20status%3Aerror").unwrap();
         assert_eq!(
             req.query.text,
-            vec![
-                vec!["timeout".to_owned()],
-                vec!["http".to_owned(), "500".to_owned(), "error".to_owned()],
-                vec!["user".to_owned()],
-                vec!["id".to_owned()],
-                vec!["x".to_owned()],
-                vec!["or".to_owned()],
-                vec!["not".to_owned()],
-            ]
+            Some(search::parse("Timeout \"HTTP 500\" OR status:error").unwrap())
         );
     }
 

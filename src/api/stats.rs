@@ -127,6 +127,7 @@ pub async fn stats(
     let Caller { user_id, pairs, .. } =
         caller(&state, &headers, raw_query.as_deref(), Scope::Read)?;
     let StatsRequest { query, interval } = parse(&pairs, &user_id)?;
+    state.check(&query).await?;
     let part = headers
         .get(PARTS_HEADER)
         .map(|value| Part::parse(value.to_str().unwrap_or("")))

@@ -138,6 +138,7 @@ pub async fn tail(
     let resume = resumes_after(&headers, given.cursor)?;
     let pairs: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "cursor").collect();
     let query = params::parse_filters_only(&pairs, &user_id, "GET /logs/tail, which streams")?;
+    state.check(&query).await?;
     let slot = state.tails.take(&user_id)?;
     let mut visible = state.store.visible();
     let newest = *visible.borrow();

@@ -143,6 +143,8 @@ pub struct IndexConfig {
     pub dedup_window: Duration,
     /// Most bytes the dedup window holds; past it, its oldest logs are forgotten early.
     pub dedup_max_bytes: usize,
+    /// Whether the payloads' values are indexed by path, for `q`'s `request_data.…:` terms.
+    pub payload_paths: bool,
 }
 
 /// API keys.

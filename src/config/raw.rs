@@ -202,6 +202,7 @@ pub(super) struct RawIndex {
     pub(super) writer_memory_mb: u64,
     pub(super) dedup_window_ms: u64,
     pub(super) dedup_max_mb: u64,
+    pub(super) payload_paths: bool,
 }
 
 impl Default for RawIndex {
@@ -212,6 +213,7 @@ impl Default for RawIndex {
             writer_memory_mb: 128,
             dedup_window_ms: 600_000,
             dedup_max_mb: 512,
+            payload_paths: true,
         }
     }
 }

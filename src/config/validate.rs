@@ -434,6 +434,7 @@ impl RawConfig {
                     .unwrap_or(usize::MAX),
                 dedup_window: Duration::from_millis(dedup_window_ms),
                 dedup_max_bytes: usize::try_from(dedup_max_mb << 20).unwrap_or(usize::MAX),
+                payload_paths: self.index.payload_paths,
             },
             auth: AuthConfig {
                 keys_file: self.auth.keys_file,

@@ -115,6 +115,7 @@ pub async fn start(
                     .storage_failures
                     .get_or_create(&StorageLabels { stage: "merge" })
                     .clone(),
+                payloads: config.index.payload_paths,
                 ..StoreOptions::new(config.index.writer_memory_bytes)
             },
             commit_interval: config.index.commit_interval,

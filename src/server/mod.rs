@@ -112,6 +112,7 @@ pub async fn start_with_faults(
             .storage_failures
             .get_or_create(&StorageLabels { stage: "merge" })
             .clone(),
+        payloads: config.index.payload_paths,
     };
     let (store, log_writer) =
         tokio::task::spawn_blocking(move || store::open(&index_path, &store_options)).await??;

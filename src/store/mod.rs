@@ -7,6 +7,7 @@ mod assistants;
 mod blocks;
 mod directory;
 mod erase;
+mod query;
 mod reader;
 mod schema;
 mod search;
@@ -27,7 +28,8 @@ use tantivy::{FutureResult, Index, IndexReader, IndexWriter, ReloadPolicy, Searc
 use tokio::sync::watch;
 
 pub use erase::{Expiry, ExpiryUsers};
-pub use schema::{MAX_WORD_BYTES, ServedLog, format_timestamp, message_terms};
+pub use query::MAX_PREFIX_TERMS;
+pub use schema::{ServedLog, format_timestamp};
 pub use search::SortKey;
 pub use stats::{
     AUTO_BUCKETS, AssistantCount, Latency, MAX_BUCKETS, Mismatch, Stats, StatsError, StatsParts,
@@ -36,9 +38,10 @@ pub use stats::{
 
 use crate::faults::Faults;
 use crate::mapping::{LogStatus, LogType};
+use crate::search::Expr;
 use blocks::BlockCache;
 use directory::{IndexDirectory, WriteErrors};
-use reader::filter_query;
+use query::filter_query;
 use schema::{Fields, MESSAGE_TOKENIZER, message_analyzer};
 use writer::{durable_seq, explain, new_writer};
 
@@ -91,8 +94,8 @@ pub struct LogQuery {
     pub status: Option<LogStatus>,
     pub assistant_id: Option<String>,
     pub room_name: Option<String>,
-    /// Full-text clauses over `message`: each is a word (one term) or a phrase (several).
-    pub text: Vec<Vec<String>>,
+    /// `q`: words of the message, payload values and fields, with operators.
+    pub text: Option<Expr>,
     /// Inclusive, nanoseconds since the epoch.
     pub start: Option<u64>,
     /// Exclusive, nanoseconds since the epoch.
@@ -193,6 +196,8 @@ pub struct StoreOptions {
     pub faults: Faults,
     /// Counts writes that failed during merges.
     pub merge_failures: Counter,
+    /// Whether the payloads' values are indexed by path (`[index] payload_paths`).
+    pub payloads: bool,
 }
 
 impl StoreOptions {
@@ -202,6 +207,7 @@ impl StoreOptions {
             writer_memory_bytes,
             faults: Faults::none(),
             merge_failures: Counter::default(),
+            payloads: true,
         }
     }
 }
@@ -213,11 +219,11 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
         message,
     };
     std::fs::create_dir_all(path).map_err(|e| open_error(e.to_string()))?;
-    upgrade::upgrade(path)?;
+    upgrade::upgrade(path, options.payloads)?;
     let (directory, write_errors) =
         IndexDirectory::open(path, options.faults.clone(), options.merge_failures.clone())
             .map_err(|e| open_error(e.to_string()))?;
-    let (schema, fields) = Fields::schema();
+    let (schema, fields) = Fields::schema(options.payloads);
     let index = Index::open_or_create(directory, schema).map_err(|e| open_error(e.to_string()))?;
     index
         .tokenizers()
@@ -275,6 +281,7 @@ fn term_query(field: Field, text: &str) -> Box<dyn Query> {
 
 #[cfg(test)]
 mod tests {
+    use crate::search::{Term, Text};
     use std::collections::HashMap;
 
     use rand::rngs::StdRng;
@@ -296,9 +303,12 @@ mod tests {
                     && q.log_type.is_none_or(|t| t == log.log_type)
                     && q.status.is_none_or(|s| s == log.status)
                     && q.room_name.as_ref().is_none_or(|r| *r == log.room_name)
-                    && q.text
-                        .iter()
-                        .all(|words| log.message.split(' ').any(|w| w == words[0]))
+                    && q.text.as_ref().is_none_or(|text| {
+                        let Expr::Term(Term::Message(Text::Word(word)), _) = text else {
+                            unreachable!("the test asks for one word")
+                        };
+                        log.message.split(' ').any(|w| w == word)
+                    })
                     && log.timestamp_nanos >= q.start.unwrap_or(0)
                     && q.end.is_none_or(|e| log.timestamp_nanos < e)
             })
@@ -391,7 +401,7 @@ mod tests {
                 q.room_name = Some(format!("r{}", rng.random_range(0..5)));
             }
             if rng.random_bool(0.2) {
-                q.text = vec![vec![words[rng.random_range(0..4)].to_owned()]];
+                q.text = Some(crate::search::parse(words[rng.random_range(0..4)]).unwrap());
             }
             if rng.random_bool(0.3) {
                 let (a, b) = (pick(&mut rng), pick(&mut rng));
@@ -547,7 +557,7 @@ mod tests {
             let query = LogQuery {
                 user_id: "u".into(),
                 room_name: Some(room),
-                text: vec![vec!["cached".into()]],
+                text: Some(crate::search::parse("cached").unwrap()),
                 limit: 10,
                 ..Default::default()
             };

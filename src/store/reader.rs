@@ -4,16 +4,17 @@ use std::ops::Bound;
 use std::sync::atomic::AtomicBool;
 
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, RangeQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
 use tantivy::schema::{Field, Value as _};
 use tantivy::{DocAddress, Order, Searcher, TantivyDocument, Term};
 use tokio::sync::watch;
 
-use super::schema::{Fields, SEQ_FIELD, Scoped};
+use super::query::filter_query;
+use super::schema::SEQ_FIELD;
 use super::search::SortKey;
 use super::search::{self, Prepared, Window};
 use super::stats::{self, Stats, StatsError, StatsParts, TOP_ASSISTANTS, TimeHistogram};
-use super::{LogPage, LogQuery, MAX_OFFSET, Scan, SearchError, Store, StoreError, term_query};
+use super::{LogPage, LogQuery, MAX_OFFSET, Scan, SearchError, Store, StoreError};
 
 impl Store {
     /// Number of logs visible to searches.
@@ -218,46 +219,4 @@ impl Store {
             logs,
         })
     }
-}
-
-/// The tantivy query of the filters: the fewest terms that say them, all required.
-pub(super) fn filter_query(f: &Fields, query: &LogQuery) -> Box<dyn Query> {
-    let user = &query.user_id;
-    let term = term_query;
-    let scoped = |value: Scoped<'_>| term(f.scoped, &value.term_text(user));
-    let mut clauses: Vec<Box<dyn Query>> = Vec::new();
-    match (query.log_type, query.status) {
-        (Some(t), Some(s)) => clauses.push(scoped(Scoped::LogTypeAndStatus(t, s))),
-        (Some(t), None) => clauses.push(scoped(Scoped::LogType(t))),
-        (None, Some(s)) => clauses.push(scoped(Scoped::Status(s))),
-        (None, None) => {}
-    }
-    if let Some(assistant_id) = &query.assistant_id {
-        clauses.push(scoped(Scoped::AssistantId(assistant_id)));
-    }
-    if let Some(room_name) = &query.room_name {
-        clauses.push(scoped(Scoped::RoomName(room_name)));
-    }
-    if clauses.is_empty() {
-        clauses.push(term(f.user, user));
-    }
-    for words in &query.text {
-        match words.as_slice() {
-            [] => {}
-            [word] => clauses.push(term(f.message, word)),
-            phrase => {
-                let terms = phrase
-                    .iter()
-                    .map(|w| Term::from_field_text(f.message, w))
-                    .collect();
-                clauses.push(Box::new(PhraseQuery::new(terms)));
-            }
-        }
-    }
-    if clauses.len() == 1 {
-        return clauses.remove(0);
-    }
-    Box::new(BooleanQuery::new(
-        clauses.into_iter().map(|q| (Occur::Must, q)).collect(),
-    ))
 }

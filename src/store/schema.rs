@@ -8,16 +8,14 @@ use tantivy::schema::{
     FAST, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{
-    LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, TokenStream,
+    LowerCaser, PreTokenizedString, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, Token,
 };
 
 use crate::mapping::{ActivityLog, LogStatus, LogType};
+use crate::search::{MAX_WORD_BYTES, PayloadTerms};
 
 /// Name of the analyzer of `message`: words split on non-alphanumerics, lower-cased.
 pub const MESSAGE_TOKENIZER: &str = "message";
-
-/// Longest word of a message that is indexed, in bytes; longer words are not searchable.
-pub const MAX_WORD_BYTES: usize = 100;
 
 /// Name of the fast field of timestamps.
 pub const TIMESTAMP_FIELD: &str = "timestamp";
@@ -33,6 +31,10 @@ pub const LATENCY_FIELD: &str = "latency_ms";
 
 /// Name of the fast (columnar, not searchable) field of assistant ids.
 pub const ASSISTANT_FIELD: &str = "assistant_id";
+
+/// Name of the field of words in the payloads, the newest field: an index without it was
+/// written by an earlier logbridge.
+pub const PAYLOAD_WORDS_FIELD: &str = "payload_words";
 
 /// A log type and status as one small number: `type * 2 + status`, in the order of
 /// [`LogType::ALL`] and [`LogStatus::ALL`].
@@ -90,11 +92,18 @@ pub struct Fields {
     pub latency: Field,
     /// Assistant id, fast, for statistics.
     pub assistant: Field,
+    /// The whole values of the payloads, by path ([`crate::search::value_term`]).
+    pub payload_values: Field,
+    /// The words of the payloads' strings, by path ([`crate::search::word_term`]), with
+    /// positions for phrases.
+    pub payload_words: Field,
+    /// Whether documents get their payload terms (`[index] payload_paths`).
+    pub payloads: bool,
 }
 
 impl Fields {
-    /// The schema and its fields.
-    pub fn schema() -> (Schema, Fields) {
+    /// The schema and its fields; `payloads`: whether documents get payload terms.
+    pub fn schema(payloads: bool) -> (Schema, Fields) {
         let mut builder = Schema::builder();
         let message_options = TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
@@ -111,6 +120,15 @@ impl Fields {
             kind: builder.add_u64_field(KIND_FIELD, FAST),
             latency: builder.add_u64_field(LATENCY_FIELD, FAST),
             assistant: builder.add_text_field(ASSISTANT_FIELD, FAST),
+            payload_values: builder.add_text_field("payload_values", STRING),
+            payload_words: builder.add_text_field(
+                PAYLOAD_WORDS_FIELD,
+                TextOptions::default().set_indexing_options(
+                    TextFieldIndexing::default()
+                        .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+                ),
+            ),
+            payloads,
         };
         (builder.build(), fields)
     }
@@ -136,7 +154,38 @@ impl Fields {
         doc.add_u64(self.kind, kind(log.log_type, log.status));
         doc.add_u64(self.latency, log.latency_ms);
         doc.add_text(self.assistant, &log.assistant_id);
+        if self.payloads {
+            self.add_payloads(&mut doc, log);
+        }
         doc
+    }
+
+    fn add_payloads(&self, doc: &mut TantivyDocument, log: &ActivityLog) {
+        let terms = PayloadTerms::of(log.request_data.get(), log.response_data.get());
+        for value in &terms.values {
+            doc.add_text(self.payload_values, value);
+        }
+        if terms.words.is_empty() {
+            return;
+        }
+        let tokens = terms
+            .words
+            .into_iter()
+            .map(|(text, position)| Token {
+                offset_from: 0,
+                offset_to: 0,
+                position,
+                text,
+                position_length: 1,
+            })
+            .collect();
+        doc.add_pre_tokenized_text(
+            self.payload_words,
+            PreTokenizedString {
+                text: String::new(),
+                tokens,
+            },
+        );
     }
 }
 
@@ -146,20 +195,6 @@ pub fn message_analyzer() -> TextAnalyzer {
         .filter(RemoveLongFilter::limit(MAX_WORD_BYTES + 1))
         .filter(LowerCaser)
         .build()
-}
-
-/// The words of a text as `message` indexes them, long ones included (which the index drops):
-/// a query checks their length itself.
-pub fn message_terms(text: &str) -> Vec<String> {
-    let mut analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(LowerCaser)
-        .build();
-    let mut stream = analyzer.token_stream(text);
-    let mut terms = Vec::new();
-    while let Some(token) = stream.next() {
-        terms.push(token.text.clone());
-    }
-    terms
 }
 
 /// A timestamp as the API shows it: UTC, RFC 3339, milliseconds, `Z`.
@@ -220,6 +255,8 @@ pub(super) fn served_json(log: &ActivityLog) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use tantivy::tokenizer::TokenStream;
+
     use super::*;
 
     #[test]
@@ -245,16 +282,6 @@ mod tests {
             "2026-03-10T09:15:42.999Z"
         );
         assert_eq!(format_timestamp(u64::MAX), "2554-07-21T23:34:33.709Z");
-    }
-
-    #[test]
-    fn message_terms_split_on_punctuation_and_lowercase() {
-        assert_eq!(
-            message_terms("Tool get_weather: HTTP 200 (OK) user_id:x"),
-            [
-                "tool", "get", "weather", "http", "200", "ok", "user", "id", "x"
-            ]
-        );
     }
 
     #[test]

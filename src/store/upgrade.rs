@@ -1,5 +1,5 @@
 //! Opening an index written by an earlier logbridge, whose schema lacks fields this one has (the
-//! fast fields of statistics): every live log is copied, with its sequence number and the last
+//! fast fields of statistics, the payload fields of search): every live log is copied, with its sequence number and the last
 //! commit's payload, into a new index beside it (`upgrade/`), which then takes its place.
 //!
 //! A crash at any point is safe: until `upgrade/complete` exists the old index is untouched and
@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tantivy::schema::{IndexRecordOption, Value as _};
 use tantivy::{DocSet, Index, IndexWriter, TERMINATED, TantivyDocument};
 
-use super::schema::{Fields, KIND_FIELD, SEQ_FIELD, TIMESTAMP_FIELD};
+use super::schema::{Fields, PAYLOAD_WORDS_FIELD, SEQ_FIELD, TIMESTAMP_FIELD};
 use super::{MESSAGE_TOKENIZER, StoreError, message_analyzer};
 use crate::mapping::{ActivityLog, LogStatus, LogType};
 
@@ -49,7 +49,7 @@ struct Stored {
 
 /// Brings the index in `path`, if there is one, to this schema. Returns the number of logs
 /// copied (0 when nothing needed doing).
-pub fn upgrade(path: &Path) -> Result<u64, StoreError> {
+pub fn upgrade(path: &Path, payloads: bool) -> Result<u64, StoreError> {
     let staging = path.join(UPGRADE_DIR);
     if staging.join(COMPLETE).exists() {
         swap(path, &staging).map_err(StoreError::Write)?;
@@ -63,11 +63,11 @@ pub fn upgrade(path: &Path) -> Result<u64, StoreError> {
         return Ok(0);
     }
     let old = Index::open_in_dir(path)?;
-    if old.schema().get_field(KIND_FIELD).is_ok() {
+    if old.schema().get_field(PAYLOAD_WORDS_FIELD).is_ok() {
         return Ok(0);
     }
     tracing::info!(path = %path.display(), "the index was written by an earlier logbridge: upgrading it");
-    let copied = copy(&old, &staging)?;
+    let copied = copy(&old, &staging, payloads)?;
     sync_file(&staging.join(COMPLETE), true).map_err(StoreError::Write)?;
     sync_dir(&staging).map_err(StoreError::Write)?;
     swap(path, &staging).map_err(StoreError::Write)?;
@@ -76,9 +76,9 @@ pub fn upgrade(path: &Path) -> Result<u64, StoreError> {
 }
 
 /// Copies every live log of `old` into a new index in `staging`.
-fn copy(old: &Index, staging: &Path) -> Result<u64, StoreError> {
+fn copy(old: &Index, staging: &Path, payloads: bool) -> Result<u64, StoreError> {
     fs::create_dir_all(staging).map_err(StoreError::Write)?;
-    let (schema, fields) = Fields::schema();
+    let (schema, fields) = Fields::schema(payloads);
     let new = Index::create_in_dir(staging, schema)?;
     new.tokenizers()
         .register(MESSAGE_TOKENIZER, message_analyzer());
@@ -209,14 +209,24 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 mod tests {
     use tantivy::schema::{FAST, STORED, STRING, Schema, TEXT};
 
+    use super::super::schema::KIND_FIELD as KIND;
     use super::super::schema::served_json;
     use super::super::{LogQuery, StoreOptions, open};
     use super::*;
     use crate::mapping::example_log;
+    use crate::search::parse;
 
-    /// An index as logbridge wrote it before statistics: no `kind`, `latency_ms` or
-    /// `assistant_id` fast fields.
-    fn write_old_index(path: &Path, logs: &[ActivityLog]) {
+    /// Which earlier logbridge wrote an index.
+    #[derive(Clone, Copy)]
+    enum Version {
+        /// Before statistics: no `kind`, `latency_ms` or `assistant_id` fast fields.
+        BeforeStatistics,
+        /// Before payload search: no `payload_values` or `payload_words`.
+        BeforePayloads,
+    }
+
+    /// An index as an earlier logbridge wrote it.
+    fn write_old_index(path: &Path, logs: &[ActivityLog], version: Version) {
         let mut builder = Schema::builder();
         let user = builder.add_text_field("user", STRING);
         let scoped = builder.add_text_field("scoped", STRING);
@@ -224,6 +234,11 @@ mod tests {
         let timestamp = builder.add_u64_field(TIMESTAMP_FIELD, FAST);
         let seq = builder.add_u64_field(SEQ_FIELD, FAST);
         let doc = builder.add_bytes_field("doc", STORED);
+        if let Version::BeforePayloads = version {
+            builder.add_u64_field(KIND, FAST);
+            builder.add_u64_field("latency_ms", FAST);
+            builder.add_text_field("assistant_id", FAST);
+        }
         let index = Index::create_in_dir(path, builder.build()).unwrap();
         let mut writer: IndexWriter = index.writer_with_num_threads(1, 16 << 20).unwrap();
         for (i, log) in logs.iter().enumerate() {
@@ -253,6 +268,9 @@ mod tests {
                 log.user_id = if i % 2 == 0 { "alice" } else { "bob" }.to_owned();
                 log.latency_ms = 100 * (i + 1);
                 log.timestamp_nanos = 1_000 + i;
+                log.request_data =
+                    RawValue::from_string(format!(r#"{{"payload":{{"caller":"+9198{i}"}}}}"#))
+                        .unwrap();
                 log
             })
             .collect()
@@ -268,9 +286,15 @@ mod tests {
 
     #[test]
     fn an_index_of_an_earlier_version_is_upgraded_with_every_log_as_it_was() {
+        for version in [Version::BeforeStatistics, Version::BeforePayloads] {
+            upgrades_with_every_log_as_it_was(version);
+        }
+    }
+
+    fn upgrades_with_every_log_as_it_was(version: Version) {
         let dir = tempfile::tempdir().unwrap();
         let logs = logs();
-        write_old_index(dir.path(), &logs);
+        write_old_index(dir.path(), &logs, version);
 
         let (store, writer) = open(dir.path(), &StoreOptions::new(16 << 20)).unwrap();
         assert_eq!(writer.committed_seq(), 7);
@@ -285,30 +309,38 @@ mod tests {
         let latency = stats.latency[0].unwrap();
         assert_eq!((latency.count, latency.max), (2, 400));
         assert_eq!(stats.top_assistants[0].count, 2);
+        // the payloads are searchable by path
+        let by_caller = LogQuery {
+            text: Some(parse("request_data.payload.caller:\"+91982\"").unwrap()),
+            ..query("alice")
+        };
+        let page = store.search(&by_caller).unwrap();
+        assert_eq!(page.total, 1);
+        assert_eq!(page.logs[0].1, served_json(&logs[2]));
         assert!(!dir.path().join(UPGRADE_DIR).exists());
         drop((store, writer));
 
         // opened again: nothing to do
-        assert_eq!(upgrade(dir.path()).unwrap(), 0);
+        assert_eq!(upgrade(dir.path(), true).unwrap(), 0);
     }
 
     #[test]
     fn a_swap_cut_short_is_finished_and_a_copy_cut_short_is_redone() {
         let dir = tempfile::tempdir().unwrap();
-        write_old_index(dir.path(), &logs());
+        write_old_index(dir.path(), &logs(), Version::BeforePayloads);
         let staging = dir.path().join(UPGRADE_DIR);
 
         // a copy cut short (no `complete`): thrown away and made again
         let old = Index::open_in_dir(dir.path()).unwrap();
-        copy(&old, &staging).unwrap();
-        assert_eq!(upgrade(dir.path()).unwrap(), 5);
+        copy(&old, &staging, true).unwrap();
+        assert_eq!(upgrade(dir.path(), true).unwrap(), 5);
 
         // a crash after the copy completed and a few files moved: the next start finishes it
         let dir = tempfile::tempdir().unwrap();
-        write_old_index(dir.path(), &logs());
+        write_old_index(dir.path(), &logs(), Version::BeforeStatistics);
         let staging = dir.path().join(UPGRADE_DIR);
         let old = Index::open_in_dir(dir.path()).unwrap();
-        copy(&old, &staging).unwrap();
+        copy(&old, &staging, true).unwrap();
         sync_file(&staging.join(COMPLETE), true).unwrap();
         let first = fs::read_dir(&staging)
             .unwrap()

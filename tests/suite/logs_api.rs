@@ -463,7 +463,10 @@ async fn bad_parameters_are_400_naming_the_parameter() {
             "start_time=2026-03-10T00:00:01Z&end_time=2026-03-10T00:00:00Z",
             "start_time must be before end_time",
         ),
-        ("q=%22open", "q has an unbalanced double quote"),
+        (
+            "q=%22open",
+            "q has an unbalanced double quote (at character 1)",
+        ),
         ("q=%3A%3A%20*", "q must contain at least one word"),
         (
             "cursor=AAAA",

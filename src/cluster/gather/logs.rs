@@ -208,6 +208,9 @@ impl Gather<'_> {
         if let Ok(value) = HeaderValue::from_str(&sequence) {
             response_headers.insert(SEQUENCE_HEADER, value);
         }
+        if let Some(words) = api::highlight_header(self.query) {
+            response_headers.insert(api::HIGHLIGHT_HEADER, words);
+        }
         indexed.sort();
         if let Ok(value) = HeaderValue::from_str(&indexed.join(",")) {
             response_headers.insert(INDEXED_HEADER, value);

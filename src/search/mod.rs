@@ -1,0 +1,38 @@
+//! `q`, the search grammar: what a support engineer types into the explorer's search box, or a
+//! dashboard sends, parsed into an expression the store runs over the index; and the words and
+//! payload terms that logs are indexed under, so that both sides cut text the same way.
+
+mod grammar;
+mod payload;
+mod words;
+
+pub use grammar::{Expr, MAX_Q_BYTES, MIN_PREFIX_CHARS, QueryError, Term, Text, Value, parse};
+pub use payload::{MAX_PATH_BYTES, MAX_VALUE_BYTES, PAYLOADS, PayloadTerms, value_term, word_term};
+pub use words::{MAX_WORD_BYTES, words};
+
+impl Expr {
+    /// The words of the message a log matches the query by, to show them marked: those not
+    /// under a `-`. Prefixes end with `*`.
+    pub fn highlights(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        self.collect_highlights(&mut found);
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    fn collect_highlights(&self, found: &mut Vec<String>) {
+        match self {
+            Expr::And(parts) | Expr::Or(parts) => {
+                parts.iter().for_each(|p| p.collect_highlights(found));
+            }
+            Expr::Not(_) => {}
+            Expr::Term(Term::Message(text), _) => match text {
+                Text::Word(w) => found.push(w.clone()),
+                Text::Prefix(p) => found.push(format!("{p}*")),
+                Text::Phrase(words) => found.extend(words.iter().cloned()),
+            },
+            Expr::Term(..) => {}
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The tantivy query of a [`LogQuery`]: its filters and its `q` expression, always within one
+//! user's logs; and the checks of `q` against the index (prefixes that expand too far, payload
+//! paths an index leaves out).
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+
+use tantivy::query::{
+    AllQuery, BooleanQuery, EmptyQuery, InvertedIndexRangeQuery, Occur, PhraseQuery, Query,
+};
+use tantivy::schema::Field;
+use tantivy::{Searcher, Term};
+
+use super::schema::{Fields, Scoped};
+use super::{LogQuery, Store, StoreError, term_query};
+use crate::search::{Expr, QueryError, Term as QTerm, Text, Value, value_term, word_term, words};
+
+/// Most distinct words (or values) a prefix may stand for.
+pub const MAX_PREFIX_TERMS: usize = 10_000;
+
+/// The tantivy query of the filters: the fewest terms that say them, all required.
+pub(super) fn filter_query(f: &Fields, query: &LogQuery) -> Box<dyn Query> {
+    let user = &query.user_id;
+    let scoped = |value: Scoped<'_>| term_query(f.scoped, &value.term_text(user));
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    match (query.log_type, query.status) {
+        (Some(t), Some(s)) => clauses.push((Occur::Must, scoped(Scoped::LogTypeAndStatus(t, s)))),
+        (Some(t), None) => clauses.push((Occur::Must, scoped(Scoped::LogType(t)))),
+        (None, Some(s)) => clauses.push((Occur::Must, scoped(Scoped::Status(s)))),
+        (None, None) => {}
+    }
+    if let Some(assistant_id) = &query.assistant_id {
+        clauses.push((Occur::Must, scoped(Scoped::AssistantId(assistant_id))));
+    }
+    if let Some(room_name) = &query.room_name {
+        clauses.push((Occur::Must, scoped(Scoped::RoomName(room_name))));
+    }
+    // every term above holds the user; without one, the user's own term does
+    if clauses.is_empty() {
+        clauses.push((Occur::Must, term_query(f.user, user)));
+    }
+    if let Some(expr) = &query.text {
+        Compiler { f, user }.clauses(expr, &mut clauses);
+    }
+    if let [(Occur::Must, _)] = clauses.as_slice() {
+        return clauses.remove(0).1;
+    }
+    Box::new(BooleanQuery::new(clauses))
+}
+
+struct Compiler<'a> {
+    f: &'a Fields,
+    user: &'a str,
+}
+
+impl Compiler<'_> {
+    /// `expr` as clauses all of which must hold, added to `out`: its parts if it is an AND,
+    /// an exclusion if it is a NOT.
+    fn clauses(&self, expr: &Expr, out: &mut Vec<(Occur, Box<dyn Query>)>) {
+        match expr {
+            Expr::And(parts) => parts.iter().for_each(|p| self.clauses(p, out)),
+            Expr::Not(inner) => out.push((Occur::MustNot, self.query(inner))),
+            other => out.push((Occur::Must, self.query(other))),
+        }
+    }
+
+    fn query(&self, expr: &Expr) -> Box<dyn Query> {
+        match expr {
+            Expr::Or(parts) => Box::new(BooleanQuery::new(
+                parts
+                    .iter()
+                    .map(|p| (Occur::Should, self.query(p)))
+                    .collect(),
+            )),
+            Expr::Term(term, _) => self.term(term),
+            and_or_not => {
+                let mut clauses = Vec::new();
+                self.clauses(and_or_not, &mut clauses);
+                // exclusions alone match nothing: they exclude from everything
+                if !clauses.iter().any(|(occur, _)| *occur == Occur::Must) {
+                    clauses.push((Occur::Must, Box::new(AllQuery)));
+                }
+                Box::new(BooleanQuery::new(clauses))
+            }
+        }
+    }
+
+    fn term(&self, term: &QTerm) -> Box<dyn Query> {
+        let (f, user) = (self.f, self.user);
+        let scoped = |value: Scoped<'_>| term_query(f.scoped, &value.term_text(user));
+        match term {
+            QTerm::Message(text) => text_query(f.message, "", text),
+            QTerm::LogType(t) => scoped(Scoped::LogType(*t)),
+            QTerm::Status(s) => scoped(Scoped::Status(*s)),
+            QTerm::AssistantId(Value::Is(v)) => scoped(Scoped::AssistantId(v)),
+            QTerm::AssistantId(Value::Prefix(v)) => {
+                prefix_query(f.scoped, &Scoped::AssistantId(v).term_text(user))
+            }
+            QTerm::RoomName(Value::Is(v)) => scoped(Scoped::RoomName(v)),
+            QTerm::RoomName(Value::Prefix(v)) => {
+                prefix_query(f.scoped, &Scoped::RoomName(v).term_text(user))
+            }
+            QTerm::Payload { .. } if !f.payloads => Box::new(EmptyQuery),
+            QTerm::Payload {
+                path,
+                value: Value::Is(v),
+            } => {
+                let mut either = vec![(
+                    Occur::Should,
+                    term_query(f.payload_values, &value_term(path, v)),
+                )];
+                if let Some(text) = Text::of(words(v)) {
+                    let words = text_query(f.payload_words, &word_term(path, ""), &text);
+                    either.push((Occur::Should, words));
+                }
+                Box::new(BooleanQuery::new(either))
+            }
+            QTerm::Payload {
+                path,
+                value: Value::Prefix(v),
+            } => Box::new(BooleanQuery::new(
+                payload_prefixes(path, v)
+                    .into_iter()
+                    .map(|(field, start)| (Occur::Should, prefix_query(f.field(field), &start)))
+                    .collect(),
+            )),
+        }
+    }
+}
+
+/// Which of the payload fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PayloadField {
+    Values,
+    Words,
+}
+
+impl Fields {
+    fn field(&self, which: PayloadField) -> Field {
+        match which {
+            PayloadField::Values => self.payload_values,
+            PayloadField::Words => self.payload_words,
+        }
+    }
+}
+
+/// Where a prefix of a payload value looks: whole values starting with it and, when it is
+/// one word, words starting with it; each as the field and the start of its terms.
+fn payload_prefixes(path: &str, start: &str) -> Vec<(PayloadField, String)> {
+    let mut prefixes = vec![(PayloadField::Values, value_term(path, start))];
+    if let [word] = words(start).as_slice()
+        && *word == start.to_lowercase()
+    {
+        prefixes.push((PayloadField::Words, word_term(path, word)));
+    }
+    prefixes
+}
+
+/// Words of a text field, each term being `prefix` and the word.
+fn text_query(field: Field, prefix: &str, text: &Text) -> Box<dyn Query> {
+    let term = |word: &str| Term::from_field_text(field, &format!("{prefix}{word}"));
+    match text {
+        Text::Word(word) => term_query(field, &format!("{prefix}{word}")),
+        Text::Prefix(start) => prefix_query(field, &format!("{prefix}{start}")),
+        Text::Phrase(words) => Box::new(PhraseQuery::new(words.iter().map(|w| term(w)).collect())),
+    }
+}
+
+/// The logs holding a term of `field` that starts with `start`.
+fn prefix_query(field: Field, start: &str) -> Box<dyn Query> {
+    let (lower, upper) = prefix_bounds(field, start);
+    Box::new(InvertedIndexRangeQuery::new(lower, upper))
+}
+
+fn prefix_bounds(field: Field, start: &str) -> (Bound<Term>, Bound<Term>) {
+    let lower = Bound::Included(Term::from_field_text(field, start));
+    let mut end = start.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return (lower, Bound::Excluded(Term::from_field_bytes(field, &end)));
+        }
+    }
+    (lower, Bound::Unbounded)
+}
+
+impl Store {
+    /// Checks `query`'s `q` against the index as it is: a prefix may stand for at most
+    /// [`MAX_PREFIX_TERMS`] words, and payload paths need an index that holds them. The outer
+    /// error is the index failing; the inner one, what is wrong with `q`.
+    pub fn check(&self, query: &LogQuery) -> Result<Result<(), QueryError>, StoreError> {
+        let Some(expr) = &query.text else {
+            return Ok(Ok(()));
+        };
+        let searcher = self.reader.searcher();
+        match self.check_expr(&searcher, &query.user_id, expr) {
+            Ok(()) => Ok(Ok(())),
+            Err(Refused::Query(e)) => Ok(Err(e)),
+            Err(Refused::Store(e)) => Err(e),
+        }
+    }
+
+    fn check_expr(&self, searcher: &Searcher, user: &str, expr: &Expr) -> Result<(), Refused> {
+        let f = &self.fields;
+        let (term, at) = match expr {
+            Expr::And(parts) | Expr::Or(parts) => {
+                return parts
+                    .iter()
+                    .try_for_each(|p| self.check_expr(searcher, user, p));
+            }
+            Expr::Not(inner) => return self.check_expr(searcher, user, inner),
+            Expr::Term(term, at) => (term, *at),
+        };
+        let (shown, starts): (&str, Vec<(Field, String)>) = match term {
+            QTerm::Message(Text::Prefix(p)) => (p, vec![(f.message, p.clone())]),
+            QTerm::AssistantId(Value::Prefix(p)) => {
+                (p, vec![(f.scoped, Scoped::AssistantId(p).term_text(user))])
+            }
+            QTerm::RoomName(Value::Prefix(p)) => {
+                (p, vec![(f.scoped, Scoped::RoomName(p).term_text(user))])
+            }
+            QTerm::Payload { .. } if !f.payloads => {
+                return Err(Refused::Query(QueryError::new(
+                    at,
+                    "names a payload path, and this server does not index them ([index] payload_paths = false)",
+                )));
+            }
+            QTerm::Payload {
+                path,
+                value: Value::Prefix(p),
+            } => (
+                p,
+                payload_prefixes(path, p)
+                    .into_iter()
+                    .map(|(field, start)| (f.field(field), start))
+                    .collect(),
+            ),
+            _ => return Ok(()),
+        };
+        for (field, start) in starts {
+            if count_terms(searcher, field, &start)? > MAX_PREFIX_TERMS {
+                return Err(Refused::Query(QueryError::new(
+                    at,
+                    format!(
+                        "has the prefix \"{shown}*\", which stands for more than {MAX_PREFIX_TERMS} words: give more of it"
+                    ),
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why [`Store::check`] stopped.
+enum Refused {
+    Query(QueryError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Refused {
+    fn from(e: StoreError) -> Self {
+        Refused::Store(e)
+    }
+}
+
+/// How many distinct terms of `field` start with `start`, counting to one past the limit.
+fn count_terms(searcher: &Searcher, field: Field, start: &str) -> Result<usize, StoreError> {
+    let (lower, upper) = prefix_bounds(field, start);
+    let mut seen = BTreeSet::new();
+    for segment in searcher.segment_readers() {
+        let index = segment.inverted_index(field)?;
+        let mut range = index.terms().range();
+        if let Bound::Included(term) = &lower {
+            range = range.ge(term.serialized_value_bytes());
+        }
+        if let Bound::Excluded(term) = &upper {
+            range = range.lt(term.serialized_value_bytes());
+        }
+        let mut stream = range
+            .into_stream()
+            .map_err(|e| StoreError::Tantivy(e.into()))?;
+        while stream.advance() {
+            seen.insert(stream.key().to_vec());
+            if seen.len() > MAX_PREFIX_TERMS {
+                return Ok(seen.len());
+            }
+        }
+    }
+    Ok(seen.len())
+}
