@@ -440,12 +440,6 @@ fn field_term(
         field,
         "message" | "status" | "log_type" | "assistant_id" | "room_name"
     ) || payload;
-    if field == "user_id" {
-        return Err(QueryError::new(
-            at,
-            "cannot name user_id: a query reads only the caller's own logs",
-        ));
-    }
     if PAYLOADS.contains(&field) {
         return Err(QueryError::new(
             at,
