@@ -396,13 +396,14 @@ fn bare(text: &str, at: usize) -> Result<Option<Expr>, QueryError> {
     Ok(join(terms, Expr::And))
 }
 
-/// Whether unquoted `text` ends in a prefix (a letter or digit, then `*`), checking that the
-/// prefix is long enough: its last word, or, for a value, all of it.
+/// Whether unquoted `text` ends in a prefix, checking that the prefix is long enough: for
+/// words, a letter or digit then `*`, counting the last word; for a value, anything then `*`,
+/// counting all of it.
 fn prefix_of(text: &str, value: bool, at: usize) -> Result<bool, QueryError> {
     let Some(stem) = text.strip_suffix('*') else {
         return Ok(false);
     };
-    if !stem.chars().last().is_some_and(char::is_alphanumeric) {
+    if !value && !stem.chars().last().is_some_and(char::is_alphanumeric) {
         return Ok(false);
     }
     let length = match value {

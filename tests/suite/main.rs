@@ -33,6 +33,7 @@ mod operations;
 mod otlp_grpc;
 mod otlp_http;
 mod retention;
+mod search;
 mod snapshot;
 mod stats;
 mod storage_faults;
