@@ -34,6 +34,7 @@ mod otlp_grpc;
 mod otlp_http;
 mod retention;
 mod search;
+mod search_scoping;
 mod snapshot;
 mod stats;
 mod storage_faults;
