@@ -13,15 +13,15 @@ use logbridge::auth::Secret;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde_json::{Value as Json, json};
 
-async fn driver() -> Driver {
+pub(crate) async fn driver() -> Driver {
     browser::driver(&tools::installed().chromedriver).await
 }
 
-async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
+pub(crate) async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
     browser::browser(driver, &tools::installed().chromium, width, height).await
 }
 
-async fn click(client: &Client, css: &str) {
+pub(crate) async fn click(client: &Client, css: &str) {
     client
         .find(Locator::Css(css))
         .await
@@ -31,7 +31,7 @@ async fn click(client: &Client, css: &str) {
         .unwrap();
 }
 
-async fn text_of(client: &Client, css: &str) -> String {
+pub(crate) async fn text_of(client: &Client, css: &str) -> String {
     client
         .find(Locator::Css(css))
         .await
@@ -42,7 +42,7 @@ async fn text_of(client: &Client, css: &str) -> String {
 }
 
 /// The messages of the rows of a table, top to bottom.
-async fn messages(client: &Client, table: &str) -> Vec<String> {
+pub(crate) async fn messages(client: &Client, table: &str) -> Vec<String> {
     let script = format!(
         "[...document.querySelectorAll('{table} tr.log-row .c-message')].map(c => c.textContent)"
     );
@@ -94,11 +94,11 @@ async fn app_with_logs() -> TestApp {
 }
 
 async fn sign_in(client: &Client, app: &TestApp) {
-    sign_in_at(client, &app.api_url, &app.keys.alice).await;
+    sign_in_at(client, &app.api_url, &app.keys.alice, 50).await;
 }
 
-/// Signs in with `key` to the page at `base`: its first 50 rows show.
-async fn sign_in_at(client: &Client, base: &str, key: &Secret) {
+/// Signs in with `key` to the page at `base`: its first `rows` rows show.
+pub(crate) async fn sign_in_at(client: &Client, base: &str, key: &Secret, rows: usize) {
     client.goto(&format!("{base}/")).await.unwrap();
     let field = client
         .wait()
@@ -110,7 +110,7 @@ async fn sign_in_at(client: &Client, base: &str, key: &Secret) {
     click(client, "#key-submit").await;
     wait_for(
         client,
-        "document.querySelectorAll('#logs tr.log-row').length === 50",
+        &format!("document.querySelectorAll('#logs tr.log-row').length === {rows}"),
     )
     .await;
 }
@@ -463,7 +463,7 @@ async fn a_user_spread_over_shards_reads_the_explorer_as_on_one_node() {
 
     let driver = driver().await;
     let client = browser(&driver, 1280, 900).await;
-    sign_in_at(&client, &gateway, &cluster.readers[0]).await;
+    sign_in_at(&client, &gateway, &cluster.readers[0], 50).await;
     assert_eq!(text_of(&client, "#total").await, "130");
     let newest: Vec<String> = (80..LOGS).rev().map(message).collect();
     assert_eq!(messages(&client, "#logs").await, newest);

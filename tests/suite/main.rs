@@ -19,6 +19,7 @@ mod crash;
 mod dedup;
 mod erasure;
 mod explorer;
+mod explorer_search;
 mod export;
 mod fair_shares;
 mod fairness;

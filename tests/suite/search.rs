@@ -23,7 +23,7 @@ fn log(ms: u64, message: &str, request: &str, response: &str, status: &str) -> L
 }
 
 /// Alice's six logs, and a log of Bob's with her words and her caller's number.
-async fn app_with_calls() -> TestApp {
+pub(crate) async fn app_with_calls() -> TestApp {
     let app = spawn_app().await;
     let caller = |n: &str| format!(r#"{{"payload":{{"caller_number":"{n}","attempt":2}}}}"#);
     app.ingest(
@@ -88,13 +88,13 @@ async fn app_with_calls() -> TestApp {
     app
 }
 
-const FETCHED_1: &str = "Caller context fetched";
-const TIMED_OUT_2: &str = "Caller context lookup timed out";
-const WEATHER_3: &str = "Tool get_weather returned HTTP 200";
-const RATE_4: &str = "Tool book_appointment failed: rate limit";
-const WEBHOOK_5: &str = "Webhook delivery timed out, retrying";
+pub(crate) const FETCHED_1: &str = "Caller context fetched";
+pub(crate) const TIMED_OUT_2: &str = "Caller context lookup timed out";
+pub(crate) const WEATHER_3: &str = "Tool get_weather returned HTTP 200";
+pub(crate) const RATE_4: &str = "Tool book_appointment failed: rate limit";
+pub(crate) const WEBHOOK_5: &str = "Webhook delivery timed out, retrying";
 
-fn encoded(q: &str) -> String {
+pub(crate) fn encoded(q: &str) -> String {
     serde_urlencoded::to_string([("q", q)]).unwrap()
 }
 

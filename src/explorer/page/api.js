@@ -71,7 +71,18 @@ export async function api(path, params, signal) {
   // number, or one per shard for a user spread over several: "3:120,4:97")
   const sequence = res.headers.get('Logbridge-Sequence');
   if (sequence && /^([0-9]+|[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*)$/.test(sequence)) sequences.set(data, sequence);
+  // and the words of the search it matched, to mark: "w=timeout&w=ca*"
+  const words = res.headers.get('Logbridge-Highlight');
+  if (words) highlights.set(data, new URLSearchParams(words).getAll('w'));
   return data;
+}
+
+/** The words each GET /logs answer matched its search by. */
+const highlights = new WeakMap();
+
+/** The words a GET /logs answer matched its search by (`ca*` for a prefix); none without. */
+export function highlightsOf(data) {
+  return highlights.get(data) ?? [];
 }
 
 /** Where each GET /logs answer was read. */

@@ -221,7 +221,7 @@ function flushLive() {
   live.queue = [];
   if (!batch.length) return;
   const frag = document.createDocumentFragment();
-  for (let i = batch.length - 1; i >= 0; i--) frag.append(logRow(batch[i], { live: true }));
+  for (let i = batch.length - 1; i >= 0; i--) frag.append(logRow(batch[i], { live: true, marks: state.marks }));
   $('logs').tBodies[0].prepend(frag);
   state.shown = (state.shown || 0) + batch.length;
   state.total = (state.total || 0) + batch.length;

@@ -4,7 +4,7 @@
 import { state } from './state.js';
 import { $ } from './dom.js';
 import { fmt, num, isObj } from './format.js';
-import { api, sequenceOf } from './api.js';
+import { api, sequenceOf, highlightsOf } from './api.js';
 import { serverParams, writeURL, fillInputs, readInputs, describeRange } from './filters.js';
 import { setBusy, clearError, reportError } from './errors.js';
 import { logRow } from './rows.js';
@@ -69,10 +69,12 @@ export async function load() {
 
   let error = null;
   if (pageR.status === 'fulfilled') {
+    state.marks = highlightsOf(pageR.value);
     renderPage(pageR.value);
     state.pageSequence = sequenceOf(pageR.value);
   } else {
     state.pageSequence = null;
+    state.marks = [];
     error = pageR.reason;
     $('logs').tBodies[0].replaceChildren();
     state.shown = null;
@@ -99,7 +101,7 @@ export async function load() {
 function renderPage(data) {
   const logs = Array.isArray(data.logs) ? data.logs : [];
   const frag = document.createDocumentFragment();
-  for (const log of logs) if (isObj(log)) frag.append(logRow(log));
+  for (const log of logs) if (isObj(log)) frag.append(logRow(log, { marks: state.marks }));
   $('logs').tBodies[0].replaceChildren(frag);
   state.shown = logs.length;
   nextCursor = typeof data.next_cursor === 'string' && data.next_cursor ? data.next_cursor : null;
@@ -122,7 +124,7 @@ export async function loadMore() {
     if (gen !== state.gen || moreToken !== token) return;
     const logs = Array.isArray(data.logs) ? data.logs : [];
     const frag = document.createDocumentFragment();
-    for (const log of logs) if (isObj(log)) frag.append(logRow(log));
+    for (const log of logs) if (isObj(log)) frag.append(logRow(log, { marks: state.marks }));
     $('logs').tBodies[0].append(frag);
     state.shown = (state.shown || 0) + logs.length;
     nextCursor = typeof data.next_cursor === 'string' && data.next_cursor ? data.next_cursor : null;

@@ -12,7 +12,31 @@ let detailSeq = 0;
 
 const STATUS_GLYPH = { success: '✓', error: '✕' };
 
-export function logRow(log, { live = false, call = false, base = NaN } = {}) {
+/** A word as the index cuts messages: letters and digits (as Rust's `char::is_alphanumeric`). */
+const WORD = /[\p{Alphabetic}\p{N}]+/gu;
+
+/**
+ * `text` with the words `marks` names (lower case; `ca*` for a prefix) in <mark> elements:
+ * what the search matched a log by.
+ */
+function marked(text, marks) {
+  if (!marks.length) return [text];
+  const words = new Set(marks.filter((m) => !m.endsWith('*')));
+  const prefixes = marks.filter((m) => m.endsWith('*')).map((m) => m.slice(0, -1));
+  const hit = (w) => words.has(w) || prefixes.some((p) => w.startsWith(p));
+  const parts = [];
+  let last = 0;
+  for (const m of text.matchAll(WORD)) {
+    if (!hit(m[0].toLowerCase())) continue;
+    if (m.index > last) parts.push(text.slice(last, m.index));
+    parts.push(h('mark', { class: 'hit', text: m[0] }));
+    last = m.index + m[0].length;
+  }
+  if (last < text.length) parts.push(text.slice(last));
+  return parts;
+}
+
+export function logRow(log, { live = false, call = false, base = NaN, marks = [] } = {}) {
   const tr = document.createElement('tr');
   tr.className = live ? 'log-row live' : 'log-row';
   tr.tabIndex = 0;
@@ -46,7 +70,7 @@ export function logRow(log, { live = false, call = false, base = NaN } = {}) {
 
   const message = str(log.message);
   tr.append(h('td', { class: 'c-message' },
-    h('span', { class: 'msg', title: message.length > 1000 ? `${message.slice(0, 1000)}…` : message, text: message })));
+    h('span', { class: 'msg', title: message.length > 1000 ? `${message.slice(0, 1000)}…` : message }, ...marked(message, marks))));
 
   rowLogs.set(tr, log);
   return tr;

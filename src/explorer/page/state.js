@@ -31,4 +31,6 @@ export const state = {
   errorSource: null,
   /** The sequence number the first page shown was read at: a live tail follows on from it. */
   pageSequence: null,
+  /** The words the search matched the page by, to mark in messages (`ca*` for a prefix). */
+  marks: [],
 };
