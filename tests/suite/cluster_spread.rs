@@ -36,6 +36,9 @@ fn log(n: u64, at: u64, assistant: &str) -> LogRecord {
     record
 }
 
+/// A query in the search grammar: `(log OR nothing) -status:error assistant_id:busy-*`.
+const GRAMMAR: &str = "q=%28log%20OR%20nothing%29%20-status%3Aerror%20assistant_id%3Abusy-%2A";
+
 /// The data set around the cut-over `from`, as a single node takes it (no user attribute).
 /// Before the cut-over, on the home shard: 1,100 assistants with one log each (more than a shard
 /// lists), one log of `z-late`, and 20 logs of each of eight busy assistants. After it, over
@@ -198,6 +201,7 @@ async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
         format!("start_time={start}"),
         "assistant_id=z-late".to_owned(),
         "q=nothing-matches".to_owned(),
+        GRAMMAR.to_owned(),
     ] {
         let (status, gathered) = gathered_stats(&cluster, &query).await;
         assert_eq!(status, 200, "{query}: {gathered}");
@@ -235,6 +239,7 @@ async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
         "log_type=tool_call&format=csv",
         "q=nothing-matches",
         "q=nothing-matches&format=csv",
+        GRAMMAR,
     ] {
         let (status, content_type, body) = gathered(&cluster, "/logs/export", query).await;
         assert_eq!(status, 200, "{query}: {}", String::from_utf8_lossy(&body));
@@ -263,6 +268,7 @@ async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
         "limit=100&page=31",
         "limit=50&page=2001",
         "q=nothing-matches",
+        &format!("{GRAMMAR}&limit=20&page=3"),
     ] {
         let (status, _, body) = gathered(&cluster, "/logs", query).await;
         assert_eq!(status, 200, "{query}: {}", String::from_utf8_lossy(&body));
