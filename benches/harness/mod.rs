@@ -636,6 +636,21 @@ pub fn query_types(newest_nanos: u64) -> Vec<(&'static str, bool, &'static str, 
         .find(|a| a.user_id == LARGE_USER)
         .expect("the large user has records");
     let (assistant, room) = (activity.assistant_id, activity.room_name);
+    // and a caller of one of its context lookups
+    let caller = Workload::new(SEED)
+        .filter(|a| a.user_id == LARGE_USER)
+        .find_map(|a| {
+            a.request_data["payload"]["caller_number"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .expect("the large user looks up callers");
+    let q = |q: &str| {
+        format!(
+            "{}&limit=50",
+            serde_urlencoded::to_string([("q", q)]).unwrap()
+        )
+    };
     let one_hour = format!(
         "start_time={}&end_time={}",
         rfc3339(hour_ago),
@@ -666,6 +681,27 @@ pub fn query_types(newest_nanos: u64) -> Vec<(&'static str, bool, &'static str, 
             "q two words",
             true,
             "q=webhook%20delivered&limit=50".to_owned(),
+        ),
+        ("q phrase", true, q("\"webhook delivery failed\"")),
+        ("q exclusion", true, q("webhook -delivered")),
+        ("q OR", true, q("timeout OR invalid")),
+        ("q prefix", true, q("deliver*")),
+        ("q field", true, q("status:error tool")),
+        (
+            "q group",
+            true,
+            q("(timeout OR invalid) -json status:error"),
+        ),
+        (
+            "q payload value",
+            true,
+            q(&format!("request_data.payload.caller_number:\"{caller}\"")),
+        ),
+        ("q payload words", true, q("response_data.error:timeout")),
+        (
+            "q payload prefix",
+            true,
+            q("request_data.payload.caller_number:+9198123*"),
         ),
         ("time range (1 h)", true, format!("{one_hour}&limit=50")),
         (

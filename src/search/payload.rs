@@ -4,8 +4,6 @@
 
 use serde_json::Value;
 
-use super::words::{MAX_WORD_BYTES, words};
-
 /// The payloads whose paths a query can name, by the name that starts the path.
 pub const PAYLOADS: [&str; 2] = ["request_data", "response_data"];
 
@@ -25,14 +23,20 @@ pub fn word_term(path: &str, word: &str) -> String {
     format!("{path}\0{word}")
 }
 
+/// A string at a path as the index of words takes it: `<path>\0<string>`, which its analyzer
+/// cuts into the [`word_term`]s of the string's words.
+pub fn words_text(path: &str, text: &str) -> String {
+    format!("{path}\0{text}")
+}
+
 /// The terms of a log's payloads.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct PayloadTerms {
     /// Each value whole, as [`value_term`].
     pub values: Vec<String>,
-    /// Each word of each string, as [`word_term`], with its position: the words of one string
-    /// are consecutive, and the strings are a position apart, so a phrase never spans two.
-    pub words: Vec<(String, usize)>,
+    /// Each string, as [`words_text`]: one value of the field each, so that a phrase never
+    /// spans two.
+    pub texts: Vec<String>,
 }
 
 impl PayloadTerms {
@@ -62,12 +66,7 @@ impl PayloadTerms {
                 if s.len() <= MAX_VALUE_BYTES {
                     self.values.push(value_term(path, s));
                 }
-                let first = self.words.last().map_or(0, |(_, p)| p + 2);
-                for (position, word) in (first..).zip(words(s)) {
-                    if word.len() <= MAX_WORD_BYTES {
-                        self.words.push((word_term(path, &word), position));
-                    }
-                }
+                self.texts.push(words_text(path, s));
             }
             Value::Array(items) => {
                 for item in items {
@@ -109,18 +108,15 @@ mod tests {
                 path("response_data.reason", "timed out"),
             ]
         );
-        let words: Vec<(String, usize)> = [
-            ("request_data.payload.caller_number", "919876543210", 0),
-            ("response_data.context_keys", "customer", 2),
-            ("response_data.context_keys", "name", 3),
-            ("response_data.context_keys", "plan", 5),
-            ("response_data.reason", "timed", 7),
-            ("response_data.reason", "out", 8),
-        ]
-        .into_iter()
-        .map(|(p, w, at)| (path(p, w), at))
-        .collect();
-        assert_eq!(terms.words, words);
+        assert_eq!(
+            terms.texts,
+            [
+                path("request_data.payload.caller_number", "+919876543210"),
+                path("response_data.context_keys", "customer_name"),
+                path("response_data.context_keys", "Plan"),
+                path("response_data.reason", "Timed out"),
+            ]
+        );
     }
 
     #[test]
@@ -128,6 +124,6 @@ mod tests {
         let long = format!("{} end", "word ".repeat(60));
         let terms = PayloadTerms::of(&serde_json::json!({ "text": long }).to_string(), "{}");
         assert!(terms.values.is_empty());
-        assert_eq!(terms.words.len(), 61);
+        assert_eq!(terms.texts, [format!("request_data.text\0{long}")]);
     }
 }

@@ -42,7 +42,7 @@ use crate::search::Expr;
 use blocks::BlockCache;
 use directory::{IndexDirectory, WriteErrors};
 use query::filter_query;
-use schema::{Fields, MESSAGE_TOKENIZER, message_analyzer};
+use schema::Fields;
 use writer::{durable_seq, explain, new_writer};
 
 /// A failure of the index.
@@ -225,9 +225,7 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
             .map_err(|e| open_error(e.to_string()))?;
     let (schema, fields) = Fields::schema(options.payloads);
     let index = Index::open_or_create(directory, schema).map_err(|e| open_error(e.to_string()))?;
-    index
-        .tokenizers()
-        .register(MESSAGE_TOKENIZER, message_analyzer());
+    schema::register_analyzers(&index);
     // Merges on a second thread would fight indexing on small machines: one of each.
     let writer_options = IndexWriterOptions::builder()
         .memory_budget_per_thread(options.writer_memory_bytes)

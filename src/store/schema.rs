@@ -3,19 +3,23 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tantivy::TantivyDocument;
 use tantivy::schema::{
     FAST, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{
-    LowerCaser, PreTokenizedString, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, Token,
+    BoxTokenStream, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, Token,
+    TokenStream, Tokenizer,
 };
+use tantivy::{Index, TantivyDocument};
 
 use crate::mapping::{ActivityLog, LogStatus, LogType};
 use crate::search::{MAX_WORD_BYTES, PayloadTerms};
 
 /// Name of the analyzer of `message`: words split on non-alphanumerics, lower-cased.
-pub const MESSAGE_TOKENIZER: &str = "message";
+const MESSAGE_TOKENIZER: &str = "message";
+
+/// Name of the analyzer of `payload_words`: [`PayloadWords`].
+const PAYLOAD_TOKENIZER: &str = "payload_words";
 
 /// Name of the fast field of timestamps.
 pub const TIMESTAMP_FIELD: &str = "timestamp";
@@ -125,6 +129,7 @@ impl Fields {
                 PAYLOAD_WORDS_FIELD,
                 TextOptions::default().set_indexing_options(
                     TextFieldIndexing::default()
+                        .set_tokenizer(PAYLOAD_TOKENIZER)
                         .set_index_option(IndexRecordOption::WithFreqsAndPositions),
                 ),
             ),
@@ -165,36 +170,76 @@ impl Fields {
         for value in &terms.values {
             doc.add_text(self.payload_values, value);
         }
-        if terms.words.is_empty() {
-            return;
+        for text in &terms.texts {
+            doc.add_text(self.payload_words, text);
         }
-        let tokens = terms
-            .words
-            .into_iter()
-            .map(|(text, position)| Token {
-                offset_from: 0,
-                offset_to: 0,
-                position,
-                text,
-                position_length: 1,
-            })
-            .collect();
-        doc.add_pre_tokenized_text(
-            self.payload_words,
-            PreTokenizedString {
-                text: String::new(),
-                tokens,
-            },
-        );
     }
 }
 
+/// Registers the analyzers the schema names with `index`.
+pub fn register_analyzers(index: &Index) {
+    let tokenizers = index.tokenizers();
+    tokenizers.register(MESSAGE_TOKENIZER, message_analyzer());
+    tokenizers.register(PAYLOAD_TOKENIZER, PayloadWords(message_analyzer()));
+}
+
 /// The analyzer of `message` at indexing time.
-pub fn message_analyzer() -> TextAnalyzer {
+fn message_analyzer() -> TextAnalyzer {
     TextAnalyzer::builder(SimpleTokenizer::default())
         .filter(RemoveLongFilter::limit(MAX_WORD_BYTES + 1))
         .filter(LowerCaser)
         .build()
+}
+
+/// The analyzer of `payload_words`: a value `<path>\0<text>` ([`crate::search::words_text`])
+/// gives the words of the text as `message` cuts them, each as its path's
+/// [`crate::search::word_term`].
+#[derive(Clone)]
+struct PayloadWords(TextAnalyzer);
+
+impl Tokenizer for PayloadWords {
+    type TokenStream<'a> = PathWords<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> PathWords<'a> {
+        let (path, words) = text.split_once('\0').unwrap_or(("", text));
+        PathWords {
+            path,
+            words: self.0.token_stream(words),
+            token: Token::default(),
+        }
+    }
+}
+
+struct PathWords<'a> {
+    path: &'a str,
+    words: BoxTokenStream<'a>,
+    token: Token,
+}
+
+impl TokenStream for PathWords<'_> {
+    fn advance(&mut self) -> bool {
+        if !self.words.advance() {
+            return false;
+        }
+        let word = self.words.token();
+        self.token.text.clear();
+        self.token.text.push_str(self.path);
+        self.token.text.push('\0');
+        self.token.text.push_str(&word.text);
+        self.token.position = word.position;
+        self.token.position_length = word.position_length;
+        self.token.offset_from = word.offset_from;
+        self.token.offset_to = word.offset_to;
+        true
+    }
+
+    fn token(&self) -> &Token {
+        &self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.token
+    }
 }
 
 /// A timestamp as the API shows it: UTC, RFC 3339, milliseconds, `Z`.

@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use tantivy::schema::{IndexRecordOption, Value as _};
 use tantivy::{DocSet, Index, IndexWriter, TERMINATED, TantivyDocument};
 
-use super::schema::{Fields, PAYLOAD_WORDS_FIELD, SEQ_FIELD, TIMESTAMP_FIELD};
-use super::{MESSAGE_TOKENIZER, StoreError, message_analyzer};
+use super::StoreError;
+use super::schema::{Fields, PAYLOAD_WORDS_FIELD, SEQ_FIELD, TIMESTAMP_FIELD, register_analyzers};
 use crate::mapping::{ActivityLog, LogStatus, LogType};
 
 /// The folder the new index is built in.
@@ -80,8 +80,7 @@ fn copy(old: &Index, staging: &Path, payloads: bool) -> Result<u64, StoreError> 
     fs::create_dir_all(staging).map_err(StoreError::Write)?;
     let (schema, fields) = Fields::schema(payloads);
     let new = Index::create_in_dir(staging, schema)?;
-    new.tokenizers()
-        .register(MESSAGE_TOKENIZER, message_analyzer());
+    register_analyzers(&new);
     let mut writer: IndexWriter = new.writer_with_num_threads(1, WRITER_BYTES)?;
     let old_schema = old.schema();
     let user_field = old_schema.get_field("user")?;

@@ -5,6 +5,7 @@
 
 use crate::common;
 
+use common::process::{logs_request, serve, terminate, write_config, write_key};
 use common::sse::Events;
 use common::{
     AppOptions, TestApp, activity, at_ms, messages, spawn_app, spawn_app_with, text, with_attr,
@@ -13,6 +14,7 @@ use logbridge::auth::Secret;
 use logbridge::store::MAX_PREFIX_TERMS;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde_json::Value as Json;
+use tantivy::schema::{FAST, STORED, STRING, Schema, TEXT};
 
 /// A log at `ms` with `message`, its payloads, and `status`.
 fn log(ms: u64, message: &str, request: &str, response: &str, status: &str) -> LogRecord {
@@ -368,4 +370,80 @@ async fn payload_paths_can_be_left_out_of_the_index() {
         .logs(&app.keys.alice, &encoded("fetched OR nothing"))
         .await;
     assert_eq!(messages(&data), ["Caller context fetched"]);
+}
+
+/// An index as the previous logbridge wrote it: the fields of statistics, none of payloads.
+fn write_previous_index(dir: &std::path::Path, user: &str, logs: &[(&str, &str)]) {
+    let mut builder = Schema::builder();
+    let user_field = builder.add_text_field("user", STRING);
+    builder.add_text_field("scoped", STRING);
+    let message = builder.add_text_field("message", TEXT);
+    let timestamp = builder.add_u64_field("timestamp", FAST);
+    let seq = builder.add_u64_field("seq", FAST);
+    let doc = builder.add_bytes_field("doc", STORED);
+    builder.add_u64_field("kind", FAST);
+    builder.add_u64_field("latency_ms", FAST);
+    builder.add_text_field("assistant_id", FAST);
+    std::fs::create_dir_all(dir).unwrap();
+    let index = tantivy::Index::create_in_dir(dir, builder.build()).unwrap();
+    let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 16 << 20).unwrap();
+    for (n, (text, request)) in logs.iter().enumerate() {
+        let served = serde_json::json!({
+            "log_type": "inbound_context_lookup", "status": "success", "assistant_id": "a",
+            "room_name": "r", "timestamp": "2026-03-10T09:15:42.000Z", "message": text,
+            "request_data": serde_json::from_str::<Json>(request).unwrap(),
+            "response_data": {}, "latency_ms": 5, "trace_id": null, "span_id": null,
+            "severity_text": "INFO",
+        });
+        let mut document = tantivy::TantivyDocument::new();
+        document.add_text(user_field, user);
+        document.add_text(message, text);
+        document.add_u64(timestamp, at_ms(n as u64));
+        document.add_u64(seq, n as u64 + 1);
+        document.add_bytes(doc, serde_json::to_vec(&served).unwrap().as_slice());
+        writer.add_document(document).unwrap();
+    }
+    let mut prepared = writer.prepare_commit().unwrap();
+    prepared.set_payload(&format!(r#"{{"last_seq":{}}}"#, logs.len()));
+    prepared.commit().unwrap();
+    writer.wait_merging_threads().unwrap();
+}
+
+#[tokio::test]
+async fn an_index_of_the_previous_version_is_upgraded_and_its_payloads_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let secret = Secret::generate();
+    write_key(dir.path(), &secret);
+    write_previous_index(
+        &dir.path().join("index"),
+        "u",
+        &[
+            (
+                "Caller context fetched",
+                r#"{"payload":{"caller_number":"+919876543210"}}"#,
+            ),
+            (
+                "Caller context fetched",
+                r#"{"payload":{"caller_number":"+919811112222"}}"#,
+            ),
+        ],
+    );
+    let mut served = serve(&config);
+    served.wait_for_line("index upgraded");
+    let found = logs_request(
+        reqwest::Method::GET,
+        &served.api,
+        &secret,
+        &encoded("request_data.payload.caller_number:\"+919811112222\" fetched"),
+    )
+    .await;
+    assert_eq!(found["data"]["total"], 1, "{found}");
+    assert_eq!(
+        found["data"]["logs"][0]["request_data"]["payload"]["caller_number"],
+        "+919811112222"
+    );
+    let all = logs_request(reqwest::Method::GET, &served.api, &secret, "").await;
+    assert_eq!(all["data"]["total"], 2);
+    terminate(&mut served);
 }

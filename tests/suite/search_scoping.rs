@@ -62,13 +62,13 @@ fn sent(rng: &mut StdRng, n: usize, own: &str) -> Sent {
         id: format!("n{n}"),
         time: at_ms(n as u64),
         message: format!("{} n{n}", sentence(rng, own)),
-        log_type: *pick(rng, &TYPES),
+        log_type: TYPES[rng.random_range(0..TYPES.len())],
         status: if rng.random_bool(0.3) {
             "error"
         } else {
             "success"
         },
-        assistant_id: *pick(rng, &ASSISTANTS),
+        assistant_id: ASSISTANTS[rng.random_range(0..ASSISTANTS.len())],
         room_name: format!("room-{}", rng.random_range(0..5)),
         request_data: json!({
             "payload": {
