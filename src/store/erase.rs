@@ -103,7 +103,8 @@ impl LogWriter {
 
 /// The logs a query selects: its filters and its time window.
 fn selection_query(fields: &Fields, query: &LogQuery) -> Box<dyn Query> {
-    let filters = filter_query(fields, query);
+    // deletes apply to segments to come too: prefixes stay ranges of the term dictionary
+    let filters = filter_query(fields, query, None);
     if query.start.is_none() && query.end.is_none() {
         return filters;
     }

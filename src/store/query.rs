@@ -18,8 +18,18 @@ use crate::search::{Expr, QueryError, Term as QTerm, Text, Value, value_term, wo
 /// Most distinct words (or values) a prefix may stand for.
 pub const MAX_PREFIX_TERMS: usize = 10_000;
 
-/// The tantivy query of the filters: the fewest terms that say them, all required.
-pub(super) fn filter_query(f: &Fields, query: &LogQuery) -> Box<dyn Query> {
+/// Most words a prefix is spelled out as, each read as a word is: beyond, the logs holding any
+/// of them are gathered at once, which costs what they number in the whole index.
+const SPELLED_OUT_TERMS: usize = 128;
+
+/// The tantivy query of the filters: the fewest terms that say them, all required. With the
+/// `searcher` it will run over, a prefix standing for few words is spelled out as them (read
+/// lazily, newest first, as words are); without, it is a range of the term dictionary.
+pub(super) fn filter_query(
+    f: &Fields,
+    query: &LogQuery,
+    searcher: Option<&Searcher>,
+) -> Box<dyn Query> {
     let user = &query.user_id;
     let scoped = |value: Scoped<'_>| term_query(f.scoped, &value.term_text(user));
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
@@ -40,7 +50,7 @@ pub(super) fn filter_query(f: &Fields, query: &LogQuery) -> Box<dyn Query> {
         clauses.push((Occur::Must, term_query(f.user, user)));
     }
     if let Some(expr) = &query.text {
-        Compiler { f, user }.clauses(expr, &mut clauses);
+        Compiler { f, user, searcher }.clauses(expr, &mut clauses);
     }
     if let [(Occur::Must, _)] = clauses.as_slice() {
         return clauses.remove(0).1;
@@ -51,6 +61,7 @@ pub(super) fn filter_query(f: &Fields, query: &LogQuery) -> Box<dyn Query> {
 struct Compiler<'a> {
     f: &'a Fields,
     user: &'a str,
+    searcher: Option<&'a Searcher>,
 }
 
 impl Compiler<'_> {
@@ -89,16 +100,16 @@ impl Compiler<'_> {
         let (f, user) = (self.f, self.user);
         let scoped = |value: Scoped<'_>| term_query(f.scoped, &value.term_text(user));
         match term {
-            QTerm::Message(text) => text_query(f.message, "", text),
+            QTerm::Message(text) => self.text_query(f.message, "", text),
             QTerm::LogType(t) => scoped(Scoped::LogType(*t)),
             QTerm::Status(s) => scoped(Scoped::Status(*s)),
             QTerm::AssistantId(Value::Is(v)) => scoped(Scoped::AssistantId(v)),
             QTerm::AssistantId(Value::Prefix(v)) => {
-                prefix_query(f.scoped, &Scoped::AssistantId(v).term_text(user))
+                self.prefix_query(f.scoped, &Scoped::AssistantId(v).term_text(user))
             }
             QTerm::RoomName(Value::Is(v)) => scoped(Scoped::RoomName(v)),
             QTerm::RoomName(Value::Prefix(v)) => {
-                prefix_query(f.scoped, &Scoped::RoomName(v).term_text(user))
+                self.prefix_query(f.scoped, &Scoped::RoomName(v).term_text(user))
             }
             QTerm::Payload { .. } if !f.payloads => Box::new(EmptyQuery),
             QTerm::Payload {
@@ -110,7 +121,7 @@ impl Compiler<'_> {
                     term_query(f.payload_values, &value_term(path, v)),
                 )];
                 if let Some(text) = Text::of(words(v)) {
-                    let words = text_query(f.payload_words, &word_term(path, ""), &text);
+                    let words = self.text_query(f.payload_words, &word_term(path, ""), &text);
                     either.push((Occur::Should, words));
                 }
                 Box::new(BooleanQuery::new(either))
@@ -121,10 +132,45 @@ impl Compiler<'_> {
             } => Box::new(BooleanQuery::new(
                 payload_prefixes(path, v)
                     .into_iter()
-                    .map(|(field, start)| (Occur::Should, prefix_query(f.field(field), &start)))
+                    .map(|(field, start)| {
+                        (Occur::Should, self.prefix_query(f.field(field), &start))
+                    })
                     .collect(),
             )),
         }
+    }
+}
+
+impl Compiler<'_> {
+    /// Words of a text field, each term being `prefix` and the word.
+    fn text_query(&self, field: Field, prefix: &str, text: &Text) -> Box<dyn Query> {
+        let term = |word: &str| Term::from_field_text(field, &format!("{prefix}{word}"));
+        match text {
+            Text::Word(word) => term_query(field, &format!("{prefix}{word}")),
+            Text::Prefix(start) => self.prefix_query(field, &format!("{prefix}{start}")),
+            Text::Phrase(words) => {
+                Box::new(PhraseQuery::new(words.iter().map(|w| term(w)).collect()))
+            }
+        }
+    }
+
+    /// The logs holding a term of `field` that starts with `start`: the terms spelled out
+    /// when they are few in the searcher's segments, else their range.
+    fn prefix_query(&self, field: Field, start: &str) -> Box<dyn Query> {
+        let spelled = self
+            .searcher
+            .and_then(|searcher| terms_starting(searcher, field, start, SPELLED_OUT_TERMS).ok())
+            .filter(|terms| terms.len() <= SPELLED_OUT_TERMS);
+        let Some(terms) = spelled else {
+            let (lower, upper) = prefix_bounds(field, start);
+            return Box::new(InvertedIndexRangeQuery::new(lower, upper));
+        };
+        let words = terms
+            .iter()
+            .filter_map(|term| std::str::from_utf8(term).ok())
+            .map(|word| (Occur::Should, term_query(field, word)))
+            .collect();
+        Box::new(BooleanQuery::new(words))
     }
 }
 
@@ -154,22 +200,6 @@ fn payload_prefixes(path: &str, start: &str) -> Vec<(PayloadField, String)> {
         prefixes.push((PayloadField::Words, word_term(path, word)));
     }
     prefixes
-}
-
-/// Words of a text field, each term being `prefix` and the word.
-fn text_query(field: Field, prefix: &str, text: &Text) -> Box<dyn Query> {
-    let term = |word: &str| Term::from_field_text(field, &format!("{prefix}{word}"));
-    match text {
-        Text::Word(word) => term_query(field, &format!("{prefix}{word}")),
-        Text::Prefix(start) => prefix_query(field, &format!("{prefix}{start}")),
-        Text::Phrase(words) => Box::new(PhraseQuery::new(words.iter().map(|w| term(w)).collect())),
-    }
-}
-
-/// The logs holding a term of `field` that starts with `start`.
-fn prefix_query(field: Field, start: &str) -> Box<dyn Query> {
-    let (lower, upper) = prefix_bounds(field, start);
-    Box::new(InvertedIndexRangeQuery::new(lower, upper))
 }
 
 fn prefix_bounds(field: Field, start: &str) -> (Bound<Term>, Bound<Term>) {
@@ -238,7 +268,7 @@ impl Store {
             _ => return Ok(()),
         };
         for (field, start) in starts {
-            if count_terms(searcher, field, &start)? > MAX_PREFIX_TERMS {
+            if terms_starting(searcher, field, &start, MAX_PREFIX_TERMS)?.len() > MAX_PREFIX_TERMS {
                 return Err(Refused::Query(QueryError::new(
                     at,
                     format!(
@@ -263,8 +293,13 @@ impl From<StoreError> for Refused {
     }
 }
 
-/// How many distinct terms of `field` start with `start`, counting to one past the limit.
-fn count_terms(searcher: &Searcher, field: Field, start: &str) -> Result<usize, StoreError> {
+/// The distinct terms of `field` that start with `start`, in order, up to one past `limit`.
+fn terms_starting(
+    searcher: &Searcher,
+    field: Field,
+    start: &str,
+    limit: usize,
+) -> Result<BTreeSet<Vec<u8>>, StoreError> {
     let (lower, upper) = prefix_bounds(field, start);
     let mut seen = BTreeSet::new();
     for segment in searcher.segment_readers() {
@@ -281,10 +316,10 @@ fn count_terms(searcher: &Searcher, field: Field, start: &str) -> Result<usize, 
             .map_err(|e| StoreError::Tantivy(e.into()))?;
         while stream.advance() {
             seen.insert(stream.key().to_vec());
-            if seen.len() > MAX_PREFIX_TERMS {
-                return Ok(seen.len());
+            if seen.len() > limit {
+                return Ok(seen);
             }
         }
     }
-    Ok(seen.len())
+    Ok(seen)
 }

@@ -48,7 +48,10 @@ impl Store {
             Box::new(RangeQuery::new(lower.map(term), upper.map(term)))
         };
         let mut clauses = vec![
-            (Occur::Must, filter_query(&self.fields, query)),
+            (
+                Occur::Must,
+                filter_query(&self.fields, query, Some(&searcher)),
+            ),
             (
                 Occur::Must,
                 range(
@@ -164,7 +167,7 @@ impl Store {
         };
         let prepared = search::prepare(
             searcher,
-            filter_query(&self.fields, query).as_ref(),
+            filter_query(&self.fields, query, Some(searcher)).as_ref(),
             &query.selection_key(),
             &self.blocks,
         )?;

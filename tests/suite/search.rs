@@ -329,6 +329,10 @@ async fn bad_queries_are_refused_everywhere_naming_the_problem_and_where() {
     assert_eq!(data["total"], 0);
     let data = app.logs(&app.keys.bob, &encoded("zq0000*")).await;
     assert_eq!(data["total"], 10);
+    // a prefix of many words (read as a range of the dictionary) finds as one of few does
+    let data = app.logs(&app.keys.bob, &encoded("zq0* OR zq1*")).await;
+    assert_eq!(data["total"], MAX_PREFIX_TERMS + 1);
+    assert_eq!(messages(&data)[0], "zq10000");
     // nothing was erased by the refused erasures
     assert_eq!(
         app.logs(&app.keys.bob, "").await["total"],
