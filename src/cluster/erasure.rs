@@ -163,7 +163,11 @@ pub async fn erase(
         user_id,
         filters: raw_query.unwrap_or_default(),
     };
-    erasure.query()?;
+    let query = erasure.query()?;
+    if let Some(expr) = query.text.as_ref().filter(|_| !gateway.payload_paths) {
+        expr.refuse_payloads()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
     if let Some(refusal) = gateway.shard_check.borrow().refusal() {
         tracing::warn!(%refusal, "erasure refused");
         return Err(ApiError::Unavailable(

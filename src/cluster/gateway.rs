@@ -66,6 +66,9 @@ pub struct Gateway {
     pub cursor_key: Arc<ArcSwapOption<CursorKey>>,
     /// Cancelled when the node begins to shut down: tails passed on end then.
     pub shutdown: CancellationToken,
+    /// Whether the indexers index the payloads by path (`[index] payload_paths`): erasures
+    /// naming a path are refused here otherwise, as a single node refuses them.
+    pub payload_paths: bool,
 }
 
 /// The REST routes of a gateway.

@@ -235,3 +235,16 @@ fn highlights_are_the_words_not_excluded() {
     let q = parse("(Timeout OR \"rate limit\") -retry ca* status:error").unwrap();
     assert_eq!(q.highlights(), ["ca*", "limit", "rate", "timeout"]);
 }
+
+#[test]
+fn payload_paths_are_refused_where_they_are_not_indexed_even_excluded() {
+    assert_eq!(parse("a (b OR c)").unwrap().refuse_payloads(), Ok(()));
+    assert_eq!(
+        parse("a -(b OR request_data.x:1)")
+            .unwrap()
+            .refuse_payloads()
+            .unwrap_err()
+            .to_string(),
+        "q names a payload path, and this server does not index them ([index] payload_paths = false) (at character 9)"
+    );
+}

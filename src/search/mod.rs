@@ -13,6 +13,21 @@ pub use payload::{
 pub use words::{MAX_WORD_BYTES, words};
 
 impl Expr {
+    /// Refuses a query that names a payload path, for a server that does not index them
+    /// (`[index] payload_paths = false`): such a term could not be answered, and excluded it
+    /// would select every log.
+    pub fn refuse_payloads(&self) -> Result<(), QueryError> {
+        match self {
+            Expr::And(parts) | Expr::Or(parts) => parts.iter().try_for_each(Expr::refuse_payloads),
+            Expr::Not(inner) => inner.refuse_payloads(),
+            Expr::Term(Term::Payload { .. }, at) => Err(QueryError::new(
+                *at,
+                "names a payload path, and this server does not index them ([index] payload_paths = false)",
+            )),
+            Expr::Term(..) => Ok(()),
+        }
+    }
+
     /// The words of the message a log matches the query by, to show them marked: those not
     /// under a `-`. Prefixes end with `*`.
     pub fn highlights(&self) -> Vec<String> {

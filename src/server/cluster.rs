@@ -216,6 +216,7 @@ pub async fn start(
             replicas: cluster.indexer_replicas,
             metrics: metrics.clone(),
             client: tls::http_client(peer_tls.as_ref()),
+            payload_paths: config.index.payload_paths,
         };
         api_router = api_router
             .merge(gateway::router(gateway))

@@ -222,6 +222,11 @@ impl Store {
         let Some(expr) = &query.text else {
             return Ok(Ok(()));
         };
+        if !self.fields.payloads
+            && let Err(e) = expr.refuse_payloads()
+        {
+            return Ok(Err(e));
+        }
         let searcher = self.reader.searcher();
         match self.check_expr(&searcher, &query.user_id, expr) {
             Ok(()) => Ok(Ok(())),
@@ -248,12 +253,6 @@ impl Store {
             }
             QTerm::RoomName(Value::Prefix(p)) => {
                 (p, vec![(f.scoped, Scoped::RoomName(p).term_text(user))])
-            }
-            QTerm::Payload { .. } if !f.payloads => {
-                return Err(Refused::Query(QueryError::new(
-                    at,
-                    "names a payload path, and this server does not index them ([index] payload_paths = false)",
-                )));
             }
             QTerm::Payload {
                 path,

@@ -37,8 +37,22 @@ async fn erased_logs_never_come_back_after_a_kill_a_replay_or_a_copy() {
         (200, &json!({ "deleted": 100 })),
         "{body}"
     );
+    // a search of the grammar, as on a single node: words starting with 99 but not record 999
+    let (status, body) = cluster
+        .delete(
+            &cluster.gateways[0],
+            0,
+            "q=record%2099*%20-%22record%20999%22",
+        )
+        .await;
+    assert_eq!(
+        (status, &body["data"]),
+        (200, &json!({ "deleted": 9 })),
+        "{body}"
+    );
+    let searched = |n: u64| n == 99 || (991..=998).contains(&n);
     let mut kept: Vec<String> = (0..1000)
-        .filter(|n| n % 10 != 0)
+        .filter(|&n| n % 10 != 0 && !searched(n))
         .map(|n| message(0, n))
         .collect();
     // a filter that does not parse names itself and erases nothing
