@@ -245,6 +245,6 @@ fn payload_paths_are_refused_where_they_are_not_indexed_even_excluded() {
             .refuse_payloads()
             .unwrap_err()
             .to_string(),
-        "q names a payload path, and this server does not index them ([index] payload_paths = false) (at character 9)"
+        "q names a payload path, and this server does not index them ([index] payload_paths = false) (at character 10)"
     );
 }
