@@ -279,23 +279,36 @@ impl Parser {
         Ok(join(terms.into_iter().flatten().collect(), Expr::And))
     }
 
+    /// A term, after any number of `-`: two cancel out.
     fn unary(&mut self, depth: usize) -> Result<Option<Expr>, QueryError> {
-        let at = match self.peek() {
-            Some(Lexeme {
-                at,
-                token: Token::Not,
-            }) => *at,
-            _ => return self.primary(depth),
-        };
-        self.lexemes.next();
-        match self.peek() {
-            None
-            | Some(Lexeme {
+        let mut negations = 0;
+        let mut last = 0;
+        while let Some(Lexeme {
+            at,
+            token: Token::Not,
+        }) = self.peek()
+        {
+            last = *at;
+            negations += 1;
+            self.lexemes.next();
+        }
+        if negations == 0 {
+            return self.primary(depth);
+        }
+        if matches!(
+            self.peek(),
+            None | Some(Lexeme {
                 token: Token::Or | Token::Close,
                 ..
-            }) => Err(QueryError::new(at, "has '-' without a term after it")),
-            Some(_) => Ok(self.unary(depth)?.map(|e| Expr::Not(Box::new(e)))),
+            })
+        ) {
+            return Err(QueryError::new(last, "has '-' without a term after it"));
         }
+        let term = self.primary(depth)?;
+        Ok(match negations % 2 {
+            1 => term.map(|e| Expr::Not(Box::new(e))),
+            _ => term,
+        })
     }
 
     fn primary(&mut self, depth: usize) -> Result<Option<Expr>, QueryError> {
@@ -329,22 +342,20 @@ impl Parser {
             Token::Quoted {
                 field: Some(field),
                 text,
-            } => match field_term(&field, &text, true, at)? {
-                Some(term) => Ok(Some(term)),
+            } if is_field(&field) => field_term(&field, &text, true, at),
+            Token::Quoted {
+                field: Some(field),
+                text,
+            } => {
                 // not a field of logs: words, and a phrase
-                None => {
-                    let quote_at = at + field.chars().count() + 1;
-                    let parts = [bare(&field, at)?, phrase(&text, quote_at)?];
-                    Ok(join(parts.into_iter().flatten().collect(), Expr::And))
-                }
-            },
+                let quote_at = at + field.chars().count() + 1;
+                let parts = [bare(&field, at)?, phrase(&text, quote_at)?];
+                Ok(join(parts.into_iter().flatten().collect(), Expr::And))
+            }
             Token::Bare(text) => match text.split_once(':') {
-                Some((field, value)) => match field_term(field, value, false, at)? {
-                    Some(term) => Ok(Some(term)),
-                    // not a field of logs: words, as any text
-                    None => bare(&text, at),
-                },
-                None => bare(&text, at),
+                Some((field, value)) if is_field(field) => field_term(field, value, false, at),
+                // not a field of logs: words, as any text
+                _ => bare(&text, at),
             },
             Token::Close | Token::Or | Token::Not => unreachable!("handled by the callers"),
         }
@@ -425,22 +436,27 @@ fn prefix_of(text: &str, value: bool, at: usize) -> Result<bool, QueryError> {
     Ok(true)
 }
 
-/// `field:value`, quoted or not; `None` when `field` is not a field of logs.
+/// Whether `field:` names a field of logs (or a payload, which a path must follow); anything
+/// else before a colon is words.
+fn is_field(field: &str) -> bool {
+    matches!(
+        field,
+        "message" | "status" | "log_type" | "assistant_id" | "room_name"
+    ) || PAYLOADS.iter().any(|p| {
+        field
+            .strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
+/// `field:value`, quoted or not, for a field of logs ([`is_field`]); `None` when the value
+/// has no words where words are asked for (`message:!!`).
 fn field_term(
     field: &str,
     value: &str,
     quoted: bool,
     at: usize,
 ) -> Result<Option<Expr>, QueryError> {
-    let payload = PAYLOADS.iter().any(|p| {
-        field
-            .strip_prefix(p)
-            .is_some_and(|rest| rest.starts_with('.'))
-    });
-    let known = matches!(
-        field,
-        "message" | "status" | "log_type" | "assistant_id" | "room_name"
-    ) || payload;
     if PAYLOADS.contains(&field) {
         return Err(QueryError::new(
             at,
@@ -448,9 +464,6 @@ fn field_term(
                 "has {field}: without a path; name one, such as {field}.payload.caller_number:…"
             ),
         ));
-    }
-    if !known {
-        return Ok(None);
     }
     if value.is_empty() {
         return Err(QueryError::new(at, format!("has {field}: without a value")));
@@ -489,7 +502,10 @@ fn field_term(
             })
         }
         path => {
-            if path.len() > MAX_PATH_BYTES || path.split('.').any(str::is_empty) {
+            if path.len() > MAX_PATH_BYTES
+                || path.split('.').any(str::is_empty)
+                || path.contains('\0')
+            {
                 return Err(QueryError::new(
                     at,
                     format!(

@@ -196,8 +196,16 @@ fn errors_name_the_problem_and_where_it_is() {
 #[test]
 fn punctuation_is_as_if_not_typed() {
     assert_eq!(parse("a OR !!!").unwrap(), word("a", 1));
+    assert_eq!(parse("a message:!! message:\"*\"").unwrap(), word("a", 1));
     assert_eq!(parse("-!!! a").unwrap(), word("a", 6));
     assert_eq!(parse("(!!!) a").unwrap(), word("a", 7));
+}
+
+#[test]
+fn dashes_cancel_out_in_pairs() {
+    assert_eq!(parse("--a").unwrap(), word("a", 3));
+    let many = format!("{}a", "-".repeat(1001));
+    assert_eq!(parse(&many).unwrap(), Expr::Not(Box::new(word("a", 1002))));
 }
 
 #[test]

@@ -7,9 +7,7 @@ mod payload;
 mod words;
 
 pub use grammar::{Expr, MAX_Q_BYTES, MIN_PREFIX_CHARS, QueryError, Term, Text, Value, parse};
-pub use payload::{
-    MAX_PATH_BYTES, MAX_VALUE_BYTES, PAYLOADS, PayloadTerms, value_term, word_term, words_text,
-};
+pub use payload::{MAX_PATH_BYTES, MAX_VALUE_BYTES, PAYLOADS, PayloadTerms, value_term, word_term};
 pub use words::{MAX_WORD_BYTES, words};
 
 impl Expr {

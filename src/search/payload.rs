@@ -18,15 +18,10 @@ pub fn value_term(path: &str, value: &str) -> String {
     format!("{path}\0{}", value.to_lowercase())
 }
 
-/// The term of one word of a value at a path.
+/// The term of one word of a value at a path. With a whole string for the word, it is what
+/// the index of words takes, and its analyzer cuts into the terms of the string's words.
 pub fn word_term(path: &str, word: &str) -> String {
     format!("{path}\0{word}")
-}
-
-/// A string at a path as the index of words takes it: `<path>\0<string>`, which its analyzer
-/// cuts into the [`word_term`]s of the string's words.
-pub fn words_text(path: &str, text: &str) -> String {
-    format!("{path}\0{text}")
 }
 
 /// The terms of a log's payloads.
@@ -34,8 +29,8 @@ pub fn words_text(path: &str, text: &str) -> String {
 pub struct PayloadTerms {
     /// Each value whole, as [`value_term`].
     pub values: Vec<String>,
-    /// Each string, as [`words_text`]: one value of the field each, so that a phrase never
-    /// spans two.
+    /// Each string, as [`word_term`] of the whole string: one value of the field each, so
+    /// that a phrase never spans two.
     pub texts: Vec<String>,
 }
 
@@ -66,7 +61,7 @@ impl PayloadTerms {
                 if s.len() <= MAX_VALUE_BYTES {
                     self.values.push(value_term(path, s));
                 }
-                self.texts.push(words_text(path, s));
+                self.texts.push(word_term(path, s));
             }
             Value::Array(items) => {
                 for item in items {
@@ -75,7 +70,8 @@ impl PayloadTerms {
             }
             Value::Object(fields) => {
                 let len = path.len();
-                for (key, item) in fields {
+                // a NUL would end the path where the index of words reads it
+                for (key, item) in fields.iter().filter(|(key, _)| !key.contains('\0')) {
                     path.push('.');
                     path.push_str(key);
                     self.add(path, item);

@@ -576,4 +576,35 @@ mod tests {
         assert_eq!(store.search(&query).unwrap().total, 429);
         assert!(store.blocks.bytes() > 0);
     }
+
+    #[test]
+    fn an_index_without_payload_terms_erases_nothing_by_a_payload_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            payloads: false,
+            ..StoreOptions::new(16 << 20)
+        };
+        let (store, mut writer) = open(dir.path(), &options).unwrap();
+        for seq in 1..=3u64 {
+            writer.add(&example_log("kept"), seq).unwrap();
+        }
+        writer.commit(3).unwrap();
+        let excluded = LogQuery {
+            user_id: "u".into(),
+            text: Some(crate::search::parse("-request_data.k:1").unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(writer.delete(&excluded).unwrap(), 0);
+        writer.commit(3).unwrap();
+        let all = LogQuery {
+            user_id: "u".into(),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(store.search(&all).unwrap().total, 3);
+        assert_eq!(
+            store.check(&excluded).unwrap().unwrap_err().to_string(),
+            "q names a payload path, and this server does not index them ([index] payload_paths = false) (at character 2)"
+        );
+    }
 }

@@ -191,8 +191,8 @@ fn message_analyzer() -> TextAnalyzer {
         .build()
 }
 
-/// The analyzer of `payload_words`: a value `<path>\0<text>` ([`crate::search::words_text`])
-/// gives the words of the text as `message` cuts them, each as its path's
+/// The analyzer of `payload_words`: a value `<path>\0<text>` ([`crate::search::word_term`] of
+/// a whole string) gives the words of the text as `message` cuts them, each as its path's
 /// [`crate::search::word_term`].
 #[derive(Clone)]
 struct PayloadWords(TextAnalyzer);

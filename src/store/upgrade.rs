@@ -1,6 +1,7 @@
 //! Opening an index written by an earlier logbridge, whose schema lacks fields this one has (the
-//! fast fields of statistics, the payload fields of search): every live log is copied, with its sequence number and the last
-//! commit's payload, into a new index beside it (`upgrade/`), which then takes its place.
+//! fast fields of statistics, the payload fields of search): every live log is copied, with its
+//! sequence number and the last commit's payload, into a new index beside it (`upgrade/`),
+//! which then takes its place.
 //!
 //! A crash at any point is safe: until `upgrade/complete` exists the old index is untouched and
 //! a partial copy is thrown away; after it, the swap is finished on the next start. The swap
