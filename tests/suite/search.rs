@@ -162,17 +162,8 @@ async fn operators_prefixes_fields_and_payload_paths_find_exactly_their_logs() {
     }
 
     // the page tells the explorer which words to mark
-    let response = app
-        .client
-        .get(format!(
-            "{}/logs?{}",
-            app.api_url,
-            encoded("(Timeout OR \"rate limit\") -retrying ca* status:error")
-        ))
-        .bearer_auth(app.keys.alice.expose())
-        .send()
-        .await
-        .unwrap();
+    let q = encoded("(Timeout OR \"rate limit\") -retrying ca* status:error");
+    let response = get(&app, &app.keys.alice, &format!("/logs?{q}")).await;
     assert_eq!(
         response.headers()["logbridge-highlight"],
         "w=ca*&w=limit&w=rate&w=timeout"
@@ -191,16 +182,11 @@ async fn statistics_export_tail_and_erasure_take_the_same_grammar() {
     let data = app.logs(alice, &encoded(q)).await;
     assert_eq!(messages(&data), [RATE_4, TIMED_OUT_2]);
 
-    let stats = get_json(&app, alice, &format!("/logs/stats?{}", encoded(q))).await;
-    assert_eq!(stats["data"]["total"], 2);
+    let stats = get(&app, alice, &format!("/logs/stats?{}", encoded(q))).await;
+    assert_eq!(stats.status(), 200);
+    assert_eq!(stats.json::<Json>().await.unwrap()["data"]["total"], 2);
 
-    let export = app
-        .client
-        .get(format!("{}/logs/export?{}", app.api_url, encoded(q)))
-        .bearer_auth(alice.expose())
-        .send()
-        .await
-        .unwrap();
+    let export = get(&app, alice, &format!("/logs/export?{}", encoded(q))).await;
     assert_eq!(export.status(), 200);
     let body = export.text().await.unwrap();
     let exported: Vec<String> = body
@@ -215,13 +201,7 @@ async fn statistics_export_tail_and_erasure_take_the_same_grammar() {
     assert_eq!(exported, [RATE_4, TIMED_OUT_2]);
 
     // a tail sees only the new logs the query selects
-    let tail = app
-        .client
-        .get(format!("{}/logs/tail?{}", app.api_url, encoded(q)))
-        .bearer_auth(alice.expose())
-        .send()
-        .await
-        .unwrap();
+    let tail = get(&app, alice, &format!("/logs/tail?{}", encoded(q))).await;
     let mut events = Events::new(tail);
     app.ingest(
         alice,
@@ -251,16 +231,14 @@ async fn statistics_export_tail_and_erasure_take_the_same_grammar() {
     assert_eq!(data["total"], 1);
 }
 
-async fn get_json(app: &TestApp, key: &Secret, path: &str) -> Json {
-    let response = app
-        .client
+/// `GET path` with `key`.
+async fn get(app: &TestApp, key: &Secret, path: &str) -> reqwest::Response {
+    app.client
         .get(format!("{}{path}", app.api_url))
         .bearer_auth(key.expose())
         .send()
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{path}");
-    response.json().await.unwrap()
+        .unwrap()
 }
 
 /// The status and message of a request of Alice's with `q` (with a key that may erase).
