@@ -4,7 +4,8 @@
 //!     cargo bench --bench query -- [--records 10000000] [--dir PATH] [--clients 4] [--requests 400] [--runs 3] [--only NAME]
 //!
 //! The index is built in `--dir` (default `target/bench-index`) on first use, merged into one
-//! segment (the footprint is measured after that final merge), and reused after.
+//! segment (the footprint is measured after that final merge, with where its bytes go), and
+//! reused after.
 
 #[path = "harness/mod.rs"]
 mod harness;
@@ -112,6 +113,61 @@ fn final_merge(index_dir: &Path) {
     );
 }
 
+/// Where the index's bytes go, per record: each component of the segments (stored documents,
+/// postings, positions, terms, fast fields, field norms), and the fields that take the most of
+/// the postings, positions and terms.
+fn breakdown(index_dir: &Path) {
+    let index = tantivy::Index::open_in_dir(index_dir).expect("open the index");
+    let searcher = index.reader().expect("a reader").searcher();
+    let usage = searcher.space_usage().expect("space usage");
+    let records = searcher.num_docs().max(1) as f64;
+    let per = |bytes: u64| bytes as f64 / records;
+    let mut components: Vec<(&str, u64)> = vec![
+        ("stored documents", 0),
+        ("postings", 0),
+        ("positions", 0),
+        ("terms", 0),
+        ("fast fields", 0),
+        ("field norms", 0),
+    ];
+    let mut fields: std::collections::BTreeMap<String, u64> = Default::default();
+    for segment in usage.segments() {
+        let parts = [
+            segment.store().total(),
+            segment.postings().total(),
+            segment.positions().total(),
+            segment.termdict().total(),
+            segment.fast_fields().total(),
+            segment.fieldnorms().total(),
+        ];
+        for ((_, total), bytes) in components.iter_mut().zip(parts) {
+            *total += bytes.get_bytes();
+        }
+        for part in [segment.postings(), segment.positions(), segment.termdict()] {
+            for field in part.fields() {
+                *fields.entry(field.field_name().to_owned()).or_default() +=
+                    field.total().get_bytes();
+            }
+        }
+    }
+    println!(
+        "\n| where the bytes go ({} segments) | bytes/record |",
+        usage.segments().len()
+    );
+    println!("|---|---|");
+    for (name, bytes) in &components {
+        println!("| {name} | {:.1} |", per(*bytes));
+    }
+    println!("| total | {:.1} |", per(usage.total().get_bytes()));
+    let mut fields: Vec<(String, u64)> = fields.into_iter().collect();
+    fields.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    println!("\n| field: postings, positions and terms | bytes/record |");
+    println!("|---|---|");
+    for (name, bytes) in fields {
+        println!("| {name} | {:.1} |", per(bytes));
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -122,6 +178,7 @@ async fn main() {
     build(&args).await;
     final_merge(&args.dir.join("index"));
     let index_bytes = disk_bytes(&args.dir.join("index"));
+    breakdown(&args.dir.join("index"));
     let server = Server::start(BIN, &args.dir, 1000).await;
     println!(
         "index: {} records, {:.0} bytes/record on disk, start-up {:.0} ms, peak RSS after start {} MiB",
