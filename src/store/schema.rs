@@ -4,7 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tantivy::schema::{
-    FAST, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
+    FAST, Field, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{
     BoxTokenStream, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, Token,
@@ -35,10 +35,6 @@ pub const LATENCY_FIELD: &str = "latency_ms";
 
 /// Name of the fast (columnar, not searchable) field of assistant ids.
 pub const ASSISTANT_FIELD: &str = "assistant_id";
-
-/// Name of the field of words in the payloads, the newest field: an index without it was
-/// written by an earlier logbridge.
-pub const PAYLOAD_WORDS_FIELD: &str = "payload_words";
 
 /// A log type and status as one small number: `type * 2 + status`, in the order of
 /// [`LogType::ALL`] and [`LogStatus::ALL`].
@@ -106,32 +102,36 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// The schema and its fields; `payloads`: whether documents get payload terms.
+    /// The schema and its fields; `payloads`: whether documents get payload terms. No field
+    /// keeps norms: they serve relevance scoring, which no query uses (results are newest first).
     pub fn schema(payloads: bool) -> (Schema, Fields) {
         let mut builder = Schema::builder();
-        let message_options = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(MESSAGE_TOKENIZER)
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-        );
+        let indexed = |tokenizer: &str, record: IndexRecordOption| {
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(tokenizer)
+                    .set_index_option(record)
+                    .set_fieldnorms(false),
+            )
+        };
+        let exact = || indexed("raw", IndexRecordOption::Basic);
         let fields = Fields {
-            user: builder.add_text_field("user", STRING),
-            scoped: builder.add_text_field("scoped", STRING),
-            message: builder.add_text_field("message", message_options),
+            user: builder.add_text_field("user", exact()),
+            scoped: builder.add_text_field("scoped", exact()),
+            message: builder.add_text_field(
+                "message",
+                indexed(MESSAGE_TOKENIZER, IndexRecordOption::WithFreqsAndPositions),
+            ),
             timestamp: builder.add_u64_field(TIMESTAMP_FIELD, FAST),
             seq: builder.add_u64_field(SEQ_FIELD, FAST),
             doc: builder.add_bytes_field("doc", STORED),
             kind: builder.add_u64_field(KIND_FIELD, FAST),
             latency: builder.add_u64_field(LATENCY_FIELD, FAST),
             assistant: builder.add_text_field(ASSISTANT_FIELD, FAST),
-            payload_values: builder.add_text_field("payload_values", STRING),
+            payload_values: builder.add_text_field("payload_values", exact()),
             payload_words: builder.add_text_field(
-                PAYLOAD_WORDS_FIELD,
-                TextOptions::default().set_indexing_options(
-                    TextFieldIndexing::default()
-                        .set_tokenizer(PAYLOAD_TOKENIZER)
-                        .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-                ),
+                "payload_words",
+                indexed(PAYLOAD_TOKENIZER, IndexRecordOption::WithFreqsAndPositions),
             ),
             payloads,
         };

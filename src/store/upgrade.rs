@@ -1,7 +1,7 @@
-//! Opening an index written by an earlier logbridge, whose schema lacks fields this one has (the
-//! fast fields of statistics, the payload fields of search): every live log is copied, with its
-//! sequence number and the last commit's payload, into a new index beside it (`upgrade/`),
-//! which then takes its place.
+//! Opening an index written by an earlier logbridge, whose schema is not this one's (it lacks
+//! the fast fields of statistics or the payload fields of search, or keeps field norms): every
+//! live log is copied, with its sequence number and the last commit's payload, into a new index
+//! beside it (`upgrade/`), which then takes its place.
 //!
 //! A crash at any point is safe: until `upgrade/complete` exists the old index is untouched and
 //! a partial copy is thrown away; after it, the swap is finished on the next start. The swap
@@ -19,7 +19,7 @@ use tantivy::schema::{IndexRecordOption, Value as _};
 use tantivy::{DocSet, Index, IndexWriter, TERMINATED, TantivyDocument};
 
 use super::StoreError;
-use super::schema::{Fields, PAYLOAD_WORDS_FIELD, SEQ_FIELD, TIMESTAMP_FIELD, register_analyzers};
+use super::schema::{Fields, SEQ_FIELD, TIMESTAMP_FIELD, register_analyzers};
 use crate::mapping::{ActivityLog, LogStatus, LogType};
 
 /// The folder the new index is built in.
@@ -64,7 +64,7 @@ pub fn upgrade(path: &Path, payloads: bool) -> Result<u64, StoreError> {
         return Ok(0);
     }
     let old = Index::open_in_dir(path)?;
-    if old.schema().get_field(PAYLOAD_WORDS_FIELD).is_ok() {
+    if old.schema() == Fields::schema(payloads).0 {
         return Ok(0);
     }
     tracing::info!(path = %path.display(), "the index was written by an earlier logbridge: upgrading it");
