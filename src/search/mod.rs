@@ -10,6 +10,22 @@ pub use grammar::{Expr, MAX_Q_BYTES, MIN_PREFIX_CHARS, QueryError, Term, Text, V
 pub use payload::{MAX_PATH_BYTES, MAX_VALUE_BYTES, PAYLOADS, PayloadTerms, value_term, word_term};
 pub use words::{MAX_WORD_BYTES, words};
 
+impl Term {
+    /// What a prefix term starts with (as typed, without its star); none for other terms.
+    pub fn prefix(&self) -> Option<&str> {
+        match self {
+            Term::Message(Text::Prefix(p))
+            | Term::AssistantId(Value::Prefix(p))
+            | Term::RoomName(Value::Prefix(p))
+            | Term::Payload {
+                value: Value::Prefix(p),
+                ..
+            } => Some(p),
+            _ => None,
+        }
+    }
+}
+
 impl Expr {
     /// Refuses a query that names a payload path, for a server that does not index them
     /// (`[index] payload_paths = false`): such a term could not be answered, and excluded it

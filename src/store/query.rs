@@ -5,9 +5,7 @@
 use std::collections::BTreeSet;
 use std::ops::Bound;
 
-use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, InvertedIndexRangeQuery, Occur, PhraseQuery, Query,
-};
+use tantivy::query::{AllQuery, BooleanQuery, InvertedIndexRangeQuery, Occur, PhraseQuery, Query};
 use tantivy::schema::Field;
 use tantivy::{Searcher, Term};
 
@@ -77,12 +75,7 @@ impl Compiler<'_> {
 
     fn query(&self, expr: &Expr) -> Box<dyn Query> {
         match expr {
-            Expr::Or(parts) => Box::new(BooleanQuery::new(
-                parts
-                    .iter()
-                    .map(|p| (Occur::Should, self.query(p)))
-                    .collect(),
-            )),
+            Expr::Or(parts) => any_of(parts.iter().map(|p| self.query(p)).collect()),
             Expr::Term(term, _) => self.term(term),
             and_or_not => {
                 let mut clauses = Vec::new();
@@ -100,56 +93,34 @@ impl Compiler<'_> {
         let (f, user) = (self.f, self.user);
         let scoped = |value: Scoped<'_>| term_query(f.scoped, &value.term_text(user));
         match term {
-            QTerm::Message(text) => self.text_query(f.message, "", text),
+            QTerm::Message(Text::Prefix(_))
+            | QTerm::AssistantId(Value::Prefix(_))
+            | QTerm::RoomName(Value::Prefix(_))
+            | QTerm::Payload {
+                value: Value::Prefix(_),
+                ..
+            } => any_of(
+                prefix_ranges(f, user, term)
+                    .into_iter()
+                    .map(|(field, start)| self.prefix_query(field, &start))
+                    .collect(),
+            ),
+            QTerm::Message(Text::Word(word)) => term_query(f.message, word),
+            QTerm::Message(Text::Phrase(words)) => words_query(f.message, "", words),
             QTerm::LogType(t) => scoped(Scoped::LogType(*t)),
             QTerm::Status(s) => scoped(Scoped::Status(*s)),
             QTerm::AssistantId(Value::Is(v)) => scoped(Scoped::AssistantId(v)),
-            QTerm::AssistantId(Value::Prefix(v)) => {
-                self.prefix_query(f.scoped, &Scoped::AssistantId(v).term_text(user))
-            }
             QTerm::RoomName(Value::Is(v)) => scoped(Scoped::RoomName(v)),
-            QTerm::RoomName(Value::Prefix(v)) => {
-                self.prefix_query(f.scoped, &Scoped::RoomName(v).term_text(user))
-            }
-            QTerm::Payload { .. } if !f.payloads => Box::new(EmptyQuery),
             QTerm::Payload {
                 path,
                 value: Value::Is(v),
             } => {
-                let mut either = vec![(
-                    Occur::Should,
-                    term_query(f.payload_values, &value_term(path, v)),
-                )];
-                if let Some(text) = Text::of(words(v)) {
-                    let words = self.text_query(f.payload_words, &word_term(path, ""), &text);
-                    either.push((Occur::Should, words));
+                let mut either = vec![term_query(f.payload_values, &value_term(path, v))];
+                let words = words(v);
+                if !words.is_empty() {
+                    either.push(words_query(f.payload_words, &word_term(path, ""), &words));
                 }
-                Box::new(BooleanQuery::new(either))
-            }
-            QTerm::Payload {
-                path,
-                value: Value::Prefix(v),
-            } => Box::new(BooleanQuery::new(
-                payload_prefixes(path, v)
-                    .into_iter()
-                    .map(|(field, start)| {
-                        (Occur::Should, self.prefix_query(f.field(field), &start))
-                    })
-                    .collect(),
-            )),
-        }
-    }
-}
-
-impl Compiler<'_> {
-    /// Words of a text field, each term being `prefix` and the word.
-    fn text_query(&self, field: Field, prefix: &str, text: &Text) -> Box<dyn Query> {
-        let term = |word: &str| Term::from_field_text(field, &format!("{prefix}{word}"));
-        match text {
-            Text::Word(word) => term_query(field, &format!("{prefix}{word}")),
-            Text::Prefix(start) => self.prefix_query(field, &format!("{prefix}{start}")),
-            Text::Phrase(words) => {
-                Box::new(PhraseQuery::new(words.iter().map(|w| term(w)).collect()))
+                any_of(either)
             }
         }
     }
@@ -165,41 +136,64 @@ impl Compiler<'_> {
             let (lower, upper) = prefix_bounds(field, start);
             return Box::new(InvertedIndexRangeQuery::new(lower, upper));
         };
-        let words = terms
+        any_of(
+            terms
+                .iter()
+                .filter_map(|term| std::str::from_utf8(term).ok())
+                .map(|word| term_query(field, word))
+                .collect(),
+        )
+    }
+}
+
+/// The logs any of `queries` selects.
+fn any_of(mut queries: Vec<Box<dyn Query>>) -> Box<dyn Query> {
+    if queries.len() == 1 {
+        return queries.remove(0);
+    }
+    Box::new(BooleanQuery::new(
+        queries.into_iter().map(|q| (Occur::Should, q)).collect(),
+    ))
+}
+
+/// `words` of a text field one after the other (a phrase, or one word), each term being
+/// `prefix` and the word.
+fn words_query(field: Field, prefix: &str, words: &[String]) -> Box<dyn Query> {
+    if let [word] = words {
+        return term_query(field, &format!("{prefix}{word}"));
+    }
+    Box::new(PhraseQuery::new(
+        words
             .iter()
-            .filter_map(|term| std::str::from_utf8(term).ok())
-            .map(|word| (Occur::Should, term_query(field, word)))
-            .collect();
-        Box::new(BooleanQuery::new(words))
-    }
+            .map(|word| Term::from_field_text(field, &format!("{prefix}{word}")))
+            .collect(),
+    ))
 }
 
-/// Which of the payload fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PayloadField {
-    Values,
-    Words,
-}
-
-impl Fields {
-    fn field(&self, which: PayloadField) -> Field {
-        match which {
-            PayloadField::Values => self.payload_values,
-            PayloadField::Words => self.payload_words,
+/// Where a prefix term looks: each field with the start of the terms it stands for; none
+/// for a term that is not a prefix. A prefix of a payload value looks at whole values
+/// starting with it and, when it is one word, at words starting with it.
+fn prefix_ranges(f: &Fields, user: &str, term: &QTerm) -> Vec<(Field, String)> {
+    match term {
+        QTerm::Message(Text::Prefix(p)) => vec![(f.message, p.clone())],
+        QTerm::AssistantId(Value::Prefix(p)) => {
+            vec![(f.scoped, Scoped::AssistantId(p).term_text(user))]
         }
+        QTerm::RoomName(Value::Prefix(p)) => vec![(f.scoped, Scoped::RoomName(p).term_text(user))],
+        QTerm::Payload {
+            path,
+            value: Value::Prefix(p),
+        } => {
+            let mut ranges = vec![(f.payload_values, value_term(path, p))];
+            if let [word] = words(p).as_slice()
+                && *word == p.to_lowercase()
+            {
+                ranges.push((f.payload_words, word_term(path, word)));
+            }
+            ranges
+        }
+        _ => Vec::new(),
     }
-}
-
-/// Where a prefix of a payload value looks: whole values starting with it and, when it is
-/// one word, words starting with it; each as the field and the start of its terms.
-fn payload_prefixes(path: &str, start: &str) -> Vec<(PayloadField, String)> {
-    let mut prefixes = vec![(PayloadField::Values, value_term(path, start))];
-    if let [word] = words(start).as_slice()
-        && *word == start.to_lowercase()
-    {
-        prefixes.push((PayloadField::Words, word_term(path, word)));
-    }
-    prefixes
 }
 
 fn prefix_bounds(field: Field, start: &str) -> (Bound<Term>, Bound<Term>) {
@@ -236,7 +230,6 @@ impl Store {
     }
 
     fn check_expr(&self, searcher: &Searcher, user: &str, expr: &Expr) -> Result<(), Refused> {
-        let f = &self.fields;
         let (term, at) = match expr {
             Expr::And(parts) | Expr::Or(parts) => {
                 return parts
@@ -246,27 +239,10 @@ impl Store {
             Expr::Not(inner) => return self.check_expr(searcher, user, inner),
             Expr::Term(term, at) => (term, *at),
         };
-        let (shown, starts): (&str, Vec<(Field, String)>) = match term {
-            QTerm::Message(Text::Prefix(p)) => (p, vec![(f.message, p.clone())]),
-            QTerm::AssistantId(Value::Prefix(p)) => {
-                (p, vec![(f.scoped, Scoped::AssistantId(p).term_text(user))])
-            }
-            QTerm::RoomName(Value::Prefix(p)) => {
-                (p, vec![(f.scoped, Scoped::RoomName(p).term_text(user))])
-            }
-            QTerm::Payload {
-                path,
-                value: Value::Prefix(p),
-            } => (
-                p,
-                payload_prefixes(path, p)
-                    .into_iter()
-                    .map(|(field, start)| (f.field(field), start))
-                    .collect(),
-            ),
-            _ => return Ok(()),
+        let Some(shown) = term.prefix() else {
+            return Ok(());
         };
-        for (field, start) in starts {
+        for (field, start) in prefix_ranges(&self.fields, user, term) {
             if terms_starting(searcher, field, &start, MAX_PREFIX_TERMS)?.len() > MAX_PREFIX_TERMS {
                 return Err(Refused::Query(QueryError::new(
                     at,
