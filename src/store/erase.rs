@@ -34,15 +34,8 @@ impl LogWriter {
     /// returns how many there were. Only committed logs are counted, so commit first; the
     /// deletes take effect with the next commit.
     pub fn delete(&mut self, query: &LogQuery) -> Result<u64, StoreError> {
-        // a path this index leaves out cannot be answered, and excluded it would select every
-        // log: such an erasure (refused by the API, but one of a cluster's stream could name
-        // one) erases nothing
-        if let Some(Err(refused)) = query
-            .text
-            .as_ref()
-            .filter(|_| !self.fields.payloads)
-            .map(|expr| expr.refuse_payloads())
-        {
+        // refused by the API, but an erasure of a cluster's stream could name such a path
+        if let Some(Err(refused)) = query.text.as_ref().map(|e| self.fields.answerable(e)) {
             tracing::warn!(user = %query.user_id, %refused, "an erasure names a payload path this index leaves out: nothing erased");
             return Ok(0);
         }

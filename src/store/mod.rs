@@ -279,7 +279,6 @@ fn term_query(field: Field, text: &str) -> Box<dyn Query> {
 
 #[cfg(test)]
 mod tests {
-    use crate::search::{Term, Text};
     use std::collections::HashMap;
 
     use rand::rngs::StdRng;
@@ -291,6 +290,7 @@ mod tests {
     use super::*;
     use crate::mapping::ActivityLog;
     use crate::mapping::example_log;
+    use crate::search::{Term, Text};
 
     /// The same query answered by brute force over the logs as written.
     fn reference(logs: &[(ActivityLog, u64)], q: &LogQuery) -> (u64, Vec<SortKey>, bool) {

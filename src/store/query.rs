@@ -216,9 +216,7 @@ impl Store {
         let Some(expr) = &query.text else {
             return Ok(Ok(()));
         };
-        if !self.fields.payloads
-            && let Err(e) = expr.refuse_payloads()
-        {
+        if let Err(e) = self.fields.answerable(expr) {
             return Ok(Err(e));
         }
         let searcher = self.reader.searcher();
@@ -253,6 +251,17 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+impl Fields {
+    /// Refuses `expr` when it names a payload path and documents get no payload terms: such a
+    /// term cannot be answered, and excluded it would select every log.
+    pub(super) fn answerable(&self, expr: &Expr) -> Result<(), QueryError> {
+        match self.payloads {
+            true => Ok(()),
+            false => expr.refuse_payloads(),
+        }
     }
 }
 
