@@ -6,6 +6,8 @@ mod grammar;
 mod payload;
 mod words;
 
+use std::convert::Infallible;
+
 pub use grammar::{Expr, MAX_Q_BYTES, MIN_PREFIX_CHARS, QueryError, Term, Text, Value, parse};
 pub use payload::{MAX_PATH_BYTES, MAX_VALUE_BYTES, PAYLOADS, PayloadTerms, value_term, word_term};
 pub use words::{MAX_WORD_BYTES, words};
@@ -27,43 +29,59 @@ impl Term {
 }
 
 impl Expr {
+    /// Calls `visit` with each term, where it starts, and whether it is under a `-`, in the
+    /// order of the query, until it fails.
+    pub fn try_for_each_term<E>(
+        &self,
+        visit: &mut impl FnMut(&Term, usize, bool) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.visit_terms(false, visit)
+    }
+
+    fn visit_terms<E>(
+        &self,
+        excluded: bool,
+        visit: &mut impl FnMut(&Term, usize, bool) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match self {
+            Expr::And(parts) | Expr::Or(parts) => parts
+                .iter()
+                .try_for_each(|p| p.visit_terms(excluded, visit)),
+            Expr::Not(inner) => inner.visit_terms(true, visit),
+            Expr::Term(term, at) => visit(term, *at, excluded),
+        }
+    }
+
     /// Refuses a query that names a payload path, for a server that does not index them
     /// (`[index] payload_paths = false`): such a term could not be answered, and excluded it
     /// would select every log.
     pub fn refuse_payloads(&self) -> Result<(), QueryError> {
-        match self {
-            Expr::And(parts) | Expr::Or(parts) => parts.iter().try_for_each(Expr::refuse_payloads),
-            Expr::Not(inner) => inner.refuse_payloads(),
-            Expr::Term(Term::Payload { .. }, at) => Err(QueryError::new(
-                *at,
+        self.try_for_each_term(&mut |term, at, _| match term {
+            Term::Payload { .. } => Err(QueryError::new(
+                at,
                 "names a payload path, and this server does not index them ([index] payload_paths = false)",
             )),
-            Expr::Term(..) => Ok(()),
-        }
+            _ => Ok(()),
+        })
     }
 
     /// The words of the message a log matches the query by, to show them marked: those not
     /// under a `-`. Prefixes end with `*`.
     pub fn highlights(&self) -> Vec<String> {
         let mut found = Vec::new();
-        self.collect_highlights(&mut found);
+        let Ok(()) = self.try_for_each_term::<Infallible>(&mut |term, _, excluded| {
+            match term {
+                Term::Message(Text::Word(w)) if !excluded => found.push(w.clone()),
+                Term::Message(Text::Prefix(p)) if !excluded => found.push(format!("{p}*")),
+                Term::Message(Text::Phrase(words)) if !excluded => {
+                    found.extend(words.iter().cloned())
+                }
+                _ => {}
+            }
+            Ok(())
+        });
         found.sort();
         found.dedup();
         found
-    }
-
-    fn collect_highlights(&self, found: &mut Vec<String>) {
-        match self {
-            Expr::And(parts) | Expr::Or(parts) => {
-                parts.iter().for_each(|p| p.collect_highlights(found));
-            }
-            Expr::Not(_) => {}
-            Expr::Term(Term::Message(text), _) => match text {
-                Text::Word(w) => found.push(w.clone()),
-                Text::Prefix(p) => found.push(format!("{p}*")),
-                Text::Phrase(words) => found.extend(words.iter().cloned()),
-            },
-            Expr::Term(..) => {}
-        }
     }
 }

@@ -220,23 +220,24 @@ impl Store {
             return Ok(Err(e));
         }
         let searcher = self.reader.searcher();
-        match self.check_expr(&searcher, &query.user_id, expr) {
+        let checked = expr.try_for_each_term(&mut |term, at, _| {
+            self.check_term(&searcher, &query.user_id, term, at)
+        });
+        match checked {
             Ok(()) => Ok(Ok(())),
             Err(Refused::Query(e)) => Ok(Err(e)),
             Err(Refused::Store(e)) => Err(e),
         }
     }
 
-    fn check_expr(&self, searcher: &Searcher, user: &str, expr: &Expr) -> Result<(), Refused> {
-        let (term, at) = match expr {
-            Expr::And(parts) | Expr::Or(parts) => {
-                return parts
-                    .iter()
-                    .try_for_each(|p| self.check_expr(searcher, user, p));
-            }
-            Expr::Not(inner) => return self.check_expr(searcher, user, inner),
-            Expr::Term(term, at) => (term, *at),
-        };
+    /// Refuses a prefix of `term` standing for more than [`MAX_PREFIX_TERMS`] words.
+    fn check_term(
+        &self,
+        searcher: &Searcher,
+        user: &str,
+        term: &QTerm,
+        at: usize,
+    ) -> Result<(), Refused> {
         let Some(shown) = term.prefix() else {
             return Ok(());
         };
