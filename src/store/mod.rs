@@ -224,7 +224,9 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
         IndexDirectory::open(path, options.faults.clone(), options.merge_failures.clone())
             .map_err(|e| open_error(e.to_string()))?;
     let (schema, fields) = Fields::schema(options.payloads);
-    let index = Index::open_or_create(directory, schema).map_err(|e| open_error(e.to_string()))?;
+    let mut index =
+        Index::open_or_create(directory, schema).map_err(|e| open_error(e.to_string()))?;
+    schema::compress_stored_documents(&mut index);
     schema::register_analyzers(&index);
     // Merges on a second thread would fight indexing on small machines: one of each.
     let writer_options = IndexWriterOptions::builder()

