@@ -15,7 +15,8 @@ use tantivy::DocId;
 use tantivy::columnar::StrColumn;
 
 /// Counters a summary keeps through a reduction; between reductions it holds up to twice as many.
-pub const CAPACITY: usize = 4096;
+/// Unit tests keep few, so that a small index has more assistants than that.
+pub const CAPACITY: usize = if cfg!(test) { 16 } else { 4096 };
 
 /// Largest dictionary a segment counts exactly, with a tally per term (16 bytes each).
 pub const DENSE_TERMS: usize = 1 << 16;
@@ -29,6 +30,16 @@ pub struct AssistantCount {
     pub assistant_id: String,
     pub count: u64,
     pub errors: u64,
+}
+
+impl AssistantCount {
+    fn of((assistant_id, tally): (String, Tally)) -> Self {
+        Self {
+            assistant_id,
+            count: tally.count,
+            errors: tally.errors,
+        }
+    }
 }
 
 /// Matches and failed matches, of one assistant.
@@ -265,6 +276,20 @@ impl Assistants {
         self.read_error.get_or_insert(error);
     }
 
+    /// Every assistant with matches and its exact counts, in no order; `None` when there were
+    /// too many to count each exactly.
+    pub fn exact(mut self) -> Result<Option<Vec<AssistantCount>>, Unfinished> {
+        self.leave();
+        if let Some(error) = self.read_error {
+            return Err(Unfinished::Read(error));
+        }
+        if self.summary.undercount() > 0 {
+            return Ok(None);
+        }
+        let (counters, _) = self.summary.into_parts();
+        Ok(Some(counters.into_iter().map(AssistantCount::of).collect()))
+    }
+
     /// The `n` assistants with the most matches, most first then by id, with exact counts.
     pub fn top(
         mut self,
@@ -278,25 +303,14 @@ impl Assistants {
         let exact = self.summary.undercount() == 0;
         let (counters, undercount) = self.summary.into_parts();
         let mut top: Vec<AssistantCount> = if exact {
-            counters
-                .into_iter()
-                .map(|(assistant_id, tally)| AssistantCount {
-                    assistant_id,
-                    count: tally.count,
-                    errors: tally.errors,
-                })
-                .collect()
+            counters.into_iter().map(AssistantCount::of).collect()
         } else {
             let mut candidates = candidates(counters, undercount, n);
             let tallies = recount(&self.visited, &mut candidates, n, cancelled)?;
             candidates
                 .into_iter()
                 .zip(tallies)
-                .map(|(assistant_id, tally)| AssistantCount {
-                    assistant_id,
-                    count: tally.count,
-                    errors: tally.errors,
-                })
+                .map(AssistantCount::of)
                 .collect()
         };
         top.sort_unstable_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));

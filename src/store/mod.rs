@@ -5,12 +5,14 @@
 
 mod assistants;
 mod blocks;
+mod cache;
 mod directory;
 mod erase;
 mod query;
 mod reader;
 mod schema;
 mod search;
+mod segment_stats;
 mod stats;
 mod upgrade;
 mod writer;
@@ -135,6 +137,8 @@ pub struct Store {
     reader: IndexReader,
     fields: Fields,
     blocks: BlockCache,
+    /// The statistics of recent queries over whole segments.
+    stats: segment_stats::StatsCache,
     /// The highest sequence number searches see: every log up to it is visible.
     visible: watch::Receiver<u64>,
 }
@@ -245,7 +249,8 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
         Store {
             reader: reader.clone(),
             fields,
-            blocks: BlockCache::default(),
+            blocks: blocks::block_cache(),
+            stats: segment_stats::stats_cache(),
             visible: visible_rx,
         },
         LogWriter {

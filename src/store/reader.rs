@@ -13,6 +13,7 @@ use super::query::filter_query;
 use super::schema::SEQ_FIELD;
 use super::search::SortKey;
 use super::search::{self, Prepared, Window};
+use super::segment_stats;
 use super::stats::{self, Stats, StatsError, StatsParts, TOP_ASSISTANTS, TimeHistogram};
 use super::{LogPage, LogQuery, MAX_OFFSET, Scan, SearchError, Store, StoreError};
 
@@ -147,6 +148,19 @@ impl Store {
     ) -> Result<StatsParts, StatsError> {
         let searcher = self.reader.searcher();
         let (prepared, window) = self.prepare(&searcher, query)?;
+        let key = query.selection_key();
+        let by_segment = segment_stats::by_segment(
+            &prepared,
+            &window,
+            histogram.clone(),
+            &key,
+            &self.stats,
+            cancelled,
+        )?;
+        if let Some(mut parts) = by_segment {
+            parts.keep_top(top);
+            return Ok(parts);
+        }
         let mut visitor = stats::StatsVisitor::new(histogram, cancelled);
         prepared
             .visit(&window, &mut visitor)

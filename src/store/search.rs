@@ -13,7 +13,7 @@ use tantivy::columnar::Column;
 use tantivy::query::{EnableScoring, Query, Scorer, Weight};
 use tantivy::{DocAddress, DocId, DocSet, Searcher, SegmentReader};
 
-use super::blocks::{BlockCache, SegmentBlocks};
+use super::blocks::{self, BlockCache, SegmentBlocks};
 use super::schema::{SEQ_FIELD, TIMESTAMP_FIELD};
 
 /// The order of logs: newest timestamp first, then newest ingested first.
@@ -62,12 +62,12 @@ impl Window {
     }
 
     /// Whether a block with these timestamp bounds holds no match in the range.
-    fn misses(&self, (min, max): (u64, u64)) -> bool {
+    pub fn misses(&self, (min, max): (u64, u64)) -> bool {
         max < self.start || self.end.is_some_and(|end| min >= end)
     }
 
     /// Whether every timestamp of a block with these bounds is in the range.
-    fn covers(&self, (min, max): (u64, u64)) -> bool {
+    pub fn covers(&self, (min, max): (u64, u64)) -> bool {
         min >= self.start && self.end.is_none_or(|end| max < end)
     }
 }
@@ -108,7 +108,7 @@ pub fn prepare<'a>(
 ) -> tantivy::Result<Prepared<'a>> {
     let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
     let readers = searcher.segment_readers();
-    let stats = cache.for_query(readers, key, weight.as_ref())?;
+    let stats = blocks::for_query(cache, readers, key, weight.as_ref())?;
     let segments = readers
         .iter()
         .zip(stats)
@@ -167,35 +167,61 @@ impl Prepared<'_> {
     /// Shows `visitor` every match in the window's time range (the keyset position aside),
     /// segment by segment, in document order, until it says it is cancelled.
     pub fn visit(&self, window: &Window, visitor: &mut impl Visitor) -> tantivy::Result<()> {
-        for segment in &self.segments {
-            let mut scorer: Option<Box<dyn Scorer>> = None;
-            for (i, block) in segment.stats.blocks.iter().enumerate() {
-                let bounds = (block.min, block.max);
-                if block.matches == 0 || window.misses(bounds) {
-                    continue;
-                }
-                if visitor.cancelled() {
-                    return Ok(());
-                }
-                let scorer = match &mut scorer {
-                    Some(scorer) => scorer,
-                    None => {
-                        visitor.enter(segment.reader)?;
-                        scorer.insert(self.weight.scorer(segment.reader, 1.0)?)
-                    }
-                };
-                let covered = window.covers(bounds);
-                for_each_match(scorer.as_mut(), segment, segment.stats.docs(i), |doc| {
-                    if let Some(t) = segment.timestamps.first(doc)
-                        && (covered || window.in_range(t))
-                    {
-                        visitor.visit(doc, t);
-                    }
-                });
+        for segment in 0..self.segments.len() {
+            self.visit_segment(segment, window, visitor)?;
+        }
+        Ok(())
+    }
+
+    /// The segments the query runs over.
+    pub fn segments(&self) -> impl Iterator<Item = &SegmentReader> {
+        self.segments.iter().map(|segment| segment.reader)
+    }
+
+    /// The first and last timestamp of the matches of the `segment`-th segment, if any.
+    pub fn segment_bounds(&self, segment: usize) -> Option<(u64, u64)> {
+        let blocks = self.segments[segment].stats.blocks.iter();
+        blocks
+            .filter(|block| block.matches > 0)
+            .map(|block| (block.min, block.max))
+            .reduce(|(lo, hi), (min, max)| (lo.min(min), hi.max(max)))
+    }
+
+    /// [`Prepared::visit`] over the `segment`-th segment only.
+    pub fn visit_segment(
+        &self,
+        segment: usize,
+        window: &Window,
+        visitor: &mut impl Visitor,
+    ) -> tantivy::Result<()> {
+        let segment = &self.segments[segment];
+        let mut scorer: Option<Box<dyn Scorer>> = None;
+        for (i, block) in segment.stats.blocks.iter().enumerate() {
+            let bounds = (block.min, block.max);
+            if block.matches == 0 || window.misses(bounds) {
+                continue;
             }
-            if scorer.is_some() {
-                visitor.leave();
+            if visitor.cancelled() {
+                return Ok(());
             }
+            let scorer = match &mut scorer {
+                Some(scorer) => scorer,
+                None => {
+                    visitor.enter(segment.reader)?;
+                    scorer.insert(self.weight.scorer(segment.reader, 1.0)?)
+                }
+            };
+            let covered = window.covers(bounds);
+            for_each_match(scorer.as_mut(), segment, segment.stats.docs(i), |doc| {
+                if let Some(t) = segment.timestamps.first(doc)
+                    && (covered || window.in_range(t))
+                {
+                    visitor.visit(doc, t);
+                }
+            });
+        }
+        if scorer.is_some() {
+            visitor.leave();
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use tantivy::{DocId, SegmentReader};
 
 pub use super::assistants::AssistantCount;
 use super::assistants::{Assistants, Unfinished};
+use super::cache::Weighed;
 use super::schema::{ASSISTANT_FIELD, KIND_FIELD, LATENCY_FIELD};
 use super::search::Visitor;
 use crate::mapping::{LogStatus, LogType};
@@ -201,25 +202,38 @@ impl<'a> StatsVisitor<'a> {
 
     /// What every match visited adds up to, with the `top` busiest assistants; none when
     /// cancelled.
-    pub fn finish(self, top: usize) -> Result<StatsParts, StatsError> {
+    pub fn finish(mut self, top: usize) -> Result<StatsParts, StatsError> {
         if self.cancelled.load(Ordering::Relaxed) {
             return Err(StatsError::Cancelled);
         }
-        let assistants = self
-            .assistants
+        let assistants = std::mem::replace(&mut self.assistants, Assistants::new(0, 0));
+        let assistants = assistants
             .top(top, self.cancelled)
-            .map_err(|unfinished| match unfinished {
-                Unfinished::Cancelled => StatsError::Cancelled,
-                Unfinished::Read(e) => {
-                    super::StoreError::from(tantivy::TantivyError::from(e)).into()
-                }
-            })?;
+            .map_err(unfinished_error)?;
         // every assistant not listed has at most the last one's matches
         let unlisted_at_most = match assistants.len() {
             listed if listed < top => 0,
             _ => assistants.last().map_or(0, |a| a.count),
         };
-        Ok(StatsParts {
+        Ok(self.into_parts(assistants, unlisted_at_most))
+    }
+
+    /// What every match visited adds up to, with every assistant counted exactly; `None` when
+    /// there were too many assistants to count each exactly ([`StatsVisitor::finish`] finds the
+    /// busiest of any number).
+    pub fn finish_exact(mut self) -> Result<Option<StatsParts>, StatsError> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(StatsError::Cancelled);
+        }
+        let assistants = std::mem::replace(&mut self.assistants, Assistants::new(0, 0));
+        let Some(assistants) = assistants.exact().map_err(unfinished_error)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.into_parts(assistants, 0)))
+    }
+
+    fn into_parts(self, assistants: Vec<AssistantCount>, unlisted_at_most: u64) -> StatsParts {
+        StatsParts {
             counts: self.counts,
             histogram: self.histogram,
             latencies: self.latencies.each_ref().map(|histogram| {
@@ -231,7 +245,14 @@ impl<'a> StatsVisitor<'a> {
             max_latency: self.max_latency,
             assistants,
             unlisted_at_most,
-        })
+        }
+    }
+}
+
+fn unfinished_error(unfinished: Unfinished) -> StatsError {
+    match unfinished {
+        Unfinished::Cancelled => StatsError::Cancelled,
+        Unfinished::Read(e) => super::StoreError::from(tantivy::TantivyError::from(e)).into(),
     }
 }
 
@@ -249,6 +270,16 @@ pub struct StatsParts {
     pub assistants: Vec<AssistantCount>,
     /// Most matches any assistant not listed has: 0 when every one is listed.
     pub unlisted_at_most: u64,
+}
+
+impl Weighed for StatsParts {
+    fn bytes(&self) -> usize {
+        let latencies: usize = self.latencies.iter().map(Vec::len).sum();
+        let assistants: usize = (self.assistants.iter())
+            .map(|a| a.assistant_id.len() + std::mem::size_of::<AssistantCount>())
+            .sum();
+        self.histogram.buckets.len() * 16 + latencies * 16 + assistants
+    }
 }
 
 /// Why statistics of two parts of the logs cannot be added.
@@ -284,6 +315,28 @@ impl StatsParts {
             bucket[0] += added[0];
             bucket[1] += added[1];
         }
+        self.add_all_but_buckets(other);
+        Ok(())
+    }
+
+    /// Adds `other`, of logs disjoint from these, whose histogram has the same interval and
+    /// buckets among these (a segment's, within the query's). The assistants are left to the
+    /// caller.
+    pub fn add_segment(&mut self, other: &StatsParts) {
+        let (mine, theirs) = (&mut self.histogram, &other.histogram);
+        debug_assert_eq!(mine.interval, theirs.interval);
+        let first = (theirs.start / theirs.interval).checked_sub(mine.start / mine.interval);
+        for (i, added) in theirs.buckets.iter().enumerate() {
+            let bucket = first.and_then(|first| mine.buckets.get_mut(first as usize + i));
+            if let Some(bucket) = bucket {
+                bucket[0] += added[0];
+                bucket[1] += added[1];
+            }
+        }
+        self.add_all_but_buckets(other);
+    }
+
+    fn add_all_but_buckets(&mut self, other: &StatsParts) {
         for (counts, added) in self.counts.iter_mut().zip(&other.counts) {
             counts[0] += added[0];
             counts[1] += added[1];
@@ -292,7 +345,16 @@ impl StatsParts {
             self.latencies[t].extend_from_slice(&other.latencies[t]);
             self.max_latency[t] = self.max_latency[t].max(other.max_latency[t]);
         }
-        Ok(())
+    }
+
+    /// Keeps the `top` busiest of assistants listed with their exact counts, and how many
+    /// matches the busiest of the others has.
+    pub fn keep_top(&mut self, top: usize) {
+        let assistants = &mut self.assistants;
+        assistants
+            .sort_unstable_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
+        self.unlisted_at_most = assistants.get(top).map_or(0, |a| a.count);
+        assistants.truncate(top);
     }
 
     /// The statistics, with up to `top` busiest assistants of those listed.
