@@ -4,12 +4,16 @@
 //!     cargo bench --bench ingest -- [--records 2000000] [--exporters 4] [--runs 3] [--transport grpc|http|both] [--dedup on|off|both]
 //!
 //! `--dedup both` runs each transport with the dedup window off and on in turn (off, on, off,
-//! on, ...), so that a change of the machine's speed weighs on both alike.
+//! on, ...), so that a change of the machine's speed weighs on both alike. Before each run,
+//! tantivy alone indexes the same documents in process, for the ratio of the two.
 
 #[path = "harness/mod.rs"]
 mod harness;
 
 use std::time::Instant;
+
+use logbridge::mapping::{Admission, MappingConfig, map_request};
+use logbridge::store::{BareIndex, StoreOptions};
 
 use harness::{
     BATCH, BenchKeys, IngestReport, RequestEncoder, SEED, Server, Transport, ingest, median,
@@ -20,6 +24,53 @@ const DEDUP_ON: u64 = 600_000;
 
 /// A run's figures: its report, the server's peak RSS and the bytes its dedup window held.
 type Run = (IngestReport, u64, f64);
+
+/// The documents logbridge's writer gives tantivy for `requests` (decoded and mapped as the
+/// server does for an ingest key without a user), in order.
+fn documents(requests: &[bytes::Bytes]) -> Vec<tantivy::TantivyDocument> {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use prost::Message;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let index = BareIndex::create(dir.path(), &store_options()).expect("an index");
+    let config = MappingConfig::default();
+    let mut seq = 0u64;
+    let mut documents = Vec::new();
+    for request in requests {
+        let request = ExportLogsServiceRequest::decode(request.clone()).expect("a request");
+        let mapped = map_request(&config, None, 0, &request, |_| Admission::Keep);
+        for log in mapped.expect("every record kept").logs {
+            seq += 1;
+            documents.push(index.document(&log, seq));
+        }
+    }
+    documents
+}
+
+/// The store's options as the server's defaults set them (and `LOGBRIDGE_INDEX_PAYLOAD_PATHS`,
+/// which the server reads too).
+fn store_options() -> StoreOptions {
+    let mut options = StoreOptions::new(128 << 20);
+    options.payloads = std::env::var("LOGBRIDGE_INDEX_PAYLOAD_PATHS").as_deref() != Ok("false");
+    options
+}
+
+/// Tantivy alone indexing `documents` into a new index made as logbridge makes one, until the
+/// commit of all of them: records per second.
+fn raw_tantivy(documents: &[tantivy::TantivyDocument]) -> f64 {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut index = BareIndex::create(dir.path(), &store_options()).expect("an index");
+    let documents = documents.to_vec();
+    let started = Instant::now();
+    let count = documents.len();
+    for document in documents {
+        index.writer.add_document(document).expect("a document");
+    }
+    index.writer.commit().expect("a commit");
+    let seconds = started.elapsed().as_secs_f64();
+    index.writer.wait_merging_threads().expect("merges");
+    count as f64 / seconds
+}
 
 /// The value of a gauge in the server's `/metrics`.
 async fn gauge(server: &Server, name: &str) -> f64 {
@@ -98,6 +149,8 @@ async fn main() {
         bytes as f64 / args.records as f64,
         args.records as f64 / encode_seconds
     );
+    let documents = documents(&requests);
+    let mut raw = Vec::new();
     println!(
         "\n| transport | dedup | exporters | records/s | MB/s | export p50 | export p99 | ack→visible p50 | ack→visible p99 | peak RSS | dedup window | refused |"
     );
@@ -105,6 +158,9 @@ async fn main() {
     for transport in &args.transports {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); args.dedup.len()];
         for _ in 0..args.runs {
+            // tantivy alone on the same documents, between the runs of the server
+            raw.push(raw_tantivy(&documents));
+            eprintln!("run: raw tantivy: {:.0} records/s", raw[raw.len() - 1]);
             for (mode, window) in args.dedup.iter().enumerate() {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let index = format!("commit_interval_ms = 1000\ndedup_window_ms = {window}");
@@ -147,4 +203,13 @@ async fn main() {
             );
         }
     }
+    let mut sorted = raw.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "\ntantivy alone on the same documents (in process, one indexing thread, the index settings of logbridge, one commit at the end): {:.0} records/s, median of {} runs ({:.0} to {:.0}), one before each run above",
+        median(raw),
+        sorted.len(),
+        sorted[0],
+        sorted[sorted.len() - 1],
+    );
 }

@@ -4,8 +4,8 @@
 //!     cargo bench --bench query -- [--records 10000000] [--dir PATH] [--clients 4] [--requests 400] [--runs 3] [--only NAME]
 //!
 //! The index is built in `--dir` (default `target/bench-index`) on first use, merged into one
-//! segment (the footprint is measured after that final merge, with where its bytes go), and
-//! reused after.
+//! segment (the footprint is measured after that final merge, with where its bytes go, next to
+//! zstd of the same logs' NDJSON export), and reused after.
 
 #[path = "harness/mod.rs"]
 mod harness;
@@ -168,6 +168,70 @@ fn breakdown(index_dir: &Path) {
     }
 }
 
+/// Counts the bytes written through it.
+#[derive(Default)]
+struct Counted(u64);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Bytes of the logs' NDJSON export that zstd at level 19 compresses: a sample, as that level
+/// takes minutes per hundred megabytes here.
+const LEVEL_19_SAMPLE: usize = 64 << 20;
+
+/// The index's bytes per record next to the NDJSON export of the same logs (each stored log as
+/// `GET /logs/export` streams it, one per line, in index order) and what zstd makes of it:
+/// level 3 of all of it, level 19 of its first [`LEVEL_19_SAMPLE`] bytes.
+fn against_zstd(index_dir: &Path, index_bytes: u64) {
+    use std::io::Write;
+    use tantivy::schema::Value;
+
+    let index = tantivy::Index::open_in_dir(index_dir).expect("open the index");
+    let doc_field = index.schema().get_field("doc").expect("the doc field");
+    let searcher = index.reader().expect("a reader").searcher();
+    let records = searcher.num_docs().max(1) as f64;
+    let mut level_3 = zstd::stream::Encoder::new(Counted::default(), 3).expect("zstd");
+    let mut ndjson = 0u64;
+    let mut sample = Vec::with_capacity(LEVEL_19_SAMPLE);
+    for segment in searcher.segment_readers() {
+        let store = segment.get_store_reader(16).expect("the stored documents");
+        for doc in store.iter::<tantivy::TantivyDocument>(segment.alive_bitset()) {
+            let doc = doc.expect("a stored document");
+            let json = doc.get_first(doc_field).and_then(|v| v.as_bytes());
+            let line = [json.expect("a stored log"), b"\n"].concat();
+            level_3.write_all(&line).expect("zstd");
+            ndjson += line.len() as u64;
+            if sample.len() + line.len() <= LEVEL_19_SAMPLE {
+                sample.extend_from_slice(&line);
+            }
+        }
+    }
+    let level_3 = level_3.finish().expect("zstd").0;
+    let sample_19 = zstd::bulk::compress(&sample, 19).expect("zstd").len() as f64;
+    let sample_3 = zstd::bulk::compress(&sample, 3).expect("zstd").len() as f64;
+    let per = |bytes: f64| bytes / records;
+    println!("\n| the same logs | bytes/record |");
+    println!("|---|---|");
+    println!("| index on disk | {:.1} |", per(index_bytes as f64));
+    println!("| NDJSON export | {:.1} |", per(ndjson as f64));
+    println!("| zstd -3 of the NDJSON | {:.1} |", per(level_3 as f64));
+    println!(
+        "| zstd -19 of the NDJSON (its ratio on the first {} MiB: {:.1}x, -3 there {:.1}x) | {:.1} |",
+        LEVEL_19_SAMPLE >> 20,
+        sample.len() as f64 / sample_19,
+        sample.len() as f64 / sample_3,
+        per(ndjson as f64 * sample_19 / sample.len() as f64),
+    );
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -179,6 +243,7 @@ async fn main() {
     final_merge(&args.dir.join("index"));
     let index_bytes = disk_bytes(&args.dir.join("index"));
     breakdown(&args.dir.join("index"));
+    against_zstd(&args.dir.join("index"), index_bytes);
     let server = Server::start(BIN, &args.dir, 1000).await;
     println!(
         "index: {} records, {:.0} bytes/record on disk, start-up {:.0} ms, peak RSS after start {} MiB",

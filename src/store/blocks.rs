@@ -49,14 +49,19 @@ impl SegmentBlocks {
         };
         let mut blocks = vec![empty; max_doc.div_ceil(BLOCK_DOCS) as usize];
         let alive = segment.alive_bitset();
+        // the timestamps of each batch of matches read at once, as their column decodes them
+        let mut batch: Vec<Option<u64>> = Vec::new();
         weight.for_each_no_score(segment, &mut |docs| {
-            for &doc in docs {
+            batch.clear();
+            batch.resize(docs.len(), None);
+            timestamps.first_vals(docs, &mut batch);
+            for (&doc, &ts) in docs.iter().zip(&batch) {
+                let Some(ts) = ts else {
+                    continue;
+                };
                 if !alive.is_none_or(|a| a.is_alive(doc)) {
                     continue;
                 }
-                let Some(ts) = timestamps.first(doc) else {
-                    continue;
-                };
                 let block = &mut blocks[(doc / BLOCK_DOCS) as usize];
                 block.matches += 1;
                 block.min = block.min.min(ts);

@@ -4,6 +4,7 @@
 //! takes a fresh searcher per query. Both are blocking: call them off the async runtime.
 
 mod assistants;
+mod bare;
 mod blocks;
 mod cache;
 mod directory;
@@ -29,6 +30,7 @@ use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{FutureResult, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, Term};
 use tokio::sync::watch;
 
+pub use bare::BareIndex;
 pub use erase::{Expiry, ExpiryUsers};
 pub use query::MAX_PREFIX_TERMS;
 pub use schema::{ServedLog, format_timestamp};
@@ -227,17 +229,8 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
     let (directory, write_errors) =
         IndexDirectory::open(path, options.faults.clone(), options.merge_failures.clone())
             .map_err(|e| open_error(e.to_string()))?;
-    let (schema, fields) = Fields::schema(options.payloads);
-    let mut index =
-        Index::open_or_create(directory, schema).map_err(|e| open_error(e.to_string()))?;
-    schema::compress_stored_documents(&mut index);
-    schema::register_analyzers(&index);
-    // Merges on a second thread would fight indexing on small machines: one of each.
-    let writer_options = IndexWriterOptions::builder()
-        .memory_budget_per_thread(options.writer_memory_bytes)
-        .num_worker_threads(1)
-        .num_merge_threads(1)
-        .build();
+    let (index, fields, writer_options) =
+        open_index(directory, options).map_err(|e| open_error(e.to_string()))?;
     let writer = new_writer(&index, &writer_options)?;
     let reader: IndexReader = index
         .reader_builder()
@@ -267,6 +260,25 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
             visible,
         },
     ))
+}
+
+/// The index in `directory` (created when there is none) with the schema, analyzers and
+/// settings of logbridge, and the options of its writer.
+fn open_index<D: tantivy::Directory>(
+    directory: D,
+    options: &StoreOptions,
+) -> tantivy::Result<(Index, Fields, IndexWriterOptions)> {
+    let (schema, fields) = Fields::schema(options.payloads);
+    let mut index = Index::open_or_create(directory, schema)?;
+    schema::compress_stored_documents(&mut index);
+    schema::register_analyzers(&index);
+    // Merges on a second thread would fight indexing on small machines: one of each.
+    let writer_options = IndexWriterOptions::builder()
+        .memory_budget_per_thread(options.writer_memory_bytes)
+        .num_worker_threads(1)
+        .num_merge_threads(1)
+        .build();
+    Ok((index, fields, writer_options))
 }
 
 /// The highest sequence number a commit holds, from its payload.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tantivy::SegmentReader;
 
 use super::StoreError;
-use super::assistants::AssistantCount;
+use super::assistants::{AssistantCount, EXACT_ASSISTANTS};
 use super::cache::SegmentCache;
 use super::search::{Prepared, Window};
 use super::stats::{StatsError, StatsParts, StatsVisitor, TimeHistogram, buckets};
@@ -40,8 +40,8 @@ fn covered_by(histogram: &TimeHistogram) -> Option<(u64, u64)> {
 
 /// The statistics of `prepared`'s matches in `window` over `histogram`'s buckets, with every
 /// assistant counted exactly, added up segment by segment (`key` names the query, not its
-/// window); `None` when a segment has too many assistants to count each exactly, for
-/// [`StatsVisitor::finish`] to find the busiest.
+/// window); `None` when there are more assistants than [`EXACT_ASSISTANTS`], in a segment or
+/// in all, for [`StatsVisitor::finish`] to find the busiest in bounded memory.
 pub fn by_segment(
     prepared: &Prepared<'_>,
     window: &Window,
@@ -105,6 +105,10 @@ pub fn by_segment(
                 });
             known.count += added.count;
             known.errors += added.errors;
+        }
+        if assistants.len() > EXACT_ASSISTANTS {
+            // memory that grows with the assistants: a summary finds the busiest instead
+            return Ok(None);
         }
     }
     cache.keep(&segments, &key, fresh);
@@ -240,7 +244,11 @@ mod tests {
         for seq in 1..=4 * assistants {
             let mut log = example_log("many");
             // every one, and five of them four times as busy
-            let id = if seq % 4 == 0 { seq % 5 } else { seq % assistants };
+            let id = if seq % 4 == 0 {
+                seq % 5
+            } else {
+                seq % assistants
+            };
             log.assistant_id = format!("a{id}");
             log.timestamp_nanos = seq;
             writer.add(&log, seq).unwrap();
@@ -264,5 +272,37 @@ mod tests {
             ..user
         };
         assert!(by_segment_of(&store, &few, 10).is_some());
+
+        // segments of few assistants each, but more than counted exactly in all
+        let half = assistants / 2;
+        let first = 4 * assistants + 1;
+        for seq in first..first + 4 * assistants {
+            let mut log = example_log("segments");
+            log.user_id = "v".into();
+            let segment = u64::from(seq >= first + 2 * assistants);
+            log.assistant_id = format!("s{segment}-{}", seq % half);
+            log.timestamp_nanos = seq;
+            writer.add(&log, seq).unwrap();
+            if seq == first + 2 * assistants - 1 {
+                writer.commit(seq).unwrap();
+            }
+        }
+        writer.commit(first + 4 * assistants - 1).unwrap();
+        let user = LogQuery {
+            user_id: "v".into(),
+            ..LogQuery::default()
+        };
+        assert!(by_segment_of(&store, &user, 10).is_none());
+        let expected = visiting_every_match(&store, &user, 10);
+        assert_eq!(expected.total(), 4 * assistants);
+        assert_eq!(
+            store.stats(&user, Some(10), &not_cancelled).unwrap(),
+            expected
+        );
+        let one_segment = LogQuery {
+            end: Some(first + 2 * assistants),
+            ..user
+        };
+        assert!(by_segment_of(&store, &one_segment, 10).is_some());
     }
 }
