@@ -112,6 +112,21 @@ mod tests {
         assert!(imports > 0, "the modules import each other");
     }
 
+    #[test]
+    fn the_page_preloads_every_module_but_the_one_it_runs() {
+        let preloaded: Vec<&str> = INDEX_HTML
+            .split("<link rel=\"modulepreload\" href=\"/explorer/")
+            .skip(1)
+            .map(|link| &link[..link.find('"').unwrap()])
+            .collect();
+        let modules: Vec<&str> = FILES
+            .iter()
+            .filter(|&&(name, content_type, _)| content_type == JAVASCRIPT && name != "app.js")
+            .map(|&(name, _, _)| name)
+            .collect();
+        assert_eq!(preloaded, modules);
+    }
+
     #[tokio::test]
     async fn a_module_is_served_as_javascript_under_the_policy_and_another_name_is_not_found() {
         let get =

@@ -38,6 +38,9 @@ export function clearResults() {
   updateMore();
 }
 
+/** The performance mark of each load's view drawn (the first view's time is its first). */
+const VIEW_DRAWN = 'logbridge-view-drawn';
+
 /** One stats call and one page of logs, in parallel; a newer load supersedes this one. */
 export async function load() {
   const gen = ++state.gen;
@@ -93,6 +96,8 @@ export async function load() {
   renderStats();
   renderTotals();
   updateMore();
+  // the page's clock at the frame that shows this load: how long a view took to appear
+  requestAnimationFrame(() => performance.mark(VIEW_DRAWN));
   if (error) reportError(error, () => load(), 'load');
   // (again, if Live was switched on while this loaded: it follows on from this page)
   if (state.key && liveOn()) startTail();
