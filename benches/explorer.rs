@@ -70,7 +70,8 @@ async fn main() {
             )
             .await;
             // navigation start to the frame that shows the first view, as the page's clock
-            // marks it (not when the harness, polling through the driver, sees it)
+            // marks it (not when the harness, polling through the driver, sees it); the page
+            // keeps the latest view's mark, and nothing loads a second view here
             let drawn = "performance.getEntriesByName('logbridge-view-drawn')[0].startTime";
             let took = js(&client, drawn).await.as_f64().unwrap();
             total = js(&client, "document.getElementById('total').textContent")

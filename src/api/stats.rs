@@ -201,7 +201,7 @@ impl Part {
         let [start, interval, buckets, first, last] = numbers[..] else {
             return Err(bad());
         };
-        if interval == 0 || buckets > MAX_BUCKETS || first > last {
+        if interval == 0 || start % interval != 0 || buckets > MAX_BUCKETS || first > last {
             return Err(bad());
         }
         Ok(Part::Over {

@@ -61,30 +61,38 @@ pub fn by_segment(
         if cancelled.load(Ordering::Relaxed) {
             return Err(StatsError::Cancelled);
         }
-        let (Some(bounds), Some(span)) = (prepared.segment_bounds(i), span) else {
+        let Some(bounds) = prepared.segment_bounds(i) else {
             continue;
         };
         if window.misses(bounds) {
             continue;
         }
-        let first = bounds.0.max(window.start).max(span.0);
-        let last = window
-            .end
-            .map_or(bounds.1, |end| bounds.1.min(end.saturating_sub(1)))
-            .min(span.1);
-        if first > last {
-            continue;
-        }
+        // the segment's matches in the window, and those of them the histogram has buckets for
+        let first = bounds.0.max(window.start);
+        let last = (window.end).map_or(bounds.1, |end| bounds.1.min(end.saturating_sub(1)));
+        let bucketed = span
+            .map(|(start, end)| (first.max(start), last.min(end)))
+            .filter(|(first, last)| first <= last);
         // the whole segment's statistics, which any query of this interval can add up
-        let whole = (first, last) == bounds;
+        let whole = (first, last) == bounds && bucketed == Some(bounds);
         let part = match whole.then(|| cache.get(segment, &key)).flatten() {
             Some(part) => part,
             None => {
-                let mut visitor = StatsVisitor::new(buckets(first, last, interval)?, cancelled);
+                let histogram = match bucketed {
+                    Some((first, last)) => buckets(first, last, interval)?,
+                    // matches outside the histogram's span are counted all the same
+                    None => TimeHistogram {
+                        interval,
+                        start: 0,
+                        buckets: Vec::new(),
+                    },
+                };
+                let mut visitor = StatsVisitor::new(histogram, cancelled);
                 prepared
                     .visit_segment(i, window, &mut visitor)
                     .map_err(StoreError::from)?;
                 let Some(part) = visitor.finish_exact()? else {
+                    cache.keep(&segments, &key, fresh);
                     return Ok(None);
                 };
                 let part = Arc::new(part);
@@ -108,11 +116,13 @@ pub fn by_segment(
         }
         if assistants.len() > EXACT_ASSISTANTS {
             // memory that grows with the assistants: a summary finds the busiest instead
+            cache.keep(&segments, &key, fresh);
             return Ok(None);
         }
     }
     cache.keep(&segments, &key, fresh);
     total.assistants = assistants.into_values().collect();
+    total.merge_latencies();
     Ok(Some(total))
 }
 
@@ -203,6 +213,17 @@ mod tests {
         assert_eq!(store.stats.bytes(), kept);
         let cancelled = store.stats(&user, Some(interval), &AtomicBool::new(true));
         assert!(matches!(cancelled, Err(StatsError::Cancelled)));
+        // buckets over a part of the matches, or none (what a gateway's recount of one assistant
+        // asks for): every match is counted all the same
+        let none = TimeHistogram {
+            interval: 1_000,
+            start: 0,
+            buckets: Vec::new(),
+        };
+        for histogram in [none, buckets(0, 500_000, interval).unwrap()] {
+            let parts = store.stats_parts(&user, histogram, TOP_ASSISTANTS, &not_cancelled);
+            assert_eq!(parts.unwrap().counts, expected.counts);
+        }
 
         // a window through the middle of the first and the last segment, and one within the
         // second; another interval

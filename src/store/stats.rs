@@ -336,6 +336,21 @@ impl StatsParts {
         self.add_all_but_buckets(other);
     }
 
+    /// Makes one entry of the latency buckets that several parts added hold alike, so that
+    /// what a shard sends stays one histogram's worth whatever its number of segments.
+    pub fn merge_latencies(&mut self) {
+        for latencies in &mut self.latencies {
+            latencies.sort_unstable_by_key(|&(value, _)| value);
+            latencies.dedup_by(|(value, count), (kept, total)| {
+                let same = value == kept;
+                if same {
+                    *total += *count;
+                }
+                same
+            });
+        }
+    }
+
     fn add_all_but_buckets(&mut self, other: &StatsParts) {
         for (counts, added) in self.counts.iter_mut().zip(&other.counts) {
             counts[0] += added[0];

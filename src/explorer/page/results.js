@@ -38,7 +38,7 @@ export function clearResults() {
   updateMore();
 }
 
-/** The performance mark of each load's view drawn (the first view's time is its first). */
+/** The performance mark of the latest load's view drawn (each replaces the one before). */
 const VIEW_DRAWN = 'logbridge-view-drawn';
 
 /** One stats call and one page of logs, in parallel; a newer load supersedes this one. */
@@ -96,8 +96,12 @@ export async function load() {
   renderStats();
   renderTotals();
   updateMore();
-  // the page's clock at the frame that shows this load: how long a view took to appear
-  requestAnimationFrame(() => performance.mark(VIEW_DRAWN));
+  // the page's clock once the frame that shows this load is painted (a task queued from the
+  // frame's callback runs after it): how long a view took to appear
+  requestAnimationFrame(() => setTimeout(() => {
+    performance.clearMarks(VIEW_DRAWN);
+    performance.mark(VIEW_DRAWN);
+  }));
   if (error) reportError(error, () => load(), 'load');
   // (again, if Live was switched on while this loaded: it follows on from this page)
   if (state.key && liveOn()) startTail();
