@@ -161,6 +161,8 @@ struct Visited {
 struct Current {
     visited: Visited,
     tallies: OrdTallies,
+    /// Assistants with a dense tally above zero.
+    distinct: usize,
 }
 
 /// Why the busiest assistants were not found.
@@ -213,6 +215,7 @@ impl Assistants {
                 failed,
             },
             tallies,
+            distinct: 0,
         });
     }
 
@@ -231,14 +234,34 @@ impl Assistants {
         };
         match &mut current.tallies {
             // an ordinal read from the column is below its number of terms
-            OrdTallies::Dense(tallies) => tallies[ord as usize].add(tally),
+            OrdTallies::Dense(tallies) => {
+                let counted = &mut tallies[ord as usize];
+                current.distinct += usize::from(counted.count == 0);
+                counted.add(tally);
+            }
             OrdTallies::Summary(summary) => summary.add(ord, tally),
         }
     }
 
+    /// Whether some count is no longer exact, or will not be once the current segment's
+    /// tallies go into the summary: more distinct assistants than it counts exactly.
+    pub fn inexact(&self) -> bool {
+        let current = self
+            .current
+            .as_ref()
+            .is_some_and(|current| match &current.tallies {
+                OrdTallies::Dense(_) => current.distinct > 2 * self.summary.capacity,
+                OrdTallies::Summary(summary) => summary.undercount() > 0,
+            });
+        current || self.summary.undercount() > 0
+    }
+
     /// The current segment is done: its tallies go into the summary under their ids.
     pub fn leave(&mut self) {
-        let Some(Current { visited, tallies }) = self.current.take() else {
+        let Some(Current {
+            visited, tallies, ..
+        }) = self.current.take()
+        else {
             return;
         };
         let (mut by_ord, undercount): (Vec<(u64, Tally)>, u64) = match tallies {

@@ -87,7 +87,7 @@ pub fn by_segment(
                         buckets: Vec::new(),
                     },
                 };
-                let mut visitor = StatsVisitor::new(histogram, cancelled);
+                let mut visitor = StatsVisitor::exact(histogram, cancelled);
                 prepared
                     .visit_segment(i, window, &mut visitor)
                     .map_err(StoreError::from)?;
@@ -280,8 +280,19 @@ mod tests {
             ..LogQuery::default()
         };
         assert!(by_segment_of(&store, &user, 10).is_none());
-        let expected = visiting_every_match(&store, &user, 10);
+        // which gave up within a block of documents of meeting too many assistants
+        let searcher = store.reader.searcher();
+        let (prepared, window) = store.prepare(&searcher, &user).unwrap();
         let not_cancelled = AtomicBool::new(false);
+        let histogram = buckets(0, 4 * assistants, 10).unwrap();
+        let mut visitor = StatsVisitor::exact(histogram, &not_cancelled);
+        prepared.visit(&window, &mut visitor).unwrap();
+        assert_eq!(
+            visitor.visited(),
+            u64::from(super::super::blocks::BLOCK_DOCS)
+        );
+        assert!(visitor.finish_exact().unwrap().is_none());
+        let expected = visiting_every_match(&store, &user, 10);
         assert_eq!(
             store.stats(&user, Some(10), &not_cancelled).unwrap(),
             expected

@@ -169,6 +169,8 @@ pub struct StatsVisitor<'a> {
     max_latency: [u64; 3],
     assistants: Assistants,
     segment: Option<SegmentColumns>,
+    /// Whether to stop once the assistants cannot all be counted exactly.
+    exact_only: bool,
 }
 
 impl<'a> StatsVisitor<'a> {
@@ -177,6 +179,21 @@ impl<'a> StatsVisitor<'a> {
         let assistants =
             Assistants::new(super::assistants::CAPACITY, super::assistants::DENSE_TERMS);
         Self::with_assistants(histogram, cancelled, assistants)
+    }
+
+    /// A visitor like [`StatsVisitor::new`] for [`StatsVisitor::finish_exact`], which stops
+    /// early once there are too many assistants to count each exactly.
+    pub fn exact(histogram: TimeHistogram, cancelled: &'a AtomicBool) -> Self {
+        Self {
+            exact_only: true,
+            ..Self::new(histogram, cancelled)
+        }
+    }
+
+    /// The matches visited.
+    #[cfg(test)]
+    pub fn visited(&self) -> u64 {
+        self.counts.iter().flatten().sum()
     }
 
     /// A visitor like [`StatsVisitor::new`] that counts assistants with `assistants`.
@@ -197,6 +214,7 @@ impl<'a> StatsVisitor<'a> {
             max_latency: [0; 3],
             assistants,
             segment: None,
+            exact_only: false,
         }
     }
 
@@ -224,6 +242,9 @@ impl<'a> StatsVisitor<'a> {
     pub fn finish_exact(mut self) -> Result<Option<StatsParts>, StatsError> {
         if self.cancelled.load(Ordering::Relaxed) {
             return Err(StatsError::Cancelled);
+        }
+        if self.assistants.inexact() {
+            return Ok(None);
         }
         let assistants = std::mem::replace(&mut self.assistants, Assistants::new(0, 0));
         let Some(assistants) = assistants.exact().map_err(unfinished_error)? else {
@@ -410,7 +431,7 @@ fn latency_histogram() -> Histogram<u64> {
 
 impl Visitor for StatsVisitor<'_> {
     fn cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
+        self.cancelled.load(Ordering::Relaxed) || (self.exact_only && self.assistants.inexact())
     }
 
     fn enter(&mut self, segment: &SegmentReader) -> tantivy::Result<()> {
