@@ -27,12 +27,10 @@ type Run = (IngestReport, u64, f64);
 
 /// The documents logbridge's writer gives tantivy for `requests` (decoded and mapped as the
 /// server does for an ingest key without a user), in order.
-fn documents(requests: &[bytes::Bytes]) -> Vec<tantivy::TantivyDocument> {
+fn documents(index: &BareIndex, requests: &[bytes::Bytes]) -> Vec<tantivy::TantivyDocument> {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use prost::Message;
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let index = BareIndex::create(dir.path(), &store_options()).expect("an index");
     let config = MappingConfig::default();
     let mut seq = 0u64;
     let mut documents = Vec::new();
@@ -60,7 +58,7 @@ fn store_options() -> StoreOptions {
 fn raw_tantivy(requests: &[bytes::Bytes]) -> f64 {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut index = BareIndex::create(dir.path(), &store_options()).expect("an index");
-    let documents = documents(requests);
+    let documents = documents(&index, requests);
     let started = Instant::now();
     let count = documents.len();
     for document in documents {

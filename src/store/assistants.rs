@@ -18,9 +18,6 @@ use tantivy::columnar::StrColumn;
 /// Unit tests keep few, so that a small index has more assistants than that.
 pub const CAPACITY: usize = if cfg!(test) { 16 } else { 4096 };
 
-/// Most distinct assistants a summary counts exactly: past them it reduces.
-pub const EXACT_ASSISTANTS: usize = 2 * CAPACITY;
-
 /// Largest dictionary a segment counts exactly, with a tally per term (16 bytes each).
 pub const DENSE_TERMS: usize = 1 << 16;
 
@@ -36,7 +33,8 @@ pub struct AssistantCount {
 }
 
 impl AssistantCount {
-    fn of((assistant_id, tally): (String, Tally)) -> Self {
+    /// The count of `assistant_id`.
+    pub fn of((assistant_id, tally): (String, Tally)) -> Self {
         Self {
             assistant_id,
             count: tally.count,

@@ -8,7 +8,7 @@ use tantivy::{IndexWriter, TantivyDocument};
 
 use super::schema::Fields;
 use super::writer::new_writer;
-use super::{StoreError, StoreOptions, open_index};
+use super::{StoreError, StoreOptions, open_error, open_index};
 use crate::mapping::ActivityLog;
 
 /// A new index in an empty folder, made as [`super::open`] makes one (schema, analyzers,
@@ -22,11 +22,7 @@ pub struct BareIndex {
 impl BareIndex {
     /// The index in `path`, an existing empty folder.
     pub fn create(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
-        let open_error = |message: String| StoreError::Open {
-            path: path.display().to_string(),
-            message,
-        };
-        let directory = MmapDirectory::open(path).map_err(|e| open_error(e.to_string()))?;
+        let directory = MmapDirectory::open(path).map_err(|e| open_error(path, e.to_string()))?;
         let (index, fields, writer_options) = open_index(directory, options)?;
         let writer = new_writer(&index, &writer_options)?;
         Ok(Self { writer, fields })

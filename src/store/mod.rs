@@ -220,10 +220,7 @@ impl StoreOptions {
 
 /// Opens the index in `path`, creating the folder and the index on first use.
 pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), StoreError> {
-    let open_error = |message: String| StoreError::Open {
-        path: path.display().to_string(),
-        message,
-    };
+    let open_error = |message: String| open_error(path, message);
     std::fs::create_dir_all(path).map_err(|e| open_error(e.to_string()))?;
     upgrade::upgrade(path, options.payloads)?;
     let (directory, write_errors) =
@@ -260,6 +257,14 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
             visible,
         },
     ))
+}
+
+/// Why the index in `path` cannot be opened.
+fn open_error(path: &Path, message: String) -> StoreError {
+    StoreError::Open {
+        path: path.display().to_string(),
+        message,
+    }
 }
 
 /// The index in `directory` (created when there is none) with the schema, analyzers and

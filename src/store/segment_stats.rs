@@ -5,14 +5,13 @@
 //! under live ingest only the new, small segments are visited. A segment whose matches the time
 //! window cuts through is visited each time.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tantivy::SegmentReader;
 
 use super::StoreError;
-use super::assistants::{AssistantCount, EXACT_ASSISTANTS};
+use super::assistants::{AssistantCount, CAPACITY, Summary, Tally};
 use super::cache::SegmentCache;
 use super::search::{Prepared, Window};
 use super::stats::{StatsError, StatsParts, StatsVisitor, TimeHistogram, buckets};
@@ -40,8 +39,8 @@ fn covered_by(histogram: &TimeHistogram) -> Option<(u64, u64)> {
 
 /// The statistics of `prepared`'s matches in `window` over `histogram`'s buckets, with every
 /// assistant counted exactly, added up segment by segment (`key` names the query, not its
-/// window); `None` when there are more assistants than [`EXACT_ASSISTANTS`], in a segment or
-/// in all, for [`StatsVisitor::finish`] to find the busiest in bounded memory.
+/// window); `None` when there are more assistants than a summary of [`CAPACITY`] counts exactly,
+/// in a segment or in all, for [`StatsVisitor::finish`] to find the busiest in bounded memory.
 pub fn by_segment(
     prepared: &Prepared<'_>,
     window: &Window,
@@ -54,7 +53,7 @@ pub fn by_segment(
     let interval = histogram.interval;
     let span = covered_by(&histogram);
     let mut total = StatsParts::empty(histogram);
-    let mut assistants: HashMap<String, AssistantCount> = HashMap::new();
+    let mut assistants = Summary::new(CAPACITY);
     let segments: Vec<&SegmentReader> = prepared.segments().collect();
     let mut fresh = Vec::new();
     for (i, &segment) in segments.iter().enumerate() {
@@ -102,26 +101,23 @@ pub fn by_segment(
                 part
             }
         };
-        total.add_segment(&part);
+        total.add_within(&part);
         for added in &part.assistants {
-            let known = assistants
-                .entry(added.assistant_id.clone())
-                .or_insert_with(|| AssistantCount {
-                    assistant_id: added.assistant_id.clone(),
-                    count: 0,
-                    errors: 0,
-                });
-            known.count += added.count;
-            known.errors += added.errors;
+            let tally = Tally {
+                count: added.count,
+                errors: added.errors,
+            };
+            assistants.add(added.assistant_id.clone(), tally);
         }
-        if assistants.len() > EXACT_ASSISTANTS {
+        if assistants.undercount() > 0 {
             // memory that grows with the assistants: a summary finds the busiest instead
             cache.keep(&segments, &key, fresh);
             return Ok(None);
         }
     }
     cache.keep(&segments, &key, fresh);
-    total.assistants = assistants.into_values().collect();
+    let (assistants, _) = assistants.into_parts();
+    total.assistants = assistants.into_iter().map(AssistantCount::of).collect();
     total.merge_latencies();
     Ok(Some(total))
 }

@@ -332,18 +332,14 @@ impl StatsParts {
         if mine.buckets.len() != theirs.buckets.len() {
             return Err(Mismatch("number of buckets"));
         }
-        for (bucket, added) in mine.buckets.iter_mut().zip(&theirs.buckets) {
-            bucket[0] += added[0];
-            bucket[1] += added[1];
-        }
-        self.add_all_but_buckets(other);
+        self.add_within(other);
         Ok(())
     }
 
     /// Adds `other`, of logs disjoint from these, whose histogram has the same interval and
-    /// buckets among these (a segment's, within the query's). The assistants are left to the
-    /// caller.
-    pub fn add_segment(&mut self, other: &StatsParts) {
+    /// buckets among these (the same ones, or a segment's within the query's). The assistants
+    /// are left to the caller.
+    pub fn add_within(&mut self, other: &StatsParts) {
         let (mine, theirs) = (&mut self.histogram, &other.histogram);
         debug_assert_eq!(mine.interval, theirs.interval);
         let first = (theirs.start / theirs.interval).checked_sub(mine.start / mine.interval);
@@ -354,7 +350,14 @@ impl StatsParts {
                 bucket[1] += added[1];
             }
         }
-        self.add_all_but_buckets(other);
+        for (counts, added) in self.counts.iter_mut().zip(&other.counts) {
+            counts[0] += added[0];
+            counts[1] += added[1];
+        }
+        for t in 0..3 {
+            self.latencies[t].extend_from_slice(&other.latencies[t]);
+            self.max_latency[t] = self.max_latency[t].max(other.max_latency[t]);
+        }
     }
 
     /// Makes one entry of the latency buckets that several parts added hold alike, so that
@@ -369,17 +372,6 @@ impl StatsParts {
                 }
                 same
             });
-        }
-    }
-
-    fn add_all_but_buckets(&mut self, other: &StatsParts) {
-        for (counts, added) in self.counts.iter_mut().zip(&other.counts) {
-            counts[0] += added[0];
-            counts[1] += added[1];
-        }
-        for t in 0..3 {
-            self.latencies[t].extend_from_slice(&other.latencies[t]);
-            self.max_latency[t] = self.max_latency[t].max(other.max_latency[t]);
         }
     }
 
