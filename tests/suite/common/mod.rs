@@ -533,17 +533,24 @@ pub fn days_ago(days: f64) -> u64 {
     now - (days * 86_400e9) as u64
 }
 
-/// Bytes of the files under `dir`, recursively.
+/// Bytes of the files under `dir`, recursively. The index deletes files
+/// while it is walked (merges and garbage collection): one gone between its
+/// listing and its size holds no bytes any more.
 pub fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
+    fn gone(err: &std::io::Error) -> bool {
+        err.kind() == std::io::ErrorKind::NotFound
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Err(err) if gone(&err) => return 0,
+        listing => listing.unwrap(),
+    };
+    entries
         .map(|entry| {
             let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
-            if meta.is_dir() {
-                dir_bytes(&entry.path())
-            } else {
-                meta.len()
+            match entry.metadata() {
+                Err(err) if gone(&err) => 0,
+                Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+                meta => meta.unwrap().len(),
             }
         })
         .sum()
