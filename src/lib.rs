@@ -33,6 +33,7 @@
 //! auth  metrics  faults      below whoever uses them
 //! ```
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod cluster;

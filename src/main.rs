@@ -80,7 +80,7 @@ enum KeysCommand {
         /// The user the key reads (and ingests) for.
         #[arg(long)]
         user: String,
-        /// Comma-separated scopes: read, ingest, delete.
+        /// Comma-separated scopes: read, ingest, delete, alerts.
         #[arg(long, value_delimiter = ',', default_value = "read")]
         scope: Vec<String>,
         /// A name for operators, unique in the keys file (default: the user and scopes).
@@ -150,7 +150,7 @@ fn keys(keys_file: &Path, command: KeysCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|s| {
                     Scope::parse(s.trim()).with_context(|| {
-                        format!("unknown scope {s:?} (expected read, ingest, delete)")
+                        format!("unknown scope {s:?} (expected read, ingest, delete, alerts)")
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;

@@ -40,6 +40,15 @@ pub struct ShardLabels {
     pub shard: u32,
 }
 
+/// Labels of an attempt to deliver an alert.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// `alertmanager` or `webhook`.
+    pub receiver: &'static str,
+    /// `delivered`, `failed` (to be retried) or `dropped` (given up).
+    pub outcome: &'static str,
+}
+
 /// Labels of a `/logs` request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -100,6 +109,16 @@ pub struct Metrics {
     pub cluster_shard_lag: Family<ShardLabels, Seconds>,
     /// Exports a gateway refused because no replica of a shard was within the lag bound.
     pub cluster_lag_refusals: Counter,
+    pub alert_rules: Gauge,
+    pub alerts_firing: Gauge,
+    pub alert_evaluations: Counter,
+    pub alert_evaluation_failures: Counter,
+    /// Evaluations a round's budget left for the next round.
+    pub alert_evaluations_deferred: Counter,
+    /// Time spent evaluating rules, in seconds.
+    pub alert_evaluation_seconds: Counter<f64, AtomicU64>,
+    pub alert_round_seconds: Histogram,
+    pub alert_deliveries: Family<DeliveryLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -148,6 +167,15 @@ impl Metrics {
             cluster_replica_lag: Family::default(),
             cluster_shard_lag: Family::default(),
             cluster_lag_refusals: Counter::default(),
+            alert_rules: Gauge::default(),
+            alerts_firing: Gauge::default(),
+            alert_evaluations: Counter::default(),
+            alert_evaluation_failures: Counter::default(),
+            alert_evaluations_deferred: Counter::default(),
+            alert_evaluation_seconds: Counter::default(),
+            // 1 ms to ~65 s
+            alert_round_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            alert_deliveries: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -325,6 +353,46 @@ impl Metrics {
             "cluster_lag_refusals",
             "Cluster mode, gateways: exports refused (retryably) because no ready replica of a shard was within cluster.max_lag_ms",
             m.cluster_lag_refusals.clone(),
+        );
+        r.register(
+            "alert_rules",
+            "Alert rules of every user",
+            m.alert_rules.clone(),
+        );
+        r.register(
+            "alerts_firing",
+            "Alert rules whose alert is firing",
+            m.alerts_firing.clone(),
+        );
+        r.register(
+            "alert_evaluations",
+            "Evaluations of alert rules",
+            m.alert_evaluations.clone(),
+        );
+        r.register(
+            "alert_evaluation_failures",
+            "Evaluations of alert rules that failed (the rule's state says why)",
+            m.alert_evaluation_failures.clone(),
+        );
+        r.register(
+            "alert_evaluations_deferred",
+            "Evaluations a round's budget (alerts.evaluation_budget_ms) left for the next round",
+            m.alert_evaluations_deferred.clone(),
+        );
+        r.register(
+            "alert_evaluation_seconds",
+            "Time spent evaluating alert rules",
+            m.alert_evaluation_seconds.clone(),
+        );
+        r.register(
+            "alert_round_duration_seconds",
+            "Time a round of evaluations of every alert rule takes",
+            m.alert_round_seconds.clone(),
+        );
+        r.register(
+            "alert_deliveries",
+            "Attempts to deliver alerts, by receiver and outcome (delivered, failed and retried, dropped after the last attempt)",
+            m.alert_deliveries.clone(),
         );
         m
     }

@@ -24,6 +24,9 @@ pub enum ApiError {
     Forbidden(AuthError),
     #[error("no such endpoint")]
     NotFound,
+    /// No such thing of the caller's at an endpoint that exists; the message names it.
+    #[error("{0}")]
+    Missing(String),
     /// A method the endpoint does not take; `allow` lists those it does.
     #[error("method not allowed: this endpoint takes {allow}")]
     MethodNotAllowed { allow: &'static str },
@@ -67,7 +70,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,

@@ -3,6 +3,8 @@
 //! logs as Server-Sent Events), `GET /logs/export` (every matching log, streamed),
 //! `GET /openapi.json`, `/healthz`, `/readyz` and `/metrics`.
 
+mod alerts;
+mod caller;
 mod cursor;
 mod error;
 mod export;
@@ -28,6 +30,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
+pub use alerts::{AlertsState, alert_rule, router as alerts_router};
+pub use caller::authorized_user;
+use caller::{Caller, Grant, caller, query_pairs};
 pub use cursor::{Cursor, CursorKey, CursorKeyError};
 pub use error::ApiError;
 pub use export::{CSV_COLUMNS, Format as ExportFormat};
@@ -364,44 +369,6 @@ struct LogsData<'a> {
     next_cursor: Option<String>,
 }
 
-/// Who calls, for what, as the request says it.
-struct Caller {
-    key_name: String,
-    user_id: String,
-    /// The decoded query-string pairs.
-    pairs: Vec<(String, String)>,
-}
-
-/// The caller's key (with `scope`), its user and the decoded query-string pairs.
-fn caller(
-    state: &ApiState,
-    headers: &HeaderMap,
-    raw_query: Option<&str>,
-    scope: Scope,
-) -> Result<Caller, ApiError> {
-    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    let principal = state.keys.authorize(authorization, scope)?;
-    let Some(user_id) = principal.user_id else {
-        return Err(ApiError::Internal(format!(
-            "{} key {} has no user",
-            scope.as_str(),
-            principal.key_name
-        )));
-    };
-    let pairs = query_pairs(raw_query)?;
-    Ok(Caller {
-        key_name: principal.key_name,
-        user_id,
-        pairs,
-    })
-}
-
-/// The decoded pairs of a query string.
-fn query_pairs(raw_query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str(raw_query.unwrap_or(""))
-        .map_err(|_| ApiError::BadRequest("the query string is malformed".to_owned()))
-}
-
 /// The logs `DELETE /logs?{raw_query}` erases of `user_id`'s: its filters, validated (errors
 /// name the parameter).
 pub fn erasure_query(raw_query: Option<&str>, user_id: &str) -> Result<LogQuery, ApiError> {
@@ -426,34 +393,6 @@ pub fn erased_response(deleted: u64) -> Response {
 /// client that takes nothing, whose pages would otherwise wait for the idle timeout).
 #[derive(Clone, Default)]
 pub struct ConnectionCut(pub CancellationToken);
-
-/// What a stream (a tail, an export) was granted on: its key, checked again as the stream goes
-/// on, so that a key revoked or expired meanwhile ends it.
-struct Grant {
-    keys: KeyStore,
-    authorization: Option<HeaderValue>,
-    user_id: String,
-}
-
-impl Grant {
-    fn new(state: &ApiState, headers: &HeaderMap, user_id: &str) -> Self {
-        Self {
-            keys: state.keys.clone(),
-            authorization: headers.get(header::AUTHORIZATION).cloned(),
-            user_id: user_id.to_owned(),
-        }
-    }
-
-    /// Whether the key still reads its user's logs; why not, when it does not.
-    fn check(&self) -> Result<(), String> {
-        let authorization = self.authorization.as_ref().map(HeaderValue::as_bytes);
-        match self.keys.authorize(authorization, Scope::Read) {
-            Ok(principal) if principal.user_id.as_deref() == Some(&self.user_id) => Ok(()),
-            Ok(_) => Err("the key now belongs to another user".to_owned()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
 
 #[derive(Serialize, ToSchema)]
 struct EraseBody {

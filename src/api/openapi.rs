@@ -14,8 +14,8 @@ use super::error::ErrorBody;
 #[openapi(
     info(
         title = "logbridge",
-        description = "The activity-log audit API: every endpoint under /logs takes a bearer key \
-                       and sees only its user's logs."
+        description = "The activity-log audit API: every endpoint under /logs and /alerts takes \
+                       a bearer key and sees only its user's logs and rules."
     ),
     paths(
         super::logs,
@@ -26,17 +26,23 @@ use super::error::ErrorBody;
         super::healthz,
         super::readyz,
         super::metrics,
+        super::alerts::list,
+        super::alerts::create,
+        super::alerts::read,
+        super::alerts::replace,
+        super::alerts::remove,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerKeys, &EmptyIsAbsent),
     tags(
         (name = "logs", description = "Reading, summarizing, following and erasing activity logs."),
+        (name = "alerts", description = "The caller's alert rules over its logs and where their alerts stand."),
         (name = "operations", description = "Health and metrics."),
     )
 )]
 struct Document;
 
-/// The bearer keys of the `/logs` endpoints.
+/// The bearer keys of the `/logs` and `/alerts` endpoints.
 struct BearerKeys;
 
 impl Modify for BearerKeys {
@@ -44,7 +50,8 @@ impl Modify for BearerKeys {
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
             .description(Some(
-                "An API key from the keys file: `read` for GET, `delete` for DELETE.",
+                "An API key from the keys file: under /logs, `read` for GET and `delete` for \
+                 DELETE; `alerts` for /alerts.",
             ))
             .build();
         openapi

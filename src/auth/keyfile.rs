@@ -87,13 +87,15 @@ impl RawKey {
                 Some(_) => {}
                 None => {
                     return fail(format!(
-                        "unknown scope {name:?} (expected ingest, read or delete)"
+                        "unknown scope {name:?} (expected ingest, read, delete or alerts)"
                     ));
                 }
             }
         }
         if scopes.is_empty() {
-            return fail("scopes must name at least one of ingest, read and delete".to_owned());
+            return fail(
+                "scopes must name at least one of ingest, read, delete and alerts".to_owned(),
+            );
         }
         if self.user_id.as_deref() == Some("") {
             return fail("user_id must not be empty".to_owned());
@@ -473,7 +475,7 @@ mod tests {
                     "[[keys]]\nname = \"w\"\nsha256 = \"{}\"\nscopes = [\"write\"]\n",
                     "ab".repeat(32)
                 ),
-                "key \"w\": unknown scope \"write\" (expected ingest, read or delete)",
+                "key \"w\": unknown scope \"write\" (expected ingest, read, delete or alerts)",
             ),
             (
                 &format!(

@@ -26,6 +26,8 @@ pub enum Scope {
     Read,
     /// Erase logs through `DELETE /logs`.
     Delete,
+    /// Manage the user's alert rules through `/alerts`.
+    Alerts,
 }
 
 impl Scope {
@@ -35,6 +37,7 @@ impl Scope {
             Scope::Ingest => "ingest",
             Scope::Read => "read",
             Scope::Delete => "delete",
+            Scope::Alerts => "alerts",
         }
     }
 
@@ -44,6 +47,7 @@ impl Scope {
             "ingest" => Some(Scope::Ingest),
             "read" => Some(Scope::Read),
             "delete" => Some(Scope::Delete),
+            "alerts" => Some(Scope::Alerts),
             _ => None,
         }
     }

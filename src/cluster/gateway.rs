@@ -12,7 +12,7 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
+use axum::routing::{MethodRouter, any, get};
 use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +88,8 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/logs/export", forward_only())
         .route("/logs/stats", forward_only())
         .route("/logs/tail", forward_only())
+        .route("/alerts", any(alerts_not_offered))
+        .route("/alerts/{id}", any(alerts_not_offered))
         .route("/openapi.json", get(api::openapi_document))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -99,6 +101,12 @@ pub fn router(gateway: Gateway) -> Router {
         )
         .fallback(|| async { ApiError::NotFound })
         .with_state(gateway)
+}
+
+/// Alert rules are a single node's: a cluster has no place yet to keep them once for all its
+/// gateways and to evaluate them once per user.
+async fn alerts_not_offered() -> ApiError {
+    ApiError::NotImplemented("alert rules are offered by a single node, not yet in cluster mode")
 }
 
 /// Ready once the cluster's map is known and names at least one indexer.

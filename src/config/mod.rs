@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::alerts::AlertsConfig;
 use crate::api::ApiConfig;
 use crate::cluster::ClusterConfig;
 use crate::lifecycle::{LimitsConfig, Retention};
@@ -62,6 +63,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Cluster mode, when `[cluster] role` is set; a single node otherwise.
     pub cluster: Option<ClusterConfig>,
+    /// Alert rules: their evaluation and where alerts go.
+    pub alerts: AlertsConfig,
 }
 
 /// The files of the `[tls]` section.

@@ -22,6 +22,35 @@ pub(super) struct RawConfig {
     pub(super) limits: RawLimits,
     pub(super) tls: RawTls,
     pub(super) cluster: RawCluster,
+    pub(super) alerts: RawAlerts,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAlerts {
+    pub(super) evaluation_interval_ms: u64,
+    pub(super) evaluation_budget_ms: u64,
+    pub(super) rule_timeout_ms: u64,
+    pub(super) max_rules_per_user: u64,
+    pub(super) alertmanager_url: String,
+    pub(super) resend_interval_ms: u64,
+    pub(super) webhook_url: String,
+    pub(super) webhook_secret_file: String,
+}
+
+impl Default for RawAlerts {
+    fn default() -> Self {
+        Self {
+            evaluation_interval_ms: 30_000,
+            evaluation_budget_ms: 20_000,
+            rule_timeout_ms: 5_000,
+            max_rules_per_user: 100,
+            alertmanager_url: String::new(),
+            resend_interval_ms: 60_000,
+            webhook_url: String::new(),
+            webhook_secret_file: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{RawCluster, RawConfig};
+use super::raw::{RawAlerts, RawCluster, RawConfig};
 use super::{
     AuthConfig, Config, ConfigError, IndexConfig, LogConfig, OtlpConfig, RetentionConfig,
     ServerConfig, TlsFiles,
 };
+use crate::alerts::{AlertsConfig, WebhookConfig};
 use crate::api::ApiConfig;
 use crate::cluster::tls::ClientTlsFiles;
 use crate::cluster::{ClusterConfig, MAX_SHARDS};
@@ -198,6 +199,76 @@ impl RawCluster {
             max_lag: millis("cluster.max_lag_ms", self.max_lag_ms)?,
             advertise_url: Some(self.advertise_url).filter(|u| !u.is_empty()),
         }))
+    }
+}
+
+impl RawAlerts {
+    fn validate(self) -> Result<AlertsConfig, ConfigError> {
+        let invalid =
+            |setting: &'static str, message: String| ConfigError::Invalid { setting, message };
+        let millis = |setting: &'static str, value: u64, min: u64| {
+            if !(min..=MAX_MILLIS).contains(&value) {
+                return Err(invalid(
+                    setting,
+                    format!("must be from {min} to {MAX_MILLIS}"),
+                ));
+            }
+            Ok(Duration::from_millis(value))
+        };
+        let url = |setting: &'static str, url: String| {
+            if url.is_empty() {
+                return Ok(None);
+            }
+            let parsed = url.parse::<http::Uri>().ok();
+            let scheme = parsed.as_ref().and_then(|u| u.scheme_str());
+            if !matches!(scheme, Some("http" | "https"))
+                || parsed.and_then(|u| u.host().map(str::to_owned)).is_none()
+            {
+                return Err(invalid(
+                    setting,
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+            Ok(Some(url))
+        };
+        let webhook = match url("alerts.webhook_url", self.webhook_url)? {
+            None if !self.webhook_secret_file.is_empty() => {
+                return Err(invalid(
+                    "alerts.webhook_url",
+                    "must be set when alerts.webhook_secret_file is".to_owned(),
+                ));
+            }
+            None => None,
+            Some(_) if self.webhook_secret_file.is_empty() => {
+                return Err(invalid(
+                    "alerts.webhook_secret_file",
+                    "must be set when alerts.webhook_url is: webhooks are always signed".to_owned(),
+                ));
+            }
+            Some(url) => Some(WebhookConfig {
+                url,
+                secret_file: PathBuf::from(self.webhook_secret_file),
+            }),
+        };
+        if !(1..=MAX_COUNT).contains(&self.max_rules_per_user) {
+            return Err(invalid(
+                "alerts.max_rules_per_user",
+                format!("must be from 1 to {MAX_COUNT}"),
+            ));
+        }
+        Ok(AlertsConfig {
+            evaluation_interval: millis(
+                "alerts.evaluation_interval_ms",
+                self.evaluation_interval_ms,
+                1000,
+            )?,
+            evaluation_budget: millis("alerts.evaluation_budget_ms", self.evaluation_budget_ms, 1)?,
+            rule_timeout: millis("alerts.rule_timeout_ms", self.rule_timeout_ms, 1)?,
+            max_rules_per_user: usize::try_from(self.max_rules_per_user).unwrap_or(usize::MAX),
+            alertmanager_url: url("alerts.alertmanager_url", self.alertmanager_url)?,
+            resend_interval: millis("alerts.resend_interval_ms", self.resend_interval_ms, 1000)?,
+            webhook,
+        })
     }
 }
 
@@ -401,6 +472,7 @@ impl RawConfig {
             }
         };
         let cluster = self.cluster.validate(tls.is_some())?;
+        let alerts = self.alerts.validate()?;
         let mapping = self
             .mapping
             .validate()
@@ -447,6 +519,7 @@ impl RawConfig {
             limits,
             tls,
             cluster,
+            alerts,
         })
     }
 }

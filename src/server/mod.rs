@@ -14,7 +14,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiParts, ApiState, CursorKey};
+use crate::alerts::Alerts;
+use crate::api::{self, AlertsState, ApiParts, ApiState, CursorKey};
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::explorer;
@@ -79,7 +80,8 @@ pub struct RunningServer {
     pub addresses: Addresses,
     shutdown: CancellationToken,
     servers: Vec<JoinHandle<()>>,
-    /// Tasks re-reading files; they end with the shutdown.
+    /// Tasks re-reading files, evaluating alert rules and delivering alerts; they end with the
+    /// shutdown.
     watchers: Vec<JoinHandle<()>>,
     writer: WriterThread,
     queue: IngestQueue,
@@ -146,6 +148,19 @@ pub async fn start_with_faults(
         LimitShare::default(),
         &metrics,
     );
+    let (alerts, alert_tasks) = Alerts::start(
+        &config.alerts,
+        &config.index.path,
+        &api::alert_rule,
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )?;
+    let alerts = AlertsState {
+        keys: keys.clone(),
+        alerts,
+        store: store.clone(),
+    };
     let api_state = ApiState {
         writer: Some(queue.clone()),
         ..ApiParts::new(
@@ -159,6 +174,7 @@ pub async fn start_with_faults(
         .with_store(store)
     };
     let mut watchers = vec![keys_watcher];
+    watchers.extend(alert_tasks);
     let certificates =
         listener_certificates(config, &metrics, hangups, shutdown.clone(), &mut watchers)?;
     let serve = |listener, router, protocol, acceptor: Option<&tls::Acceptor>| {
@@ -187,7 +203,9 @@ pub async fn start_with_faults(
         ),
         serve(
             listeners.api,
-            api::router(api_state).merge(explorer::router()),
+            api::router(api_state)
+                .merge(api::alerts_router(alerts))
+                .merge(explorer::router()),
             Protocol::Http1,
             certificates.as_ref().map(|c| &c.api),
         ),

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod alerts;
 mod bench_smoke;
 mod cli;
 mod cluster;

@@ -31,9 +31,9 @@ use tokio::net::TcpListener;
 pub struct Keys {
     /// Ingest only, no user: records must carry user.id.
     pub platform: Secret,
-    /// Read and ingest for user-alice.
+    /// Read, ingest and alert rules for user-alice.
     pub alice: Secret,
-    /// Read and ingest for user-bob.
+    /// Read, ingest and alert rules for user-bob.
     pub bob: Secret,
     /// Read only, for user-alice.
     pub alice_reader: Secret,
@@ -68,13 +68,13 @@ impl Keys {
             key(
                 "alice",
                 &self.alice,
-                &[Scope::Read, Scope::Ingest],
+                &[Scope::Read, Scope::Ingest, Scope::Alerts],
                 Some("user-alice"),
             ),
             key(
                 "bob",
                 &self.bob,
-                &[Scope::Read, Scope::Ingest],
+                &[Scope::Read, Scope::Ingest, Scope::Alerts],
                 Some("user-bob"),
             ),
             key(

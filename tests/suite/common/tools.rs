@@ -12,6 +12,7 @@ pub struct Tools {
     pub schemathesis: PathBuf,
     pub chromium: PathBuf,
     pub chromedriver: PathBuf,
+    pub alertmanager: PathBuf,
 }
 
 /// The tools, installed first when missing.
@@ -37,6 +38,7 @@ pub fn installed() -> &'static Tools {
             schemathesis: schemathesis_venv().join("bin/schemathesis"),
             chromium: on_path("chromium"),
             chromedriver: on_path("chromedriver"),
+            alertmanager: on_path("prometheus-alertmanager"),
         }
     })
 }
