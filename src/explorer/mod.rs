@@ -19,6 +19,7 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("page/app.css"),
     ),
     ("app.js", JAVASCRIPT, include_str!("page/app.js")),
+    ("alerts.js", JAVASCRIPT, include_str!("page/alerts.js")),
     ("api.js", JAVASCRIPT, include_str!("page/api.js")),
     ("call.js", JAVASCRIPT, include_str!("page/call.js")),
     ("dom.js", JAVASCRIPT, include_str!("page/dom.js")),

@@ -20,6 +20,7 @@ mod crash;
 mod dedup;
 mod erasure;
 mod explorer;
+mod explorer_alerts;
 mod explorer_search;
 mod export;
 mod fair_shares;

@@ -1,4 +1,5 @@
-// logbridge explorer: one page over the REST API (GET /logs, /logs/stats, /logs/tail, /logs/export).
+// logbridge explorer: one page over the REST API (GET /logs, /logs/stats, /logs/tail, /logs/export,
+// /alerts).
 // This entry module wires the page's controls to the modules that own them and starts it.
 //
 // Everything the server sends is untrusted: it reaches the page only through textContent,
@@ -16,6 +17,7 @@ import { renderStats, redrawHistogramOnResize } from './stats.js';
 import { openCall, closeCall } from './call.js';
 import { setLive } from './live.js';
 import { exportLogs } from './export.js';
+import { createRule } from './alerts.js';
 
 function isTyping(el) {
   if (!(el instanceof Element)) return false;
@@ -60,6 +62,7 @@ function init() {
   $('export-csv').addEventListener('click', (ev) => exportLogs('csv', ev.currentTarget));
   $('export-ndjson').addEventListener('click', (ev) => exportLogs('ndjson', ev.currentTarget));
   $('close-call').addEventListener('click', () => closeCall());
+  $('alert-form').addEventListener('submit', createRule);
 
   wireTable($('logs'));
   wireTable($('call-logs'));

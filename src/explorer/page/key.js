@@ -8,6 +8,7 @@ import { setBusy, clearError } from './errors.js';
 import { clearResults, load } from './results.js';
 import { openCall, closeCall } from './call.js';
 import { setLive } from './live.js';
+import { loadAlerts, clearAlerts } from './alerts.js';
 
 const KEY_STORAGE = 'logbridge.key';
 
@@ -41,6 +42,7 @@ export function forgetKey(message) {
   setBusy('load', false);
   clearError();
   clearResults();
+  clearAlerts();
   closeCall(null, false);
   showKeyForm(message);
 }
@@ -73,6 +75,7 @@ function start() {
   state.filters = filtersFromURL();
   fillInputs(state.filters);
   load();
+  loadAlerts();
   const room = roomFromURL();
   if (room) openCall(room, { mode: null });
 }
