@@ -11,12 +11,9 @@
 mod harness;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::{
-    BASE_NANOS, BATCH, RequestEncoder, SEED, Server, Transport, disk_bytes, ingest, query,
-    query_types,
-};
+use harness::{BASE_NANOS, Server, build_index, disk_bytes, final_merge, query, query_types};
 
 struct Args {
     records: usize,
@@ -55,63 +52,6 @@ fn args() -> Args {
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
-
-/// Fills the index in chunks, a thread encoding the next chunk while the server ingests one.
-async fn build(args: &Args) {
-    let marker = args.dir.join(format!("built-{}", args.records));
-    if marker.exists() {
-        return;
-    }
-    let _ = std::fs::remove_dir_all(&args.dir);
-    let server = Server::start(BIN, &args.dir, 1000).await;
-    let (chunks, ready) = std::sync::mpsc::sync_channel(1);
-    let total = args.records;
-    std::thread::spawn(move || {
-        let mut encoder = RequestEncoder::new(SEED);
-        let mut left = total;
-        while left > 0 {
-            let size = left.min(1_000 * BATCH);
-            if chunks.send(encoder.encode(size)).is_err() {
-                return;
-            }
-            left -= size;
-        }
-    });
-    let started = Instant::now();
-    let mut done = 0;
-    while let Ok(requests) = ready.recv() {
-        done += ingest(&server, requests, 4, Transport::Grpc).await.records;
-        eprintln!(
-            "built {done} records, {:.0} records/s",
-            done as f64 / started.elapsed().as_secs_f64()
-        );
-    }
-    server.stop();
-    std::fs::write(&marker, "").unwrap();
-}
-
-/// Merges every segment of the index into one, as a final merge would, and deletes the files
-/// merged away; nothing to do when the index is one segment already.
-fn final_merge(index_dir: &Path) {
-    let index = tantivy::Index::open_in_dir(index_dir).expect("open the index");
-    let segments = index.searchable_segment_ids().expect("segment ids");
-    if segments.len() <= 1 {
-        return;
-    }
-    let started = Instant::now();
-    let mut writer: tantivy::IndexWriter = index.writer(256 << 20).expect("index writer");
-    writer.merge(&segments).wait().expect("merge");
-    writer
-        .garbage_collect_files()
-        .wait()
-        .expect("garbage collection");
-    writer.wait_merging_threads().expect("merge threads");
-    eprintln!(
-        "merged {} segments into one in {:.0} s",
-        segments.len(),
-        started.elapsed().as_secs_f64()
-    );
-}
 
 /// Where the index's bytes go, per record: each component of the segments (stored documents,
 /// postings, positions, terms, fast fields, field norms), and the fields that take the most of
@@ -239,7 +179,7 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = args();
-    build(&args).await;
+    build_index(BIN, &args.dir, args.records).await;
     final_merge(&args.dir.join("index"));
     let index_bytes = disk_bytes(&args.dir.join("index"));
     breakdown(&args.dir.join("index"));

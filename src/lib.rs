@@ -9,7 +9,9 @@
 //!   node's sink is the writer thread (write-ahead log, then the index).
 //! - [`store`]: the embedded tantivy index: schema, the single writer, newest-first queries.
 //! - [`api`]: `GET /logs`, the audit API scoped to the caller's user, with its statistics, tail,
-//!   export, erasure and OpenAPI document, and health checks.
+//!   export, erasure and OpenAPI document, the user's alert rules (`/alerts`), and health checks.
+//! - [`alerts`]: the rules evaluated over the index on an interval, their alerts delivered to
+//!   Alertmanager and a signed webhook.
 //! - [`explorer`]: the web page at `/` that reads the API.
 //!
 //! [`cluster`] provides the parts of the same path over NATS JetStream and etcd, across machines:
@@ -25,7 +27,8 @@
 //! server                     wiring of a single node and of a cluster node; listeners, TLS
 //!   config                   the config file: composes each room's own settings
 //!     cluster                stream sink, indexers, gateways (over the API's types)
-//!       api   otlp           serve reads; receive exports
+//!       api   otlp           serve reads and alert rules; receive exports
+//!         alerts             evaluate rules over the index, deliver their alerts
 //!         ingest             the export path, the writer, the dedup window
 //!           lifecycle        retention, limits, keys reload, snapshots
 //!             store          the index

@@ -748,3 +748,62 @@ pub async fn wait_ready(api: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Fills an index of `records` generated logs in `dir` (the index in `dir/index`) through the
+/// server `bin`, in chunks, a thread encoding the next chunk while the server ingests one; an
+/// index built before (a marker file says so) is kept.
+pub async fn build_index(bin: &str, dir: &Path, records: usize) {
+    let marker = dir.join(format!("built-{records}"));
+    if marker.exists() {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let server = Server::start(bin, dir, 1000).await;
+    let (chunks, ready) = std::sync::mpsc::sync_channel(1);
+    let total = records;
+    std::thread::spawn(move || {
+        let mut encoder = RequestEncoder::new(SEED);
+        let mut left = total;
+        while left > 0 {
+            let size = left.min(1_000 * BATCH);
+            if chunks.send(encoder.encode(size)).is_err() {
+                return;
+            }
+            left -= size;
+        }
+    });
+    let started = Instant::now();
+    let mut done = 0;
+    while let Ok(requests) = ready.recv() {
+        done += ingest(&server, requests, 4, Transport::Grpc).await.records;
+        eprintln!(
+            "built {done} records, {:.0} records/s",
+            done as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    server.stop();
+    std::fs::write(&marker, "").unwrap();
+}
+
+/// Merges every segment of the index into one, as a final merge would, and deletes the files
+/// merged away; nothing to do when the index is one segment already.
+pub fn final_merge(index_dir: &Path) {
+    let index = tantivy::Index::open_in_dir(index_dir).expect("open the index");
+    let segments = index.searchable_segment_ids().expect("segment ids");
+    if segments.len() <= 1 {
+        return;
+    }
+    let started = Instant::now();
+    let mut writer: tantivy::IndexWriter = index.writer(256 << 20).expect("index writer");
+    writer.merge(&segments).wait().expect("merge");
+    writer
+        .garbage_collect_files()
+        .wait()
+        .expect("garbage collection");
+    writer.wait_merging_threads().expect("merge threads");
+    eprintln!(
+        "merged {} segments into one in {:.0} s",
+        segments.len(),
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -11,12 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::rule::{Rule, RuleSpec};
 use super::state::RuleState;
 use super::time;
+use crate::store::ALERT_RULES_FILE as FILE;
 
 /// How a spec is checked as a rule of a user: the filters are read by the API's parser.
 pub type CheckRule = dyn Fn(RuleSpec, &str) -> Result<Rule, String> + Send + Sync;
-
-/// The file's name, in the index folder.
-pub const FILE: &str = "alerts.json";
 
 /// A rule of a user and its state.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -117,6 +117,8 @@ impl Evaluator {
                     .push(entry.id.clone());
             }
         }
+        self.last_sent
+            .retain(|id, _| by_user.values().flatten().any(|kept| kept == id));
         order(by_user, &mut self.turns, self.rounds)
     }
 
@@ -185,12 +187,9 @@ impl Evaluator {
         }
     }
 
-    /// The measure of `rule` at `at`, from the statistics of its window; the evaluation is
-    /// cancelled when it takes longer than the rule timeout.
+    /// [`measure`] on a blocking thread, cancelled when it takes longer than the rule timeout.
     async fn measure(&self, rule: &Rule, at: u64) -> Result<Option<f64>, String> {
-        let query = rule.query_at(at);
-        let interval = u64::try_from(rule.window.as_nanos()).unwrap_or(u64::MAX);
-        let store = self.store.clone();
+        let (store, rule) = (self.store.clone(), rule.clone());
         let cancelled = Arc::new(AtomicBool::new(false));
         let flag = cancelled.clone();
         let timeout = self.config.rule_timeout;
@@ -198,17 +197,15 @@ impl Evaluator {
             tokio::time::sleep(timeout).await;
             flag.store(true, Ordering::Relaxed);
         });
-        let stats =
-            tokio::task::spawn_blocking(move || store.stats(&query, Some(interval), &cancelled))
-                .await;
+        let measured =
+            tokio::task::spawn_blocking(move || measure(&store, &rule, at, &cancelled)).await;
         timer.abort();
-        match stats {
-            Ok(Ok(stats)) => Ok(rule.measure(&stats)),
+        match measured {
             Ok(Err(StatsError::Cancelled)) => Err(format!(
                 "the evaluation took longer than {} ms and was cancelled",
                 timeout.as_millis()
             )),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(measured) => measured.map_err(|e| e.to_string()),
             Err(e) => Err(format!("the evaluation failed: {e}")),
         }
     }
@@ -218,6 +215,19 @@ impl Evaluator {
             tracing::error!(error = %e, "alert states not saved");
         }
     }
+}
+
+/// The measure of `rule` at `at` (nanoseconds), from the statistics of its window over `store`:
+/// what an evaluation computes. Stops early, cancelled, once `cancelled` is set.
+pub fn measure(
+    store: &Store,
+    rule: &Rule,
+    at: u64,
+    cancelled: &AtomicBool,
+) -> Result<Option<f64>, StatsError> {
+    let interval = u64::try_from(rule.window.as_nanos()).unwrap_or(u64::MAX);
+    let stats = store.stats(&rule.query_at(at), Some(interval), cancelled)?;
+    Ok(rule.measure(&stats))
 }
 
 /// The order of round `round` over the rule ids of each user: users in turn, one rule of each

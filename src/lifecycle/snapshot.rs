@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use tantivy::Index;
 use tantivy::index::{SegmentId, SegmentMeta};
 
-use crate::store::{CURSOR_KEY_FILE, payload_last_seq};
+use crate::store::{ALERT_RULES_FILE, CURSOR_KEY_FILE, payload_last_seq};
 
 /// Attempts before giving up on an index whose segments keep being merged away.
 const ATTEMPTS: usize = 20;
@@ -130,11 +130,15 @@ fn attempt(index: &Path, to: &Path) -> Result<Option<SnapshotReport>, SnapshotEr
     // the files the snapshot's own writer may delete once they are merged away
     let managed = serde_json::to_vec(&files).map_err(|e| io_error(to)(e.into()))?;
     write_synced(&to.join(".managed.json"), &managed)?;
-    let cursor_key = index.join(CURSOR_KEY_FILE);
-    if cursor_key.exists() {
-        // cursors handed out before the snapshot stay valid on a server started from it
-        let key = fs::read(&cursor_key).map_err(io_error(&cursor_key))?;
-        write_synced(&to.join(CURSOR_KEY_FILE), &key)?;
+    // cursors handed out before the snapshot stay valid on a server started from it, and its
+    // users' alert rules come along
+    for name in [CURSOR_KEY_FILE, ALERT_RULES_FILE] {
+        let file = index.join(name);
+        match fs::read(&file) {
+            Ok(bytes) => write_synced(&to.join(name), &bytes)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&file)(e)),
+        }
     }
     fs::File::open(to)
         .and_then(|dir| dir.sync_all())

@@ -69,6 +69,10 @@ pub enum StoreError {
 /// copy of the folder carries it, so that cursors stay valid on it.
 pub const CURSOR_KEY_FILE: &str = "cursor.key";
 
+/// The file beside the index that holds the users' alert rules and their states: a snapshot
+/// carries it too.
+pub const ALERT_RULES_FILE: &str = "alerts.json";
+
 /// Most logs a page may skip by offset (`page`): the work and memory of a page grow with its
 /// offset, so deeper pages are read with a keyset cursor, which costs what the first page does.
 pub const MAX_OFFSET: usize = 100_000;

@@ -427,6 +427,21 @@ async fn a_burst_of_webhook_errors_fires_through_alertmanager_and_a_signed_webho
         metric(&app.api_url, "logbridge_alert_evaluation_failures_total").await,
         0.0
     );
+    // every round of the test's evaluations is timed, none was cut short by the budget
+    assert_eq!(metric(&app.api_url, "logbridge_alert_rules").await, 1.0);
+    let rounds = metric(&app.api_url, "logbridge_alert_round_duration_seconds_count").await;
+    let evaluations = metric(&app.api_url, "logbridge_alert_evaluations_total").await;
+    assert!(rounds >= 10.0, "{rounds} rounds");
+    // the rule was created within the first two rounds
+    assert!(
+        evaluations >= rounds - 2.0,
+        "{evaluations} evaluations in {rounds} rounds"
+    );
+    assert!(metric(&app.api_url, "logbridge_alert_evaluation_seconds_total").await > 0.0);
+    assert_eq!(
+        metric(&app.api_url, "logbridge_alert_evaluations_deferred_total").await,
+        0.0
+    );
 }
 
 #[tokio::test]

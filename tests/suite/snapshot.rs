@@ -1,5 +1,5 @@
 //! `logbridge snapshot --to DIR` against a running server that keeps ingesting: a server started
-//! on the snapshot serves exactly the logs committed when it was taken.
+//! on the snapshot serves exactly the logs committed when it was taken, and its alert rules.
 
 use crate::common;
 
@@ -60,6 +60,19 @@ async fn a_snapshot_of_a_busy_server_serves_exactly_what_was_committed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let visible_before = total(&served.api, &secret).await;
+    let rule = serde_json::json!({
+        "name": "tool errors", "filters": { "status": "error" }, "window": "5m",
+        "measure": "count", "comparison": ">", "threshold": 10,
+    });
+    let alerts = |api: &str| format!("http://{api}/alerts");
+    let created = common::client()
+        .post(alerts(&served.api))
+        .bearer_auth(secret.expose())
+        .json(&rule)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
 
     let snapshot_dir = dir.path().join("snapshot");
     let output = run(
@@ -143,6 +156,19 @@ async fn a_snapshot_of_a_busy_server_serves_exactly_what_was_committed() {
     let expected: Vec<String> = (0..logs).map(message).collect();
     assert_eq!(stored, expected);
     assert_eq!(logs % BATCH, 0, "a commit holds whole batches");
+    let listed: serde_json::Value = common::client()
+        .get(alerts(&from_snapshot.api))
+        .bearer_auth(secret.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["data"]["rules"][0]["name"], "tool errors",
+        "{listed}"
+    );
     // the live server kept everything
     let deadline = Instant::now() + PATIENCE;
     while total(&served.api, &secret).await < acked {

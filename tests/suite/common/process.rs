@@ -14,14 +14,15 @@ use super::harness::rss;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
 
-/// A keys file in `dir` with one key, `secret`, that reads, ingests and erases for user `u`.
+/// A keys file in `dir` with one key, `secret`, that reads, ingests, erases and manages alert
+/// rules for user `u`.
 pub fn write_key(dir: &Path, secret: &Secret) {
     super::write_keys_file(
         &dir.join("keys.toml"),
         &[KeyRecord {
             name: "u".to_owned(),
             sha256: secret.sha256(),
-            scopes: vec![Scope::Read, Scope::Ingest, Scope::Delete],
+            scopes: vec![Scope::Read, Scope::Ingest, Scope::Delete, Scope::Alerts],
             user_id: Some("u".to_owned()),
             expires_at: None,
         }],
