@@ -138,8 +138,10 @@ impl Book {
     }
 
     /// Writes the rules if they changed since the last write, and returns once they are durable.
+    /// A write goes on to its end even when the caller is gone (a client that left), and the next
+    /// waits for it.
     pub async fn save(&self) -> anyhow::Result<()> {
-        let mut written = self.writing.lock().await;
+        let mut written = self.writing.clone().lock_owned().await;
         let (version, bytes) = {
             let rules = self.lock();
             if rules.version == *written {
@@ -151,11 +153,13 @@ impl Book {
             (rules.version, serde_json::to_vec(&document)?)
         };
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
-            .await?
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.path.display()))?;
-        *written = version;
-        Ok(())
+        tokio::task::spawn_blocking(move || {
+            write_durably(&path, &bytes)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            *written = version;
+            Ok(())
+        })
+        .await?
     }
 }
 

@@ -31,6 +31,10 @@ use crate::store::format_timestamp;
 pub const SIGNATURE_HEADER: &str = "logbridge-signature";
 /// How long one attempt may take, answer included.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Webhooks posted at once.
+const WEBHOOKS_AT_ONCE: usize = 16;
+/// The most of a receiver's answer read, for the log.
+const ANSWER_BYTES: usize = 4096;
 /// Attempts at one alert before it is given up.
 const MAX_ATTEMPTS: u32 = 10;
 /// The wait after the first failed attempt, doubled after each next one, up to the longest.
@@ -288,12 +292,26 @@ async fn attempt(
             vec![outcome; due.len()]
         }
         Destination::Webhook { url, secret } => {
+            // a few at a time: a webhook that hangs holds up each batch for one timeout
             let mut outcomes = Vec::with_capacity(due.len());
-            for pending in due {
-                let body = serde_json::to_vec(&WebhookBody::new(&pending.alert))
-                    .expect("alerts serialize");
-                let signature = sign(secret, &body);
-                outcomes.push(post(client, url, body, Some(signature)).await);
+            for batch in due.chunks(WEBHOOKS_AT_ONCE) {
+                let mut sending = tokio::task::JoinSet::new();
+                for (n, pending) in batch.iter().enumerate() {
+                    let body = serde_json::to_vec(&WebhookBody::new(&pending.alert))
+                        .expect("alerts serialize");
+                    let signature = sign(secret, &body);
+                    let (client, url) = (client.clone(), url.clone());
+                    sending.spawn(
+                        async move { (n, post(&client, &url, body, Some(signature)).await) },
+                    );
+                }
+                let mut answers = vec![Err("not sent".to_owned()); batch.len()];
+                while let Some(answer) = sending.join_next().await {
+                    if let Ok((n, outcome)) = answer {
+                        answers[n] = outcome;
+                    }
+                }
+                outcomes.extend(answers);
             }
             outcomes
         }
@@ -337,18 +355,19 @@ async fn post(
             message
         })?;
         let status = response.status();
-        let body = response
-            .into_body()
+        let body = http_body_util::Limited::new(response.into_body(), ANSWER_BYTES)
             .collect()
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         if status.is_success() {
-            Ok(())
-        } else {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            Err(format!("answered {status}: {}", text.trim()))
+            return Ok(());
         }
+        // what the receiver said goes to the log only: an Alertmanager's answer to a batch may
+        // quote other users' alerts, and the rules' states are their users' to read
+        let said = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        tracing::warn!(%url, %status, answer = said.trim(), "an alert receiver refused");
+        Err(format!("answered {status}"))
     };
     tokio::time::timeout(ATTEMPT_TIMEOUT, exchange)
         .await

@@ -4,7 +4,7 @@
 //! budget leaves is evaluated first in the next round, so that no user's rules, however many,
 //! keep another's from being evaluated.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,8 +28,10 @@ pub struct Evaluator {
     config: AlertsConfig,
     /// Per user, the index of the rule its next turn starts with.
     turns: HashMap<String, usize>,
-    /// Rounds so far: which user goes first.
+    /// Rounds so far: which user goes first after a round that evaluated every rule.
     rounds: usize,
+    /// The user whose rule a round's budget stopped at: the next round starts with it.
+    resume_at: Option<String>,
     last_sent: HashMap<String, Instant>,
 }
 
@@ -49,6 +51,7 @@ impl Evaluator {
             config,
             turns: HashMap::new(),
             rounds: 0,
+            resume_at: None,
             last_sent: HashMap::new(),
         }
     }
@@ -85,6 +88,7 @@ impl Evaluator {
             *self.turns.entry(user.clone()).or_default() += 1;
             done += 1;
         }
+        self.resume_at = order.get(done).map(|(user, _)| user.clone());
         let metrics = &self.metrics;
         metrics
             .alert_evaluations_deferred
@@ -117,9 +121,10 @@ impl Evaluator {
                     .push(entry.id.clone());
             }
         }
-        self.last_sent
-            .retain(|id, _| by_user.values().flatten().any(|kept| kept == id));
-        order(by_user, &mut self.turns, self.rounds)
+        let kept: HashSet<&String> = by_user.values().flatten().collect();
+        self.last_sent.retain(|id, _| kept.contains(id));
+        let first = self.resume_at.take();
+        order(by_user, &mut self.turns, first.as_deref(), self.rounds)
     }
 
     /// Evaluates rule `id`, if it is still there, and delivers what its state's move asks for.
@@ -164,7 +169,8 @@ impl Evaluator {
         let status = entry.state.status;
         let alert = alert_of(&entry.id, &entry.user_id, &rule, &entry.state);
         rules.changed();
-        drop(rules);
+        // sent while the book is held: a deletion or replacement of the rule, which resolves
+        // its alert, comes before or after, never between the state's move and its alert
         match change {
             Some(change) => {
                 tracing::info!(rule = %id, name = %rule.spec.name, status = alert.status, value = ?alert.value, "alert {}", if change == Change::Fired { "firing" } else { "resolved" });
@@ -185,6 +191,7 @@ impl Evaluator {
                 self.last_sent.remove(id);
             }
         }
+        drop(rules);
     }
 
     /// [`measure`] on a blocking thread, cancelled when it takes longer than the rule timeout.
@@ -231,11 +238,12 @@ pub fn measure(
 }
 
 /// The order of round `round` over the rule ids of each user: users in turn, one rule of each
-/// at a time, each user's from where its last turn stopped (`turns`), the first user another
-/// each round.
+/// at a time, each user's from where its last turn stopped (`turns`); the first user is
+/// `first`, the one the last round's budget stopped at, else another each round.
 fn order(
     by_user: BTreeMap<String, Vec<String>>,
     turns: &mut HashMap<String, usize>,
+    first: Option<&str>,
     round: usize,
 ) -> Vec<(String, String)> {
     turns.retain(|user, _| by_user.contains_key(user));
@@ -249,8 +257,10 @@ fn order(
         })
         .collect();
     if !queues.is_empty() {
-        let first = round % queues.len();
-        queues.rotate_left(first);
+        let start = first
+            .and_then(|first| queues.iter().position(|(user, _)| user == first))
+            .unwrap_or(round % queues.len());
+        queues.rotate_left(start);
     }
     let longest = queues.iter().map(|(_, ids)| ids.len()).max().unwrap_or(0);
     let mut order = Vec::new();
@@ -319,24 +329,51 @@ mod tests {
             ])
         };
         let mut turns = HashMap::new();
-        let first = order(by_user(), &mut turns, 0);
+        let first = order(by_user(), &mut turns, None, 0);
         assert_eq!(ids(&first), ["b1", "q1", "b2", "b3", "b4", "b5"]);
-        // the next round starts with the other user
+        // after a whole round the next starts with the other user
         assert_eq!(
-            ids(&order(by_user(), &mut turns, 1)),
+            ids(&order(by_user(), &mut turns, None, 1)),
             ["q1", "b1", "b2", "b3", "b4", "b5"]
         );
-        // the budget let three be evaluated: b1, q1, b2; the busy user's next turn is b3
+        // the budget let three be evaluated: b1, q1, b2; the next round starts where it
+        // stopped, with the busy user's b3
         *turns.entry("busy".to_owned()).or_default() += 2;
         *turns.entry("quiet".to_owned()).or_default() += 1;
         assert_eq!(
-            ids(&order(by_user(), &mut turns, 2)),
+            ids(&order(by_user(), &mut turns, Some("busy"), 2)),
             ["b3", "q1", "b4", "b5", "b1", "b2"]
         );
         // a user whose rules are gone is forgotten
         let mut only_quiet = by_user();
         only_quiet.remove("busy");
-        assert_eq!(ids(&order(only_quiet, &mut turns, 3)), ["q1"]);
+        assert_eq!(ids(&order(only_quiet, &mut turns, Some("busy"), 3)), ["q1"]);
         assert!(!turns.contains_key("busy"));
+    }
+
+    #[test]
+    fn a_budget_that_takes_some_users_a_round_serves_every_user_in_turn() {
+        // ten users of one rule each, a budget of three evaluations a round
+        let by_user = || -> BTreeMap<String, Vec<String>> {
+            (0..10)
+                .map(|u| (format!("u{u}"), vec![format!("r{u}")]))
+                .collect()
+        };
+        let (mut turns, mut resume_at) = (HashMap::new(), None);
+        let mut evaluated = Vec::new();
+        for round in 0..4 {
+            let order = order(by_user(), &mut turns, resume_at.as_deref(), round);
+            for (user, id) in order.iter().take(3) {
+                *turns.entry(user.clone()).or_default() += 1;
+                evaluated.push(id.clone());
+            }
+            resume_at = order.get(3).map(|(user, _)| user.clone());
+        }
+        assert_eq!(
+            evaluated,
+            [
+                "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r0", "r1"
+            ]
+        );
     }
 }

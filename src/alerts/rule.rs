@@ -52,7 +52,8 @@ pub struct RuleSpec {
     /// `rule_id`, which logbridge sets. At most 32.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Annotations of its alerts (`summary`, `description`, `runbook_url`...). At most 32.
+    /// Annotations of its alerts (`summary`, `description`, `runbook_url`...), named as labels
+    /// are. At most 32.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
@@ -205,10 +206,13 @@ impl Rule {
         {
             return Err(format!("labels.{name} is set by logbridge"));
         }
-        if let Some(name) = spec.labels.keys().find(|k| !label_name(k)) {
-            return Err(format!(
-                "labels.{name} is not a label name: letters, digits and _, not starting with a digit"
-            ));
+        for (field, texts) in [("labels", &spec.labels), ("annotations", &spec.annotations)] {
+            if let Some(name) = texts.keys().find(|k| !label_name(k)) {
+                return Err(format!(
+                    "{field}.{name} is not a label name: letters, digits and _, not starting \
+                     with a digit"
+                ));
+            }
         }
         Ok(Rule {
             spec,
@@ -410,6 +414,12 @@ mod tests {
             (
                 json!({ "annotations": { "summary": "x".repeat(1025) } }),
                 "annotations.summary must be at most 1024 bytes".to_owned(),
+            ),
+            (
+                json!({ "annotations": { "runbook url": "https://wiki" } }),
+                "annotations.runbook url is not a label name: letters, digits and _, not \
+                 starting with a digit"
+                    .to_owned(),
             ),
         ];
         for (change, message) in cases {

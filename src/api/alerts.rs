@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::{authorized_user, params};
+use crate::alerts::book::Rules;
 use crate::alerts::evaluate::alert_of;
 use crate::alerts::{Alerts, Entry, Rule, RuleSpec, RuleState, Status, now, rule};
 use crate::auth::{KeyStore, Scope};
@@ -149,13 +150,16 @@ impl AlertsState {
         Ok(rule)
     }
 
-    /// Writes the rules; the answer waits for them to be durable.
-    async fn save(&self) -> Result<(), ApiError> {
-        self.alerts
-            .book
-            .save()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))
+    /// Writes the rules; the answer waits for them to be durable. When they cannot be written,
+    /// `undo` takes the change back, so that what the client is told failed did not happen.
+    async fn save_or_undo(&self, undo: impl FnOnce(&mut Rules)) -> Result<(), ApiError> {
+        let saved = self.alerts.book.save().await;
+        saved.map_err(|e| {
+            let mut rules = self.alerts.book.lock();
+            undo(&mut rules);
+            rules.changed();
+            ApiError::Internal(e.to_string())
+        })
     }
 
     /// Tells the receivers that the alert of `entry`, which firing, ends now (its rule is
@@ -214,7 +218,11 @@ async fn create(
         .add(&user_id, rule, now())
         .map_err(ApiError::BadRequest)?
         .clone();
-    state.save().await?;
+    state
+        .save_or_undo(|rules| {
+            rules.entries.remove(&entry.id);
+        })
+        .await?;
     tracing::info!(user = %user_id, rule = %entry.id, name = %entry.spec.name, "alert rule created");
     Ok(rule_response(
         StatusCode::CREATED,
@@ -264,11 +272,12 @@ async fn replace(
         return Err(no_such_rule(&id));
     }
     let rule = state.checked(&body, &user_id).await?;
-    let entry = {
+    let (before, entry) = {
         let mut rules = state.alerts.book.lock();
         let entry = rules
             .of_user(&user_id, &id)
             .ok_or_else(|| no_such_rule(&id))?;
+        let before = entry.clone();
         state.resolve_if_firing(entry);
         entry.spec = rule.spec.clone();
         entry.rule = Some(rule);
@@ -276,9 +285,13 @@ async fn replace(
         entry.updated_at = now();
         let entry = entry.clone();
         rules.changed();
-        entry
+        (before, entry)
     };
-    state.save().await?;
+    state
+        .save_or_undo(|rules| {
+            rules.entries.insert(before.id.clone(), before);
+        })
+        .await?;
     tracing::info!(user = %user_id, rule = %id, "alert rule replaced");
     Ok(rule_response(StatusCode::OK, "Alert rule replaced", &entry))
 }
@@ -295,16 +308,21 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let user_id = state.user(&headers)?;
-    {
+    let before = {
         let mut rules = state.alerts.book.lock();
         let entry = rules
             .of_user(&user_id, &id)
             .ok_or_else(|| no_such_rule(&id))?;
         state.resolve_if_firing(entry);
-        rules.entries.remove(&id);
+        let before = rules.entries.remove(&id);
         rules.changed();
-    }
-    state.save().await?;
+        before
+    };
+    state
+        .save_or_undo(|rules| {
+            rules.entries.extend(before.map(|e| (e.id.clone(), e)));
+        })
+        .await?;
     tracing::info!(user = %user_id, rule = %id, "alert rule deleted");
     let body = DeletedBody {
         success: true,

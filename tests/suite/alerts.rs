@@ -143,7 +143,9 @@ async fn app_with_receivers(alertmanager: Option<&str>, webhook: Option<&str>) -
     let mut settings = vec![
         ("LOGBRIDGE_ALERTS_EVALUATION_INTERVAL_MS", "1000".to_owned()),
         ("LOGBRIDGE_ALERTS_EVALUATION_BUDGET_MS", "1000".to_owned()),
-        ("LOGBRIDGE_ALERTS_RESEND_INTERVAL_MS", "1000".to_owned()),
+        // a firing alert is sent to Alertmanager again every 2 s, to end 8 s later unless
+        // sent again
+        ("LOGBRIDGE_ALERTS_RESEND_INTERVAL_MS", "2000".to_owned()),
     ];
     if let Some(url) = alertmanager {
         settings.push(("LOGBRIDGE_ALERTS_ALERTMANAGER_URL", url.to_owned()));
@@ -317,12 +319,9 @@ async fn a_burst_of_webhook_errors_fires_through_alertmanager_and_a_signed_webho
     // five of alice's: more than four in the window
     let burst = Instant::now();
     app.ingest(&app.keys.alice, failed_webhooks(5)).await;
+    // within the window plus one interval
     let firing = next_signed(&mut hooks, Duration::from_secs(11)).await;
     println!("fired {:?} after the burst", burst.elapsed());
-    assert!(
-        burst.elapsed() <= Duration::from_secs(11),
-        "fired within the window plus one interval"
-    );
     assert_eq!(firing["status"], "firing");
     assert_eq!(firing["rule_id"], id.as_str());
     assert_eq!(firing["value"], 5.0);
@@ -385,7 +384,8 @@ async fn a_burst_of_webhook_errors_fires_through_alertmanager_and_a_signed_webho
     assert_eq!(resolved["status"], "resolved");
     assert_eq!(resolved["value"], 0.0);
     assert!(resolved["ends_at"].is_string());
-    let deadline = Instant::now() + PATIENCE;
+    // told it ended: gone at once, not when its last sending runs out 6 to 8 s from now
+    let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let alerts = alertmanager.alerts().await;
         if !alerts.iter().any(|a| a["labels"]["rule_id"] == id.as_str()) {
@@ -414,13 +414,15 @@ async fn a_burst_of_webhook_errors_fires_through_alertmanager_and_a_signed_webho
         .await,
         2.0
     );
+    // fired, sent again every 2 s of the 10 s it fired, resolved
+    let to_alertmanager = labeled_metric(
+        &app.api_url,
+        "logbridge_alert_deliveries_total{receiver=\"alertmanager\",outcome=\"delivered\"}",
+    )
+    .await;
     assert!(
-        labeled_metric(
-            &app.api_url,
-            "logbridge_alert_deliveries_total{receiver=\"alertmanager\",outcome=\"delivered\"}"
-        )
-        .await
-            >= 2.0
+        to_alertmanager >= 5.0,
+        "{to_alertmanager} sent to Alertmanager"
     );
     assert_eq!(metric(&app.api_url, "logbridge_alerts_firing").await, 0.0);
     assert_eq!(

@@ -82,8 +82,12 @@ async fn a_rule_is_made_of_the_filters_applied_and_shows_its_alert_firing() {
     .await;
 
     // one failed webhook: the rule fires, and the page shows it on its next read
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     let failed = with_attr(
-        activity("end_call_webhook", now + 1, "CRM answered 502"),
+        activity("end_call_webhook", now, "CRM answered 502"),
         "activity.status",
         text("error"),
     );
@@ -159,6 +163,11 @@ async fn a_rule_is_made_of_the_filters_applied_and_shows_its_alert_firing() {
     // a key that only reads logs sees no rules card
     click(&client, "#forget-key").await;
     sign_in_at(&client, &app.api_url, &app.keys.alice_reader, 2).await;
+    wait_for(
+        &client,
+        "document.getElementById('alerts').dataset.read === 'hidden'",
+    )
+    .await;
     assert_eq!(
         js(&client, "document.getElementById('alerts').hidden").await,
         json!(true)

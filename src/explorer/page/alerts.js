@@ -12,30 +12,47 @@ const REFRESH_MS = 5000;
 const RULE_FILTERS = ['log_type', 'status', 'assistant_id', 'room_name', 'q'];
 
 let timer = null;
+/** Reads so far: an answer to an older one than the newest is dropped. */
+let reads = 0;
 
-/** Reads the rules and shows them, or hides the card when the key may not; then again later. */
+/**
+ * Reads the rules and shows them, then again every few seconds. A key that may not manage rules
+ * (403; 501 on a cluster) hides the card for good; another failure keeps what is shown and tries
+ * again later. `data-read` on the card says how the last read ended (`shown`, `hidden`).
+ */
 export async function loadAlerts() {
   clearTimeout(timer);
   if (!state.key) return;
-  const key = state.key;
-  let data;
+  const read = ++reads;
+  let data = null;
+  let refused = false;
   try {
     data = await api('/alerts');
   } catch (e) {
-    // 403: the key lacks the alerts scope. Anything else: the logs' own error shows it.
-    if (state.key === key) $('alerts').hidden = true;
+    refused = e?.status === 403 || e?.status === 501;
+  }
+  if (read !== reads || !state.key) return;
+  const card = $('alerts');
+  if (refused) {
+    card.hidden = true;
+    card.dataset.read = 'hidden';
     return;
   }
-  if (state.key !== key) return;
-  $('alerts').hidden = false;
-  render(Array.isArray(data.rules) ? data.rules : []);
+  if (data) {
+    card.hidden = false;
+    card.dataset.read = 'shown';
+    render(Array.isArray(data.rules) ? data.rules : []);
+  }
   timer = setTimeout(loadAlerts, REFRESH_MS);
 }
 
 /** Forgets the rules shown (the key is forgotten). */
 export function clearAlerts() {
   clearTimeout(timer);
-  $('alerts').hidden = true;
+  reads++;
+  const card = $('alerts');
+  card.hidden = true;
+  delete card.dataset.read;
   $('alert-rules').replaceChildren();
 }
 
