@@ -8,6 +8,7 @@
 //!   answer; a client's retry within the dedup window is acknowledged and stored once. The single
 //!   node's sink is the writer thread (write-ahead log, then the index).
 //! - [`store`]: the embedded tantivy index: schema, the single writer, newest-first queries.
+//! - [`search`]: `q`'s grammar, and the words and payload terms logs are indexed under (no I/O).
 //! - [`api`]: `GET /logs`, the audit API scoped to the caller's user, with its statistics, tail,
 //!   export, erasure and OpenAPI document, the user's alert rules (`/alerts`), and health checks.
 //! - [`alerts`]: the rules evaluated over the index on an interval, their alerts delivered to
@@ -32,7 +33,8 @@
 //!         ingest             the export path, the writer, the dedup window
 //!           lifecycle        retention, limits, keys reload, snapshots
 //!             store          the index
-//!               mapping      OTLP to activity log
+//!               search       q's grammar, and the words and payload terms logs are indexed under
+//!                 mapping    OTLP to activity log
 //! auth  metrics  faults      below whoever uses them
 //! ```
 
