@@ -262,7 +262,7 @@ async fn keys_list_shows_no_secrets_and_expired_keys_are_refused() {
     assert_eq!(
         list,
         "NAME\tUSER\tSCOPES\tEXPIRES\n\
-         u\tu\tread,ingest,delete\tnever\n\
+         u\tu\tread,ingest,delete,alerts\tnever\n\
          old dashboard\tu\tread\t2020-01-31T00:00:00Z (expired)\n\
          acme eraser\tacme\tread,delete\t2998-12-31T22:00:00Z\n"
     );
