@@ -14,8 +14,8 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use crate::common::{
-    self, AppOptions, PATIENCE, TestApp, activity, labeled_metric, metric, spawn_app_with, text,
-    with_attr,
+    self, AppOptions, PATIENCE, TestApp, activity, labeled_metric, metric, now_nanos,
+    spawn_app_with, text, with_attr,
 };
 
 /// A Prometheus Alertmanager on a free port, stopped when dropped.
@@ -202,13 +202,6 @@ fn webhook_rule() -> Json {
         "labels": { "team": "support", "severity": "page" },
         "annotations": { "runbook_url": "https://wiki.example.com/crm-webhooks" },
     })
-}
-
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
 }
 
 fn failed_webhooks(count: u64) -> Vec<opentelemetry_proto::tonic::logs::v1::LogRecord> {

@@ -6,7 +6,7 @@ use crate::common;
 use crate::explorer::{browser, click, driver, sign_in_at, text_of};
 
 use common::harness::browser::{js, wait_for};
-use common::{AppOptions, activity, spawn_app_with, text, with_attr};
+use common::{AppOptions, activity, now_nanos, spawn_app_with, text, with_attr};
 use fantoccini::Locator;
 use serde_json::json;
 
@@ -18,10 +18,7 @@ async fn a_rule_is_made_of_the_filters_applied_and_shows_its_alert_firing() {
         ..AppOptions::default()
     })
     .await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let now = now_nanos();
     app.ingest(
         &app.keys.alice,
         vec![activity("tool_call", now, "weather fetched")],
@@ -82,10 +79,7 @@ async fn a_rule_is_made_of_the_filters_applied_and_shows_its_alert_firing() {
     .await;
 
     // one failed webhook: the rule fires, and the page shows it on its next read
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let now = now_nanos();
     let failed = with_attr(
         activity("end_call_webhook", now, "CRM answered 502"),
         "activity.status",

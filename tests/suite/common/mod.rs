@@ -524,13 +524,17 @@ pub fn with_attr(mut record: LogRecord, key: &str, value: Value) -> LogRecord {
     record
 }
 
-/// `days` days before now, in nanoseconds since the epoch.
-pub fn days_ago(days: f64) -> u64 {
-    let now = std::time::SystemTime::now()
+/// Now, in nanoseconds since the epoch.
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as u64;
-    now - (days * 86_400e9) as u64
+        .as_nanos() as u64
+}
+
+/// `days` days before now, in nanoseconds since the epoch.
+pub fn days_ago(days: f64) -> u64 {
+    now_nanos() - (days * 86_400e9) as u64
 }
 
 /// Bytes of the files under `dir`, recursively. The index deletes files
