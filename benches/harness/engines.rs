@@ -3,7 +3,6 @@
 //! range. The cluster tests (`tests/suite/common/cluster.rs`) and the cluster benchmark run on
 //! them.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -22,10 +21,13 @@ pub const NATS_SERVER_VARIABLE: &str = "NATS_SERVER_BINARY";
 /// start (NATS routes, etcd peers) or keep them across a restart. It is taken below the range the
 /// system hands out itself (`net.ipv4.ip_local_port_range`): a port from that range, released
 /// here, could be given to any client's outgoing connection or another server's port 0 before
-/// the daemon binds it. A port is handed out once per process, so the servers of one test never
-/// get the same one.
+/// the daemon binds it. A port is handed out once among all the processes on this machine while
+/// the one it was handed to lives, even once its server is down (killed by a test, to be
+/// restarted on it): the process holds a lock on a file named after it
+/// ([`PORT_LOCKS`] under the temp dir), which the system releases when the process ends. Tests
+/// run in processes of their own, several at once.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
@@ -34,19 +36,31 @@ pub fn free_port() -> u16 {
         ephemeral_low > 12_000,
         "the ephemeral port range starts at {ephemeral_low}: no room below it for the engines' ports"
     );
+    let locks = std::env::temp_dir().join(PORT_LOCKS);
+    std::fs::create_dir_all(&locks)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", locks.display()));
     let range = 10_000..ephemeral_low;
-    let mut handed_out = HANDED_OUT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut held = HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     for _ in 0..1000 {
         let port = rand::random_range(range.clone());
-        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed_out.insert(port);
+        let path = locks.join(port.to_string());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        // a lock this process holds already conflicts too: it is per open file
+        if file.try_lock().is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            held.push(file);
             return port;
         }
     }
     panic!("no free port in {range:?} after 1000 tries")
 }
+
+/// The folder, under the temp dir, of the files whose locks reserve [`free_port`]'s ports.
+pub const PORT_LOCKS: &str = "logbridge-test-ports";
 
 /// A program the cluster runs on, killed when dropped.
 struct Daemon {
@@ -121,12 +135,9 @@ async fn wait_healthy(daemon: &mut Daemon, url: &str, expected: &str, what: &str
     loop {
         // first whether it ended: another program could be answering on its port
         if let Some(status) = daemon.exited() {
-            let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
             panic!(
                 "{what} exited ({status}) before it was healthy; its log ends:\n{}",
-                tail.join("\n")
+                log_tail(&daemon.log)
             );
         }
         if let Ok(response) = client.get(url).send().await
@@ -135,12 +146,29 @@ async fn wait_healthy(daemon: &mut Daemon, url: &str, expected: &str, what: &str
         {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not become healthy at {url} in 60 s"
-        );
+        if Instant::now() >= deadline {
+            let answer = match client.get(url).send().await {
+                Ok(response) => format!(
+                    "{} {}",
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                ),
+                Err(e) => e.to_string(),
+            };
+            panic!(
+                "{what} did not become healthy at {url} in 60 s: it answers {answer}; its log ends:\n{}",
+                log_tail(&daemon.log)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The last 20 lines of the log at `path`.
+fn log_tail(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// The NATS server binary the engines run: [`NATS_SERVER_VARIABLE`]'s, else the one
@@ -267,6 +295,9 @@ impl Nats {
                 files.ca.display()
             )
         });
+        // a name of this cluster's own: a server of another test's cluster that a route
+        // reached anyway would be refused, not merged with this one
+        let name = format!("logbridge-{}", cluster_ports[0]);
         let mut servers = Vec::new();
         for n in 0..3 {
             let folder = dir.join(format!("nats-{n}"));
@@ -277,7 +308,7 @@ impl Nats {
                 format!(
                     "server_name: n{n}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n{tls_block}\n{pings}\
                      jetstream {{ store_dir: \"{}\"{sync} }}\n\
-                     cluster {{ name: logbridge, listen: 127.0.0.1:{}, routes: [{}]{no_advertise}\n{tls_block}\n}}\n",
+                     cluster {{ name: {name}, listen: 127.0.0.1:{}, routes: [{}]{no_advertise}\n{tls_block}\n}}\n",
                     client_ports[n],
                     monitor_ports[n],
                     folder.join("jetstream").display(),
