@@ -51,7 +51,9 @@ pub fn free_port() -> u16 {
             .open(&path)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
         // a lock this process holds already conflicts too: it is per open file
-        if file.try_lock().is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if fs4::fs_std::FileExt::try_lock_exclusive(&file).unwrap_or(false)
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
             held.push(file);
             return port;
         }
