@@ -18,9 +18,10 @@
 //! [`cluster`] provides the parts of the same path over NATS JetStream and etcd, across machines:
 //! a sink that publishes to the stream, indexers that consume it, gateways that route reads.
 //!
-//! Around them: [`auth`] (API keys and scopes), [`lifecycle`] (retention, per-user limits, watched
-//! files, snapshots), [`metrics`] (what `GET /metrics` serves), [`faults`] (storage faults on
-//! command, for tests), [`emit`] and [`workload`] (the worker simulator).
+//! Around them: [`auth`] (API keys and scopes), [`durable`] (small files replaced whole),
+//! [`lifecycle`] (retention, per-user limits, watched files, snapshots), [`metrics`] (what
+//! `GET /metrics` serves), [`faults`] (storage faults on command, for tests), [`emit`] and
+//! [`workload`] (the worker simulator).
 //!
 //! Dependencies point one way, from the wiring down to the data:
 //!
@@ -35,7 +36,7 @@
 //!             store          the index
 //!               search       q's grammar, and the words and payload terms logs are indexed under
 //!                 mapping    OTLP to activity log
-//! auth  metrics  faults      below whoever uses them
+//! auth  metrics  faults  durable      below whoever uses them
 //! ```
 
 pub mod alerts;
@@ -43,6 +44,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod durable;
 pub mod emit;
 pub mod explorer;
 pub mod faults;

@@ -2,7 +2,6 @@
 //! under a temporary name and renamed, so that a crash leaves the last complete version.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -154,27 +153,12 @@ impl Book {
         };
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            write_durably(&path, &bytes)
+            crate::durable::replace(&path, &bytes, |_| Ok(()))
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
             *written = version;
             Ok(())
         })
         .await?
-    }
-}
-
-/// Writes `bytes` to `path` whole: a temporary file, synced, renamed over it, the folder synced.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    match path.parent() {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
     }
 }
 

@@ -2,7 +2,6 @@
 //! made for and signed with an HMAC under a per-install secret, so that a client can neither
 //! forge one nor move one to another position.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -75,23 +74,7 @@ impl CursorKey {
         }
         let key: [u8; 32] = rand::random();
         // written whole under a temporary name, then renamed: never a half-written secret
-        let temporary = dir.join(format!("{CURSOR_KEY_FILE}.tmp"));
-        let write = || -> std::io::Result<()> {
-            // what a crash left behind may be readable by others: start afresh
-            match std::fs::remove_file(&temporary) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-            let mut options = std::fs::OpenOptions::new();
-            options.create_new(true).write(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&temporary)?;
-            file.write_all(hex::encode(key).as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&temporary, &path)?;
-            std::fs::File::open(dir)?.sync_all()
-        };
+        let write = || crate::durable::replace(&path, hex::encode(key).as_bytes(), |_| Ok(()));
         write().map_err(|e| fail(format!("cannot create it: {e}")))?;
         Ok(Self(key))
     }

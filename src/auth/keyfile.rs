@@ -291,29 +291,17 @@ pub fn revoke_key(path: &Path, name: &str) -> Result<(), KeyFileError> {
     // a keys file behind a symbolic link (a mounted secret) is replaced where it really is
     let target = std::fs::canonicalize(path).map_err(write_error)?;
     let original = std::fs::metadata(&target).map_err(write_error)?;
-    let mut temporary = target.clone().into_os_string();
-    temporary.push(format!(".{}.new", std::process::id()));
-    let temporary = PathBuf::from(temporary);
-    let mut options = std::fs::OpenOptions::new();
-    options.create_new(true).write(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options.open(&temporary).and_then(|mut file| {
-        file.write_all(document.to_string().as_bytes())?;
+    crate::durable::replace(&target, document.to_string().as_bytes(), |file| {
         // the same owner and mode as before, so the server still reads it
         file.set_permissions(original.permissions())?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt as _;
-            std::os::unix::fs::fchown(&file, Some(original.uid()), Some(original.gid()))?;
+            std::os::unix::fs::fchown(file, Some(original.uid()), Some(original.gid()))?;
         }
-        file.sync_all()?;
-        std::fs::rename(&temporary, &target)
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(write_error(e));
-    }
+        Ok(())
+    })
+    .map_err(write_error)?;
     Ok(())
 }
 
