@@ -74,8 +74,8 @@ impl CursorKey {
         }
         let key: [u8; 32] = rand::random();
         // written whole under a temporary name, then renamed: never a half-written secret
-        let write = || crate::durable::replace(&path, hex::encode(key).as_bytes(), |_| Ok(()));
-        write().map_err(|e| fail(format!("cannot create it: {e}")))?;
+        crate::durable::replace(&path, hex::encode(key).as_bytes(), |_| Ok(()))
+            .map_err(|e| fail(format!("cannot create it: {e}")))?;
         Ok(Self(key))
     }
 
