@@ -235,19 +235,13 @@ async fn exports_built_to_expand_are_refused_before_they_do() {
             }],
         }
     };
-    let grpc = |request| {
-        let app = &app;
-        async move {
-            app.grpc_client()
-                .await
-                .export(authorized(request, &app.keys.alice))
-                .await
-                .unwrap_err()
-        }
-    };
 
     // a million empty records: 2 MB on the wire, hundreds of MB decoded
-    let status = grpc(export(vec![], 1_000_000)).await;
+    let huge = export(vec![], 1_000_000).encode_to_vec();
+    let status = app
+        .export_encoded(&app.keys.alice, huge.into())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(
         status.message(),
@@ -263,7 +257,12 @@ async fn exports_built_to_expand_are_refused_before_they_do() {
     ];
     let request = export(resource, 1_000);
     assert!(request.encode_to_vec().len() < 200_000);
-    let status = grpc(request.clone()).await;
+    let status = app
+        .grpc_client()
+        .await
+        .export(authorized(request.clone(), &app.keys.alice))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(
         status.message(),
