@@ -22,23 +22,30 @@ pub(crate) async fn browser(driver: &Driver, width: u32, height: u32) -> Client 
 }
 
 pub(crate) async fn click(client: &Client, css: &str) {
-    client
-        .find(Locator::Css(css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let element = client.find(Locator::Css(css)).await.unwrap();
+        match element.click().await {
+            Ok(_) => return,
+            // the page drew it anew between the find and the click (lists are read again
+            // every few seconds): found again
+            Err(e) if e.is_stale_element_reference() && std::time::Instant::now() < deadline => {}
+            Err(e) => panic!("click {css}: {e}"),
+        }
+    }
 }
 
 pub(crate) async fn text_of(client: &Client, css: &str) -> String {
-    client
-        .find(Locator::Css(css))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let element = client.find(Locator::Css(css)).await.unwrap();
+        match element.text().await {
+            Ok(text) => return text,
+            // drawn anew between the find and the read, as for a click
+            Err(e) if e.is_stale_element_reference() && std::time::Instant::now() < deadline => {}
+            Err(e) => panic!("text of {css}: {e}"),
+        }
+    }
 }
 
 /// The messages of the rows of a table, top to bottom.
