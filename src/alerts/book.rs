@@ -1,8 +1,10 @@
-//! Every user's rules and their states, kept in one JSON file beside the index: written whole
-//! under a temporary name and renamed, so that a crash leaves the last complete version.
+//! Every user's rules and their states, in memory and kept by a [`Keeper`]: a single node's in
+//! one JSON file beside the index, written whole under a temporary name and renamed, so that a
+//! crash leaves the last complete version; a cluster's in etcd.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -36,13 +38,41 @@ struct Document {
     rules: Vec<Entry>,
 }
 
+/// Where the rules are kept.
+pub trait Keeper: Send + Sync + 'static {
+    /// Makes `entries`, every rule there is, durable; done once the future is.
+    fn keep(&self, entries: Vec<Entry>) -> Keeping;
+}
+
+/// A [`Keeper`] at work.
+pub type Keeping = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// A single node's rules: one file, replaced whole.
+struct File {
+    path: PathBuf,
+}
+
+impl Keeper for File {
+    fn keep(&self, entries: Vec<Entry>) -> Keeping {
+        let path = self.path.clone();
+        Box::pin(async move {
+            let bytes = serde_json::to_vec(&Document { rules: entries })?;
+            tokio::task::spawn_blocking(move || {
+                crate::durable::replace(&path, &bytes, |_| Ok(()))
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+            })
+            .await?
+        })
+    }
+}
+
 /// The rules, shared by the API, the evaluation and the deliveries.
 #[derive(Clone)]
 pub struct Book {
     inner: Arc<Mutex<Rules>>,
-    /// Held while the file is written: one writer at a time, newest version last.
+    /// Held while the rules are kept: one writer at a time, newest version last.
     writing: Arc<tokio::sync::Mutex<u64>>,
-    path: PathBuf,
+    keeper: Arc<dyn Keeper>,
 }
 
 /// The rules by id, and how many versions of them there have been.
@@ -92,9 +122,7 @@ impl Rules {
 }
 
 impl Book {
-    /// The rules of the file in `dir`, or none if it does not exist, each checked again by
-    /// `check` (of a spec and its user); at most `max_per_user` rules of one user are taken
-    /// from now on.
+    /// The rules of the file in `dir`, or none if it does not exist (see [`Book::new`]).
     pub fn open(dir: &Path, max_per_user: usize, check: &CheckRule) -> anyhow::Result<Self> {
         let path = dir.join(FILE);
         let entries = match std::fs::read(&path) {
@@ -102,32 +130,48 @@ impl Book {
                 let document: Document = serde_json::from_slice(&bytes).map_err(|e| {
                     anyhow::anyhow!("{} is not a file of alert rules: {e}", path.display())
                 })?;
-                document
-                    .rules
-                    .into_iter()
-                    .map(|mut entry| {
-                        match check(entry.spec.clone(), &entry.user_id) {
-                            Ok(rule) => entry.rule = Some(rule),
-                            Err(e) => {
-                                entry.state.error = Some(format!("the rule is not valid: {e}"));
-                            }
-                        }
-                        (entry.id.clone(), entry)
-                    })
-                    .collect()
+                document.rules
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
         };
-        Ok(Self {
+        Ok(Self::new(
+            entries,
+            max_per_user,
+            check,
+            Arc::new(File { path }),
+        ))
+    }
+
+    /// The rules `entries`, kept by `keeper` from now on, each checked again by `check` (of a
+    /// spec and its user); at most `max_per_user` rules of one user are taken from now on.
+    pub fn new(
+        entries: Vec<Entry>,
+        max_per_user: usize,
+        check: &CheckRule,
+        keeper: Arc<dyn Keeper>,
+    ) -> Self {
+        let entries = entries
+            .into_iter()
+            .map(|mut entry| {
+                match check(entry.spec.clone(), &entry.user_id) {
+                    Ok(rule) => entry.rule = Some(rule),
+                    Err(e) => {
+                        entry.state.error = Some(format!("the rule is not valid: {e}"));
+                    }
+                }
+                (entry.id.clone(), entry)
+            })
+            .collect();
+        Self {
             inner: Arc::new(Mutex::new(Rules {
                 entries,
                 version: 0,
                 max_per_user,
             })),
             writing: Arc::new(tokio::sync::Mutex::new(0)),
-            path,
-        })
+            keeper,
+        }
     }
 
     /// The rules, to read or change; call [`Book::save`] after a change.
@@ -136,25 +180,21 @@ impl Book {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the rules if they changed since the last write, and returns once they are durable.
-    /// A write goes on to its end even when the caller is gone (a client that left), and the next
-    /// waits for it.
+    /// Keeps the rules if they changed since they were last kept, and returns once they are
+    /// durable. A write goes on to its end even when the caller is gone (a client that left),
+    /// and the next waits for it.
     pub async fn save(&self) -> anyhow::Result<()> {
         let mut written = self.writing.clone().lock_owned().await;
-        let (version, bytes) = {
+        let (version, entries) = {
             let rules = self.lock();
             if rules.version == *written {
                 return Ok(());
             }
-            let document = Document {
-                rules: rules.entries.values().cloned().collect(),
-            };
-            (rules.version, serde_json::to_vec(&document)?)
+            (rules.version, rules.entries.values().cloned().collect())
         };
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::durable::replace(&path, &bytes, |_| Ok(()))
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        let keeping = self.keeper.keep(entries);
+        tokio::spawn(async move {
+            keeping.await?;
             *written = version;
             Ok(())
         })

@@ -5,8 +5,10 @@
 //! keep another's from being evaluated.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,11 +20,53 @@ use super::{AlertsConfig, book::Book, now};
 use crate::metrics::Metrics;
 use crate::store::{StatsError, Store};
 
+/// Where the statistics of a rule's window come from: a single node's index, or the shards of
+/// a cluster.
+pub trait Source: Send + Sync + 'static {
+    /// The measure of `rule` at `at` (nanoseconds), given up after `timeout`; an error says
+    /// why there is none.
+    fn measure(&self, rule: &Rule, at: u64, timeout: Duration) -> Measuring;
+}
+
+/// A [`Source`] at work.
+pub type Measuring = Pin<Box<dyn Future<Output = Result<Option<f64>, String>> + Send>>;
+
+impl Source for Store {
+    /// [`measure`] on a blocking thread, cancelled after `timeout`.
+    fn measure(&self, rule: &Rule, at: u64, timeout: Duration) -> Measuring {
+        let (store, rule) = (self.clone(), rule.clone());
+        Box::pin(async move {
+            let cancelled = Arc::new(AtomicBool::new(false));
+            let flag = cancelled.clone();
+            let timer = tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                flag.store(true, Ordering::Relaxed);
+            });
+            let measured =
+                tokio::task::spawn_blocking(move || measure(&store, &rule, at, &cancelled)).await;
+            timer.abort();
+            match measured {
+                Ok(Err(StatsError::Cancelled)) => Err(cancelled_after(timeout)),
+                Ok(measured) => measured.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("the evaluation failed: {e}")),
+            }
+        })
+    }
+}
+
+/// Why an evaluation cancelled after `timeout` has no measure.
+pub fn cancelled_after(timeout: Duration) -> String {
+    format!(
+        "the evaluation took longer than {} ms and was cancelled",
+        timeout.as_millis()
+    )
+}
+
 /// The evaluation loop's state: where each user's turn stopped, and when each firing alert was
 /// last sent to Alertmanager.
 pub struct Evaluator {
     book: Book,
-    store: Store,
+    source: Arc<dyn Source>,
     deliveries: Deliveries,
     metrics: Arc<Metrics>,
     config: AlertsConfig,
@@ -38,14 +82,14 @@ pub struct Evaluator {
 impl Evaluator {
     pub fn new(
         book: Book,
-        store: Store,
+        source: Arc<dyn Source>,
         deliveries: Deliveries,
         metrics: Arc<Metrics>,
         config: AlertsConfig,
     ) -> Self {
         Self {
             book,
-            store,
+            source,
             deliveries,
             metrics,
             config,
@@ -140,7 +184,10 @@ impl Evaluator {
         };
         let at = now();
         let started = Instant::now();
-        let measured = self.measure(&rule, at).await;
+        let measured = self
+            .source
+            .measure(&rule, at, self.config.rule_timeout)
+            .await;
         self.metrics
             .alert_evaluation_seconds
             .inc_by(started.elapsed().as_secs_f64());
@@ -192,29 +239,6 @@ impl Evaluator {
             }
         }
         drop(rules);
-    }
-
-    /// [`measure`] on a blocking thread, cancelled when it takes longer than the rule timeout.
-    async fn measure(&self, rule: &Rule, at: u64) -> Result<Option<f64>, String> {
-        let (store, rule) = (self.store.clone(), rule.clone());
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let flag = cancelled.clone();
-        let timeout = self.config.rule_timeout;
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            flag.store(true, Ordering::Relaxed);
-        });
-        let measured =
-            tokio::task::spawn_blocking(move || measure(&store, &rule, at, &cancelled)).await;
-        timer.abort();
-        match measured {
-            Ok(Err(StatsError::Cancelled)) => Err(format!(
-                "the evaluation took longer than {} ms and was cancelled",
-                timeout.as_millis()
-            )),
-            Ok(measured) => measured.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("the evaluation failed: {e}")),
-        }
     }
 
     async fn save(&self) {

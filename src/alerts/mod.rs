@@ -3,7 +3,8 @@
 //!
 //! - [`rule`]: a rule as its owner writes it, checked.
 //! - [`state`]: where a rule's alert stands (`inactive`, `pending`, `firing`, `resolved`).
-//! - [`book`]: every user's rules and their states, kept in a file beside the index.
+//! - [`book`]: every user's rules and their states, kept in a file beside the index (in etcd
+//!   for a cluster, whose alerts are `cluster::alerting`'s).
 //! - [`evaluate`]: the loop that measures each rule and moves its state, users in turn.
 //! - [`deliver`]: the receivers, each on a task of its own, retrying with backoff.
 //!
@@ -15,20 +16,20 @@ pub mod evaluate;
 pub mod rule;
 pub mod state;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use book::{Book, CheckRule, Entry};
+pub use book::{Book, CheckRule, Entry, Keeper, Keeping};
 pub use deliver::{Alert, Deliveries, Destination, SIGNATURE_HEADER, sign};
+pub use evaluate::{Measuring, Source};
 pub use rule::{Comparison, Measure, Rule, RuleSpec};
 pub use state::{DeliveryState, RuleState, Status};
 
 use crate::metrics::Metrics;
-use crate::store::Store;
 
 /// The `[alerts]` settings.
 #[derive(Debug, Clone)]
@@ -65,18 +66,16 @@ pub struct Alerts {
 }
 
 impl Alerts {
-    /// Opens the rules kept in `dir` (each checked by `check`), starts the receivers of
-    /// `config` and the evaluation over `store`; the tasks end with `shutdown`, the
-    /// evaluation's after saving the states.
+    /// Starts the receivers of `config` and the evaluation of the rules of `book` over the
+    /// statistics of `source`; the tasks end with `shutdown`, the evaluation's after saving the
+    /// states.
     pub fn start(
         config: &AlertsConfig,
-        dir: &Path,
-        check: &CheckRule,
-        store: Store,
+        book: Book,
+        source: Arc<dyn Source>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Self, Vec<JoinHandle<()>>)> {
-        let book = Book::open(dir, config.max_rules_per_user, check)?;
         let mut destinations = Vec::new();
         if let Some(url) = &config.alertmanager_url {
             destinations.push(Destination::Alertmanager {
@@ -111,7 +110,7 @@ impl Alerts {
         );
         let evaluator = evaluate::Evaluator::new(
             book.clone(),
-            store,
+            source,
             deliveries.clone(),
             metrics,
             config.clone(),

@@ -18,15 +18,16 @@ use crate::alerts::book::Rules;
 use crate::alerts::evaluate::alert_of;
 use crate::alerts::{Alerts, Entry, Rule, RuleSpec, RuleState, Status, now, rule};
 use crate::auth::{KeyStore, Scope};
-use crate::store::{Store, format_timestamp};
+use crate::store::{LogQuery, Store, format_timestamp};
 
 /// What the `/alerts` handlers share.
 #[derive(Clone)]
 pub struct AlertsState {
     pub keys: KeyStore,
     pub alerts: Alerts,
-    /// Checks a rule's `q` against the index (a prefix that stands for too many words).
-    pub store: Store,
+    /// Checks a rule's `q` against the index (a prefix that stands for too many words); a
+    /// cluster's gateway has none, and its evaluations say so of a rule whose `q` fails.
+    pub store: Option<Store>,
 }
 
 /// The `/alerts` routes.
@@ -54,9 +55,14 @@ pub fn router(state: AlertsState) -> Router {
 /// name the field.
 pub fn alert_rule(spec: RuleSpec, user_id: &str) -> Result<Rule, String> {
     let pairs = rule::filter_pairs(&spec)?;
-    let query = params::parse_filters_only(&pairs, user_id, "an alert rule, which counts")
-        .map_err(|e| format!("filters: {e}"))?;
-    Rule::new(spec, query)
+    Rule::new(spec, rule_query(&pairs, user_id)?)
+}
+
+/// The query of a rule's filters as query-string pairs ([`rule::filter_pairs`]), over
+/// `user_id`'s logs: what a rule counts, and what a cluster's shards count for it.
+pub fn rule_query(pairs: &[(String, String)], user_id: &str) -> Result<LogQuery, String> {
+    params::parse_filters_only(pairs, user_id, "an alert rule, which counts")
+        .map_err(|e| format!("filters: {e}"))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -139,8 +145,8 @@ impl AlertsState {
         let spec: RuleSpec = serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("the body is not a rule: {e}")))?;
         let rule = alert_rule(spec, user_id).map_err(ApiError::BadRequest)?;
-        if rule.query.text.is_some() {
-            let (store, query) = (self.store.clone(), rule.query.clone());
+        if let (Some(store), Some(_)) = (&self.store, &rule.query.text) {
+            let (store, query) = (store.clone(), rule.query.clone());
             tokio::task::spawn_blocking(move || store.check(&query))
                 .await
                 .map_err(|e| ApiError::Internal(format!("check task failed: {e}")))?

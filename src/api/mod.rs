@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
-pub use alerts::{AlertsState, alert_rule, router as alerts_router};
+pub use alerts::{AlertsState, alert_rule, router as alerts_router, rule_query};
 pub use caller::authorized_user;
 use caller::{Caller, Grant, caller, query_pairs};
 pub use cursor::{Cursor, CursorKey, CursorKeyError};

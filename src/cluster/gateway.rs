@@ -1,7 +1,8 @@
 //! The gateway's REST API: reads are authorized here, then forwarded to a ready replica of the
 //! caller's shard, whose answer (a page, statistics, an export or a tail) streams back as it
-//! is, or gathered from every shard of a spread user ([`super::gather`]). The explorer and the
-//! OpenAPI document are served here.
+//! is, or gathered from every shard of a spread user ([`super::gather`]). `/alerts` goes to the
+//! gateway that keeps the alert rules ([`super::alerting`]). The explorer and the OpenAPI
+//! document are served here.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use arc_swap::ArcSwapOption;
 
+use super::alerting::Alerting;
 use super::indexer::NOT_HERE;
 use super::lag::Freshness;
 use super::membership::{ShardCheck, View};
@@ -43,7 +45,7 @@ const GATHERING: [&str; 2] = [POSITIONS_HEADER, STATS_PARTS_HEADER];
 
 /// Longest wait for a replica's answer to begin (its body may then stream for as long as it
 /// takes: an export, a tail).
-const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(super) const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct Gateway {
@@ -69,6 +71,8 @@ pub struct Gateway {
     /// Whether the indexers index the payloads by path (`[index] payload_paths`): erasures
     /// naming a path are refused here otherwise, as a single node refuses them.
     pub payload_paths: bool,
+    /// The cluster's alert rules, kept by one gateway ([`super::alerting`]).
+    pub alerting: Alerting,
 }
 
 /// The REST routes of a gateway.
@@ -88,8 +92,8 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/logs/export", forward_only())
         .route("/logs/stats", forward_only())
         .route("/logs/tail", forward_only())
-        .route("/alerts", any(alerts_not_offered))
-        .route("/alerts/{id}", any(alerts_not_offered))
+        .route("/alerts", any(super::alerting::serve))
+        .route("/alerts/{id}", any(super::alerting::serve))
         .route("/openapi.json", get(api::openapi_document))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -101,12 +105,6 @@ pub fn router(gateway: Gateway) -> Router {
         )
         .fallback(|| async { ApiError::NotFound })
         .with_state(gateway)
-}
-
-/// Alert rules are a single node's: a cluster has no place yet to keep them once for all its
-/// gateways and to evaluate them once per user.
-async fn alerts_not_offered() -> ApiError {
-    ApiError::NotImplemented("alert rules are offered by a single node, not yet in cluster mode")
 }
 
 /// Ready once the cluster's map is known and names at least one indexer.

@@ -68,6 +68,12 @@ impl View {
         self.nodes.values().filter(|n| n.gateway).count()
     }
 
+    /// The gateway that keeps the cluster's alert rules and evaluates them: [`alerts_keeper`]
+    /// of this view's nodes.
+    pub fn alerts_keeper(&self) -> Option<(&str, &NodeInfo)> {
+        alerts_keeper(&self.nodes)
+    }
+
     /// The indexers that own `shard` in this view.
     pub fn owners(&self, shard: u32, replicas: usize) -> Vec<&str> {
         owners(shard, &self.indexers(), replicas)
@@ -108,6 +114,23 @@ impl View {
     }
 }
 
+/// The live gateway of the lowest id among `nodes`: the one that keeps the cluster's alert rules.
+pub fn alerts_keeper(nodes: &BTreeMap<String, NodeInfo>) -> Option<(&str, &NodeInfo)> {
+    let mut gateways = nodes.iter().filter(|(_, n)| n.gateway);
+    gateways.next().map(|(id, node)| (id.as_str(), node))
+}
+
+/// The live nodes, read from etcd now.
+pub async fn read_nodes(etcd: &Etcd, keys: &Keys) -> anyhow::Result<BTreeMap<String, NodeInfo>> {
+    let prefix = format!("{}nodes/", keys.prefix);
+    let (_, kvs) = etcd.list(&prefix).await?;
+    let nodes = kvs.into_iter().filter_map(|kv| {
+        let id = kv.key.strip_prefix(&prefix)?.to_owned();
+        Some((id, serde_json::from_slice(&kv.value).ok()?))
+    });
+    Ok(nodes.collect())
+}
+
 /// `ready` ordered owners first, each group by the rendezvous order of `user_id`.
 fn owners_first<'a>(ready: &[&'a str], owners: &[&str], user_id: &str) -> Vec<&'a str> {
     let (mut first, mut rest): (Vec<&str>, Vec<&str>) =
@@ -139,13 +162,21 @@ pub struct Membership {
 #[derive(Clone)]
 pub struct Keys {
     prefix: String,
+    /// The alert rules', apart: every node reads the whole of `prefix` twice a second.
+    alerts: String,
 }
 
 impl Keys {
     pub fn new(cluster_name: &str) -> Self {
         Self {
             prefix: format!("/logbridge/{cluster_name}/"),
+            alerts: format!("/logbridge-alerts/{cluster_name}/"),
         }
+    }
+
+    /// Where the alert rules are, one key per rule.
+    pub fn alerts(&self) -> &str {
+        &self.alerts
     }
 
     fn node(&self, id: &str) -> String {

@@ -10,9 +10,11 @@
 //! - [`lag`]: replicas report what their reads see; gateways bound how far behind that is.
 //! - [`gateway`]: routing each user's reads to a ready replica.
 //! - [`gather`]: the reads of a user spread over several shards, gathered from each.
+//! - [`alerting`]: the alert rules, kept and evaluated by one gateway, measured on the shards.
 //!
 //! These are the parts; `server` wires them into a running node.
 
+pub(crate) mod alerting;
 pub(crate) mod copy;
 pub(crate) mod erasure;
 pub(crate) mod etcd;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::listener::Protocol;
 use super::{Addresses, Listeners, listener_certificates, otlp_routers, serve, watched_keys};
 use crate::api;
+use crate::cluster::alerting::{self, Alerting};
 use crate::cluster::gateway::{self, Gateway};
 use crate::cluster::indexer::{self, IndexerContext, Replicas};
 use crate::cluster::lag::Freshness;
@@ -135,7 +136,8 @@ pub async fn start(
                 context.dir.clone(),
                 peer_token.clone(),
             ))
-            .merge(erasure::router(replicas.clone(), peer_token));
+            .merge(erasure::router(replicas.clone(), peer_token.clone()))
+            .merge(alerting::peer_router(replicas.clone(), peer_token));
         if !cluster.gateway {
             api_router = api_router.merge(indexer::readiness(replicas.clone(), membership.view()));
         }
@@ -192,14 +194,15 @@ pub async fn start(
             shutdown.clone(),
         ));
         let cursor_key = Arc::new(arc_swap::ArcSwapOption::empty());
-        let (etcd, etcd_keys, stop, shared) = (
+        let (shared_etcd, shared_keys, stop, shared) = (
             etcd.clone(),
             etcd_keys.clone(),
             shutdown.clone(),
             cursor_key.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            if let Ok(key) = membership::shared_cursor_key(&etcd, &etcd_keys, None, &stop).await {
+            let read = membership::shared_cursor_key(&shared_etcd, &shared_keys, None, &stop);
+            if let Ok(key) = read.await {
                 shared.store(Some(Arc::new(key)));
             }
         }));
@@ -217,7 +220,21 @@ pub async fn start(
             metrics: metrics.clone(),
             client: tls::http_client(peer_tls.as_ref()),
             payload_paths: config.index.payload_paths,
+            alerting: Alerting::new(&cluster.node_id),
         };
+        let keeping = alerting::Keeping {
+            config: config.alerts.clone(),
+            etcd,
+            keys: etcd_keys,
+            api_keys: keys.clone(),
+            metrics: metrics.clone(),
+        };
+        tasks.push(tokio::spawn(alerting::run(
+            gateway.alerting.clone(),
+            keeping,
+            gateway.clone(),
+            shutdown.clone(),
+        )));
         api_router = api_router
             .merge(gateway::router(gateway))
             .merge(explorer::router());

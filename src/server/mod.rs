@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::Alerts;
+use crate::alerts::{Alerts, Book};
 use crate::api::{self, AlertsState, ApiParts, ApiState, CursorKey};
 use crate::auth::KeyStore;
 use crate::config::Config;
@@ -148,18 +148,22 @@ pub async fn start_with_faults(
         LimitShare::default(),
         &metrics,
     );
+    let book = Book::open(
+        &config.index.path,
+        config.alerts.max_rules_per_user,
+        &api::alert_rule,
+    )?;
     let (alerts, alert_tasks) = Alerts::start(
         &config.alerts,
-        &config.index.path,
-        &api::alert_rule,
-        store.clone(),
+        book,
+        Arc::new(store.clone()),
         metrics.clone(),
         shutdown.clone(),
     )?;
     let alerts = AlertsState {
         keys: keys.clone(),
         alerts,
-        store: store.clone(),
+        store: Some(store.clone()),
     };
     let api_state = ApiState {
         writer: Some(queue.clone()),

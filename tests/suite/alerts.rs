@@ -5,17 +5,12 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::HeaderMap;
-use hmac::{Hmac, Mac as _};
 use logbridge::auth::Secret;
 use serde_json::{Value as Json, json};
-use sha2::Sha256;
-use tokio::sync::mpsc;
 
 use crate::common::{
     self, AppOptions, PATIENCE, TestApp, activity, labeled_metric, metric, now_nanos,
-    spawn_app_with, text, with_attr,
+    spawn_app_with, text, webhooks, with_attr,
 };
 
 /// A Prometheus Alertmanager on a free port, stopped when dropped.
@@ -101,45 +96,12 @@ impl Drop for Alertmanager {
     }
 }
 
-/// A webhook receiver on a free port: every request's headers and body, in order.
-async fn webhook_receiver() -> (String, mpsc::UnboundedReceiver<(HeaderMap, Bytes)>) {
-    use http_body_util::BodyExt as _;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let tx = tx.clone();
-            let service = hyper::service::service_fn(
-                move |request: hyper::Request<hyper::body::Incoming>| {
-                    let tx = tx.clone();
-                    async move {
-                        let (parts, body) = request.into_parts();
-                        let body = body.collect().await?.to_bytes();
-                        let _ = tx.send((parts.headers, body));
-                        Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
-                    }
-                },
-            );
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
-    (url, rx)
-}
-
-const SECRET: &str = "s3cret-shared-with-the-receiver";
-
 /// An app whose rules are evaluated every second and whose alerts go to `alertmanager` and
 /// `webhook` (a URL each, or none).
 async fn app_with_receivers(alertmanager: Option<&str>, webhook: Option<&str>) -> TestApp {
     let secret_dir = tempfile::tempdir().unwrap();
     let secret_file = secret_dir.path().join("webhook.secret");
-    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    std::fs::write(&secret_file, format!("{}\n", webhooks::SECRET)).unwrap();
     let mut settings = vec![
         ("LOGBRIDGE_ALERTS_EVALUATION_INTERVAL_MS", "1000".to_owned()),
         ("LOGBRIDGE_ALERTS_EVALUATION_BUDGET_MS", "1000".to_owned()),
@@ -248,35 +210,10 @@ async fn wait_for_rule(
     }
 }
 
-/// The next request the webhook receiver gets, within `patience`: its body checked against its
-/// signature.
-async fn next_signed(
-    hooks: &mut mpsc::UnboundedReceiver<(HeaderMap, Bytes)>,
-    patience: Duration,
-) -> Json {
-    let (headers, body) = tokio::time::timeout(patience, hooks.recv())
-        .await
-        .expect("a webhook within its time")
-        .expect("the receiver runs");
-    let signature = headers
-        .get("logbridge-signature")
-        .expect("a signature header")
-        .to_str()
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(&body);
-    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    assert_eq!(
-        signature, expected,
-        "the signature verifies with the shared secret"
-    );
-    serde_json::from_slice(&body).unwrap()
-}
-
 #[tokio::test]
 async fn a_burst_of_webhook_errors_fires_through_alertmanager_and_a_signed_webhook_then_resolves() {
     let alertmanager = Alertmanager::start();
-    let (hook_url, mut hooks) = webhook_receiver().await;
+    let (hook_url, mut hooks) = webhooks::receiver().await;
     let app = app_with_receivers(Some(&alertmanager.url), Some(&hook_url)).await;
     let (status, created) = call(
         &app,
@@ -313,7 +250,7 @@ async fn a_burst_of_webhook_errors_fires_through_alertmanager_and_a_signed_webho
     let burst = Instant::now();
     app.ingest(&app.keys.alice, failed_webhooks(5)).await;
     // within the window plus one interval
-    let firing = next_signed(&mut hooks, Duration::from_secs(11)).await;
+    let firing = webhooks::next_signed(&mut hooks, Duration::from_secs(11)).await;
     println!("fired {:?} after the burst", burst.elapsed());
     assert_eq!(firing["status"], "firing");
     assert_eq!(firing["rule_id"], id.as_str());
@@ -372,7 +309,7 @@ async fn a_burst_of_webhook_errors_fires_through_alertmanager_and_a_signed_webho
     assert_eq!(metric(&app.api_url, "logbridge_alerts_firing").await, 1.0);
 
     // the errors stop: once they leave the window the alert resolves, in both receivers
-    let resolved = next_signed(&mut hooks, Duration::from_secs(11) + PATIENCE).await;
+    let resolved = webhooks::next_signed(&mut hooks, Duration::from_secs(11) + PATIENCE).await;
     println!("resolved {:?} after the burst", burst.elapsed());
     assert_eq!(resolved["status"], "resolved");
     assert_eq!(resolved["value"], 0.0);

@@ -8,6 +8,7 @@ mod alerts;
 mod bench_smoke;
 mod cli;
 mod cluster;
+mod cluster_alerts;
 mod cluster_copies;
 mod cluster_erasure;
 mod cluster_gaps;

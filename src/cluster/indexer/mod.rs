@@ -87,6 +87,8 @@ pub enum ReplicaState {
 
 struct Replica {
     router: Router,
+    /// Its index, for what peers compute on it (the statistics alert rules measure).
+    store: store::Store,
     state: watch::Receiver<ReplicaState>,
     /// The stream sequence its reads see through.
     seen: Arc<AtomicU64>,
@@ -121,6 +123,15 @@ impl Replicas {
     pub fn erasures(&self, shard: u32) -> Option<Arc<Erasures>> {
         let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
         replicas.get(&shard).map(|r| r.erasures.clone())
+    }
+
+    /// The index of this node's replica of `shard`, once it has caught up.
+    pub fn store(&self, shard: u32) -> Option<store::Store> {
+        let replicas = self.0.read().unwrap_or_else(|e| e.into_inner());
+        replicas
+            .get(&shard)
+            .filter(|r| r.ready())
+            .map(|r| r.store.clone())
     }
 
     /// Whether this node holds a replica of `shard`, in whatever state.
@@ -409,9 +420,10 @@ fn open(context: &IndexerContext, shard: u32, copied: bool) -> anyhow::Result<Re
     let thread = std::thread::Builder::new()
         .name(format!("shard-{shard}"))
         .spawn(move || consumer.run())?;
-    let router = api::router(context.api.with_store(store));
+    let router = api::router(context.api.with_store(store.clone()));
     Ok(Replica {
         router,
+        store,
         state,
         seen,
         erasures,

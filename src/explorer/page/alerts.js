@@ -17,8 +17,8 @@ let reads = 0;
 
 /**
  * Reads the rules and shows them, then again every few seconds. A key that may not manage rules
- * (403; 501 on a cluster) hides the card for good; another failure keeps what is shown and tries
- * again later. `data-read` on the card says how the last read ended (`shown`, `hidden`).
+ * (403) hides the card for good; another failure (503 while a cluster's rules move to another
+ * gateway) keeps what is shown and tries again later. `data-read` on the card says how the last read ended (`shown`, `hidden`).
  */
 export async function loadAlerts() {
   clearTimeout(timer);
@@ -29,7 +29,7 @@ export async function loadAlerts() {
   try {
     data = await api('/alerts');
   } catch (e) {
-    refused = e?.status === 403 || e?.status === 501;
+    refused = e?.status === 403;
   }
   if (read !== reads || !state.key) return;
   const card = $('alerts');

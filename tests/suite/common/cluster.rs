@@ -81,7 +81,7 @@ pub struct TestCluster {
     pub indexers: Vec<Node>,
     /// Ingests for any user (records carry `user.id`).
     pub ingest: Secret,
-    /// One read key per user of [`USERS`].
+    /// One key per user of [`USERS`]: reads, erasures and alert rules.
     pub readers: Vec<Secret>,
     /// While etcd is down: the indexers (positions in `indexers`) of the view every node
     /// works from meanwhile, the live ones when etcd went down.
@@ -178,7 +178,7 @@ impl TestCluster {
             keys.push(KeyRecord {
                 name: format!("reader-{user}"),
                 sha256: secret.sha256(),
-                scopes: vec![Scope::Read, Scope::Delete],
+                scopes: vec![Scope::Read, Scope::Delete, Scope::Alerts],
                 user_id: Some((*user).to_owned()),
                 expires_at: None,
             });
@@ -981,14 +981,7 @@ pub async fn spread(cluster: &TestCluster, user: usize, shards: u32) -> u64 {
         .as_nanos() as u64;
     let from = (now / 1_000_000_000 + 600) * 1_000_000_000;
     let from_text = chrono::DateTime::from_timestamp_nanos(from as i64).to_rfc3339();
-    let mut spread_users = Vec::new();
-    for gateway in &cluster.gateways {
-        spread_users.push(
-            cluster
-                .metric(gateway, "logbridge_cluster_spread_users")
-                .await,
-        );
-    }
+    let seen = spreads_seen(cluster).await;
     let output = super::process::run(
         &cluster.gateways[0].config,
         &[
@@ -1014,7 +1007,51 @@ pub async fn spread(cluster: &TestCluster, user: usize, shards: u32) -> u64 {
             USERS[user]
         )
     );
-    for (gateway, before) in cluster.gateways.iter().zip(spread_users) {
+    wait_for_spread(cluster, seen).await;
+    from
+}
+
+/// Spreads `user`'s logs over `shards` shards from `from` (nanoseconds) on, which may be past,
+/// as a cluster that spread it back then holds it (the command asks for a cut-over ahead);
+/// written to etcd as the command writes it, which a plaintext cluster lets the test do. Waits
+/// until every gateway knows it.
+pub async fn spread_since(cluster: &TestCluster, user: usize, shards: u32, from: u64) {
+    use base64::Engine as _;
+    assert!(
+        cluster.tls.is_none(),
+        "the test writes to etcd in plaintext"
+    );
+    let seen = spreads_seen(cluster).await;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let key = format!("/logbridge/logbridge/spreads/{}", USERS[user]);
+    let value = serde_json::to_vec(&[logbridge::cluster::Spread { from, shards }]).unwrap();
+    let response = cluster
+        .client
+        .post(format!("{}/v3/kv/put", cluster.etcd.url))
+        .json(&serde_json::json!({ "key": b64(key.as_bytes()), "value": b64(&value) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "etcd took the spread");
+    wait_for_spread(cluster, seen).await;
+}
+
+/// How many spread users each gateway knows of.
+async fn spreads_seen(cluster: &TestCluster) -> Vec<f64> {
+    let mut seen = Vec::new();
+    for gateway in &cluster.gateways {
+        seen.push(
+            cluster
+                .metric(gateway, "logbridge_cluster_spread_users")
+                .await,
+        );
+    }
+    seen
+}
+
+/// Waits until each gateway knows of more spread users than `seen`.
+async fn wait_for_spread(cluster: &TestCluster, seen: Vec<f64>) {
+    for (gateway, before) in cluster.gateways.iter().zip(seen) {
         let deadline = Instant::now() + PATIENCE;
         while cluster
             .metric(gateway, "logbridge_cluster_spread_users")
@@ -1029,5 +1066,4 @@ pub async fn spread(cluster: &TestCluster, user: usize, shards: u32) -> u64 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    from
 }

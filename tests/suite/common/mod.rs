@@ -8,6 +8,7 @@ pub mod process;
 pub mod sse;
 pub mod tmpfs;
 pub mod tools;
+pub mod webhooks;
 pub mod window;
 
 use std::collections::HashMap;
