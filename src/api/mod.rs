@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 pub use alerts::{AlertsState, alert_rule, router as alerts_router, rule_query};
+    AlertsState, MOVING as ALERTS_MOVING, alert_rule, router as alerts_router, rule_query,
+};
 pub use caller::authorized_user;
 use caller::{Caller, Grant, caller, query_pairs};
 pub use cursor::{Cursor, CursorKey, CursorKeyError};
@@ -467,16 +469,18 @@ async fn logs(
     let LogsRequest { query, page } = params::parse(&pairs, &user_id, &state.cursor_key)?;
     state.check(&query).await?;
 
-    // read before the search: every log up to it is in what the search sees
-    let sequence = *state.store.visible().borrow();
+    // read before the search: every log up to it is in what the search sees; so is every log
+    // up to the highest the search saw, which a commit in between may have put past it
+    let visible = *state.store.visible().borrow();
     if headers
         .get(POSITIONS_HEADER)
         .is_some_and(|value| value == POSITIONS_ONLY)
     {
-        let (total, keys) = state
+        let (total, keys, seen) = state
             .search(&user_id, move |store| store.positions(&query))
             .await?
             .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let sequence = visible.max(seen);
         let positions = keys.iter().map(|k| (k.timestamp, k.seq)).collect();
         let mut response = axum::Json(Positions { total, positions }).into_response();
         response
@@ -485,13 +489,14 @@ async fn logs(
         return Ok(response);
     }
     let search_query = query.clone();
-    let result = state
-        .search(&user_id, move |store| store.search(&search_query))
+    let (result, seen) = state
+        .search(&user_id, move |store| store.search_seen(&search_query))
         .await?
         .map_err(|e| match e {
             SearchError::TooDeep => too_deep(page, query.limit),
             SearchError::Store(e) => ApiError::Internal(e.to_string()),
         })?;
+    let sequence = visible.max(seen);
 
     let logs = result
         .logs

@@ -192,15 +192,25 @@ impl Store {
     /// its limit, and one more to tell whether more follow), newest first, and their total:
     /// what the pages of a user spread over several shards are merged from. A page starting
     /// past [`MAX_OFFSET`] gets the total only.
-    pub fn positions(&self, query: &LogQuery) -> Result<(u64, Vec<SortKey>), StoreError> {
+    /// With them, the highest sequence number of the logs searched ([`seen_through`]).
+    pub fn positions(&self, query: &LogQuery) -> Result<(u64, Vec<SortKey>, u64), StoreError> {
         let searcher = self.reader.searcher();
+        let seen = seen_through(&searcher)?;
         let (prepared, window) = self.prepare(&searcher, query)?;
         let total = prepared.count(&window)?;
         if query.offset > MAX_OFFSET {
-            return Ok((total, Vec::new()));
+            return Ok((total, Vec::new(), seen));
         }
         let top = prepared.top_k(&window, query.offset + query.limit + 1)?;
-        Ok((total, top.into_iter().map(|(key, _)| key).collect()))
+        Ok((total, top.into_iter().map(|(key, _)| key).collect(), seen))
+    }
+
+    /// [`Store::search`], and the highest sequence number of the logs it searched
+    /// ([`seen_through`]): where a tail that follows on from the page begins.
+    pub fn search_seen(&self, query: &LogQuery) -> Result<(LogPage, u64), SearchError> {
+        let searcher = self.reader.searcher();
+        let seen = seen_through(&searcher)?;
+        Ok((self.search_in(&searcher, query)?, seen))
     }
 
     pub(super) fn search_in(
@@ -236,4 +246,17 @@ impl Store {
             logs,
         })
     }
+}
+
+/// The highest sequence number of the logs `searcher` sees, erased ones included: a search with
+/// it finds none above it, and every log below it that a later search finds, it finds too (logs
+/// are added and made visible in sequence order). 0 for an empty index.
+pub(super) fn seen_through(searcher: &Searcher) -> Result<u64, StoreError> {
+    let mut highest = 0;
+    for segment in searcher.segment_readers() {
+        if segment.max_doc() > 0 {
+            highest = highest.max(segment.fast_fields().u64(SEQ_FIELD)?.max_value());
+        }
+    }
+    Ok(highest)
 }

@@ -5,7 +5,6 @@ use tantivy::indexer::{IndexWriterOptions, LogMergePolicy};
 use tantivy::{Index, IndexReader, IndexWriter};
 
 use super::directory::WriteErrors;
-use super::schema::SEQ_FIELD;
 use super::{CommitPayload, LogWriter, StoreError, payload_last_seq};
 use crate::mapping::ActivityLog;
 
@@ -34,18 +33,13 @@ pub(super) fn merge_policy() -> Box<LogMergePolicy> {
 /// failed `meta.json` write saves the new segments under the old payload). Logs are added in
 /// sequence order and segments flushed in that order, so every log up to it is there.
 pub(super) fn durable_seq(index: &Index, reader: &IndexReader) -> Result<u64, StoreError> {
-    let mut highest = match index.load_metas()?.payload {
+    let highest = match index.load_metas()?.payload {
         None => 0,
         Some(payload) => {
             payload_last_seq(&payload).ok_or_else(|| StoreError::Payload(payload.clone()))?
         }
     };
-    for segment in reader.searcher().segment_readers() {
-        if segment.max_doc() > 0 {
-            highest = highest.max(segment.fast_fields().u64(SEQ_FIELD)?.max_value());
-        }
-    }
-    Ok(highest)
+    Ok(highest.max(super::reader::seen_through(&reader.searcher())?))
 }
 
 /// Tantivy's error, or the I/O error behind it when the directory saw one.
