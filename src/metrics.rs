@@ -111,6 +111,8 @@ pub struct Metrics {
     pub cluster_lag_refusals: Counter,
     pub alert_rules: Gauge,
     pub alerts_firing: Gauge,
+    /// Cluster mode: 1 on the gateway that keeps the alert rules, 0 on the others.
+    pub alert_keeper: Gauge,
     pub alert_evaluations: Counter,
     pub alert_evaluation_failures: Counter,
     /// Evaluations a round's budget left for the next round.
@@ -169,6 +171,7 @@ impl Metrics {
             cluster_lag_refusals: Counter::default(),
             alert_rules: Gauge::default(),
             alerts_firing: Gauge::default(),
+            alert_keeper: Gauge::default(),
             alert_evaluations: Counter::default(),
             alert_evaluation_failures: Counter::default(),
             alert_evaluations_deferred: Counter::default(),
@@ -363,6 +366,11 @@ impl Metrics {
             "alerts_firing",
             "Alert rules whose alert is firing",
             m.alerts_firing.clone(),
+        );
+        r.register(
+            "alert_keeper",
+            "Cluster mode, gateways: 1 on the gateway that keeps the alert rules and evaluates them",
+            m.alert_keeper.clone(),
         );
         r.register(
             "alert_evaluations",

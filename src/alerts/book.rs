@@ -47,6 +47,12 @@ pub trait Keeper: Send + Sync + 'static {
 /// A [`Keeper`] at work.
 pub type Keeping = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
+/// Why a keeper wrote nothing: the rules are another's to keep now (a cluster's moved to
+/// another gateway).
+#[derive(Debug, thiserror::Error)]
+#[error("the alert rules are kept by another gateway now")]
+pub struct NotKeeper;
+
 /// A single node's rules: one file, replaced whole.
 struct File {
     path: PathBuf,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use book::{Book, CheckRule, Entry, Keeper, Keeping};
+pub use book::{Book, CheckRule, Entry, Keeper, Keeping, NotKeeper};
 pub use deliver::{Alert, Deliveries, Destination, SIGNATURE_HEADER, sign};
 pub use evaluate::{Measuring, Source};
 pub use rule::{Comparison, Measure, Rule, RuleSpec};

@@ -16,9 +16,12 @@ use super::error::ApiError;
 use super::{authorized_user, params};
 use crate::alerts::book::Rules;
 use crate::alerts::evaluate::alert_of;
-use crate::alerts::{Alerts, Entry, Rule, RuleSpec, RuleState, Status, now, rule};
+use crate::alerts::{Alerts, Entry, NotKeeper, Rule, RuleSpec, RuleState, Status, now, rule};
 use crate::auth::{KeyStore, Scope};
 use crate::store::{LogQuery, Store, format_timestamp};
+
+/// The answer while a cluster's rules move from one gateway to another.
+pub const MOVING: &str = "the alert rules are moving to another gateway, retry";
 
 /// What the `/alerts` handlers share.
 #[derive(Clone)]
@@ -164,6 +167,9 @@ impl AlertsState {
             let mut rules = self.alerts.book.lock();
             undo(&mut rules);
             rules.changed();
+            if e.is::<NotKeeper>() {
+                return ApiError::Unavailable(MOVING);
+            }
             ApiError::Internal(e.to_string())
         })
     }

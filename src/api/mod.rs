@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
-pub use alerts::{AlertsState, alert_rule, router as alerts_router, rule_query};
+pub use alerts::{
     AlertsState, MOVING as ALERTS_MOVING, alert_rule, router as alerts_router, rule_query,
 };
 pub use caller::authorized_user;

@@ -1,6 +1,6 @@
 //! The few etcd v3 calls cluster mode makes, over etcd's JSON gateway (`/v3/...`, served by
-//! every etcd since 3.4): leases, puts under a lease, a put-if-absent transaction, deletes and
-//! prefix reads. The JSON gateway keeps the build free of a protobuf compiler.
+//! every etcd since 3.4): leases, puts under a lease, put-if-absent transactions, writes fenced
+//! by a key's creation, deletes and prefix reads. The JSON gateway keeps the build free of a protobuf compiler.
 
 use std::time::Duration;
 
@@ -29,6 +29,12 @@ pub struct Etcd {
 pub struct KeyValue {
     pub key: String,
     pub value: Vec<u8>,
+}
+
+/// A write of a fenced transaction ([`Etcd::fenced`]).
+pub enum Write<'a> {
+    Put { key: &'a str, value: &'a [u8] },
+    Delete { key: &'a str },
 }
 
 /// etcd's JSON gateway writes 64-bit integers as strings.
@@ -155,6 +161,71 @@ impl Etcd {
             Some(kv) => Ok(B64.decode(&kv.value)?),
             None => bail!("etcd neither created nor returned {key}"),
         }
+    }
+
+    /// Creates `key` with `value` under `lease` unless it exists: the revision it was created
+    /// at, or none when it existed.
+    pub async fn create_leased(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: i64,
+    ) -> anyhow::Result<Option<i64>> {
+        let key64 = B64.encode(key);
+        let answer = self
+            .call(
+                "/v3/kv/txn",
+                json!({
+                    "compare": [{ "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
+                    "success": [{ "request_put": { "key": key64, "value": B64.encode(value), "lease": lease.to_string() } }],
+                }),
+            )
+            .await?;
+        if answer.get("succeeded").and_then(Value::as_bool) != Some(true) {
+            return Ok(None);
+        }
+        match answer.pointer("/header/revision").and_then(int) {
+            Some(revision) => Ok(Some(revision)),
+            None => bail!("etcd created {key} at no revision: {answer}"),
+        }
+    }
+
+    /// Makes `writes` at once if `fence` is the key created at revision `created`, still: false
+    /// (nothing written) when it is gone or was created again since.
+    pub async fn fenced(
+        &self,
+        fence: &str,
+        created: i64,
+        writes: &[Write<'_>],
+    ) -> anyhow::Result<bool> {
+        let success: Vec<Value> = writes
+            .iter()
+            .map(|write| match write {
+                Write::Put { key, value } => {
+                    json!({ "request_put": { "key": B64.encode(key), "value": B64.encode(value) } })
+                }
+                Write::Delete { key } => {
+                    json!({ "request_delete_range": { "key": B64.encode(key) } })
+                }
+            })
+            .collect();
+        let answer = self
+            .call(
+                "/v3/kv/txn",
+                json!({
+                    "compare": [{ "key": B64.encode(fence), "target": "CREATE", "result": "EQUAL", "create_revision": created.to_string() }],
+                    "success": success,
+                }),
+            )
+            .await?;
+        Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
+    }
+
+    /// Ends a lease now: its keys go.
+    pub async fn revoke(&self, lease: i64) -> anyhow::Result<()> {
+        self.call("/v3/lease/revoke", json!({ "ID": lease.to_string() }))
+            .await?;
+        Ok(())
     }
 
     pub async fn delete(&self, key: &str) -> anyhow::Result<()> {

@@ -49,6 +49,8 @@ pub struct View {
     pub replicas: BTreeMap<u32, BTreeMap<String, ReplicaStatus>>,
     /// The users spread over several shards, their cut-overs in order.
     pub spreads: BTreeMap<String, Vec<Spread>>,
+    /// The node that keeps the alert rules, while one does.
+    pub alerts_keeper: Option<String>,
 }
 
 impl View {
@@ -68,10 +70,11 @@ impl View {
         self.nodes.values().filter(|n| n.gateway).count()
     }
 
-    /// The gateway that keeps the cluster's alert rules and evaluates them: [`alerts_keeper`]
-    /// of this view's nodes.
+    /// The gateway that keeps the cluster's alert rules and evaluates them, if one does.
     pub fn alerts_keeper(&self) -> Option<(&str, &NodeInfo)> {
-        alerts_keeper(&self.nodes)
+        let id = self.alerts_keeper.as_deref()?;
+        let (id, node) = self.nodes.get_key_value(id)?;
+        Some((id.as_str(), node))
     }
 
     /// The indexers that own `shard` in this view.
@@ -112,23 +115,6 @@ impl View {
             .iter()
             .all(|owner| serving.and_then(|s| s.get(*owner)).is_some_and(|r| r.ready))
     }
-}
-
-/// The live gateway of the lowest id among `nodes`: the one that keeps the cluster's alert rules.
-pub fn alerts_keeper(nodes: &BTreeMap<String, NodeInfo>) -> Option<(&str, &NodeInfo)> {
-    let mut gateways = nodes.iter().filter(|(_, n)| n.gateway);
-    gateways.next().map(|(id, node)| (id.as_str(), node))
-}
-
-/// The live nodes, read from etcd now.
-pub async fn read_nodes(etcd: &Etcd, keys: &Keys) -> anyhow::Result<BTreeMap<String, NodeInfo>> {
-    let prefix = format!("{}nodes/", keys.prefix);
-    let (_, kvs) = etcd.list(&prefix).await?;
-    let nodes = kvs.into_iter().filter_map(|kv| {
-        let id = kv.key.strip_prefix(&prefix)?.to_owned();
-        Some((id, serde_json::from_slice(&kv.value).ok()?))
-    });
-    Ok(nodes.collect())
 }
 
 /// `ready` ordered owners first, each group by the rendezvous order of `user_id`.
@@ -177,6 +163,11 @@ impl Keys {
     /// Where the alert rules are, one key per rule.
     pub fn alerts(&self) -> &str {
         &self.alerts
+    }
+
+    /// The node that keeps the alert rules, under its lease: in the cluster's view.
+    pub fn alerts_keeper(&self) -> String {
+        format!("{}alerts_keeper", self.prefix)
     }
 
     fn node(&self, id: &str) -> String {
@@ -383,6 +374,9 @@ impl Registration {
                     if let Ok(node) = serde_json::from_slice(&kv.value) {
                         view.nodes.insert((*id).to_owned(), node);
                     }
+                }
+                ["alerts_keeper"] => {
+                    view.alerts_keeper = String::from_utf8(kv.value).ok();
                 }
                 ["spreads", ..] => {
                     let user = &rest["spreads/".len()..];

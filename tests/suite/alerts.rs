@@ -250,7 +250,7 @@ async fn a_burst_of_webhook_errors_fires_through_alertmanager_and_a_signed_webho
     let burst = Instant::now();
     app.ingest(&app.keys.alice, failed_webhooks(5)).await;
     // within the window plus one interval
-    let firing = webhooks::next_signed(&mut hooks, Duration::from_secs(11)).await;
+    let firing = webhooks::next_signed(&mut hooks, Duration::from_secs(11), "firing").await;
     println!("fired {:?} after the burst", burst.elapsed());
     assert_eq!(firing["status"], "firing");
     assert_eq!(firing["rule_id"], id.as_str());
@@ -309,7 +309,8 @@ async fn a_burst_of_webhook_errors_fires_through_alertmanager_and_a_signed_webho
     assert_eq!(metric(&app.api_url, "logbridge_alerts_firing").await, 1.0);
 
     // the errors stop: once they leave the window the alert resolves, in both receivers
-    let resolved = webhooks::next_signed(&mut hooks, Duration::from_secs(11) + PATIENCE).await;
+    let resolved =
+        webhooks::next_signed(&mut hooks, Duration::from_secs(11) + PATIENCE, "resolved").await;
     println!("resolved {:?} after the burst", burst.elapsed());
     assert_eq!(resolved["status"], "resolved");
     assert_eq!(resolved["value"], 0.0);

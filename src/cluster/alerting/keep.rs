@@ -1,28 +1,42 @@
 //! The cluster's alert rules in etcd, one key per rule (`/logbridge-alerts/<cluster>/<id>`, each
-//! an [`Entry`] with its state), written only by the gateway that keeps them, and only what
-//! changed.
+//! an [`Entry`] with its state), written only by the gateway that keeps them: every write is a
+//! transaction fenced by the keeper key this gateway created, so that one that lost it (its
+//! lease expired while it was cut off from etcd) writes nothing over its successor's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::alerts::{Entry, Keeper, Keeping};
-use crate::cluster::etcd::Etcd;
-use crate::cluster::membership::{Keys, alerts_keeper, read_nodes};
+use crate::alerts::{Entry, Keeper, Keeping, NotKeeper};
+use crate::cluster::etcd::{Etcd, Write};
+use crate::cluster::membership::Keys;
 
-/// Keeps the rules in etcd for the gateway `node_id`, while etcd names it the keeper.
+/// Writes of one transaction at most: etcd takes 128.
+const WRITES_PER_TRANSACTION: usize = 100;
+
+/// Keeps the rules in etcd while the keeper key created at revision `term` stands.
 pub(super) struct EtcdKeeper {
     etcd: Etcd,
     keys: Keys,
-    node_id: String,
-    /// What etcd holds, as last read or written: a save writes only what differs.
+    term: i64,
+    /// What etcd holds of each rule, as last read or written, less what each evaluation changes
+    /// (the value and when it was taken): a save writes only what differs.
     written: Arc<tokio::sync::Mutex<HashMap<String, Vec<u8>>>>,
 }
 
-/// The rules etcd holds, and their keeper for the gateway `node_id` from now on.
+/// What of `entry` is written: all but the last evaluation's value and time, which change every
+/// round and which the next keeper takes anew.
+fn kept(entry: &Entry) -> anyhow::Result<Vec<u8>> {
+    let mut entry = entry.clone();
+    entry.state.value = None;
+    entry.state.evaluated_at = None;
+    Ok(serde_json::to_vec(&entry)?)
+}
+
+/// The rules etcd holds, and their keeper for the term that began at revision `term`.
 pub(super) async fn load(
     etcd: &Etcd,
     keys: &Keys,
-    node_id: &str,
+    term: i64,
 ) -> anyhow::Result<(Vec<Entry>, EtcdKeeper)> {
     let (_, listed) = etcd.list(keys.alerts()).await?;
     let mut entries = Vec::with_capacity(listed.len());
@@ -40,7 +54,7 @@ pub(super) async fn load(
     let keeper = EtcdKeeper {
         etcd: etcd.clone(),
         keys: keys.clone(),
-        node_id: node_id.to_owned(),
+        term,
         written: Arc::new(tokio::sync::Mutex::new(written)),
     };
     Ok((entries, keeper))
@@ -48,38 +62,45 @@ pub(super) async fn load(
 
 impl Keeper for EtcdKeeper {
     fn keep(&self, entries: Vec<Entry>) -> Keeping {
-        let (etcd, keys, node_id) = (self.etcd.clone(), self.keys.clone(), self.node_id.clone());
+        let (etcd, keys, term) = (self.etcd.clone(), self.keys.clone(), self.term);
         let written = self.written.clone();
         Box::pin(async move {
-            // a gateway that lost the rules to another (it was cut off from etcd a while)
-            // writes nothing over what the other wrote since
-            let nodes = read_nodes(&etcd, &keys).await?;
-            let keeper = alerts_keeper(&nodes).map(|(id, _)| id);
-            anyhow::ensure!(
-                keeper == Some(node_id.as_str()),
-                "this gateway no longer keeps the cluster's alert rules (etcd names {})",
-                keeper.unwrap_or("no gateway")
-            );
             let mut written = written.lock().await;
-            let mut kept = HashMap::with_capacity(entries.len());
+            let mut now = HashMap::with_capacity(entries.len());
             for entry in &entries {
-                kept.insert(entry.id.clone(), serde_json::to_vec(entry)?);
+                now.insert(format!("{}{}", keys.alerts(), entry.id), kept(entry)?);
             }
-            for (id, bytes) in &kept {
-                if written.get(id) != Some(bytes) {
-                    etcd.put(&format!("{}{id}", keys.alerts()), bytes, 0)
-                        .await?;
-                    written.insert(id.clone(), bytes.clone());
-                }
-            }
-            let gone: Vec<String> = written
-                .keys()
-                .filter(|id| !kept.contains_key(*id))
-                .cloned()
+            let prefix = keys.alerts();
+            let mut changes: Vec<(String, Option<&Vec<u8>>)> = now
+                .iter()
+                .filter(|(key, bytes)| written.get(&key[prefix.len()..]) != Some(*bytes))
+                .map(|(key, bytes)| (key.clone(), Some(bytes)))
                 .collect();
-            for id in gone {
-                etcd.delete(&format!("{}{id}", keys.alerts())).await?;
-                written.remove(&id);
+            changes.extend(
+                (written.keys())
+                    .map(|id| format!("{prefix}{id}"))
+                    .filter(|key| !now.contains_key(key))
+                    .map(|key| (key, None)),
+            );
+            let fence = keys.alerts_keeper();
+            for batch in changes.chunks(WRITES_PER_TRANSACTION) {
+                let writes: Vec<Write> = batch
+                    .iter()
+                    .map(|(key, bytes)| match bytes {
+                        Some(value) => Write::Put { key, value },
+                        None => Write::Delete { key },
+                    })
+                    .collect();
+                if !etcd.fenced(&fence, term, &writes).await? {
+                    return Err(NotKeeper.into());
+                }
+                for (key, bytes) in batch {
+                    let id = key[prefix.len()..].to_owned();
+                    match bytes {
+                        Some(bytes) => written.insert(id, (*bytes).clone()),
+                        None => written.remove(&id),
+                    };
+                }
             }
             Ok(())
         })

@@ -1,8 +1,11 @@
-//! Alerts of a cluster: one gateway, the live one of the lowest id, keeps every user's rules
-//! and evaluates them, so that each rule is evaluated once however many nodes there are. The
-//! rules and their states are in etcd ([`keep`]), so that the next gateway takes over where the
-//! last stopped; a rule is measured on ready replicas of its user's shards, every shard of a
-//! spread user added up ([`measure`]); any gateway's `/alerts` is passed on to the keeper.
+//! Alerts of a cluster: one gateway keeps every user's rules and evaluates them, so that each
+//! rule is evaluated once however many nodes there are. The keeper is the gateway that holds
+//! the keeper key in etcd, created under a lease of its own: when it dies its lease expires and
+//! another gateway creates the key; one cut off from etcd past its lease's time stops by itself,
+//! and its writes, fenced by the key it created, are refused. The rules and their states are in
+//! etcd ([`keep`]), so that the next keeper goes on where the last stopped; a rule is measured on
+//! ready replicas of its user's shards, every shard of a spread user added up ([`measure`]); any
+//! gateway's `/alerts` is passed on to the keeper.
 
 mod keep;
 mod measure;
@@ -17,6 +20,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -24,18 +28,22 @@ pub use measure::router as peer_router;
 
 use super::etcd::Etcd;
 use super::gateway::{Gateway, RESPONSE_TIMEOUT};
-use super::membership::{Keys, View};
+use super::membership::Keys;
 use crate::alerts::{Alerts, AlertsConfig, Book};
 use crate::api::{self, AlertsState, ApiError};
-use crate::auth::KeyStore;
+use crate::auth::{KeyStore, Scope};
 use crate::metrics::Metrics;
 
 /// The header of a request passed on to the keeper: a gateway that gets one and does not keep
 /// the rules (it just lost them) refuses it rather than passing it on again.
 const PASSED_ON: &str = "logbridge-alerts-passed-on";
 
-/// How soon a keeper that could not load the rules from etcd tries again.
-const RETRY: Duration = Duration::from_secs(1);
+/// The keeper key's lease: a keeper that dies is replaced this long after, and one cut off
+/// from etcd stops evaluating after this long without renewing it.
+const KEEPER_TTL: Duration = Duration::from_secs(5);
+
+/// How often the keeper renews its lease, and a gateway with no keeper in view tries to become it.
+const RENEW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A gateway's part in the cluster's alerts: this node's id, and the `/alerts` API while it
 /// keeps the rules.
@@ -64,15 +72,24 @@ pub struct Keeping {
     pub metrics: Arc<Metrics>,
 }
 
-/// Keeps the rules and evaluates them while the view names this gateway the keeper, until
-/// `shutdown`; the evaluation then saves the states.
+/// A term of keeping the rules: the lease of the keeper key, when it was last renewed, and the
+/// evaluation's and deliveries' tasks, which end with `stop`.
+struct Term {
+    lease: i64,
+    renewed: Instant,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Becomes the keeper of the rules when no gateway is, keeps them (serving `/alerts`,
+/// evaluating, renewing the lease) until it can no longer renew its lease, and tries again;
+/// until `shutdown`, when a keeper saves the states and gives the key up.
 pub async fn run(
     alerting: Alerting,
     keeping: Keeping,
     gateway: Gateway,
     shutdown: CancellationToken,
 ) {
-    let mut view = gateway.view.clone();
     let source = Arc::new(measure::Shards {
         view: gateway.view.clone(),
         shards: gateway.shards,
@@ -80,47 +97,102 @@ pub async fn run(
         client: gateway.client.clone(),
         cursor_key: gateway.cursor_key.clone(),
     });
-    let mut held: Option<(CancellationToken, Vec<JoinHandle<()>>)> = None;
+    let mut term: Option<Term> = None;
     loop {
-        let keeper = keeps(&view.borrow_and_update(), &alerting.node_id);
-        if keeper && held.is_none() {
-            match keeping.begin(&alerting, source.clone(), &shutdown).await {
-                Ok(term) => held = Some(term),
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "the alert rules could not be loaded from etcd; retrying");
+        term = match term {
+            None if gateway.view.borrow().alerts_keeper.is_none() => {
+                match keeping.begin(&alerting, source.clone(), &shutdown).await {
+                    Ok(term) => term,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "could not take the alert rules over; trying again");
+                        None
+                    }
                 }
             }
-        } else if !keeper && let Some(term) = held.take() {
-            tracing::info!("another gateway keeps the cluster's alert rules now");
-            end(&alerting, term).await;
-        }
-        let retry = keeper && held.is_none();
+            None => None,
+            Some(mut held) => match keeping.etcd.keep_alive(held.lease).await {
+                Ok(true) => {
+                    held.renewed = Instant::now();
+                    Some(held)
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        "the lease of the alert rules expired: another gateway keeps them"
+                    );
+                    keeping.end(&alerting, held, false).await;
+                    None
+                }
+                Err(e) if held.renewed.elapsed() >= KEEPER_TTL => {
+                    tracing::warn!(error = %format!("{e:#}"), "etcd out of reach for the lease's time: no longer keeping the alert rules");
+                    keeping.end(&alerting, held, false).await;
+                    None
+                }
+                Err(_) => Some(held),
+            },
+        };
         tokio::select! {
             () = shutdown.cancelled() => break,
-            changed = view.changed() => if changed.is_err() { break },
-            () = tokio::time::sleep(RETRY), if retry => {}
+            () = tokio::time::sleep(RENEW_INTERVAL) => {}
         }
     }
-    if let Some(term) = held {
-        end(&alerting, term).await;
+    if let Some(held) = term {
+        keeping.end(&alerting, held, true).await;
     }
-}
-
-/// Whether `view` names the gateway `node_id` the keeper of the rules.
-fn keeps(view: &View, node_id: &str) -> bool {
-    view.alerts_keeper().is_some_and(|(id, _)| id == node_id)
 }
 
 impl Keeping {
-    /// Loads the rules from etcd and starts evaluating them and serving `/alerts`, until the
-    /// token it returns (a child of `shutdown`) is cancelled.
+    /// Creates the keeper key under a new lease; once it is this gateway's, loads the rules from
+    /// etcd and starts evaluating them and serving `/alerts`. None when another gateway was
+    /// quicker.
     async fn begin(
         &self,
         alerting: &Alerting,
         source: Arc<measure::Shards>,
         shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Term>> {
+        let lease = self.etcd.grant(KEEPER_TTL).await?;
+        let key = self.keys.alerts_keeper();
+        let created = self
+            .etcd
+            .create_leased(&key, alerting.node_id.as_bytes(), lease)
+            .await;
+        let created = match created {
+            Ok(Some(created)) => created,
+            other => {
+                let _ = self.etcd.revoke(lease).await;
+                return other.map(|_| None);
+            }
+        };
+        let started = self.start(alerting, source, shutdown, created).await;
+        match started {
+            Ok((stop, tasks)) => {
+                self.metrics.alert_keeper.set(1);
+                tracing::info!("this gateway keeps the cluster's alert rules and evaluates them");
+                Ok(Some(Term {
+                    lease,
+                    renewed: Instant::now(),
+                    stop,
+                    tasks,
+                }))
+            }
+            Err(e) => {
+                // another gateway may take them over at once
+                let _ = self.etcd.revoke(lease).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Loads the rules and starts their evaluation, deliveries and API for the term whose key
+    /// was created at revision `created`.
+    async fn start(
+        &self,
+        alerting: &Alerting,
+        source: Arc<measure::Shards>,
+        shutdown: &CancellationToken,
+        created: i64,
     ) -> anyhow::Result<(CancellationToken, Vec<JoinHandle<()>>)> {
-        let (entries, keeper) = keep::load(&self.etcd, &self.keys, &alerting.node_id).await?;
+        let (entries, keeper) = keep::load(&self.etcd, &self.keys, created).await?;
         let book = Book::new(
             entries,
             self.config.max_rules_per_user,
@@ -141,18 +213,24 @@ impl Keeping {
             store: None,
         });
         alerting.local.store(Some(Arc::new(router)));
-        tracing::info!("this gateway keeps the cluster's alert rules and evaluates them");
         Ok((stop, tasks))
     }
-}
 
-/// Stops serving and evaluating the rules; the evaluation saves its states on the way out
-/// (refused by etcd when another gateway keeps them already).
-async fn end(alerting: &Alerting, (stop, tasks): (CancellationToken, Vec<JoinHandle<()>>)) {
-    alerting.local.store(None);
-    stop.cancel();
-    for task in tasks {
-        let _ = task.await;
+    /// Stops serving and evaluating the rules; the evaluation saves its states on the way out
+    /// (refused when the key is no longer this term's). A keeper that shuts down then gives the
+    /// key up, so that another gateway takes the rules over at once.
+    async fn end(&self, alerting: &Alerting, term: Term, give_up: bool) {
+        alerting.local.store(None);
+        term.stop.cancel();
+        for task in term.tasks {
+            let _ = task.await;
+        }
+        self.metrics.alert_keeper.set(0);
+        self.metrics.alert_rules.set(0);
+        self.metrics.alerts_firing.set(0);
+        if give_up {
+            let _ = self.etcd.revoke(term.lease).await;
+        }
     }
 }
 
@@ -169,12 +247,16 @@ pub async fn serve(State(gateway): State<Gateway>, mut request: Request) -> Resp
             Err(never) => match never {},
         };
     }
+    // the key checked here too: a gateway passes on no request it would refuse itself
+    if let Err(refused) = api::authorized_user(&gateway.keys, request.headers(), Scope::Alerts) {
+        return refused.into_response();
+    }
     let keeper = {
         let view = gateway.view.borrow();
         view.alerts_keeper()
             .map(|(id, node)| (id.to_owned(), node.api.clone()))
     };
-    let moving = ApiError::Unavailable("the alert rules are moving to another gateway, retry");
+    let moving = ApiError::Unavailable(api::ALERTS_MOVING);
     let Some((keeper, api_url)) = keeper else {
         return moving.into_response();
     };

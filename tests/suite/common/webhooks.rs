@@ -44,14 +44,15 @@ pub async fn receiver() -> (String, mpsc::UnboundedReceiver<(HeaderMap, Bytes)>)
 pub const SECRET: &str = "s3cret-shared-with-the-receiver";
 
 /// The next request the webhook receiver gets, within `patience`: its body checked against its
-/// signature.
+/// signature. `expected` names it when it does not come.
 pub async fn next_signed(
     hooks: &mut mpsc::UnboundedReceiver<(HeaderMap, Bytes)>,
     patience: Duration,
+    expected: &str,
 ) -> Json {
     let (headers, body) = tokio::time::timeout(patience, hooks.recv())
         .await
-        .expect("a webhook within its time")
+        .unwrap_or_else(|_| panic!("no {expected} webhook within {patience:?}"))
         .expect("the receiver runs");
     let signature = headers
         .get("logbridge-signature")
