@@ -1,7 +1,6 @@
 //! A real logbridge on ephemeral ports with a temporary index, and clients to talk to it.
 
 pub mod cluster;
-pub mod encoded;
 #[path = "../../../benches/harness/mod.rs"]
 pub mod harness;
 pub mod process;
