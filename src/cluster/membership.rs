@@ -279,7 +279,8 @@ impl Registration {
                     view.send_if_modified(|current| {
                         let changed = current.nodes != read.nodes
                             || current.replicas != read.replicas
-                            || current.spreads != read.spreads;
+                            || current.spreads != read.spreads
+                            || current.alerts_keeper != read.alerts_keeper;
                         if changed {
                             *current = read;
                         }
