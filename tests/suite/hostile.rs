@@ -3,7 +3,6 @@
 
 use crate::common;
 
-use common::harness::raw_grpc;
 use common::*;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, KeyValueList};
@@ -241,15 +240,7 @@ async fn exports_built_to_expand_are_refused_before_they_do() {
     // encoded before the call: a million records take seconds to encode in a debug build, which
     // a busy machine would spend of the server's first-request deadline
     let huge = export(vec![], 1_000_000).encode_to_vec();
-    let channel = tonic::transport::Endpoint::from_shared(app.grpc_url.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let authorization = format!("Bearer {}", app.keys.alice.expose());
-    let status = raw_grpc::export(channel, &authorization, huge.into())
-        .await
-        .unwrap_err();
+    let status = app.export_raw(huge).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(
         status.message(),

@@ -14,8 +14,6 @@ use prost::Message as _;
 use tonic::Code;
 use tonic::codec::CompressionEncoding;
 
-use crate::common::harness::raw_grpc;
-
 fn sdk_options(app: &TestApp, key: &logbridge::auth::Secret, count: usize) -> EmitOptions {
     EmitOptions {
         protocol: Protocol::Grpc,
@@ -222,22 +220,12 @@ async fn keys_are_checked() {
     assert_eq!(app.logs(&app.keys.alice, "").await["total"], 0);
 }
 
-async fn export_raw(app: &TestApp, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
-    let channel = tonic::transport::Channel::from_shared(app.grpc_url.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let authorization = format!("Bearer {}", app.keys.alice.expose());
-    raw_grpc::export(channel, &authorization, body.into()).await
-}
-
 #[tokio::test]
 async fn malformed_protobuf_is_invalid_argument() {
     let app = spawn_app().await;
     let valid = request_of(vec![activity("tool_call", at_ms(1), "x")]).encode_to_vec();
     for body in [valid[..valid.len() - 3].to_vec(), vec![0xff; 16]] {
-        let status = export_raw(&app, body).await.unwrap_err();
+        let status = app.export_raw(body).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(
             status
@@ -247,7 +235,7 @@ async fn malformed_protobuf_is_invalid_argument() {
         );
     }
     // the server keeps serving
-    let response = export_raw(&app, valid).await.unwrap();
+    let response = app.export_raw(valid).await.unwrap();
     assert!(response.is_empty(), "an empty ExportLogsServiceResponse");
 }
 

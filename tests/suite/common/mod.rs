@@ -330,6 +330,18 @@ impl TestApp {
             .map(|r| r.into_inner())
     }
 
+    /// Exports `body`, an `ExportLogsServiceRequest` encoded beforehand (or bytes no client
+    /// would send), over gRPC with alice's key.
+    pub async fn export_raw(&self, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+        let channel = tonic::transport::Channel::from_shared(self.grpc_url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let authorization = format!("Bearer {}", self.keys.alice.expose());
+        harness::raw_grpc::export(channel, &authorization, body.into()).await
+    }
+
     /// Exports records with `key` and commits them; panics unless all are accepted.
     pub async fn ingest(&self, key: &Secret, records: Vec<LogRecord>) {
         let response = self.export(key, records).await.expect("export");
