@@ -138,17 +138,7 @@ impl Etcd {
 
     /// Sets `key` to `value` unless it exists; the value it then holds.
     pub async fn put_if_absent(&self, key: &str, value: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let key64 = B64.encode(key);
-        let answer = self
-            .call(
-                "/v3/kv/txn",
-                json!({
-                    "compare": [{ "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
-                    "success": [{ "request_put": { "key": key64, "value": B64.encode(value) } }],
-                    "failure": [{ "request_range": { "key": key64 } }],
-                }),
-            )
-            .await?;
+        let answer = self.create(key, value, None).await?;
         if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
             return Ok(value.to_vec());
         }
@@ -171,16 +161,7 @@ impl Etcd {
         value: &[u8],
         lease: i64,
     ) -> anyhow::Result<Option<i64>> {
-        let key64 = B64.encode(key);
-        let answer = self
-            .call(
-                "/v3/kv/txn",
-                json!({
-                    "compare": [{ "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
-                    "success": [{ "request_put": { "key": key64, "value": B64.encode(value), "lease": lease.to_string() } }],
-                }),
-            )
-            .await?;
+        let answer = self.create(key, value, Some(lease)).await?;
         if answer.get("succeeded").and_then(Value::as_bool) != Some(true) {
             return Ok(None);
         }
@@ -188,6 +169,25 @@ impl Etcd {
             Some(revision) => Ok(Some(revision)),
             None => bail!("etcd created {key} at no revision: {answer}"),
         }
+    }
+
+    /// The transaction that puts `key` (under `lease`, if any) unless it exists, and reads it
+    /// when it does: etcd's answer.
+    async fn create(&self, key: &str, value: &[u8], lease: Option<i64>) -> anyhow::Result<Value> {
+        let key64 = B64.encode(key);
+        let mut put = json!({ "key": key64, "value": B64.encode(value) });
+        if let Some(lease) = lease {
+            put["lease"] = lease.to_string().into();
+        }
+        self.call(
+            "/v3/kv/txn",
+            json!({
+                "compare": [{ "key": key64, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
+                "success": [{ "request_put": put }],
+                "failure": [{ "request_range": { "key": key64 } }],
+            }),
+        )
+        .await
     }
 
     /// Makes `writes` at once if `fence` is the key created at revision `created`, still: false
