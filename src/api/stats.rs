@@ -16,7 +16,7 @@ use super::{ApiState, Caller, caller, params};
 use crate::auth::Scope;
 use crate::mapping::{LogStatus, LogType};
 use crate::store::{
-    Latency, LogQuery, MAX_BUCKETS, Stats, StatsError, TimeHistogram, format_timestamp,
+    Latency, Listed, LogQuery, MAX_BUCKETS, Stats, StatsError, TimeHistogram, format_timestamp,
 };
 
 /// The intervals a caller may ask for, by name, in seconds.
@@ -144,7 +144,11 @@ pub async fn stats(
                 .stats_span(&query)
                 .map(|span| axum::Json(span).into_response())
                 .map_err(StatsError::Store),
-            Some(Part::Over { histogram, within }) => {
+            Some(Part::Over {
+                histogram,
+                within,
+                listed,
+            }) => {
                 // what the first round saw: logs arriving since, outside it, are left out of
                 // the counts as of the buckets
                 let query = LogQuery {
@@ -153,7 +157,7 @@ pub async fn stats(
                     ..query
                 };
                 store
-                    .stats_parts(&query, histogram, PARTS_TOP, &cancelled)
+                    .stats_parts(&query, histogram, &listed, &cancelled)
                     .map(|parts| axum::Json(parts).into_response())
             }
         })
@@ -167,7 +171,8 @@ pub async fn stats(
 /// time its matches span, or the parts of its statistics over given buckets.
 pub const PARTS_HEADER: &str = "logbridge-stats-parts";
 
-/// Assistants a part lists, so that the busiest ones of all parts can be told exactly.
+/// Busiest assistants a part lists unless asked for another number, so that those of all parts
+/// can be told exactly.
 pub const PARTS_TOP: usize = 1_000;
 
 /// What a [`PARTS_HEADER`] asks for.
@@ -175,12 +180,15 @@ enum Part {
     /// `span`: the first and the last nanosecond of the matches (JSON `[first, last]` or null).
     Span,
     /// `<start>,<interval>,<buckets>,<first>,<last>` (nanoseconds but for the count of
-    /// buckets): the statistics over those buckets of the matches stamped from `first` to `last`
-    /// (the span the first round found), before percentiles are taken
+    /// buckets), then optionally `;` and which assistants to list, form-encoded (`top=<n>`
+    /// and `at_least=<matches>`, or `assistant=<id>` repeated; by default the [`PARTS_TOP`]
+    /// busiest): the statistics over those buckets of the matches stamped from `first` to
+    /// `last` (the span the first round found), before percentiles are taken
     /// ([`crate::store::StatsParts`]).
     Over {
         histogram: TimeHistogram,
         within: (u64, u64),
+        listed: Listed,
     },
 }
 
@@ -191,10 +199,12 @@ impl Part {
         }
         let bad = || {
             ApiError::BadRequest(format!(
-                "{PARTS_HEADER} must be span or start,interval,buckets,first,last"
+                "{PARTS_HEADER} must be span or start,interval,buckets,first,last \
+                 then optionally ;top=&at_least= or ;assistant=&assistant="
             ))
         };
-        let numbers: Vec<u64> = value
+        let (numbers, listed) = value.split_once(';').unwrap_or((value, ""));
+        let numbers: Vec<u64> = numbers
             .split(',')
             .map(|n| n.parse().map_err(|_| bad()))
             .collect::<Result<_, _>>()?;
@@ -204,6 +214,30 @@ impl Part {
         if interval == 0 || start % interval != 0 || buckets > MAX_BUCKETS || first > last {
             return Err(bad());
         }
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(listed).map_err(|_| bad())?;
+        let number = |name: &str| -> Result<Option<u64>, ApiError> {
+            params::lookup(&pairs, name)
+                .map(|n| n.parse().map_err(|_| bad()))
+                .transpose()
+        };
+        let ids: Vec<String> = (pairs.iter())
+            .filter(|(name, _)| name == "assistant")
+            .map(|(_, id)| id.clone())
+            .collect();
+        if pairs
+            .iter()
+            .any(|(name, _)| !LISTED.contains(&name.as_str()))
+        {
+            return Err(bad());
+        }
+        let listed = match (number("top")?, number("at_least")?, ids.is_empty()) {
+            (None, None, false) => Listed::Only(ids),
+            (top, at_least, true) => Listed::Busiest {
+                top: top.map_or(PARTS_TOP, |top| top.min(PARTS_TOP as u64) as usize),
+                at_least: at_least.unwrap_or(u64::MAX),
+            },
+            _ => return Err(bad()),
+        };
         Ok(Part::Over {
             histogram: TimeHistogram {
                 interval,
@@ -211,21 +245,40 @@ impl Part {
                 buckets: vec![[0; 2]; buckets as usize],
             },
             within: (first, last),
+            listed,
         })
     }
 }
 
+/// The names a [`PARTS_HEADER`] may give after `;`.
+const LISTED: [&str; 3] = ["top", "at_least", "assistant"];
+
 /// The [`PARTS_HEADER`] that asks for a shard's parts of the statistics over `histogram`'s
-/// buckets, of the matches stamped from `first` to `last` (`within`).
-pub fn parts_over(histogram: &TimeHistogram, within: (u64, u64)) -> String {
-    format!(
+/// buckets, of the matches stamped from `first` to `last` (`within`), listing the assistants
+/// `listed` asks for (at most [`PARTS_TOP`] busiest).
+pub fn parts_over(histogram: &TimeHistogram, within: (u64, u64), listed: &Listed) -> String {
+    let numbers = format!(
         "{},{},{},{},{}",
         histogram.start,
         histogram.interval,
         histogram.buckets.len(),
         within.0,
         within.1
-    )
+    );
+    let pairs: Vec<(&str, String)> = match listed {
+        Listed::Busiest {
+            top: PARTS_TOP,
+            at_least: u64::MAX,
+        } => return numbers,
+        Listed::Busiest { top, at_least } => [("top", top.to_string())]
+            .into_iter()
+            .chain((*at_least < u64::MAX).then(|| ("at_least", at_least.to_string())))
+            .collect(),
+        Listed::Only(ids) => ids.iter().map(|id| ("assistant", id.clone())).collect(),
+    };
+    // form-encoding makes every byte of an id a visible character
+    let listed = serde_urlencoded::to_string(pairs).expect("pairs of strings always encode");
+    format!("{numbers};{listed}")
 }
 
 /// What `GET /logs/stats` asks for.
@@ -350,6 +403,65 @@ fn interval_name(nanos: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parts_a_gateway_asks_for_are_read_back_as_asked() {
+        let histogram = TimeHistogram {
+            interval: 60,
+            start: 120,
+            buckets: vec![[0; 2]; 3],
+        };
+        for listed in [
+            Listed::busiest(PARTS_TOP),
+            Listed::Busiest {
+                top: 10,
+                at_least: 4,
+            },
+            Listed::Only(vec!["a&b=c".to_owned(), "ünï code;,".to_owned()]),
+        ] {
+            let header = parts_over(&histogram, (130, 300), &listed);
+            assert!(http::HeaderValue::from_str(&header).is_ok(), "{header}");
+            let Ok(Part::Over {
+                histogram: read,
+                within,
+                listed: read_listed,
+            }) = Part::parse(&header)
+            else {
+                panic!("{header} is not read back");
+            };
+            assert_eq!(
+                (read, within, read_listed),
+                (histogram.clone(), (130, 300), listed)
+            );
+        }
+        // the default needs no list: what every version of a node reads
+        assert_eq!(
+            parts_over(&histogram, (130, 300), &Listed::busiest(PARTS_TOP)),
+            "120,60,3,130,300"
+        );
+        // more than a part lists is as many as it lists
+        let Ok(Part::Over { listed, .. }) = Part::parse("120,60,3,130,300;top=5000") else {
+            panic!("top=5000 is not read");
+        };
+        assert_eq!(listed, Listed::busiest(PARTS_TOP));
+    }
+
+    #[test]
+    fn a_malformed_parts_header_is_named() {
+        for header in [
+            "120,60,3,130",
+            "120,60,3,130,300;top=x",
+            "120,60,3,130,300;top=3&assistant=a",
+            "120,60,3,130,300;at_least=2&assistant=a",
+            "120,60,3,130,300;colour=red",
+            "120,60,3,300,130",
+        ] {
+            let Err(ApiError::BadRequest(message)) = Part::parse(header) else {
+                panic!("{header} was taken");
+            };
+            assert!(message.starts_with(PARTS_HEADER), "{header}: {message}");
+        }
+    }
 
     #[test]
     fn interval_names_use_the_largest_whole_unit() {

@@ -6,7 +6,7 @@
 //! otherwise the candidates are counted again, exactly, over the same matches, which the first
 //! pass recorded as one bit per document of each segment it visited.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -314,57 +314,125 @@ impl Assistants {
         Ok(Some(counters.into_iter().map(AssistantCount::of).collect()))
     }
 
-    /// The `n` assistants with the most matches, most first then by id, with exact counts.
-    pub fn top(
+    /// The assistants `listed` asks for, with their exact counts, and the most matches any
+    /// other may have (see [`Listed::keep`]).
+    pub fn list(
         mut self,
-        n: usize,
+        listed: &Listed,
         cancelled: &AtomicBool,
-    ) -> Result<Vec<AssistantCount>, Unfinished> {
+    ) -> Result<(Vec<AssistantCount>, u64), Unfinished> {
         self.leave();
         if let Some(error) = self.read_error {
             return Err(Unfinished::Read(error));
         }
-        let exact = self.summary.undercount() == 0;
         let (counters, undercount) = self.summary.into_parts();
-        let mut top: Vec<AssistantCount> = if exact {
-            counters.into_iter().map(AssistantCount::of).collect()
-        } else {
-            let mut candidates = candidates(counters, undercount, n);
-            let tallies = recount(&self.visited, &mut candidates, n, cancelled)?;
-            candidates
-                .into_iter()
-                .zip(tallies)
-                .map(AssistantCount::of)
-                .collect()
+        if undercount == 0 {
+            // every count is exact
+            return Ok(listed.keep(counters.into_iter().map(AssistantCount::of).collect()));
+        }
+        let (mut ids, top, others_at_most) = match listed {
+            Listed::Busiest { top, at_least } => {
+                let (ids, others_at_most) = candidates(counters, undercount, *top, *at_least);
+                (ids, *top, others_at_most)
+            }
+            Listed::Only(ids) => (ids.clone(), 0, 0),
         };
-        top.sort_unstable_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
-        top.truncate(n);
-        Ok(top)
+        let tallies = recount(&self.visited, &mut ids, top, cancelled)?;
+        let counted = ids
+            .into_iter()
+            .zip(tallies)
+            .map(AssistantCount::of)
+            .collect();
+        let (kept, left_out) = listed.keep(counted);
+        Ok(match listed {
+            // one the summary dropped has at most its undercount
+            Listed::Busiest { .. } => (kept, left_out.max(others_at_most).max(undercount)),
+            Listed::Only(_) => (kept, left_out),
+        })
     }
 }
 
-/// The ids that may be among the `n` busiest, given counts at most `undercount` below the truth:
-/// the `n` highest counts are at least the `n`-th highest, which no other id with a count more
-/// than `undercount` below it can reach.
-fn candidates(counters: HashMap<String, Tally>, undercount: u64, n: usize) -> Vec<String> {
+/// Which assistants a count lists, each with its exact matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listed {
+    /// The `top` busiest, most first then by id, and after them every other with at least
+    /// `at_least` matches.
+    Busiest { top: usize, at_least: u64 },
+    /// Those of these ids that have matches.
+    Only(Vec<String>),
+}
+
+impl Listed {
+    /// The `top` busiest alone.
+    pub fn busiest(top: usize) -> Self {
+        Listed::Busiest {
+            top,
+            at_least: u64::MAX,
+        }
+    }
+
+    /// What is listed of `all`, which holds every assistant the list may need, counted
+    /// exactly: most first then by id; and the most matches one of `all` left out has (0 when
+    /// none is, and for [`Listed::Only`]).
+    pub fn keep(&self, mut all: Vec<AssistantCount>) -> (Vec<AssistantCount>, u64) {
+        match self {
+            Listed::Busiest { top, at_least } => {
+                all.sort_unstable_by(|a, b| {
+                    (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id))
+                });
+                let kept = (all.iter().enumerate())
+                    .take_while(|(i, a)| i < top || a.count >= *at_least)
+                    .count();
+                let left_out = all.get(kept).map_or(0, |a| a.count);
+                all.truncate(kept);
+                (all, left_out)
+            }
+            Listed::Only(ids) => {
+                let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
+                all.retain(|a| a.count > 0 && ids.contains(a.assistant_id.as_str()));
+                all.sort_unstable_by(|a, b| a.assistant_id.cmp(&b.assistant_id));
+                (all, 0)
+            }
+        }
+    }
+}
+
+/// The ids that may be among the `n` busiest or have at least `at_least` matches, given counts
+/// at most `undercount` below the truth: the `n` highest counts are at least the `n`-th highest,
+/// which no other id with a count more than `undercount` below it can reach. And the most
+/// matches one of the others may have.
+fn candidates(
+    counters: HashMap<String, Tally>,
+    undercount: u64,
+    n: usize,
+    at_least: u64,
+) -> (Vec<String>, u64) {
     let mut estimates: Vec<(String, u64)> = counters
         .into_iter()
         .map(|(id, tally)| (id, tally.count))
         .collect();
-    if n == 0 {
-        return Vec::new();
-    }
-    let floor = if estimates.len() >= n {
-        let (_, nth, _) = estimates.select_nth_unstable_by(n - 1, |a, b| b.1.cmp(&a.1));
-        nth.1
-    } else {
-        0
+    let nth = match n {
+        0 => u64::MAX,
+        n if estimates.len() >= n => {
+            let (_, nth, _) = estimates.select_nth_unstable_by(n - 1, |a, b| b.1.cmp(&a.1));
+            nth.1
+        }
+        _ => 0,
     };
-    estimates
+    let floor = nth.min(at_least);
+    let mut others_at_most = 0;
+    let ids = estimates
         .into_iter()
-        .filter(|(_, estimate)| estimate + undercount >= floor)
-        .map(|(id, _)| id)
-        .collect()
+        .filter_map(|(id, estimate)| {
+            let most = estimate.saturating_add(undercount);
+            if most >= floor {
+                return Some(id);
+            }
+            others_at_most = others_at_most.max(most);
+            None
+        })
+        .collect();
+    (ids, others_at_most)
 }
 
 /// The exact tallies of `ids` over the matches of `visited`. While there are fewer than `n` ids,

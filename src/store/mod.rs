@@ -36,8 +36,8 @@ pub use query::MAX_PREFIX_TERMS;
 pub use schema::{ServedLog, format_timestamp};
 pub use search::SortKey;
 pub use stats::{
-    AUTO_BUCKETS, AssistantCount, Latency, MAX_BUCKETS, Mismatch, Stats, StatsError, StatsParts,
-    TOP_ASSISTANTS, TimeHistogram, histogram_over,
+    AUTO_BUCKETS, AssistantCount, Latency, Listed, MAX_BUCKETS, Mismatch, Stats, StatsError,
+    StatsParts, TOP_ASSISTANTS, Tally, TimeHistogram, histogram_over,
 };
 
 use crate::faults::Faults;

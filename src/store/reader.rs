@@ -14,7 +14,7 @@ use super::schema::SEQ_FIELD;
 use super::search::SortKey;
 use super::search::{self, Prepared, Window};
 use super::segment_stats;
-use super::stats::{self, Stats, StatsError, StatsParts, TOP_ASSISTANTS, TimeHistogram};
+use super::stats::{self, Listed, Stats, StatsError, StatsParts, TOP_ASSISTANTS, TimeHistogram};
 use super::{LogPage, LogQuery, MAX_OFFSET, Scan, SearchError, Store, StoreError};
 
 impl Store {
@@ -119,7 +119,12 @@ impl Store {
     ) -> Result<Stats, StatsError> {
         let histogram = stats::histogram_over(self.stats_span(query)?, query, interval)?;
         Ok(self
-            .stats_parts(query, histogram, TOP_ASSISTANTS, cancelled)?
+            .stats_parts(
+                query,
+                histogram,
+                &Listed::busiest(TOP_ASSISTANTS),
+                cancelled,
+            )?
             .finish(TOP_ASSISTANTS))
     }
 
@@ -138,12 +143,12 @@ impl Store {
     }
 
     /// The statistics of `query` over the buckets of `histogram`, before percentiles are taken,
-    /// with the `top` busiest assistants: what the shards of a spread user add up.
+    /// with the assistants `listed` asks for: what the shards of a spread user add up.
     pub fn stats_parts(
         &self,
         query: &LogQuery,
         histogram: TimeHistogram,
-        top: usize,
+        listed: &Listed,
         cancelled: &AtomicBool,
     ) -> Result<StatsParts, StatsError> {
         let searcher = self.reader.searcher();
@@ -158,14 +163,14 @@ impl Store {
             cancelled,
         )?;
         if let Some(mut parts) = by_segment {
-            parts.keep_top(top);
+            parts.keep(listed);
             return Ok(parts);
         }
         let mut visitor = stats::StatsVisitor::new(histogram, cancelled);
         prepared
             .visit(&window, &mut visitor)
             .map_err(StoreError::from)?;
-        visitor.finish(top)
+        visitor.finish(listed)
     }
 
     /// `query`'s filters ready to run over `searcher`, and its window.

@@ -127,7 +127,7 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    use super::super::stats::{Stats, TOP_ASSISTANTS};
+    use super::super::stats::{Listed, Stats, TOP_ASSISTANTS};
     use super::super::{LogQuery, Store, StoreOptions, open};
     use super::*;
     use crate::mapping::{LogStatus, LogType, example_log};
@@ -142,7 +142,7 @@ mod tests {
         let mut visitor = StatsVisitor::new(histogram, &not_cancelled);
         prepared.visit(&window, &mut visitor).unwrap();
         visitor
-            .finish(TOP_ASSISTANTS)
+            .finish(&Listed::busiest(TOP_ASSISTANTS))
             .unwrap()
             .finish(TOP_ASSISTANTS)
     }
@@ -217,7 +217,8 @@ mod tests {
             buckets: Vec::new(),
         };
         for histogram in [none, buckets(0, 500_000, interval).unwrap()] {
-            let parts = store.stats_parts(&user, histogram, TOP_ASSISTANTS, &not_cancelled);
+            let listed = Listed::busiest(TOP_ASSISTANTS);
+            let parts = store.stats_parts(&user, histogram, &listed, &not_cancelled);
             assert_eq!(parts.unwrap().counts, expected.counts);
         }
 

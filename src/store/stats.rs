@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tantivy::columnar::Column;
 use tantivy::{DocId, SegmentReader};
 
-pub use super::assistants::AssistantCount;
+pub use super::assistants::{AssistantCount, Listed, Tally};
 use super::assistants::{Assistants, Unfinished};
 use super::cache::Weighed;
 use super::schema::{ASSISTANT_FIELD, KIND_FIELD, LATENCY_FIELD};
@@ -218,21 +218,16 @@ impl<'a> StatsVisitor<'a> {
         }
     }
 
-    /// What every match visited adds up to, with the `top` busiest assistants; none when
+    /// What every match visited adds up to, with the assistants `listed` asks for; none when
     /// cancelled.
-    pub fn finish(mut self, top: usize) -> Result<StatsParts, StatsError> {
+    pub fn finish(mut self, listed: &Listed) -> Result<StatsParts, StatsError> {
         if self.cancelled.load(Ordering::Relaxed) {
             return Err(StatsError::Cancelled);
         }
         let assistants = std::mem::replace(&mut self.assistants, Assistants::new(0, 0));
-        let assistants = assistants
-            .top(top, self.cancelled)
+        let (assistants, unlisted_at_most) = assistants
+            .list(listed, self.cancelled)
             .map_err(unfinished_error)?;
-        // every assistant not listed has at most the last one's matches
-        let unlisted_at_most = match assistants.len() {
-            listed if listed < top => 0,
-            _ => assistants.last().map_or(0, |a| a.count),
-        };
         Ok(self.into_parts(assistants, unlisted_at_most))
     }
 
@@ -375,14 +370,11 @@ impl StatsParts {
         }
     }
 
-    /// Keeps the `top` busiest of assistants listed with their exact counts, and how many
-    /// matches the busiest of the others has.
-    pub fn keep_top(&mut self, top: usize) {
-        let assistants = &mut self.assistants;
-        assistants
-            .sort_unstable_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
-        self.unlisted_at_most = assistants.get(top).map_or(0, |a| a.count);
-        assistants.truncate(top);
+    /// Keeps the assistants `listed` asks for of those listed, which are all counted exactly,
+    /// and how many matches the busiest of the others has.
+    pub fn keep(&mut self, listed: &Listed) {
+        let all = std::mem::take(&mut self.assistants);
+        (self.assistants, self.unlisted_at_most) = listed.keep(all);
     }
 
     /// The statistics, with up to `top` busiest assistants of those listed.
@@ -549,7 +541,7 @@ mod tests {
                 let mut visitor = StatsVisitor::with_assistants(histogram, &cancelled, assistants);
                 prepared.visit(&window, &mut visitor).unwrap();
                 let stats = visitor
-                    .finish(TOP_ASSISTANTS)
+                    .finish(&Listed::busiest(TOP_ASSISTANTS))
                     .unwrap()
                     .finish(TOP_ASSISTANTS);
                 assert_eq!(stats.top_assistants, expected, "{status:?} {dense_terms}");

@@ -159,13 +159,8 @@ async fn gathered_stats(cluster: &TestCluster, query: &str) -> (u16, Json) {
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-#[tokio::test]
-async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
-    let cluster = TestCluster::start(1, 2).await;
-    let from = spread(&cluster, 0, 3).await;
-    let logs = data_set(from);
-    let total = logs.len();
-
+/// A single node holding `logs` as alice's, once the cluster holds them all as user 0's.
+async fn load(cluster: &TestCluster, logs: &[LogRecord]) -> TestApp {
     let app = spawn_app().await;
     for chunk in logs.chunks(1_000) {
         app.ingest(&app.keys.alice, chunk.to_vec()).await;
@@ -180,9 +175,9 @@ async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
     }
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let (status, body) = gathered_stats(&cluster, "").await;
-        if status == 200 && body["data"]["total"] == total {
-            break;
+        let (status, body) = gathered_stats(cluster, "").await;
+        if status == 200 && body["data"]["total"] == logs.len() {
+            return app;
         }
         assert!(
             Instant::now() < deadline,
@@ -190,6 +185,16 @@ async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test]
+async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
+    let cluster = TestCluster::start(1, 2).await;
+    let from = spread(&cluster, 0, 3).await;
+    let logs = data_set(from);
+    let total = logs.len();
+
+    let app = load(&cluster, &logs).await;
 
     let start = chrono::DateTime::from_timestamp_nanos((from - 1_800_000_000_000) as i64)
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -281,6 +286,67 @@ async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
         }
         assert_eq!(gathered, single, "{query}");
     }
+}
+
+/// Past the cut-over `from`, on each of the three shards: 1,001 assistants of its own with three
+/// logs each (more than a shard lists), and two logs of each of ten assistants found on every
+/// shard, which no shard lists but which have six in all.
+fn flat(from: u64) -> Vec<LogRecord> {
+    let ms = 1_000_000;
+    let spread = [logbridge::cluster::Spread { from, shards: 3 }];
+    let home = shard_of(USERS[0], SHARDS);
+    let mut due: Vec<Vec<String>> = (0..3)
+        .map(|k| {
+            let mut due: Vec<String> = (0..3_003)
+                .map(|i| format!("shard-{k}-{:04}", i / 3))
+                .collect();
+            due.extend((0..20).map(|i| format!("everywhere-{}", i / 2)));
+            due
+        })
+        .collect();
+    let mut logs = Vec::new();
+    let mut n = 0;
+    while due.iter().any(|due| !due.is_empty()) {
+        let at = from + n * ms;
+        let shard = shard_for(USERS[0], at, &format!("log {n}"), &spread, SHARDS);
+        let k = ((shard + SHARDS - home) % SHARDS) as usize;
+        if let Some(assistant) = due[k].pop() {
+            logs.push(log(n, at, &assistant));
+        }
+        n += 1;
+    }
+    logs
+}
+
+#[tokio::test]
+async fn a_spread_users_busiest_assistants_are_exact_when_no_shard_lists_them() {
+    let cluster = TestCluster::start(1, 2).await;
+    let from = spread(&cluster, 0, 3).await;
+    let logs = flat(from);
+    assert_eq!(logs.len(), 3 * 3_023);
+    let app = load(&cluster, &logs).await;
+
+    for query in ["", "status=error", "log_type=tool_call&interval=1m"] {
+        let (status, gathered) = gathered_stats(&cluster, query).await;
+        assert_eq!(status, 200, "{query}: {gathered}");
+        let single = single_node_stats(&app, &app.keys.alice, query).await;
+        assert_eq!(gathered, single, "{query}");
+    }
+    let (_, body) = gathered_stats(&cluster, "").await;
+    let top: Vec<(&str, u64)> = body["data"]["top_assistants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["assistant_id"].as_str().unwrap(),
+                a["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("everywhere-{i}")).collect();
+    let expected: Vec<(&str, u64)> = expected.iter().map(|id| (id.as_str(), 6)).collect();
+    assert_eq!(top, expected);
 }
 
 /// Records of user 0 numbered `first..first + count`, stamped past the cut-over `from`: they

@@ -24,7 +24,7 @@ use crate::cluster::indexer::{NOT_HERE, Replicas};
 use crate::cluster::membership::View;
 use crate::cluster::shard::shards_of_user;
 use crate::cluster::tls::HttpClient;
-use crate::store::{LogQuery, Stats, StatsError, StatsParts, histogram_over};
+use crate::store::{Listed, LogQuery, Stats, StatsError, StatsParts, histogram_over};
 
 /// The largest part a shard sends: statistics without assistants are a few kilobytes.
 const MAX_PART_BYTES: usize = 1 << 20;
@@ -114,7 +114,7 @@ async fn serve_part(
         let last = end.saturating_sub(1).max(start);
         let interval = last - start + 1;
         let histogram = histogram_over(Some((start, last)), &query, Some(interval))?;
-        store.stats_parts(&query, histogram, 0, &cancelled)
+        store.stats_parts(&query, histogram, &Listed::busiest(0), &cancelled)
     })
     .await;
     timer.abort();

@@ -1,6 +1,7 @@
 //! Reads of a user spread over several shards, gathered from a ready replica of each: the
 //! answer a single index holding all of the user's logs would give.
 
+mod busiest;
 mod export;
 mod logs;
 mod stats;

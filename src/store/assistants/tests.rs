@@ -165,14 +165,22 @@ fn candidates_are_the_ids_that_may_reach_the_top() {
         .into_iter()
         .map(|(id, count)| (id.to_owned(), Tally { count, errors: 0 }))
         .collect();
-    let mut got = candidates(counters.clone(), 10, 2);
+    let (mut got, others) = candidates(counters.clone(), 10, 2, u64::MAX);
     got.sort();
-    // the second highest is 40: 31 + 10 may reach it, 29 + 10 may not
+    // the second highest is 40: 31 + 10 may reach it, 29 + 10 may not, nor 5 + 10
     assert_eq!(got, ["a", "b", "c"]);
-    let mut got = candidates(counters.clone(), 10, 9);
+    assert_eq!(others, 39);
+    let (got, others) = candidates(counters.clone(), 10, 9, u64::MAX);
+    assert_eq!((got.len(), others), (5, 0));
+    // or those that may have at least 35: 29 + 10 may
+    let (mut got, others) = candidates(counters.clone(), 10, 1, 35);
     got.sort();
-    assert_eq!(got.len(), 5);
-    assert!(candidates(counters, 10, 0).is_empty());
+    assert_eq!(
+        (got, others),
+        (["a", "b", "c", "d"].map(str::to_owned).to_vec(), 15)
+    );
+    let (got, others) = candidates(counters, 10, 0, u64::MAX);
+    assert_eq!((got.len(), others), (0, 60));
 }
 
 /// The index of one segment per list of assistant ids, one document each.
@@ -241,48 +249,69 @@ fn the_busiest_are_exact_through_reductions_dense_and_sparse_segments_alike() {
         (100_000, usize::MAX, true),
     ] {
         let case = format!("capacity {capacity}, dense up to {dense_terms} terms");
-        let mut assistants = Assistants::new(capacity, dense_terms);
-        let mut matches: Vec<(String, bool)> = Vec::new();
-        for reader in readers {
-            let column = reader.fast_fields().str("assistant").unwrap().unwrap();
-            assistants.enter(Some(column.clone()), reader.max_doc(), Box::new(failed));
-            for doc in 0..reader.max_doc() {
-                // about two in three documents match
-                if rng.random_range(0..3) > 0 {
+        // about two in three documents match
+        let chosen: Vec<Vec<DocId>> = readers
+            .iter()
+            .map(|reader| {
+                (0..reader.max_doc())
+                    .filter(|_| rng.random_range(0..3) > 0)
+                    .collect()
+            })
+            .collect();
+        let count = || {
+            let mut assistants = Assistants::new(capacity, dense_terms);
+            let mut matches: Vec<(String, bool)> = Vec::new();
+            for (reader, chosen) in readers.iter().zip(&chosen) {
+                let column = reader.fast_fields().str("assistant").unwrap().unwrap();
+                assistants.enter(Some(column.clone()), reader.max_doc(), Box::new(failed));
+                for &doc in chosen {
                     assistants.count(doc, failed(doc));
                     let ord = column.term_ords(doc).next().unwrap();
                     let mut id = String::new();
                     assert!(column.ord_to_str(ord, &mut id).unwrap());
                     matches.push((id, failed(doc)));
                 }
+                assistants.leave();
             }
-            assistants.leave();
-        }
+            (assistants, matches)
+        };
+        let (assistants, matches) = count();
         let undercount = assistants.summary.undercount();
         assert_eq!(undercount > 0, capacity < 100_000, "{case}");
         let n = matches.len() as u64;
         assert!(undercount <= n / (capacity as u64 + 1), "{case}");
-        let top = assistants.top(10, &AtomicBool::new(false)).unwrap();
+        let not_cancelled = AtomicBool::new(false);
+        let (top, unlisted_at_most) = assistants
+            .list(&Listed::busiest(10), &not_cancelled)
+            .unwrap();
         let (truth, order) = brute_force(&matches);
+        let exact = |listed: &[AssistantCount]| {
+            for listed in listed {
+                let tally = truth[listed.assistant_id.as_str()];
+                assert_eq!(
+                    (listed.count, listed.errors),
+                    (tally.count, tally.errors),
+                    "{case}"
+                );
+            }
+        };
+        // no id left out has more than the bound
+        let bounded = |listed: &[AssistantCount], bound: u64| {
+            for id in &order {
+                if !listed.iter().any(|listed| listed.assistant_id == *id) {
+                    assert!(truth[id].count <= bound, "{case}: {id} past {bound}");
+                }
+            }
+        };
 
         // the counts listed are exact, in order, and no id left out has more than `undercount`
         // above one listed
         assert_eq!(top.len(), 10.min(order.len()), "{case}");
-        for listed in &top {
-            let tally = truth[listed.assistant_id.as_str()];
-            assert_eq!(
-                (listed.count, listed.errors),
-                (tally.count, tally.errors),
-                "{case}"
-            );
-        }
+        exact(&top);
         assert!(top.is_sorted_by(|a, b| (b.count, &a.assistant_id) <= (a.count, &b.assistant_id)));
         let lowest = top.last().unwrap().count;
-        for id in &order {
-            if !top.iter().any(|listed| listed.assistant_id == *id) {
-                assert!(truth[id].count <= lowest + undercount, "{case}: {id}");
-            }
-        }
+        bounded(&top, lowest + undercount);
+        bounded(&top, unlisted_at_most);
         // past the bound, the list is the true top 10
         let tenth = truth[order[9]].count;
         assert_eq!(tenth > undercount, guaranteed, "{case}");
@@ -290,6 +319,34 @@ fn the_busiest_are_exact_through_reductions_dense_and_sparse_segments_alike() {
             let listed: Vec<&str> = top.iter().map(|a| a.assistant_id.as_str()).collect();
             assert_eq!(listed, order[..10], "{case}");
         }
+
+        // the top 3 and every one with at least the 20th's matches, exact; no other has more
+        // than the bound, which is below that unless some count is off by as much
+        let at_least = truth[order[19]].count;
+        let listed = Listed::Busiest { top: 3, at_least };
+        let (many, bound) = count().0.list(&listed, &not_cancelled).unwrap();
+        exact(&many);
+        bounded(&many, bound);
+        assert!(many[3..].iter().all(|a| a.count >= at_least), "{case}");
+        assert_eq!(bound < at_least, at_least > undercount, "{case}");
+        if at_least > undercount {
+            assert!(many.len() >= 20, "{case}");
+        }
+
+        // given ids: exactly those with matches, by id
+        let asked: Vec<String> = [order[0], order[order.len() / 2], "nobody"]
+            .map(str::to_owned)
+            .into();
+        let (only, bound) = count()
+            .0
+            .list(&Listed::Only(asked.clone()), &not_cancelled)
+            .unwrap();
+        exact(&only);
+        let mut expected = asked[..2].to_vec();
+        expected.sort();
+        let ids: Vec<&String> = only.iter().map(|a| &a.assistant_id).collect();
+        assert_eq!(ids, expected.iter().collect::<Vec<_>>(), "{case}");
+        assert_eq!(bound, 0);
     }
 
     // a second count that is cancelled says so
@@ -301,7 +358,7 @@ fn the_busiest_are_exact_through_reductions_dense_and_sparse_segments_alike() {
         assistants.count(doc, false);
     }
     assert!(matches!(
-        assistants.top(10, &AtomicBool::new(true)),
+        assistants.list(&Listed::busiest(10), &AtomicBool::new(true)),
         Err(Unfinished::Cancelled)
     ));
 }
@@ -312,5 +369,6 @@ fn segments_without_assistants_count_nothing() {
     assistants.enter(None, 10, Box::new(|_| false));
     assistants.count(3, true);
     assistants.leave();
-    assert_eq!(assistants.top(10, &AtomicBool::new(false)).unwrap(), []);
+    let listed = assistants.list(&Listed::busiest(10), &AtomicBool::new(false));
+    assert_eq!(listed.unwrap(), (vec![], 0));
 }
