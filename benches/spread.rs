@@ -4,9 +4,12 @@
 //! small user is spread over `--width` shards from a cut-over two minutes ahead and gets as many
 //! records, stamped past it. Then it times, for each, `/logs/stats` (gathered from every shard
 //! for the spread user), a whole NDJSON `/logs/export` (merged), the first page of `/logs` and
-//! a deep page.
+//! a deep page. Each user's rooms go to one of `--assistants` assistants (300 by default, as in
+//! the other benchmarks); with thousands, no shard lists them all and the gateway's busiest
+//! assistants take more rounds (`docs/SCALING.md`).
 //!
 //!     cargo bench --bench spread -- [--records 1000000] [--width 4] [--shards 8] [--runs 7]
+//!                                   [--assistants 300]
 
 #[path = "harness/mod.rs"]
 mod harness;
@@ -26,6 +29,7 @@ struct Args {
     width: u32,
     shards: u32,
     runs: usize,
+    assistants: usize,
 }
 
 fn args() -> Args {
@@ -34,6 +38,7 @@ fn args() -> Args {
         width: 4,
         shards: 8,
         runs: 7,
+        assistants: 300,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,6 +48,7 @@ fn args() -> Args {
             "--width" => args.width = value().parse().expect("--width N"),
             "--shards" => args.shards = value().parse().expect("--shards N"),
             "--runs" => args.runs = value().parse().expect("--runs N"),
+            "--assistants" => args.assistants = value().parse().expect("--assistants N"),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -134,8 +140,11 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut requests =
-        RequestEncoder::of_user(SEED, LARGE_USER, harness::BASE_NANOS).encode(args.records);
-    requests.extend(RequestEncoder::of_user(SEED + 1, SMALL_USER, from).encode(args.records));
+        RequestEncoder::of_user(SEED, LARGE_USER, args.assistants, harness::BASE_NANOS)
+            .encode(args.records);
+    requests.extend(
+        RequestEncoder::of_user(SEED + 1, SMALL_USER, args.assistants, from).encode(args.records),
+    );
     let report = ingest(&gateway, requests, 8, Transport::Grpc).await;
     println!(
         "{} records of each user ingested at {:.0} records/s",

@@ -117,8 +117,14 @@ pub struct Workload {
 impl Workload {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
+        Self::with_assistants(seed, NUM_ASSISTANTS)
+    }
+
+    /// A generator seeded with `seed` whose rooms each go to one of `assistants` assistants
+    /// (at least one).
+    pub fn with_assistants(seed: u64, assistants: usize) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let assistants = (0..NUM_ASSISTANTS).map(|_| uuid(&mut rng)).collect();
+        let assistants = (0..assistants.max(1)).map(|_| uuid(&mut rng)).collect();
         Self {
             rng,
             assistants,

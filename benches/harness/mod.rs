@@ -274,12 +274,14 @@ impl RequestEncoder {
         }
     }
 
-    /// An encoder of `user`'s records only, record n stamped `base_nanos` + n ms.
-    pub fn of_user(seed: u64, user: &str, base_nanos: u64) -> Self {
+    /// An encoder of `user`'s records only, naming `assistants` assistants, record n stamped
+    /// `base_nanos` + n ms.
+    pub fn of_user(seed: u64, user: &str, assistants: usize, base_nanos: u64) -> Self {
         Self {
+            workload: Workload::with_assistants(seed, assistants),
+            encoded: 0,
             base_nanos,
             user: Some(user.to_owned()),
-            ..Self::new(seed)
         }
     }
 
