@@ -43,8 +43,9 @@ use params::{Filters, Paging};
 pub use params::{LogsRequest, MAX_LIMIT, parse as parse_logs_params};
 pub use slots::Slots;
 pub use stats::{
-    PARTS_HEADER as STATS_PARTS_HEADER, PARTS_TOP as STATS_PARTS_TOP, StatsRequest,
-    parse as parse_stats_params, parts_over as stats_parts_over, stats_error, stats_response,
+    PARTS_HEADER as STATS_PARTS_HEADER, PARTS_MAX_IDS as STATS_PARTS_MAX_IDS,
+    PARTS_TOP as STATS_PARTS_TOP, StatsRequest, parse as parse_stats_params,
+    parts_over as stats_parts_over, stats_error, stats_response,
 };
 pub use tail::{
     end_event as tail_end_event, event_stream, shutting_down_event as tail_shutting_down_event,

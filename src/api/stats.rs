@@ -175,6 +175,9 @@ pub const PARTS_HEADER: &str = "logbridge-stats-parts";
 /// can be told exactly.
 pub const PARTS_TOP: usize = 1_000;
 
+/// Assistants a part may be asked to count by id, at most.
+pub const PARTS_MAX_IDS: usize = 4_096;
+
 /// What a [`PARTS_HEADER`] asks for.
 enum Part {
     /// `span`: the first and the last nanosecond of the matches (JSON `[first, last]` or null).
@@ -200,7 +203,8 @@ impl Part {
         let bad = || {
             ApiError::BadRequest(format!(
                 "{PARTS_HEADER} must be span or start,interval,buckets,first,last \
-                 then optionally ;top=&at_least= or ;assistant=&assistant="
+                 then optionally ;top=&at_least= or ;assistant=&assistant= (up to \
+                 {PARTS_MAX_IDS} of them)"
             ))
         };
         let (numbers, listed) = value.split_once(';').unwrap_or((value, ""));
@@ -231,7 +235,7 @@ impl Part {
             return Err(bad());
         }
         let listed = match (number("top")?, number("at_least")?, ids.is_empty()) {
-            (None, None, false) => Listed::Only(ids),
+            (None, None, false) if ids.len() <= PARTS_MAX_IDS => Listed::Only(ids),
             (top, at_least, true) => Listed::Busiest {
                 top: top.map_or(PARTS_TOP, |top| top.min(PARTS_TOP as u64) as usize),
                 at_least: at_least.unwrap_or(u64::MAX),
@@ -455,7 +459,14 @@ mod tests {
             "120,60,3,130,300;at_least=2&assistant=a",
             "120,60,3,130,300;colour=red",
             "120,60,3,300,130",
-        ] {
+        ]
+        .map(str::to_owned)
+        .into_iter()
+        .chain([format!(
+            "120,60,3,130,300;{}",
+            vec!["assistant=a"; PARTS_MAX_IDS + 1].join("&")
+        )]) {
+            let header = header.as_str();
             let Err(ApiError::BadRequest(message)) = Part::parse(header) else {
                 panic!("{header} was taken");
             };

@@ -24,6 +24,9 @@ pub const DENSE_TERMS: usize = 1 << 16;
 /// Words of recorded matches (64 documents each) between two checks for cancellation.
 const WORDS_PER_CHECK: usize = 32;
 
+/// Ids looked up in a segment's dictionary between two checks for cancellation.
+const IDS_PER_CHECK: usize = 256;
+
 /// One assistant's matches.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AssistantCount {
@@ -33,6 +36,11 @@ pub struct AssistantCount {
 }
 
 impl AssistantCount {
+    /// The order of the busiest: most matches first, then by id.
+    pub fn busiest_first(a: &Self, b: &Self) -> std::cmp::Ordering {
+        (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id))
+    }
+
     /// The count of `assistant_id`.
     pub fn of((assistant_id, tally): (String, Tally)) -> Self {
         Self {
@@ -171,7 +179,7 @@ pub enum Unfinished {
     Read(io::Error),
 }
 
-/// Counts the matches of each assistant, segment by segment, for [`Assistants::top`].
+/// Counts the matches of each assistant, segment by segment, for [`Assistants::list`].
 pub struct Assistants {
     summary: Summary<String>,
     dense_terms: usize,
@@ -377,9 +385,7 @@ impl Listed {
     pub fn keep(&self, mut all: Vec<AssistantCount>) -> (Vec<AssistantCount>, u64) {
         match self {
             Listed::Busiest { top, at_least } => {
-                all.sort_unstable_by(|a, b| {
-                    (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id))
-                });
+                all.sort_unstable_by(AssistantCount::busiest_first);
                 let kept = (all.iter().enumerate())
                     .take_while(|(i, a)| i < top || a.count >= *at_least)
                     .count();
@@ -448,6 +454,9 @@ fn recount(
         let column = &segment.column;
         let mut by_ord: HashMap<u64, usize> = HashMap::new();
         for (i, id) in ids.iter().enumerate() {
+            if i % IDS_PER_CHECK == 0 && cancelled.load(Ordering::Relaxed) {
+                return Err(Unfinished::Cancelled);
+            }
             if let Some(ord) = column.dictionary().term_ord(id).map_err(Unfinished::Read)? {
                 by_ord.insert(ord, i);
             }

@@ -545,7 +545,7 @@ mod tests {
                 errors,
             })
             .collect();
-        top.sort_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
+        top.sort_by(AssistantCount::busiest_first);
         top.truncate(TOP_ASSISTANTS);
         assert_eq!(stats.top_assistants, top);
     }

@@ -209,8 +209,8 @@ mod tests {
         assert_eq!(store.stats.bytes(), kept);
         let cancelled = store.stats(&user, Some(interval), &AtomicBool::new(true));
         assert!(matches!(cancelled, Err(StatsError::Cancelled)));
-        // buckets over a part of the matches, or none (what a gateway's recount of one assistant
-        // asks for): every match is counted all the same
+        // buckets over a part of the matches, or none (what a gateway's further rounds for the
+        // busiest assistants ask for): every match is counted all the same
         let none = TimeHistogram {
             interval: 1_000,
             start: 0,

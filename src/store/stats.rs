@@ -282,9 +282,11 @@ pub struct StatsParts {
     /// its matches).
     latencies: [Vec<(u64, u64)>; 3],
     max_latency: [u64; 3],
-    /// The busiest assistants, most matches first, each counted exactly.
+    /// The assistants asked for ([`Listed`]), each counted exactly: the busiest most matches
+    /// first then by id, or given ids by id.
     pub assistants: Vec<AssistantCount>,
-    /// Most matches any assistant not listed has: 0 when every one is listed.
+    /// Of the busiest: most matches any assistant not listed has, 0 when every one is listed.
+    /// Always 0 for given ids, where the others were not asked for.
     pub unlisted_at_most: u64,
 }
 
@@ -522,7 +524,7 @@ mod tests {
                 entry.errors += u64::from(log.status == LogStatus::Error);
             }
             let mut expected: Vec<AssistantCount> = expected.into_values().collect();
-            expected.sort_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
+            expected.sort_by(AssistantCount::busiest_first);
             expected.truncate(TOP_ASSISTANTS);
 
             let query = LogQuery {

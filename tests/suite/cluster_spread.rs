@@ -216,21 +216,10 @@ async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
     // the busiest: eight busy assistants, z-late with its 61 logs (one on a shard that did not
     // list it), then the first of the assistants with one log
     let (_, body) = gathered_stats(&cluster, "").await;
-    let top: Vec<(String, u64)> = body["data"]["top_assistants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["assistant_id"].as_str().unwrap().to_owned(),
-                a["count"].as_u64().unwrap(),
-            )
-        })
-        .collect();
     let mut expected: Vec<(String, u64)> = (0..8).map(|i| (format!("busy-{i}"), 220)).collect();
     expected.push(("z-late".to_owned(), 61));
     expected.push(("one-off-0000".to_owned(), 1));
-    assert_eq!(top, expected);
+    assert_eq!(top_assistants(&body), expected);
     // a bad parameter is named, as by a single node
     let (status, body) = gathered_stats(&cluster, "interval=2m").await;
     assert_eq!(status, 400);
@@ -288,65 +277,108 @@ async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
     }
 }
 
-/// Past the cut-over `from`, on each of the three shards: 1,001 assistants of its own with three
-/// logs each (more than a shard lists), and two logs of each of ten assistants found on every
-/// shard, which no shard lists but which have six in all.
-fn flat(from: u64) -> Vec<LogRecord> {
-    let ms = 1_000_000;
+/// Logs of user 0 stamped from `at` on, one a millisecond, that land on the shards of its
+/// spread from `from` as `due` says: each shard's assistants, by the shard's place after the
+/// home shard. `n` numbers the logs.
+fn placed(from: u64, at: u64, mut due: [Vec<String>; 3], n: &mut u64) -> Vec<LogRecord> {
     let spread = [logbridge::cluster::Spread { from, shards: 3 }];
     let home = shard_of(USERS[0], SHARDS);
-    let mut due: Vec<Vec<String>> = (0..3)
-        .map(|k| {
-            let mut due: Vec<String> = (0..3_003)
-                .map(|i| format!("shard-{k}-{:04}", i / 3))
-                .collect();
-            due.extend((0..20).map(|i| format!("everywhere-{}", i / 2)));
-            due
-        })
-        .collect();
     let mut logs = Vec::new();
-    let mut n = 0;
+    let mut at = at;
     while due.iter().any(|due| !due.is_empty()) {
-        let at = from + n * ms;
         let shard = shard_for(USERS[0], at, &format!("log {n}"), &spread, SHARDS);
         let k = ((shard + SHARDS - home) % SHARDS) as usize;
         if let Some(assistant) = due[k].pop() {
-            logs.push(log(n, at, &assistant));
+            logs.push(log(*n, at, &assistant));
         }
-        n += 1;
+        *n += 1;
+        at += 1_000_000;
     }
     logs
+}
+
+/// `count` logs of each of `assistants`.
+fn each(assistants: impl Iterator<Item = String>, count: usize) -> Vec<String> {
+    assistants
+        .flat_map(|a| std::iter::repeat_n(a, count))
+        .collect()
+}
+
+/// An hour into the data set of [`busiest_set`].
+const STARS_AFTER: u64 = 3_600_000_000_000;
+
+/// Past the cut-over `from`, two sets of logs that no shard's own 1,000 busiest settle:
+/// - first, on each of the three shards, 1,001 assistants of its own with three logs each, and
+///   two logs of each of ten assistants found on every shard, which no shard lists but which
+///   have six in all;
+/// - an hour on, twenty stars with five logs each and a thousand others with one on the first
+///   shard, which lists the stars; on the second, 1,001 others with two logs each, which it
+///   lists, and one log of each of the last ten stars, which it must count; on the third, one
+///   log of `star-05`.
+fn busiest_set(from: u64) -> Vec<LogRecord> {
+    let mut n = 0;
+    let flat = std::array::from_fn(|k| {
+        let mut due = each((0..1_001).map(|i| format!("shard-{k}-{i:04}")), 3);
+        due.extend(each((0..10).map(|i| format!("everywhere-{i}")), 2));
+        due
+    });
+    let mut logs = placed(from, from, flat, &mut n);
+    let mut first = each((0..20).map(|i| format!("star-{i:02}")), 5);
+    first.extend((0..1_000).map(|i| format!("filler-{i:04}")));
+    let mut second = each((0..1_001).map(|i| format!("other-{i:04}")), 2);
+    second.extend((10..20).map(|i| format!("star-{i:02}")));
+    let third = vec!["star-05".to_owned()];
+    logs.extend(placed(
+        from,
+        from + STARS_AFTER,
+        [first, second, third],
+        &mut n,
+    ));
+    logs
+}
+
+/// The busiest assistants of a statistics' answer, with their counts.
+fn top_assistants(body: &Json) -> Vec<(String, u64)> {
+    body["data"]["top_assistants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["assistant_id"].as_str().unwrap().to_owned(),
+                a["count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn a_spread_users_busiest_assistants_are_exact_when_no_shard_lists_them() {
     let cluster = TestCluster::start(1, 2).await;
     let from = spread(&cluster, 0, 3).await;
-    let logs = flat(from);
-    assert_eq!(logs.len(), 3 * 3_023);
+    let logs = busiest_set(from);
+    assert_eq!(logs.len(), 3 * 3_023 + 1_100 + 2_012 + 1);
     let app = load(&cluster, &logs).await;
 
-    for query in ["", "status=error", "log_type=tool_call&interval=1m"] {
+    let stars = chrono::DateTime::from_timestamp_nanos((from + STARS_AFTER) as i64)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let stars = format!("start_time={stars}");
+    for query in ["", &stars, "status=error", "log_type=tool_call&interval=1m"] {
         let (status, gathered) = gathered_stats(&cluster, query).await;
         assert_eq!(status, 200, "{query}: {gathered}");
         let single = single_node_stats(&app, &app.keys.alice, query).await;
         assert_eq!(gathered, single, "{query}");
     }
+    // six logs each: the ten found on every shard, before the stars with as many (by id)
     let (_, body) = gathered_stats(&cluster, "").await;
-    let top: Vec<(&str, u64)> = body["data"]["top_assistants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["assistant_id"].as_str().unwrap(),
-                a["count"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let expected: Vec<String> = (0..10).map(|i| format!("everywhere-{i}")).collect();
-    let expected: Vec<(&str, u64)> = expected.iter().map(|id| (id.as_str(), 6)).collect();
-    assert_eq!(top, expected);
+    let expected: Vec<(String, u64)> = (0..10).map(|i| (format!("everywhere-{i}"), 6)).collect();
+    assert_eq!(top_assistants(&body), expected);
+    // an hour on, the stars counted on the shards that did not list them
+    let (_, body) = gathered_stats(&cluster, &stars).await;
+    let expected: Vec<(String, u64)> = [5, 10, 11, 12, 13, 14, 15, 16, 17, 18]
+        .map(|i| (format!("star-{i:02}"), 6))
+        .into();
+    assert_eq!(top_assistants(&body), expected);
 }
 
 /// Records of user 0 numbered `first..first + count`, stamped past the cut-over `from`: they

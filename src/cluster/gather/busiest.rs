@@ -10,7 +10,8 @@
 //!    many. One among the busiest has at least `τ` matches, so at least `τ / m` on some shard,
 //!    which lists it; one that no shard lists has fewer than `τ` in all.
 //! 3. Each assistant that could reach the tenth (its sum, plus the bound of each shard that did
-//!    not list it) is counted on the shards that did not list it, all of one shard's at once.
+//!    not list it) is counted on the shards that did not list it, by id, in as few requests as
+//!    headers allow.
 //!
 //! Every assistant left out then has fewer matches than ten counted exactly, ties included.
 
@@ -138,18 +139,16 @@ impl Busiest {
         }
         let exact = !unlisted_may_reach
             && (candidates.values()).all(|c| c.missing.is_empty() || c.most < tenth);
-        let mut busiest: Vec<AssistantCount> = candidates
-            .into_iter()
-            .map(|(id, candidate)| AssistantCount {
-                assistant_id: id.to_owned(),
-                count: candidate.count,
-                errors: candidate.errors,
-            })
-            .collect();
-        busiest
-            .sort_unstable_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
-        busiest.truncate(TOP_ASSISTANTS);
-        Step::Done { busiest, exact }
+        Step::Done {
+            busiest: ranked(candidates),
+            exact,
+        }
+    }
+
+    /// The busiest as far as the shards listed them, which may not be exact: the answer when a
+    /// shard does not take the further rounds.
+    pub fn as_far_as_known(&self) -> Vec<AssistantCount> {
+        ranked(candidates(&self.shards))
     }
 }
 
@@ -173,6 +172,21 @@ fn candidates(shards: &[Shard]) -> HashMap<&str, Candidate> {
                 .sum::<u64>();
     }
     candidates
+}
+
+/// The busiest of `candidates`, by the matches the shards told of.
+fn ranked(candidates: HashMap<&str, Candidate>) -> Vec<AssistantCount> {
+    let mut busiest: Vec<AssistantCount> = candidates
+        .into_iter()
+        .map(|(id, candidate)| AssistantCount {
+            assistant_id: id.to_owned(),
+            count: candidate.count,
+            errors: candidate.errors,
+        })
+        .collect();
+    busiest.sort_unstable_by(AssistantCount::busiest_first);
+    busiest.truncate(TOP_ASSISTANTS);
+    busiest
 }
 
 /// The tenth highest of `counts`; 0 when there are fewer.

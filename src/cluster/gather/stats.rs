@@ -122,7 +122,7 @@ async fn busiest(
     };
     let mut busiest = Busiest::new(parts);
     loop {
-        let (requests, places): (Vec<_>, Vec<Place>) = match busiest.next() {
+        let batches: Vec<Vec<(usize, Ask)>> = match busiest.next() {
             Step::Done { busiest, exact } => {
                 if !exact {
                     tracing::warn!(
@@ -134,70 +134,140 @@ async fn busiest(
                 return Ok(Ok(busiest));
             }
             Step::AtLeast { shards, at_least } => {
-                let listed = Listed::Busiest {
-                    top: STATS_PARTS_TOP,
-                    at_least,
+                vec![
+                    shards
+                        .into_iter()
+                        .map(|n| (n, Ask::AtLeast(at_least)))
+                        .collect(),
+                ]
+            }
+            Step::Count(by_shard) => one_per_shard(by_shard),
+        };
+        for batch in batches {
+            let mut requests = Vec::with_capacity(batch.len());
+            for (n, ask) in &batch {
+                let listed = match ask {
+                    // a shard asked has at least that many past its busiest: they are all in
+                    Ask::AtLeast(at_least) => Listed::Busiest {
+                        top: 0,
+                        at_least: *at_least,
+                    },
+                    Ask::Count(ids) => Listed::Only(ids.clone()),
                 };
                 let headers = over(asked.headers, &none, asked.within, &listed)?;
-                (shards.into_iter())
-                    .map(|n| {
-                        (
-                            (asked.shards[n], asked.path.to_owned(), headers.clone()),
-                            (n, None),
-                        )
-                    })
-                    .unzip()
+                requests.push((asked.shards[*n], asked.path.to_owned(), headers));
             }
-            Step::Count(by_shard) => {
-                let mut requests = Vec::new();
-                for (n, ids) in by_shard {
-                    for ids in in_headers(ids) {
-                        let listed = Listed::Only(ids.clone());
-                        let headers = over(asked.headers, &none, asked.within, &listed)?;
-                        requests.push((
-                            (asked.shards[n], asked.path.to_owned(), headers),
-                            (n, Some(ids)),
-                        ));
+            let answers: Vec<Answer<StatsParts>> =
+                match ask_json(asked.gateway, asked.user_id, requests).await? {
+                    Ok(answers) => answers,
+                    Err(refusal) if refusal.status() == http::StatusCode::BAD_REQUEST => {
+                        // the parameters passed the first round: a node of an earlier version,
+                        // which lists its busiest alone, during an upgrade
+                        tracing::warn!(
+                            user = asked.user_id,
+                            "a shard does not take the rounds that make the busiest assistants \
+                             of a spread user exact: they are as far as the shards listed them"
+                        );
+                        return Ok(Ok(busiest.as_far_as_known()));
                     }
+                    Err(refusal) => return Ok(Err(refusal)),
+                };
+            for ((n, ask), Answer { body: part, .. }) in batch.into_iter().zip(answers) {
+                match ask {
+                    Ask::AtLeast(_) => busiest.relisted(n, &part),
+                    Ask::Count(ids) => busiest.counted(n, &ids, &part),
                 }
-                requests.into_iter().unzip()
-            }
-        };
-        let answers: Vec<Answer<StatsParts>> =
-            match ask_json(asked.gateway, asked.user_id, requests).await? {
-                Ok(answers) => answers,
-                Err(refusal) => return Ok(Err(refusal)),
-            };
-        for ((n, ids), Answer { body: part, .. }) in places.into_iter().zip(answers) {
-            match ids {
-                None => busiest.relisted(n, &part),
-                Some(ids) => busiest.counted(n, &ids, &part),
             }
         }
     }
 }
 
-/// A request's shard, by its place among the parts, and the assistants it counts (none: it lists
-/// the busiest, [`Step::AtLeast`]).
-type Place = (usize, Option<Vec<String>>);
+/// What one request of the further rounds asks a shard (by its place among the parts).
+enum Ask {
+    /// Every assistant with at least that many matches ([`Step::AtLeast`]).
+    AtLeast(u64),
+    /// These assistants' matches ([`Step::Count`]).
+    Count(Vec<String>),
+}
 
-/// Bytes of form-encoded assistant ids one request asks to count, at most: well within what
-/// HTTP servers take in a header.
-const IDS_PER_HEADER: usize = 4_096;
+/// Each shard's ids in groups that fit in a request ([`in_headers`]), asked one group of each
+/// shard at a time: no shard gets more than one request of these at once, as with every round.
+fn one_per_shard(by_shard: Vec<(usize, Vec<String>)>) -> Vec<Vec<(usize, Ask)>> {
+    let mut batches: Vec<Vec<(usize, Ask)>> = Vec::new();
+    for (n, ids) in by_shard {
+        for (i, group) in in_headers(ids).into_iter().enumerate() {
+            if batches.len() == i {
+                batches.push(Vec::new());
+            }
+            batches[i].push((n, Ask::Count(group)));
+        }
+    }
+    batches
+}
 
-/// `ids` in groups whose form-encoding fits in a header ([`IDS_PER_HEADER`]).
+/// Bytes of form-encoded assistant ids one request carries in its header, at most: well within
+/// the 400 KiB of headers an HTTP/1 server takes.
+const ID_BYTES_PER_REQUEST: usize = 32 * 1024;
+
+/// `ids` in groups whose form-encoding fits in a header ([`ID_BYTES_PER_REQUEST`]), in their
+/// order. Even one-byte ids are fewer to a group than a shard takes ([`api::STATS_PARTS_MAX_IDS`]).
 fn in_headers(ids: Vec<String>) -> Vec<Vec<String>> {
     let mut groups: Vec<Vec<String>> = Vec::new();
-    let mut bytes = IDS_PER_HEADER;
+    let mut bytes = 0;
     for id in ids {
-        // `assistant=` and `&`, and up to three bytes for each of the id's
-        let encoded = 11 + 3 * id.len();
-        if bytes + encoded > IDS_PER_HEADER {
-            groups.push(Vec::new());
-            bytes = 0;
+        let encoded = serde_urlencoded::to_string([("assistant", &id)]).map_or(0, |e| e.len() + 1);
+        match groups.last_mut() {
+            Some(group) if bytes + encoded <= ID_BYTES_PER_REQUEST => {
+                bytes += encoded;
+                group.push(id);
+            }
+            _ => {
+                bytes = encoded;
+                groups.push(vec![id]);
+            }
         }
-        bytes += encoded;
-        groups.last_mut().expect("a group was just pushed").push(id);
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_go_in_groups_that_fit_a_header_and_a_shards_limit() {
+        let ids: Vec<String> = (0..10_000).map(|i| format!("a-{i:05}&ü")).collect();
+        let groups = in_headers(ids.clone());
+        assert_eq!(groups.concat(), ids);
+        for group in &groups {
+            let header = api::stats_parts_over(
+                &TimeHistogram {
+                    interval: 1,
+                    start: 0,
+                    buckets: Vec::new(),
+                },
+                (1, 2),
+                &Listed::Only(group.clone()),
+            );
+            let (_, listed) = header.split_once(';').unwrap();
+            assert!(listed.len() <= ID_BYTES_PER_REQUEST, "{}", listed.len());
+        }
+        // 27 bytes encoded each, with its `&`
+        let each = "assistant=a-00000%26%C3%BC&".len();
+        assert_eq!(groups[0].len(), ID_BYTES_PER_REQUEST / each);
+        assert_eq!(
+            groups.len(),
+            10_000usize.div_ceil(ID_BYTES_PER_REQUEST / each)
+        );
+        // the shortest ids: fewer to a group than a shard takes
+        let short: Vec<String> = (0..5_000).map(|i| (i % 10).to_string()).collect();
+        let groups = in_headers(short);
+        assert_eq!(groups.len(), 2);
+        assert!(
+            groups[0].len() <= api::STATS_PARTS_MAX_IDS,
+            "{}",
+            groups[0].len()
+        );
+        assert!(in_headers(Vec::new()).is_empty());
+    }
 }

@@ -83,7 +83,7 @@ fn brute_force(truths: &[Truth]) -> Vec<AssistantCount> {
             errors,
         })
         .collect();
-    all.sort_by(|a, b| (b.count, &a.assistant_id).cmp(&(a.count, &b.assistant_id)));
+    all.sort_by(AssistantCount::busiest_first);
     all.truncate(TOP_ASSISTANTS);
     all
 }
@@ -194,4 +194,55 @@ fn the_busiest_of_any_shards_are_exact() {
         assert!(exact, "case {case}");
         assert_eq!(busiest, brute_force(&truths), "case {case}: {truths:?}");
     }
+}
+
+#[test]
+fn a_shard_that_cannot_rule_out_the_unlisted_leaves_the_busiest_inexact() {
+    // a shard of more assistants than it counts exactly: its bound stays past the threshold
+    let loose = |assistants: &[(&str, u64)], unlisted_at_most| {
+        let mut part = answer(&Truth::new(), &Listed::busiest(2));
+        part.assistants = assistants
+            .iter()
+            .map(|&(id, count)| AssistantCount {
+                assistant_id: id.to_owned(),
+                count,
+                errors: 0,
+            })
+            .collect();
+        part.unlisted_at_most = unlisted_at_most;
+        part
+    };
+    let parts = [
+        loose(&[("a", 9), ("b", 8)], 7),
+        answer(
+            &[("c", (3, 0))].map(|(id, t)| (id.to_owned(), t)).into(),
+            &Listed::busiest(2),
+        ),
+    ];
+    let mut busiest = Busiest::new(&parts);
+    // fewer than ten listed: shards that may hold others list every one with at least 1
+    assert_eq!(
+        busiest.next(),
+        Step::AtLeast {
+            shards: vec![0],
+            at_least: 1
+        }
+    );
+    busiest.relisted(0, &loose(&[("a", 9), ("b", 8), ("d", 7)], 5));
+    assert_eq!(busiest.next(), Step::Count(vec![(0, vec!["c".to_owned()])]));
+    assert_eq!(
+        names(&busiest.as_far_as_known()),
+        [("a", 9), ("b", 8), ("d", 7), ("c", 3)]
+    );
+    busiest.counted(0, &["c".to_owned()], &loose(&[("c", 1)], 0));
+    // one no shard listed may still have up to 5
+    let Step::Done {
+        busiest: top,
+        exact,
+    } = busiest.next()
+    else {
+        panic!("more rounds");
+    };
+    assert!(!exact);
+    assert_eq!(names(&top), [("a", 9), ("b", 8), ("d", 7), ("c", 4)]);
 }
