@@ -43,7 +43,7 @@ const GRAMMAR: &str = "q=%28log%20OR%20nothing%29%20-status%3Aerror%20assistant_
 /// Before the cut-over, on the home shard: 1,100 assistants with one log each (more than a shard
 /// lists), one log of `z-late`, and 20 logs of each of eight busy assistants. After it, over
 /// the three shards: 200 more of each busy assistant, and 60 of `z-late`, all on shards other
-/// than the home shard, which does not list its one log there: it must be counted.
+/// than the home shard, which does not list its one log there: it must be found.
 fn data_set(from: u64) -> Vec<LogRecord> {
     let ms = 1_000_000;
     let before = from - 3_600_000 * ms;
@@ -213,8 +213,8 @@ async fn a_spread_users_statistics_and_exports_are_a_single_nodes() {
         let single = single_node_stats(&app, &app.keys.alice, &query).await;
         assert_eq!(gathered, single, "{query}");
     }
-    // the busiest: eight busy assistants, z-late with its 61 logs (one on a shard that did not
-    // list it), then the first of the assistants with one log
+    // the busiest: eight busy assistants, z-late with its 61 logs (one on a shard whose own
+    // busiest leave it out), then the first of the assistants with one log
     let (_, body) = gathered_stats(&cluster, "").await;
     let mut expected: Vec<(String, u64)> = (0..8).map(|i| (format!("busy-{i}"), 220)).collect();
     expected.push(("z-late".to_owned(), 61));
@@ -312,9 +312,9 @@ const STARS_AFTER: u64 = 3_600_000_000_000;
 ///   two logs of each of ten assistants found on every shard, which no shard lists but which
 ///   have six in all;
 /// - an hour on, twenty stars with five logs each and a thousand others with one on the first
-///   shard, which lists the stars; on the second, 1,001 others with two logs each, which it
-///   lists, and one log of each of the last ten stars, which it must count; on the third, one
-///   log of `star-05`.
+///   shard, which lists the stars; on the second, 1,001 others with two logs each (it lists
+///   1,000 of them, and bounds the rest by two) and one log of each of the last ten stars,
+///   which it must count; on the third, one log of `star-05`.
 fn busiest_set(from: u64) -> Vec<LogRecord> {
     let mut n = 0;
     let flat = std::array::from_fn(|k| {
@@ -373,7 +373,7 @@ async fn a_spread_users_busiest_assistants_are_exact_when_no_shard_lists_them() 
     let (_, body) = gathered_stats(&cluster, "").await;
     let expected: Vec<(String, u64)> = (0..10).map(|i| (format!("everywhere-{i}"), 6)).collect();
     assert_eq!(top_assistants(&body), expected);
-    // an hour on, the stars counted on the shards that did not list them
+    // an hour on, the stars counted on the second shard, which did not list them
     let (_, body) = gathered_stats(&cluster, &stars).await;
     let expected: Vec<(String, u64)> = [5, 10, 11, 12, 13, 14, 15, 16, 17, 18]
         .map(|i| (format!("star-{i:02}"), 6))

@@ -112,7 +112,9 @@ impl Busiest {
         let shards = &self.shards;
         let candidates = candidates(shards);
         let tenth = tenth_highest(candidates.values().map(|c| c.count));
-        let unlisted: u64 = shards.iter().map(|s| s.unlisted_at_most).sum();
+        let unlisted = (shards.iter())
+            .map(|s| s.unlisted_at_most)
+            .fold(0, u64::saturating_add);
         // one no shard listed could reach the tenth
         let unlisted_may_reach = unlisted > 0 && unlisted >= tenth;
         if unlisted_may_reach && !self.relisted {
@@ -158,18 +160,18 @@ fn candidates(shards: &[Shard]) -> HashMap<&str, Candidate> {
     for shard in shards {
         for (id, tally) in &shard.listed {
             let candidate = candidates.entry(id).or_default();
-            candidate.count += tally.count;
-            candidate.errors += tally.errors;
+            // counts come from peers: no sum of theirs panics
+            candidate.count = candidate.count.saturating_add(tally.count);
+            candidate.errors = candidate.errors.saturating_add(tally.errors);
         }
     }
     for (id, candidate) in &mut candidates {
         candidate.missing = (0..shards.len())
             .filter(|&n| shards[n].unlisted_at_most > 0 && !shards[n].listed.contains_key(*id))
             .collect();
-        candidate.most = candidate.count
-            + (candidate.missing.iter())
-                .map(|&n| shards[n].unlisted_at_most)
-                .sum::<u64>();
+        candidate.most = (candidate.missing.iter())
+            .map(|&n| shards[n].unlisted_at_most)
+            .fold(candidate.count, u64::saturating_add);
     }
     candidates
 }

@@ -2,7 +2,8 @@
 //! its matches span, the gateway cuts the whole span into the buckets a single index would, and
 //! each shard counts its matches into those buckets ([`StatsParts`]). Counts and buckets add up;
 //! latency percentiles come from the shards' latency histograms added bucket by bucket, with
-//! the single node's precision; the busiest assistants are exact (see [`Busiest`]).
+//! the single node's precision; the busiest assistants are exact, which may take up to two more
+//! rounds (see [`Busiest`]).
 
 use axum::response::Response;
 use http::HeaderValue;
@@ -209,13 +210,19 @@ fn one_per_shard(by_shard: Vec<(usize, Vec<String>)>) -> Vec<Vec<(usize, Ask)>> 
 /// the 400 KiB of headers an HTTP/1 server takes.
 const ID_BYTES_PER_REQUEST: usize = 32 * 1024;
 
+// even empty ids (`assistant=&`) are fewer to a request than a shard takes
+const _: () = assert!(ID_BYTES_PER_REQUEST / "assistant=&".len() <= api::STATS_PARTS_MAX_IDS);
+
 /// `ids` in groups whose form-encoding fits in a header ([`ID_BYTES_PER_REQUEST`]), in their
-/// order. Even one-byte ids are fewer to a group than a shard takes ([`api::STATS_PARTS_MAX_IDS`]).
+/// order.
 fn in_headers(ids: Vec<String>) -> Vec<Vec<String>> {
     let mut groups: Vec<Vec<String>> = Vec::new();
     let mut bytes = 0;
     for id in ids {
-        let encoded = serde_urlencoded::to_string([("assistant", &id)]).map_or(0, |e| e.len() + 1);
+        let encoded = serde_urlencoded::to_string([("assistant", &id)])
+            .expect("pairs of strings always encode")
+            .len()
+            + 1;
         match groups.last_mut() {
             Some(group) if bytes + encoded <= ID_BYTES_PER_REQUEST => {
                 bytes += encoded;
@@ -260,8 +267,7 @@ mod tests {
             10_000usize.div_ceil(ID_BYTES_PER_REQUEST / each)
         );
         // the shortest ids: fewer to a group than a shard takes
-        let short: Vec<String> = (0..5_000).map(|i| (i % 10).to_string()).collect();
-        let groups = in_headers(short);
+        let groups = in_headers(vec![String::new(); 5_000]);
         assert_eq!(groups.len(), 2);
         assert!(
             groups[0].len() <= api::STATS_PARTS_MAX_IDS,
@@ -269,5 +275,28 @@ mod tests {
             groups[0].len()
         );
         assert!(in_headers(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn each_shard_gets_one_group_of_ids_at_a_time() {
+        let ids = |n: usize| {
+            (0..n)
+                .map(|i| format!("{i:0>1000}"))
+                .collect::<Vec<String>>()
+        };
+        // 32 ids of 1,000 bytes to a group: three groups for shard 4, one for shard 7
+        let batches = one_per_shard(vec![(4, ids(70)), (7, ids(5))]);
+        let shape: Vec<Vec<(usize, usize)>> = batches
+            .iter()
+            .map(|batch| {
+                (batch.iter())
+                    .map(|(n, ask)| match ask {
+                        Ask::Count(ids) => (*n, ids.len()),
+                        Ask::AtLeast(_) => panic!("a count asks for ids"),
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(shape, [vec![(4, 32), (7, 5)], vec![(4, 32)], vec![(4, 6)]]);
     }
 }
