@@ -1,6 +1,7 @@
 //! Headless Chromium through WebDriver (a chromedriver of its own, on a free port), for the
 //! explorer's tests and its benchmark.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +13,9 @@ use serde_json::{Value as Json, json};
 /// How long a condition may take to come true in the page.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A chromedriver, stopped when dropped.
+/// A chromedriver in a process group of its own, which holds the browsers it starts: the
+/// whole group is stopped when dropped, so that a session a test never closed (it failed, or
+/// forgot) leaves no Chromium running behind it.
 pub struct Driver {
     child: Child,
     url: String,
@@ -20,7 +23,11 @@ pub struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -35,6 +42,7 @@ pub async fn driver(chromedriver: &Path) -> Driver {
         .port();
     let child = Command::new(chromedriver)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
