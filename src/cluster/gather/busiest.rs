@@ -65,9 +65,9 @@ impl Busiest {
     pub fn new(parts: &[StatsParts]) -> Self {
         let shards = parts
             .iter()
-            .map(|part| Shard {
+            .map(|_| Shard {
                 listed: HashMap::new(),
-                unlisted_at_most: part.unlisted_at_most,
+                unlisted_at_most: 0,
             })
             .collect();
         let mut busiest = Self {
@@ -76,7 +76,7 @@ impl Busiest {
             counted: false,
         };
         for (shard, part) in parts.iter().enumerate() {
-            busiest.take(shard, &part.assistants);
+            busiest.relisted(shard, part);
         }
         busiest
     }
@@ -92,7 +92,8 @@ impl Busiest {
         }
     }
 
-    /// A shard's answer to [`Step::AtLeast`].
+    /// What a shard lists, and its bound on the others: its part, or its answer to
+    /// [`Step::AtLeast`].
     pub fn relisted(&mut self, shard: usize, part: &StatsParts) {
         self.take(shard, &part.assistants);
         self.shards[shard].unlisted_at_most = part.unlisted_at_most;
