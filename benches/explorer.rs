@@ -22,6 +22,31 @@ use harness::browser::{self, js, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_logbridge");
 
+/// Where the first view's time goes, each a time since navigation start on the page's clock
+/// (medians in the table): the page received, its last module received, the first API request
+/// sent and the last API answer received.
+const PHASES: [(&str, &str); 4] = [
+    (
+        "page",
+        "performance.getEntriesByType('navigation')[0].responseEnd",
+    ),
+    (
+        "modules",
+        "Math.max(...performance.getEntriesByType('resource')\
+         .filter(r => r.name.includes('/explorer/')).map(r => r.responseEnd))",
+    ),
+    (
+        "answers asked",
+        "Math.min(...performance.getEntriesByType('resource')\
+         .filter(r => new URL(r.name).pathname.startsWith('/logs')).map(r => r.startTime))",
+    ),
+    (
+        "answers in",
+        "Math.max(...performance.getEntriesByType('resource')\
+         .filter(r => new URL(r.name).pathname.startsWith('/logs')).map(r => r.responseEnd))",
+    ),
+];
+
 #[tokio::main]
 async fn main() {
     let mut dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-index"));
@@ -44,14 +69,19 @@ async fn main() {
     let tools = tools::installed();
     let driver = browser::driver(&tools.chromedriver).await;
     let client = browser::browser(&driver, &tools.chromium, 1280, 900).await;
-    println!("| user | logs | first view p50 | min | max |");
-    println!("|---|---|---|---|---|");
+    let names = PHASES.map(|(name, _)| name);
+    println!(
+        "| user | logs | first view p50 | min | max | {} |",
+        names.join(" | ")
+    );
+    println!("|---|---|---|---|---|{}", "---|".repeat(names.len()));
     for (name, key) in [
         ("large", &server.large_reader),
         ("small", &server.small_reader),
     ] {
         let secret = key.trim_start_matches("Bearer ");
         let mut times = Vec::new();
+        let mut phases: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
         let mut total = String::new();
         // the first visit warms the server's caches, as a person's second look would find them
         for run in 0..=runs {
@@ -81,15 +111,23 @@ async fn main() {
                 .to_owned();
             if run > 0 {
                 times.push(Duration::from_secs_f64(took / 1000.0));
+                for (times, (_, phase)) in phases.iter_mut().zip(PHASES) {
+                    times.push(js(&client, phase).await.as_f64().unwrap());
+                }
             }
         }
         times.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let phases: Vec<String> = phases
+            .into_iter()
+            .map(|times| format!("{:.0} ms", harness::median(times)))
+            .collect();
         println!(
-            "| {name} | {total} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            "| {name} | {total} | {:.0} ms | {:.0} ms | {:.0} ms | {} |",
             ms(times[times.len() / 2]),
             ms(times[0]),
-            ms(times[times.len() - 1])
+            ms(times[times.len() - 1]),
+            phases.join(" | ")
         );
     }
     client.close().await.unwrap();

@@ -70,23 +70,6 @@ fn raw_tantivy(requests: &[bytes::Bytes]) -> f64 {
     count as f64 / seconds
 }
 
-/// The value of a gauge in the server's `/metrics`.
-async fn gauge(server: &Server, name: &str) -> f64 {
-    let text = harness::plain_http()
-        .build()
-        .expect("an HTTP client")
-        .get(format!("{}/metrics", server.api))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
-
 struct Args {
     records: usize,
     exporters: usize,
@@ -165,7 +148,7 @@ async fn main() {
                 let bin = env!("CARGO_BIN_EXE_logbridge");
                 let server = Server::start_with(bin, dir.path(), &index, &keys, "").await;
                 let report = ingest(&server, requests.clone(), args.exporters, *transport).await;
-                let window_bytes = gauge(&server, "logbridge_dedup_window_bytes").await;
+                let window_bytes = server.metric("logbridge_dedup_window_bytes").await;
                 let rss = server.peak_rss_bytes();
                 server.stop();
                 eprintln!(

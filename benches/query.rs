@@ -185,14 +185,18 @@ async fn main() {
     breakdown(&args.dir.join("index"));
     against_zstd(&args.dir.join("index"), index_bytes);
     let server = Server::start(BIN, &args.dir, 1000).await;
+    let warm_up = server.warmed().await;
     println!(
-        "index: {} records, {:.0} bytes/record on disk, start-up {:.0} ms, peak RSS after start {} MiB",
+        "index: {} records, {:.0} bytes/record on disk, start-up {:.0} ms, then warm-up {:.0} ms, \
+         peak RSS after start {} MiB",
         args.records,
         index_bytes as f64 / args.records as f64,
         ms(server.startup),
+        ms(warm_up),
         server.peak_rss_bytes() >> 20
     );
     let newest = BASE_NANOS + args.records as u64 * 1_000_000;
+    // "first": the query's first request, on segments the warm-up has seen
     println!("\n| query | matches | first (cold) | p50 | p99 | requests/s |");
     println!("|---|---|---|---|---|---|");
     for (name, large, path, q) in query_types(newest) {

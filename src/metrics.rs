@@ -72,6 +72,8 @@ pub struct Metrics {
     pub wal_bytes: Gauge,
     pub commits: Counter,
     pub commit_seconds: Histogram,
+    /// Time each warm-up of new segments' block statistics took.
+    pub warm_seconds: Histogram,
     pub index_logs: Gauge,
     pub storage_failures: Family<StorageLabels, Counter>,
     pub storage_failing: Gauge,
@@ -144,6 +146,7 @@ impl Metrics {
             wal_bytes: Gauge::default(),
             commits: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            warm_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             index_logs: Gauge::default(),
             storage_failures: Family::default(),
             storage_failing: Gauge::default(),
@@ -216,6 +219,12 @@ impl Metrics {
             "index_commit_duration_seconds",
             "Time an index commit takes",
             m.commit_seconds.clone(),
+        );
+        r.register(
+            "index_warm_duration_seconds",
+            "Time a warm-up takes: the block statistics of the large users' unfiltered queries, \
+             computed for the segments a commit, merge or restart brings before a query asks",
+            m.warm_seconds.clone(),
         );
         r.register(
             "index_logs",

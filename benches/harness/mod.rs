@@ -221,6 +221,42 @@ impl Server {
         rss::peak_rss(self.child.id())
     }
 
+    /// The value of a sample in the server's `/metrics` (a gauge, a counter, a histogram's
+    /// `_count` or `_sum`).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = plain_http()
+            .build()
+            .expect("an HTTP client")
+            .get(format!("{}/metrics", self.api))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+
+    /// Waits for the server's first warm-up of the index it opened (the block statistics of its
+    /// large users) and returns how long that took, as the server measured it.
+    pub async fn warmed(&self) -> Duration {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self
+            .metric("logbridge_index_warm_duration_seconds_count")
+            .await
+            < 1.0
+        {
+            assert!(Instant::now() < deadline, "the index was never warmed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seconds = self
+            .metric("logbridge_index_warm_duration_seconds_sum")
+            .await;
+        Duration::from_secs_f64(seconds)
+    }
+
     /// Stops the server with SIGTERM and waits for it.
     pub fn stop(mut self) {
         let _ = Command::new("kill")

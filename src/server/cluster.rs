@@ -117,6 +117,7 @@ pub async fn start(
                     .get_or_create(&StorageLabels { stage: "merge" })
                     .clone(),
                 payloads: config.index.payload_paths,
+                warm_seconds: metrics.warm_seconds.clone(),
                 ..StoreOptions::new(config.index.writer_memory_bytes)
             },
             commit_interval: config.index.commit_interval,

@@ -115,6 +115,7 @@ pub async fn start_with_faults(
             .get_or_create(&StorageLabels { stage: "merge" })
             .clone(),
         payloads: config.index.payload_paths,
+        warm_seconds: metrics.warm_seconds.clone(),
     };
     let (store, log_writer) =
         tokio::task::spawn_blocking(move || store::open(&index_path, &store_options)).await??;

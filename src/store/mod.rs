@@ -16,12 +16,15 @@ mod search;
 mod segment_stats;
 mod stats;
 mod upgrade;
+mod warm;
 mod writer;
 
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::{Deserialize, Serialize};
 use tantivy::index::SegmentMeta;
 use tantivy::indexer::IndexWriterOptions;
@@ -47,6 +50,7 @@ use blocks::BlockCache;
 use directory::{IndexDirectory, WriteErrors};
 use query::filter_query;
 use schema::Fields;
+use warm::Warming;
 use writer::{durable_seq, explain, new_writer};
 
 /// A failure of the index.
@@ -147,6 +151,8 @@ pub struct Store {
     stats: segment_stats::StatsCache,
     /// The highest sequence number searches see: every log up to it is visible.
     visible: watch::Receiver<u64>,
+    /// The generation of the last searcher whose segments were warmed ([`warm`]).
+    warmed: Arc<watch::Sender<u64>>,
 }
 
 /// A walk over every log a query selects, newest first, on one view of the index.
@@ -195,6 +201,8 @@ pub struct LogWriter {
     purge_wanted: bool,
     /// Tells the [`Store`] how far searches see.
     visible: watch::Sender<u64>,
+    /// Warms the segments each reload brings.
+    warming: Warming,
 }
 
 /// How the index is opened.
@@ -208,6 +216,8 @@ pub struct StoreOptions {
     pub merge_failures: Counter,
     /// Whether the payloads' values are indexed by path (`[index] payload_paths`).
     pub payloads: bool,
+    /// How long each warm-up of new segments took ([`warm`]).
+    pub warm_seconds: Histogram,
 }
 
 impl StoreOptions {
@@ -218,6 +228,7 @@ impl StoreOptions {
             faults: Faults::none(),
             merge_failures: Counter::default(),
             payloads: true,
+            warm_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
         }
     }
 }
@@ -239,14 +250,18 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
         .try_into()?;
     let committed_seq = durable_seq(&index, &reader)?;
     let (visible, visible_rx) = watch::channel(committed_seq);
+    let store = Store {
+        reader: reader.clone(),
+        fields,
+        blocks: blocks::block_cache(),
+        stats: segment_stats::stats_cache(),
+        visible: visible_rx,
+        warmed: Arc::new(watch::Sender::new(0)),
+    };
+    let warming = warm::start(store.clone(), options.warm_seconds.clone())
+        .map_err(|e| open_error(format!("cannot start warming: {e}")))?;
     Ok((
-        Store {
-            reader: reader.clone(),
-            fields,
-            blocks: blocks::block_cache(),
-            stats: segment_stats::stats_cache(),
-            visible: visible_rx,
-        },
+        store,
         LogWriter {
             index,
             options: writer_options,
@@ -259,6 +274,7 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
             purging: None,
             purge_wanted: false,
             visible,
+            warming,
         },
     ))
 }

@@ -74,6 +74,7 @@ impl LogWriter {
             self.writer_lost = false;
         }
         self.reader.reload()?;
+        self.warming.wake();
         self.committed_seq = durable_seq(&self.index, &self.reader)?;
         self.publish_visible();
         // what went wrong before the rollback explains nothing after it
@@ -113,6 +114,7 @@ impl LogWriter {
         prepared.commit().map_err(|e| explain(errors, e))?;
         self.committed_seq = last_seq;
         self.reader.reload()?;
+        self.warming.wake();
         self.publish_visible();
         self.start_purge();
         Ok(())

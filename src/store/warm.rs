@@ -1,0 +1,219 @@
+//! Warming: the block statistics ([`super::blocks`]) of each large user's unfiltered query,
+//! computed on a thread of their own as soon as a segment is searched (after a commit, a merge
+//! or deletes, and when the index opens) rather than by the first page that needs them. A merged
+//! segment holds millions of a large user's logs, and computing its statistics visits every one:
+//! tens of milliseconds that the user's first page after a merge or a restart would wait for.
+//!
+//! Until a warm-up ends, a query that finds statistics missing computes them itself, as before.
+
+use std::collections::BTreeSet;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Instant;
+
+use prometheus_client::metrics::histogram::Histogram;
+use tantivy::Searcher;
+use tantivy::schema::Field;
+#[cfg(test)]
+use tokio::sync::watch;
+
+use super::{LogQuery, Store, StoreError};
+
+/// Logs a user must have in one segment for its statistics there to be computed ahead: below,
+/// a first page visits them in about a millisecond. Unit tests warm small users too.
+pub const WARM_MIN_LOGS: u32 = if cfg!(test) { 100 } else { 1 << 16 };
+
+/// Wakes the warming thread; it ends when this is dropped.
+pub struct Warming {
+    wake: SyncSender<()>,
+}
+
+impl Warming {
+    /// Asks for the segments searched now to be warmed; wakes made while a warm-up runs are
+    /// taken as one, after it.
+    pub fn wake(&self) {
+        match self.wake.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+}
+
+/// Starts the thread that warms `store`'s segments, once now and then on every wake; each
+/// warm-up that computed statistics is timed into `seconds`.
+pub(super) fn start(store: Store, seconds: Histogram) -> std::io::Result<Warming> {
+    let (wake, woken) = sync_channel(1);
+    std::thread::Builder::new()
+        .name("logbridge-warm".into())
+        .spawn(move || run(&store, &seconds, &woken))?;
+    let warming = Warming { wake };
+    warming.wake();
+    Ok(warming)
+}
+
+fn run(store: &Store, seconds: &Histogram, woken: &Receiver<()>) {
+    while woken.recv().is_ok() {
+        let started = Instant::now();
+        let searcher = store.reader.searcher();
+        match store.warm(&searcher) {
+            Ok(0) => {}
+            Ok(users) => {
+                let took = started.elapsed();
+                seconds.observe(took.as_secs_f64());
+                tracing::debug!(users, ?took, "block statistics warmed");
+            }
+            // the first page of these users computes what is missing, as without warming
+            Err(e) => tracing::warn!(error = %e, "warming block statistics failed"),
+        }
+        store
+            .warmed
+            .send_replace(searcher.generation().generation_id());
+    }
+}
+
+impl Store {
+    /// Computes the block statistics of every large user's unfiltered query where `searcher`'s
+    /// segments lack them; returns for how many users.
+    fn warm(&self, searcher: &Searcher) -> Result<usize, StoreError> {
+        let segments = searcher.segment_readers();
+        let mut warmed = 0;
+        for user_id in large_users(searcher, self.fields.user)? {
+            let query = LogQuery {
+                user_id,
+                ..LogQuery::default()
+            };
+            let key = query.selection_key();
+            if segments.iter().all(|s| self.blocks.get(s, &key).is_some()) {
+                continue;
+            }
+            // what the user's first page would do: the same statistics, kept the same way
+            self.prepare(searcher, &query)?;
+            warmed += 1;
+        }
+        Ok(warmed)
+    }
+
+    /// The generation of the last searcher warmed ([`tantivy::Searcher::generation`]).
+    #[cfg(test)]
+    pub(super) fn warmed(&self) -> watch::Receiver<u64> {
+        self.warmed.subscribe()
+    }
+}
+
+/// The users with at least [`WARM_MIN_LOGS`] logs in one of `searcher`'s segments.
+fn large_users(searcher: &Searcher, user: Field) -> Result<BTreeSet<String>, StoreError> {
+    let mut users = BTreeSet::new();
+    for segment in searcher.segment_readers() {
+        if segment.max_doc() < WARM_MIN_LOGS {
+            continue;
+        }
+        let index = segment.inverted_index(user)?;
+        let mut terms = index
+            .terms()
+            .stream()
+            .map_err(|e| StoreError::Tantivy(e.into()))?;
+        while terms.advance() {
+            if terms.value().doc_freq >= WARM_MIN_LOGS {
+                users.insert(String::from_utf8_lossy(terms.key()).into_owned());
+            }
+        }
+    }
+    Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::mapping::example_log;
+    use crate::store::{LogWriter, StoreOptions, open};
+
+    fn add(writer: &mut LogWriter, user: &str, logs: u32, seq: &mut u64) {
+        for _ in 0..logs {
+            *seq += 1;
+            let mut log = example_log("warm");
+            log.user_id = user.into();
+            log.timestamp_nanos = *seq;
+            writer.add(&log, *seq).unwrap();
+        }
+        writer.commit(*seq).unwrap();
+    }
+
+    /// Waits for the warming thread to have warmed the segments searched now, and says for
+    /// each of them whether `user`'s unfiltered query has its block statistics.
+    async fn warmed_for(store: &Store, users: &[&str]) -> Vec<Vec<bool>> {
+        let searcher = store.reader.searcher();
+        let generation = searcher.generation().generation_id();
+        let mut warmed = store.warmed();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            warmed.wait_for(|g| *g >= generation),
+        )
+        .await
+        .expect("the segments are warmed within a minute")
+        .expect("the warming thread runs");
+        users
+            .iter()
+            .map(|&user_id| {
+                let query = LogQuery {
+                    user_id: user_id.into(),
+                    ..LogQuery::default()
+                };
+                let key = query.selection_key();
+                let segments = searcher.segment_readers().iter();
+                segments
+                    .map(|s| store.blocks.get(s, &key).is_some())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_commit_warms_the_users_with_many_logs_in_a_segment_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut writer) = open(dir.path(), &StoreOptions::new(16 << 20)).unwrap();
+        let mut seq = 0;
+        add(&mut writer, "large", WARM_MIN_LOGS, &mut seq);
+        add(&mut writer, "small", WARM_MIN_LOGS - 1, &mut seq);
+        assert_eq!(
+            warmed_for(&store, &["large", "small"]).await,
+            [vec![true, true], vec![false, false]],
+            "the large user's statistics in both segments (even where it has no log), the \
+             small user's in none",
+        );
+
+        // deletes make a new version of a segment, which is warmed again
+        let older = LogQuery {
+            user_id: "large".into(),
+            end: Some(10),
+            ..LogQuery::default()
+        };
+        assert_eq!(writer.delete(&older).unwrap(), 9);
+        add(&mut writer, "small", 1, &mut seq);
+        assert_eq!(
+            warmed_for(&store, &["large", "small"]).await,
+            [vec![true; 3], vec![false; 3]],
+        );
+        add(&mut writer, "small", WARM_MIN_LOGS, &mut seq);
+        assert_eq!(warmed_for(&store, &["small"]).await, [vec![true; 4]]);
+
+        // what a warmed query answers is what it answers unwarmed
+        let page = store
+            .search(&LogQuery {
+                user_id: "small".into(),
+                limit: 3,
+                ..LogQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.total, 2 * u64::from(WARM_MIN_LOGS));
+        let large = LogQuery {
+            user_id: "large".into(),
+            ..LogQuery::default()
+        };
+        assert_eq!(
+            store.search(&large).unwrap().total,
+            u64::from(WARM_MIN_LOGS) - 9
+        );
+        let newest: Vec<u64> = page.logs.iter().map(|(key, _)| key.seq).collect();
+        assert_eq!(newest, [seq, seq - 1, seq - 2]);
+    }
+}
