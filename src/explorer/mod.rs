@@ -1,8 +1,15 @@
 //! The explorer: one web page built into the binary, served at `/`, that reads logs through the
 //! REST API with the key a person types in (kept in the tab's session storage only).
+//!
+//! The page's files are served under a path named after their contents
+//! (`/explorer/<version>/<name>`), so a browser keeps them for good and a later visit loads
+//! nothing but the page itself; a binary with other files names another path.
+
+use std::sync::LazyLock;
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
+use axum::extract::Path;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -10,8 +17,8 @@ const INDEX_HTML: &str = include_str!("page/index.html");
 
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
-/// The page's files, each at `/explorer/<name>`: its style sheet and its script, in ES modules
-/// (`index.html` loads `app.js`, which imports the others), with their content types.
+/// The page's files, each at `/explorer/<version>/<name>`: its style sheet and its script, in ES
+/// modules (`index.html` loads `app.js`, which imports the others), with their content types.
 const FILES: &[(&str, &str, &str)] = &[
     (
         "app.css",
@@ -40,23 +47,50 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
-/// The routes of the page and its files; any other name under `/explorer/` is not found.
+/// The page itself is asked for afresh each time: it names the files of this binary.
+const REVALIDATE: &str = "no-cache";
+
+/// A file of a version never changes.
+const FOR_GOOD: &str = "public, max-age=31536000, immutable";
+
+/// What names the files' contents: a hash of them all.
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for &(name, _, body) in FILES {
+        for part in [name, body] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    format!("{:016x}", hasher.digest())
+});
+
+/// The page, its files named under [`VERSION`].
+static INDEX: LazyLock<String> =
+    LazyLock::new(|| INDEX_HTML.replace("/explorer/", &format!("/explorer/{}/", *VERSION)));
+
+/// The routes of the page and its files; any other name or version under `/explorer/` is not
+/// found.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    let index = Router::new().route(
-        "/",
-        get(|| async { page("text/html; charset=utf-8", INDEX_HTML) }),
-    );
-    FILES
-        .iter()
-        .fold(index, |router, &(name, content_type, body)| {
-            router.route(
-                &format!("/explorer/{name}"),
-                get(move || async move { page(content_type, body) }),
-            )
-        })
+    Router::new()
+        .route(
+            "/",
+            get(|| async { page("text/html; charset=utf-8", INDEX.as_str(), REVALIDATE) }),
+        )
+        .route("/explorer/{version}/{name}", get(file))
 }
 
-fn page(content_type: &'static str, body: &'static str) -> Response {
+async fn file(Path((version, name)): Path<(String, String)>) -> Response {
+    let found = FILES.iter().find(|&&(served, _, _)| served == name);
+    match found {
+        Some(&(_, content_type, body)) if version == *VERSION => {
+            page(content_type, body, FOR_GOOD)
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+fn page(content_type: &'static str, body: &'static str, cache: &'static str) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -72,8 +106,7 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    // the files change with the binary: revalidate rather than keep a stale page
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     response
 }
 
@@ -129,10 +162,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_module_is_served_as_javascript_under_the_policy_and_another_name_is_not_found() {
+    async fn a_module_is_served_for_good_under_its_version_and_nothing_else_is_found() {
         let get =
             |path: &str| router::<()>().oneshot(Request::get(path).body(Body::empty()).unwrap());
-        let module = get("/explorer/results.js").await.unwrap();
+        let version = VERSION.as_str();
+        assert_eq!(version.len(), 16);
+        let module = get(&format!("/explorer/{version}/results.js")).await.unwrap();
         assert_eq!(module.status(), StatusCode::OK);
         assert_eq!(module.headers()[header::CONTENT_TYPE], JAVASCRIPT);
         assert_eq!(
@@ -140,7 +175,27 @@ mod tests {
             CONTENT_SECURITY_POLICY
         );
         assert_eq!(module.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
-        let unknown = get("/explorer/nothing.js").await.unwrap();
-        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            module.headers()[header::CACHE_CONTROL],
+            "public, max-age=31536000, immutable"
+        );
+        for path in [
+            format!("/explorer/{version}/nothing.js"),
+            "/explorer/0123456789abcdef/results.js".to_owned(),
+            "/explorer/results.js".to_owned(),
+        ] {
+            assert_eq!(get(&path).await.unwrap().status(), StatusCode::NOT_FOUND, "{path}");
+        }
+
+        // the page names this version's files, and is asked for afresh each time
+        let index = get("/").await.unwrap();
+        assert_eq!(index.headers()[header::CACHE_CONTROL], "no-cache");
+        let body = axum::body::to_bytes(index.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = std::str::from_utf8(&body).unwrap();
+        let named = body.matches("/explorer/").count();
+        assert_eq!(named, FILES.len(), "the style sheet and every module");
+        assert_eq!(body.matches(&format!("/explorer/{version}/")).count(), named);
     }
 }
