@@ -83,9 +83,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 async fn file(Path((version, name)): Path<(String, String)>) -> Response {
     let found = FILES.iter().find(|&&(served, _, _)| served == name);
     match found {
-        Some(&(_, content_type, body)) if version == *VERSION => {
-            page(content_type, body, FOR_GOOD)
-        }
+        Some(&(_, content_type, body)) if version == *VERSION => page(content_type, body, FOR_GOOD),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -167,7 +165,9 @@ mod tests {
             |path: &str| router::<()>().oneshot(Request::get(path).body(Body::empty()).unwrap());
         let version = VERSION.as_str();
         assert_eq!(version.len(), 16);
-        let module = get(&format!("/explorer/{version}/results.js")).await.unwrap();
+        let module = get(&format!("/explorer/{version}/results.js"))
+            .await
+            .unwrap();
         assert_eq!(module.status(), StatusCode::OK);
         assert_eq!(module.headers()[header::CONTENT_TYPE], JAVASCRIPT);
         assert_eq!(
@@ -184,7 +184,11 @@ mod tests {
             "/explorer/0123456789abcdef/results.js".to_owned(),
             "/explorer/results.js".to_owned(),
         ] {
-            assert_eq!(get(&path).await.unwrap().status(), StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(
+                get(&path).await.unwrap().status(),
+                StatusCode::NOT_FOUND,
+                "{path}"
+            );
         }
 
         // the page names this version's files, and is asked for afresh each time
@@ -196,6 +200,9 @@ mod tests {
         let body = std::str::from_utf8(&body).unwrap();
         let named = body.matches("/explorer/").count();
         assert_eq!(named, FILES.len(), "the style sheet and every module");
-        assert_eq!(body.matches(&format!("/explorer/{version}/")).count(), named);
+        assert_eq!(
+            body.matches(&format!("/explorer/{version}/")).count(),
+            named
+        );
     }
 }
