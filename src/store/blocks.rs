@@ -21,6 +21,11 @@ pub const BLOCK_DOCS: u32 = if cfg!(test) { 64 } else { 2048 };
 /// Most bytes the statistics of all segments and queries may take, keys included.
 const MAX_CACHED_BYTES: usize = 48 << 20;
 
+/// Matches a segment's statistics must count to be kept: fewer are visited again in well under
+/// a millisecond, and a query with few matches in many segments (a search for one call's id,
+/// polled until it shows) would otherwise fill the cache with them. Unit tests keep any.
+const KEEP_MIN_MATCHES: u64 = if cfg!(test) { 1 } else { 4096 };
+
 /// The matches of a query in one block.
 #[derive(Debug, Clone, Copy)]
 pub struct Block {
@@ -81,6 +86,11 @@ impl SegmentBlocks {
 impl Weighed for SegmentBlocks {
     fn bytes(&self) -> usize {
         self.blocks.len() * std::mem::size_of::<Block>()
+    }
+
+    fn worth_keeping(&self) -> bool {
+        let matches = self.blocks.iter().map(|b| u64::from(b.matches));
+        matches.sum::<u64>() >= KEEP_MIN_MATCHES
     }
 }
 

@@ -19,6 +19,12 @@ const ENTRY_OVERHEAD: usize = 128;
 pub trait Weighed {
     /// The bytes it holds, its headers aside.
     fn bytes(&self) -> usize;
+
+    /// Whether computing it again would cost enough for it to be kept: one that is cheaper to
+    /// compute than to find does not take memory or push out a costlier one.
+    fn worth_keeping(&self) -> bool {
+        true
+    }
 }
 
 /// A segment as of its latest deletes.
@@ -100,8 +106,9 @@ impl<V: Weighed> SegmentCache<V> {
         for (segment, value) in fresh {
             let id = (version(segment), key.to_owned());
             let bytes = entry_bytes(key, value.as_ref());
-            // one that alone exceeds the bound is used for this query only
-            if bytes > self.max_bytes {
+            // one that alone exceeds the bound, or that is cheap to compute again, is used for
+            // this query only
+            if bytes > self.max_bytes || !value.worth_keeping() {
                 continue;
             }
             cached.bytes += bytes;

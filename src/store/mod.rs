@@ -594,16 +594,16 @@ mod tests {
         let bound = 16 * 1024;
         store.blocks = BlockCache::with_max_bytes(bound);
         for round in 0..300 {
-            // long, distinct keys: a room name of 256 bytes each
-            let room = format!("r{}{}", round % 7, "x".repeat(250));
+            // long, distinct keys (a word of about 100 bytes each) of queries that match, whose
+            // statistics are kept
+            let text = format!("cached OR w{round}{}", "x".repeat(96));
             let query = LogQuery {
                 user_id: "u".into(),
-                room_name: Some(room),
-                text: Some(crate::search::parse("cached").unwrap()),
+                text: Some(crate::search::parse(&text).unwrap()),
                 limit: 10,
                 ..Default::default()
             };
-            assert_eq!(store.search(&query).unwrap().total, 0);
+            assert_eq!(store.search(&query).unwrap().total, 3_000);
             assert!(
                 store.blocks.bytes() <= bound,
                 "round {round}: {}",
@@ -618,6 +618,37 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(store.search(&query).unwrap().total, 429);
+        assert!(store.blocks.bytes() > 0);
+    }
+
+    #[test]
+    fn the_statistics_of_a_query_that_matches_nothing_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut writer) = open(dir.path(), &StoreOptions::new(16 << 20)).unwrap();
+        for seq in 1..=200u64 {
+            let mut log = example_log(&format!("call {seq}"));
+            log.timestamp_nanos = seq;
+            writer.add(&log, seq).unwrap();
+            if seq % 100 == 0 {
+                writer.commit(seq).unwrap();
+            }
+        }
+        store.blocks = blocks::block_cache();
+        let search = |text: &str| {
+            let query = LogQuery {
+                user_id: "u".into(),
+                text: Some(crate::search::parse(text).unwrap()),
+                limit: 10,
+                ..Default::default()
+            };
+            store.search(&query).unwrap().total
+        };
+        // polled for a call that is not there yet: nothing kept, however often
+        for _ in 0..50 {
+            assert_eq!(search("201"), 0);
+        }
+        assert_eq!(store.blocks.bytes(), 0);
+        assert_eq!(search("150"), 1);
         assert!(store.blocks.bytes() > 0);
     }
 
