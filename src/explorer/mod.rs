@@ -84,7 +84,12 @@ async fn file(Path((version, name)): Path<(String, String)>) -> Response {
     let found = FILES.iter().find(|&&(served, _, _)| served == name);
     match found {
         Some(&(_, content_type, body)) if version == *VERSION => page(content_type, body, FOR_GOOD),
-        _ => StatusCode::NOT_FOUND.into_response(),
+        // (during a rolling upgrade, another node may know the version: nothing keeps this)
+        _ => (
+            StatusCode::NOT_FOUND,
+            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        )
+            .into_response(),
     }
 }
 
@@ -182,14 +187,13 @@ mod tests {
         for path in [
             format!("/explorer/{version}/nothing.js"),
             "/explorer/0123456789abcdef/results.js".to_owned(),
-            "/explorer/results.js".to_owned(),
         ] {
-            assert_eq!(
-                get(&path).await.unwrap().status(),
-                StatusCode::NOT_FOUND,
-                "{path}"
-            );
+            let missing = get(&path).await.unwrap();
+            assert_eq!(missing.status(), StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(missing.headers()[header::CACHE_CONTROL], "no-store");
         }
+        let unversioned = get("/explorer/results.js").await.unwrap();
+        assert_eq!(unversioned.status(), StatusCode::NOT_FOUND);
 
         // the page names this version's files, and is asked for afresh each time
         let index = get("/").await.unwrap();

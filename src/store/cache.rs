@@ -3,7 +3,9 @@
 //!
 //! A segment changes only by deletes (erasure, retention), each of which gives it a new delete
 //! opstamp: an entry is kept per segment version and forgotten once that version is no longer
-//! searched, or, past a bound on the bytes of all entries, oldest first.
+//! searched, or, past a bound on the bytes of all entries, oldest first. What is searched is told
+//! by the newest searcher seen (its generation): a query or a scan on an older one keeps its
+//! values without forgetting those of newer segments.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,11 +30,11 @@ pub trait Weighed {
 }
 
 /// A segment as of its latest deletes.
-type SegmentVersion = (SegmentId, Option<Opstamp>);
+pub(super) type SegmentVersion = (SegmentId, Option<Opstamp>);
 
 type Key = (SegmentVersion, String);
 
-fn version(segment: &SegmentReader) -> SegmentVersion {
+pub(super) fn version(segment: &SegmentReader) -> SegmentVersion {
     (segment.segment_id(), segment.delete_opstamp())
 }
 
@@ -61,6 +63,8 @@ struct Cached<V> {
     order: VecDeque<Key>,
     /// What the entries cost, keys included.
     bytes: usize,
+    /// The generation of the newest searcher whose segments were kept.
+    newest: u64,
 }
 
 impl<V: Weighed> SegmentCache<V> {
@@ -70,6 +74,7 @@ impl<V: Weighed> SegmentCache<V> {
             values: HashMap::new(),
             order: VecDeque::new(),
             bytes: 0,
+            newest: 0,
         };
         Self {
             inner: Arc::new(Mutex::new(cached)),
@@ -89,12 +94,21 @@ impl<V: Weighed> SegmentCache<V> {
         self.lock().values.get(&id).cloned()
     }
 
-    /// Keeps `fresh` values (each of a segment and the query `key`) and forgets every segment
-    /// version not among `live`, the segments searched now.
-    pub fn keep(&self, live: &[&SegmentReader], key: &str, fresh: Vec<(&SegmentReader, Arc<V>)>) {
+    /// Keeps `fresh` values (each of a segment and the query `key`) and, when `live` are the
+    /// segments of the newest searcher seen (of `generation`), forgets every segment version not
+    /// among them.
+    pub fn keep(
+        &self,
+        live: &[&SegmentReader],
+        generation: u64,
+        key: &str,
+        fresh: Vec<(&SegmentReader, Arc<V>)>,
+    ) {
         let mut cached = self.lock();
+        let newest = generation >= cached.newest;
+        cached.newest = cached.newest.max(generation);
         let is_live = |id: &SegmentVersion| live.iter().any(|s| version(s) == *id);
-        if cached.order.iter().any(|(id, _)| !is_live(id)) {
+        if newest && cached.order.iter().any(|(id, _)| !is_live(id)) {
             cached.values.retain(|(id, _), _| is_live(id));
             cached.order.retain(|(id, _)| is_live(id));
             cached.bytes = cached
@@ -128,11 +142,13 @@ impl<V: Weighed> SegmentCache<V> {
         }
     }
 
-    /// The value of the query `key` over each of `segments`, computing the missing ones with
-    /// `compute`; forgets segment versions no longer searched.
+    /// The value of the query `key` over each of `segments` (those of a searcher of
+    /// `generation`), computing the missing ones with `compute`; forgets segment versions no
+    /// longer searched.
     pub fn for_each_segment<E>(
         &self,
         segments: &[SegmentReader],
+        generation: u64,
         key: &str,
         mut compute: impl FnMut(&SegmentReader) -> Result<V, E>,
     ) -> Result<Vec<Arc<V>>, E> {
@@ -150,7 +166,7 @@ impl<V: Weighed> SegmentCache<V> {
             result.push(value);
         }
         let live: Vec<&SegmentReader> = segments.iter().collect();
-        self.keep(&live, key, fresh);
+        self.keep(&live, generation, key, fresh);
         Ok(result)
     }
 

@@ -96,6 +96,8 @@ struct Segment<'a> {
 pub struct Prepared<'a> {
     weight: Box<dyn Weight>,
     segments: Vec<Segment<'a>>,
+    /// The generation of the searcher it runs over.
+    generation: u64,
 }
 
 /// Prepares `query` over `searcher`. `key` names the query (not its window) for the cache of
@@ -108,7 +110,7 @@ pub fn prepare<'a>(
 ) -> tantivy::Result<Prepared<'a>> {
     let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
     let readers = searcher.segment_readers();
-    let stats = blocks::for_query(cache, readers, key, weight.as_ref())?;
+    let stats = blocks::for_query(cache, searcher, key, weight.as_ref())?;
     let segments = readers
         .iter()
         .zip(stats)
@@ -122,7 +124,12 @@ pub fn prepare<'a>(
             })
         })
         .collect::<tantivy::Result<Vec<_>>>()?;
-    Ok(Prepared { weight, segments })
+    let generation = searcher.generation().generation_id();
+    Ok(Prepared {
+        weight,
+        segments,
+        generation,
+    })
 }
 
 impl Prepared<'_> {
@@ -171,6 +178,11 @@ impl Prepared<'_> {
             self.visit_segment(segment, window, visitor)?;
         }
         Ok(())
+    }
+
+    /// The generation of the searcher it runs over.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The segments the query runs over.

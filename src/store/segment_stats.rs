@@ -91,7 +91,7 @@ pub fn by_segment(
                     .visit_segment(i, window, &mut visitor)
                     .map_err(StoreError::from)?;
                 let Some(part) = visitor.finish_exact()? else {
-                    cache.keep(&segments, &key, fresh);
+                    cache.keep(&segments, prepared.generation(), &key, fresh);
                     return Ok(None);
                 };
                 let part = Arc::new(part);
@@ -111,11 +111,11 @@ pub fn by_segment(
         }
         if assistants.undercount() > 0 {
             // memory that grows with the assistants: a summary finds the busiest instead
-            cache.keep(&segments, &key, fresh);
+            cache.keep(&segments, prepared.generation(), &key, fresh);
             return Ok(None);
         }
     }
-    cache.keep(&segments, &key, fresh);
+    cache.keep(&segments, prepared.generation(), &key, fresh);
     let (assistants, _) = assistants.into_parts();
     total.assistants = assistants.into_iter().map(AssistantCount::of).collect();
     total.merge_latencies();

@@ -6,16 +6,17 @@
 //!
 //! Until a warm-up ends, a query that finds statistics missing computes them itself, as before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Instant;
 
 use prometheus_client::metrics::histogram::Histogram;
-use tantivy::Searcher;
 use tantivy::schema::Field;
+use tantivy::{Searcher, SegmentReader};
 #[cfg(test)]
 use tokio::sync::watch;
 
+use super::cache::{SegmentVersion, version};
 use super::{LogQuery, Store, StoreError};
 
 /// Logs a user must have in one segment for its statistics there to be computed ahead: below,
@@ -49,10 +50,11 @@ pub(super) fn start(store: Store, seconds: Histogram) -> std::io::Result<Warming
 }
 
 fn run(store: &Store, seconds: &Histogram, woken: &Receiver<()>) {
+    let mut done = HashSet::new();
     while woken.recv().is_ok() {
         let started = Instant::now();
         let searcher = store.reader.searcher();
-        match store.warm(&searcher) {
+        match store.warm(&searcher, &mut done) {
             Ok(0) => {}
             Ok(users) => {
                 let took = started.elapsed();
@@ -62,6 +64,7 @@ fn run(store: &Store, seconds: &Histogram, woken: &Receiver<()>) {
             // the first page of these users computes what is missing, as without warming
             Err(e) => tracing::warn!(error = %e, "warming block statistics failed"),
         }
+        #[cfg(test)]
         store
             .warmed
             .send_replace(searcher.generation().generation_id());
@@ -69,28 +72,31 @@ fn run(store: &Store, seconds: &Histogram, woken: &Receiver<()>) {
 }
 
 impl Store {
-    /// Computes the block statistics of every large user's unfiltered query where `searcher`'s
-    /// segments in which it is large lack them; returns for how many users.
-    fn warm(&self, searcher: &Searcher) -> Result<usize, StoreError> {
+    /// Computes the block statistics of the unfiltered query of every user large in one of
+    /// `searcher`'s segments not `done` yet, and then counts them all done; returns for how many
+    /// users. Each segment version is looked at once: a user whose statistics are not kept
+    /// (most of its logs deleted) or were evicted since is not computed again on every commit.
+    fn warm(
+        &self,
+        searcher: &Searcher,
+        done: &mut HashSet<SegmentVersion>,
+    ) -> Result<usize, StoreError> {
         let segments = searcher.segment_readers();
-        let mut warmed = 0;
-        for (user_id, large_in) in large_users(searcher, self.fields.user)? {
+        let new: Vec<&SegmentReader> = segments
+            .iter()
+            .filter(|&s| !done.contains(&version(s)))
+            .collect();
+        let users = large_users(&new, self.fields.user)?;
+        for user_id in &users {
             let query = LogQuery {
-                user_id,
+                user_id: user_id.clone(),
                 ..LogQuery::default()
             };
-            let key = query.selection_key();
-            if large_in
-                .iter()
-                .all(|&i| self.blocks.get(&segments[i], &key).is_some())
-            {
-                continue;
-            }
             // what the user's first page would do: the same statistics, kept the same way
             self.prepare(searcher, &query)?;
-            warmed += 1;
         }
-        Ok(warmed)
+        *done = segments.iter().map(version).collect();
+        Ok(users.len())
     }
 
     /// The generation of the last searcher warmed ([`tantivy::Searcher::generation`]).
@@ -100,14 +106,10 @@ impl Store {
     }
 }
 
-/// The users with at least [`WARM_MIN_LOGS`] logs in one of `searcher`'s segments, each with
-/// the segments (their positions) where it has.
-fn large_users(
-    searcher: &Searcher,
-    user: Field,
-) -> Result<BTreeMap<String, Vec<usize>>, StoreError> {
-    let mut users: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, segment) in searcher.segment_readers().iter().enumerate() {
+/// The users with at least [`WARM_MIN_LOGS`] logs in one of `segments`.
+fn large_users(segments: &[&SegmentReader], user: Field) -> Result<BTreeSet<String>, StoreError> {
+    let mut users = BTreeSet::new();
+    for segment in segments {
         if segment.max_doc() < WARM_MIN_LOGS {
             continue;
         }
@@ -118,8 +120,7 @@ fn large_users(
             .map_err(|e| StoreError::Tantivy(e.into()))?;
         while terms.advance() {
             if terms.value().doc_freq >= WARM_MIN_LOGS {
-                let user = String::from_utf8_lossy(terms.key()).into_owned();
-                users.entry(user).or_default().push(i);
+                users.insert(String::from_utf8_lossy(terms.key()).into_owned());
             }
         }
     }
@@ -145,9 +146,9 @@ mod tests {
         writer.commit(*seq).unwrap();
     }
 
-    /// Waits for the warming thread to have warmed the segments searched now, and says for
-    /// each of them whether `user`'s unfiltered query has its block statistics.
-    async fn warmed_for(store: &Store, users: &[&str]) -> Vec<Vec<bool>> {
+    /// Waits for the warming thread to have warmed the segments searched now, and says for each
+    /// user how many of its logs each segment holding its block statistics has, fewest first.
+    async fn warmed_for(store: &Store, users: &[&str]) -> Vec<Vec<u32>> {
         let searcher = store.reader.searcher();
         let generation = searcher.generation().generation_id();
         let mut warmed = store.warmed();
@@ -158,6 +159,11 @@ mod tests {
         .await
         .expect("the segments are warmed within a minute")
         .expect("the warming thread runs");
+        let logs_in = |segment: &SegmentReader, user: &str| {
+            let term = tantivy::Term::from_field_text(store.fields.user, user);
+            let index = segment.inverted_index(store.fields.user).unwrap();
+            index.doc_freq(&term).unwrap()
+        };
         users
             .iter()
             .map(|&user_id| {
@@ -167,9 +173,10 @@ mod tests {
                 };
                 let key = query.selection_key();
                 let segments = searcher.segment_readers().iter();
-                segments
-                    .map(|s| store.blocks.get(s, &key).is_some())
-                    .collect()
+                let cached = segments.filter(|s| store.blocks.get(s, &key).is_some());
+                let mut logs: Vec<u32> = cached.map(|s| logs_in(s, user_id)).collect();
+                logs.sort_unstable();
+                logs
             })
             .collect()
     }
@@ -183,7 +190,7 @@ mod tests {
         add(&mut writer, "small", WARM_MIN_LOGS - 1, &mut seq);
         assert_eq!(
             warmed_for(&store, &["large", "small"]).await,
-            [vec![true, false], vec![false, false]],
+            [vec![100], vec![]],
             "the large user's statistics where it has logs (none are kept where it has none), \
              the small user's nowhere",
         );
@@ -198,13 +205,11 @@ mod tests {
         add(&mut writer, "small", 1, &mut seq);
         assert_eq!(
             warmed_for(&store, &["large", "small"]).await,
-            [vec![true, false, false], vec![false; 3]],
+            [vec![100], vec![]],
+            "the segment the deletes changed is warmed again (its deleted logs still counted)",
         );
         add(&mut writer, "small", WARM_MIN_LOGS, &mut seq);
-        assert_eq!(
-            warmed_for(&store, &["small"]).await,
-            [vec![false, true, true, true]]
-        );
+        assert_eq!(warmed_for(&store, &["small"]).await, [vec![1, 99, 100]]);
 
         // what a warmed query answers is what it answers unwarmed
         let page = store
