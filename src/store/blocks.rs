@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use tantivy::query::Weight;
-use tantivy::{DocId, Searcher, SegmentReader};
+use tantivy::{DocId, SegmentReader};
 
 use super::cache::{SegmentCache, Weighed};
 use super::schema::TIMESTAMP_FIELD;
@@ -102,16 +102,16 @@ pub fn block_cache() -> BlockCache {
     SegmentCache::with_max_bytes(MAX_CACHED_BYTES)
 }
 
-/// The statistics of the query `key` (whose weight is `weight`) in each of `searcher`'s
-/// segments, computing the missing ones.
+/// The statistics of the query `key` (whose weight is `weight`) in each of `segments` (those of
+/// a searcher of `generation`), computing the missing ones.
 pub fn for_query(
     cache: &BlockCache,
-    searcher: &Searcher,
+    segments: &[SegmentReader],
+    generation: u64,
     key: &str,
     weight: &dyn Weight,
 ) -> tantivy::Result<Vec<Arc<SegmentBlocks>>> {
-    let generation = searcher.generation().generation_id();
-    cache.for_each_segment(searcher.segment_readers(), generation, key, |segment| {
+    cache.for_each_segment(segments, generation, key, |segment| {
         SegmentBlocks::compute(weight, segment)
     })
 }

@@ -110,7 +110,8 @@ pub fn prepare<'a>(
 ) -> tantivy::Result<Prepared<'a>> {
     let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
     let readers = searcher.segment_readers();
-    let stats = blocks::for_query(cache, searcher, key, weight.as_ref())?;
+    let generation = searcher.generation().generation_id();
+    let stats = blocks::for_query(cache, readers, generation, key, weight.as_ref())?;
     let segments = readers
         .iter()
         .zip(stats)
@@ -124,7 +125,6 @@ pub fn prepare<'a>(
             })
         })
         .collect::<tantivy::Result<Vec<_>>>()?;
-    let generation = searcher.generation().generation_id();
     Ok(Prepared {
         weight,
         segments,

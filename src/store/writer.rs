@@ -73,8 +73,7 @@ impl LogWriter {
             self.writer = new_writer(&self.index, &self.options)?;
             self.writer_lost = false;
         }
-        self.reader.reload()?;
-        self.warming.wake();
+        self.reload()?;
         self.committed_seq = durable_seq(&self.index, &self.reader)?;
         self.publish_visible();
         // what went wrong before the rollback explains nothing after it
@@ -113,10 +112,16 @@ impl LogWriter {
         prepared.set_payload(&payload);
         prepared.commit().map_err(|e| explain(errors, e))?;
         self.committed_seq = last_seq;
-        self.reader.reload()?;
-        self.warming.wake();
+        self.reload()?;
         self.publish_visible();
         self.start_purge();
+        Ok(())
+    }
+
+    /// Makes searches see the last commit, and asks for the segments it brings to be warmed.
+    fn reload(&self) -> tantivy::Result<()> {
+        self.reader.reload()?;
+        self.warming.wake();
         Ok(())
     }
 
