@@ -152,14 +152,15 @@ async fn main() {
                 let rss = server.peak_rss_bytes();
                 server.stop();
                 eprintln!(
-                    "run: {:?} dedup {} ms: {:.0} records/s, export p99 {:?}, visible p99 {:?}, peak RSS {} MiB, window {:.2} bytes/record",
+                    "run: {:?} dedup {} ms: {:.0} records/s, export p99 {:?}, visible p99 {:?}, peak RSS {} MiB, window {:.2} bytes/record, probe {:.0} requests/s",
                     transport,
                     window,
                     report.records_per_second(),
                     report.export_p99,
                     report.visible_p99,
                     rss >> 20,
-                    window_bytes / args.records as f64
+                    window_bytes / args.records as f64,
+                    report.probe_requests as f64 / report.seconds
                 );
                 runs[mode].push((report, rss, window_bytes));
             }

@@ -11,11 +11,12 @@ pub mod flood;
 pub mod raw_grpc;
 pub mod rss;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -375,6 +376,8 @@ pub struct IngestReport {
     pub visible_p50: Duration,
     pub visible_p99: Duration,
     pub refused: usize,
+    /// `GET /logs` requests the visibility probe sent.
+    pub probe_requests: u64,
 }
 
 impl IngestReport {
@@ -510,52 +513,106 @@ pub async fn ingest(
         visible_p50: percentile(&mut visible, 50.0),
         visible_p99: percentile(&mut visible, 99.0),
         refused: refused.load(Ordering::Relaxed),
+        probe_requests: PROBE_REQUESTS.swap(0, Ordering::Relaxed),
     }
 }
 
 /// Every 100 ms, independently of the ingest load and of earlier probes, exports one record for
-/// user `probe` and polls `/logs` until it shows; returns the times from acknowledgement to
-/// visibility. Its last probe starts after `done`, so when it returns everything acknowledged
-/// before is visible too.
+/// user `probe`; returns the times from acknowledgement to visibility. One poller asks `/logs`,
+/// every 5 ms, whether the oldest probe acknowledged and not seen yet shows; once it does, it asks
+/// for every other one acknowledged by then at once, as a commit shows them together. (A poller
+/// per probe sent a few hundred to a thousand requests a second while ingest ran, which took the
+/// cores from the ingest it measures.) Its last probe starts after `done`, so when it returns
+/// everything acknowledged before is visible too.
 async fn probe_visibility(
     channel: tonic::transport::Channel,
     key: String,
     api: String,
     done: Arc<AtomicBool>,
 ) -> Vec<Duration> {
-    let mut probes = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // probes acknowledged and not seen yet: when each was acknowledged
+    let acked: Arc<Mutex<BTreeMap<u64, Instant>>> = Arc::default();
+    let sender = tokio::spawn({
+        let (acked, key) = (acked.clone(), key.clone());
+        async move {
+            let mut exports = tokio::task::JoinSet::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                let n = PROBES.fetch_add(1, Ordering::Relaxed);
+                let finishing = done.load(Ordering::Relaxed);
+                let (channel, key, acked) = (channel.clone(), key.clone(), acked.clone());
+                exports.spawn(async move {
+                    // a probe refused for overload measures nothing
+                    if export_probe(n, channel, &key).await {
+                        acked.lock().unwrap().insert(n, Instant::now());
+                    }
+                });
+                if finishing {
+                    break;
+                }
+            }
+            exports.join_all().await;
+        }
+    });
+    let client = plain_http().build().expect("an HTTP client");
+    let shows = |n: u64| {
+        let (client, api, key) = (client.clone(), api.clone(), key.clone());
+        async move {
+            PROBE_REQUESTS.fetch_add(1, Ordering::Relaxed);
+            let body: serde_json::Value = client
+                .get(format!("{api}/logs?q=probe{n}&limit=1"))
+                .header("authorization", key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["data"]["total"] == 1
+        }
+    };
+    let mut samples = Vec::new();
     loop {
-        tick.tick().await;
-        let n = PROBES.fetch_add(1, Ordering::Relaxed);
-        let finishing = done.load(Ordering::Relaxed);
-        probes.push(tokio::spawn(probe_once(
-            n,
-            channel.clone(),
-            key.clone(),
-            api.clone(),
-        )));
-        if finishing {
-            break;
+        let oldest = acked.lock().unwrap().pop_first();
+        let Some((n, at)) = oldest else {
+            if sender.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        if !shows(n).await {
+            acked.lock().unwrap().insert(n, at);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        samples.push(at.elapsed());
+        let others = std::mem::take(&mut *acked.lock().unwrap());
+        let mut asked = tokio::task::JoinSet::new();
+        for (n, at) in others {
+            let shows = shows(n);
+            asked.spawn(async move { (n, at, shows.await) });
+        }
+        for (n, at, shown) in asked.join_all().await {
+            if shown {
+                samples.push(at.elapsed());
+            } else {
+                acked.lock().unwrap().insert(n, at);
+            }
         }
     }
-    let mut samples = Vec::new();
-    for probe in probes {
-        samples.extend(probe.await.unwrap());
-    }
+    sender.await.unwrap();
     samples
 }
 
 /// Probes sent by this process: each probe's message is unique.
 static PROBES: AtomicU64 = AtomicU64::new(0);
+/// `GET /logs` requests the probes sent, since an ingest report last took them.
+static PROBE_REQUESTS: AtomicU64 = AtomicU64::new(0);
 
-/// One probe: export record `probe{n}`, then poll until `/logs` shows it.
-async fn probe_once(
-    n: u64,
-    channel: tonic::transport::Channel,
-    key: String,
-    api: String,
-) -> Option<Duration> {
+/// Exports probe record `probe{n}`; whether it was acknowledged.
+async fn export_probe(n: u64, channel: tonic::transport::Channel, key: &str) -> bool {
     use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
     let mut record = Workload::new(n).next_activity().to_log_record(BASE_NANOS);
     record.body = Some(AnyValue {
@@ -572,25 +629,7 @@ async fn probe_once(
         }],
     }
     .encode_to_vec();
-    // a probe refused for overload measures nothing
-    raw_grpc::export(channel, &key, body.into()).await.ok()?;
-    let acked = Instant::now();
-    let client = plain_http().build().expect("an HTTP client");
-    loop {
-        let body: serde_json::Value = client
-            .get(format!("{api}/logs?q=probe{n}&limit=1"))
-            .header("authorization", &key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if body["data"]["total"] == 1 {
-            return Some(acked.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    raw_grpc::export(channel, key, body.into()).await.is_ok()
 }
 
 /// The figures of one query type.
