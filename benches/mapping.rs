@@ -3,6 +3,8 @@
 //!     cargo bench --bench mapping -- [--runs 5]
 //!
 //! - `workload`: exports of 512 records of the deterministic workload, as the ingest bench sends.
+//! - `documents`: the tantivy documents of those records as the store's writer builds them
+//!   (stored document, scoped terms, payload terms by path).
 //! - `huge resource`: one export of 20,000 records under a Resource of 20,000 attributes, the
 //!   ones the mapping reads at the end (the shape that was quadratic when each field of each
 //!   record scanned the Resource).
@@ -10,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use logbridge::mapping::{Admission, MappingConfig, map_request};
+use logbridge::store::{BareIndex, StoreOptions};
 use logbridge::workload::Workload;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
@@ -87,6 +90,33 @@ fn main() {
         200 * 512,
         took.as_secs_f64() * 1e3,
         (200.0 * 512.0) / took.as_secs_f64()
+    );
+
+    let logs: Vec<_> = exports
+        .iter()
+        .flat_map(|export| {
+            map_request(&config, None, 0, export, |_| Admission::Keep)
+                .unwrap()
+                .logs
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let index = BareIndex::create(dir.path(), &StoreOptions::new(64 << 20)).expect("an index");
+    let samples: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            for (seq, log) in logs.iter().enumerate() {
+                std::hint::black_box(index.document(log, seq as u64));
+            }
+            started.elapsed()
+        })
+        .collect();
+    let took = median(samples);
+    println!(
+        "documents: {} built in {:.1} ms, {:.0} documents/s (median of {runs})",
+        logs.len(),
+        took.as_secs_f64() * 1e3,
+        logs.len() as f64 / took.as_secs_f64()
     );
 
     let mut resource: Vec<KeyValue> = (0..20_000)

@@ -15,6 +15,7 @@ mod schema;
 mod search;
 mod segment_stats;
 mod stats;
+mod stored;
 mod upgrade;
 mod warm;
 mod writer;
@@ -66,7 +67,7 @@ pub enum StoreError {
     Write(std::io::Error),
     #[error("corrupt commit payload {0:?}")]
     Payload(String),
-    #[error("a stored log is not JSON: {0}")]
+    #[error("a stored log cannot be read: {0}")]
     StoredLog(String),
 }
 

@@ -15,6 +15,7 @@ use super::search::SortKey;
 use super::search::{self, Prepared, Window};
 use super::segment_stats;
 use super::stats::{self, Listed, Stats, StatsError, StatsParts, TOP_ASSISTANTS, TimeHistogram};
+use super::stored::SegmentColumns;
 use super::{LogPage, LogQuery, MAX_OFFSET, Scan, SearchError, Store, StoreError};
 
 impl Store {
@@ -70,26 +71,44 @@ impl Store {
         let collector =
             TopDocs::with_limit(limit).order_by_fast_field::<u64>(SEQ_FIELD, Order::Asc);
         let top = searcher.search(&BooleanQuery::new(clauses), &collector)?;
-        top.into_iter()
-            .map(|(seq, address)| Ok((seq.unwrap_or(0), self.served(&searcher, address)?)))
-            .collect()
+        let logs = self.served(&searcher, top.iter().map(|&(_, address)| address))?;
+        Ok(top
+            .into_iter()
+            .map(|(seq, _)| seq.unwrap_or(0))
+            .zip(logs)
+            .collect())
     }
 
-    /// The JSON of a log as served, on one line: `request_data` and `response_data` are kept as
-    /// sent, whitespace included, and a line break in them would split an NDJSON line or an SSE
-    /// event, so such a log is written compactly.
-    fn served(&self, searcher: &Searcher, address: DocAddress) -> Result<Vec<u8>, StoreError> {
-        let doc: TantivyDocument = searcher.doc(address)?;
-        let json = doc
-            .get_first(self.fields.doc)
-            .and_then(|value| value.as_bytes());
-        let json = json.unwrap_or(b"{}");
-        if !json.iter().any(|&b| b == b'\n' || b == b'\r') {
-            return Ok(json.to_vec());
+    /// The JSON of logs as served, on one line each: `request_data` and `response_data` are kept
+    /// as sent, whitespace included, and a line break in them would split an NDJSON line or an
+    /// SSE event, so such a log is written compactly.
+    fn served(
+        &self,
+        searcher: &Searcher,
+        addresses: impl IntoIterator<Item = DocAddress>,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut segments: Vec<SegmentColumns> = searcher
+            .segment_readers()
+            .iter()
+            .map(SegmentColumns::new)
+            .collect();
+        let mut logs = Vec::new();
+        for address in addresses {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            let stored = doc
+                .get_first(self.fields.doc)
+                .and_then(|value| value.as_bytes())
+                .unwrap_or(b"{}");
+            let json = segments[address.segment_ord as usize].served(stored, address.doc_id)?;
+            if !json.iter().any(|&b| b == b'\n' || b == b'\r') {
+                logs.push(json);
+                continue;
+            }
+            let value: serde_json::Value =
+                serde_json::from_slice(&json).map_err(|e| StoreError::StoredLog(e.to_string()))?;
+            logs.push(serde_json::to_vec(&value).expect("a JSON value serializes"));
         }
-        let value: serde_json::Value =
-            serde_json::from_slice(json).map_err(|e| StoreError::StoredLog(e.to_string()))?;
-        Ok(serde_json::to_vec(&value).expect("a JSON value serializes"))
+        Ok(logs)
     }
 
     /// Every log `query` selects (its filters and time window), newest first, page by page,
@@ -241,10 +260,9 @@ impl Store {
         let k = offset + query.limit + 1;
         let top = prepared.top_k(&window, k).map_err(StoreError::from)?;
         let has_more = top.len() > offset + query.limit;
-        let mut logs = Vec::with_capacity(query.limit.min(top.len()));
-        for (key, address) in top.into_iter().skip(offset).take(query.limit) {
-            logs.push((key, self.served(searcher, address)?));
-        }
+        let page = || top.iter().skip(offset).take(query.limit);
+        let served = self.served(searcher, page().map(|&(_, address)| address))?;
+        let logs = page().map(|&(key, _)| key).zip(served).collect();
         Ok(LogPage {
             total,
             has_more,

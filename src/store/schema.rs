@@ -45,6 +45,11 @@ pub fn kind(log_type: LogType, status: LogStatus) -> u64 {
     (t.expect("every type is in ALL") * 2 + s.expect("every status is in ALL")) as u64
 }
 
+/// The indexes in [`LogType::ALL`] and [`LogStatus::ALL`] of a stored [`kind`].
+pub(super) fn kind_parts(kind: u64) -> (usize, usize) {
+    ((kind / 2) as usize, (kind % 2) as usize)
+}
+
 /// A filter value, always within one user: indexed as one term of the `scoped` field, so that a
 /// query by user and filter is a single term, counted from its document frequency.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +90,7 @@ pub struct Fields {
     /// Ingest sequence number, fast: the tie-breaker of equal timestamps, and what replay
     /// compares with the last commit.
     pub seq: Field,
-    /// The log as served by the API, JSON.
+    /// The log as served by the API, less what the fast fields hold ([`super::stored`]).
     pub doc: Field,
     /// Type and status, fast, for statistics.
     pub kind: Field,
@@ -156,7 +161,7 @@ impl Fields {
         doc.add_text(self.message, &log.message);
         doc.add_u64(self.timestamp, log.timestamp_nanos);
         doc.add_u64(self.seq, seq);
-        doc.add_bytes(self.doc, &served_json(log));
+        doc.add_bytes(self.doc, &super::stored::document(log));
         doc.add_u64(self.kind, kind(log.log_type, log.status));
         doc.add_u64(self.latency, log.latency_ms);
         doc.add_text(self.assistant, &log.assistant_id);
@@ -296,7 +301,9 @@ pub struct ServedLog<'a> {
     severity_text: Option<&'a str>,
 }
 
-/// The JSON of a log as `GET /logs` returns it.
+/// The JSON of a log as `GET /logs` returns it, by [`ServedLog`]: what serving a stored document
+/// must give.
+#[cfg(test)]
 pub(super) fn served_json(log: &ActivityLog) -> Vec<u8> {
     serde_json::to_vec(&ServedLog {
         log_type: log.log_type.as_str(),

@@ -16,7 +16,7 @@ use tantivy::{DocId, SegmentReader};
 pub use super::assistants::{AssistantCount, Listed, Tally};
 use super::assistants::{Assistants, Unfinished};
 use super::cache::Weighed;
-use super::schema::{ASSISTANT_FIELD, KIND_FIELD, LATENCY_FIELD};
+use super::schema::{ASSISTANT_FIELD, KIND_FIELD, LATENCY_FIELD, kind_parts};
 use super::search::Visitor;
 use crate::mapping::{LogStatus, LogType};
 
@@ -102,11 +102,6 @@ fn type_index(log_type: LogType) -> usize {
 
 fn status_index(status: LogStatus) -> usize {
     kind_parts(super::schema::kind(LogType::ToolCall, status)).1
-}
-
-/// The type and status indexes of a stored kind.
-fn kind_parts(kind: u64) -> (usize, usize) {
-    ((kind / 2) as usize, (kind % 2) as usize)
 }
 
 /// The interval for about [`AUTO_BUCKETS`] buckets over `span` nanoseconds.

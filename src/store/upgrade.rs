@@ -22,6 +22,7 @@ use super::StoreError;
 use super::schema::{
     Fields, SEQ_FIELD, TIMESTAMP_FIELD, compress_stored_documents, register_analyzers,
 };
+use super::stored::SegmentColumns;
 use crate::mapping::{ActivityLog, LogStatus, LogType};
 
 /// The folder the new index is built in.
@@ -34,7 +35,7 @@ const MANAGED: &str = ".managed.json";
 /// Indexing memory of the copy.
 const WRITER_BYTES: usize = 64 << 20;
 
-/// A log as stored, which is how the API serves it.
+/// A log as the API serves it.
 #[derive(Deserialize)]
 struct Stored {
     log_type: LogType,
@@ -113,6 +114,7 @@ fn copy(old: &Index, staging: &Path, payloads: bool) -> Result<u64, StoreError> 
         let timestamps = fast.u64(TIMESTAMP_FIELD)?;
         let seqs = fast.u64(SEQ_FIELD)?;
         let store = segment.get_store_reader(64).map_err(StoreError::Write)?;
+        let mut columns = SegmentColumns::new(segment);
         for doc in segment.doc_ids_alive() {
             let (Some(user), Some(timestamp), Some(seq)) = (
                 users.get(owner[doc as usize] as usize),
@@ -123,7 +125,10 @@ fn copy(old: &Index, staging: &Path, payloads: bool) -> Result<u64, StoreError> 
             };
             let stored: TantivyDocument = store.get(doc)?;
             let json = stored.get_first(doc_field).and_then(|v| v.as_bytes());
-            let Some(Ok(log)) = json.map(serde_json::from_slice::<Stored>) else {
+            let served = json.map(|json| columns.served(json, doc));
+            let Some(Ok(Ok(log))) =
+                served.map(|s| s.map(|json| serde_json::from_slice::<Stored>(&json)))
+            else {
                 tracing::warn!(
                     doc,
                     seq,
@@ -355,18 +360,25 @@ mod tests {
     }
 
     #[test]
-    fn stored_documents_of_lz4_segments_stay_readable_and_become_zstd_when_merged() {
+    fn stored_documents_of_earlier_segments_stay_readable_and_are_rewritten_when_merged() {
         let dir = tempfile::tempdir().unwrap();
         let logs = logs();
-        // the current schema with tantivy's default compression, as logbridge wrote it before
+        // the current schema with tantivy's default compression and each stored document the
+        // whole served JSON, as logbridge wrote it before
         let (schema, fields) = Fields::schema(true);
         let index = Index::create_in_dir(dir.path(), schema).unwrap();
         register_analyzers(&index);
         let mut writer: IndexWriter = index.writer_with_num_threads(1, 16 << 20).unwrap();
         for (i, log) in logs[..3].iter().enumerate() {
-            writer
-                .add_document(fields.document(log, i as u64 + 1))
-                .unwrap();
+            let document = fields.document(log, i as u64 + 1);
+            let mut earlier = TantivyDocument::new();
+            for (field, value) in document.field_values() {
+                if field != fields.doc {
+                    earlier.add_field_value(field, value);
+                }
+            }
+            earlier.add_bytes(fields.doc, &served_json(log));
+            writer.add_document(earlier).unwrap();
         }
         let mut prepared = writer.prepare_commit().unwrap();
         prepared.set_payload(r#"{"last_seq":3}"#);

@@ -1,0 +1,266 @@
+//! The stored document of a log: what its served JSON needs besides the fast fields.
+//!
+//! Each log's type and status, timestamp, latency and assistant are in fast fields (columns)
+//! already, so its document leaves them out: that takes about a quarter off the compressed
+//! documents (BENCHMARKS.md, "Efficiency"). A document is the byte [`FORMAT`], then three parts
+//! of the served JSON separated by NUL bytes, which JSON text cannot hold unescaped:
+//!
+//! ```text
+//! "room_name":…  NUL  "message":…,"request_data":…,"response_data":…  NUL  "trace_id":…,"span_id":…,"severity_text":…
+//! ```
+//!
+//! Serving it puts the columns' values around and between the parts, in the order of
+//! [`super::ServedLog`], with no parsing. A document of an earlier version is the whole served
+//! JSON (it starts with `{`) and is served as it is.
+
+use std::collections::HashMap;
+
+use tantivy::columnar::{Column, StrColumn};
+use tantivy::{DocId, SegmentReader};
+
+use super::StoreError;
+use super::schema::{
+    ASSISTANT_FIELD, KIND_FIELD, LATENCY_FIELD, TIMESTAMP_FIELD, format_timestamp, kind_parts,
+};
+use crate::mapping::{ActivityLog, LogStatus, LogType};
+
+/// The first byte of a document in this format.
+const FORMAT: u8 = 1;
+
+/// Between the parts of a document.
+const SEPARATOR: u8 = 0;
+
+fn json_into(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    serde_json::to_writer(out, value).expect("strings and options of strings serialize");
+}
+
+/// The stored document of `log`.
+pub(super) fn document(log: &ActivityLog) -> Vec<u8> {
+    let payloads = log.request_data.get().len() + log.response_data.get().len();
+    let mut out = Vec::with_capacity(160 + log.room_name.len() + log.message.len() + payloads);
+    out.push(FORMAT);
+    out.extend_from_slice(b"\"room_name\":");
+    json_into(&mut out, &log.room_name);
+    out.push(SEPARATOR);
+    out.extend_from_slice(b"\"message\":");
+    json_into(&mut out, &log.message);
+    out.extend_from_slice(b",\"request_data\":");
+    out.extend_from_slice(log.request_data.get().as_bytes());
+    out.extend_from_slice(b",\"response_data\":");
+    out.extend_from_slice(log.response_data.get().as_bytes());
+    out.push(SEPARATOR);
+    out.extend_from_slice(b"\"trace_id\":");
+    json_into(&mut out, &log.trace_id);
+    out.extend_from_slice(b",\"span_id\":");
+    json_into(&mut out, &log.span_id);
+    out.extend_from_slice(b",\"severity_text\":");
+    json_into(&mut out, &log.severity_text);
+    out
+}
+
+/// The columns of one segment that its documents leave out, opened when a document first needs
+/// them.
+pub(super) struct SegmentColumns<'a> {
+    segment: &'a SegmentReader,
+    columns: Option<Columns>,
+}
+
+struct Columns {
+    kind: Column<u64>,
+    timestamp: Column<u64>,
+    latency: Column<u64>,
+    assistant: StrColumn,
+    /// Assistant ids by ordinal, as read so far: a page or a scan meets the same few often.
+    assistants: HashMap<u64, String>,
+}
+
+fn missing(what: &str) -> StoreError {
+    StoreError::StoredLog(format!(
+        "the segment has no {what} column for its stored logs"
+    ))
+}
+
+impl Columns {
+    fn open(segment: &SegmentReader) -> Result<Self, StoreError> {
+        let fast = segment.fast_fields();
+        let u64_column = |name: &str| fast.u64(name).map_err(|_| missing(name));
+        Ok(Self {
+            kind: u64_column(KIND_FIELD)?,
+            timestamp: u64_column(TIMESTAMP_FIELD)?,
+            latency: u64_column(LATENCY_FIELD)?,
+            assistant: fast
+                .str(ASSISTANT_FIELD)?
+                .ok_or_else(|| missing(ASSISTANT_FIELD))?,
+            assistants: HashMap::new(),
+        })
+    }
+
+    fn assistant(&mut self, doc: DocId) -> Result<&str, StoreError> {
+        // a log without an assistant has an empty one; a column keeps no value for it
+        let Some(ord) = self.assistant.term_ords(doc).next() else {
+            return Ok("");
+        };
+        if !self.assistants.contains_key(&ord) {
+            let mut id = String::new();
+            let read = self.assistant.ord_to_str(ord, &mut id);
+            if !read.map_err(|e| StoreError::StoredLog(e.to_string()))? {
+                return Err(missing(ASSISTANT_FIELD));
+            }
+            self.assistants.insert(ord, id);
+        }
+        Ok(&self.assistants[&ord])
+    }
+}
+
+impl<'a> SegmentColumns<'a> {
+    pub fn new(segment: &'a SegmentReader) -> Self {
+        Self {
+            segment,
+            columns: None,
+        }
+    }
+
+    /// The served JSON of document `doc` of the segment, stored as `stored`.
+    pub fn served(&mut self, stored: &[u8], doc: DocId) -> Result<Vec<u8>, StoreError> {
+        let Some((&FORMAT, parts)) = stored.split_first() else {
+            // an earlier version's document: the served JSON itself
+            return Ok(stored.to_vec());
+        };
+        let mut parts = parts.split(|&b| b == SEPARATOR);
+        let (Some(room), Some(middle), Some(last), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(StoreError::StoredLog(
+                "a stored log does not have its three parts".into(),
+            ));
+        };
+        let columns = match &mut self.columns {
+            Some(columns) => columns,
+            empty => empty.insert(Columns::open(self.segment)?),
+        };
+        let value = |column: &Column<u64>, name| column.first(doc).ok_or_else(|| missing(name));
+        let (kind, timestamp, latency) = (
+            value(&columns.kind, KIND_FIELD)?,
+            value(&columns.timestamp, TIMESTAMP_FIELD)?,
+            value(&columns.latency, LATENCY_FIELD)?,
+        );
+        let (log_type, status) = kind_parts(kind);
+        let (Some(log_type), Some(status)) =
+            (LogType::ALL.get(log_type), LogStatus::ALL.get(status))
+        else {
+            return Err(StoreError::StoredLog(format!("unknown kind {kind}")));
+        };
+        let assistant = columns.assistant(doc)?;
+        let mut out = Vec::with_capacity(stored.len() + 160 + assistant.len());
+        out.extend_from_slice(b"{\"log_type\":\"");
+        out.extend_from_slice(log_type.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"status\":\"");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"assistant_id\":");
+        json_into(&mut out, &assistant);
+        out.push(b',');
+        out.extend_from_slice(room);
+        out.extend_from_slice(b",\"timestamp\":\"");
+        out.extend_from_slice(format_timestamp(timestamp).as_bytes());
+        out.extend_from_slice(b"\",");
+        out.extend_from_slice(middle);
+        out.extend_from_slice(b",\"latency_ms\":");
+        out.extend_from_slice(latency.to_string().as_bytes());
+        out.push(b',');
+        out.extend_from_slice(last);
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::super::schema::served_json;
+    use super::super::{LogQuery, StoreOptions, open};
+    use super::*;
+    use crate::mapping::example_log;
+
+    /// Logs that try every part of a document: each type and status, escapes in every string,
+    /// no assistant, absent and present ids, extreme numbers, payloads with whitespace.
+    fn logs() -> Vec<ActivityLog> {
+        let mut logs = Vec::new();
+        for (i, (log_type, status)) in LogType::ALL
+            .into_iter()
+            .flat_map(|t| LogStatus::ALL.map(|s| (t, s)))
+            .enumerate()
+        {
+            let mut log = example_log(&format!("log {i}"));
+            (log.log_type, log.status) = (log_type, status);
+            log.timestamp_nanos = 1_773_134_142_000_000_000 + i as u64;
+            logs.push(log);
+        }
+        let mut odd = example_log("quote \" backslash \\ tab \t NUL \0 é 🎧");
+        odd.assistant_id = "a\"b\\c é".into();
+        odd.room_name = "room \u{1} \0 ✓".into();
+        odd.request_data =
+            RawValue::from_string(r#"{ "k" : [1, 2.50, "x\"y"] ,"e":{}}"#.into()).unwrap();
+        odd.response_data = RawValue::from_string("{}".into()).unwrap();
+        (odd.trace_id, odd.span_id, odd.severity_text) = (None, None, None);
+        odd.latency_ms = u64::MAX;
+        odd.timestamp_nanos = u64::MAX;
+        logs.push(odd);
+        let mut empty = example_log("");
+        (empty.assistant_id, empty.room_name) = (String::new(), String::new());
+        empty.latency_ms = 0;
+        empty.timestamp_nanos = 0;
+        logs.push(empty);
+        logs
+    }
+
+    #[test]
+    fn every_log_is_served_byte_for_byte_as_the_whole_json_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut writer) = open(dir.path(), &StoreOptions::new(16 << 20)).unwrap();
+        let logs = logs();
+        for (i, log) in logs.iter().enumerate() {
+            writer.add(log, i as u64 + 1).unwrap();
+            if i == 3 {
+                // a page over two segments
+                writer.commit(i as u64 + 1).unwrap();
+            }
+        }
+        writer.commit(logs.len() as u64).unwrap();
+
+        let mut newest_first: Vec<&ActivityLog> = logs.iter().collect();
+        newest_first.sort_by_key(|log| std::cmp::Reverse(log.timestamp_nanos));
+        let expected: Vec<String> = newest_first
+            .iter()
+            .map(|log| String::from_utf8(served_json(log)).unwrap())
+            .collect();
+        let page = store
+            .search(&LogQuery {
+                user_id: logs[0].user_id.clone(),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let served: Vec<String> = page
+            .logs
+            .into_iter()
+            .map(|(_, json)| String::from_utf8(json).unwrap())
+            .collect();
+        assert_eq!(served, expected);
+    }
+
+    #[test]
+    fn a_document_that_is_not_in_either_format_is_an_error_naming_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut writer) = open(dir.path(), &StoreOptions::new(16 << 20)).unwrap();
+        writer.add(&example_log("one"), 1).unwrap();
+        writer.commit(1).unwrap();
+        let searcher = store.reader.searcher();
+        let mut columns = SegmentColumns::new(searcher.segment_reader(0));
+        let error = columns.served(&[FORMAT, b'x'], 0).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "a stored log cannot be read: a stored log does not have its three parts"
+        );
+    }
+}
