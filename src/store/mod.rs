@@ -7,6 +7,7 @@ mod assistants;
 mod bare;
 mod blocks;
 mod cache;
+mod columns;
 mod directory;
 mod erase;
 mod query;
@@ -44,6 +45,7 @@ pub use stats::{
     AUTO_BUCKETS, AssistantCount, Latency, Listed, MAX_BUCKETS, Mismatch, Stats, StatsError,
     StatsParts, TOP_ASSISTANTS, Tally, TimeHistogram, histogram_over,
 };
+pub use stored::each_served;
 
 use crate::faults::Faults;
 use crate::mapping::{LogStatus, LogType};
@@ -149,6 +151,8 @@ pub struct Store {
     reader: IndexReader,
     fields: Fields,
     blocks: BlockCache,
+    /// The columns of the segments searched, opened once.
+    columns: columns::ColumnCache,
     /// The statistics of recent queries over whole segments.
     stats: segment_stats::StatsCache,
     /// The highest sequence number searches see: every log up to it is visible.
@@ -257,6 +261,7 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
         reader: reader.clone(),
         fields,
         blocks: blocks::block_cache(),
+        columns: columns::ColumnCache::default(),
         stats: segment_stats::stats_cache(),
         visible: visible_rx,
         #[cfg(test)]

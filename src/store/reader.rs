@@ -15,7 +15,7 @@ use super::search::SortKey;
 use super::search::{self, Prepared, Window};
 use super::segment_stats;
 use super::stats::{self, Listed, Stats, StatsError, StatsParts, TOP_ASSISTANTS, TimeHistogram};
-use super::stored::SegmentColumns;
+use super::stored;
 use super::{LogPage, LogQuery, MAX_OFFSET, Scan, SearchError, Store, StoreError};
 
 impl Store {
@@ -87,11 +87,6 @@ impl Store {
         searcher: &Searcher,
         addresses: impl IntoIterator<Item = DocAddress>,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut segments: Vec<SegmentColumns> = searcher
-            .segment_readers()
-            .iter()
-            .map(SegmentColumns::new)
-            .collect();
         let mut logs = Vec::new();
         for address in addresses {
             let doc: TantivyDocument = searcher.doc(address)?;
@@ -99,7 +94,8 @@ impl Store {
                 .get_first(self.fields.doc)
                 .and_then(|value| value.as_bytes())
                 .unwrap_or(b"{}");
-            let json = segments[address.segment_ord as usize].served(stored, address.doc_id)?;
+            let columns = || self.columns.get(searcher, address.segment_ord);
+            let json = stored::served(stored, address.doc_id, columns)?;
             if !json.iter().any(|&b| b == b'\n' || b == b'\r') {
                 logs.push(json);
                 continue;
@@ -208,6 +204,7 @@ impl Store {
             filter_query(&self.fields, query, Some(searcher)).as_ref(),
             &query.selection_key(),
             &self.blocks,
+            &self.columns,
         )?;
         Ok((prepared, window))
     }

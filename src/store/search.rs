@@ -13,8 +13,9 @@ use tantivy::columnar::Column;
 use tantivy::query::{EnableScoring, Query, Scorer, Weight};
 use tantivy::{DocAddress, DocId, DocSet, Searcher, SegmentReader};
 
+use super::StoreError;
 use super::blocks::{self, BlockCache, SegmentBlocks};
-use super::schema::{SEQ_FIELD, TIMESTAMP_FIELD};
+use super::columns::ColumnCache;
 
 /// The order of logs: newest timestamp first, then newest ingested first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,7 +108,8 @@ pub fn prepare<'a>(
     query: &dyn Query,
     key: &str,
     cache: &BlockCache,
-) -> tantivy::Result<Prepared<'a>> {
+    columns: &ColumnCache,
+) -> Result<Prepared<'a>, StoreError> {
     let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
     let readers = searcher.segment_readers();
     let generation = searcher.generation().generation_id();
@@ -115,16 +117,17 @@ pub fn prepare<'a>(
     let segments = readers
         .iter()
         .zip(stats)
-        .map(|(reader, stats)| {
-            let fast = reader.fast_fields();
+        .enumerate()
+        .map(|(ord, (reader, stats))| {
+            let columns = columns.get(searcher, ord as u32)?;
             Ok(Segment {
                 reader,
                 stats,
-                timestamps: fast.u64(TIMESTAMP_FIELD)?,
-                seqs: fast.u64(SEQ_FIELD)?,
+                timestamps: columns.timestamps.clone(),
+                seqs: columns.seqs.clone(),
             })
         })
-        .collect::<tantivy::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Prepared {
         weight,
         segments,

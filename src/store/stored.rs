@@ -13,15 +13,16 @@
 //! [`super::ServedLog`], with no parsing. A document of an earlier version is the whole served
 //! JSON (it starts with `{`) and is served as it is.
 
-use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
 
-use tantivy::columnar::{Column, StrColumn};
-use tantivy::{DocId, SegmentReader};
+use tantivy::columnar::Column;
+use tantivy::schema::Value as _;
+use tantivy::{DocId, Index, TantivyDocument};
 
 use super::StoreError;
-use super::schema::{
-    ASSISTANT_FIELD, KIND_FIELD, LATENCY_FIELD, TIMESTAMP_FIELD, format_timestamp, kind_parts,
-};
+use super::columns::{ColumnCache, Columns};
+use super::schema::{KIND_FIELD, LATENCY_FIELD, TIMESTAMP_FIELD, format_timestamp, kind_parts};
 use crate::mapping::{ActivityLog, LogStatus, LogType};
 
 /// The first byte of a document in this format.
@@ -30,7 +31,7 @@ const FORMAT: u8 = 1;
 /// Between the parts of a document.
 const SEPARATOR: u8 = 0;
 
-fn json_into(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+fn json_into(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
     serde_json::to_writer(out, value).expect("strings and options of strings serialize");
 }
 
@@ -58,119 +59,78 @@ pub(super) fn document(log: &ActivityLog) -> Vec<u8> {
     out
 }
 
-/// The columns of one segment that its documents leave out, opened when a document first needs
-/// them.
-pub(super) struct SegmentColumns<'a> {
-    segment: &'a SegmentReader,
-    columns: Option<Columns>,
+/// Calls `each` with the served JSON of every live log of the index in `path`, segment by
+/// segment in document order: what the query benchmark compresses as the logs' NDJSON export.
+pub fn each_served(path: &Path, mut each: impl FnMut(&[u8])) -> Result<(), StoreError> {
+    let index = Index::open_in_dir(path)?;
+    let doc_field = index.schema().get_field("doc")?;
+    let searcher = index.reader()?.searcher();
+    let columns = ColumnCache::default();
+    for (ord, segment) in searcher.segment_readers().iter().enumerate() {
+        let store = segment.get_store_reader(16).map_err(StoreError::Write)?;
+        for doc in segment.doc_ids_alive() {
+            let stored: TantivyDocument = store.get(doc)?;
+            let json = stored.get_first(doc_field).and_then(|v| v.as_bytes());
+            let columns = || columns.get(&searcher, ord as u32);
+            each(&served(json.unwrap_or(b"{}"), doc, columns)?);
+        }
+    }
+    Ok(())
 }
 
-struct Columns {
-    kind: Column<u64>,
-    timestamp: Column<u64>,
-    latency: Column<u64>,
-    assistant: StrColumn,
-    /// Assistant ids by ordinal, as read so far: a page or a scan meets the same few often.
-    assistants: HashMap<u64, String>,
-}
-
-fn missing(what: &str) -> StoreError {
-    StoreError::StoredLog(format!(
-        "the segment has no {what} column for its stored logs"
-    ))
-}
-
-impl Columns {
-    fn open(segment: &SegmentReader) -> Result<Self, StoreError> {
-        let fast = segment.fast_fields();
-        let u64_column = |name: &str| fast.u64(name).map_err(|_| missing(name));
-        Ok(Self {
-            kind: u64_column(KIND_FIELD)?,
-            timestamp: u64_column(TIMESTAMP_FIELD)?,
-            latency: u64_column(LATENCY_FIELD)?,
-            assistant: fast
-                .str(ASSISTANT_FIELD)?
-                .ok_or_else(|| missing(ASSISTANT_FIELD))?,
-            assistants: HashMap::new(),
+/// The served JSON of log `doc` stored as `stored`; `columns` gives those of its segment, asked
+/// for only when the document leaves values out.
+pub(super) fn served(
+    stored: &[u8],
+    doc: DocId,
+    columns: impl FnOnce() -> Result<Arc<Columns>, StoreError>,
+) -> Result<Vec<u8>, StoreError> {
+    let Some((&FORMAT, parts)) = stored.split_first() else {
+        // an earlier version's document: the served JSON itself
+        return Ok(stored.to_vec());
+    };
+    let mut parts = parts.split(|&b| b == SEPARATOR);
+    let (Some(room), Some(middle), Some(last), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(StoreError::StoredLog(
+            "a stored log does not have its three parts".into(),
+        ));
+    };
+    let columns = columns()?;
+    let value = |column: &Column<u64>, name: &str| {
+        column.first(doc).ok_or_else(|| {
+            StoreError::StoredLog(format!("a stored log has no value in the {name} column"))
         })
-    }
-
-    fn assistant(&mut self, doc: DocId) -> Result<&str, StoreError> {
-        // a log without an assistant has an empty one; a column keeps no value for it
-        let Some(ord) = self.assistant.term_ords(doc).next() else {
-            return Ok("");
-        };
-        if !self.assistants.contains_key(&ord) {
-            let mut id = String::new();
-            let read = self.assistant.ord_to_str(ord, &mut id);
-            if !read.map_err(|e| StoreError::StoredLog(e.to_string()))? {
-                return Err(missing(ASSISTANT_FIELD));
-            }
-            self.assistants.insert(ord, id);
-        }
-        Ok(&self.assistants[&ord])
-    }
-}
-
-impl<'a> SegmentColumns<'a> {
-    pub fn new(segment: &'a SegmentReader) -> Self {
-        Self {
-            segment,
-            columns: None,
-        }
-    }
-
-    /// The served JSON of document `doc` of the segment, stored as `stored`.
-    pub fn served(&mut self, stored: &[u8], doc: DocId) -> Result<Vec<u8>, StoreError> {
-        let Some((&FORMAT, parts)) = stored.split_first() else {
-            // an earlier version's document: the served JSON itself
-            return Ok(stored.to_vec());
-        };
-        let mut parts = parts.split(|&b| b == SEPARATOR);
-        let (Some(room), Some(middle), Some(last), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(StoreError::StoredLog(
-                "a stored log does not have its three parts".into(),
-            ));
-        };
-        let columns = match &mut self.columns {
-            Some(columns) => columns,
-            empty => empty.insert(Columns::open(self.segment)?),
-        };
-        let value = |column: &Column<u64>, name| column.first(doc).ok_or_else(|| missing(name));
-        let (kind, timestamp, latency) = (
-            value(&columns.kind, KIND_FIELD)?,
-            value(&columns.timestamp, TIMESTAMP_FIELD)?,
-            value(&columns.latency, LATENCY_FIELD)?,
-        );
-        let (log_type, status) = kind_parts(kind);
-        let (Some(log_type), Some(status)) =
-            (LogType::ALL.get(log_type), LogStatus::ALL.get(status))
-        else {
-            return Err(StoreError::StoredLog(format!("unknown kind {kind}")));
-        };
-        let assistant = columns.assistant(doc)?;
-        let mut out = Vec::with_capacity(stored.len() + 160 + assistant.len());
-        out.extend_from_slice(b"{\"log_type\":\"");
-        out.extend_from_slice(log_type.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"status\":\"");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"assistant_id\":");
-        json_into(&mut out, &assistant);
-        out.push(b',');
-        out.extend_from_slice(room);
-        out.extend_from_slice(b",\"timestamp\":\"");
-        out.extend_from_slice(format_timestamp(timestamp).as_bytes());
-        out.extend_from_slice(b"\",");
-        out.extend_from_slice(middle);
-        out.extend_from_slice(b",\"latency_ms\":");
-        out.extend_from_slice(latency.to_string().as_bytes());
-        out.push(b',');
-        out.extend_from_slice(last);
-        out.push(b'}');
-        Ok(out)
-    }
+    };
+    let kind = value(&columns.kinds, KIND_FIELD)?;
+    let timestamp = value(&columns.timestamps, TIMESTAMP_FIELD)?;
+    let latency = value(&columns.latencies, LATENCY_FIELD)?;
+    let (log_type, status) = kind_parts(kind);
+    let (Some(log_type), Some(status)) = (LogType::ALL.get(log_type), LogStatus::ALL.get(status))
+    else {
+        return Err(StoreError::StoredLog(format!("unknown kind {kind}")));
+    };
+    let assistant = columns.assistant(doc)?;
+    let mut out = Vec::with_capacity(stored.len() + 160 + assistant.len());
+    out.extend_from_slice(b"{\"log_type\":\"");
+    out.extend_from_slice(log_type.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"status\":\"");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"assistant_id\":");
+    json_into(&mut out, &*assistant);
+    out.push(b',');
+    out.extend_from_slice(room);
+    out.extend_from_slice(b",\"timestamp\":\"");
+    out.extend_from_slice(format_timestamp(timestamp).as_bytes());
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(middle);
+    out.extend_from_slice(b",\"latency_ms\":");
+    out.extend_from_slice(latency.to_string().as_bytes());
+    out.push(b',');
+    out.extend_from_slice(last);
+    out.push(b'}');
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -256,8 +216,8 @@ mod tests {
         writer.add(&example_log("one"), 1).unwrap();
         writer.commit(1).unwrap();
         let searcher = store.reader.searcher();
-        let mut columns = SegmentColumns::new(searcher.segment_reader(0));
-        let error = columns.served(&[FORMAT, b'x'], 0).unwrap_err();
+        let columns = || store.columns.get(&searcher, 0);
+        let error = served(&[FORMAT, b'x'], 0, columns).unwrap_err();
         assert_eq!(
             error.to_string(),
             "a stored log cannot be read: a stored log does not have its three parts"

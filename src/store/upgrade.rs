@@ -19,10 +19,11 @@ use tantivy::schema::{IndexRecordOption, Value as _};
 use tantivy::{DocSet, Index, IndexWriter, TERMINATED, TantivyDocument};
 
 use super::StoreError;
+use super::columns::ColumnCache;
 use super::schema::{
     Fields, SEQ_FIELD, TIMESTAMP_FIELD, compress_stored_documents, register_analyzers,
 };
-use super::stored::SegmentColumns;
+use super::stored;
 use crate::mapping::{ActivityLog, LogStatus, LogType};
 
 /// The folder the new index is built in.
@@ -91,8 +92,9 @@ fn copy(old: &Index, staging: &Path, payloads: bool) -> Result<u64, StoreError> 
     let user_field = old_schema.get_field("user")?;
     let doc_field = old_schema.get_field("doc")?;
     let searcher = old.reader()?.searcher();
+    let columns = ColumnCache::default();
     let mut copied = 0u64;
-    for segment in searcher.segment_readers() {
+    for (ord, segment) in searcher.segment_readers().iter().enumerate() {
         // the user of each document, from the postings of the `user` field (it is not stored)
         let mut users: Vec<String> = Vec::new();
         let mut owner = vec![u32::MAX; segment.max_doc() as usize];
@@ -114,7 +116,6 @@ fn copy(old: &Index, staging: &Path, payloads: bool) -> Result<u64, StoreError> 
         let timestamps = fast.u64(TIMESTAMP_FIELD)?;
         let seqs = fast.u64(SEQ_FIELD)?;
         let store = segment.get_store_reader(64).map_err(StoreError::Write)?;
-        let mut columns = SegmentColumns::new(segment);
         for doc in segment.doc_ids_alive() {
             let (Some(user), Some(timestamp), Some(seq)) = (
                 users.get(owner[doc as usize] as usize),
@@ -125,7 +126,8 @@ fn copy(old: &Index, staging: &Path, payloads: bool) -> Result<u64, StoreError> 
             };
             let stored: TantivyDocument = store.get(doc)?;
             let json = stored.get_first(doc_field).and_then(|v| v.as_bytes());
-            let served = json.map(|json| columns.served(json, doc));
+            let served =
+                json.map(|json| stored::served(json, doc, || columns.get(&searcher, ord as u32)));
             let Some(Ok(Ok(log))) =
                 served.map(|s| s.map(|json| serde_json::from_slice::<Stored>(&json)))
             else {

@@ -54,6 +54,7 @@ fn run(store: &Store, seconds: &Histogram, woken: &Receiver<()>) {
     while woken.recv().is_ok() {
         let started = Instant::now();
         let searcher = store.reader.searcher();
+        store.columns.keep(&searcher);
         match store.warm(&searcher, &mut done) {
             Ok(0) => {}
             Ok(users) => {
