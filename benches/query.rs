@@ -132,28 +132,24 @@ const LEVEL_19_SAMPLE: usize = 64 << 20;
 /// level 3 of all of it, level 19 of its first [`LEVEL_19_SAMPLE`] bytes.
 fn against_zstd(index_dir: &Path, index_bytes: u64) {
     use std::io::Write;
-    use tantivy::schema::Value;
 
-    let index = tantivy::Index::open_in_dir(index_dir).expect("open the index");
-    let doc_field = index.schema().get_field("doc").expect("the doc field");
-    let searcher = index.reader().expect("a reader").searcher();
+    let searcher = tantivy::Index::open_in_dir(index_dir)
+        .and_then(|index| index.reader())
+        .expect("open the index")
+        .searcher();
     let records = searcher.num_docs().max(1) as f64;
     let mut level_3 = zstd::stream::Encoder::new(Counted::default(), 3).expect("zstd");
     let mut ndjson = 0u64;
     let mut sample = Vec::with_capacity(LEVEL_19_SAMPLE);
-    for segment in searcher.segment_readers() {
-        let store = segment.get_store_reader(16).expect("the stored documents");
-        for doc in store.iter::<tantivy::TantivyDocument>(segment.alive_bitset()) {
-            let doc = doc.expect("a stored document");
-            let json = doc.get_first(doc_field).and_then(|v| v.as_bytes());
-            let line = [json.expect("a stored log"), b"\n"].concat();
-            level_3.write_all(&line).expect("zstd");
-            ndjson += line.len() as u64;
-            if sample.len() + line.len() <= LEVEL_19_SAMPLE {
-                sample.extend_from_slice(&line);
-            }
+    logbridge::store::each_served(index_dir, |json| {
+        let line = [json, b"\n"].concat();
+        level_3.write_all(&line).expect("zstd");
+        ndjson += line.len() as u64;
+        if sample.len() + line.len() <= LEVEL_19_SAMPLE {
+            sample.extend_from_slice(&line);
         }
-    }
+    })
+    .expect("the stored logs");
     let level_3 = level_3.finish().expect("zstd").0;
     let sample_19 = zstd::bulk::compress(&sample, 19).expect("zstd").len() as f64;
     let sample_3 = zstd::bulk::compress(&sample, 3).expect("zstd").len() as f64;
