@@ -9,6 +9,7 @@ use tantivy::schema::{Field, Value as _};
 use tantivy::{DocAddress, Order, Searcher, TantivyDocument, Term};
 use tokio::sync::watch;
 
+use super::columns::ColumnCache;
 use super::query::filter_query;
 use super::schema::SEQ_FIELD;
 use super::search::SortKey;
@@ -216,7 +217,7 @@ impl Store {
     /// With them, the highest sequence number of the logs searched ([`seen_through`]).
     pub fn positions(&self, query: &LogQuery) -> Result<(u64, Vec<SortKey>, u64), StoreError> {
         let searcher = self.reader.searcher();
-        let seen = seen_through(&searcher)?;
+        let seen = seen_through(&searcher, &self.columns)?;
         let (prepared, window) = self.prepare(&searcher, query)?;
         let total = prepared.count(&window)?;
         if query.offset > MAX_OFFSET {
@@ -230,7 +231,7 @@ impl Store {
     /// ([`seen_through`]): where a tail that follows on from the page begins.
     pub fn search_seen(&self, query: &LogQuery) -> Result<(LogPage, u64), SearchError> {
         let searcher = self.reader.searcher();
-        let seen = seen_through(&searcher)?;
+        let seen = seen_through(&searcher, &self.columns)?;
         Ok((self.search_in(&searcher, query)?, seen))
     }
 
@@ -270,12 +271,13 @@ impl Store {
 
 /// The highest sequence number of the logs `searcher` sees, erased ones included: a search with
 /// it finds none above it, and every log below it that a later search finds, it finds too (logs
-/// are added and made visible in sequence order). 0 for an empty index.
-pub(super) fn seen_through(searcher: &Searcher) -> Result<u64, StoreError> {
+/// are added and made visible in sequence order). 0 for an empty index. `columns` opens the
+/// segments' sequence columns.
+pub(super) fn seen_through(searcher: &Searcher, columns: &ColumnCache) -> Result<u64, StoreError> {
     let mut highest = 0;
-    for segment in searcher.segment_readers() {
+    for (ord, segment) in searcher.segment_readers().iter().enumerate() {
         if segment.max_doc() > 0 {
-            highest = highest.max(segment.fast_fields().u64(SEQ_FIELD)?.max_value());
+            highest = highest.max(columns.get(searcher, ord as u32)?.seqs.max_value());
         }
     }
     Ok(highest)

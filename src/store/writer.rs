@@ -39,7 +39,8 @@ pub(super) fn durable_seq(index: &Index, reader: &IndexReader) -> Result<u64, St
             payload_last_seq(&payload).ok_or_else(|| StoreError::Payload(payload.clone()))?
         }
     };
-    Ok(highest.max(super::reader::seen_through(&reader.searcher())?))
+    let columns = super::columns::ColumnCache::default();
+    Ok(highest.max(super::reader::seen_through(&reader.searcher(), &columns)?))
 }
 
 /// Tantivy's error, or the I/O error behind it when the directory saw one.
