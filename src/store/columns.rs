@@ -35,7 +35,7 @@ fn missing(name: &str) -> StoreError {
 impl Columns {
     fn open(segment: &SegmentReader) -> Result<Self, StoreError> {
         let fast = segment.fast_fields();
-        let u64_column = |name: &str| fast.u64(name).map_err(|_| missing(name));
+        let u64_column = |name: &str| fast.column_opt::<u64>(name)?.ok_or_else(|| missing(name));
         Ok(Self {
             timestamps: u64_column(TIMESTAMP_FIELD)?,
             seqs: u64_column(SEQ_FIELD)?,
@@ -78,11 +78,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Columns by segment: those of the segments the newest searcher searches, and of the older
-/// ones a query on an older view opened since.
+/// Columns by segment: those of the segments the newest searcher searches. A query on an older
+/// view opens the columns of segments merged away since without keeping them, so that their
+/// files are not held open.
 #[derive(Clone, Default)]
 pub(super) struct ColumnCache {
-    by_segment: Arc<Mutex<HashMap<SegmentId, Arc<Columns>>>>,
+    inner: Arc<Mutex<Kept>>,
+}
+
+#[derive(Default)]
+struct Kept {
+    by_segment: HashMap<SegmentId, Arc<Columns>>,
+    /// The segments the newest searcher searches, once [`ColumnCache::keep`] was told; until
+    /// then (a cache for one walk over an index) every segment is kept.
+    searched: Option<HashSet<SegmentId>>,
 }
 
 impl ColumnCache {
@@ -90,23 +99,28 @@ impl ColumnCache {
     pub fn get(&self, searcher: &Searcher, ord: u32) -> Result<Arc<Columns>, StoreError> {
         let segment = searcher.segment_reader(ord);
         let id = segment.segment_id();
-        if let Some(columns) = lock(&self.by_segment).get(&id) {
+        if let Some(columns) = lock(&self.inner).by_segment.get(&id) {
             return Ok(columns.clone());
         }
         let columns = Arc::new(Columns::open(segment)?);
-        lock(&self.by_segment).insert(id, columns.clone());
+        let mut kept = lock(&self.inner);
+        if kept.searched.as_ref().is_none_or(|ids| ids.contains(&id)) {
+            kept.by_segment.insert(id, columns.clone());
+        }
         Ok(columns)
     }
 
-    /// Forgets the columns of segments `searcher` (the newest) no longer searches, so that the
-    /// files of segments merged away are not held open.
+    /// Tells the segments the newest searcher searches, `searcher`'s, and forgets the columns
+    /// of the others, so that the files of segments merged away are not held open.
     pub fn keep(&self, searcher: &Searcher) {
         let searched: HashSet<SegmentId> = searcher
             .segment_readers()
             .iter()
             .map(SegmentReader::segment_id)
             .collect();
-        lock(&self.by_segment).retain(|id, _| searched.contains(id));
+        let mut kept = lock(&self.inner);
+        kept.by_segment.retain(|id, _| searched.contains(id));
+        kept.searched = Some(searched);
     }
 }
 
@@ -133,7 +147,7 @@ mod tests {
             &first,
             &store.columns.get(&searcher, 0).unwrap()
         ));
-        drop(searcher);
+        let before = searcher;
 
         let segments = writer.index.searchable_segment_ids().unwrap();
         writer.writer.merge(&segments).wait().unwrap();
@@ -150,12 +164,17 @@ mod tests {
         .expect("the warming thread runs within a minute")
         .unwrap();
         assert_eq!(Arc::strong_count(&first), 1, "the cache holds it no more");
-        let kept: Vec<SegmentId> = lock(&store.columns.by_segment).keys().copied().collect();
-        assert!(
-            kept.iter()
+        let only_merged = |cache: &ColumnCache| {
+            let kept = &lock(&cache.inner).by_segment;
+            kept.keys()
                 .all(|id| *id == merged.segment_reader(0).segment_id())
-        );
+        };
+        assert!(only_merged(&store.columns));
         let columns = store.columns.get(&merged, 0).unwrap();
         assert_eq!(columns.seqs.max_value(), 2);
+        // a query on the view before the merge opens its columns without keeping them
+        let again = store.columns.get(&before, 0).unwrap();
+        assert!(!Arc::ptr_eq(&again, &first));
+        assert!(only_merged(&store.columns));
     }
 }

@@ -128,9 +128,12 @@ fn copy(old: &Index, staging: &Path, payloads: bool) -> Result<u64, StoreError> 
             let json = stored.get_first(doc_field).and_then(|v| v.as_bytes());
             let served =
                 json.map(|json| stored::served(json, doc, || columns.get(&searcher, ord as u32)));
-            let Some(Ok(Ok(log))) =
-                served.map(|s| s.map(|json| serde_json::from_slice::<Stored>(&json)))
-            else {
+            let served = match served {
+                // a log that cannot be read is left out; an index that cannot be read stops it
+                Some(Err(StoreError::StoredLog(_))) | None => None,
+                Some(served) => Some(served?),
+            };
+            let Some(Ok(log)) = served.map(|json| serde_json::from_slice::<Stored>(&json)) else {
                 tracing::warn!(
                     doc,
                     seq,
