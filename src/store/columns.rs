@@ -89,9 +89,9 @@ pub(super) struct ColumnCache {
 #[derive(Default)]
 struct Kept {
     by_segment: HashMap<SegmentId, Arc<Columns>>,
-    /// The segments the newest searcher searches, once [`ColumnCache::keep`] was told; until
-    /// then (a cache for one walk over an index) every segment is kept.
-    searched: Option<HashSet<SegmentId>>,
+    /// The generation of the newest searcher [`ColumnCache::keep`] was told of, and the segments
+    /// it searches; until then (a cache for one walk over an index) every segment is kept.
+    searched: Option<(u64, HashSet<SegmentId>)>,
 }
 
 impl ColumnCache {
@@ -104,7 +104,13 @@ impl ColumnCache {
         }
         let columns = Arc::new(Columns::open(segment)?);
         let mut kept = lock(&self.inner);
-        if kept.searched.as_ref().is_none_or(|ids| ids.contains(&id)) {
+        // a view as new as the last one told of, or newer, searches no segment merged away
+        let generation = searcher.generation().generation_id();
+        let current = kept
+            .searched
+            .as_ref()
+            .is_none_or(|(newest, ids)| generation >= *newest || ids.contains(&id));
+        if current {
             kept.by_segment.insert(id, columns.clone());
         }
         Ok(columns)
@@ -120,7 +126,7 @@ impl ColumnCache {
             .collect();
         let mut kept = lock(&self.inner);
         kept.by_segment.retain(|id, _| searched.contains(id));
-        kept.searched = Some(searched);
+        kept.searched = Some((searcher.generation().generation_id(), searched));
     }
 }
 
