@@ -201,6 +201,8 @@ pub struct LogWriter {
     write_errors: WriteErrors,
     reader: IndexReader,
     fields: Fields,
+    /// The columns the [`Store`] keeps open, which the highest sequence number is read from.
+    columns: columns::ColumnCache,
     committed_seq: u64,
     /// The merge rewriting segments that hold deleted logs, while it runs.
     purging: Option<Pin<Box<FutureResult<Option<SegmentMeta>>>>>,
@@ -255,13 +257,14 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
         .try_into()?;
-    let committed_seq = durable_seq(&index, &reader)?;
+    let columns = columns::ColumnCache::default();
+    let committed_seq = durable_seq(&index, &reader, &columns)?;
     let (visible, visible_rx) = watch::channel(committed_seq);
     let store = Store {
         reader: reader.clone(),
         fields,
         blocks: blocks::block_cache(),
-        columns: columns::ColumnCache::default(),
+        columns: columns.clone(),
         stats: segment_stats::stats_cache(),
         visible: visible_rx,
         #[cfg(test)]
@@ -279,6 +282,7 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<(Store, LogWriter), S
             write_errors,
             reader,
             fields,
+            columns,
             committed_seq,
             purging: None,
             purge_wanted: false,

@@ -4,6 +4,7 @@
 use tantivy::indexer::{IndexWriterOptions, LogMergePolicy};
 use tantivy::{Index, IndexReader, IndexWriter};
 
+use super::columns::ColumnCache;
 use super::directory::WriteErrors;
 use super::{CommitPayload, LogWriter, StoreError, payload_last_seq};
 use crate::mapping::ActivityLog;
@@ -32,15 +33,18 @@ pub(super) fn merge_policy() -> Box<LogMergePolicy> {
 /// higher when tantivy published segments of a commit that failed (a merge that ends after a
 /// failed `meta.json` write saves the new segments under the old payload). Logs are added in
 /// sequence order and segments flushed in that order, so every log up to it is there.
-pub(super) fn durable_seq(index: &Index, reader: &IndexReader) -> Result<u64, StoreError> {
+pub(super) fn durable_seq(
+    index: &Index,
+    reader: &IndexReader,
+    columns: &ColumnCache,
+) -> Result<u64, StoreError> {
     let highest = match index.load_metas()?.payload {
         None => 0,
         Some(payload) => {
             payload_last_seq(&payload).ok_or_else(|| StoreError::Payload(payload.clone()))?
         }
     };
-    let columns = super::columns::ColumnCache::default();
-    Ok(highest.max(super::reader::seen_through(&reader.searcher(), &columns)?))
+    Ok(highest.max(super::reader::seen_through(&reader.searcher(), columns)?))
 }
 
 /// Tantivy's error, or the I/O error behind it when the directory saw one.
@@ -75,7 +79,7 @@ impl LogWriter {
             self.writer_lost = false;
         }
         self.reload()?;
-        self.committed_seq = durable_seq(&self.index, &self.reader)?;
+        self.committed_seq = durable_seq(&self.index, &self.reader, &self.columns)?;
         self.publish_visible();
         // what went wrong before the rollback explains nothing after it
         self.write_errors.take();
